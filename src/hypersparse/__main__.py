@@ -1,0 +1,5 @@
+import sys
+
+from hypersparse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Hyperparameters of a run, in one place: defaults and help text live here, the CLI flags are generated."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from hypersparse.errors import UserError
+from hypersparse.params import check_sparsity
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, sparsification method and the authors' schedule (their defaults)."""
+
+    dataset: str = _f("digits", "dataset name (digits needs no files)")
+    data_dir: str | None = _f(None, "folder that holds the dataset's official files")
+    download: bool = _f(False, "download missing files (checksums are verified)")
+    model: str = _f("mlp", "model name")
+    method: str = _f("art", "sparsification method: art, oneshot, gmp, snip")
+    reg: str = _f("hs", "regularizer under ART: hs (HyperSparse), l1, l2")
+    sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
+    criterion: str = _f("paper", "ART stop rule: paper (dense running train acc vs pruned eval acc) or matched")
+    lambda_init: float = _f(5e-6, "initial regularization strength lambda_0")
+    eta: float = _f(1.05, "growth of lambda per regularization epoch")
+    buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
+    max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
+    warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")
+    finetune_epochs: int = _f(160, "epochs of fine-tuning with the mask fixed")
+    lr: float = _f(0.1, "SGD learning rate")
+    lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by --lr-decay")
+    lr_decay: float = _f(0.1, "learning-rate factor at each step")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "SGD weight decay")
+    batch_size: int = _f(64, "training batch size")
+    epochs_scale: float = _f(1.0, "shorten every phase by this factor for quick runs (eta becomes eta**(1/F))")
+    pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy each ART epoch; 0 = all")
+    hs_refresh_every: int = _f(32, "recompute the HyperSparse threshold every K steps (sooner if it drifts); 1 = exact")
+    seed: int = _f(0, "random seed (data split, init, order, augmentation)")
+    device: str = _f("auto", "cuda, mps, cpu or auto")
+    pretrained: str | None = _f(None, "start from this dense checkpoint (state_dict or run checkpoint); skips warm-up")
+    run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)")
+
+    # -- derived -------------------------------------------------------------
+    def scaled(self, epochs: int) -> int:
+        return max(1, round(epochs * self.epochs_scale)) if epochs > 0 else 0
+
+    @property
+    def warmup(self) -> int:
+        return 0 if self.pretrained else self.scaled(self.warmup_epochs)
+
+    @property
+    def finetune(self) -> int:
+        return self.scaled(self.finetune_epochs)
+
+    @property
+    def milestones(self) -> list[int]:
+        return [self.scaled(int(s)) for s in self.lr_steps.split(",") if s.strip()]
+
+    @property
+    def eta_scaled(self) -> float:
+        return self.eta ** (1.0 / self.epochs_scale)
+
+    @property
+    def max_reg(self) -> int:
+        return max(2 * self.buffer_k + 1, math.ceil(self.max_reg_epochs * self.epochs_scale))
+
+    def validate(self) -> "TrainConfig":
+        """Raise UserError with the flag's name and the fix for any bad value."""
+        try:
+            check_sparsity(self.sparsity, "--sparsity")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        choices = {"method": ("art", "oneshot", "gmp", "snip"), "reg": ("hs", "l1", "l2"), "criterion": ("paper", "matched")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        positive = ("lambda_init", "eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs")
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+        for name in ("warmup_epochs", "finetune_epochs", "buffer_k", "pruned_eval_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        try:
+            self.milestones
+        except ValueError:
+            raise UserError(f"--lr-steps must be comma-separated integers such as 80,120, got {self.lr_steps!r}") from None
+        return self
+
+
+def config_fields():
+    """(name, type, default, help) of each TrainConfig field, for the CLI."""
+    return [(f.name, f.type, f.default, f.metadata["help"]) for f in fields(TrainConfig)]

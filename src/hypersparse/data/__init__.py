@@ -1,0 +1,242 @@
+"""Datasets by name, as uint8 tensors with a seeded validation split.
+
+``load_dataset(name, data_dir, seed)`` returns a :class:`Splits`: train,
+validation and test images (N, C, H, W) uint8 and int64 labels. The
+validation split is carved from the official training set by the seed; model
+selection uses it, and the test set is only reported.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hypersparse.data.files import decode_jpegs, read_cifar_batch, read_idx, sha256, verified
+from hypersparse.errors import DataError, UserError
+
+
+@dataclass
+class Splits:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool  # random crop (4-pixel padding) and horizontal flip
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+
+def _split(name, x, y, test_x, test_y, val_size, seed, num_classes, augment) -> Splits:
+    x, y = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)).long()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:val_size], perm[val_size:]
+    xf = x[train].float() / 255
+    mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return Splits(
+        name, x[train], y[train], x[val], y[val], torch.tensor(np.asarray(test_x)), torch.tensor(np.asarray(test_y)).long(),
+        num_classes, mean, std, augment,
+    )
+
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {  # name: (bytes, md5)
+    "train-images-idx3-ubyte.gz": (9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train-labels-idx1-ubyte.gz": (28881, "d53e105ee54ea40749a09fcbcd1e9432"),
+    "t10k-images-idx3-ubyte.gz": (1648877, "9fb629c4189551a2d022fa330f9573f3"),
+    "t10k-labels-idx1-ubyte.gz": (4542, "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": (None, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte.gz": (None, "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte.gz": (None, "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte.gz": (None, "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+
+
+def _idx_dataset(name, files, url, data_dir, seed, val_size, download):
+    paths = {
+        f: verified(data_dir / f, size, digest, url=(url + f) if download else None) for f, (size, digest) in files.items()
+    }
+    x = read_idx(paths["train-images-idx3-ubyte.gz"])[:, None]
+    y = read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64)
+    tx = read_idx(paths["t10k-images-idx3-ubyte.gz"])[:, None]
+    ty = read_idx(paths["t10k-labels-idx1-ubyte.gz"]).astype(np.int64)
+    if len(x) != len(y) or len(tx) != len(ty):
+        raise DataError(f"images and labels in {data_dir} disagree in count; replace the files")
+    return _split(name, x, y, tx, ty, val_size, seed, 10, augment=False)
+
+
+def mnist(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    return _idx_dataset("mnist", MNIST_FILES, MNIST_URL, data_dir, seed, 5000, download)
+
+
+def fashion_mnist(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    return _idx_dataset("fashion-mnist", FASHION_FILES, FASHION_URL, data_dir, seed, 5000, download)
+
+
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
+
+
+def _find(data_dir: Path, sub: str, first: str) -> Path:
+    """Accept either the extracted folder itself or its parent."""
+    for d in (data_dir, data_dir / sub):
+        if (d / first).exists():
+            return d
+    raise DataError(f"{first} not found in {data_dir} or {data_dir / sub}; extract the official archive there")
+
+
+def cifar10(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    d = _find(data_dir, "cifar-10-batches-py", "data_batch_1")
+    parts = [read_cifar_batch(verified(d / f, None, CIFAR10_MD5[f]), "labels") for f in CIFAR10_MD5]
+    x = np.concatenate([p[0] for p in parts[:5]])
+    y = np.concatenate([p[1] for p in parts[:5]])
+    return _split("cifar10", x, y, parts[5][0], parts[5][1], 5000, seed, 10, augment=True)
+
+
+def cifar100(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    d = _find(data_dir, "cifar-100-python", "train")
+    x, y = read_cifar_batch(verified(d / "train", None, CIFAR100_MD5["train"]), "fine_labels")
+    tx, ty = read_cifar_batch(verified(d / "test", None, CIFAR100_MD5["test"]), "fine_labels")
+    return _split("cifar100", x, y, tx, ty, 5000, seed, 100, augment=True)
+
+
+JPEG75_FILE = ("cifar10_jpeg75.npz", 55792477, "81dadbeec2773aaa2e4690f9db0a38822f051b138dd35257e876fabdd581ae77")
+
+
+def cifar10_jpeg75(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    """CIFAR-10 as a lossy JPEG (quality 75) copy: report results as 'CIFAR-10-JPEG75'.
+
+    Decoding 60,000 JPEGs takes a while, so the decoded arrays are cached next
+    to the file (or in ~/.cache/hypersparse if that folder is read-only).
+    """
+    name, size, digest = JPEG75_FILE
+    path = data_dir / name
+    if not path.exists() and (data_dir / "cifar10-jpeg75" / name).exists():
+        path = data_dir / "cifar10-jpeg75" / name
+    verified(path, size, None)
+    cache_name = f"cifar10_jpeg75.decoded.{digest[:12]}.npz"
+    candidates = [path.parent / cache_name, Path.home() / ".cache" / "hypersparse" / cache_name]
+    for cache in candidates:
+        if cache.exists():
+            with np.load(cache) as z:
+                return _split("cifar10-jpeg75", z["x"], z["y"], z["tx"], z["ty"], 5000, seed, 10, augment=True)
+    if sha256(path) != digest:
+        raise DataError(f"data file {path} is corrupt (sha256 mismatch); copy cifar10_jpeg75.npz again")
+    with np.load(path) as z:
+        x = decode_jpegs(z["train_jpeg"], z["train_offsets"])
+        tx = decode_jpegs(z["test_jpeg"], z["test_offsets"])
+        y, ty = z["train_labels"].astype(np.int64), z["test_labels"].astype(np.int64)
+    for cache in candidates:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + ".part.npz")
+            np.savez(tmp, x=x, y=y, tx=tx, ty=ty)
+            os.replace(tmp, cache)
+            break
+        except OSError:
+            continue
+    return _split("cifar10-jpeg75", x, y, tx, ty, 5000, seed, 10, augment=True)
+
+
+def tinyimagenet(data_dir: Path, seed: int, download: bool = False) -> Splits:
+    """Tiny ImageNet (200 classes, 64x64): the official ``tiny-imagenet-200`` folder layout.
+
+    Its test labels are not public, so the official validation set serves as
+    the test set and the validation split is carved from the training set.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataError("reading tinyimagenet needs Pillow: pip install pillow") from exc
+    d = _find(data_dir, "tiny-imagenet-200", "wnids.txt")
+    wnids = (d / "wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+
+    def load(paths):
+        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]).transpose(0, 3, 1, 2).copy()
+
+    train = sorted((p, index[w]) for w in wnids for p in (d / "train" / w / "images").glob("*.JPEG"))
+    ann = d / "val" / "val_annotations.txt"
+    if not train or not ann.exists():
+        raise DataError(f"{d} lacks train/<wnid>/images or val/val_annotations.txt; extract the official archive")
+    val = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
+    try:
+        tx = load([d / "val" / "images" / f for f, _ in val])
+    except OSError as exc:
+        raise DataError(f"a Tiny ImageNet validation image is missing or corrupt ({exc})") from exc
+    x = load([p for p, _ in train])
+    ty = np.array([index[w] for _, w in val])
+    y = np.array([c for _, c in train])
+    return _split("tinyimagenet", x, y, tx, ty, min(10000, len(x) // 10), seed, len(wnids), augment=True)
+
+
+DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+
+
+def digits(data_dir: Path | None, seed: int, download: bool = False) -> Splits:
+    """scikit-learn's 8x8 digits (1,797 images), shipped inside the package.
+
+    A fixed 20 % test split (independent of the seed), then 10 % of the rest for validation.
+    """
+    path = Path(__file__).with_name("digits.csv.gz")
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != DIGITS_SHA256:
+        raise DataError(f"the bundled {path} is corrupt; reinstall hypersparse")
+    table = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.int64)
+    x = np.clip(table[:, :64] * 16, 0, 255).astype(np.uint8).reshape(-1, 1, 8, 8)
+    y = table[:, 64]
+    perm = np.random.default_rng(0).permutation(len(x))
+    test, rest = perm[:360], perm[360:]
+    return _split("digits", x[rest], y[rest], x[test], y[test], 144, seed, 10, augment=False)
+
+
+DATASETS: dict[str, tuple[Callable[..., Splits], str]] = {
+    "digits": (digits, "scikit-learn's 8x8 digits, bundled (no files needed)"),
+    "mnist": (mnist, "MNIST, the four official IDX .gz files"),
+    "fashion-mnist": (fashion_mnist, "Fashion-MNIST, the four official IDX .gz files"),
+    "cifar10": (cifar10, "CIFAR-10, official python batches (cifar-10-batches-py)"),
+    "cifar100": (cifar100, "CIFAR-100, official python files (cifar-100-python)"),
+    "cifar10-jpeg75": (cifar10_jpeg75, "CIFAR-10 as a lossy JPEG-75 copy (cifar10_jpeg75.npz): not CIFAR-10"),
+    "tinyimagenet": (tinyimagenet, "Tiny ImageNet, official tiny-imagenet-200 folder"),
+}
+
+
+def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download: bool = False) -> Splits:
+    """Load a dataset by name from ``data_dir`` (unused for ``digits``)."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name != "digits":
+        if data_dir is None:
+            raise UserError(f"dataset {name!r} needs --data-dir, the folder that holds its files")
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise DataError(f"data directory {data_dir} does not exist; pass the folder that holds the {name} files")
+    return DATASETS[name][0](data_dir, seed, download)

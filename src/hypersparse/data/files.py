@@ -1,0 +1,107 @@
+"""Reading the official file layouts, with size and checksum checks."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from hypersparse.errors import DataError
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified(path: Path, size: int | None, digest: str | None, algo: str = "md5", url: str | None = None) -> Path:
+    """Return ``path`` once its size and checksum match; download it first if missing and ``url`` is given."""
+    if not path.exists() and url is not None:
+        download(url, path)
+    if not path.exists():
+        raise DataError(f"data file {path} is missing; put the official file there or pick another --data-dir")
+    if size is not None and path.stat().st_size != size:
+        raise DataError(
+            f"data file {path} is corrupt or truncated ({path.stat().st_size} bytes, expected {size}); "
+            "replace it with the official file"
+        )
+    if digest is not None:
+        got = md5(path) if algo == "md5" else sha256(path)
+        if got != digest:
+            raise DataError(
+                f"data file {path} is corrupt ({algo} {got}, expected {digest}); replace it with the official file"
+            )
+    return path
+
+
+def download(url: str, path: Path) -> None:
+    """Fetch ``url`` to ``path`` atomically (the checksum is checked by the caller)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download {url} ({exc}); copy the file to {path} by hand") from exc
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped), as used by MNIST and Fashion-MNIST."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+        magic = int.from_bytes(data[:4], "big")
+        ndim = magic & 0xFF
+        if magic >> 8 != 0x08 or ndim not in (1, 3):
+            raise ValueError(f"bad magic number {magic:#010x}")
+        shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"data file {path} is not a valid gzipped IDX file ({exc}); replace it") from exc
+
+
+def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One official CIFAR python batch: (N, 3, 32, 32) uint8 images and labels.
+
+    These files are pickles; only load files you obtained from the official
+    source (their checksums are verified before this is called).
+    """
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return x, np.asarray(entry[label_key], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise DataError(f"data file {path} is not a valid CIFAR python batch ({exc}); replace it") from exc
+
+
+def decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Decode concatenated JPEG files to (N, 3, H, W) uint8 (needs Pillow)."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataError("decoding cifar10-jpeg75 needs Pillow: pip install pillow") from exc
+    images = []
+    for i in range(len(offsets) - 1):
+        b = blob[offsets[i] : offsets[i + 1]].tobytes()
+        images.append(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")))
+    return np.stack(images).transpose(0, 3, 1, 2).copy()

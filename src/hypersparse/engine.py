@@ -1,0 +1,362 @@
+"""The training loop: phases, logging, checkpoints, resume, device and mixed precision.
+
+Data flows one way: a :class:`~hypersparse.config.TrainConfig` comes in; the
+loop trains the model and asks the schedule (ART or a baseline method) what to
+do each epoch; one JSON line per epoch, an atomic checkpoint per epoch and a
+``summary.json`` come out.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from hypersparse.checkpoint import load_checkpoint, save_checkpoint, write_json
+from hypersparse.config import TrainConfig
+from hypersparse.data import Splits, load_dataset
+from hypersparse.data.loader import DeviceLoader
+from hypersparse.errors import RunDiverged, UserError
+from hypersparse.masks import apply_masks_, sparsity_report
+from hypersparse.methods import make_method
+from hypersparse.models import create_model
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` takes cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs; full precision elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader, batch: int = 1024) -> float:
+    """Accuracy of ``model`` in eval mode on uint8 images ``x`` (normalised like ``loader_like``)."""
+    was = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=loader_like.device)
+    for start in range(0, len(x), batch):
+        xb = (x[start : start + batch].to(loader_like.device).float() - loader_like.mean) / loader_like.std
+        if loader_like.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(loader_like.device):
+            out = model(xb)
+        correct += (out.argmax(1) == y[start : start + batch].to(loader_like.device)).sum()
+    model.train(was)
+    return int(correct) / max(1, len(x))
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tag = f"{cfg.method}-{cfg.reg}" if cfg.method == "art" else cfg.method
+    return Path("runs") / f"{stamp}-{cfg.dataset}-{cfg.model}-{tag}-{cfg.sparsity:g}-seed{cfg.seed}"
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run directory and prove it is writable, or raise UserError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to run directory {path} ({exc.strerror or exc}); choose another with --run-dir") from None
+    if (path / CHECKPOINT).exists():
+        raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another --run-dir")
+    return path
+
+
+class Trainer:
+    """One run from a config; :meth:`run` trains to the end and returns the summary."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout):
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        self.out = out
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.data: Splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.download)
+        self.model = create_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        if cfg.pretrained:
+            self._load_pretrained(cfg.pretrained)
+        channels_last = self.device.type == "cuda"
+        self.model.to(self.device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        d = self.data
+        self.train_loader = DeviceLoader(
+            d.train_x, d.train_y, cfg.batch_size, d.mean, d.std, self.device, d.augment, True, cfg.seed, channels_last
+        )
+        # the fixed training subset that scores pruned copies (and, with --criterion matched, the dense model)
+        n = len(d.train_x) if cfg.pruned_eval_size == 0 else min(cfg.pruned_eval_size, len(d.train_x))
+        subset = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n]
+        self.subset = (d.train_x[subset].to(self.device), d.train_y[subset].to(self.device))
+        self.method = make_method(cfg, self.model, self.train_loader, self.device)
+        self.optimizer = self._new_optimizer()
+        self.mask_handle = None
+        self.metrics: list[dict] = []
+        self.best: dict | None = None  # best validation accuracy among sparse epochs
+        self.dense: dict | None = None
+        self.phase_seconds: dict[str, float] = {}
+
+    # -- pieces ---------------------------------------------------------------
+    def _load_pretrained(self, path: str) -> None:
+        try:
+            obj = load_checkpoint(path)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise UserError(f"cannot read --pretrained {path} ({exc}); pass a state_dict or a run checkpoint") from None
+        state = obj.get("model", obj) if isinstance(obj, dict) else obj
+        try:
+            self.model.load_state_dict(state)
+        except (RuntimeError, TypeError) as exc:
+            raise UserError(f"--pretrained {path} does not fit model {self.cfg.model!r}: {str(exc).splitlines()[0]}") from None
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _install_masks(self) -> None:
+        if self.mask_handle is not None:
+            self.mask_handle.remove()
+        self.mask_handle = apply_masks_(self.model, self.method.masks, self.optimizer)
+
+    def _lr(self) -> float:
+        if self.method.phase != "finetune":
+            return self.cfg.lr
+        done = self.method.finetune_done
+        return self.cfg.lr * self.cfg.lr_decay ** sum(done >= m for m in self.cfg.milestones)
+
+    def accuracy(self, split: str) -> float:
+        x, y = {"val": (self.data.val_x, self.data.val_y), "test": (self.data.test_x, self.data.test_y)}[split]
+        return evaluate(self.model, x, y, self.train_loader)
+
+    def subset_accuracy(self, model) -> float:
+        return evaluate(model, *self.subset, self.train_loader)
+
+    def train_epoch(self, epoch: int, lam: float) -> tuple[float, float]:
+        """One pass over the training set; returns (mean loss, running training accuracy)."""
+        model, opt, reg = self.model, self.optimizer, self.method.regularizer
+        model.train()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        batches = self.train_loader.batches(epoch)
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=len(self.train_loader), leave=False, desc=f"epoch {epoch} {self.method.phase}")
+        for step, (xb, yb) in enumerate(batches):
+            with autocast(self.device):
+                out = model(xb)
+                loss = F.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if lam and reg is not None:
+                reg.add_grad_(lam)
+            opt.step()
+            self.method.after_step(model)
+            total_loss += loss.detach().float() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+        n = len(self.train_loader.x)
+        mean_loss = float(total_loss) / n  # one host sync per epoch, not per step
+        if not math.isfinite(mean_loss):
+            raise RunDiverged(
+                f"training diverged: the loss became {mean_loss} in epoch {epoch} ({self.method.phase}, lambda={lam:g}); "
+                f"lower --lr or --lambda-init/--eta. The last good checkpoint is kept: {self.run_dir / CHECKPOINT}"
+            )
+        return mean_loss, int(correct) / n
+
+    # -- checkpoints ----------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "version": 1,
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "metrics": self.metrics,
+            "best": self.best,
+            "dense": self.dense,
+            "phase_seconds": self.phase_seconds,
+        }
+
+    def load_state(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        if self.method.masks is not None and self.method.phase == "finetune":
+            self.optimizer = self._new_optimizer()
+            self._install_masks()
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.metrics, self.best, self.dense = ckpt["metrics"], ckpt["best"], ckpt["dense"]
+        self.phase_seconds = ckpt["phase_seconds"]
+        # the log may hold a line written after this checkpoint's epoch: rewrite it from the checkpoint
+        lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
+        from hypersparse.checkpoint import atomic_write
+
+        atomic_write(self.run_dir / METRICS, lambda f: f.write(lines), mode="w")
+
+    def _record_dense(self) -> None:
+        self.dense = {"epoch": self.method.epoch, "val_acc": self.accuracy("val"), "test_acc": self.accuracy("test")}
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.dense is None and self.method.phase != "warmup":
+            self._record_dense()  # pretrained, or no warm-up: the dense baseline is the starting model
+        self.method.start(self.model)
+        if self.method.phase == "finetune" and self.mask_handle is None and self.method.masks is not None:
+            self._install_masks()  # methods that prune before training (SNIP)
+        while not self.method.done:
+            epoch, phase, lam = self.method.epoch, self.method.phase, self.method.lam
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr()
+            t0 = time.perf_counter()
+            loss, train_acc = self.train_epoch(epoch, lam)
+            val_acc = self.accuracy("val")
+            dense_acc = self.subset_accuracy(self.model) if cfg.criterion == "matched" else train_acc
+            t1 = time.perf_counter()
+            event = self.method.end_epoch(self.model, dense_acc, self.subset_accuracy)
+            t2 = time.perf_counter()
+            if phase == "warmup" and self.method.phase != "warmup":
+                self._record_dense()
+            if event == "stop":
+                self.optimizer = self._new_optimizer()  # fine-tuning starts with fresh momentum, as the authors do
+                self._install_masks()
+            report = sparsity_report(self.model)
+            row = {
+                "epoch": epoch,
+                "phase": phase,
+                "event": event,
+                "lambda": lam,
+                "lr": self.optimizer.param_groups[0]["lr"] if event != "stop" else self.cfg.lr,
+                "loss": loss,
+                "train_acc": train_acc,
+                "dense_acc": dense_acc,
+                "pruned_acc": self.method.last_pruned_acc if phase == "regularize" else None,
+                "val_acc": val_acc,
+                "sparsity": report.sparsity,
+                "seconds": t2 - t0,
+                "measure_seconds": t2 - t1,
+            }
+            if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
+                # model selection on the validation split, only among sparse models
+                val_now = self.accuracy("val") if event == "stop" else val_acc
+                row["val_acc"] = val_now
+                if self.best is None or val_now > self.best["val_acc"]:
+                    self.best = {
+                        "epoch": epoch,
+                        "val_acc": val_now,
+                        "state": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                    }
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + row["seconds"]
+            self.metrics.append(row)
+            save_checkpoint(self.state(), self.run_dir / CHECKPOINT)
+            with open(self.run_dir / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self._print_epoch(row)
+        return self.finish()
+
+    def finish(self) -> dict:
+        if self.best is not None:
+            self.model.load_state_dict(self.best["state"])
+        report = sparsity_report(self.model)
+        summary = {
+            "config": dataclasses.asdict(self.cfg),
+            "dense": self.dense,
+            "sparse": {
+                "epoch": self.best["epoch"] if self.best else None,
+                "val_acc": self.accuracy("val"),
+                "test_acc": self.accuracy("test"),
+                "sparsity": report.sparsity,
+                "kept": report.kept,
+                "numel": report.numel,
+            },
+            "epochs": {p: sum(1 for m in self.metrics if m["phase"] == p) for p in ("warmup", "regularize", "finetune")},
+            "phase_seconds": self.phase_seconds,
+            "device": str(self.device),
+        }
+        torch.save(self.model.state_dict(), self.run_dir / "model.pt")
+        write_json(self.run_dir / "summary.json", summary)
+        print(format_summary(summary), file=self.out)
+        return summary
+
+    def _print_epoch(self, row: dict) -> None:
+        parts = [f"epoch {row['epoch']:>3} {row['phase']:<10}", f"loss {row['loss']:.4f}", f"train {row['train_acc']:.2%}"]
+        if row["phase"] == "regularize":
+            parts += [f"lambda {row['lambda']:.3g}", f"pruned {row['pruned_acc']:.2%}"]
+        parts += [f"val {row['val_acc']:.2%}", f"sparsity {row['sparsity']:.2%}", f"{row['seconds']:.1f}s"]
+        if row["event"] == "stop":
+            parts.append(f"-> mask fixed (epoch {self.method.chosen_epoch} chosen)")
+        line = "  ".join(parts)
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+
+def format_summary(summary: dict) -> str:
+    """The small table a run ends with."""
+    s, d, cfg = summary["sparse"], summary["dense"], summary["config"]
+    name = f"{cfg['method']} ({cfg['reg']})" if cfg["method"] == "art" else cfg["method"]
+    rows = [f"{'':<22}{'validation':>11}{'test':>9}{'sparsity':>10}{'weights kept':>14}"]
+    if d:
+        rows.append(f"{'dense (epoch %d)' % d['epoch']:<22}{d['val_acc']:>11.2%}{d['test_acc']:>9.2%}{0:>10.2%}{s['numel']:>14,}")
+    rows.append(f"{'sparse, ' + name:<22}{s['val_acc']:>11.2%}{s['test_acc']:>9.2%}{s['sparsity']:>10.2%}{s['kept']:>14,}")
+    times = ", ".join(
+        f"{p} {summary['phase_seconds'].get(p, 0):.1f}s ({summary['epochs'][p]} epochs)" for p in summary["epochs"]
+    )
+    rows.append(f"time: {times}; device {summary['device']}")
+    return "\n".join(rows)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
+    """Run ``cfg`` from scratch in ``run_dir`` (default: a new folder under ``runs/``)."""
+    path = prepare_run_dir(Path(run_dir) if run_dir else Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
+    write_json(path / "config.json", dataclasses.asdict(cfg))
+    trainer = Trainer(cfg, path, progress, out)
+    print(f"run directory: {path}", file=out)
+    return trainer.run()
+
+
+def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint."""
+    path = Path(run_dir)
+    ckpt_path = path / CHECKPOINT
+    if not ckpt_path.exists():
+        raise UserError(f"{path} holds no checkpoint to resume; start a new run without --resume")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserError(f"checkpoint {ckpt_path} cannot be read ({exc}); start the run again") from None
+    cfg = TrainConfig(**ckpt["config"])
+    trainer = Trainer(cfg, path, progress, out)
+    trainer.load_state(ckpt)
+    print(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}", file=out)
+    return trainer.run()

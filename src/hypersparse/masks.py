@@ -1,0 +1,196 @@
+"""Magnitude masks: which weights to zero, keeping them zero, and counting zeros."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
+
+Masks = dict[str, torch.Tensor]
+
+
+def _prune_lowest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask over a flat tensor that drops exactly the k smallest entries.
+
+    Ties at the threshold are broken by position (lower flat index is pruned
+    first), so the result is deterministic and the count is exact.
+    """
+    n = magnitudes.numel()
+    keep = torch.ones(n, dtype=torch.bool, device=magnitudes.device)
+    if k <= 0:
+        return keep
+    if k >= n:
+        return ~keep
+    if torch.isnan(magnitudes).any():
+        raise ValueError("weights contain NaN; the run has diverged, masks cannot be computed")
+    # kthvalue is a selection (O(n)), not a sort; MPS lacks it, so select on the CPU there.
+    source = magnitudes if magnitudes.device.type in ("cpu", "cuda") else magnitudes.cpu()
+    threshold = torch.kthvalue(source, k).values.to(magnitudes.device)
+    below = magnitudes < threshold
+    tied = torch.nonzero(magnitudes == threshold).flatten()
+    n_tied_pruned = k - int(below.sum())
+    keep &= ~below
+    keep[tied[:n_tied_pruned]] = False
+    return keep
+
+
+def magnitude_masks(
+    model_or_params: ModelOrParams,
+    sparsity: float,
+    scope: str = "global",
+    filter: ModuleFilter | None = None,
+) -> Masks:
+    """Keep-masks (bool, True = kept) that zero the smallest-magnitude weights.
+
+    ``scope="global"`` ranks all prunable weights together and zeroes exactly
+    ``floor(sparsity * N)`` of them; ``scope="layer"`` zeroes
+    ``floor(sparsity * n_l)`` in each layer. Returns ``{name: mask}`` with the
+    names of :func:`~hypersparse.params.prunable_parameters`.
+
+    >>> masks = magnitude_masks(model, 0.9)
+    >>> apply_masks_(model, masks)
+    """
+    sparsity = check_sparsity(sparsity)
+    named = prunable_parameters(model_or_params, filter)
+    if scope == "layer":
+        return {
+            name: _prune_lowest(p.detach().abs().flatten(), num_pruned(sparsity, p.numel())).view_as(p)
+            for name, p in named
+        }
+    if scope != "global":
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    flat = torch.cat([p.detach().abs().flatten().to(named[0][1].device) for _, p in named])
+    keep = _prune_lowest(flat, num_pruned(sparsity, flat.numel()))
+    masks: Masks = {}
+    offset = 0
+    for name, p in named:
+        masks[name] = keep[offset : offset + p.numel()].view_as(p).to(p.device)
+        offset += p.numel()
+    return masks
+
+
+class MaskHandle:
+    """Keeps masked weights at exactly zero; :meth:`remove` undoes the hooks."""
+
+    def __init__(self, tensors: list[torch.Tensor], masks: list[torch.Tensor]):
+        self.tensors = tensors
+        self.masks = masks
+        self._floats = [m.to(t.dtype) for t, m in zip(tensors, masks)]
+        self._hooks: list = []
+
+    def reapply_(self) -> None:
+        """Zero the masked weights again (call after each optimizer step if no optimizer was given)."""
+        with torch.no_grad():
+            torch._foreach_mul_(self.tensors, self._floats)
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+def apply_masks_(
+    model_or_params: ModelOrParams,
+    masks: Masks,
+    optimizer: torch.optim.Optimizer | None = None,
+    filter: ModuleFilter | None = None,
+) -> MaskHandle:
+    """Zero the masked weights now and keep them zero.
+
+    Gradients of pruned weights are zeroed by a tensor hook. With ``optimizer``
+    the weights are re-masked after every ``optimizer.step()`` and the
+    optimizer's per-weight state (SGD momentum, Adam moments) is masked once,
+    so momentum, weight decay and Adam cannot revive a pruned weight. Without
+    an optimizer, call ``handle.reapply_()`` after each step.
+    """
+    named = dict(prunable_parameters(model_or_params, filter))
+    unknown = sorted(set(masks) - set(named))
+    if unknown:
+        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+    tensors = [named[n] for n in masks]
+    mask_list = [masks[n].to(device=named[n].device, dtype=torch.bool) for n in masks]
+    for n, t, m in zip(masks, tensors, mask_list):
+        if t.shape != m.shape:
+            raise ValueError(f"mask for {n} has shape {tuple(m.shape)}, the weight has {tuple(t.shape)}")
+    handle = MaskHandle(tensors, mask_list)
+    handle.reapply_()
+    for t, f in zip(tensors, handle._floats):
+        if t.requires_grad:
+            handle._hooks.append(t.register_hook(lambda g, f=f: g * f))
+    if optimizer is not None:
+        by_id = {id(t): f for t, f in zip(tensors, handle._floats)}
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    f = by_id.get(id(p))
+                    for value in optimizer.state.get(p, {}).values() if f is not None else ():
+                        if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                            value.mul_(f)
+        handle._hooks.append(optimizer.register_step_post_hook(lambda *_: handle.reapply_()))
+    return handle
+
+
+@dataclass
+class LayerCount:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer and total counts of exactly-zero prunable weights."""
+
+    layers: list[LayerCount] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def zeros(self) -> int:
+        return sum(layer.zeros for layer in self.layers)
+
+    @property
+    def kept(self) -> int:
+        return self.numel - self.zeros
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "numel": self.numel,
+            "zeros": self.zeros,
+            "sparsity": self.sparsity,
+            "layers": [
+                {"name": layer.name, "shape": list(layer.shape), "numel": layer.numel, "zeros": layer.zeros}
+                for layer in self.layers
+            ],
+        }
+
+    def __str__(self) -> str:
+        width = max([len(layer.name) for layer in self.layers] + [5])
+        lines = [f"{'layer':<{width}}  {'weights':>10}  {'zeros':>10}  {'sparsity':>8}"]
+        for layer in self.layers:
+            lines.append(f"{layer.name:<{width}}  {layer.numel:>10}  {layer.zeros:>10}  {layer.sparsity:>8.2%}")
+        lines.append(f"{'total':<{width}}  {self.numel:>10}  {self.zeros:>10}  {self.sparsity:>8.2%}")
+        return "\n".join(lines)
+
+
+def sparsity_report(model_or_params: ModelOrParams, filter: ModuleFilter | None = None) -> SparsityReport:
+    """Count exactly-zero weights per prunable layer and in total."""
+    return SparsityReport(
+        [
+            LayerCount(name, tuple(p.shape), p.numel(), int((p.detach() == 0).sum()))
+            for name, p in prunable_parameters(model_or_params, filter)
+        ]
+    )

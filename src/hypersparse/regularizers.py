@@ -1,0 +1,255 @@
+"""Sparsity regularizers over the global vector of prunable weights.
+
+Each regularizer offers two equivalent forms:
+
+* ``loss()``: an autograd term to add to the task loss (simple, builds a graph);
+* ``add_grad_(strength)``: adds ``strength * gradient`` to every ``.grad`` in
+  place, without a graph. This is the fast path the engine uses: call it after
+  ``loss.backward()`` and before ``optimizer.step()``.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from typing import Sequence
+
+import torch
+
+from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
+
+#: s * |w|_(k) sits on the inflection point of sech^2: artanh(1/sqrt(3)) ~= 0.6585.
+INFLECTION = math.atanh(1.0 / math.sqrt(3.0))
+#: Below this many prunable weights torch.compile costs more than it saves.
+COMPILE_MIN_NUMEL = 1_000_000
+
+
+def _as_tensor(x: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32, device=like.device)
+
+
+class Regularizer:
+    """Common part: the prunable tensors, their names, and ``.grad`` handling."""
+
+    name = "regularizer"
+
+    def __init__(self, model_or_params: ModelOrParams, filter: ModuleFilter | None = None):
+        named = prunable_parameters(model_or_params, filter)
+        self.names: list[str] = [n for n, _ in named]
+        self.params: list[torch.Tensor] = [p for _, p in named]
+        self.numel: int = sum(p.numel() for p in self.params)
+
+    def loss(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def gradient(self) -> list[torch.Tensor]:
+        """The regularizer's gradient per tensor (not added anywhere)."""
+        grads = [torch.zeros_like(p) for p in self.params]
+        self._accumulate(grads, 1.0)
+        return grads
+
+    def add_grad_(self, strength: float | torch.Tensor) -> None:
+        """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing)."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._accumulate([p.grad for p in self.params], strength)
+
+    def _accumulate(self, grads: list[torch.Tensor], strength: float | torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class L1(Regularizer):
+    """``sum |w|``: pushes every weight toward zero with the same force."""
+
+    name = "l1"
+
+    def loss(self) -> torch.Tensor:
+        return sum(p.abs().sum() for p in self.params)
+
+    @torch.no_grad()
+    def _accumulate(self, grads, strength):
+        params = [p.detach() for p in self.params]
+        torch._foreach_add_(grads, torch._foreach_mul(torch._foreach_sign(params), float(strength)))
+
+
+class L2(Regularizer):
+    """``sum w^2``: force proportional to the weight, so large weights shrink most."""
+
+    name = "l2"
+
+    def loss(self) -> torch.Tensor:
+        return sum(p.square().sum() for p in self.params)
+
+    @torch.no_grad()
+    def _accumulate(self, grads, strength):
+        torch._foreach_add_(grads, [p.detach() for p in self.params], alpha=2.0 * float(strength))
+
+
+def _hs_reduce(ws: Sequence[torch.Tensor], s: torch.Tensor, t: torch.Tensor):
+    """Sum |w|, sum tanh(s|w|) and the count of |w| < t, in one pass."""
+    l1 = s.new_zeros(())
+    total = s.new_zeros(())
+    below = torch.zeros((), dtype=torch.int64, device=s.device)
+    for w in ws:
+        a = w.abs().float()
+        l1 = l1 + a.sum()
+        total = total + torch.tanh(s * a).sum()
+        below = below + (a < t).sum()
+    return l1, total, below
+
+
+def _hs_update(ws: Sequence[torch.Tensor], gs: Sequence[torch.Tensor], s: torch.Tensor, coef: torch.Tensor):
+    """g += coef * sign(w) * sech^2(s|w|), with sech^2 = 1 - tanh^2."""
+    for w, g in zip(ws, gs):
+        th = torch.tanh(s * w.abs().float())
+        g.add_((coef * torch.sign(w) * (1.0 - th * th)).to(g.dtype))
+
+
+def _hs_fused(ws, gs, s, t, coef):
+    """The update with a given coefficient, and the reductions for the next step, in one pass."""
+    l1 = s.new_zeros(())
+    total = s.new_zeros(())
+    below = torch.zeros((), dtype=torch.int64, device=s.device)
+    for w, g in zip(ws, gs):
+        a = w.abs().float()
+        th = torch.tanh(s * a)
+        l1 = l1 + a.sum()
+        total = total + th.sum()
+        below = below + (a < t).sum()
+        g.add_((coef * torch.sign(w) * (1.0 - th * th)).to(g.dtype))
+    return l1, total, below
+
+
+class HyperSparse(Regularizer):
+    """HyperSparse (Glandorf et al., 2023) at target sparsity ``kappa``.
+
+    Gradient: ``g_i = sign(w_i) s sech^2(s|w_i|) ||w||_1 / sum_j tanh(s|w_j|)``
+    with ``s = artanh(1/sqrt 3) / |w|_(k)``, the k-th smallest magnitude,
+    ``k = floor(kappa N)`` over all prunable weights. Weights below the cut are
+    pushed to zero like L1; weights above it are released smoothly.
+
+    ``refresh_every=1`` (default) computes the exact threshold (a selection,
+    ``kthvalue``) and the exact normalisation at every call. ``refresh_every=K``
+    is the fast mode: the threshold is recomputed every K calls, or at once when
+    the stale threshold's rank has drifted by more than ``max_rank_drift * N``
+    (checked every call, exactly), and ``||w||_1`` and ``sum tanh`` come from
+    the previous call's single fused pass. ``compile`` (default: auto, on for
+    at least a million weights) fuses that pass with ``torch.compile``.
+    """
+
+    name = "hs"
+
+    def __init__(
+        self,
+        model_or_params: ModelOrParams,
+        sparsity: float,
+        filter: ModuleFilter | None = None,
+        refresh_every: int = 1,
+        max_rank_drift: float = 1e-3,
+        compile: bool | None = None,
+    ):
+        super().__init__(model_or_params, filter)
+        self.sparsity = check_sparsity(sparsity)
+        if int(refresh_every) < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every!r}")
+        self.refresh_every = int(refresh_every)
+        self.max_rank_drift = float(max_rank_drift)
+        # k >= 1 so that s is defined at sparsity 0 (it then sits on the smallest magnitude).
+        self.k = max(num_pruned(self.sparsity, self.numel), 1)
+        if compile is None:
+            compile = self.numel >= COMPILE_MIN_NUMEL and (
+                self.params[0].device.type == "cuda" or shutil.which("cc") is not None
+            )
+        self._reduce, self._update, self._fused = _hs_reduce, _hs_update, _hs_fused
+        self.compiled = bool(compile)
+        if self.compiled:
+            self._reduce, self._update, self._fused = (torch.compile(f) for f in (_hs_reduce, _hs_update, _hs_fused))
+        self.refreshes = 0
+        self._reset_lazy()
+
+    def _reset_lazy(self) -> None:
+        self._t: torch.Tensor | None = None
+        self._s: torch.Tensor | None = None
+        self._coef: torch.Tensor | None = None
+        self._since = 0
+
+    # -- the exact pieces -------------------------------------------------
+    @torch.no_grad()
+    def threshold(self) -> torch.Tensor:
+        """|w|_(k): the k-th smallest magnitude (exact selection, no sort)."""
+        flat = torch.cat([p.detach().abs().flatten().float() for p in self.params])
+        t = torch.kthvalue(flat if flat.device.type in ("cpu", "cuda") else flat.cpu(), self.k).values
+        # An exactly-zero threshold (many weights already at 0) would make s infinite.
+        return t.to(flat.device).clamp_min(torch.finfo(torch.float32).tiny)
+
+    def scale(self) -> torch.Tensor:
+        """s = artanh(1/sqrt 3) / |w|_(k)."""
+        return INFLECTION / self.threshold()
+
+    def loss(self) -> torch.Tensor:
+        """``sum_i |w_i| T / sg(T) - ||w||_1``: value 0, gradient the HyperSparse gradient."""
+        s = self.scale()
+        mags = [p.abs().float() for p in self.params]
+        l1 = sum(a.sum() for a in mags)
+        total = sum(torch.tanh(s * a).sum() for a in mags)
+        return l1 * total / total.detach().clamp_min(torch.finfo(torch.float32).tiny) - l1
+
+    # -- the fast path ----------------------------------------------------
+    @torch.no_grad()
+    def _accumulate(self, grads, strength):
+        ws = [p.detach() for p in self.params]
+        strength = _as_tensor(strength, ws[0])
+        tiny = torch.finfo(torch.float32).tiny
+        refresh = self.refresh_every == 1 or self._t is None or self._since >= self.refresh_every
+        if refresh:
+            t = self.threshold()
+            s = INFLECTION / t
+            l1, total, _ = self._call("reduce", ws, s, t)
+            coef = s * l1 / total.clamp_min(tiny)
+            self._call("update", ws, grads, s, strength * coef)
+            self._t, self._s, self._coef, self._since = t, s, coef, 1
+            self.refreshes += 1
+            return
+        l1, total, below = self._call("fused", ws, grads, self._s, self._t, strength * self._coef)
+        self._coef = self._s * l1 / total.clamp_min(tiny)
+        self._since += 1
+        if abs(int(below) - self.k) > self.max_rank_drift * self.numel:
+            self._since = self.refresh_every  # the stale cut drifted too far: refresh on the next call
+
+    def _call(self, which: str, *args):
+        fn = getattr(self, "_" + which)
+        try:
+            return fn(*args)
+        except Exception as exc:  # a missing compiler or unsupported backend: fall back to eager, once
+            if not self.compiled:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); using eager HyperSparse kernels")
+            self.compiled = False
+            self._reduce, self._update, self._fused = _hs_reduce, _hs_update, _hs_fused
+            return getattr(self, "_" + which)(*args)
+
+    def state_dict(self) -> dict:
+        return {"t": self._t, "s": self._s, "coef": self._coef, "since": self._since, "refreshes": self.refreshes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._t, self._s, self._coef = state["t"], state["s"], state["coef"]
+        self._since, self.refreshes = state["since"], state["refreshes"]
+
+
+REGULARIZERS = {"hs": HyperSparse, "l1": L1, "l2": L2}
+
+
+def make_regularizer(name: str, model_or_params: ModelOrParams, sparsity: float, **kwargs) -> Regularizer:
+    """Build a regularizer by its short name: ``hs``, ``l1`` or ``l2``."""
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; choose one of {', '.join(REGULARIZERS)}")
+    if name == "hs":
+        return HyperSparse(model_or_params, sparsity, **kwargs)
+    return REGULARIZERS[name](model_or_params, kwargs.get("filter"))

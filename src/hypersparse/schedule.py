@@ -1,0 +1,201 @@
+"""ART (Adaptive Regularized Training) as a framework-agnostic schedule.
+
+The training loop asks the schedule for the phase and the regularization
+strength of each epoch, and reports each epoch's end with
+:meth:`ART.end_epoch`. The schedule decides when regularization has done its
+work, restores the chosen model, and hands back its mask.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hypersparse.masks import Masks, magnitude_masks
+from hypersparse.params import check_sparsity
+from hypersparse.regularizers import HyperSparse, Regularizer
+
+WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
+
+
+class ARTDidNotConverge(RuntimeError):
+    """Regularization ran its maximum number of epochs without meeting the stop criterion."""
+
+
+class ART:
+    """Warm-up, then regularization with ``lambda_e = lambda_init * eta**e``, then fine-tuning.
+
+    After each regularization epoch a pruned version of the model (global
+    magnitude pruning at ``sparsity``) is scored by the caller's ``pruned_acc``
+    callable; the last ``2 * buffer_k + 1`` scores form a buffer. Once the buffer
+    is full and its mean reaches the dense accuracy the caller reports, the
+    buffer's middle model is restored into ``model``, pruned, and its mask is
+    kept in :attr:`masks`; the phase becomes ``"finetune"`` for good.
+
+    Args:
+        regularizer: the :class:`~hypersparse.Regularizer` the loop applies.
+        sparsity: target fraction of zero weights (defaults to the HyperSparse regularizer's).
+        warmup_epochs: dense epochs before regularization (0 for a pretrained model).
+        lambda_init, eta: initial strength and its growth per regularization epoch.
+        buffer_k: buffer of ``2k+1`` epochs; the middle one is chosen.
+        max_reg_epochs: raise :class:`ARTDidNotConverge` after this many regularization epochs.
+        finetune_epochs: after this many fine-tuning epochs :attr:`done` is True (None: never).
+    """
+
+    def __init__(
+        self,
+        regularizer: Regularizer,
+        sparsity: float | None = None,
+        warmup_epochs: int = 60,
+        lambda_init: float = 5e-6,
+        eta: float = 1.05,
+        buffer_k: int = 1,
+        max_reg_epochs: int = 300,
+        finetune_epochs: int | None = 160,
+    ):
+        if sparsity is None:
+            if not isinstance(regularizer, HyperSparse):
+                raise ValueError("ART needs sparsity= when the regularizer is not HyperSparse")
+            sparsity = regularizer.sparsity
+        self.sparsity = check_sparsity(sparsity)
+        if isinstance(regularizer, HyperSparse) and regularizer.sparsity != self.sparsity:
+            raise ValueError(
+                f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
+            )
+        for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k)):
+            if int(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
+            raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
+        if int(max_reg_epochs) < 2 * int(buffer_k) + 1:
+            raise ValueError(f"max_reg_epochs ({max_reg_epochs}) must be at least the buffer size {2 * buffer_k + 1}")
+        self.regularizer = regularizer
+        self.warmup_epochs = int(warmup_epochs)
+        self.lambda_init = float(lambda_init)
+        self.eta = float(eta)
+        self.buffer_k = int(buffer_k)
+        self.max_reg_epochs = int(max_reg_epochs)
+        self.finetune_epochs = finetune_epochs
+        self.epoch = 0  # epochs completed
+        self.reg_epochs = 0
+        self.finetune_done = 0
+        self.phase = WARMUP if self.warmup_epochs > 0 else REGULARIZE
+        self.buffer: list[dict] = []
+        self.history: list[dict] = []
+        self.masks: Masks | None = None
+        self.chosen_epoch: int | None = None
+        self.lambda_override: float | None = None
+
+    @property
+    def lam(self) -> float:
+        """The regularization strength for the current epoch (0 outside regularization)."""
+        if self.phase != REGULARIZE:
+            return 0.0
+        base = self.lambda_override if self.lambda_override is not None else self.lambda_init
+        return base * self.eta**self.reg_epochs
+
+    @property
+    def done(self) -> bool:
+        """True once the fine-tuning epochs are complete."""
+        return (
+            self.phase == FINETUNE and self.finetune_epochs is not None and self.finetune_done >= self.finetune_epochs
+        )
+
+    def end_epoch(
+        self,
+        model: nn.Module,
+        dense_acc: float,
+        pruned_acc: Callable[[nn.Module], float] | None = None,
+    ) -> str:
+        """Report the end of an epoch; returns what happened.
+
+        ``dense_acc`` is the dense model's accuracy this epoch (the authors use
+        the running training accuracy). ``pruned_acc(model)`` is called during
+        regularization with ``model`` temporarily pruned at the target sparsity
+        (the weights are restored afterwards). Returns ``"warmup"``,
+        ``"regularize"``, ``"stop"`` (regularization ended: ``model`` now holds
+        the chosen pruned weights and :attr:`masks` its mask) or ``"finetune"``.
+        """
+        record = {"epoch": self.epoch, "phase": self.phase, "lambda": self.lam, "dense_acc": float(dense_acc)}
+        self.epoch += 1
+        event = self.phase
+        if self.phase == WARMUP:
+            if self.epoch >= self.warmup_epochs:
+                self.phase = REGULARIZE
+        elif self.phase == REGULARIZE:
+            if pruned_acc is None:
+                raise ValueError("during regularization end_epoch needs pruned_acc, a callable scoring the pruned model")
+            masks = magnitude_masks(self.regularizer.params, self.sparsity)
+            acc = float(self._score_pruned(model, masks, pruned_acc))
+            record["pruned_acc"] = acc
+            self.reg_epochs += 1
+            self.buffer.append(
+                {
+                    "epoch": record["epoch"],
+                    "pruned_acc": acc,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "masks": masks,
+                }
+            )
+            size = 2 * self.buffer_k + 1
+            del self.buffer[:-size]
+            mean = sum(b["pruned_acc"] for b in self.buffer) / len(self.buffer)
+            record["buffer_mean"] = mean
+            if len(self.buffer) == size and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
+                self._choose(model, self.buffer[self.buffer_k])
+                record["chosen_epoch"] = self.chosen_epoch
+                event = "stop"
+            elif self.reg_epochs >= self.max_reg_epochs:
+                self.history.append(record)
+                raise ARTDidNotConverge(
+                    f"ART regularized for {self.reg_epochs} epochs without the pruned model's accuracy "
+                    f"(buffer mean {mean:.4f}) beating the dense accuracy ({float(dense_acc):.4f}); "
+                    "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
+                )
+        else:
+            self.finetune_done += 1
+        self.history.append(record)
+        return event
+
+    def _score_pruned(self, model: nn.Module, masks: Masks, pruned_acc: Callable[[nn.Module], float]) -> float:
+        params = self.regularizer.params
+        saved = [p.detach().clone() for p in params]
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                for p, m in zip(params, masks.values()):
+                    p.mul_(m)
+            return pruned_acc(model)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+            model.train(was_training)
+
+    def _choose(self, model: nn.Module, entry: dict) -> None:
+        model.load_state_dict(entry["state"])
+        with torch.no_grad():
+            for p, m in zip(self.regularizer.params, entry["masks"].values()):
+                p.mul_(m)
+        self.masks = dict(zip(self.regularizer.names, entry["masks"].values()))
+        self.chosen_epoch = entry["epoch"]
+        self.phase = FINETUNE
+        self.buffer = []
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume mid-phase (the buffer's model states included)."""
+        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override")
+        state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
+        state["buffer"] = [dict(b) for b in self.buffer]
+        state["regularizer"] = self.regularizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch"):
+            setattr(self, k, copy.deepcopy(state[k]))
+        self.lambda_override = state.get("lambda_override")
+        self.buffer = [dict(b) for b in state["buffer"]]
+        self.regularizer.load_state_dict(state.get("regularizer", {}))

@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hypersparse as hs
+from conftest import make_convnet, make_mlp
+
+SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
+
+
+def zeros(model):
+    return hs.sparsity_report(model).zeros
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_global_mask_zeroes_exactly_floor_kappa_n(sparsity):
+    model = make_mlp((100, 60, 30, 10))
+    n = sum(p.numel() for _, p in hs.prunable_parameters(model))
+    masks = hs.magnitude_masks(model, sparsity)
+    assert sum(int((~m).sum()) for m in masks.values()) == math.floor(sparsity * n + 1e-9)
+    hs.apply_masks_(model, masks)
+    assert zeros(model) == math.floor(sparsity * n + 1e-9)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_exact_count_with_many_ties(sparsity):
+    torch.manual_seed(0)
+    model = make_mlp((100, 60, 30, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-3, 4, p.shape).float() * 0.25)  # 7 distinct values, many zeros
+    n = sum(p.numel() for _, p in hs.prunable_parameters(model))
+    masks = hs.magnitude_masks(model, sparsity)
+    assert sum(int((~m).sum()) for m in masks.values()) == math.floor(sparsity * n + 1e-9)
+    # deterministic: the same masks twice
+    again = hs.magnitude_masks(model, sparsity)
+    assert all(torch.equal(masks[k], again[k]) for k in masks)
+    # every kept weight is at least as large as every pruned one
+    kept = torch.cat([p.detach().abs()[masks[n_]] for n_, p in hs.prunable_parameters(model)])
+    pruned = torch.cat([p.detach().abs()[~masks[n_]] for n_, p in hs.prunable_parameters(model)])
+    if kept.numel() and pruned.numel():
+        assert kept.min() >= pruned.max()
+
+
+def test_layer_scope_prunes_each_layer():
+    model = make_convnet()
+    masks = hs.magnitude_masks(model, 0.9, scope="layer")
+    for name, p in hs.prunable_parameters(model):
+        assert int((~masks[name]).sum()) == math.floor(0.9 * p.numel() + 1e-9)
+    with pytest.raises(ValueError, match="scope"):
+        hs.magnitude_masks(model, 0.9, scope="neuron")
+
+
+def test_parameter_list_and_filter():
+    model = make_convnet()
+    only_linear = hs.prunable_parameters(model, filter=lambda name, m: isinstance(m, nn.Linear))
+    assert [n for n, _ in only_linear] == ["7.weight"]
+    w = torch.randn(10, 10)
+    masks = hs.magnitude_masks([w], 0.9)
+    assert list(masks) == ["0"] and int(masks["0"].sum()) == 10
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-2),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-1),
+    ],
+)
+def test_pruned_weights_stay_zero_through_optimizer_steps(make_opt):
+    model = make_mlp((20, 30, 5))
+    opt = make_opt(model.parameters())
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    for _ in range(5):  # build up momentum / Adam moments while dense
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    masks = hs.magnitude_masks(model, 0.9)
+    expected = sum(int((~m).sum()) for m in masks.values())
+    hs.apply_masks_(model, masks, opt)
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        for name, p in hs.prunable_parameters(model):
+            assert torch.all(p[~masks[name]] == 0)
+    assert zeros(model) == expected
+
+
+def test_without_optimizer_reapply_keeps_zeros():
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.5))
+    expected = zeros(model)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 20)).sum().backward()
+        opt.step()
+        handle.reapply_()
+    assert zeros(model) == expected
+    handle.remove()
+
+
+def test_mask_name_mismatch_is_an_error():
+    model = make_mlp()
+    with pytest.raises(KeyError, match="nope"):
+        hs.apply_masks_(model, {"nope": torch.ones(3, dtype=torch.bool)})
+
+
+def test_sparsity_report_counts_and_prints():
+    model = make_mlp((10, 10, 2), bias=False)
+    with torch.no_grad():
+        model[0].weight[:5] = 0
+    report = hs.sparsity_report(model)
+    assert report.numel == 120 and report.zeros == 50
+    assert [layer.zeros for layer in report.layers] == [50, 0]
+    text = str(report)
+    assert "0.weight" in text and "total" in text and "41.67%" in text
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), "half", None])
+def test_masks_reject_bad_sparsity(bad):
+    with pytest.raises(ValueError, match="sparsity"):
+        hs.magnitude_masks(make_mlp(), bad)

@@ -1,0 +1,131 @@
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hypersparse as hs
+from conftest import make_mlp, synthetic_problem
+
+
+def accuracy_on(x, y):
+    def acc(model):
+        model.eval()
+        with torch.no_grad():
+            return (model(x).argmax(1) == y).float().mean().item()
+
+    return acc
+
+
+def run_art(model, opt, art, reg, x, y, stop_after=None, seed=0):
+    """A plain training loop driven by ART; returns the events."""
+    g = torch.Generator().manual_seed(seed)
+    acc = accuracy_on(x, y)
+    events = []
+    while not art.done:
+        if stop_after is not None and art.epoch == stop_after:
+            return events
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1000 + art.epoch))
+        model.train()
+        correct = 0
+        for idx in perm.split(64):
+            opt.zero_grad()
+            out = model(x[idx])
+            correct += (out.argmax(1) == y[idx]).sum().item()
+            F.cross_entropy(out, y[idx]).backward()
+            if art.lam:
+                reg.add_grad_(art.lam)
+            opt.step()
+        event = art.end_epoch(model, dense_acc=correct / len(x), pruned_acc=acc)
+        if event == "stop":
+            hs.apply_masks_(model, art.masks, opt)
+        events.append(event)
+    return events
+
+
+def setup(seed=0):
+    torch.manual_seed(seed)
+    x, y = synthetic_problem(n=512, d=10, classes=3, seed=seed)
+    model = make_mlp((10, 64, 64, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    reg = hs.HyperSparse(model, 0.9)
+    art = hs.ART(reg, warmup_epochs=3, lambda_init=1e-3, eta=1.3, max_reg_epochs=40, finetune_epochs=3)
+    return x, y, model, opt, reg, art
+
+
+def test_art_terminates_at_exact_sparsity_and_records_history():
+    x, y, model, opt, reg, art = setup()
+    events = run_art(model, opt, art, reg, x, y)
+    assert events[:3] == ["warmup"] * 3
+    assert "stop" in events and events[-3:] == ["finetune"] * 3
+    n = reg.numel
+    assert hs.sparsity_report(model).zeros == math.floor(0.9 * n)
+    reg_rows = [h for h in art.history if h["phase"] == "regularize"]
+    assert len(reg_rows) >= 3
+    for i, row in enumerate(reg_rows):
+        assert row["lambda"] == pytest.approx(1e-3 * 1.3**i)
+        assert 0 <= row["pruned_acc"] <= 1 and 0 <= row["dense_acc"] <= 1
+    # the chosen model is the middle of the last buffer of three
+    assert art.chosen_epoch == reg_rows[-2]["epoch"]
+    assert all(h["lambda"] == 0 for h in art.history if h["phase"] != "regularize")
+    assert accuracy_on(x, y)(model) > 0.9
+
+
+def test_resume_mid_regularization_gives_the_same_decisions():
+    x, y, model, opt, reg, art = setup()
+    run_art(model, opt, art, reg, x, y)
+    reference = art.history
+    assert any(h["phase"] == "regularize" for h in reference)
+
+    x, y, model, opt, reg, art = setup()
+    run_art(model, opt, art, reg, x, y, stop_after=5)  # 3 warm-up + 2 regularization epochs
+    assert art.phase == "regularize" and art.reg_epochs == 2
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "art": art.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+
+    x, y, model, opt, reg, art = setup(seed=0)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    art.load_state_dict(saved["art"])
+    run_art(model, opt, art, reg, x, y)
+    assert art.history == reference
+
+
+def test_art_raises_when_it_never_converges():
+    x, y, model, opt, reg, art = setup()
+    art = hs.ART(reg, warmup_epochs=0, lambda_init=1e-12, eta=1.0, max_reg_epochs=3)
+    with pytest.raises(hs.ARTDidNotConverge, match="raise lambda_init or eta"):
+        for _ in range(5):
+            art.end_epoch(model, dense_acc=1.01, pruned_acc=lambda m: 0.5)
+
+
+def test_pruned_copy_is_scored_at_target_and_model_restored():
+    model = make_mlp((10, 20, 3))
+    reg = hs.HyperSparse(model, 0.8)
+    art = hs.ART(reg, warmup_epochs=0)
+    before = copy.deepcopy(model.state_dict())
+    seen = {}
+
+    def score(m):
+        seen["zeros"] = hs.sparsity_report(m).zeros
+        return 0.1
+
+    assert art.end_epoch(model, dense_acc=0.9, pruned_acc=score) == "regularize"
+    assert seen["zeros"] == math.floor(0.8 * reg.numel)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_art_validates_settings():
+    reg = hs.L1(make_mlp())
+    with pytest.raises(ValueError, match="sparsity="):
+        hs.ART(reg)
+    with pytest.raises(ValueError, match="sparsity"):
+        hs.ART(reg, sparsity=1.0)
+    with pytest.raises(ValueError, match="one value"):
+        hs.ART(hs.HyperSparse(make_mlp(), 0.9), sparsity=0.8)
+    with pytest.raises(ValueError, match="positive"):
+        hs.ART(reg, sparsity=0.9, lambda_init=-1)
