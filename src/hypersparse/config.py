@@ -30,6 +30,10 @@ class TrainConfig:
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
     warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")
     finetune_epochs: int = _f(160, "epochs of fine-tuning with the mask fixed")
+    prune_epochs: int = _f(
+        20, "baselines: epochs between warm-up and fine-tuning (gmp prunes gradually over them; oneshot and snip "
+        "train through them), to match ART's regularization phase in the epoch budget"
+    )
     lr: float = _f(0.1, "SGD learning rate")
     lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by --lr-decay")
     lr_decay: float = _f(0.1, "learning-rate factor at each step")
@@ -39,6 +43,7 @@ class TrainConfig:
     epochs_scale: float = _f(1.0, "shorten every phase by this factor for quick runs (eta becomes eta**(1/F))")
     pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy each ART epoch; 0 = all")
     hs_refresh_every: int = _f(32, "recompute the HyperSparse threshold every K steps (sooner if it drifts); 1 = exact")
+    hs_compile: str = _f("auto", "fuse the HyperSparse pass with torch.compile: auto (200,000+ weights), on, off")
     seed: int = _f(0, "random seed (data split, init, order, augmentation)")
     device: str = _f("auto", "cuda, mps, cpu or auto")
     pretrained: str | None = _f(None, "start from this dense checkpoint (state_dict or run checkpoint); skips warm-up")
@@ -74,16 +79,17 @@ class TrainConfig:
             check_sparsity(self.sparsity, "--sparsity")
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        choices = {"method": ("art", "oneshot", "gmp", "snip"), "reg": ("hs", "l1", "l2"), "criterion": ("paper", "matched")}
+        choices = {"method": ("art", "oneshot", "gmp", "snip"), "reg": ("hs", "l1", "l2"),
+                   "criterion": ("paper", "matched"), "hs_compile": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         positive = ("lambda_init", "eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs")
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
-        for name in ("warmup_epochs", "finetune_epochs", "buffer_k", "pruned_eval_size"):
+        for name in ("warmup_epochs", "finetune_epochs", "prune_epochs", "buffer_k", "pruned_eval_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         try:

@@ -208,7 +208,7 @@ class Trainer:
     def load_state(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
-        if self.method.masks is not None and self.method.phase == "finetune":
+        if self.method.masks is not None and self.method.phase in ("finetune", "train"):
             self.optimizer = self._new_optimizer()
             self._install_masks()
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -226,10 +226,10 @@ class Trainer:
     # -- the loop -------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        if self.dense is None and self.method.phase != "warmup":
-            self._record_dense()  # pretrained, or no warm-up: the dense baseline is the starting model
+        if self.dense is None and cfg.pretrained:
+            self._record_dense()  # the dense baseline is the pretrained model
         self.method.start(self.model)
-        if self.method.phase == "finetune" and self.mask_handle is None and self.method.masks is not None:
+        if self.mask_handle is None and self.method.masks is not None and self.method.phase in ("finetune", "train"):
             self._install_masks()  # methods that prune before training (SNIP)
         while not self.method.done:
             epoch, phase, lam = self.method.epoch, self.method.phase, self.method.lam
@@ -296,7 +296,7 @@ class Trainer:
                 "kept": report.kept,
                 "numel": report.numel,
             },
-            "epochs": {p: sum(1 for m in self.metrics if m["phase"] == p) for p in ("warmup", "regularize", "finetune")},
+            "epochs": {p: sum(1 for m in self.metrics if m["phase"] == p) for p in dict.fromkeys(m["phase"] for m in self.metrics)},
             "phase_seconds": self.phase_seconds,
             "device": str(self.device),
         }

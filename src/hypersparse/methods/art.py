@@ -13,7 +13,8 @@ class ARTMethod(ART):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, model: nn.Module) -> "ARTMethod":
-        kwargs = {"refresh_every": cfg.hs_refresh_every} if cfg.reg == "hs" else {}
+        compile = {"auto": None, "on": True, "off": False}[cfg.hs_compile]
+        kwargs = {"refresh_every": cfg.hs_refresh_every, "compile": compile} if cfg.reg == "hs" else {}
         reg = make_regularizer(cfg.reg, model, cfg.sparsity, **kwargs)
         return cls(
             reg,

@@ -1,6 +1,7 @@
 """Models by name: ``create_model("resnet32", num_classes=10)``."""
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from torch import nn
@@ -26,7 +27,10 @@ MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """Build a registered model; raises UserError naming the choices for an unknown name."""
+    """Build a registered model (or any ``resnet<6n+2>``); raises UserError naming the choices for an unknown name."""
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if name not in MODELS and match:  # any CIFAR ResNet of depth 6n+2, e.g. resnet8 or resnet110
+        return CifarResNet(int(match.group(1)), num_classes, in_channels)
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name][0](num_classes, in_channels, image_size)

@@ -1,0 +1,226 @@
+"""The standard pruning baselines, behind the same interface as ART.
+
+* **oneshot**: train dense, prune once by global magnitude at the target
+  sparsity, fine-tune with the mask fixed (Han et al., 2015, one round).
+* **gmp**: gradual magnitude pruning (Zhu & Gupta, 2017, "To prune, or not to
+  prune"): after a dense warm-up the global sparsity follows
+  ``s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n dt))^3`` from 0 to the target over
+  the pruning phase, updated every ``dt`` steps; then fine-tuning.
+* **snip**: single-shot network pruning at initialization (Lee et al., 2019):
+  connection sensitivity ``|g_j w_j| / sum_k |g_k w_k|`` on one batch at
+  initialization; the top ``1 - kappa`` connections are kept and the sparse
+  network is trained from scratch.
+
+All three use the same epoch budget and learning-rate schedule as ART: a
+constant-LR phase, then ``finetune`` epochs with the LR steps.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hypersparse.config import TrainConfig
+from hypersparse.masks import MaskHandle, Masks, _prune_lowest, apply_masks_, magnitude_masks
+from hypersparse.params import check_sparsity, num_pruned, prunable_parameters
+
+
+class Baseline:
+    """Epoch counting and phases shared by the baselines (no regularizer: ``lam`` is 0)."""
+
+    regularizer = None
+    lam = 0.0
+    last_pruned_acc = None
+    _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch", "history")
+    first_phase = "warmup"
+
+    def __init__(self, sparsity: float, dense_epochs: int, finetune_epochs: int):
+        self.sparsity = check_sparsity(sparsity)
+        self.dense_epochs = int(dense_epochs)
+        self.finetune_epochs = int(finetune_epochs)
+        self.epoch = 0
+        self.finetune_done = 0
+        self.phase = self.first_phase if self.dense_epochs > 0 else "finetune"
+        self.masks: Masks | None = None
+        self.chosen_epoch: int | None = None
+        self.history: list[dict] = []
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "finetune" and self.finetune_done >= self.finetune_epochs
+
+    def start(self, model: nn.Module) -> None:
+        pass
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def _prune_now(self, model: nn.Module) -> None:
+        self.masks = magnitude_masks(model, self.sparsity)
+        apply_masks_(model, self.masks).remove()
+        self.chosen_epoch = self.epoch
+        self.phase = "finetune"
+
+    def end_epoch(self, model: nn.Module, dense_acc: float, pruned_acc=None) -> str:
+        event = self.phase
+        self.history.append({"epoch": self.epoch, "phase": self.phase, "dense_acc": float(dense_acc)})
+        self.epoch += 1
+        if self.phase == "finetune":
+            self.finetune_done += 1
+        elif self.epoch >= self.dense_epochs:
+            event = self._end_dense(model)
+        return event
+
+    def _end_dense(self, model: nn.Module) -> str:
+        self._prune_now(model)
+        return "stop"
+
+    def state_dict(self) -> dict:
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
+
+
+class OneShot(Baseline):
+    """Dense training, one global magnitude pruning, fine-tuning."""
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "OneShot":
+        return cls(cfg.sparsity, cfg.warmup + cfg.scaled(cfg.prune_epochs), cfg.finetune)
+
+
+def gmp_sparsity(step: int, start: int, steps: int, final: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta's cubic schedule: the sparsity at ``step`` when pruning runs from ``start`` for ``steps`` steps."""
+    if step < start:
+        return initial
+    progress = min(1.0, (step - start) / max(1, steps))
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+class GMP(Baseline):
+    """Gradual magnitude pruning: cubic sparsity schedule over ``prune_epochs``, updated every ``frequency`` steps.
+
+    Phases: ``warmup`` (dense) -> ``prune`` (the schedule) -> ``finetune`` (mask fixed at the target).
+    """
+
+    _STATE = Baseline._STATE + ("step",)
+
+    def __init__(self, sparsity, dense_epochs, prune_epochs, finetune_epochs, steps_per_epoch, frequency=100):
+        super().__init__(sparsity, dense_epochs + prune_epochs, finetune_epochs)
+        self.warmup_epochs = int(dense_epochs)
+        self.start_step = dense_epochs * steps_per_epoch
+        self.prune_steps = max(1, prune_epochs * steps_per_epoch)
+        self.frequency = max(1, int(frequency))
+        self.step = 0
+        self.current = 0.0
+        self._handle: MaskHandle | None = None
+        if self.phase == "warmup" and self.warmup_epochs == 0:
+            self.phase = "prune"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "GMP":
+        return cls(cfg.sparsity, cfg.warmup, cfg.scaled(cfg.prune_epochs), cfg.finetune, len(loader))
+
+    def target_at(self, step: int) -> float:
+        """The scheduled sparsity after ``step`` optimizer steps."""
+        return gmp_sparsity(step, self.start_step, self.prune_steps, self.sparsity)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.step += 1
+        if self.phase != "prune":
+            return
+        since = self.step - self.start_step
+        if since % self.frequency == 0 or since >= self.prune_steps or self._handle is None:
+            self.current = self.target_at(self.step)
+            if self._handle is not None:
+                self._handle.remove()
+            self.masks = magnitude_masks(model, self.current)
+            self._handle = apply_masks_(model, self.masks)
+        else:
+            self._handle.reapply_()  # momentum must not revive pruned weights between updates
+
+    def end_epoch(self, model: nn.Module, dense_acc: float, pruned_acc=None) -> str:
+        if self.phase == "warmup" and self.epoch + 1 >= self.warmup_epochs:
+            self.history.append({"epoch": self.epoch, "phase": self.phase, "dense_acc": float(dense_acc)})
+            self.epoch += 1
+            self.phase = "prune"
+            return "warmup"
+        return super().end_epoch(model, dense_acc, pruned_acc)
+
+    def _end_dense(self, model: nn.Module) -> str:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._prune_now(model)  # exactly the target, from the last weights
+        return "stop"
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.current = self.target_at(self.step)
+
+
+@torch.no_grad()
+def _grad_times_weight(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    with torch.enable_grad():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    return [(p.grad * p).abs() for _, p in prunable_parameters(model)]
+
+
+def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Connection sensitivity ``|dL/dw_j * w_j| / sum_k |dL/dw_k * w_k|`` on the batch (x, y)."""
+    raw = _grad_times_weight(model, x, y)
+    total = sum(r.sum() for r in raw)
+    model.zero_grad(set_to_none=True)
+    return {name: r / total for (name, _), r in zip(prunable_parameters(model), raw)}
+
+
+def snip_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float) -> Masks:
+    """Keep the ``1 - sparsity`` most sensitive connections globally (exactly floor(kappa N) pruned)."""
+    scores = snip_scores(model, x, y)
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    keep = _prune_lowest(flat, num_pruned(check_sparsity(sparsity), flat.numel()))
+    masks, offset = {}, 0
+    for name, s in scores.items():
+        masks[name] = keep[offset : offset + s.numel()].view_as(s)
+        offset += s.numel()
+    return masks
+
+
+class SNIP(Baseline):
+    """Prune at initialization by connection sensitivity, then train the sparse network.
+
+    Phases: ``train`` (sparse, constant LR, as long as the others' warm-up plus pruning) -> ``finetune``.
+    """
+
+    first_phase = "train"
+
+    def __init__(self, sparsity, train_epochs, finetune_epochs, loader, batches: int = 1):
+        super().__init__(sparsity, train_epochs, finetune_epochs)
+        self.loader = loader
+        self.batches = batches
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "SNIP":
+        return cls(cfg.sparsity, cfg.warmup + cfg.scaled(cfg.prune_epochs), cfg.finetune, loader)
+
+    def start(self, model: nn.Module) -> None:
+        if self.masks is not None:
+            return  # resumed: the mask was chosen at initialization
+        xb, yb = next(iter(self.loader.batches(epoch=-1)))
+        was = model.training
+        model.train()
+        self.masks = snip_masks(model, xb, yb, self.sparsity)
+        model.train(was)
+        self.chosen_epoch = 0
+
+    def _end_dense(self, model: nn.Module) -> str:
+        self.phase = "finetune"
+        return "train"
+
+
+BASELINES = {"oneshot": OneShot, "gmp": GMP, "snip": SNIP}
