@@ -3,6 +3,7 @@ from hypersparse.masks import MaskHandle, SparsityReport, apply_masks_, magnitud
 from hypersparse.params import NoPrunableParametersError, prunable_parameters
 from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
 from hypersparse.schedule import ART, ARTDidNotConverge
+from hypersparse.export import load_sparse, save_sparse, sparse_inference
 
 __version__ = "0.1.0"
 
@@ -17,7 +18,10 @@ __all__ = [
     "Regularizer",
     "SparsityReport",
     "apply_masks_",
+    "load_sparse",
     "magnitude_masks",
     "prunable_parameters",
+    "save_sparse",
     "sparsity_report",
+    "sparse_inference",
 ]

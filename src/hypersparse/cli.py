@@ -1,4 +1,4 @@
-"""The ``hypersparse`` command: ``train``, ``eval``.
+"""The ``hypersparse`` command: ``train``, ``eval``, ``export``.
 
 User errors end with one line on stderr and exit code 2; a diverged run with
 exit code 1; the checkpoint on disk is always the last complete one.
@@ -58,7 +58,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
     ev.add_argument("--model", help="model name (default: the run's)")
     ev.add_argument("--device", default="auto")
+    ex = sub.add_parser("export", help="write a compressed sparse file or ONNX", description="Export a trained model.")
+    ex.add_argument("run", help="a run directory (or its model.pt)")
+    ex.add_argument("--format", choices=("sparse", "onnx"), default="sparse",
+                    help="sparse: safetensors with CSR or bitmask tensors; onnx: needs the [onnx] extra")
+    ex.add_argument("--out", help="output file (default: model.sparse.safetensors or model.onnx in the run directory)")
     return parser
+
+
+def _export(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from hypersparse.checkpoint import load_checkpoint
+    from hypersparse.export import export_onnx, save_sparse
+    from hypersparse.models import create_model
+
+    path = Path(args.run)
+    run_dir = path if path.is_dir() else path.parent
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
+    arch = json.loads(summary_path.read_text())["arch"]
+    try:
+        state = load_checkpoint(path / "model.pt" if path.is_dir() else path)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserError(f"cannot read the model in {path} ({exc})") from None
+    model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
+    model.load_state_dict(state.get("model", state))
+    if args.format == "sparse":
+        info = save_sparse(model, args.out or run_dir / "model.sparse.safetensors", arch)
+        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
+    else:
+        example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
+        info = export_onnx(model, example, args.out or run_dir / "model.onnx")
+        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers")
+    return 0
 
 
 def _train(args) -> int:
@@ -83,7 +120,7 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval}[args.command](args)
+        return {"train": _train, "eval": _eval, "export": _export}[args.command](args)
     except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2

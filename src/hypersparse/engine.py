@@ -299,6 +299,8 @@ class Trainer:
             "epochs": {p: sum(1 for m in self.metrics if m["phase"] == p) for p in dict.fromkeys(m["phase"] for m in self.metrics)},
             "phase_seconds": self.phase_seconds,
             "device": str(self.device),
+            "arch": {"model": self.cfg.model, "num_classes": self.data.num_classes,
+                     "in_channels": self.data.in_channels, "image_size": self.data.image_size},
         }
         torch.save(self.model.state_dict(), self.run_dir / "model.pt")
         write_json(self.run_dir / "summary.json", summary)

@@ -78,12 +78,14 @@ class MaskHandle:
         self.tensors = tensors
         self.masks = masks
         self._floats = [m.to(t.dtype) for t, m in zip(tensors, masks)]
+        self._pruned = [~m for m in masks]
         self._hooks: list = []
 
     def reapply_(self) -> None:
         """Zero the masked weights again (call after each optimizer step if no optimizer was given)."""
         with torch.no_grad():
-            torch._foreach_mul_(self.tensors, self._floats)
+            for t, pruned in zip(self.tensors, self._pruned):
+                t.masked_fill_(pruned, 0.0)  # +0.0, where a multiply would leave -0.0 for negative weights
 
     def remove(self) -> None:
         for h in self._hooks:

@@ -167,7 +167,7 @@ class ART:
         try:
             with torch.no_grad():
                 for p, m in zip(params, masks.values()):
-                    p.mul_(m)
+                    p.masked_fill_(~m, 0.0)
             return pruned_acc(model)
         finally:
             with torch.no_grad():
@@ -179,7 +179,7 @@ class ART:
         model.load_state_dict(entry["state"])
         with torch.no_grad():
             for p, m in zip(self.regularizer.params, entry["masks"].values()):
-                p.mul_(m)
+                p.masked_fill_(~m, 0.0)
         self.masks = dict(zip(self.regularizer.names, entry["masks"].values()))
         self.chosen_epoch = entry["epoch"]
         self.phase = FINETUNE

@@ -1,0 +1,253 @@
+"""Sparse models that are really smaller and faster: compressed files, ONNX, sparse CPU kernels.
+
+* :func:`save_sparse` / :func:`load_sparse`: a safetensors file in which each
+  tensor is stored in whichever is smallest of dense, CSR (narrowest index
+  types that fit) or bitmask + values. Values keep their exact bytes, so the
+  rebuilt model's outputs are bit-identical.
+* :func:`sparse_inference`: swaps Linear layers for CSR kernels where a short
+  measurement shows them faster, and keeps the dense kernel elsewhere.
+* :func:`export_onnx`: ONNX export (needs the ``[onnx]`` extra).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hypersparse.errors import UserError
+from hypersparse.params import prunable_parameters
+
+FORMAT = "hypersparse-sparse/1"
+_INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
+
+
+def _narrowest(limit: int):
+    """The smallest unsigned type that holds values up to ``limit``."""
+    return next(t for t, cap in _INDEX_TYPES if limit < cap)
+
+
+def _bytes(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array).view(np.uint8).reshape(-1).copy())
+
+
+def _encode(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    """The smallest encoding of one tensor: {key: uint8 buffer}, and how to decode it."""
+    arr = t.detach().cpu().contiguous().numpy()
+    dense = ({f"{name}::dense": _bytes(arr)}, {"enc": "dense"})
+    if arr.ndim == 0 or arr.size == 0 or not np.issubdtype(arr.dtype, np.floating):
+        return _finish(dense, arr)
+    flat = arr.reshape(-1)
+    # -0.0 (a negative weight times a zero mask) is stored as +0.0: equal values, so outputs compare equal
+    nonzero = flat != 0
+    values = flat[nonzero]
+    mat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+    rows, cols = mat.shape
+    mat_nonzero = nonzero.reshape(rows, cols)
+    col_idx = np.nonzero(mat_nonzero)[1].astype(_narrowest(cols))
+    row_ptr = np.concatenate([[0], np.cumsum(mat_nonzero.sum(axis=1))]).astype(_narrowest(values.size + 1))
+    csr = (
+        {f"{name}::values": _bytes(values), f"{name}::col": _bytes(col_idx), f"{name}::rowptr": _bytes(row_ptr)},
+        {"enc": "csr", "col": np.dtype(col_idx.dtype).name, "rowptr": np.dtype(row_ptr.dtype).name, "rows": rows,
+         "cols": cols},
+    )
+    bitmask = ({f"{name}::values": _bytes(values), f"{name}::mask": _bytes(np.packbits(nonzero))}, {"enc": "bitmask"})
+    best = min((dense, csr, bitmask), key=lambda e: sum(v.numel() for v in e[0].values()))
+    return _finish(best, arr)
+
+
+def _finish(encoded, arr):
+    tensors, meta = encoded
+    meta.update(dtype=arr.dtype.name, shape=list(arr.shape))
+    return tensors, meta
+
+
+def _decode(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> torch.Tensor:
+    dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
+    size = int(np.prod(shape)) if shape else 1
+
+    def arr(key, dt):
+        return tensors[f"{name}::{key}"].numpy().view(dt)
+
+    if meta["enc"] == "dense":
+        out = arr("dense", dtype).reshape(shape)
+    elif meta["enc"] == "bitmask":
+        mask = np.unpackbits(tensors[f"{name}::mask"].numpy())[:size].astype(bool)
+        out = np.zeros(size, dtype)
+        out[mask] = arr("values", dtype)
+        out = out.reshape(shape)
+    else:
+        rows, cols = meta["rows"], meta["cols"]
+        rowptr = arr("rowptr", np.dtype(meta["rowptr"])).astype(np.int64)
+        col = arr("col", np.dtype(meta["col"])).astype(np.int64)
+        out = np.zeros((rows, cols), dtype)
+        row_of = np.repeat(np.arange(rows), np.diff(rowptr))
+        out[row_of, col] = arr("values", dtype)
+        out = out.reshape(shape)
+    return torch.from_numpy(out.copy())
+
+
+def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) -> dict:
+    """Write ``model``'s state_dict compressed to ``path`` (safetensors); returns size figures.
+
+    ``arch`` (model name, classes, input shape) is stored so that
+    :func:`load_sparse` can rebuild a registered model without code.
+    """
+    try:
+        from safetensors.torch import save_file
+    except ImportError as exc:
+        raise UserError("sparse export needs safetensors: pip install 'hypersparse[cli]'") from exc
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, dict] = {}
+    dense_bytes = 0
+    for name, t in model.state_dict().items():
+        enc, meta = _encode(name, t)
+        tensors.update(enc)
+        layout[name] = meta
+        dense_bytes += t.numel() * t.element_size()
+    metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    size = path.stat().st_size
+    return {"path": str(path), "bytes": size, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / size,
+            "encodings": {n: m["enc"] for n, m in layout.items()}}
+
+
+def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The exact state_dict and the stored architecture of a sparse file."""
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise UserError("reading sparse files needs safetensors: pip install 'hypersparse[cli]'") from exc
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} was not written by hypersparse export --format sparse")
+    layout = json.loads(metadata["layout"])
+    state = {name: _decode(name, tensors, meta) for name, meta in layout.items()}
+    return state, json.loads(metadata.get("arch", "{}"))
+
+
+def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model of a sparse file (or load it into ``model``), weights bit-identical."""
+    state, arch = load_sparse_state(path)
+    if model is None:
+        if not arch.get("model"):
+            raise UserError(f"{path} does not name its model; pass model= to load_sparse")
+        from hypersparse.models import create_model
+
+        model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer computed as ``sparse.mm(W_csr, x^T)^T``: fast when W is mostly zero."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight.detach().to_sparse_csr()
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        out = torch.sparse.mm(self.weight, x.reshape(-1, self.in_features).T).T
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+
+def _median_time(fn, x, reps: int) -> float:
+    with torch.no_grad():
+        fn(x)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) -> nn.Module:
+    """A copy of ``model`` (eval mode, CPU) whose Linear layers use CSR kernels where measured faster.
+
+    ``example`` is an input of the batch size you will use; each Linear layer
+    is timed on the input it sees there, dense against sparse, and keeps the
+    faster. Conv layers stay dense (PyTorch has no sparse convolution that
+    beats the dense one on CPU). Outputs equal the dense model's within 1e-5.
+    ``model.hypersparse_choices`` records each decision.
+    """
+    model = copy.deepcopy(model).eval().cpu()
+    inputs: dict[str, torch.Tensor] = {}
+
+    def remember(name):
+        def hook(module, args, output):  # returns None: a forward hook's return value would replace the output
+            inputs.setdefault(name, args[0].detach())
+
+        return hook
+
+    hooks = [m.register_forward_hook(remember(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    model(example)
+    for h in hooks:
+        h.remove()
+    choices = {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or name not in inputs:
+            continue
+        sparse = SparseLinear(module)
+        dense_t = _median_time(module, inputs[name], reps)
+        sparse_t = _median_time(sparse, inputs[name], reps)
+        use_sparse = sparse_t < dense_t
+        choices[name] = {"dense_us": dense_t * 1e6, "sparse_us": sparse_t * 1e6, "sparse": use_sparse}
+        if use_sparse:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], sparse)
+    model.hypersparse_choices = choices
+    return model
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict:
+    """Export to ONNX; pruned initializers are stored sparsely (COO) where ONNX allows. Needs ``[onnx]``."""
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError as exc:
+        raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    model = copy.deepcopy(model).eval().cpu()
+    torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    proto = onnx.load(str(tmp))
+    graph = proto.graph
+    keep, sparse = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        nnz = int(np.count_nonzero(arr))
+        # COO costs (value + int64 index) per nonzero: worth it below ~1/3 density
+        if arr.ndim >= 1 and arr.size > 64 and nnz * 12 < arr.size * arr.itemsize:
+            idx = np.flatnonzero(arr).astype(np.int64)
+            values = numpy_helper.from_array(arr.reshape(-1)[idx], init.name)
+            indices = numpy_helper.from_array(idx, init.name + "_indices")
+            sparse.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        else:
+            keep.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    graph.sparse_initializer.extend(sparse)
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+    return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": len(sparse)}
