@@ -340,9 +340,16 @@ def format_summary(summary: dict) -> str:
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: a new folder under ``runs/``)."""
-    path = prepare_run_dir(Path(run_dir) if run_dir else Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg))
+    target = Path(run_dir) if run_dir else Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    existed = target.exists()
+    path = prepare_run_dir(target)
+    try:
+        trainer = Trainer(cfg, path, progress, out)
+    except BaseException:
+        if not existed and not any(path.iterdir()):
+            path.rmdir()  # a run that could not start leaves nothing behind
+        raise
     write_json(path / "config.json", dataclasses.asdict(cfg))
-    trainer = Trainer(cfg, path, progress, out)
     print(f"run directory: {path}", file=out)
     return trainer.run()
 

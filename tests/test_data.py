@@ -1,0 +1,76 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from hypersparse.config import TrainConfig
+from hypersparse.data import load_dataset
+from hypersparse.data.files import read_cifar_batch
+from hypersparse.engine import train
+from hypersparse.errors import DataError, UserError
+
+
+def test_digits_split_is_fixed_by_seed_and_disjoint():
+    a, b, c = load_dataset("digits", None, 0), load_dataset("digits", None, 0), load_dataset("digits", None, 1)
+    assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
+    assert torch.equal(a.test_x, c.test_x)  # the test set never depends on the seed
+    assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797
+    assert a.train_x.dtype == torch.uint8 and a.train_x.shape[1:] == (1, 8, 8)
+
+
+def test_cifar_python_batch_reader(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, (5, 3072), dtype=np.uint8)
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({"data": data, "labels": [0, 1, 2, 3, 4]}, f)
+    x, y = read_cifar_batch(tmp_path / "data_batch_1", "labels")
+    assert x.shape == (5, 3, 32, 32) and np.array_equal(x[2].reshape(-1), data[2]) and list(y) == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="corrupt"):  # an unofficial file fails the checksum before it is unpickled
+        load_dataset("cifar10", tmp_path)
+    (tmp_path / "bad").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a valid CIFAR"):
+        read_cifar_batch(tmp_path / "bad", "labels")
+
+
+def test_tinyimagenet_folder_layout(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819"]
+    (root).mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    rng = np.random.default_rng(0)
+    for c, w in enumerate(wnids):
+        d = root / "train" / w / "images"
+        d.mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{w}_{i}.JPEG")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnids[i % 2]}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    data = load_dataset("tinyimagenet", tmp_path, 0)
+    assert data.num_classes == 2 and data.image_size == 64 and data.augment
+    assert len(data.train_x) + len(data.val_x) == 20 and len(data.test_x) == 4
+    assert data.test_y.tolist() == [0, 1, 0, 1]
+
+
+def test_dataset_needs_data_dir():
+    with pytest.raises(UserError, match="needs --data-dir"):
+        load_dataset("mnist", None)
+
+
+def test_pretrained_skips_warmup_and_is_the_dense_baseline(tmp_path):
+    devnull = open(os.devnull, "w")
+    first = train(TrainConfig(method="oneshot", sparsity=0.0, epochs_scale=0.05), tmp_path / "dense", False, devnull)
+    cfg = TrainConfig(pretrained=str(tmp_path / "dense" / "model.pt"), epochs_scale=0.05, lambda_init=1e-3)
+    summary = train(cfg, tmp_path / "sparse", False, devnull)
+    assert "warmup" not in summary["epochs"]
+    assert summary["dense"]["epoch"] == 0
+    assert summary["dense"]["test_acc"] == pytest.approx(first["sparse"]["test_acc"])
+    bad = TrainConfig(pretrained=str(tmp_path / "nope.pt"))
+    with pytest.raises(UserError, match="cannot read --pretrained"):
+        train(bad, tmp_path / "bad", False, devnull)
