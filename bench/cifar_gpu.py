@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--runs-dir", default="/tmp/hypersparse-cifar")
     args = ap.parse_args()
     device = torch.device("cuda")
+    prov = provenance(seed=0)  # at the start: the code that ran
     data = load_dataset("cifar10-jpeg75", args.data_dir, 0)
     speed = {m: {"ours_epochs_per_s": epochs_per_second(m, data, device, False),
                  "plain_dataloader_epochs_per_s": epochs_per_second(m, data, device, True)}
@@ -98,7 +99,7 @@ def main():
     md.append("\n| model | epochs/s, ours (data on GPU) | epochs/s, plain DataLoader |\n|---|---:|---:|")
     for m, v in speed.items():
         md.append(f"| {m} | {v['ours_epochs_per_s']:.2f} | {v['plain_dataloader_epochs_per_s']:.2f} |")
-    write_results("cifar-gpu", {"provenance": provenance(seed=0), "rows": rows, "speed": speed}, "\n".join(md))
+    write_results("cifar-gpu", {"provenance": prov, "rows": rows, "speed": speed}, "\n".join(md))
     print("\n".join(md))
 
 

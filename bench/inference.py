@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    prov = provenance(seed=0)  # at the start: the code that ran
     rows = []
     for name, sparsity, ch, size in CASES:
         torch.manual_seed(0)
@@ -83,7 +84,7 @@ def main():
     md.append("\nOnly Linear layers have a sparse kernel (`torch.sparse.mm` on CSR), chosen per layer by a measurement "
               "at load; Conv layers stay dense, so ResNet-32 and VGG-19 gain only in their classifier. "
               "Masks: each layer pruned to the sparsity by magnitude from a seeded initialization.")
-    write_results("inference-cpu", {"provenance": provenance(seed=0), "rows": rows}, "\n".join(md))
+    write_results("inference-cpu", {"provenance": prov, "rows": rows}, "\n".join(md))
     print("\n".join(md))
 
 

@@ -99,6 +99,7 @@ def main():
     sparsities = [0.98, 0.998] if args.quick else [0.9, 0.98, 0.995, 0.998]
     seeds = [0] if args.quick else [0, 1, 2]
     started = time.time()
+    args.provenance = provenance(seed=seeds[0])  # at the start: the code that ran
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         first = [make_job(m, k, s, "art", "hs", root, args.epochs_scale, args.data_dir)
                  for m in models for k in sparsities for s in seeds]
@@ -119,7 +120,7 @@ def main():
 
 
 def payload_of(results, args, seeds, wall):
-    return {"provenance": provenance(seed=seeds[0]), "epochs_scale": args.epochs_scale, "quick": args.quick,
+    return {"provenance": args.provenance, "epochs_scale": args.epochs_scale, "quick": args.quick,
             "wall_seconds": wall, "runs": results}
 
 

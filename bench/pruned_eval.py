@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    prov = provenance(seed=seeds[0])  # at the start: the code that ran
     PROBLEMS["mnist"]["data_dir"] = args.mnist
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +80,7 @@ def main():
         "`--epochs-scale 0.1` (6 warm-up and 16 fine-tuning epochs; eta**10 per epoch). synthetic: mlp, kappa 0.9, "
         "lambda_0 1e-4; MNIST: lenet300, kappa 0.98, the authors' lambda_0 5e-6."
     )
-    payload = {"provenance": provenance(seed=seeds[0]), "rows": rows, "max_stop_difference": worst,
+    payload = {"provenance": prov, "rows": rows, "max_stop_difference": worst,
                "median_measure_share": share}
     write_results("pruned-eval-cpu", payload, "\n".join(md))
     print("\n".join(md))

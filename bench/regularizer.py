@@ -118,6 +118,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    prov = provenance(seed=0)  # at the start: the code that ran
     targets = {"resnet32": 0.03, "vgg19": 0.15}
     rows = [bench_model(m, device, args.reps) for m in args.models.split(",")]
     for r in rows:
@@ -141,7 +142,7 @@ def main():
         f"({'torch.compile' if rows[0]['compiled'] else 'eager'}); cost amortized over the refresh period. "
         f"Medians of {args.reps} interleaved repetitions."
     )
-    payload = {"provenance": provenance(seed=0), "rows": rows}
+    payload = {"provenance": prov, "rows": rows}
     js, mdp = write_results(f"regularizer-{device.type}", payload, "\n".join(md))
     print("\n".join(md))
     print(f"wrote {js} and {mdp}")

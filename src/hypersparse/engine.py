@@ -71,6 +71,14 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader,
     return int(correct) / max(1, len(x))
 
 
+def _tqdm_available() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tag = f"{cfg.method}-{cfg.reg}" if cfg.method == "art" else cfg.method
@@ -98,7 +106,7 @@ class Trainer:
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.out = out
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = _tqdm_available() and (sys.stderr.isatty() if progress is None else progress)
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         self.data: Splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.download)
@@ -232,9 +240,9 @@ class Trainer:
         if self.mask_handle is None and self.method.masks is not None and self.method.phase in ("finetune", "train"):
             self._install_masks()  # methods that prune before training (SNIP)
         while not self.method.done:
-            epoch, phase, lam = self.method.epoch, self.method.phase, self.method.lam
+            epoch, phase, lam, lr = self.method.epoch, self.method.phase, self.method.lam, self._lr()
             for group in self.optimizer.param_groups:
-                group["lr"] = self._lr()
+                group["lr"] = lr
             t0 = time.perf_counter()
             loss, train_acc = self.train_epoch(epoch, lam)
             val_acc = self.accuracy("val")
@@ -253,7 +261,7 @@ class Trainer:
                 "phase": phase,
                 "event": event,
                 "lambda": lam,
-                "lr": self.optimizer.param_groups[0]["lr"] if event != "stop" else self.cfg.lr,
+                "lr": lr,
                 "loss": loss,
                 "train_acc": train_acc,
                 "dense_acc": dense_acc,

@@ -134,13 +134,15 @@ class GMP(Baseline):
         if self.phase != "prune":
             return
         since = self.step - self.start_step
-        if since % self.frequency == 0 or since >= self.prune_steps or self._handle is None:
+        if since % self.frequency == 0 or since >= self.prune_steps or self.masks is None:
             self.current = self.target_at(self.step)
             if self._handle is not None:
                 self._handle.remove()
             self.masks = magnitude_masks(model, self.current)
             self._handle = apply_masks_(model, self.masks)
         else:
+            if self._handle is None:  # resumed between two updates: the saved mask holds until the next one
+                self._handle = apply_masks_(model, self.masks)
             self._handle.reapply_()  # momentum must not revive pruned weights between updates
 
     def end_epoch(self, model: nn.Module, dense_acc: float, pruned_acc=None) -> str:
