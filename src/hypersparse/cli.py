@@ -1,4 +1,4 @@
-"""The ``hypersparse`` command: ``train``, ``eval``, ``export``.
+"""The ``hypersparse`` command: ``train``, ``eval``, ``export``, ``report``.
 
 User errors end with one line on stderr and exit code 2; a diverged run with
 exit code 1; the checkpoint on disk is always the last complete one.
@@ -63,7 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("sparse", "onnx"), default="sparse",
                     help="sparse: safetensors with CSR or bitmask tensors; onnx: needs the [onnx] extra")
     ex.add_argument("--out", help="output file (default: model.sparse.safetensors or model.onnx in the run directory)")
+    rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
+                         description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
+    rep.add_argument("--out", help="output folder (default: the first run directory)")
     return parser
+
+
+def _report(args) -> int:
+    from hypersparse.report import build_report
+
+    print(f"wrote {build_report(args.runs, args.out)}")
+    return 0
 
 
 def _export(args) -> int:
@@ -120,7 +131,7 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "export": _export}[args.command](args)
+        return {"train": _train, "eval": _eval, "export": _export, "report": _report}[args.command](args)
     except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ class TrainConfig:
     pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy each ART epoch; 0 = all")
     hs_refresh_every: int = _f(32, "recompute the HyperSparse threshold every K steps (sooner if it drifts); 1 = exact")
     hs_compile: str = _f("auto", "fuse the HyperSparse pass with torch.compile: auto (200,000+ weights), on, off")
+    no_stats: bool = _f(False, "do not log per-epoch weight statistics (stats.jsonl, used by hypersparse report)")
     seed: int = _f(0, "random seed (data split, init, order, augmentation)")
     device: str = _f("auto", "cuda, mps, cpu or auto")
     pretrained: str | None = _f(None, "start from this dense checkpoint (state_dict or run checkpoint); skips warm-up")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hypersparse.checkpoint import load_checkpoint, save_checkpoint, write_json
+from hypersparse.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
@@ -27,9 +27,12 @@ from hypersparse.errors import RunDiverged, UserError
 from hypersparse.masks import apply_masks_, sparsity_report
 from hypersparse.methods import make_method
 from hypersparse.models import create_model
+from hypersparse.params import prunable_parameters
+from hypersparse.stats import StatsCollector
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+STATS = "stats.jsonl"
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,19 +58,31 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader, batch: int = 1024) -> float:
-    """Accuracy of ``model`` in eval mode on uint8 images ``x`` (normalised like ``loader_like``)."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader, batch: int = 1024,
+             per_class: list | None = None) -> float:
+    """Accuracy of ``model`` in eval mode on uint8 images ``x`` (normalised like ``loader_like``).
+
+    With a list ``per_class``, it is filled with each class's accuracy.
+    """
     was = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=loader_like.device)
+    hits = []
     for start in range(0, len(x), batch):
         xb = (x[start : start + batch].to(loader_like.device).float() - loader_like.mean) / loader_like.std
         if loader_like.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(loader_like.device):
             out = model(xb)
-        correct += (out.argmax(1) == y[start : start + batch].to(loader_like.device)).sum()
+        right = out.argmax(1) == y[start : start + batch].to(loader_like.device)
+        correct += right.sum()
+        hits.append(right)
     model.train(was)
+    if per_class is not None and hits:
+        right, labels = torch.cat(hits).cpu(), y.cpu()
+        classes = int(labels.max()) + 1
+        total = torch.bincount(labels, minlength=classes).clamp_min(1)
+        per_class[:] = (torch.bincount(labels[right], minlength=classes) / total).tolist()
     return int(correct) / max(1, len(x))
 
 
@@ -132,6 +147,11 @@ class Trainer:
         self.best: dict | None = None  # best validation accuracy among sparse epochs
         self.dense: dict | None = None
         self.phase_seconds: dict[str, float] = {}
+        self.pruned_per_class: list[float] = []
+        named = prunable_parameters(self.model)
+        self.stats = None if cfg.no_stats else StatsCollector(
+            [n for n, _ in named], [p for _, p in named], cfg.sparsity, cfg.seed
+        )
 
     # -- pieces ---------------------------------------------------------------
     def _load_pretrained(self, path: str) -> None:
@@ -166,6 +186,10 @@ class Trainer:
 
     def subset_accuracy(self, model) -> float:
         return evaluate(model, *self.subset, self.train_loader)
+
+    def pruned_accuracy(self, model) -> float:
+        """Scores the pruned copy during ART (and keeps its per-class accuracy for the report)."""
+        return evaluate(model, *self.subset, self.train_loader, per_class=self.pruned_per_class)
 
     def train_epoch(self, epoch: int, lam: float) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, running training accuracy)."""
@@ -211,6 +235,7 @@ class Trainer:
             "best": self.best,
             "dense": self.dense,
             "phase_seconds": self.phase_seconds,
+            "stats": self.stats.state_dict() if self.stats else None,
         }
 
     def load_state(self, ckpt: dict) -> None:
@@ -222,11 +247,14 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.metrics, self.best, self.dense = ckpt["metrics"], ckpt["best"], ckpt["dense"]
         self.phase_seconds = ckpt["phase_seconds"]
-        # the log may hold a line written after this checkpoint's epoch: rewrite it from the checkpoint
+        if self.stats and ckpt.get("stats"):
+            self.stats.load_state_dict(ckpt["stats"])
+        # the logs may hold lines written after this checkpoint's epoch: keep only the checkpointed epochs
         lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
-        from hypersparse.checkpoint import atomic_write
-
         atomic_write(self.run_dir / METRICS, lambda f: f.write(lines), mode="w")
+        if (self.run_dir / STATS).exists():
+            kept = [l for l in (self.run_dir / STATS).read_text().splitlines() if json.loads(l)["epoch"] < len(self.metrics)]
+            atomic_write(self.run_dir / STATS, lambda f: f.write("".join(l + "\n" for l in kept)), mode="w")
 
     def _record_dense(self) -> None:
         self.dense = {"epoch": self.method.epoch, "val_acc": self.accuracy("val"), "test_acc": self.accuracy("test")}
@@ -248,8 +276,14 @@ class Trainer:
             val_acc = self.accuracy("val")
             dense_acc = self.subset_accuracy(self.model) if cfg.criterion == "matched" else train_acc
             t1 = time.perf_counter()
-            event = self.method.end_epoch(self.model, dense_acc, self.subset_accuracy)
+            event = self.method.end_epoch(self.model, dense_acc, self.pruned_accuracy)
             t2 = time.perf_counter()
+            stats = None
+            if self.stats:
+                stats = {"epoch": epoch, "phase": phase, "event": event, **self.stats.collect(self.method.regularizer)}
+                if phase == "regularize":
+                    stats["pruned_per_class"] = list(self.pruned_per_class)
+            t3 = time.perf_counter()
             if phase == "warmup" and self.method.phase != "warmup":
                 self._record_dense()
             if event == "stop":
@@ -268,8 +302,9 @@ class Trainer:
                 "pruned_acc": self.method.last_pruned_acc if phase == "regularize" else None,
                 "val_acc": val_acc,
                 "sparsity": report.sparsity,
-                "seconds": t2 - t0,
+                "seconds": t3 - t0,
                 "measure_seconds": t2 - t1,
+                "stats_seconds": t3 - t2,
             }
             if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
                 # model selection on the validation split, only among sparse models
@@ -286,6 +321,9 @@ class Trainer:
             save_checkpoint(self.state(), self.run_dir / CHECKPOINT)
             with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if stats is not None:
+                with open(self.run_dir / STATS, "a") as f:
+                    f.write(json.dumps(stats) + "\n")
             self._print_epoch(row)
         return self.finish()
 

@@ -201,6 +201,17 @@ class HyperSparse(Regularizer):
         total = sum(torch.tanh(s * a).sum() for a in mags)
         return l1 * total / total.detach().clamp_min(torch.finfo(torch.float32).tiny) - l1
 
+    @torch.no_grad()
+    def gradient(self) -> list[torch.Tensor]:
+        """The exact gradient per tensor, without touching ``.grad`` or the fast path's cached threshold."""
+        ws = [p.detach() for p in self.params]
+        grads = [torch.zeros_like(p) for p in self.params]
+        t = self.threshold()
+        s = INFLECTION / t
+        l1, total, _ = _hs_reduce(ws, s, t)
+        _hs_update(ws, grads, s, s * l1 / total.clamp_min(torch.finfo(torch.float32).tiny))
+        return grads
+
     # -- the fast path ----------------------------------------------------
     @torch.no_grad()
     def _accumulate(self, grads, strength):

@@ -1,0 +1,225 @@
+"""``hypersparse report RUN_DIR [RUN_DIR ...]``: figures (PNG) and one self-contained HTML page.
+
+Reads only what a run wrote (config.json, metrics.jsonl, stats.jsonl,
+summary.json). Figures, after the paper's investigations:
+
+(a) gradient.png — the regularizer's gradient against the sorted weight index at several epochs;
+(b) exploration.png — the share of the kept set exchanged per epoch, one line per run (HS vs L1 vs L2);
+(c) layers.png — per-layer sparsity of the final model, as bars;
+(d) histograms.png — weight-magnitude histograms (log axis) at the end of warm-up, at the cut, after fine-tuning;
+(e) curves.png — dense/pruned training accuracy, validation accuracy and lambda, phases shaded;
+(f) per_class.png — per-class accuracy of the pruned copy through ART.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from hypersparse.errors import UserError
+from hypersparse.stats import HIST_EDGES
+
+PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff", "finetune": "#d6f0d6"}
+FIGURES = ["gradient", "exploration", "layers", "histograms", "curves", "per_class"]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def load_run(run_dir: Path) -> dict:
+    if not (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl); pass the folder 'hypersparse train' wrote")
+    run = {
+        "dir": run_dir,
+        "config": json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {},
+        "metrics": _read_jsonl(run_dir / "metrics.jsonl"),
+        "stats": _read_jsonl(run_dir / "stats.jsonl"),
+        "summary": json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None,
+    }
+    if not run["stats"]:
+        raise UserError(f"{run_dir} has no stats.jsonl (trained with --no-stats?); rerun without it for a report")
+    c = run["config"]
+    run["label"] = f"{c.get('method', '?')}-{c.get('reg', '')}" if c.get("method") == "art" else c.get("method", run_dir.name)
+    return run
+
+
+def _shade(ax, metrics):
+    start = 0
+    for i, m in enumerate(metrics + [None]):
+        if m is None or m["phase"] != metrics[start]["phase"]:
+            ax.axvspan(metrics[start]["epoch"] - 0.5, metrics[i - 1]["epoch"] + 0.5,
+                       color=PHASE_COLOURS.get(metrics[start]["phase"], "#eeeeee"), alpha=0.6, lw=0)
+            start = i
+
+
+def _fig_gradient(plt, runs, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs[:1]:
+        # regularization epochs before the cut (after it the model is pruned and the gradient is that of a sparse net)
+        rows = [s for s in run["stats"] if s.get("sorted_gradient") and s.get("event") == "regularize"] or \
+               [s for s in run["stats"] if s.get("sorted_gradient")]
+        picks = rows if len(rows) <= 5 else [rows[round(i * (len(rows) - 1) / 4)] for i in range(5)]
+        for s in picks:
+            g = [max(abs(v), 1e-12) for v in s["sorted_gradient"]]
+            ax.plot([100 * i / max(1, len(g) - 1) for i in range(len(g))], g, label=f"epoch {s['epoch']}")
+        kappa = run["config"].get("sparsity", 0)
+        ax.axvline(100 * kappa, color="k", ls="--", lw=1, label=f"cut at kappa = {kappa:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-12)
+    ax.set_xlabel("weights sorted by magnitude (percentile)")
+    ax.set_ylabel("|regularizer gradient|")
+    ax.set_title(f"(a) {runs[0]['label']}: gradient against sorted weight index")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _fig_exploration(plt, runs, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in runs:
+        pts = [(s["epoch"], (s["entered"] + s["left"]) / 2 / max(1, s["kept"])) for s in run["stats"] if "entered" in s]
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", label=run["label"])
+    _shade(ax, runs[0]["metrics"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kept set exchanged (%)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)
+    ax.set_title("(b) exploration: weights entering/leaving the top (1 - kappa) set")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _fig_layers(plt, runs, path):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(runs)
+    names = list(runs[0]["stats"][-1]["layer_zeros"])
+    for i, run in enumerate(runs):
+        zeros = run["stats"][-1]["layer_zeros"]
+        ax.bar([j + i * width for j in range(len(names))], [100 * zeros.get(n, 0) for n in names], width,
+               label=run["label"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("zero weights (%)")
+    ax.set_title("(c) per-layer sparsity of the final model")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _moments(run):
+    stats = run["stats"]
+    chosen = {}
+    warm = [s for s in stats if s["phase"] == "warmup"]
+    if warm:
+        chosen["end of warm-up"] = warm[-1]
+    cut = [s for s in stats if s.get("event") == "stop"]
+    if cut:
+        chosen["at the cut"] = cut[0]
+    chosen["after fine-tuning"] = stats[-1]
+    return chosen
+
+
+def _fig_histograms(plt, runs, path):
+    lo, hi, bins = HIST_EDGES
+    centres = [lo + (hi - lo) * (i + 0.5) / (bins - 1) for i in range(bins - 1)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in _moments(runs[0]).items():
+        ax.step([10**c for c in centres], s["hist_log10"], where="mid",
+                label=f"{name} (epoch {s['epoch']}, {s['exact_zeros']:,} exact zeros)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("|w|")
+    ax.set_ylabel("weights")
+    ax.set_title(f"(d) {runs[0]['label']}: weight magnitudes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _fig_curves(plt, runs, path):
+    run = runs[0]
+    m = run["metrics"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _shade(ax, m)
+    ep = [r["epoch"] for r in m]
+    ax.plot(ep, [100 * r["train_acc"] for r in m], label="dense training acc (running)")
+    ax.plot(ep, [100 * r["val_acc"] for r in m], label="validation acc")
+    pr = [(r["epoch"], 100 * r["pruned_acc"]) for r in m if r.get("pruned_acc") is not None]
+    if pr:
+        ax.plot([p[0] for p in pr], [p[1] for p in pr], marker="o", label="pruned copy acc")
+    ax.set_xlabel("epoch (grey warm-up, orange regularize, green fine-tune)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    lam = [(r["epoch"], r["lambda"]) for r in m if r["lambda"]]
+    if lam:
+        ax2 = ax.twinx()
+        ax2.plot([p[0] for p in lam], [p[1] for p in lam], "k:", label="lambda")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("lambda (dotted)")
+    ax.set_title(f"(e) {run['label']}: training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _fig_per_class(plt, runs, path):
+    rows = [s for s in runs[0]["stats"] if s.get("pruned_per_class")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        for c in range(len(rows[0]["pruned_per_class"])):
+            ax.plot([s["epoch"] for s in rows], [100 * s["pruned_per_class"][c] for s in rows], marker=".",
+                    label=f"class {c}")
+        ax.legend(fontsize=6, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no regularization epochs in this run", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("pruned copy accuracy (%)")
+    ax.set_title(f"(f) {runs[0]['label']}: per-class accuracy of the pruned copy during ART")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
+    """Write the PNGs and ``report.html`` into ``out_dir`` (default: the first run's folder); returns the HTML path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise UserError("the report needs matplotlib: pip install 'hypersparse[cli]'") from exc
+    runs = [load_run(Path(d)) for d in run_dirs]
+    out = Path(out_dir) if out_dir else runs[0]["dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    makers = {"gradient": _fig_gradient, "exploration": _fig_exploration, "layers": _fig_layers,
+              "histograms": _fig_histograms, "curves": _fig_curves, "per_class": _fig_per_class}
+    for name in FIGURES:
+        makers[name](plt, runs, out / f"{name}.png")
+        plt.close("all")
+    parts = ["<!doctype html><meta charset='utf-8'><title>hypersparse report</title>",
+             "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
+             "<h1>hypersparse run report</h1>", "<h2>Summary</h2>",
+             "<table><tr><th>run</th><th>method</th><th>sparsity</th><th>dense test</th><th>sparse val</th>"
+             "<th>sparse test</th><th>epochs</th></tr>"]
+    for run in runs:
+        s = run["summary"] or {}
+        sp, de = s.get("sparse") or {}, s.get("dense") or {}
+        fmt = lambda v: f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        parts.append(f"<tr><td>{html.escape(run['dir'].name)}</td><td>{html.escape(run['label'])}</td>"
+                     f"<td>{fmt(sp.get('sparsity'))}</td><td>{fmt(de.get('test_acc'))}</td>"
+                     f"<td>{fmt(sp.get('val_acc'))}</td><td>{fmt(sp.get('test_acc'))}</td>"
+                     f"<td>{html.escape(json.dumps(s.get('epochs', {})))}</td></tr>")
+    parts.append("</table>")
+    for name in FIGURES:
+        data = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
+        parts.append(f"<h2>{name.replace('_', ' ')}</h2><img alt='{name}.png' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Settings</h2>")
+    for run in runs:
+        parts.append(f"<h3>{html.escape(run['dir'].name)}</h3><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>")
+    page = out / "report.html"
+    page.write_text("\n".join(parts))
+    return page

@@ -1,0 +1,68 @@
+"""Per-epoch statistics of the weights for the run report (one JSON line per epoch in ``stats.jsonl``).
+
+Each epoch, at the target sparsity kappa: how many weights entered and left the
+kept (largest 1 - kappa) set since the last epoch, the threshold |w|_(k) and
+s, a fixed-size sample of the sorted magnitudes with the regularizer's
+gradient at the same weights, a log-binned magnitude histogram, and the
+per-layer sparsity a global cut would give. Costs one selection and a few
+passes over the weights per epoch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hypersparse.masks import magnitude_masks
+from hypersparse.regularizers import INFLECTION, Regularizer
+
+SAMPLE = 512
+HIST_EDGES = (-10.0, 1.0, 66)  # log10 |w| from 1e-10 to 10, 65 bins; exact zeros are counted apart
+
+
+class StatsCollector:
+    """Computes one epoch's statistics; keeps the previous kept-set to count exchanges."""
+
+    def __init__(self, names: list[str], params: list[torch.Tensor], sparsity: float, seed: int = 0):
+        self.names, self.params, self.sparsity = names, params, sparsity
+        n = sum(p.numel() for p in params)
+        g = torch.Generator().manual_seed(seed + 7)
+        # a fixed random subset of weight positions whose magnitudes (and gradients) we keep, sorted
+        self.index = torch.randperm(n, generator=g)[: min(n, 200_000)]
+        self.prev_keep: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def collect(self, regularizer: Regularizer | None) -> dict:
+        flat = torch.cat([p.detach().flatten().float().cpu() for p in self.params])
+        mags = flat.abs()
+        masks = magnitude_masks(list(zip(self.names, self.params)), self.sparsity)
+        keep = torch.cat([m.flatten().cpu() for m in masks.values()])
+        out: dict = {"kept": int(keep.sum())}
+        if self.prev_keep is not None:
+            out["entered"] = int((keep & ~self.prev_keep).sum())
+            out["left"] = int((~keep & self.prev_keep).sum())
+        self.prev_keep = keep
+        k = max(1, int(math.floor(round(self.sparsity * mags.numel(), 6))))
+        t = float(torch.kthvalue(mags, k).values) if mags.numel() else 0.0
+        out["threshold"] = t
+        out["s"] = INFLECTION / t if t > 0 else None
+        sample = mags[self.index]
+        order = torch.argsort(sample)
+        picks = order[torch.linspace(0, len(order) - 1, min(SAMPLE, len(order))).long()]
+        out["sorted_magnitudes"] = sample[picks].tolist()
+        if regularizer is not None:
+            grad = torch.cat([g.flatten().float().cpu() for g in regularizer.gradient()])
+            out["sorted_gradient"] = grad[self.index][picks].tolist()
+        lo, hi, bins = HIST_EDGES
+        nonzero = mags[mags > 0]
+        out["hist_log10"] = torch.histc(nonzero.log10().clamp(lo, hi), bins=bins - 1, min=lo, max=hi).long().tolist()
+        out["exact_zeros"] = int((mags == 0).sum())
+        out["layer_sparsity_at_kappa"] = {n: 1 - float(m.float().mean()) for n, m in masks.items()}
+        out["layer_zeros"] = {n: float((p == 0).float().mean()) for n, p in zip(self.names, self.params)}
+        return out
+
+    def state_dict(self) -> dict:
+        return {"prev_keep": self.prev_keep}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_keep = state.get("prev_keep")

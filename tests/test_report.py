@@ -1,0 +1,33 @@
+import os
+import re
+import subprocess
+import sys
+
+from hypersparse.config import TrainConfig
+from hypersparse.engine import train
+from hypersparse.report import FIGURES
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_from_tiny_runs_has_every_figure(tmp_path):
+    devnull = open(os.devnull, "w")
+    for reg in ("hs", "l1"):
+        train(TrainConfig(reg=reg, sparsity=0.9, epochs_scale=0.03, lambda_init=1e-3), tmp_path / reg, False, devnull)
+    lines = (tmp_path / "hs" / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "hs" / "metrics.jsonl").read_text().splitlines())
+    out = subprocess.run([sys.executable, "-m", "hypersparse", "report", str(tmp_path / "hs"), str(tmp_path / "l1"),
+                          "--out", str(tmp_path / "report")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    for name in FIGURES:
+        png = (tmp_path / "report" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 2000
+        assert f"alt='{name}.png'" in page
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == len(FIGURES)
+    assert "art-hs" in page and "art-l1" in page
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hypersparse", "report", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "not a run directory" in out.stderr and "Traceback" not in out.stderr
