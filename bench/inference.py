@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,22 +19,10 @@ import torch
 from common import provenance, write_results
 import hypersparse as hs
 from hypersparse.errors import UserError
-from hypersparse.export import export_onnx, save_sparse, sparse_inference
+from hypersparse.export import export_onnx, median_latency, save_sparse, sparse_inference
 from hypersparse.models import create_model
 
 CASES = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28), ("resnet32", 0.995, 3, 32), ("vgg19", 0.995, 3, 32)]
-
-
-def latency(model, x, reps):
-    with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main():
@@ -66,7 +53,7 @@ def main():
             fast = sparse_inference(model, x)
             with torch.no_grad():
                 assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
-            dense_t, sparse_t = latency(model, x, reps), latency(fast, x, reps)
+            dense_t, sparse_t = median_latency(model, x, reps, warmup=5), median_latency(fast, x, reps, warmup=5)
             row[f"b{batch}"] = {"dense_ms": dense_t * 1e3, "sparse_ms": sparse_t * 1e3, "speedup": dense_t / sparse_t,
                                 "sparse_layers": [k for k, v in fast.hypersparse_choices.items() if v["sparse"]]}
         rows.append(row)

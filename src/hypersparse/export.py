@@ -169,9 +169,11 @@ class SparseLinear(nn.Module):
         return out.reshape(*lead, self.out_features)
 
 
-def _median_time(fn, x, reps: int) -> float:
+def median_latency(fn, x: torch.Tensor, reps: int, warmup: int = 2) -> float:
+    """Median wall time in seconds of ``fn(x)`` without autograd, after ``warmup`` calls."""
     with torch.no_grad():
-        fn(x)
+        for _ in range(warmup):
+            fn(x)
         times = []
         for _ in range(reps):
             t = time.perf_counter()
@@ -208,8 +210,8 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
         if not isinstance(module, nn.Linear) or name not in inputs:
             continue
         sparse = SparseLinear(module)
-        dense_t = _median_time(module, inputs[name], reps)
-        sparse_t = _median_time(sparse, inputs[name], reps)
+        dense_t = median_latency(module, inputs[name], reps)
+        sparse_t = median_latency(sparse, inputs[name], reps)
         use_sparse = sparse_t < dense_t
         choices[name] = {"dense_us": dense_t * 1e6, "sparse_us": sparse_t * 1e6, "sparse": use_sparse}
         if use_sparse:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hypersparse.data.files import decode_jpegs, read_cifar_batch, read_idx, sha256, verified
+from hypersparse.data.files import decode_jpegs, digest, read_cifar_batch, read_idx, verified
 from hypersparse.errors import DataError, UserError
 
 
@@ -74,9 +74,7 @@ FASHION_FILES = {
 
 
 def _idx_dataset(name, files, url, data_dir, seed, val_size, download):
-    paths = {
-        f: verified(data_dir / f, size, digest, url=(url + f) if download else None) for f, (size, digest) in files.items()
-    }
+    paths = {f: verified(data_dir / f, size, md5, url=(url + f) if download else None) for f, (size, md5) in files.items()}
     x = read_idx(paths["train-images-idx3-ubyte.gz"])[:, None]
     y = read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64)
     tx = read_idx(paths["t10k-images-idx3-ubyte.gz"])[:, None]
@@ -137,18 +135,18 @@ def cifar10_jpeg75(data_dir: Path, seed: int, download: bool = False) -> Splits:
     Decoding 60,000 JPEGs takes a while, so the decoded arrays are cached next
     to the file (or in ~/.cache/hypersparse if that folder is read-only).
     """
-    name, size, digest = JPEG75_FILE
+    name, size, sha = JPEG75_FILE
     path = data_dir / name
     if not path.exists() and (data_dir / "cifar10-jpeg75" / name).exists():
         path = data_dir / "cifar10-jpeg75" / name
     verified(path, size, None)
-    cache_name = f"cifar10_jpeg75.decoded.{digest[:12]}.npz"
+    cache_name = f"cifar10_jpeg75.decoded.{sha[:12]}.npz"
     candidates = [path.parent / cache_name, Path.home() / ".cache" / "hypersparse" / cache_name]
     for cache in candidates:
         if cache.exists():
             with np.load(cache) as z:
                 return _split("cifar10-jpeg75", z["x"], z["y"], z["tx"], z["ty"], 5000, seed, 10, augment=True)
-    if sha256(path) != digest:
+    if digest(path, "sha256") != sha:
         raise DataError(f"data file {path} is corrupt (sha256 mismatch); copy cifar10_jpeg75.npz again")
     with np.load(path) as z:
         x = decode_jpegs(z["train_jpeg"], z["train_offsets"])

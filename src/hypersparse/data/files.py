@@ -14,23 +14,16 @@ import numpy as np
 from hypersparse.errors import DataError
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5()
+def digest(path: Path, algo: str = "md5") -> str:
+    """Hex digest of a file (``md5`` or ``sha256``), read in 1 MiB chunks."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verified(path: Path, size: int | None, digest: str | None, algo: str = "md5", url: str | None = None) -> Path:
+def verified(path: Path, size: int | None, expected: str | None, algo: str = "md5", url: str | None = None) -> Path:
     """Return ``path`` once its size and checksum match; download it first if missing and ``url`` is given."""
     if not path.exists() and url is not None:
         download(url, path)
@@ -41,11 +34,11 @@ def verified(path: Path, size: int | None, digest: str | None, algo: str = "md5"
             f"data file {path} is corrupt or truncated ({path.stat().st_size} bytes, expected {size}); "
             "replace it with the official file"
         )
-    if digest is not None:
-        got = md5(path) if algo == "md5" else sha256(path)
-        if got != digest:
+    if expected is not None:
+        got = digest(path, algo)
+        if got != expected:
             raise DataError(
-                f"data file {path} is corrupt ({algo} {got}, expected {digest}); replace it with the official file"
+                f"data file {path} is corrupt ({algo} {got}, expected {expected}); replace it with the official file"
             )
     return path
 
