@@ -136,8 +136,13 @@ def save(payload, out: Path) -> str:
 
 def publish(payload, out: Path) -> None:
     """Write the plot and the page: docs/results.md's MNIST section (full sweep) or docs/mnist-sweep-quick.md."""
-    name = save(payload, out)
     runs = payload["runs"]
+    if "planned_runs" not in payload:  # a JSON from before the count was recorded
+        n_models = len({r["model"] for r in runs})
+        n_sparse = len({r["sparsity"] for r in runs if r["sparsity"] > 0})
+        n_seeds = len({r["seed"] for r in runs})
+        payload["planned_runs"] = n_models * n_seeds * (n_sparse * len(METHODS) + 1)
+    name = save(payload, out)
     models = [m for m in ("lenet300", "lenet5") if any(r["model"] == m for r in runs)]
     sparsities = sorted({r["sparsity"] for r in runs if r["sparsity"] > 0})
     plot(runs, models, sparsities, out / f"{name}.png")
