@@ -20,6 +20,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _flag_type(tp):
+    if callable(tp) and not isinstance(tp, (type, str)):
+        return tp  # a parser of its own, e.g. a number or 'auto'
     tp = str(tp)
     if "bool" in tp:
         return None

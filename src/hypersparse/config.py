@@ -24,7 +24,12 @@ class TrainConfig:
     reg: str = _f("hs", "regularizer under ART: hs (HyperSparse), l1, l2")
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
     criterion: str = _f("paper", "ART stop rule: paper (dense running train acc vs pruned eval acc) or matched")
-    lambda_init: float = _f(5e-6, "initial regularization strength lambda_0")
+    lambda_init: float | str = _f(
+        5e-6, "initial regularization strength lambda_0, or 'auto': chosen at the first regularization epoch so that "
+        "the regularizer's gradient norm is --lambda-auto-fraction of the task gradient's (measured on 4 batches)",
+        parse="lambda",
+    )
+    lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
     buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
@@ -85,7 +90,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("lambda_init", "eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs")
+        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction")
+        if self.lambda_init != "auto":
+            positive = ("lambda_init",) + positive
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -100,6 +107,12 @@ class TrainConfig:
         return self
 
 
+def parse_lambda(text: str) -> float | str:
+    """A positive number or 'auto'."""
+    return "auto" if text == "auto" else float(text)
+
+
 def config_fields():
     """(name, type, default, help) of each TrainConfig field, for the CLI."""
-    return [(f.name, f.type, f.default, f.metadata["help"]) for f in fields(TrainConfig)]
+    return [(f.name, parse_lambda if f.metadata.get("parse") == "lambda" else f.type, f.default, f.metadata["help"])
+            for f in fields(TrainConfig)]

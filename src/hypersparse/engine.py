@@ -256,6 +256,17 @@ class Trainer:
             kept = [l for l in (self.run_dir / STATS).read_text().splitlines() if json.loads(l)["epoch"] < len(self.metrics)]
             atomic_write(self.run_dir / STATS, lambda f: f.write("".join(l + "\n" for l in kept)), mode="w")
 
+    def _calibrate_lambda(self) -> None:
+        from itertools import islice
+
+        from hypersparse.methods.art import calibrate_lambda
+
+        batches = list(islice(self.train_loader.batches(epoch=-2), 4))  # fixed by the seed
+        value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction)
+        self.method.lambda_override = value
+        print(f"lambda_init auto: {value:.3g} (regularizer gradient norm = {self.cfg.lambda_auto_fraction:g} x task)",
+              file=self.out)
+
     def _record_dense(self) -> None:
         self.dense = {"epoch": self.method.epoch, "val_acc": self.accuracy("val"), "test_acc": self.accuracy("test")}
 
@@ -268,6 +279,8 @@ class Trainer:
         if self.mask_handle is None and self.method.masks is not None and self.method.phase in ("finetune", "train"):
             self._install_masks()  # methods that prune before training (SNIP)
         while not self.method.done:
+            if self.method.phase == "regularize" and cfg.lambda_init == "auto" and self.method.lambda_override is None:
+                self._calibrate_lambda()
             epoch, phase, lam, lr = self.method.epoch, self.method.phase, self.method.lam, self._lr()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -295,6 +308,7 @@ class Trainer:
                 "phase": phase,
                 "event": event,
                 "lambda": lam,
+                "lambda_init": getattr(self.method, "lambda_override", None) if cfg.lambda_init == "auto" else cfg.lambda_init,
                 "lr": lr,
                 "loss": loss,
                 "train_acc": train_acc,

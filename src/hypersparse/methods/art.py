@@ -1,9 +1,14 @@
 """ART as an engine method: the :class:`~hypersparse.ART` schedule plus a regularizer from the config."""
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from hypersparse.config import TrainConfig
+from hypersparse.errors import UserError
 from hypersparse.regularizers import make_regularizer
 from hypersparse.schedule import ART
 
@@ -20,7 +25,7 @@ class ARTMethod(ART):
             reg,
             sparsity=cfg.sparsity,
             warmup_epochs=cfg.warmup,
-            lambda_init=cfg.lambda_init,
+            lambda_init=1.0 if cfg.lambda_init == "auto" else cfg.lambda_init,  # 'auto' is set by calibrate_lambda
             eta=cfg.eta_scaled,
             buffer_k=cfg.buffer_k,
             max_reg_epochs=cfg.max_reg,
@@ -36,3 +41,24 @@ class ARTMethod(ART):
 
     def after_step(self, model: nn.Module) -> None:
         pass
+
+
+def calibrate_lambda(model: nn.Module, regularizer, batches, fraction: float) -> float:
+    """lambda_0 such that ||lambda_0 * grad(reg)|| = fraction * mean ||grad(task)|| over the prunable weights.
+
+    Measured on a copy of the model in training mode (its BN statistics are
+    left alone), on the given batches; deterministic for a fixed model and batches.
+    """
+    probe = copy.deepcopy(model).train()
+    named = dict(probe.named_parameters())
+    prunable = [named[n] for n in regularizer.names]
+    norms = []
+    for xb, yb in batches:
+        probe.zero_grad(set_to_none=True)
+        F.cross_entropy(probe(xb), yb).backward()
+        norms.append(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in prunable if p.grad is not None)))
+    task = float(torch.stack(norms).mean())
+    reg_norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in regularizer.gradient())))
+    if not (task > 0 and reg_norm > 0):
+        raise UserError("cannot calibrate lambda: the task or regularizer gradient is zero; pass a number to --lambda-init")
+    return fraction * task / reg_norm

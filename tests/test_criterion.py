@@ -1,0 +1,105 @@
+"""ART's stop rule (paper vs matched) and the self-calibrated lambda_0."""
+import os
+from itertools import islice
+
+import pytest
+import torch
+
+from hypersparse.config import TrainConfig
+from hypersparse.data import _split, register_dataset
+from hypersparse.engine import Trainer
+from hypersparse.methods.art import calibrate_lambda
+
+
+def small_synthetic(data_dir, seed, download=False):
+    """A small generated problem: 10 noisy clusters of 8x8 single-channel 'images'."""
+    g = torch.Generator().manual_seed(0)
+    centers = 0.5 + 0.1 * torch.randn(10, 64, generator=g)
+    y = torch.randint(0, 10, (1500,), generator=g)
+    x = ((centers[y] + 0.2 * torch.randn(1500, 64, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
+    x = x.view(-1, 1, 8, 8)
+    return _split("small-synthetic", x[:1200], y[:1200], x[1200:], y[1200:], 200, seed, 10, augment=False)
+
+
+register_dataset("small-synthetic", small_synthetic, "test problem")
+
+
+def trainer_for(tmp_path, **kw):
+    kw = {"epochs_scale": 0.05, "lambda_init": 1e-4, "pruned_eval_size": 500, "seed": 0, **kw}
+    cfg = TrainConfig(dataset="small-synthetic", **kw)
+    (tmp_path / "run").mkdir()
+    return Trainer(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
+
+
+def record_decisions(trainer):
+    """Wrap the method's end_epoch: what it was given, and the measurements available at that moment."""
+    seen = []
+    inner = trainer.method.end_epoch
+
+    def spy(model, dense_acc, pruned_acc):
+        seen.append({"dense_acc": dense_acc, "subset_eval": trainer.subset_accuracy(model), "phase": trainer.method.phase,
+                     "pruned_fn": pruned_acc})
+        return inner(model, dense_acc, pruned_acc)
+
+    trainer.method.end_epoch = spy
+    return seen
+
+
+def test_matched_criterion_measures_both_sides_the_same_way(tmp_path):
+    trainer = trainer_for(tmp_path, criterion="matched")
+    seen = record_decisions(trainer)
+    trainer.run()
+    reg = [s for s in seen if s["phase"] == "regularize"]
+    assert reg
+    for s in reg:
+        # dense side: eval mode, the same fixed training subset the pruned copy is scored on
+        assert s["dense_acc"] == s["subset_eval"]
+        assert s["pruned_fn"].__func__ is Trainer.pruned_accuracy
+    rows = [r for r in trainer.metrics if r["phase"] == "regularize"]
+    assert [r["dense_acc"] for r in rows] == [s["dense_acc"] for s in reg]  # and that is what was logged
+
+
+def test_paper_criterion_uses_the_running_training_accuracy(tmp_path):
+    trainer = trainer_for(tmp_path, criterion="paper")
+    seen = record_decisions(trainer)
+    trainer.run()
+    reg_rows = [r for r in trainer.metrics if r["phase"] == "regularize"]
+    reg_seen = [s for s in seen if s["phase"] == "regularize"]
+    assert reg_rows and len(reg_rows) == len(reg_seen)
+    for row, s in zip(reg_rows, reg_seen):
+        # the authors' comparison: dense running training accuracy (train mode, augmented batches, while weights move)
+        assert s["dense_acc"] == row["train_acc"]
+        assert row["dense_acc"] == row["train_acc"]
+    # the stop happened where the buffer mean of pruned scores first reached that dense accuracy
+    history = [h for h in trainer.method.history if h["phase"] == "regularize"]
+    stop = next(i for i, h in enumerate(history) if h.get("chosen_epoch") is not None)
+    assert history[stop]["buffer_mean"] >= history[stop]["dense_acc"]
+    assert all(h["buffer_mean"] < h["dense_acc"] for h in history[2:stop])
+
+
+def test_auto_lambda_is_deterministic_and_hits_the_ratio(tmp_path):
+    values = []
+    for _ in range(2):
+        (tmp_path / str(len(values))).mkdir()
+        t = Trainer(TrainConfig(dataset="small-synthetic", lambda_init="auto", seed=3), tmp_path / str(len(values)),
+                    progress=False, out=open(os.devnull, "w"))
+        batches = list(islice(t.train_loader.batches(epoch=-2), 4))
+        values.append(calibrate_lambda(t.model, t.method.regularizer, batches, 0.1))
+    assert values[0] == values[1] > 0
+    # the definition: ||lambda_0 g_reg|| = 0.1 * mean ||g_task|| over the prunable weights
+    reg_norm = float(torch.sqrt(sum((g**2).sum() for g in t.method.regularizer.gradient())))
+    norms = []
+    for xb, yb in batches:
+        t.model.zero_grad()
+        torch.nn.functional.cross_entropy(t.model(xb), yb).backward()
+        norms.append(float(torch.sqrt(sum((p.grad**2).sum() for p in t.method.regularizer.params))))
+    assert values[0] * reg_norm == pytest.approx(0.1 * sum(norms) / len(norms), rel=1e-5)
+
+
+def test_auto_lambda_in_a_run_is_logged_and_used(tmp_path):
+    trainer = trainer_for(tmp_path, lambda_init="auto")
+    summary = trainer.run()
+    rows = [r for r in trainer.metrics if r["phase"] == "regularize"]
+    lam0 = rows[0]["lambda_init"]
+    assert lam0 and rows[0]["lambda"] == pytest.approx(lam0)
+    assert summary["sparse"]["sparsity"] == pytest.approx(0.9, abs=1e-5)
