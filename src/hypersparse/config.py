@@ -109,7 +109,14 @@ class TrainConfig:
 
 def parse_lambda(text: str) -> float | str:
     """A positive number or 'auto'."""
-    return "auto" if text == "auto" else float(text)
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
 
 
 def config_fields():
