@@ -1,3 +1,4 @@
+import json
 import math
 import os
 
@@ -94,5 +95,13 @@ def test_each_method_runs_end_to_end_at_exact_sparsity(method, tmp_path):
     summary = train(cfg, tmp_path / method, progress=False, out=open(os.devnull, "w"))
     numel = summary["sparse"]["numel"]
     assert summary["sparse"]["kept"] == numel - math.floor(0.95 * numel)
+    if method != "snip":  # the dense baseline is the model at the end of warm-up, before any pruning
+        rows = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        warmup = [r for r in rows if r["phase"] == "warmup"]
+        assert len(warmup) == (5 if method == "oneshot" else 3)  # oneshot trains densely through the prune epochs
+        assert summary["dense"]["epoch"] == len(warmup) and summary["dense"]["val_acc"] == warmup[-1]["val_acc"]
+        assert warmup[-1]["sparsity"] == (0.0 if method == "gmp" else warmup[-1]["sparsity"])
+    else:
+        assert summary["dense"] is None
     assert summary["sparse"]["test_acc"] > 0.5
     assert sum(summary["epochs"].values()) == 3 + 2 + 8  # warm-up 3, prune/train 2, fine-tune 8 (scaled by 0.05)

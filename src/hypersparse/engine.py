@@ -202,7 +202,7 @@ class Trainer:
             from tqdm import tqdm
 
             batches = tqdm(batches, total=len(self.train_loader), leave=False, desc=f"epoch {epoch} {self.method.phase}")
-        for step, (xb, yb) in enumerate(batches):
+        for xb, yb in batches:
             with autocast(self.device):
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
@@ -288,6 +288,8 @@ class Trainer:
             loss, train_acc = self.train_epoch(epoch, lam)
             val_acc = self.accuracy("val")
             dense_acc = self.subset_accuracy(self.model) if cfg.criterion == "matched" else train_acc
+            # measured before end_epoch, which may prune the model (oneshot) when warm-up ends
+            dense_now = {"epoch": epoch + 1, "val_acc": val_acc, "test_acc": self.accuracy("test")} if phase == "warmup" else None
             t1 = time.perf_counter()
             event = self.method.end_epoch(self.model, dense_acc, self.pruned_accuracy)
             t2 = time.perf_counter()
@@ -298,7 +300,7 @@ class Trainer:
                     stats["pruned_per_class"] = list(self.pruned_per_class)
             t3 = time.perf_counter()
             if phase == "warmup" and self.method.phase != "warmup":
-                self._record_dense()
+                self.dense = dense_now
             if event == "stop":
                 self.optimizer = self._new_optimizer()  # fine-tuning starts with fresh momentum, as the authors do
                 self._install_masks()
@@ -323,7 +325,8 @@ class Trainer:
             if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
                 # model selection on the validation split, only among sparse models
                 val_now = self.accuracy("val") if event == "stop" else val_acc
-                row["val_acc"] = val_now
+                if event == "stop":
+                    row["val_acc_after_stop"] = val_now  # the chosen pruned model; val_acc is the epoch's trained model
                 if self.best is None or val_now > self.best["val_acc"]:
                     self.best = {
                         "epoch": epoch,
