@@ -189,9 +189,11 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
     ``example`` is an input of the batch size you will use; each Linear layer
     is timed on the input it sees there, dense against sparse, and keeps the
     faster. Conv layers stay dense (PyTorch has no sparse convolution that
-    beats the dense one on CPU). Outputs equal the dense model's within 1e-5.
-    ``model.hypersparse_choices`` records each decision.
+    beats the dense one on CPU). If the whole model is then not faster than
+    the dense one, the dense copy is returned. Outputs equal the dense model's
+    within 1e-5. ``model.hypersparse_choices`` records each decision.
     """
+    original = model
     model = copy.deepcopy(model).eval().cpu()
     inputs: dict[str, torch.Tensor] = {}
 
@@ -217,6 +219,17 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
         if use_sparse:
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             setattr(parent, name.rpartition(".")[2], sparse)
+    if any(c["sparse"] for c in choices.values()):
+        # per-layer timings do not add up at batch 1 (dispatch overhead dominates): keep the swap only if the whole
+        # model is faster, timed call by call in alternation
+        dense_model, whole = copy.deepcopy(original).eval().cpu(), {"dense": [], "sparse": []}
+        for _ in range(reps):
+            whole["dense"].append(median_latency(dense_model, example, 1, warmup=1))
+            whole["sparse"].append(median_latency(model, example, 1, warmup=1))
+        if statistics.median(whole["sparse"]) >= statistics.median(whole["dense"]):
+            for c in choices.values():
+                c["sparse"] = False
+            model = dense_model
     model.hypersparse_choices = choices
     return model
 
