@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -14,8 +15,14 @@ def test_report_from_tiny_runs_has_every_figure(tmp_path):
     devnull = open(os.devnull, "w")
     for reg in ("hs", "l1"):
         train(TrainConfig(reg=reg, sparsity=0.9, epochs_scale=0.03, lambda_init=1e-3), tmp_path / reg, False, devnull)
-    lines = (tmp_path / "hs" / "stats.jsonl").read_text().splitlines()
-    assert len(lines) == len((tmp_path / "hs" / "metrics.jsonl").read_text().splitlines())
+    logged = [json.loads(l) for l in (tmp_path / "hs" / "stats.jsonl").read_text().splitlines()]
+    metrics = [json.loads(l) for l in (tmp_path / "hs" / "metrics.jsonl").read_text().splitlines()]
+    epochs = {r["epoch"] for r in logged}
+    # always logged: every regularization epoch, the last warm-up epoch, and the last epoch
+    assert {m["epoch"] for m in metrics if m["phase"] == "regularize"} <= epochs
+    assert max(m["epoch"] for m in metrics if m["phase"] == "warmup") in epochs
+    assert metrics[-1]["epoch"] in epochs
+    assert all("pruned_per_class" in r for r in logged if r["phase"] == "regularize")
     out = subprocess.run([sys.executable, "-m", "hypersparse", "report", str(tmp_path / "hs"), str(tmp_path / "l1"),
                           "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

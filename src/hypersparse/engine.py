@@ -33,6 +33,7 @@ from hypersparse.stats import StatsCollector
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 STATS = "stats.jsonl"
+STATS_SHARE = 0.05  # the statistics may cost at most this share of training time, outside the epochs the report needs
 
 
 def pick_device(name: str) -> torch.device:
@@ -148,6 +149,8 @@ class Trainer:
         self.dense: dict | None = None
         self.phase_seconds: dict[str, float] = {}
         self.pruned_per_class: list[float] = []
+        self.stats_budget = 0.0  # seconds of statistics the run may still spend
+        self.stats_cost = 0.0  # what the last collection took
         named = prunable_parameters(self.model)
         self.stats = None if cfg.no_stats else StatsCollector(
             [n for n, _ in named], [p for _, p in named], cfg.sparsity, cfg.seed
@@ -294,11 +297,17 @@ class Trainer:
             event = self.method.end_epoch(self.model, dense_acc, self.pruned_accuracy)
             t2 = time.perf_counter()
             stats = None
-            if self.stats:
+            self.stats_budget += STATS_SHARE * (t2 - t0)
+            # always at the epochs the report needs; elsewhere only while the cost stays within STATS_SHARE of training
+            needed = phase == "regularize" or self.method.phase != phase or self.method.done
+            if self.stats and (needed or self.stats_budget >= self.stats_cost):
                 stats = {"epoch": epoch, "phase": phase, "event": event, **self.stats.collect(self.method.regularizer)}
                 if phase == "regularize":
                     stats["pruned_per_class"] = list(self.pruned_per_class)
             t3 = time.perf_counter()
+            if stats is not None:
+                self.stats_cost = t3 - t2
+                self.stats_budget -= self.stats_cost
             if phase == "warmup" and self.method.phase != "warmup":
                 self.dense = dense_now
             if event == "stop":

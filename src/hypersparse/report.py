@@ -86,7 +86,7 @@ def _fig_exploration(plt, runs, path):
     ax.set_ylabel("kept set exchanged (%)")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylim(bottom=0)
-    ax.set_title("(b) exploration: weights entering/leaving the top (1 - kappa) set")
+    ax.set_title("(b) exploration: kept set exchanged since the previous logged epoch")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,7 +1,10 @@
-"""Per-epoch statistics of the weights for the run report (one JSON line per epoch in ``stats.jsonl``).
+"""Statistics of the weights for the run report (one JSON line per logged epoch in ``stats.jsonl``).
 
-Each epoch, at the target sparsity kappa: how many weights entered and left the
-kept (largest 1 - kappa) set since the last epoch, the threshold |w|_(k) and
+The engine logs them at every regularization epoch, at each phase change and
+at the last epoch, and at other epochs only while their cost stays within 5 %
+of the training time (so a run of tiny epochs logs every few epochs). At the
+target sparsity kappa: how many weights entered and left the kept (largest
+1 - kappa) set since the previous logged epoch, the threshold |w|_(k) and
 s, a fixed-size sample of the sorted magnitudes with the regularizer's
 gradient at the same weights, a log-binned magnitude histogram, and the
 per-layer sparsity a global cut would give. Costs one selection and a few
