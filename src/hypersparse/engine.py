@@ -68,7 +68,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader,
     was = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=loader_like.device)
-    hits = []
+    hits = [] if per_class is not None else None
     for start in range(0, len(x), batch):
         xb = (x[start : start + batch].to(loader_like.device).float() - loader_like.mean) / loader_like.std
         if loader_like.channels_last:
@@ -77,7 +77,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, loader_like: DeviceLoader,
             out = model(xb)
         right = out.argmax(1) == y[start : start + batch].to(loader_like.device)
         correct += right.sum()
-        hits.append(right)
+        if hits is not None:
+            hits.append(right)
     model.train(was)
     if per_class is not None and hits:
         right, labels = torch.cat(hits).cpu(), y.cpu()
@@ -292,7 +293,9 @@ class Trainer:
             val_acc = self.accuracy("val")
             dense_acc = self.subset_accuracy(self.model) if cfg.criterion == "matched" else train_acc
             # measured before end_epoch, which may prune the model (oneshot) when warm-up ends
-            dense_now = {"epoch": epoch + 1, "val_acc": val_acc, "test_acc": self.accuracy("test")} if phase == "warmup" else None
+            dense_now = None
+            if phase == "warmup" and self.method.warmup_ends:
+                dense_now = {"epoch": epoch + 1, "val_acc": val_acc, "test_acc": self.accuracy("test")}
             t1 = time.perf_counter()
             event = self.method.end_epoch(self.model, dense_acc, self.pruned_accuracy)
             t2 = time.perf_counter()

@@ -98,6 +98,11 @@ class ART:
         return base * self.eta**self.reg_epochs
 
     @property
+    def warmup_ends(self) -> bool:
+        """True during the last warm-up epoch (before its end_epoch)."""
+        return self.phase == WARMUP and self.epoch + 1 >= self.warmup_epochs
+
+    @property
     def done(self) -> bool:
         """True once the fine-tuning epochs are complete."""
         return (

@@ -12,8 +12,6 @@ passes over the weights per epoch.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from hypersparse.masks import magnitude_masks
@@ -45,8 +43,9 @@ class StatsCollector:
             out["entered"] = int((keep & ~self.prev_keep).sum())
             out["left"] = int((~keep & self.prev_keep).sum())
         self.prev_keep = keep
-        k = max(1, int(math.floor(round(self.sparsity * mags.numel(), 6))))
-        t = float(torch.kthvalue(mags, k).values) if mags.numel() else 0.0
+        # |w|_(k) is the largest pruned magnitude (the mask zeroes exactly the k smallest); at kappa 0, the smallest
+        pruned = mags[~keep]
+        t = float(pruned.max()) if pruned.numel() else float(mags.min())
         out["threshold"] = t
         out["s"] = INFLECTION / t if t > 0 else None
         sample = mags[self.index]

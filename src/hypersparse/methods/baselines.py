@@ -51,6 +51,11 @@ class Baseline:
     def done(self) -> bool:
         return self.phase == "finetune" and self.finetune_done >= self.finetune_epochs
 
+    @property
+    def warmup_ends(self) -> bool:
+        """True during the last dense epoch (before its end_epoch)."""
+        return self.phase == "warmup" and self.epoch + 1 >= self.dense_epochs
+
     def start(self, model: nn.Module) -> None:
         pass
 
@@ -124,6 +129,10 @@ class GMP(Baseline):
     @classmethod
     def from_config(cls, cfg: TrainConfig, model, loader, device) -> "GMP":
         return cls(cfg.sparsity, cfg.warmup, cfg.scaled(cfg.prune_epochs), cfg.finetune, len(loader))
+
+    @property
+    def warmup_ends(self) -> bool:
+        return self.phase == "warmup" and self.epoch + 1 >= self.warmup_epochs
 
     def target_at(self, step: int) -> float:
         """The scheduled sparsity after ``step`` optimizer steps."""
