@@ -1,0 +1,211 @@
+"""ART without hand tuning: stop rule (paper / matched) x initial strength (the authors' fixed 5e-6 / auto).
+
+For each model, sparsity and seed this trains ART + HyperSparse four times and records how long the
+regularization phase ran, the lambda_0 it started from, and the final test error of the model chosen on
+the validation split. lambda grows by the authors' eta = 1.05 per epoch (no --epochs-scale), so phase
+lengths are directly comparable with the authors' schedule; only warm-up and fine-tuning are shortened
+(3 and 8 epochs, LR x0.1 after 4 and 6), the same for every row.
+
+Regenerates the "ART settings" section of docs/methods.md and docs/runs/art-settings.json.
+
+    python bench/art_settings.py                    # digits MLP + MNIST LeNet-300-100, kappa 0.98/0.995, 3 seeds
+    python bench/art_settings.py --models mnist:lenet5 --seeds 0      # LeNet-5 (slow on CPU)
+    python bench/art_settings.py --quick            # digits, one seed, one sparsity: about a minute
+    python bench/art_settings.py --from-json docs/runs/art-settings.json   # rebuild the section only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import provenance  # noqa: E402
+
+SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]
+SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
+BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
+
+
+def label(criterion, lam) -> str:
+    return f"{criterion} / {'auto' if lam == 'auto' else 'fixed 5e-6'}"
+
+
+def run_one(job: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    from hypersparse.config import TrainConfig
+    from hypersparse.engine import train
+    from hypersparse.schedule import ARTDidNotConverge
+
+    cfg = TrainConfig(**job["config"])
+    t0 = time.perf_counter()
+    result = dict(job["meta"])
+    try:
+        summary = train(cfg, job["run_dir"], progress=False, out=open(os.devnull, "w"))
+        rows = [json.loads(line) for line in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        reg = [r for r in rows if r["phase"] == "regularize"]
+        result.update(
+            test_error=100 * (1 - summary["sparse"]["test_acc"]), val_acc=summary["sparse"]["val_acc"],
+            sparsity=summary["sparse"]["sparsity"], epochs=summary["epochs"], dense=summary["dense"],
+            lambda_init=reg[0]["lambda_init"] if reg else None, lambda_end=reg[-1]["lambda"] if reg else None,
+            stop=reg[-1] if reg else None,
+        )
+    except ARTDidNotConverge as exc:
+        result.update(test_error=None, failed=str(exc))
+    result["wall_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def jobs_for(args, root) -> list[dict]:
+    jobs = []
+    for spec in args.models.split(","):
+        dataset, model = spec.split(":")
+        data_dir = None if dataset == "digits" else str(Path(args.data_root) / dataset)
+        for kappa in args.sparsities:
+            for seed in args.seeds:
+                for criterion, lam in SETTINGS:
+                    config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
+                                  criterion=criterion, lambda_init=lam, **SCHEDULE)
+                    name = f"{dataset}-{model}-{kappa}-{seed}-{criterion}-{lam}"
+                    jobs.append({"config": config, "run_dir": str(Path(root) / name), "threads": args.threads,
+                                 "meta": {"dataset": dataset, "model": model, "kappa": kappa, "seed": seed,
+                                          "criterion": criterion, "lambda": lam}})
+    # the long (fixed-lambda, MNIST) runs first, so the two workers finish together
+    return sorted(jobs, key=lambda j: (j["meta"]["dataset"] == "digits", j["meta"]["lambda"] == "auto"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="digits:mlp,mnist:lenet300", help="comma-separated dataset:model pairs")
+    ap.add_argument("--sparsities", default="0.98,0.995")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--quick", action="store_true", help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
+    ap.add_argument("--merge", help="a runs JSON whose runs are kept beside the new ones (another model, more seeds)")
+    ap.add_argument("--from-json", help="rebuild the docs section from a saved runs JSON, without training")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.from_json:
+        publish(json.loads(Path(args.from_json).read_text()), out)
+        return
+    if args.quick:
+        args.models, args.sparsities, args.seeds = "digits:mlp", "0.98", "0"
+    args.sparsities = [float(k) for k in args.sparsities.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    payload = {"provenance": provenance(seed=args.seeds[0]), "quick": args.quick, "schedule": SCHEDULE,
+               "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
+    if args.merge:
+        old = json.loads(Path(args.merge).read_text())
+        payload["runs"] = old["runs"]
+        payload["merged_from"] = old.get("merged_from", []) + [old["provenance"]]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
+        jobs = jobs_for(args, root)
+        for i, r in enumerate(pool.map(run_one, jobs), 1):
+            payload["runs"].append(r)
+            print(f"{i}/{len(jobs)} {r['dataset']} {r['model']} {r['kappa']} seed {r['seed']} "
+                  f"{label(r['criterion'], r['lambda'])}: reg {r.get('epochs', {}).get('regularize')} epochs, "
+                  f"test error {r['test_error']} ({r['wall_seconds']:.0f}s)", flush=True)
+            payload["wall_seconds"][args.models] = time.perf_counter() - started
+            save(payload, out)  # progress survives a crash
+    publish(payload, out)
+
+
+def save(payload: dict, out: Path) -> Path:
+    path = out / "runs" / ("art-settings-quick.json" if payload["quick"] else "art-settings.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def fmt(values, digits=2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/c"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def section(payload: dict) -> str:
+    runs, prov = payload["runs"], payload["provenance"]
+    sched = payload["schedule"]
+    lines = [
+        "## ART settings: stop rule and initial strength\n",
+        f"Generated by `{prov['command']}` (commit `{prov['commit']}`, {prov['date']}; {prov['machine']}; "
+        f"torch {prov['torch']}; {payload['workers']} runs side by side, {payload['threads_per_run']} thread each)"
+        + "".join(f"; merged with `{p['command']}` (commit `{p['commit']}`)" for p in payload.get("merged_from", []))
+        + ".\n",
+        f"ART + HyperSparse, λ × 1.05 per regularization epoch (the authors' η, not shortened); warm-up "
+        f"{sched['warmup_epochs']} and fine-tuning {sched['finetune_epochs']} epochs (LR ×0.1 after "
+        f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every row; "
+        f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
+        "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto` (regularizer gradient norm = 0.1 × task "
+        "gradient norm at the first regularization step). Test error in % of the model chosen on the validation split, "
+        "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase.\n",
+    ]
+    groups = sorted({(r["dataset"], r["model"], r["kappa"]) for r in runs}, key=lambda g: (g[0] != "digits", g))
+    lines += ["| data | model | κ | setting | reg. epochs | λ_0 | test error % | dense test error % | seeds |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for dataset, model, kappa in groups:
+        for criterion, lam in SETTINGS:
+            cell = [r for r in runs if (r["dataset"], r["model"], r["kappa"], r["criterion"], r["lambda"])
+                    == (dataset, model, kappa, criterion, lam)]
+            if not cell:
+                continue
+            ok = [r for r in cell if r["test_error"] is not None]
+            reg = fmt([r["epochs"].get("regularize") for r in ok], 1)
+            lam0 = "5e-6" if lam != "auto" else (
+                " – ".join(f"{v:.2g}" for v in sorted({min(r["lambda_init"] for r in ok), max(r["lambda_init"] for r in ok)}))
+                if ok else "-")
+            dense = fmt([100 * (1 - r["dense"]["test_acc"]) for r in ok if r.get("dense")])
+            failed = len(cell) - len(ok)
+            lines.append(f"| {dataset} | {model} | {kappa:g} | {label(criterion, lam)} | {reg} | {lam0} | "
+                         f"{fmt([r['test_error'] for r in ok])}{f' ({failed} n/c)' if failed else ''} | {dense} | "
+                         f"{len(cell)} |")
+    lines += ["", "<details><summary>every run</summary>\n",
+              "| data | model | κ | seed | setting | reg. epochs | λ_0 | λ at stop | test error % | wall s |",
+              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(runs, key=lambda r: (r["dataset"], r["model"], r["kappa"], r["criterion"], str(r["lambda"]), r["seed"])):
+        ok = r["test_error"] is not None
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
+                     f"{r['epochs'].get('regularize') if ok else 'n/c'} | "
+                     f"{r['lambda_init']:.2g} | {r['lambda_end']:.2g} | " if ok else
+                     f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
+                     "n/c | - | - | ")
+        lines[-1] += f"{r['test_error']:.2f} | {r['wall_seconds']:.0f} |" if ok else f"n/c | {r['wall_seconds']:.0f} |"
+    lines += ["\n</details>\n", "Raw results: [runs/art-settings.json](runs/art-settings.json).\n"]
+    return "\n".join(lines)
+
+
+def publish(payload: dict, out: Path) -> None:
+    save(payload, out)
+    text = section(payload)
+    if payload["quick"]:
+        (out / "art-settings-quick.md").write_text(text)
+        print(f"wrote {out / 'art-settings-quick.md'}")
+        return
+    page = out / "methods.md"
+    old = page.read_text()
+    if BEGIN not in old:
+        old += f"\n{BEGIN}\n{END}\n"
+    head, _, rest = old.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    page.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    print(f"wrote the ART settings section of {page}")
+
+
+if __name__ == "__main__":
+    main()
