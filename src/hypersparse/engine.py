@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from hypersparse.checkpoint import atomic_write, load_checkpoint, save_checkpoin
 from hypersparse.config import TrainConfig
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
+from hypersparse.distributed import Dist, init_distributed, state_digest
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.masks import apply_masks_, sparsity_report
 from hypersparse.methods import make_method
@@ -123,10 +125,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout):
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
-        self.out = out
-        self.progress = _tqdm_available() and (sys.stderr.isatty() if progress is None else progress)
+        # under torchrun: one process per rank; only rank 0 prints and writes
+        self.dist, self.device = init_distributed(pick_device(cfg.device))
+        if self.dist.active and cfg.batch_size % self.dist.world:
+            raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {self.dist.world} processes; "
+                            "each rank trains on an equal share of every batch")
+        self.out = out if self.dist.is_main else open(os.devnull, "w")
+        self.progress = self.dist.is_main and _tqdm_available() and (
+            sys.stderr.isatty() if progress is None else progress)
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
         self.data: Splits = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.download)
         self.model = create_model(cfg.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         if cfg.pretrained:
@@ -140,6 +147,11 @@ class Trainer:
         self.train_loader = DeviceLoader(
             d.train_x, d.train_y, cfg.batch_size, d.mean, d.std, self.device, d.augment, True, cfg.seed, channels_last
         )
+        self.shard_loader = self.train_loader  # what this rank trains on
+        if self.dist.active:
+            self.shard_loader = copy.copy(self.train_loader)
+            self.shard_loader.rank, self.shard_loader.world = self.dist.rank, self.dist.world
+        self.ddp: nn.Module | None = None
         # the fixed training subset that scores pruned copies (and, with --criterion matched, the dense model)
         n = len(d.train_x) if cfg.pruned_eval_size == 0 else min(cfg.pruned_eval_size, len(d.train_x))
         subset = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n]
@@ -155,7 +167,7 @@ class Trainer:
         self.stats_budget = 0.0  # seconds of statistics the run may still spend
         self.stats_cost = 0.0  # what the last collection took
         named = prunable_parameters(self.model)
-        self.stats = None if cfg.no_stats else StatsCollector(
+        self.stats = None if cfg.no_stats or not self.dist.is_main else StatsCollector(
             [n for n, _ in named], [p for _, p in named], cfg.sparsity, cfg.seed
         )
 
@@ -186,48 +198,72 @@ class Trainer:
         done = self.method.finetune_done
         return self.cfg.lr * self.cfg.lr_decay ** sum(done >= m for m in self.cfg.milestones)
 
+    def _evaluate(self, model, x, y, per_class: list | None = None) -> float:
+        """Accuracy on ``x, y``; under torchrun each rank scores its share and the counts are summed."""
+        if not self.dist.active:
+            return evaluate(model, x, y, self.train_loader, per_class=per_class)
+        x, y = x[self.dist.rank :: self.dist.world], y[self.dist.rank :: self.dist.world]
+        acc = evaluate(model, x, y, self.train_loader, per_class=per_class)  # per class: rank 0's share only
+        correct, n = self.dist.sum(round(acc * len(x)), len(x))
+        return correct / max(1.0, n)
+
     def accuracy(self, split: str) -> float:
         x, y = {"val": (self.data.val_x, self.data.val_y), "test": (self.data.test_x, self.data.test_y)}[split]
-        return evaluate(self.model, x, y, self.train_loader)
+        return self._evaluate(self.model, x, y)
 
     def subset_accuracy(self, model) -> float:
-        return evaluate(model, *self.subset, self.train_loader)
+        return self._evaluate(model, *self.subset)
 
     def pruned_accuracy(self, model) -> float:
         """Scores the pruned copy during ART (and keeps its per-class accuracy for the report)."""
-        return evaluate(model, *self.subset, self.train_loader, per_class=self.pruned_per_class)
+        return self._evaluate(model, *self.subset, per_class=self.pruned_per_class)
+
+    def _forward_model(self) -> nn.Module:
+        """The model the training step calls: wrapped in DistributedDataParallel under torchrun."""
+        if not self.dist.active:
+            return self.model
+        if self.ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        return self.ddp
 
     def train_epoch(self, epoch: int, lam: float) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, running training accuracy)."""
         model, opt, reg = self.model, self.optimizer, self.method.regularizer
+        forward = self._forward_model()
         model.train()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        batches = self.train_loader.batches(epoch)
+        batches = self.shard_loader.batches(epoch)
+        seen = 0
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, total=len(self.train_loader), leave=False, desc=f"epoch {epoch} {self.method.phase}")
+            batches = tqdm(batches, total=len(self.shard_loader), leave=False, desc=f"epoch {epoch} {self.method.phase}")
         for xb, yb in batches:
             with autocast(self.device):
-                out = model(xb)
+                out = forward(xb)
                 loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP the task gradients are averaged over the ranks here
             if lam and reg is not None:
                 reg.add_grad_(lam)
             opt.step()
             self.method.after_step(model)
             total_loss += loss.detach().float() * len(yb)
             correct += (out.argmax(1) == yb).sum()
-        n = len(self.train_loader.x)
-        mean_loss = float(total_loss) / n  # one host sync per epoch, not per step
+            seen += len(yb)
+        # one host sync per epoch, not per step; under torchrun the sums run over all ranks
+        loss_sum, n_correct, n = self.dist.sum(float(total_loss), int(correct), seen)
+        mean_loss = loss_sum / max(1.0, n)
         if not math.isfinite(mean_loss):
             raise RunDiverged(
                 f"training diverged: the loss became {mean_loss} in epoch {epoch} ({self.method.phase}, lambda={lam:g}); "
                 f"lower --lr or --lambda-init/--eta. The last good checkpoint is kept: {self.run_dir / CHECKPOINT}"
             )
-        return mean_loss, int(correct) / n
+        return mean_loss, n_correct / max(1.0, n)
 
     # -- checkpoints ----------------------------------------------------------
     def state(self) -> dict:
@@ -255,6 +291,8 @@ class Trainer:
         self.phase_seconds = ckpt["phase_seconds"]
         if self.stats and ckpt.get("stats"):
             self.stats.load_state_dict(ckpt["stats"])
+        if not self.dist.is_main:
+            return
         # the logs may hold lines written after this checkpoint's epoch: keep only the checkpointed epochs
         lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
         atomic_write(self.run_dir / METRICS, lambda f: f.write(lines), mode="w")
@@ -269,6 +307,7 @@ class Trainer:
 
         batches = list(islice(self.train_loader.batches(epoch=-2), 4))  # fixed by the seed
         value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction)
+        value = self.dist.broadcast(value)  # each rank measured its own share: rank 0's value holds for all
         self.method.lambda_override = value
         print(f"lambda_init auto: {value:.3g} (regularizer gradient norm = {self.cfg.lambda_auto_fraction:g} x task)",
               file=self.out)
@@ -349,13 +388,14 @@ class Trainer:
                     }
             self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + row["seconds"]
             self.metrics.append(row)
-            save_checkpoint(self.state(), self.run_dir / CHECKPOINT)
-            with open(self.run_dir / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if stats is not None:
-                with open(self.run_dir / STATS, "a") as f:
-                    f.write(json.dumps(stats) + "\n")
-            self._print_epoch(row)
+            if self.dist.is_main:
+                save_checkpoint(self.state(), self.run_dir / CHECKPOINT)
+                with open(self.run_dir / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if stats is not None:
+                    with open(self.run_dir / STATS, "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                self._print_epoch(row)
         return self.finish()
 
     def finish(self) -> dict:
@@ -379,9 +419,14 @@ class Trainer:
             "arch": {"model": self.cfg.model, "num_classes": self.data.num_classes,
                      "in_channels": self.data.in_channels, "image_size": self.data.image_size},
         }
-        torch.save(self.model.state_dict(), self.run_dir / "model.pt")
-        write_json(self.run_dir / "summary.json", summary)
-        print(format_summary(summary), file=self.out)
+        if self.dist.active:
+            digests = self.dist.gather(state_digest(self.model, self.method.masks))
+            summary["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend,
+                                      "rank_digests": digests, "ranks_identical": len(set(digests)) == 1}
+        if self.dist.is_main:
+            torch.save(self.model.state_dict(), self.run_dir / "model.pt")
+            write_json(self.run_dir / "summary.json", summary)
+            print(format_summary(summary), file=self.out)
         return summary
 
     def _print_epoch(self, row: dict) -> None:
@@ -417,17 +462,29 @@ def format_summary(summary: dict) -> str:
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: a new folder under ``runs/``)."""
+    dist, _ = init_distributed(pick_device(cfg.validate().device))
     target = Path(run_dir) if run_dir else Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    target = Path(dist.broadcast(str(target)))  # the default name holds the time: rank 0's counts
     existed = target.exists()
-    path = prepare_run_dir(target)
+    error = None
+    if dist.is_main:
+        try:
+            prepare_run_dir(target)
+        except UserError as exc:
+            error = str(exc)
+    error = dist.broadcast(error)
+    if error:
+        raise UserError(error)
+    path = target
     try:
         trainer = Trainer(cfg, path, progress, out)
     except BaseException:
-        if not existed and not any(path.iterdir()):
+        if dist.is_main and not existed and not any(path.iterdir()):
             path.rmdir()  # a run that could not start leaves nothing behind
         raise
-    write_json(path / "config.json", dataclasses.asdict(cfg))
-    print(f"run directory: {path}", file=out)
+    if dist.is_main:
+        write_json(path / "config.json", dataclasses.asdict(cfg))
+        print(f"run directory: {path}" + (f" ({dist.world} processes, {dist.backend})" if dist.active else ""), file=out)
     return trainer.run()
 
 
@@ -444,5 +501,5 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) ->
     cfg = TrainConfig(**ckpt["config"])
     trainer = Trainer(cfg, path, progress, out)
     trainer.load_state(ckpt)
-    print(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}", file=out)
+    print(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}", file=trainer.out)
     return trainer.run()

@@ -7,21 +7,30 @@ import torch
 from torch.nn import functional as F
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
+            pick: torch.Tensor | None = None, draws: int | None = None) -> torch.Tensor:
     """Random crop with ``pad``-pixel zero padding and random horizontal flip, for a whole batch.
 
     One crop offset per image, drawn from ``generator`` (on the CPU, so runs
     are identical on every device); implemented as one gather, no Python loop.
+    Under data parallelism ``x`` is this rank's share of a batch of ``draws``
+    images, at positions ``pick``: the offsets are drawn for the whole batch,
+    so the random stream does not depend on the number of ranks.
     """
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    total = n if draws is None else draws
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)
+    flips = torch.rand(total, generator=generator) < 0.5 if flip else None
+    if pick is not None:
+        pick = pick.cpu()
+        dy, dx, flips = dy[pick], dx[pick], flips[pick] if flips is not None else None
+    dy, dx = dy.to(x.device), dx.to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
     cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (n, w)
-    if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    if flips is not None:
+        cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
     idx_r = rows[:, None, :, None].expand(n, c, h, w + 2 * pad)
     out = padded.gather(2, idx_r)
     idx_c = cols[:, None, None, :].expand(n, c, h, w)
@@ -33,7 +42,10 @@ class DeviceLoader:
 
     The whole split sits on ``device`` as uint8; each epoch's order and
     augmentation come from a generator seeded with ``(seed, epoch)``, so any
-    epoch can be replayed exactly, e.g. after a resume.
+    epoch can be replayed exactly, e.g. after a resume. With ``world > 1``
+    (torchrun) each batch of ``batch_size`` is split between the ranks and this
+    loader yields rank ``rank``'s share; a last batch is cut to a multiple of
+    ``world`` so that every rank gets as many images.
     """
 
     def __init__(self, x, y, batch_size, mean, std, device, augment=False, shuffle=True, seed=0, channels_last=False):
@@ -48,6 +60,7 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.channels_last = channels_last
+        self.rank, self.world = 0, 1
 
     def __len__(self) -> int:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
@@ -56,14 +69,17 @@ class DeviceLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.x), generator=g).to(self.device) if self.shuffle else None
         for start in range(0, len(self.x), self.batch_size):
-            if order is None:
-                xb, yb = self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
-            else:
-                idx = order[start : start + self.batch_size]
-                xb, yb = self.x[idx], self.y[idx]
+            stop = min(start + self.batch_size, len(self.x))
+            idx = order[start:stop] if order is not None else torch.arange(start, stop, device=self.device)
+            pick = None
+            if self.world > 1:
+                pick = torch.arange(self.rank, len(idx) - len(idx) % self.world, self.world, device=self.device)
+                if len(pick) == 0:
+                    break
+            xb, yb = self.x[idx if pick is None else idx[pick]], self.y[idx if pick is None else idx[pick]]
             xb = xb.float()
             if self.augment:
-                xb = augment(xb, g)
+                xb = augment(xb, g, pick=pick, draws=len(idx))
             xb = (xb - self.mean) / self.std
             if self.channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)

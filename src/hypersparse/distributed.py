@@ -1,0 +1,96 @@
+"""Multi-process training under torchrun: the process group, reductions, and a digest to compare ranks.
+
+Every rank holds the same weights (DistributedDataParallel averages the task
+gradients; the regularizer, the threshold and the masks are computed from those
+identical weights), so only what depends on each rank's share of the data has
+to be reduced: training loss and accuracy, and the accuracies that drive ART.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from hypersparse.errors import UserError
+
+
+@dataclass
+class Dist:
+    """This process's place in the run: ``world == 1`` outside torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, *values: float) -> list[float]:
+        """The sum of each value over all ranks (float64, so integer counts stay exact)."""
+        if not self.active:
+            return [float(v) for v in values]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value) -> list:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.active:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA).
+
+    Returns the context and the device this rank trains on (``cuda:LOCAL_RANK`` on GPUs).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=device), device
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UserError(f"distributed training runs on cuda or cpu, not {device.type}; pass --device cpu")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Dist(rank, world, local, backend, device if backend == "nccl" else torch.device("cpu")), device
+
+
+def state_digest(model: torch.nn.Module, masks: dict | None = None) -> str:
+    """SHA-256 of every tensor of the model's state (and the masks): equal digests mean bit-equal ranks."""
+    h = hashlib.sha256()
+    items = list(model.state_dict().items()) + sorted((masks or {}).items())
+    for name, t in items:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,82 @@
+"""torchrun with 2 CPU processes (gloo): identical ranks, exact sparsity, resume after a kill."""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from test_cli import cli, run_metrics
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
+
+ARGS = ["train", "--model", "mlp", "--sparsity", "0.95", "--warmup-epochs", "2", "--finetune-epochs", "2",
+        "--lambda-init", "1e-3", "--eta", "2", "--seed", "2", "--no-progress"]
+
+
+def torchrun(*args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "hypersparse",
+           *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_identical_and_exact_sparsity(tmp_path):
+    out = torchrun(*ARGS, "--run-dir", str(tmp_path / "ddp"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    d = summary["distributed"]
+    assert d["world_size"] == 2 and d["backend"] == "gloo"
+    assert len(d["rank_digests"]) == 2 and d["rank_digests"][0] == d["rank_digests"][1]
+    numel = summary["sparse"]["numel"]
+    assert summary["sparse"]["kept"] == numel - math.floor(0.95 * numel)
+    # the same run in one process ends at exactly the same sparsity
+    single = cli(*ARGS, "--run-dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    ref = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert (ref["sparse"]["kept"], ref["sparse"]["sparsity"]) == (summary["sparse"]["kept"], summary["sparse"]["sparsity"])
+    # only rank 0 wrote: one line per epoch
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == sum(summary["epochs"].values())
+    weights = torch.load(tmp_path / "ddp" / "model.pt")
+    zeros = sum(int((weights[k] == 0).sum()) for k in weights if k.endswith("weight"))
+    assert zeros == math.floor(0.95 * numel)
+
+
+def test_batch_size_must_split_evenly(tmp_path):
+    out = torchrun(*ARGS, "--batch-size", "63", "--run-dir", str(tmp_path / "odd"))
+    assert out.returncode == 1  # torchrun's own code when a worker fails; each worker exits with 2
+    assert re.search(r"exitcode\s*:\s*2", out.stderr), out.stderr[-2000:]
+    assert "--batch-size 63 must be divisible by the 2 processes" in out.stderr
+    assert not (tmp_path / "odd").exists()
+
+
+def test_killed_ddp_run_resumes_bit_exact(tmp_path):
+    ref = torchrun(*ARGS, "--run-dir", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref_rows, ref_summary = run_metrics(tmp_path / "ref")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "hypersparse",
+           *ARGS, "--run-dir", str(tmp_path / "cut")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    seen = 0
+    for line in proc.stdout:
+        seen += " regularize " in line
+        if seen >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)  # the agent and both ranks
+            break
+    proc.wait()
+    assert seen >= 2 and not (tmp_path / "cut" / "summary.json").exists()
+    out = torchrun("train", "--resume", str(tmp_path / "cut"), "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows, summary = run_metrics(tmp_path / "cut")
+    assert rows == ref_rows
+    for s in (summary, ref_summary):
+        s["config"].pop("run_dir")
+    assert summary == ref_summary
