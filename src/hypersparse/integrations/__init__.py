@@ -1,0 +1,1 @@
+"""ART inside other training stacks: :mod:`.lightning` (Lightning) and :mod:`.transformers` (Hugging Face Trainer)."""

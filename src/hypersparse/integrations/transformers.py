@@ -1,0 +1,75 @@
+"""ART as a Hugging Face ``Trainer`` callback: ``Trainer(..., callbacks=[ARTCallback(sparsity=0.9)])``.
+
+Needs ``pip install "hypersparse[transformers]"``. ``Trainer`` does not
+compute a training accuracy, so the dense model and the pruned copy are both
+scored the same way (the matched rule) on the first ``score_batches`` training
+batches; the model's output must carry ``logits`` and its batches ``labels``.
+Epochs are ``Trainer`` epochs; with ``finetune_epochs`` set, training stops
+after them.
+"""
+from __future__ import annotations
+
+from itertools import islice
+
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError('hypersparse.integrations.transformers needs transformers: pip install "hypersparse[transformers]"') \
+        from exc
+
+from hypersparse.integrations.driver import ARTDriver, batch_accuracy
+
+
+def _call(model, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs), batch["labels"]
+
+
+class ARTCallback(TrainerCallback):
+    """ART inside ``transformers.Trainer``: regularize before each optimizer step, decide at each epoch's end.
+
+    Args:
+        sparsity: target fraction of zero Linear/Conv weights (embeddings and norms stay dense).
+        **kwargs: :class:`~hypersparse.integrations.driver.ARTDriver` options (``reg``, ``warmup_epochs``,
+            ``lambda_init``, ``eta``, ``finetune_epochs``, ``score_batches``, ...).
+    """
+
+    def __init__(self, sparsity: float, **kwargs):
+        self.driver = ARTDriver(sparsity, **kwargs)
+
+    @property
+    def art(self):
+        """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history)."""
+        return self.driver.art
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.driver.attach(model)
+        self.driver.keep_mask(model, optimizer)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.driver.before_step()  # after accumulation, clipping and any DDP reduction of the task gradients
+
+    def on_epoch_end(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        score = None
+        if self.driver.art.phase == "regularize":
+            if self.driver.scoring is None:
+                device = next(model.parameters()).device
+                self.driver.scoring = [{k: v.to(device) for k, v in b.items()}
+                                       for b in islice(iter(train_dataloader), self.driver.score_batches)]
+            score = lambda m: batch_accuracy(m, self.driver.scoring, _call, _reduce)  # noqa: E731
+        self.driver.end_epoch(model, None, score, optimizer)
+        if self.driver.done:
+            control.should_training_stop = True
+        return control
+
+
+def _reduce(correct: float, total: float) -> tuple[float, float]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([correct, total], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+        return float(t[0]), float(t[1])
+    return correct, total

@@ -1,0 +1,120 @@
+"""The Lightning and Hugging Face callbacks train a tiny model to the target sparsity exactly."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hypersparse import prunable_parameters
+
+
+def blobs(n=512, dim=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g) * 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    return centers[y] + torch.randn(n, dim, generator=g), y
+
+
+def zeros_and_numel(model):
+    params = [p for _, p in prunable_parameters(model)]
+    return sum(int((p == 0).sum()) for p in params), sum(p.numel() for p in params)
+
+
+@pytest.mark.parametrize("criterion", ["paper", "matched"])
+def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
+    L = pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            out = self(x)
+            self.log("train_acc", (out.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+            return F.cross_entropy(out, y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    torch.manual_seed(0)
+    x, y = blobs()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    callback = ART(sparsity=0.9, criterion=criterion, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
+                   score_batches=4)
+    module = Net()
+    trainer = L.Trainer(max_epochs=50, accelerator="cpu", callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, loader)
+    art = callback.art
+    assert art.phase == "finetune" and art.done
+    phases = [h["phase"] for h in art.history]
+    assert phases[:2] == ["warmup", "warmup"] and phases[-3:] == ["finetune"] * 3
+    assert trainer.current_epoch == len(art.history)  # stopped when fine-tuning was done, not at max_epochs
+    zeros, numel = zeros_and_numel(module)
+    assert zeros == math.floor(0.9 * numel)  # exact, after three fine-tuning epochs with momentum
+    acc = (module(x).argmax(1) == y).float().mean()
+    assert acc > 0.9
+
+
+def test_lightning_paper_rule_needs_logged_accuracy(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from hypersparse.errors import UserError
+    from hypersparse.integrations.lightning import ART
+
+    class Quiet(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x, y = blobs(64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[ART(sparsity=0.5, warmup_epochs=1)])
+    with pytest.raises(UserError, match="self.log\\('train_acc'"):
+        trainer.fit(Quiet(), loader)
+
+
+def test_transformers_callback_reaches_exact_sparsity(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from hypersparse.integrations.transformers import ARTCallback
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)  # built from a config: no download
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 32, (256, 8), generator=g)
+    labels = (ids[:, 0] < 16).long()  # learnable from the first token
+    data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": l} for i, l in zip(ids, labels)]
+    callback = ARTCallback(sparsity=0.8, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=2,
+                           score_batches=4)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=16,
+                                          learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
+                                          logging_strategy="no", disable_tqdm=True, seed=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    trainer.train()
+    art = callback.art
+    assert art.phase == "finetune" and art.done
+    assert [h["phase"] for h in art.history][-2:] == ["finetune", "finetune"]
+    assert round(trainer.state.epoch) == len(art.history) < 40  # stopped once fine-tuning was done
+    zeros, numel = zeros_and_numel(model)
+    assert zeros == math.floor(0.8 * numel)
