@@ -1,4 +1,4 @@
-"""The ``hypersparse`` command: ``train``, ``eval``, ``export``, ``report``.
+"""The ``hypersparse`` command: ``train``, ``tune``, ``eval``, ``export``, ``report``.
 
 User errors end with one line on stderr and exit code 2; a diverged run with
 exit code 1; the checkpoint on disk is always the last complete one.
@@ -53,6 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
             train.add_argument(flag, type=_flag_type(tp), default=default, help=help)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    tune = sub.add_parser(
+        "tune", help="search lambda_0 and eta with Optuna on the validation split (needs the [tune] extra)",
+        description="Search ART's lambda_0 and eta; every other flag is the base run's, as for train. Running the "
+        "same command again continues the study.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, tp, default, help in config_fields():
+        if name in ("lambda_init", "eta", "run_dir"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if _flag_type(tp) is None:
+            tune.add_argument(flag, action="store_true", help=help)
+        else:
+            tune.add_argument(flag, type=_flag_type(tp), default=default, help=help)
+    tune.add_argument("--trials", type=int, default=20, help="finished trials to reach (earlier calls count)")
+    tune.add_argument("--study-dir", help="trial runs, study.db and best.json (default: runs/tune-<dataset>-<model>-<sparsity>)")
+    tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db)")
+    tune.add_argument("--lambda-range", default="1e-7,1e-3", help="log-uniform range of lambda_0")
+    tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
 
     ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or checkpoint.")
     ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, or a sparse file")
@@ -123,6 +141,17 @@ def _train(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from hypersparse.tune import parse_range, tune
+
+    values = {name: getattr(args, name) for name, *_ in config_fields() if name not in ("lambda_init", "eta", "run_dir")}
+    base = TrainConfig(**values).validate()
+    study_dir = args.study_dir or f"runs/tune-{base.dataset}-{base.model}-{base.sparsity:g}"
+    tune(base, study_dir, args.trials, parse_range(args.lambda_range, "--lambda-range"),
+         parse_range(args.eta_range, "--eta-range"), args.storage)
+    return 0
+
+
 def _eval(args) -> int:
     from hypersparse.evaluate import evaluate_checkpoint
 
@@ -133,7 +162,7 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "export": _export, "report": _report}[args.command](args)
+        return {"train": _train, "tune": _tune, "eval": _eval, "export": _export, "report": _report}[args.command](args)
     except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,101 @@
+"""``hypersparse tune``: search lambda_0 and eta with Optuna, scored on the validation split, resumable.
+
+The authors tuned these with SMAC; here a seeded TPE sampler proposes
+``(lambda_0, eta)`` on log scales, each trial is a full ``hypersparse train``
+run in ``STUDY_DIR/trial-<n>``, and its score is the final sparse model's
+validation accuracy (the test set is never looked at). The study lives in
+SQLite (``STUDY_DIR/study.db`` by default): running the same command again
+continues it up to ``--trials`` finished trials, and a trial whose process was
+killed is marked failed and tried again with the same values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+
+from hypersparse.checkpoint import write_json
+from hypersparse.config import TrainConfig
+from hypersparse.errors import RunDiverged, UserError
+from hypersparse.schedule import ARTDidNotConverge
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UserError('hypersparse tune needs Optuna: pip install "hypersparse[tune]"') from None
+    return optuna
+
+
+def parse_range(text: str, name: str) -> tuple[float, float]:
+    """``"low,high"`` with ``0 < low < high``, or UserError naming the flag."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{name} must be two numbers 'low,high', got {text!r}") from None
+    if not (0 < low < high and math.isfinite(high)):
+        raise UserError(f"{name} needs 0 < low < high, got {text!r}")
+    return low, high
+
+
+def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_range=(1e-7, 1e-3), eta_range=(1.01, 1.5),
+         storage: str | None = None, out=sys.stdout) -> dict:
+    """Run trials until ``trials`` have finished (counting those of earlier calls); returns the best one."""
+    optuna = _optuna()
+    from hypersparse.engine import train
+
+    if base.method != "art":
+        raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.method} has neither")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    base.validate()
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True, direction="maximize")
+    # seeded by the history, so a continued study proposes new values instead of replaying the first ones
+    study.sampler = optuna.samplers.TPESampler(seed=base.seed * 100_003 + len(study.trials))
+    state = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # a process killed mid-trial
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, state.FAIL)
+        study.enqueue_trial(t.params)
+        print(f"trial {t.number} was interrupted; its values are tried again", file=out)
+
+    def objective(trial) -> float:
+        cfg = dataclasses.replace(
+            base,
+            lambda_init=trial.suggest_float("lambda_init", *lambda_range, log=True),
+            eta=trial.suggest_float("eta", *eta_range, log=True),
+            run_dir=None,
+        )
+        run_dir = study_dir / f"trial-{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        summary = train(cfg, run_dir, progress=False, out=open(os.devnull, "w"))
+        trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
+        trial.set_user_attr("epochs", summary["epochs"])
+        print(f"trial {trial.number}: lambda_0 {cfg.lambda_init:.3g}, eta {cfg.eta:.4g} -> validation "
+              f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
+        return summary["sparse"]["val_acc"]
+
+    finished = sum(not t.user_attrs.get("interrupted")
+                   for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL)))
+    if finished < trials:
+        study.optimize(objective, n_trials=trials - finished, catch=(ARTDidNotConverge, RunDiverged))
+    done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
+    if not done:
+        raise UserError("no trial finished (ART did not converge or diverged in all); widen --lambda-range/--eta-range")
+    best = study.best_trial
+    result = {"lambda_init": best.params["lambda_init"], "eta": best.params["eta"], "val_acc": best.value,
+              "trial": best.number, "run_dir": best.user_attrs.get("run_dir"), "trials": len(study.trials),
+              "storage": storage, "base_config": dataclasses.asdict(base)}
+    write_json(study_dir / "best.json", result)
+    print(f"best of {len(done)} finished trials: trial {best.number}, lambda_0 {result['lambda_init']:.3g}, "
+          f"eta {result['eta']:.4g}, validation {best.value:.2%} -> {study_dir / 'best.json'}", file=out)
+    return result
+
+
