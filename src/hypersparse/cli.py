@@ -32,6 +32,21 @@ def _flag_type(tp):
     return str
 
 
+TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig field, with its default and help."""
+    for name, tp, default, help in config_fields():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if _flag_type(tp) is None:
+            parser.add_argument(flag, action="store_true", help=help)
+        else:
+            parser.add_argument(flag, type=_flag_type(tp), default=default, help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hypersparse.data import DATASETS
     from hypersparse.models import MODELS
@@ -45,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Models: " + ", ".join(MODELS) + ". Datasets: " + ", ".join(DATASETS) + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, tp, default, help in config_fields():
-        flag = "--" + name.replace("_", "-")
-        if _flag_type(tp) is None:
-            train.add_argument(flag, action="store_true", help=help)
-        else:
-            train.add_argument(flag, type=_flag_type(tp), default=default, help=help)
+    _add_config_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -58,14 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", help="search lambda_0 and eta with Optuna on the validation split (needs the [tune] extra)",
         description="Search ART's lambda_0 and eta; every other flag is the base run's, as for train. Running the "
         "same command again continues the study.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, tp, default, help in config_fields():
-        if name in ("lambda_init", "eta", "run_dir"):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if _flag_type(tp) is None:
-            tune.add_argument(flag, action="store_true", help=help)
-        else:
-            tune.add_argument(flag, type=_flag_type(tp), default=default, help=help)
+    _add_config_flags(tune, skip=TUNED)
     tune.add_argument("--trials", type=int, default=20, help="finished trials to reach (earlier calls count)")
     tune.add_argument("--study-dir", help="trial runs, study.db and best.json (default: runs/tune-<dataset>-<model>-<sparsity>)")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db)")
@@ -144,7 +147,7 @@ def _train(args) -> int:
 def _tune(args) -> int:
     from hypersparse.tune import parse_range, tune
 
-    values = {name: getattr(args, name) for name, *_ in config_fields() if name not in ("lambda_init", "eta", "run_dir")}
+    values = {name: getattr(args, name) for name, *_ in config_fields() if name not in TUNED}
     base = TrainConfig(**values).validate()
     study_dir = args.study_dir or f"runs/tune-{base.dataset}-{base.model}-{base.sparsity:g}"
     tune(base, study_dir, args.trials, parse_range(args.lambda_range, "--lambda-range"),
