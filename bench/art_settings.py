@@ -30,12 +30,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import provenance  # noqa: E402
 
 SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]
+# with --equal-epochs: auto again, fine-tuning lengthened to the fixed-lambda run's total epochs
+EQUAL = [("paper", "auto-equal"), ("matched", "auto-equal")]
 SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 
 
 def label(criterion, lam) -> str:
-    return f"{criterion} / {'auto' if lam == 'auto' else 'fixed 5e-6'}"
+    names = {"auto": "auto", "auto-equal": "auto, equal epochs"}
+    return f"{criterion} / {names.get(lam, 'fixed 5e-6')}"
 
 
 def run_one(job: dict) -> dict:
@@ -72,15 +75,35 @@ def jobs_for(args, root) -> list[dict]:
         data_dir = None if dataset == "digits" else str(Path(args.data_root) / dataset)
         for kappa in args.sparsities:
             for seed in args.seeds:
-                for criterion, lam in SETTINGS:
+                for criterion, lam in (EQUAL if args.equal_epochs else SETTINGS):
                     config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
                                   criterion=criterion, lambda_init=lam, **SCHEDULE)
+                    if lam == "auto-equal":
+                        config.update(lambda_init="auto", **equal_schedule(args.previous, dataset, model, kappa, seed,
+                                                                         criterion))
                     name = f"{dataset}-{model}-{kappa}-{seed}-{criterion}-{lam}"
                     jobs.append({"config": config, "run_dir": str(Path(root) / name), "threads": args.threads,
                                  "meta": {"dataset": dataset, "model": model, "kappa": kappa, "seed": seed,
                                           "criterion": criterion, "lambda": lam}})
     # the long (fixed-lambda, MNIST) runs first, so the two workers finish together
     return sorted(jobs, key=lambda j: (j["meta"]["dataset"] == "digits", j["meta"]["lambda"] == "auto"))
+
+
+def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion) -> dict:
+    """Fine-tuning long enough that the auto run trains as many epochs in all as the fixed-lambda run.
+
+    The auto run's regularization length is taken from its earlier run: runs are deterministic for a seed
+    (the rerun's own length is recorded and checked on the page).
+    """
+    def find(lam):
+        for r in runs:
+            if (r["dataset"], r["model"], r["kappa"], r["seed"], r["criterion"], r["lambda"]) == \
+                    (dataset, model, kappa, seed, criterion, lam) and r["test_error"] is not None:
+                return r
+        raise SystemExit(f"--equal-epochs: no finished {criterion}/{lam} run for {dataset} {model} {kappa} seed {seed}")
+    fixed, auto = find(5e-6), find("auto")
+    finetune = sum(fixed["epochs"].values()) - auto["epochs"]["warmup"] - auto["epochs"]["regularize"]
+    return {"finetune_epochs": finetune, "lr_steps": f"{round(finetune / 2)},{round(3 * finetune / 4)}"}
 
 
 def main() -> None:
@@ -93,6 +116,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--quick", action="store_true", help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
     ap.add_argument("--merge", help="a runs JSON whose runs are kept beside the new ones (another model, more seeds)")
+    ap.add_argument("--equal-epochs", action="store_true",
+                    help="rerun the auto settings with fine-tuning lengthened to the fixed runs' total epochs "
+                    "(LR x0.1 at 1/2 and 3/4 of it); needs --merge with the first sweep's JSON")
     ap.add_argument("--from-json", help="rebuild the docs section from a saved runs JSON, without training")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
@@ -106,8 +132,12 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     payload = {"provenance": provenance(seed=args.seeds[0]), "quick": args.quick, "schedule": SCHEDULE,
                "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
+    if args.equal_epochs and not args.merge:
+        ap.error("--equal-epochs needs --merge docs/runs/art-settings.json")
+    args.previous = []
     if args.merge:
         old = json.loads(Path(args.merge).read_text())
+        args.previous = old["runs"]
         payload["runs"] = old["runs"]
         payload["merged_from"] = old.get("merged_from", []) + [old["provenance"]]
     started = time.perf_counter()
@@ -154,25 +184,29 @@ def section(payload: dict) -> str:
         f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
         "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto` (regularizer gradient norm = 0.1 × task "
         "gradient norm at the first regularization step). Test error in % of the model chosen on the validation split, "
-        "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase.\n",
+        "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *auto, equal epochs* reruns "
+        "auto with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of the same "
+        "seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning). The dense column is the model at the end of warm-up, "
+        "the point where ART starts, not a fully trained dense network.\n",
     ]
     groups = sorted({(r["dataset"], r["model"], r["kappa"]) for r in runs}, key=lambda g: (g[0] != "digits", g))
-    lines += ["| data | model | κ | setting | reg. epochs | λ_0 | test error % | dense test error % | seeds |",
-              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += ["| data | model | κ | setting | reg. epochs | total epochs | λ_0 | test error % | dense after warm-up, test error % | seeds |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for dataset, model, kappa in groups:
-        for criterion, lam in SETTINGS:
+        for criterion, lam in SETTINGS + EQUAL:
             cell = [r for r in runs if (r["dataset"], r["model"], r["kappa"], r["criterion"], r["lambda"])
                     == (dataset, model, kappa, criterion, lam)]
             if not cell:
                 continue
             ok = [r for r in cell if r["test_error"] is not None]
             reg = fmt([r["epochs"].get("regularize") for r in ok], 1)
-            lam0 = "5e-6" if lam != "auto" else (
+            total = fmt([sum(r["epochs"].values()) for r in ok], 1)
+            lam0 = "5e-6" if not str(lam).startswith("auto") else (
                 " – ".join(f"{v:.2g}" for v in sorted({min(r["lambda_init"] for r in ok), max(r["lambda_init"] for r in ok)}))
                 if ok else "-")
             dense = fmt([100 * (1 - r["dense"]["test_acc"]) for r in ok if r.get("dense")])
             failed = len(cell) - len(ok)
-            lines.append(f"| {dataset} | {model} | {kappa:g} | {label(criterion, lam)} | {reg} | {lam0} | "
+            lines.append(f"| {dataset} | {model} | {kappa:g} | {label(criterion, lam)} | {reg} | {total} | {lam0} | "
                          f"{fmt([r['test_error'] for r in ok])}{f' ({failed} n/c)' if failed else ''} | {dense} | "
                          f"{len(cell)} |")
     lines += ["", "<details><summary>every run</summary>\n",
