@@ -63,7 +63,7 @@ def run_one(job: dict) -> dict:
 
 def make_job(model, sparsity, seed, method, reg, root, scale, data_dir, prune_epochs=None):
     config = dict(dataset="mnist", data_dir=data_dir, model=model, sparsity=sparsity, seed=seed, method=method,
-                  epochs_scale=scale)
+                  epochs_scale=scale, criterion="paper")  # the rule the published table was measured with
     if reg:
         config["reg"] = reg
     if prune_epochs is not None:

@@ -26,7 +26,7 @@ PROBLEMS = {
 
 
 def one_run(problem: dict, seed: int, subset: int, root: Path) -> dict:
-    cfg = TrainConfig(**problem, seed=seed, pruned_eval_size=subset)
+    cfg = TrainConfig(**problem, seed=seed, pruned_eval_size=subset, criterion="paper")  # as published
     summary = train(cfg, root / f"{cfg.dataset}-{seed}-{subset}", progress=False, out=open(os.devnull, "w"))
     rows = [r for r in _metrics(root / f"{cfg.dataset}-{seed}-{subset}") if r["phase"] == "regularize"]
     stop = next(r["epoch"] for r in rows if r["event"] == "stop")

@@ -23,7 +23,8 @@ class TrainConfig:
     method: str = _f("art", "sparsification method: art, oneshot, gmp, snip")
     reg: str = _f("hs", "regularizer under ART: hs (HyperSparse), l1, l2")
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
-    criterion: str = _f("paper", "ART stop rule: paper (dense running train acc vs pruned eval acc) or matched")
+    criterion: str = _f("matched", "ART stop rule: matched (dense and pruned copy both scored in eval mode on the same "
+                        "training subset) or paper (the authors': dense running train acc vs pruned eval acc)")
     lambda_init: float | str = _f(
         5e-6, "initial regularization strength lambda_0, or 'auto': chosen at the first regularization epoch so that "
         "the regularizer's gradient norm is --lambda-auto-fraction of the task gradient's (measured on 4 batches)",
