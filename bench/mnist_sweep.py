@@ -11,6 +11,7 @@ validation split; test error is reported as mean +- std over seeds.
     python bench/mnist_sweep.py             # the full sweep (2 models x 4 sparsities x 6 methods x 3 seeds)
     python bench/mnist_sweep.py --quick     # one seed of lenet300 at two sparsities, a few minutes
     python bench/mnist_sweep.py --models lenet300   # what fits in ~1 hour on 2 CPU cores
+    python bench/mnist_sweep.py --models lenet5 --merge docs/runs/mnist-sweep.json   # add a model to a published sweep
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def main():
     ap.add_argument("--models", default="lenet300,lenet5", help="comma-separated; lenet5 costs ~19 s per epoch on 2 cores")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--from-json", help="rebuild the page and plot from a saved runs JSON, without training")
+    ap.add_argument("--merge", help="a sweep JSON whose runs (other models) are kept beside the new ones")
     args = ap.parse_args()
     if args.from_json:
         payload = json.loads(Path(args.from_json).read_text())
@@ -102,10 +104,14 @@ def main():
     seeds = [0] if args.quick else [0, 1, 2]
     started = time.time()
     args.provenance = provenance(seed=seeds[0])  # at the start: the code that ran
+    args.previous = json.loads(Path(args.merge).read_text()) if args.merge else None
+    if args.previous and set(models) & {r["model"] for r in args.previous["runs"]}:
+        ap.error(f"--merge: {args.merge} already holds runs of {', '.join(models)}; merge other models only")
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         first = [make_job(m, k, s, "art", "hs", root, args.epochs_scale, args.data_dir)
                  for m in models for k in sparsities for s in seeds]
         results = list(pool.map(run_one, first))
+        results = (args.previous["runs"] if args.previous else []) + results
         reg_epochs = {(r["model"], r["sparsity"], r["seed"]): r["epochs"].get("regularize", 0) if r.get("epochs") else 20
                       for r in results}
         rest = [make_job(m, k, s, meth, reg, root, args.epochs_scale, args.data_dir, reg_epochs[(m, k, s)])
@@ -115,7 +121,7 @@ def main():
                  for m in models for s in seeds]
         for r in pool.map(run_one, rest):
             results.append(r)
-            print(f"{len(results)}/{len(first) + len(rest)} {r['model']} {r['sparsity']} {r['method']} "
+            print(f"{len(results)}/{payload_of(results, args, seeds, 0)['planned_runs']} {r['model']} {r['sparsity']} {r['method']} "
                   f"seed {r['seed']}: {r['test_error']} ({r['wall_seconds']:.0f}s)", flush=True)
             save(payload_of(results, args, seeds, time.time() - started), Path(args.out))  # progress survives a crash
     publish(payload_of(results, args, seeds, time.time() - started), Path(args.out))
@@ -123,8 +129,14 @@ def main():
 
 def payload_of(results, args, seeds, wall):
     planned = len(args.models.split(",")) * (4 * 3 * len(METHODS) + 3) if not args.quick else 2 * len(METHODS) + 1
-    return {"provenance": args.provenance, "epochs_scale": args.epochs_scale, "quick": args.quick,
-            "wall_seconds": wall, "planned_runs": planned, "runs": results}
+    payload = {"provenance": args.provenance, "epochs_scale": args.epochs_scale, "quick": args.quick,
+               "wall_seconds": wall, "planned_runs": planned, "runs": results}
+    if args.previous:  # the merged sweep's runs, provenance and time stay on record
+        prev = args.previous
+        payload["planned_runs"] += prev.get("planned_runs", len(prev["runs"]))
+        payload["wall_seconds"] += prev["wall_seconds"]
+        payload["merged_from"] = prev.get("merged_from", []) + [dict(prev["provenance"], wall_seconds=prev["wall_seconds"])]
+    return payload
 
 
 def save(payload, out: Path) -> str:
@@ -211,14 +223,17 @@ def page(payload, models, sparsities, png, name):
         f"two runs side by side with 1 thread each; total wall time {payload['wall_seconds'] / 60:.0f} min; "
         f"{len(runs)} of {payload.get('planned_runs', len(runs))} planned runs completed"
         f"{'' if len(runs) >= payload.get('planned_runs', 0) else ': cells marked not run are missing'}).\n"
-        + (f"\n{prov['note']}\n" if prov.get("note") else ""),
+        + (f"\n{prov['note']}\n" if prov.get("note") else "")
+        + "".join(f"\nMerged with the runs of `{p['command']}` (commit `{p['commit']}`, {p['date']}, "
+                  f"{p['wall_seconds'] / 60:.0f} min){': ' + p['note'].rstrip('.') if p.get('note') else ''}.\n"
+                  for p in payload.get("merged_from", [])),
         f"Test error in % (mean ± std over seeds {', '.join(map(str, seeds))}), each model chosen on the validation split "
         "(5,000 training images set aside by the seed); the test set is only reported.\n",
         f"**Shortened schedule, the same for every row**: `--epochs-scale {payload['epochs_scale']}`, i.e. "
         f"{max(1, round(60 * payload['epochs_scale']))} warm-up epochs, {max(1, round(160 * payload['epochs_scale']))} "
         f"fine-tuning epochs (LR ×0.1 after {max(1, round(80 * payload['epochs_scale']))} and "
         f"{max(1, round(120 * payload['epochs_scale']))}), η = 1.05^(1/scale) per epoch, λ_0 = 5e-6, SGD 0.1, momentum 0.9, "
-        "wd 1e-4, batch 64. **Fair budget**: every baseline gets as many epochs between warm-up and fine-tuning as the "
+        "wd 1e-4, batch 64, the authors' stop rule (`--criterion paper`). **Fair budget**: every baseline gets as many epochs between warm-up and fine-tuning as the "
         "ART + HyperSparse run of the same model, sparsity and seed spent regularizing (GMP prunes over them; one-shot "
         "trains densely through them; SNIP trains its at-initialization mask through them). ART + L1/L2 stop by their "
         "own criterion. 'n/c': ART did not meet its criterion within its epoch limit; 'not run': no run finished.\n",
