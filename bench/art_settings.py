@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import provenance  # noqa: E402
+from common import mean_std as fmt, provenance  # noqa: E402
 
 SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]
 # with --equal-epochs: auto again, fine-tuning lengthened to the fixed-lambda run's total epochs
@@ -158,15 +157,6 @@ def save(payload: dict, out: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
-
-
-def fmt(values, digits=2) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/c"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def section(payload: dict) -> str:

@@ -42,6 +42,18 @@ def provenance(seed: int | None = None) -> dict:
     }
 
 
+def mean_std(values, digits: int = 2) -> str:
+    """'mean ± std' of the values that are not None ('n/c' if none is; a single value as it is)."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/c"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import provenance  # noqa: E402
+from common import mean_std, provenance  # noqa: E402
 
 METHODS = [("art", "hs"), ("art", "l1"), ("art", "l2"), ("oneshot", None), ("gmp", None), ("snip", None)]
 LABELS = {"art-hs": "ART + HyperSparse", "art-l1": "ART + L1", "art-l2": "ART + L2", "oneshot": "one-shot magnitude",
@@ -77,12 +77,7 @@ def make_job(model, sparsity, seed, method, reg, root, scale, data_dir, prune_ep
 def fmt(values):
     if not values:
         return "not run"
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/c"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return mean_std(values)
 
 
 def main():
