@@ -25,7 +25,6 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     backend: str | None = None
-    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -37,11 +36,7 @@ class Dist:
 
     def sum(self, *values: float) -> list[float]:
         """The sum of each value over all ranks (float64, so integer counts stay exact)."""
-        if not self.active:
-            return [float(v) for v in values]
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return all_sum(*values)
 
     def broadcast(self, value):
         """Rank 0's ``value`` (any picklable object) on every rank."""
@@ -64,6 +59,16 @@ class Dist:
             dist.barrier()
 
 
+def all_sum(*values: float) -> list[float]:
+    """Each value summed over the ranks of the initialized process group (as they are without one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [float(v) for v in values]
+    nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    t = torch.tensor(values, dtype=torch.float64, device=torch.cuda.current_device() if nccl else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA).
 
@@ -71,7 +76,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(device=device), device
+        return Dist(), device
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
@@ -83,7 +88,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
-    return Dist(rank, world, local, backend, device if backend == "nccl" else torch.device("cpu")), device
+    return Dist(rank, world, local, backend), device
 
 
 def state_digest(model: torch.nn.Module, masks: dict | None = None) -> str:

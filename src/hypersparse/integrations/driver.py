@@ -5,7 +5,7 @@ framework's hooks into these calls, so ART behaves the same in every stack.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -108,7 +108,7 @@ def logits_of(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_accuracy(model: nn.Module, batches: Iterable, call: Callable, reduce: Callable[[float, float], tuple]) -> float:
+def batch_accuracy(model: nn.Module, batches: Iterable, call: Callable, reduce: Callable[[float, float], Sequence]) -> float:
     """Accuracy in eval mode over ``batches``; ``call(model, batch)`` gives (logits, labels); ``reduce`` sums over ranks."""
     was = model.training
     model.eval()

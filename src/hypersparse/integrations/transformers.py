@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from itertools import islice
 
-import torch
-
 try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('hypersparse.integrations.transformers needs transformers: pip install "hypersparse[transformers]"') \
         from exc
 
+from hypersparse.distributed import all_sum
 from hypersparse.integrations.driver import ARTDriver, batch_accuracy
 
 
@@ -58,18 +57,9 @@ class ARTCallback(TrainerCallback):
                 device = next(model.parameters()).device
                 self.driver.scoring = [{k: v.to(device) for k, v in b.items()}
                                        for b in islice(iter(train_dataloader), self.driver.score_batches)]
-            score = lambda m: batch_accuracy(m, self.driver.scoring, _call, _reduce)  # noqa: E731
+            # counts summed over the ranks when Trainer runs under torchrun
+            score = lambda m: batch_accuracy(m, self.driver.scoring, _call, all_sum)  # noqa: E731
         self.driver.end_epoch(model, None, score, optimizer)
         if self.driver.done:
             control.should_training_stop = True
         return control
-
-
-def _reduce(correct: float, total: float) -> tuple[float, float]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([correct, total], dtype=torch.float64)
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t)
-        return float(t[0]), float(t[1])
-    return correct, total
