@@ -118,3 +118,44 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     assert round(trainer.state.epoch) == len(art.history) < 40  # stopped once fine-tuning was done
     zeros, numel = zeros_and_numel(model)
     assert zeros == math.floor(0.8 * numel)
+
+
+def test_lightning_resume_keeps_art_state(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    class Net(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    def fit(max_epochs, ckpt_path=None):
+        torch.manual_seed(0)
+        x, y = blobs()
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+        callback = ART(sparsity=0.9, criterion="matched", warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
+                       score_batches=4)
+        saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        module = Net()
+        trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, saver], logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return callback, module
+
+    first, _ = fit(3)  # stops one epoch into regularization
+    assert [h["phase"] for h in first.art.history] == ["warmup", "warmup", "regularize"]
+    resumed, module = fit(50, ckpt_path=tmp_path / "last.ckpt")
+    art = resumed.art
+    assert [h["phase"] for h in art.history][:3] == ["warmup", "warmup", "regularize"]  # restored, not restarted
+    assert art.done and [h["phase"] for h in art.history][-3:] == ["finetune"] * 3
+    zeros, numel = zeros_and_numel(module)
+    assert zeros == math.floor(0.9 * numel)
