@@ -80,3 +80,21 @@ def test_killed_ddp_run_resumes_bit_exact(tmp_path):
     for s in (summary, ref_summary):
         s["config"].pop("run_dir")
     assert summary == ref_summary
+
+
+def test_rank_shards_are_slices_of_the_single_process_batches():
+    import copy
+
+    from hypersparse.data.loader import DeviceLoader
+
+    x, y = torch.randint(0, 255, (70, 3, 8, 8), dtype=torch.uint8), torch.arange(70)
+    loader = DeviceLoader(x, y, 16, (0.5,) * 3, (0.2,) * 3, "cpu", augment=True, seed=3)
+    full = list(loader.batches(1))
+    for rank in range(2):
+        shard = copy.copy(loader)
+        shard.rank, shard.world = rank, 2
+        batches = list(shard.batches(1))
+        assert len(batches) == len(full)
+        for (fx, fy), (sx, sy) in zip(full, batches):
+            n = len(fy) - len(fy) % 2  # the last batch (6 images) splits evenly; an odd one would lose its last image
+            assert torch.equal(fx[rank:n:2], sx) and torch.equal(fy[rank:n:2], sy)  # same crops and flips

@@ -21,10 +21,8 @@ def zeros_and_numel(model):
     return sum(int((p == 0).sum()) for p in params), sum(p.numel() for p in params)
 
 
-@pytest.mark.parametrize("criterion", ["paper", "matched"])
-def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
-    L = pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+def lightning_net(L, log_acc: bool):
+    """A small MLP LightningModule; with ``log_acc`` it logs the running training accuracy for the paper rule."""
 
     class Net(L.LightningModule):
         def __init__(self):
@@ -37,18 +35,27 @@ def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
         def training_step(self, batch, _):
             x, y = batch
             out = self(x)
-            self.log("train_acc", (out.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+            if log_acc:
+                self.log("train_acc", (out.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
             return F.cross_entropy(out, y)
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    return Net()
+
+
+@pytest.mark.parametrize("criterion", ["paper", "matched"])
+def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
+    L = pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
 
     torch.manual_seed(0)
     x, y = blobs()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
     callback = ART(sparsity=0.9, criterion=criterion, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
                    score_batches=4)
-    module = Net()
+    module = lightning_net(L, log_acc=True)
     trainer = L.Trainer(max_epochs=50, accelerator="cpu", callbacks=[callback], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)
@@ -69,27 +76,13 @@ def test_lightning_paper_rule_needs_logged_accuracy(tmp_path):
     from hypersparse.errors import UserError
     from hypersparse.integrations.lightning import ART
 
-    class Quiet(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, _):
-            return F.cross_entropy(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     x, y = blobs(64)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[ART(sparsity=0.5, warmup_epochs=1)])
     with pytest.raises(UserError, match="self.log\\('train_acc'"):
-        trainer.fit(Quiet(), loader)
+        trainer.fit(lightning_net(L, log_acc=False), loader)
 
 
 def test_transformers_callback_reaches_exact_sparsity(tmp_path):
@@ -124,20 +117,6 @@ def test_lightning_resume_keeps_art_state(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
     from hypersparse.integrations.lightning import ART
 
-    class Net(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-
-        def forward(self, x):
-            return self.net(x)
-
-        def training_step(self, batch, _):
-            return F.cross_entropy(self(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
-
     def fit(max_epochs, ckpt_path=None):
         torch.manual_seed(0)
         x, y = blobs()
@@ -145,7 +124,7 @@ def test_lightning_resume_keeps_art_state(tmp_path):
         callback = ART(sparsity=0.9, criterion="matched", warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
                        score_batches=4)
         saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
-        module = Net()
+        module = lightning_net(L, log_acc=False)
         trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, saver], logger=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
         trainer.fit(module, loader, ckpt_path=ckpt_path)

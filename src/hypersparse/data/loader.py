@@ -71,15 +71,16 @@ class DeviceLoader:
         for start in range(0, len(self.x), self.batch_size):
             stop = min(start + self.batch_size, len(self.x))
             idx = order[start:stop] if order is not None else torch.arange(start, stop, device=self.device)
-            pick = None
+            size, pick = len(idx), None  # augmentation draws for the whole batch
             if self.world > 1:
-                pick = torch.arange(self.rank, len(idx) - len(idx) % self.world, self.world, device=self.device)
+                pick = torch.arange(self.rank, size - size % self.world, self.world, device=self.device)
                 if len(pick) == 0:
                     break
-            xb, yb = self.x[idx if pick is None else idx[pick]], self.y[idx if pick is None else idx[pick]]
+                idx = idx[pick]
+            xb, yb = self.x[idx], self.y[idx]
             xb = xb.float()
             if self.augment:
-                xb = augment(xb, g, pick=pick, draws=len(idx))
+                xb = augment(xb, g, pick=pick, draws=size)
             xb = (xb - self.mean) / self.std
             if self.channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
