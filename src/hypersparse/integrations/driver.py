@@ -70,10 +70,8 @@ class ARTDriver:
     def end_epoch(self, model: nn.Module, dense_acc: float | None, score: Callable[[nn.Module], float],
                   optimizer: torch.optim.Optimizer | None) -> str:
         """The ART decision; ``dense_acc`` None measures the dense model with ``score`` (the matched rule)."""
-        if self.art.phase == FINETUNE:
-            return self.art.end_epoch(model, 0.0)
-        if dense_acc is None:
-            dense_acc = score(model) if self.art.phase != "warmup" else 0.0
+        if dense_acc is None:  # only regularization epochs compare accuracies
+            dense_acc = score(model) if self.art.phase == "regularize" else 0.0
         event = self.art.end_epoch(model, dense_acc, score)
         if event == "stop":
             inner = getattr(optimizer, "optimizer", optimizer)
