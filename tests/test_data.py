@@ -74,3 +74,21 @@ def test_pretrained_skips_warmup_and_is_the_dense_baseline(tmp_path):
     bad = TrainConfig(pretrained=str(tmp_path / "nope.pt"))
     with pytest.raises(UserError, match="cannot read --pretrained"):
         train(bad, tmp_path / "bad", False, devnull)
+
+
+def test_epoch_fraction_visits_a_fresh_part_in_whole_batches():
+    from hypersparse.data.loader import DeviceLoader
+
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    full = DeviceLoader(x, torch.arange(100), 8, (0.0,), (1 / 255,), "cpu", seed=1)
+    part = DeviceLoader(x, torch.arange(100), 8, (0.0,), (1 / 255,), "cpu", seed=1, fraction=0.3)
+    assert len(part) == 3  # round(0.3 * 100) = 30 images -> 3 whole batches of 8
+    for epoch in (0, 1):
+        seen = [yb for _, yb in part.batches(epoch)]
+        assert [len(b) for b in seen] == [8, 8, 8]
+        # the first 24 of the same epoch's full shuffled order
+        assert torch.equal(torch.cat(seen), torch.cat([yb for _, yb in full.batches(epoch)])[:24])
+    epoch0, epoch1 = (set(torch.cat([yb for _, yb in part.batches(e)]).tolist()) for e in (0, 1))
+    assert epoch0 != epoch1
+    with pytest.raises(UserError, match="--epoch-fraction must be in"):
+        TrainConfig(epoch_fraction=0.0).validate()

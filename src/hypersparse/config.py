@@ -47,6 +47,8 @@ class TrainConfig:
     weight_decay: float = _f(1e-4, "SGD weight decay")
     batch_size: int = _f(64, "training batch size")
     epochs_scale: float = _f(1.0, "shorten every phase by this factor for quick runs (eta becomes eta**(1/F))")
+    epoch_fraction: float = _f(1.0, "train on this fraction of the training set per epoch (a fresh random part each "
+                               "epoch), in (0, 1]; shortens every epoch for quick runs")
     pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy each ART epoch; 0 = all")
     hs_refresh_every: int = _f(32, "recompute the HyperSparse threshold every K steps (sooner if it drifts); 1 = exact")
     hs_compile: str = _f("auto", "fuse the HyperSparse pass with torch.compile: auto (200,000+ weights), on, off")
@@ -98,6 +100,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+        if not (isinstance(self.epoch_fraction, (int, float)) and 0 < self.epoch_fraction <= 1):
+            raise UserError(f"--epoch-fraction must be in (0, 1], got {self.epoch_fraction!r}")
         for name in ("warmup_epochs", "finetune_epochs", "prune_epochs", "buffer_k", "pruned_eval_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")

@@ -145,7 +145,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         d = self.data
         self.train_loader = DeviceLoader(
-            d.train_x, d.train_y, cfg.batch_size, d.mean, d.std, self.device, d.augment, True, cfg.seed, channels_last
+            d.train_x, d.train_y, cfg.batch_size, d.mean, d.std, self.device, d.augment, True, cfg.seed, channels_last,
+            cfg.epoch_fraction,
         )
         self.shard_loader = self.train_loader  # what this rank trains on
         if self.dist.active:

@@ -45,10 +45,13 @@ class DeviceLoader:
     epoch can be replayed exactly, e.g. after a resume. With ``world > 1``
     (torchrun) each batch of ``batch_size`` is split between the ranks and this
     loader yields rank ``rank``'s share; a last batch is cut to a multiple of
-    ``world`` so that every rank gets as many images.
+    ``world`` so that every rank gets as many images. With ``fraction < 1`` an
+    epoch visits only the first ``fraction`` of its shuffled order: a fresh
+    random part of the split each epoch, for shortened schedules.
     """
 
-    def __init__(self, x, y, batch_size, mean, std, device, augment=False, shuffle=True, seed=0, channels_last=False):
+    def __init__(self, x, y, batch_size, mean, std, device, augment=False, shuffle=True, seed=0, channels_last=False,
+                 fraction: float = 1.0):
         self.x = x.to(device)
         self.y = y.to(device)
         self.batch_size = int(batch_size)
@@ -61,15 +64,18 @@ class DeviceLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.rank, self.world = 0, 1
+        self.size = len(self.x)  # images per epoch
+        if fraction < 1:  # whole batches only, so that every shortened epoch has the same number of full steps
+            self.size = min(len(self.x), max(1, round(fraction * len(self.x)) // self.batch_size) * self.batch_size)
 
     def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
+        return (self.size + self.batch_size - 1) // self.batch_size
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.x), generator=g).to(self.device) if self.shuffle else None
-        for start in range(0, len(self.x), self.batch_size):
-            stop = min(start + self.batch_size, len(self.x))
+        for start in range(0, self.size, self.batch_size):
+            stop = min(start + self.batch_size, self.size)
             idx = order[start:stop] if order is not None else torch.arange(start, stop, device=self.device)
             size, pick = len(idx), None  # augmentation draws for the whole batch
             if self.world > 1:
