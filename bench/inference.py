@@ -20,7 +20,8 @@ import torch
 from common import provenance, write_results
 import hypersparse as hs
 from hypersparse.errors import UserError
-from hypersparse.export import export_onnx, median_latency, save_sparse, sparse_inference
+from hypersparse.export import export_onnx, save_sparse
+from hypersparse.inference import median_latency, sparse_inference
 from hypersparse.models import create_model
 
 CASES = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28), ("resnet32", 0.995, 3, 32), ("vgg19", 0.995, 3, 32)]
@@ -65,7 +66,8 @@ def main():
                 assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
             dense_t, sparse_t = interleaved(model, fast, x, reps)
             row[f"b{batch}"] = {"dense_ms": dense_t * 1e3, "sparse_ms": sparse_t * 1e3, "speedup": dense_t / sparse_t,
-                                "sparse_layers": [k for k, v in fast.hypersparse_choices.items() if v["sparse"]]}
+                                "choices": {k: v["kind"] for k, v in fast.hypersparse_choices.items()},
+                                "shapes": [v["shapes"] for v in fast.hypersparse_choices.values() if v["sparse"]]}
         rows.append(row)
         print(row, flush=True)
     md = ["# Sparse inference on the CPU (median latency, dense vs `hypersparse.sparse_inference`)\n",
@@ -78,8 +80,12 @@ def main():
                   f"{r['b1']['speedup']:.1f}x | {r['b64']['dense_ms']:.2f} | {r['b64']['sparse_ms']:.2f} | "
                   f"{r['b64']['speedup']:.1f}x | {r['dense_pt_bytes']:,} | {r['sparse_bytes']:,} | "
                   f"{r['dense_pt_bytes'] / r['sparse_bytes']:.0f}x | {onnx} |")
-    md.append("\nOnly Linear layers have a sparse kernel (`torch.sparse.mm` on CSR), chosen per layer by a measurement "
-              "at load; Conv layers stay dense, so ResNet-32 and VGG-19 gain only in their classifier. "
+    md.append("\nEach chain of Linear layers becomes a `CompactMLP`: inputs no kept weight reads and hidden units that "
+              "no longer reach the outputs are removed, units with no kept incoming weight are folded into the next bias "
+              "as constants, and what is left runs as small dense (`addmm`) or CSR (`sparse.mm`) products, whichever "
+              "a measurement at load finds fastest (or the chain as it was). Shapes after compaction: "
+              + "; ".join(f"{r['model']} {r['sparsity']:.1%}: {r['b1']['shapes']}" for r in rows if r["model"] == "lenet300")
+              + ". Conv layers stay dense, so ResNet-32 and VGG-19 gain only in their classifier. "
               "Masks: each layer pruned to the sparsity by magnitude from a seeded initialization.")
     write_results("inference-cpu", {"provenance": prov, "rows": rows}, "\n".join(md))
     print("\n".join(md))

@@ -8,7 +8,8 @@ import torch
 import hypersparse as hs
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
-from hypersparse.export import load_sparse, load_sparse_state, save_sparse, sparse_inference
+from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.errors import UserError
 from hypersparse.models import create_model
 
@@ -61,14 +62,51 @@ def test_each_encoding_is_chosen_where_smallest(tmp_path):
         load_sparse(tmp_path / "m.safetensors")
 
 
+def hand_mlp():
+    """6 inputs -> 4 -> 3 -> 2 where each way a unit can stop mattering occurs once."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    w1, w2, w3 = (torch.zeros_like(model[i].weight) for i in (1, 4, 6))
+    w1[0, 0], w1[0, 1], w1[1, 2] = 1.0, -2.0, 0.5  # inputs 4 and 5 are read by nobody
+    w1[3, 3] = 3.0  # unit 3 reads input 3 but nothing reads unit 3, so input 3 goes too
+    # unit 2 reads nothing: it outputs relu(its bias) whatever the input, a constant for layer 2's bias
+    w2[0, 0], w2[0, 2], w2[1, 1] = 1.5, 2.0, -1.0  # likewise unit 2 of layer 2, whose constant reaches output 0
+    w3[0, 0], w3[0, 2], w3[1, 1] = 0.7, 4.0, -0.2
+    with torch.no_grad():
+        for lin, w in zip((model[1], model[4], model[6]), (w1, w2, w3)):
+            lin.weight.copy_(w)
+            lin.bias.copy_(torch.linspace(-0.3, 0.5, lin.out_features))
+    return model.eval()
+
+
+@pytest.mark.parametrize("kernel", ["dense", "csr"])
+def test_compact_mlp_drops_every_dead_unit_and_keeps_outputs(kernel):
+    model = hand_mlp()
+    chains = find_chains(model)
+    assert [(c["name"], c["flatten"], [relu for _, relu in c["layers"]]) for c in chains] == [("0..6", True, [True, True, False])]
+    compact = CompactMLP(chains[0]["layers"], flatten=True, kernel=kernel)
+    assert compact.index.tolist() == [0, 1, 2]
+    assert compact.shapes == [(2, 3), (2, 2), (2, 2)]  # hidden units 2, 3 and 2 gone, their constants in the biases
+    x = torch.randn(5, 1, 2, 3)
+    with torch.no_grad():
+        assert torch.allclose(compact(x), model(x), atol=1e-6, rtol=0)
+    # without Flatten it acts like a Linear layer on (..., features)
+    bare = CompactMLP(chains[0]["layers"], kernel=kernel)
+    with torch.no_grad():
+        assert torch.allclose(bare(x.view(5, 1, 6)), model(x).view(5, 1, 2), atol=1e-6, rtol=0)
+
+
 def test_sparse_inference_matches_dense_outputs():
     model = pruned("lenet300", 0.995, ch=1, size=28)
     for batch in (1, 64):
         x = torch.randn(batch, 1, 28, 28)
         fast = sparse_inference(model, x, reps=5)
-        assert set(fast.hypersparse_choices) == {"1", "3", "5"}
+        assert set(fast.hypersparse_choices) == {"0..5"}  # Flatten, three Linear layers and their ReLUs: one chain
         with torch.no_grad():
             assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
+    # a Linear outside any Sequential (ResNet's classifier) is a chain of one
+    resnet = pruned("resnet8", 0.99)
+    assert [c["name"] for c in find_chains(resnet)] == ["fc"]
 
 
 def test_export_cli_and_onnx(tmp_path):

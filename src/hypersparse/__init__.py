@@ -3,13 +3,15 @@ from hypersparse.masks import MaskHandle, SparsityReport, apply_masks_, magnitud
 from hypersparse.params import NoPrunableParametersError, prunable_parameters
 from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
 from hypersparse.schedule import ART, ARTDidNotConverge
-from hypersparse.export import load_sparse, save_sparse, sparse_inference
+from hypersparse.export import load_sparse, save_sparse
+from hypersparse.inference import CompactMLP, sparse_inference
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ART",
     "ARTDidNotConverge",
+    "CompactMLP",
     "HyperSparse",
     "L1",
     "L2",

@@ -1,19 +1,16 @@
-"""Sparse models that are really smaller and faster: compressed files, ONNX, sparse CPU kernels.
+"""Sparse models that are really smaller: compressed files and ONNX.
 
 * :func:`save_sparse` / :func:`load_sparse`: a safetensors file in which each
   tensor is stored in whichever is smallest of dense, CSR (narrowest index
   types that fit) or bitmask + values. Values keep their exact bytes, so the
   rebuilt model's outputs are bit-identical.
-* :func:`sparse_inference`: swaps Linear layers for CSR kernels where a short
-  measurement shows them faster, and keeps the dense kernel elsewhere.
+* fast CPU inference lives in :mod:`hypersparse.inference`.
 * :func:`export_onnx`: ONNX export (needs the ``[onnx]`` extra).
 """
 from __future__ import annotations
 
 import copy
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,6 @@ import torch
 from torch import nn
 
 from hypersparse.errors import UserError
-from hypersparse.params import prunable_parameters
 
 FORMAT = "hypersparse-sparse/1"
 _INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
@@ -150,88 +146,6 @@ def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
     model.load_state_dict(state)
     return model.eval()
-
-
-class SparseLinear(nn.Module):
-    """A Linear layer computed as ``sparse.mm(W_csr, x^T)^T``: fast when W is mostly zero."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight.detach().to_sparse_csr()
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        out = torch.sparse.mm(self.weight, x.reshape(-1, self.in_features).T).T
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
-
-
-def median_latency(fn, x: torch.Tensor, reps: int, warmup: int = 2) -> float:
-    """Median wall time in seconds of ``fn(x)`` without autograd, after ``warmup`` calls."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-@torch.no_grad()
-def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) -> nn.Module:
-    """A copy of ``model`` (eval mode, CPU) whose Linear layers use CSR kernels where measured faster.
-
-    ``example`` is an input of the batch size you will use; each Linear layer
-    is timed on the input it sees there, dense against sparse, and keeps the
-    faster. Conv layers stay dense (PyTorch has no sparse convolution that
-    beats the dense one on CPU). If the whole model is then not faster than
-    the dense one, the dense copy is returned. Outputs equal the dense model's
-    within 1e-5. ``model.hypersparse_choices`` records each decision.
-    """
-    original = model
-    model = copy.deepcopy(model).eval().cpu()
-    inputs: dict[str, torch.Tensor] = {}
-
-    def remember(name):
-        def hook(module, args, output):  # returns None: a forward hook's return value would replace the output
-            inputs.setdefault(name, args[0].detach())
-
-        return hook
-
-    hooks = [m.register_forward_hook(remember(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    model(example)
-    for h in hooks:
-        h.remove()
-    choices = {}
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or name not in inputs:
-            continue
-        sparse = SparseLinear(module)
-        dense_t = median_latency(module, inputs[name], reps)
-        sparse_t = median_latency(sparse, inputs[name], reps)
-        use_sparse = sparse_t < dense_t
-        choices[name] = {"dense_us": dense_t * 1e6, "sparse_us": sparse_t * 1e6, "sparse": use_sparse}
-        if use_sparse:
-            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            setattr(parent, name.rpartition(".")[2], sparse)
-    if any(c["sparse"] for c in choices.values()):
-        # per-layer timings do not add up at batch 1 (dispatch overhead dominates): keep the swap only if the whole
-        # model is faster, timed call by call in alternation
-        dense_model, whole = copy.deepcopy(original).eval().cpu(), {"dense": [], "sparse": []}
-        for _ in range(reps):
-            whole["dense"].append(median_latency(dense_model, example, 1, warmup=1))
-            whole["sparse"].append(median_latency(model, example, 1, warmup=1))
-        if statistics.median(whole["sparse"]) >= statistics.median(whole["dense"]):
-            for c in choices.values():
-                c["sparse"] = False
-            model = dense_model
-    model.hypersparse_choices = choices
-    return model
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict:

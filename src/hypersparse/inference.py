@@ -1,0 +1,233 @@
+"""Sparse models that are really faster on the CPU: dead units removed, small kernels chosen by measurement.
+
+At 99 % sparsity and above, most units of a pruned MLP no longer matter: an
+input that no kept weight reads, a hidden unit that no kept weight reads from,
+or one whose every incoming weight is zero (its output is then the constant
+``relu(bias)``, which folds into the next layer's bias). :class:`CompactMLP`
+removes them all, so a chain ``Flatten → Linear → ReLU → … → Linear`` runs as a
+few small products in one module. At batch 1 the time goes to dispatching
+operations, not to multiplications, so fewer and smaller calls win there;
+at larger batches the compacted weights can also run as CSR.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+_NOOPS = (nn.ReLU, nn.Dropout, nn.Identity)  # what may sit between two Linear layers of a chain (eval mode)
+
+
+def median_latency(fn, x: torch.Tensor, reps: int, warmup: int = 2) -> float:
+    """Median wall time in seconds of ``fn(x)`` without autograd, after ``warmup`` calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _compact(layers: list[tuple[nn.Linear, bool]]):
+    """Input columns kept, and per layer (W, b, relu) restricted to the units that reach the outputs."""
+    weights = [lin.weight.detach().float() for lin, _ in layers]
+    biases = [lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features) for lin, _ in layers]
+    # backward: the units each layer must compute so that every output can be
+    rows = [None] * len(layers)
+    rows[-1] = torch.arange(weights[-1].shape[0])
+    for i in range(len(layers) - 1, 0, -1):
+        rows[i - 1] = torch.nonzero(weights[i][rows[i]].ne(0).any(0)).flatten()
+    inputs = torch.nonzero(weights[0][rows[0]].ne(0).any(0)).flatten()
+    # forward: drop units with no incoming weight, folding their constant output into the next bias
+    out, cols = [], inputs
+    const_idx, const_val = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    for i, (w_full, b_full) in enumerate(zip(weights, biases)):
+        w, relu = w_full[rows[i]], layers[i][1]
+        b = b_full[rows[i]] + w[:, const_idx] @ const_val
+        w = w[:, cols]
+        if i < len(layers) - 1:
+            dead = ~w.ne(0).any(1)
+            const_idx, const_val = rows[i][dead], b[dead].relu() if relu else b[dead]
+            w, b, cols = w[~dead], b[~dead], rows[i][~dead]
+        out.append((w.contiguous(), b.contiguous(), relu))
+    return inputs, out
+
+
+class CompactMLP(nn.Module):
+    """A chain of Linear layers (ReLU, Dropout or nothing between them) reduced to the units that matter.
+
+    ``flatten`` means the chain began with ``nn.Flatten()``; otherwise the input
+    is ``(..., in_features)`` like a Linear layer's. ``kernel`` is ``"dense"``
+    (``addmm`` on the compacted weights) or ``"csr"`` (``sparse.mm`` on them).
+    Outputs equal the original chain's up to float rounding (the sums run in
+    another order), in eval mode.
+    """
+
+    def __init__(self, layers: list[tuple[nn.Linear, bool]], flatten: bool = False, kernel: str = "dense"):
+        super().__init__()
+        if kernel not in ("dense", "csr"):
+            raise ValueError(f"kernel must be 'dense' or 'csr', got {kernel!r}")
+        self.flatten, self.kernel = flatten, kernel
+        self.in_features = layers[0][0].in_features
+        inputs, compact = _compact(layers)
+        # no gather when every input is read
+        self.register_buffer("index", inputs if len(inputs) < self.in_features else None)
+        self.shapes = [tuple(w.shape) for w, _, _ in compact]
+        self.relu = [relu for _, _, relu in compact]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            for i, (w, b, _) in enumerate(compact):
+                # addmm wants W^T; sparse.mm wants W itself, as CSR
+                self.register_buffer(f"w{i}", w.t().contiguous() if kernel == "dense" else w.to_sparse_csr())
+                self.register_buffer(f"b{i}", b)
+
+        self._ops = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._ops = None  # .to() and friends replace the buffers
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ops is None:  # plain attributes: at batch 1, buffer lookups cost as much as the products
+            self._index = self.index
+            self._ops = [(getattr(self, f"w{i}"), getattr(self, f"b{i}"), relu) for i, relu in enumerate(self.relu)]
+        lead = None if self.flatten or x.dim() == 2 else x.shape[:-1]
+        h = x.reshape(-1, self.in_features)
+        if self._index is not None:
+            h = h.index_select(1, self._index)
+        if self.kernel == "dense":
+            for w, b, relu in self._ops:
+                h = torch.addmm(b, h, w)
+                if relu:
+                    h = h.relu_()
+        else:
+            for w, b, relu in self._ops:
+                h = torch.sparse.mm(w, h.t()).t() + b
+                if relu:
+                    h = h.relu_()
+        return h if lead is None else h.reshape(*lead, h.shape[-1])
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, inputs={len(self.index) if self.index is not None else self.in_features}, " \
+               f"layers={self.shapes}"
+
+
+def _is_flatten(m: nn.Module) -> bool:
+    return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+
+
+def find_chains(model: nn.Module) -> list[dict]:
+    """Every maximal ``[Flatten] Linear [ReLU/Dropout] … Linear [ReLU]`` run in an nn.Sequential, and every other
+    Linear layer as a chain of one: ``{"parent", "keys", "layers", "flatten", "name"}``."""
+    chains, covered = [], set()
+    for pname, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        keys = list(parent._modules)
+        mods = [parent._modules[k] for k in keys]
+        i = 0
+        while i < len(mods):
+            j, flatten = i, _is_flatten(mods[i])
+            j += flatten
+            if j >= len(mods) or not isinstance(mods[j], nn.Linear):
+                i += 1
+                continue
+            layers = []
+            while j < len(mods) and isinstance(mods[j], nn.Linear):
+                lin, relu = mods[j], False
+                j += 1
+                while j < len(mods) and isinstance(mods[j], _NOOPS):
+                    relu |= isinstance(mods[j], nn.ReLU)
+                    j += 1
+                layers.append((lin, relu))
+                covered.add(id(lin))
+            prefix = f"{pname}." if pname else ""
+            chains.append({"parent": parent, "keys": keys[i:j], "layers": layers, "flatten": flatten,
+                           "name": f"{prefix}{keys[i]}..{keys[j - 1]}" if j - i > 1 else f"{prefix}{keys[i]}"})
+            i = j
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and id(module) not in covered:
+            parent_name, _, attr = name.rpartition(".")
+            chains.append({"parent": model.get_submodule(parent_name), "keys": [attr], "layers": [(module, False)],
+                           "flatten": False, "name": name})
+    return chains
+
+
+def _replace(chain: dict, new: nn.Module) -> None:
+    parent, keys = chain["parent"], chain["keys"]
+    if not isinstance(parent, nn.Sequential):
+        setattr(parent, keys[0], new)
+        return
+    # the chain's first key now holds the whole chain; Sequential runs its modules in insertion order
+    parent._modules = OrderedDict((k, new if k == keys[0] else m) for k, m in parent._modules.items()
+                                  if k == keys[0] or k not in keys)
+
+
+@torch.no_grad()
+def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) -> nn.Module:
+    """A copy of ``model`` (eval mode, CPU) whose Linear chains run compacted, where measured faster.
+
+    ``example`` is an input of the batch size you will use. Each chain of
+    Linear layers (see :func:`find_chains`) is timed on the input it sees there
+    as it is, as a :class:`CompactMLP` with dense kernels and with CSR kernels,
+    and the fastest is kept. Conv layers stay dense (PyTorch has no sparse
+    convolution that beats the dense one on CPU). If the whole model is then not
+    faster than the dense one, the dense copy is returned; if it is a single
+    chain, the :class:`CompactMLP` alone is. Outputs equal the dense model's
+    within 1e-5. ``.hypersparse_choices`` on the result records each decision.
+    """
+    original = model
+    model = copy.deepcopy(model).eval().cpu()
+    chains = find_chains(model)
+    inputs: dict[int, torch.Tensor] = {}
+
+    def remember(k):
+        def hook(module, args):  # returns None, so the input is left as it is
+            inputs.setdefault(k, args[0].detach())
+
+        return hook
+
+    hooks = [c["parent"]._modules[c["keys"][0]].register_forward_pre_hook(remember(k)) for k, c in enumerate(chains)]
+    model(example)
+    for h in hooks:
+        h.remove()
+    choices = {}
+    for k, chain in enumerate(chains):
+        if k not in inputs:  # not on the path of this input
+            continue
+        as_is = nn.Sequential(*[chain["parent"]._modules[key] for key in chain["keys"]])
+        candidates = {"dense": as_is, **{f"compact-{kern}": CompactMLP(chain["layers"], chain["flatten"], kern)
+                                          for kern in ("dense", "csr")}}
+        times = {name: [] for name in candidates}
+        for _ in range(reps):  # alternating call by call, so that machine noise hits every candidate alike
+            for name, fn in candidates.items():
+                times[name].append(median_latency(fn, inputs[k], 1, warmup=1))
+        us = {name: statistics.median(t) * 1e6 for name, t in times.items()}
+        best = min(us, key=us.get)
+        choices[chain["name"]] = {"kind": best, "us": us, "sparse": best != "dense",
+                                  "shapes": candidates["compact-dense"].shapes}
+        if best != "dense":
+            _replace(chain, candidates[best])
+    if any(c["sparse"] for c in choices.values()):
+        # per-chain timings need not add up (caches, dispatch): keep the swap only if the whole model is faster,
+        # timed call by call in alternation
+        dense_model, whole = copy.deepcopy(original).eval().cpu(), {"dense": [], "sparse": []}
+        for _ in range(reps):
+            whole["dense"].append(median_latency(dense_model, example, 1, warmup=1))
+            whole["sparse"].append(median_latency(model, example, 1, warmup=1))
+        if statistics.median(whole["sparse"]) >= statistics.median(whole["dense"]):
+            for c in choices.values():
+                c["kind"], c["sparse"] = "dense", False
+            model = dense_model
+    if isinstance(model, nn.Sequential) and len(model) == 1 and isinstance(model[0], CompactMLP):
+        model = model[0]  # the whole model was one chain: one module call less per input
+    model.hypersparse_choices = choices
+    return model
