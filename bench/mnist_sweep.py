@@ -84,7 +84,8 @@ def make_job(model, sparsity, seed, method, reg, root, scale, data_dir, prune_ep
 def fmt(values):
     if not values:
         return "not run"
-    return mean_std(values)
+    failed = sum(v is None for v in values)
+    return mean_std(values) + (f" ({failed} of {len(values)} n/c)" if 0 < failed < len(values) else "")
 
 
 def main():
