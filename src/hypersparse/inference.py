@@ -180,12 +180,13 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
 
     ``example`` is an input of the batch size you will use. Each chain of
     Linear layers (see :func:`find_chains`) is timed on the input it sees there
-    as it is, as a :class:`CompactMLP` with dense kernels and with CSR kernels,
-    and the fastest is kept if it is at least 3 % faster. Conv layers stay dense (PyTorch has no sparse
-    convolution that beats the dense one on CPU). If the whole model is then not
-    3 % faster than the dense one, the dense copy is returned; if it is a single
-    chain, the :class:`CompactMLP` alone is. Outputs equal the dense model's
-    within 1e-5. ``.hypersparse_choices`` on the result records each decision.
+    as it is, as a :class:`CompactMLP` with dense kernels and with CSR kernels;
+    a replacement is kept only if it is at least 3 % faster. Conv layers stay
+    dense (PyTorch has no sparse convolution that beats the dense one on CPU).
+    If the whole model is then not 3 % faster than the dense one, the dense
+    copy is returned; if it is a single chain, the :class:`CompactMLP` alone is.
+    Outputs equal the dense model's within 1e-5. ``.hypersparse_choices`` on
+    the result records each decision.
     """
     original = model
     model = copy.deepcopy(model).eval().cpu()
