@@ -43,7 +43,7 @@ def _compact(layers: list[tuple[nn.Linear, bool]]):
     """Input columns kept, and per layer (W, b, relu) restricted to the units that reach the outputs."""
     weights = [lin.weight.detach().float() for lin, _ in layers]
     biases = [lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features) for lin, _ in layers]
-    # backward: the units each layer must compute so that every output can be
+    # backward: the units of each layer that some output depends on
     rows = [None] * len(layers)
     rows[-1] = torch.arange(weights[-1].shape[0])
     for i in range(len(layers) - 1, 0, -1):
