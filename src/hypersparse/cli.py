@@ -10,6 +10,7 @@ import sys
 import typing
 
 from hypersparse.config import TrainConfig, config_fields
+from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.schedule import ARTDidNotConverge
 
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hypersparse: interrupted; the last complete epoch is checkpointed (continue with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local, backend), device
 
 
+def close_distributed() -> None:
+    """Leave the process group if one is open: left to interpreter exit, gloo's teardown can abort a rank."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def state_digest(model: torch.nn.Module, masks: dict | None = None) -> str:
     """SHA-256 of every tensor of the model's state (and the masks): equal digests mean bit-equal ranks."""
     h = hashlib.sha256()
