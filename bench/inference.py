@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,19 +20,10 @@ from common import provenance, write_results
 import hypersparse as hs
 from hypersparse.errors import UserError
 from hypersparse.export import export_onnx, save_sparse
-from hypersparse.inference import median_latency, sparse_inference
+from hypersparse.inference import interleaved_latency, sparse_inference
 from hypersparse.models import create_model
 
 CASES = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28), ("resnet32", 0.995, 3, 32), ("vgg19", 0.995, 3, 32)]
-
-
-def interleaved(a, b, x, reps):
-    """Median latency of a(x) and b(x), alternating call by call so that machine noise hits both alike."""
-    ta, tb = [], []
-    for _ in range(reps):
-        ta.append(median_latency(a, x, 1, warmup=1 if not ta else 0))
-        tb.append(median_latency(b, x, 1, warmup=1 if not tb else 0))
-    return statistics.median(ta), statistics.median(tb)
 
 
 def kept(measured: dict) -> str:
@@ -75,7 +64,8 @@ def main():
             fast = sparse_inference(model, x)
             with torch.no_grad():
                 assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
-            dense_t, sparse_t = interleaved(model, fast, x, reps)
+            t = interleaved_latency({"dense": model, "sparse": fast}, x, reps)
+            dense_t, sparse_t = t["dense"], t["sparse"]
             row[f"b{batch}"] = {"dense_ms": dense_t * 1e3, "sparse_ms": sparse_t * 1e3, "speedup": dense_t / sparse_t,
                                 "choices": {k: v["kind"] for k, v in fast.hypersparse_choices.items()},
                                 "shapes": [v["shapes"] for v in fast.hypersparse_choices.values() if v["sparse"]]}

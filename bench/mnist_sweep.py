@@ -3,10 +3,10 @@
 Regenerates docs/results.md (MNIST section), docs/mnist_error_vs_sparsity.png and
 docs/runs/mnist-sweep.json. Every run uses the same shortened schedule
 (--epochs-scale, default 0.05: 3 warm-up and 8 fine-tuning epochs, eta**20 per
-epoch). LeNet-5 differs in two settings (OVERRIDES): its epochs visit a fresh random
-tenth of the training set, so that the whole sweep fits in about 2 hours on 2 cores,
-and its learning rate is 0.01 (at 0.1 its warm-up diverges). Fair budget: each baseline (and the dense reference) gets exactly as
-many epochs between warm-up and fine-tuning as the ART-HyperSparse run of the
+epoch). LeNet-5 differs in two settings (OVERRIDES): its epochs visit a fresh
+random tenth of the training set, so that the whole sweep fits in about 2 hours
+on 2 cores, and its learning rate is 0.01 (at 0.1 its warm-up diverges). Fair
+budget: each baseline (and the dense reference) gets exactly as many epochs between warm-up and fine-tuning as the ART-HyperSparse run of the
 same model, sparsity and seed spent regularizing. Models are chosen on the
 validation split; test error is reported as mean +- std over seeds.
 
@@ -116,8 +116,7 @@ def main():
         results = []
         for r in pool.map(run_one, first):
             results.append(r)
-            print(f"{len(results)}/{len(first)} {r['model']} {r['sparsity']} art-hs seed {r['seed']}: {r['test_error']} "
-                  f"({r['wall_seconds']:.0f}s)", flush=True)
+            report(r, len(results), len(first))
         results = (args.previous["runs"] if args.previous else []) + results
         reg_epochs = {(r["model"], r["sparsity"], r["seed"]): r["epochs"].get("regularize", 0) if r.get("epochs") else 20
                       for r in results}
@@ -126,12 +125,17 @@ def main():
         rest += [make_job(m, 0.0, s, "oneshot", None, root, args.epochs_scale, args.data_dir,
                           round(statistics.median(reg_epochs[(m, k, s)] for k in sparsities)))
                  for m in models for s in seeds]
+        planned = payload_of(results, args, seeds, 0)["planned_runs"]
         for r in pool.map(run_one, rest):
             results.append(r)
-            print(f"{len(results)}/{payload_of(results, args, seeds, 0)['planned_runs']} {r['model']} {r['sparsity']} {r['method']} "
-                  f"seed {r['seed']}: {r['test_error']} ({r['wall_seconds']:.0f}s)", flush=True)
+            report(r, len(results), planned)
             save(payload_of(results, args, seeds, time.time() - started), Path(args.out))  # progress survives a crash
     publish(payload_of(results, args, seeds, time.time() - started), Path(args.out))
+
+
+def report(r: dict, done: int, planned: int) -> None:
+    print(f"{done}/{planned} {r['model']} {r['sparsity']} {r['method']} seed {r['seed']}: {r['test_error']} "
+          f"({r['wall_seconds']:.0f}s)", flush=True)
 
 
 def payload_of(results, args, seeds, wall):

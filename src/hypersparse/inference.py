@@ -39,6 +39,18 @@ def median_latency(fn, x: torch.Tensor, reps: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def interleaved_latency(fns: dict, x: torch.Tensor, reps: int) -> dict[str, float]:
+    """Median seconds per call of each ``fns[name](x)``, alternating call by call so that machine noise hits all alike.
+
+    Each timed call follows one untimed call of the same function, so its caches are warm as in steady use.
+    """
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(median_latency(fn, x, 1, warmup=1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _compact(layers: list[tuple[nn.Linear, bool]]):
     """Input columns kept, and per layer (W, b, relu) restricted to the units that reach the outputs."""
     weights = [lin.weight.detach().float() for lin, _ in layers]
@@ -210,11 +222,7 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
         as_is = nn.Sequential(*[chain["parent"]._modules[key] for key in chain["keys"]])
         candidates = {"dense": as_is, **{f"compact-{kern}": CompactMLP(chain["layers"], chain["flatten"], kern)
                                           for kern in ("dense", "csr")}}
-        times = {name: [] for name in candidates}
-        for _ in range(reps):  # alternating call by call, so that machine noise hits every candidate alike
-            for name, fn in candidates.items():
-                times[name].append(median_latency(fn, inputs[k], 1, warmup=1))
-        us = {name: statistics.median(t) * 1e6 for name, t in times.items()}
+        us = {name: t * 1e6 for name, t in interleaved_latency(candidates, inputs[k], reps).items()}
         best = min(us, key=us.get)
         if us[best] > MARGIN * us["dense"]:
             best = "dense"
@@ -223,13 +231,10 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
         if best != "dense":
             _replace(chain, candidates[best])
     if any(c["sparse"] for c in choices.values()):
-        # per-chain timings need not add up (caches, dispatch): keep the swap only if the whole model is faster,
-        # timed call by call in alternation
-        dense_model, whole = copy.deepcopy(original).eval().cpu(), {"dense": [], "sparse": []}
-        for _ in range(reps):
-            whole["dense"].append(median_latency(dense_model, example, 1, warmup=1))
-            whole["sparse"].append(median_latency(model, example, 1, warmup=1))
-        if statistics.median(whole["sparse"]) > MARGIN * statistics.median(whole["dense"]):
+        # per-chain timings need not add up (caches, dispatch): keep the swap only if the whole model is faster
+        dense_model = copy.deepcopy(original).eval().cpu()
+        whole = interleaved_latency({"dense": dense_model, "sparse": model}, example, reps)
+        if whole["sparse"] > MARGIN * whole["dense"]:
             for c in choices.values():
                 c["kind"], c["sparse"] = "dense", False
             model = dense_model
