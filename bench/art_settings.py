@@ -10,6 +10,7 @@ Regenerates the "ART settings" section of docs/methods.md and docs/runs/art-sett
 
     python bench/art_settings.py                    # digits MLP + MNIST LeNet-300-100, kappa 0.98/0.995, 3 seeds
     python bench/art_settings.py --models mnist:lenet5 --seeds 0      # LeNet-5 (slow on CPU)
+    python bench/art_settings.py --models mnist:lenet5 --settings paper/auto,matched/auto   # its short runs only
     python bench/art_settings.py --quick            # digits, one seed, one sparsity: about a minute
     python bench/art_settings.py --from-json docs/runs/art-settings.json   # rebuild the section only
 """
@@ -75,7 +76,7 @@ def jobs_for(args, root) -> list[dict]:
         data_dir = None if dataset == "digits" else str(Path(args.data_root) / dataset)
         for kappa in args.sparsities:
             for seed in args.seeds:
-                for criterion, lam in (EQUAL if args.equal_epochs else SETTINGS):
+                for criterion, lam in (EQUAL if args.equal_epochs else args.settings):
                     config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
                                   criterion=criterion, lambda_init=lam, **SCHEDULE)
                     if model in MODEL_LR:
@@ -113,6 +114,8 @@ def main() -> None:
     ap.add_argument("--models", default="digits:mlp,mnist:lenet300", help="comma-separated dataset:model pairs")
     ap.add_argument("--sparsities", default="0.98,0.995")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--settings", default="paper/fixed,paper/auto,matched/fixed,matched/auto",
+                    help="which rule/lambda pairs to run (a slow model can run its short auto runs first)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -132,6 +135,11 @@ def main() -> None:
         args.models, args.sparsities, args.seeds = "digits:mlp", "0.98", "0"
     args.sparsities = [float(k) for k in args.sparsities.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    by_name = {f"{c}/{'fixed' if lam == 5e-6 else lam}": (c, lam) for c, lam in SETTINGS}
+    unknown = [s for s in args.settings.split(",") if s not in by_name]
+    if unknown:
+        ap.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    args.settings = [by_name[s] for s in args.settings.split(",")]
     payload = {"provenance": provenance(seed=args.seeds[0]), "quick": args.quick, "schedule": SCHEDULE,
                "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
     if args.equal_epochs and not args.merge:
