@@ -1,3 +1,4 @@
+import copy
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import hypersparse as hs
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse import native
 from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.errors import UserError
 from hypersparse.models import create_model
@@ -79,7 +81,11 @@ def hand_mlp():
     return model.eval()
 
 
-@pytest.mark.parametrize("kernel", ["dense", "csr"])
+NO_C = native.unavailable()
+KERNELS = ["dense", "csr", pytest.param("native", marks=pytest.mark.skipif(bool(NO_C), reason=str(NO_C)))]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_compact_mlp_drops_every_dead_unit_and_keeps_outputs(kernel):
     model = hand_mlp()
     chains = find_chains(model)
@@ -94,6 +100,47 @@ def test_compact_mlp_drops_every_dead_unit_and_keeps_outputs(kernel):
     bare = CompactMLP(chains[0]["layers"], kernel=kernel)
     with torch.no_grad():
         assert torch.allclose(bare(x.view(5, 1, 6)), model(x).view(5, 1, 2), atol=1e-6, rtol=0)
+        assert torch.allclose(bare(x.view(5, 6)[1]), model(x)[1], atol=1e-6, rtol=0)  # one unbatched sample
+
+
+@pytest.mark.skipif(bool(NO_C), reason=str(NO_C))
+def test_native_kernel_checks_shapes_and_survives_copies(tmp_path):
+    model = hand_mlp()
+    layers = find_chains(model)[0]["layers"]
+    compact = CompactMLP(layers, flatten=True, kernel="native")
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.allclose(compact(x), want, atol=1e-6, rtol=0)
+        # the C loop would read past the input: the shape is refused before the call
+        with pytest.raises(ValueError, match="6 features per sample, got shape \\(4, 5\\)"):
+            compact(torch.randn(4, 5))
+        with pytest.raises(ValueError, match="got shape \\(4, 7\\)"):
+            CompactMLP(layers, kernel="native")(torch.randn(4, 7))
+        # float64 and non-contiguous input are converted, not misread
+        assert torch.allclose(compact(x.double()), want, atol=1e-6, rtol=0)
+        assert torch.allclose(compact(x.t().contiguous().t()), want, atol=1e-6, rtol=0)
+        # the C pointers are not copied: copies and pickles rebuild them from their own buffers
+        torch.save(compact, tmp_path / "c.pt")
+        for other in (copy.deepcopy(compact), torch.load(tmp_path / "c.pt", weights_only=False)):
+            assert torch.equal(other(x), compact(x))
+
+
+def test_without_a_c_compiler_sparse_inference_uses_torch_kernels(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("HYPERSPARSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    assert "needs a C compiler ($CC, else cc)" in native.unavailable()
+    with pytest.raises(RuntimeError, match="C kernel is unavailable"):
+        CompactMLP(find_chains(hand_mlp())[0]["layers"], kernel="native")
+    model = pruned("lenet300", 0.995, ch=1, size=28)
+    x = torch.randn(1, 1, 28, 28)
+    fast = sparse_inference(model, x, reps=3)
+    choice = fast.hypersparse_choices["0..5"]
+    assert "compact-native" not in choice["us"] and "no-such-cc" in choice["native"]
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
 
 
 def test_sparse_inference_matches_dense_outputs():

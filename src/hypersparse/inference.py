@@ -12,6 +12,7 @@ at larger batches the compacted weights can also run as CSR.
 from __future__ import annotations
 
 import copy
+import ctypes
 import statistics
 import time
 import warnings
@@ -20,10 +21,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from hypersparse import native as _native
+
 _NOOPS = (nn.ReLU, nn.Dropout, nn.Identity)  # what may sit between two Linear layers of a chain (eval mode)
 # a replacement must be this much faster (median time ratio) to be kept: timings on a shared CPU wobble by a few %,
 # and a swap that wins by noise alone can leave the model slower than before
 MARGIN = 0.97
+KERNELS = ("dense", "csr", "native")
 
 
 def median_latency(fn, x: torch.Tensor, reps: int, warmup: int = 2) -> float:
@@ -81,27 +85,39 @@ class CompactMLP(nn.Module):
 
     ``flatten`` means the chain began with ``nn.Flatten()``; otherwise the input
     is ``(..., in_features)`` like a Linear layer's. ``kernel`` is ``"dense"``
-    (``addmm`` on the compacted weights) or ``"csr"`` (``sparse.mm`` on them).
+    (``addmm`` on the compacted weights), ``"csr"`` (``sparse.mm`` on them) or
+    ``"native"`` (the whole chain in one C call over CSR rows, see
+    :mod:`hypersparse.native`; CPU, inference only: its output has no autograd history).
     Outputs equal the original chain's up to float rounding (the sums run in
     another order), in eval mode.
     """
 
     def __init__(self, layers: list[tuple[nn.Linear, bool]], flatten: bool = False, kernel: str = "dense"):
         super().__init__()
-        if kernel not in ("dense", "csr"):
-            raise ValueError(f"kernel must be 'dense' or 'csr', got {kernel!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
+        if kernel == "native" and _native.unavailable():
+            raise RuntimeError(_native.unavailable())
         self.flatten, self.kernel = flatten, kernel
         self.in_features = layers[0][0].in_features
         inputs, compact = _compact(layers)
-        # no gather when every input is read
+        self.out_features = compact[-1][0].shape[0]
+        # no gather when every input is read; the native kernel reads the inputs by index itself
         self.register_buffer("index", inputs if len(inputs) < self.in_features else None)
         self.shapes = [tuple(w.shape) for w, _, _ in compact]
         self.relu = [relu for _, _, relu in compact]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             for i, (w, b, _) in enumerate(compact):
-                # addmm wants W^T; sparse.mm wants W itself, as CSR
-                self.register_buffer(f"w{i}", w.t().contiguous() if kernel == "dense" else w.to_sparse_csr())
+                if kernel == "native":
+                    if i == 0:  # columns back to input features: the C loop reads x itself, no gather
+                        w = torch.zeros(w.shape[0], self.in_features).index_copy_(1, inputs, w)
+                    csr = w.to_sparse_csr()
+                    self.register_buffer(f"r{i}", csr.crow_indices().long().contiguous())
+                    self.register_buffer(f"c{i}", csr.col_indices().long().contiguous())
+                    self.register_buffer(f"v{i}", csr.values().contiguous())
+                else:  # addmm wants W^T; sparse.mm wants W itself, as CSR
+                    self.register_buffer(f"w{i}", w.t().contiguous() if kernel == "dense" else w.to_sparse_csr())
                 self.register_buffer(f"b{i}", b)
 
         self._ops = None
@@ -110,7 +126,30 @@ class CompactMLP(nn.Module):
         self._ops = None  # .to() and friends replace the buffers
         return super()._apply(fn, *args, **kwargs)
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_ops"] = None  # C pointers: rebuilt on the first call after copy or unpickling
+        return state
+
+    def _native_ops(self):
+        tensors = [[getattr(self, f"{k}{i}") for i in range(len(self.relu))] for k in "rcvb"]
+        if any(t.device.type != "cpu" for group in tensors for t in group):
+            raise RuntimeError("CompactMLP(kernel='native') runs on the CPU only; use kernel='dense' on other devices")
+        width = torch.tensor([self.in_features] + [s[0] for s in self.shapes], dtype=torch.int64)
+        relu = torch.tensor(self.relu, dtype=torch.int32)
+
+        def pointers(group):
+            return (ctypes.c_void_p * len(group))(*[t.data_ptr() for t in group])
+
+        arrays = [pointers(g) for g in tensors]
+        spec = _native.ChainSpec(len(self.relu), self.in_features, max(s[0] for s in self.shapes),
+                                width.data_ptr(), *[ctypes.addressof(a) for a in arrays], relu.data_ptr())
+        # the tensors and arrays ride along so that the memory the pointers name stays alive
+        return _native.chain_kernel(), ctypes.addressof(spec), (spec, arrays, width, relu, tensors)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "native":
+            return self._forward_native(x)
         if self._ops is None:  # plain attributes: at batch 1, buffer lookups cost as much as the products
             self._index = self.index
             self._ops = [(getattr(self, f"w{i}"), getattr(self, f"b{i}"), relu) for i, relu in enumerate(self.relu)]
@@ -129,6 +168,26 @@ class CompactMLP(nn.Module):
                 if relu:
                     h = h.relu_()
         return h if lead is None else h.reshape(*lead, h.shape[-1])
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ops is None:
+            self._ops = self._native_ops()
+        fn, spec, _ = self._ops
+        # the C loop trusts the shape it is given, so it is checked here
+        if self.flatten:
+            fits = x.dim() >= 2 and x.shape[1:].numel() == self.in_features
+        else:
+            fits = x.dim() >= 1 and x.shape[-1] == self.in_features
+        if not fits:
+            raise ValueError(f"expected {'(N, ...) with' if self.flatten else '(..., in_features) with'} "
+                             f"{self.in_features} features per sample, got shape {tuple(x.shape)}")
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+            x = x.to("cpu", torch.float32).contiguous()
+        n = x.numel() // self.in_features
+        out = torch.empty(n, self.out_features, dtype=torch.float32)
+        if fn(spec, x.data_ptr(), n, out.data_ptr()):
+            raise MemoryError("CompactMLP native kernel: out of memory for its scratch buffer")
+        return out if self.flatten or x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}, inputs={len(self.index) if self.index is not None else self.in_features}, " \
@@ -187,13 +246,14 @@ def _replace(chain: dict, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) -> nn.Module:
+def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode, CPU) whose Linear chains run compacted, where measured faster.
 
     ``example`` is an input of the batch size you will use. Each chain of
     Linear layers (see :func:`find_chains`) is timed on the input it sees there
-    as it is, as a :class:`CompactMLP` with dense kernels and with CSR kernels;
-    a replacement is kept only if it is at least 3 % faster. Conv layers stay
+    as it is, and as a :class:`CompactMLP` with each kernel: dense, CSR and,
+    if ``native`` and a C compiler is found, the one-call C kernel; a
+    replacement is kept only if it is at least 3 % faster. Conv layers stay
     dense (PyTorch has no sparse convolution that beats the dense one on CPU).
     If the whole model is then not 3 % faster than the dense one, the dense
     copy is returned; if it is a single chain, the :class:`CompactMLP` alone is.
@@ -215,19 +275,22 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30) ->
     model(example)
     for h in hooks:
         h.remove()
+    kernels = [k for k in KERNELS if k != "native" or (native and not _native.unavailable())]
     choices = {}
     for k, chain in enumerate(chains):
         if k not in inputs:  # not on the path of this input
             continue
         as_is = nn.Sequential(*[chain["parent"]._modules[key] for key in chain["keys"]])
         candidates = {"dense": as_is, **{f"compact-{kern}": CompactMLP(chain["layers"], chain["flatten"], kern)
-                                          for kern in ("dense", "csr")}}
+                                          for kern in kernels}}
         us = {name: t * 1e6 for name, t in interleaved_latency(candidates, inputs[k], reps).items()}
         best = min(us, key=us.get)
         if us[best] > MARGIN * us["dense"]:
             best = "dense"
         choices[chain["name"]] = {"kind": best, "us": us, "sparse": best != "dense",
                                   "shapes": candidates["compact-dense"].shapes}
+        if native and "native" not in kernels:
+            choices[chain["name"]]["native"] = _native.unavailable()
         if best != "dense":
             _replace(chain, candidates[best])
     if any(c["sparse"] for c in choices.values()):
