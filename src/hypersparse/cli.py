@@ -6,7 +6,9 @@ exit code 1; the checkpoint on disk is always the last complete one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 import typing
 
 from hypersparse.config import TrainConfig, config_fields
@@ -163,8 +165,7 @@ def _eval(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _dispatch(args) -> int:
     try:
         return {"train": _train, "tune": _tune, "eval": _eval, "export": _export, "report": _report}[args.command](args)
     except UserError as exc:
@@ -176,9 +177,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hypersparse: interrupted; the last complete epoch is checkpointed (continue with --resume RUN_DIR)", file=sys.stderr)
         return 130
-    finally:
-        close_distributed()
 
+
+def _exit_worker(code: int) -> typing.NoReturn:
+    """End a torchrun worker without interpreter teardown.
+
+    gloo's worker threads may still be releasing the tensors of the last
+    collective when Python shuts down; the release then cannot take the GIL and
+    the rank aborts ("terminate called without an active exception",
+    pytorch/pytorch#179291), failing a run that had finished. Every file of the
+    run is closed by now, so skipping the teardown loses nothing.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+    except BaseException:
+        if not close_distributed():
+            raise
+        traceback.print_exc()
+        _exit_worker(1)
+    if close_distributed():
+        _exit_worker(code)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,10 +91,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local, backend), device
 
 
-def close_distributed() -> None:
-    """Leave the process group if one is open: left to interpreter exit, gloo's teardown can abort a rank."""
+def close_distributed() -> bool:
+    """Leave the process group if one is open; True if one was."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        return True
+    return False
 
 
 def state_digest(model: torch.nn.Module, masks: dict | None = None) -> str:
