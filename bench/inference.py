@@ -87,8 +87,9 @@ def publish(prov: dict, rows: list[dict]) -> None:
                   f"{r['b1']['speedup']:.1f}x | {r['b64']['dense_ms']:.2f} | {r['b64']['sparse_ms']:.2f} | "
                   f"{r['b64']['speedup']:.1f}x | {kept(r['b1'])} / {kept(r['b64'])} | {r['dense_pt_bytes']:,} | {r['sparse_bytes']:,} | "
                   f"{r['dense_pt_bytes'] / r['sparse_bytes']:.0f}x | {onnx} |")
-    md.append("\n'dense model': no replacement was at least 3 % faster, so `sparse_inference` returned the dense "
-              "model; its speed-up differs from 1.0x by timing noise only. "
+    md.append("\n'dense model': no replacement was at least 3 % faster, or together they saved less than 3 % of "
+              "the model's time, so `sparse_inference` returned the dense model; its speed-up differs from 1.0x by "
+              "timing noise only. "
               "Each chain of Linear layers becomes a `CompactMLP`: inputs no kept weight reads and hidden units that "
               "no longer reach the outputs are removed, units with no kept incoming weight are folded into the next bias "
               "as constants, and what is left runs as small dense (`addmm`) or CSR (`sparse.mm`) products, or as "
@@ -98,7 +99,8 @@ def publish(prov: dict, rows: list[dict]) -> None:
               + (f"The C kernel was not available in this run: {prov['native']}. " if prov.get("native") else "")
               + "Shapes after compaction: "
               + "; ".join(f"{r['model']} {r['sparsity']:.1%}: {r['b1']['shapes']}" for r in rows if r["model"] == "lenet300")
-              + ". Conv layers stay dense, so ResNet-32 and VGG-19 gain only in their classifier. "
+              + ". Conv layers stay dense, so ResNet-32 and VGG-19 could gain only in their classifier, far less than 3 % of "
+              "their time. "
               "Masks: each layer pruned to the sparsity by magnitude from a seeded initialization.")
     write_results("inference-cpu", {"provenance": prov, "rows": rows}, "\n".join(md))
     print("\n".join(md))
