@@ -124,6 +124,19 @@ def test_native_kernel_checks_shapes_and_survives_copies(tmp_path):
         torch.save(compact, tmp_path / "c.pt")
         for other in (copy.deepcopy(compact), torch.load(tmp_path / "c.pt", weights_only=False)):
             assert torch.equal(other(x), compact(x))
+        # new weights through load_state_dict reach the C code, whichever way they are loaded
+        doubled = CompactMLP(layers, flatten=True, kernel="dense")
+        for i in range(3):
+            getattr(doubled, f"w{i}").mul_(2)
+        state = {k: v * 2 if k.startswith("v") else v for k, v in compact.state_dict().items()}
+        for assign in (False, True):
+            other = copy.deepcopy(compact)
+            other(x)  # pointers made before the load
+            other.load_state_dict(state, assign=assign)
+            assert torch.allclose(other(x), doubled(x), atol=1e-6, rtol=0)
+        # a dtype the C code would misread is refused
+        with pytest.raises(RuntimeError, match="computes in float32"):
+            copy.deepcopy(compact).double()(x)
 
 
 def test_without_a_c_compiler_sparse_inference_uses_torch_kernels(tmp_path, monkeypatch):

@@ -131,10 +131,23 @@ class CompactMLP(nn.Module):
         state["_ops"] = None  # C pointers: rebuilt on the first call after copy or unpickling
         return state
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ops = None  # load_state_dict(assign=True) replaces the buffers
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def _native_ops(self):
+        kernel = _native.chain_kernel()
+        if kernel is None:  # e.g. unpickled on a machine without a C compiler
+            raise RuntimeError(_native.unavailable())
         tensors = [[getattr(self, f"{k}{i}") for i in range(len(self.relu))] for k in "rcvb"]
         if any(t.device.type != "cpu" for group in tensors for t in group):
             raise RuntimeError("CompactMLP(kernel='native') runs on the CPU only; use kernel='dense' on other devices")
+        # the C code reads these exact types; a wrong one would be read as garbage, not converted
+        wanted = {"r": torch.int64, "c": torch.int64, "v": torch.float32, "b": torch.float32}
+        for k, group in zip("rcvb", tensors):
+            if any(t.dtype != wanted[k] or not t.is_contiguous() for t in group):
+                raise RuntimeError("CompactMLP(kernel='native') computes in float32 with int64 indices; "
+                                   "convert the module back with .float(), or use kernel='dense' for other dtypes")
         width = torch.tensor([self.in_features] + [s[0] for s in self.shapes], dtype=torch.int64)
         relu = torch.tensor(self.relu, dtype=torch.int32)
 
@@ -145,7 +158,7 @@ class CompactMLP(nn.Module):
         spec = _native.ChainSpec(len(self.relu), self.in_features, max(s[0] for s in self.shapes),
                                 width.data_ptr(), *[ctypes.addressof(a) for a in arrays], relu.data_ptr())
         # the tensors and arrays ride along so that the memory the pointers name stays alive
-        return _native.chain_kernel(), ctypes.addressof(spec), (spec, arrays, width, relu, tensors)
+        return kernel, ctypes.addressof(spec), (spec, arrays, width, relu, tensors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "native":
