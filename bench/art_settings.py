@@ -32,13 +32,15 @@ from common import mean_std as fmt, provenance  # noqa: E402
 SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]
 # with --equal-epochs: auto again, fine-tuning lengthened to the fixed-lambda run's total epochs
 EQUAL = [("paper", "auto-equal"), ("matched", "auto-equal")]
+# auto lambda_0 with eta adapted to end the phase in about ADAPT_TARGET epochs (--reg-epochs-target)
+ADAPT, ADAPT_TARGET = [("matched", "auto-adapt")], 30
 SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
 MODEL_LR = {"lenet5": 0.01}  # no batch norm: at the default 0.1 its MNIST warm-up diverges (bench/mnist_sweep.py)
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 
 
 def label(criterion, lam) -> str:
-    names = {"auto": "auto", "auto-equal": "auto, equal epochs"}
+    names = {"auto": "auto", "auto-equal": "auto, equal epochs", "auto-adapt": f"auto, η adapted (target {ADAPT_TARGET})"}
     return f"{criterion} / {names.get(lam, 'fixed 5e-6')}"
 
 
@@ -81,6 +83,8 @@ def jobs_for(args, root) -> list[dict]:
                                   criterion=criterion, lambda_init=lam, **SCHEDULE)
                     if model in MODEL_LR:
                         config["lr"] = MODEL_LR[model]
+                    if lam == "auto-adapt":
+                        config.update(lambda_init="auto", reg_epochs_target=ADAPT_TARGET)
                     if lam == "auto-equal":
                         config.update(lambda_init="auto", **equal_schedule(args.previous, dataset, model, kappa, seed,
                                                                          criterion))
@@ -135,7 +139,7 @@ def main() -> None:
         args.models, args.sparsities, args.seeds = "digits:mlp", "0.98", "0"
     args.sparsities = [float(k) for k in args.sparsities.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    by_name = {f"{c}/{'fixed' if lam == 5e-6 else lam}": (c, lam) for c, lam in SETTINGS}
+    by_name = {f"{c}/{'fixed' if lam == 5e-6 else lam}": (c, lam) for c, lam in SETTINGS + ADAPT}
     unknown = [s for s in args.settings.split(",") if s not in by_name]
     if unknown:
         ap.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(by_name)}")
@@ -188,7 +192,10 @@ def section(payload: dict) -> str:
         "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *auto, equal epochs* reruns "
         "auto with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of the same "
         "seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning). The dense column is the model at the end of warm-up, "
-        "the point where ART starts, not a fully trained dense network."
+        "the point where ART starts, not a fully trained dense network. *auto, η adapted* is auto with "
+        f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, each epoch whose extrapolated "
+        "progress toward the stop rule would not reach it in the epochs left raises λ's growth per epoch by 0.05 "
+        "(at most ×1.5)."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]
@@ -196,7 +203,7 @@ def section(payload: dict) -> str:
     lines += ["| data | model | κ | setting | reg. epochs | total epochs | λ_0 | test error % | dense after warm-up, test error % | seeds |",
               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for dataset, model, kappa in groups:
-        for criterion, lam in SETTINGS + EQUAL:
+        for criterion, lam in SETTINGS + EQUAL + ADAPT:
             cell = [r for r in runs if (r["dataset"], r["model"], r["kappa"], r["criterion"], r["lambda"])
                     == (dataset, model, kappa, criterion, lam)]
             if not cell:

@@ -129,3 +129,56 @@ def test_art_validates_settings():
         hs.ART(hs.HyperSparse(make_mlp(), 0.9), sparsity=0.8)
     with pytest.raises(ValueError, match="positive"):
         hs.ART(reg, sparsity=0.9, lambda_init=-1)
+
+
+def feed(art, model, pruned, dense=0.9):
+    """Regularization epochs whose pruned copy scores the given accuracies; returns the lambda of each."""
+    lams = []
+    for acc in pruned:
+        lams.append(art.lam)
+        art.end_epoch(model, dense_acc=dense, pruned_acc=lambda m, a=acc: a)
+    return lams
+
+
+def test_eta_rises_only_when_progress_would_miss_the_target():
+    model = make_mlp((10, 20, 3))
+    # fixed eta (no target): the authors' lambda_0 * eta**e, bit for bit
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05)
+    assert feed(art, model, [0.1] * 6) == [1e-3 * 1.05**e for e in range(6)]
+    # a flat gap never closes: from epoch target // 2 = 2 on (three gaps known), the growth rises by 0.05 each epoch
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=4)
+    lams = feed(art, model, [0.1] * 6)
+    growths = [1.05, 1.05, 1.10, 1.15, 1.20]
+    assert lams == pytest.approx([1e-3 * math.prod(growths[:e]) for e in range(6)], rel=1e-12)
+    assert [h["eta"] for h in art.history] == pytest.approx(growths + [1.25])
+    # a gap closing 0.3 a epoch (0.8, 0.5, 0.2) ends within the one epoch left: eta stays; closing 0.1 it would not
+    for pruned, last in (([0.1, 0.4, 0.7], 1.05), ([0.1, 0.2, 0.3], 1.10)):
+        art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=4,
+                     buffer_k=0)
+        feed(art, model, pruned, dense=0.9)
+        assert [h["eta"] for h in art.history] == pytest.approx([1.05, 1.05, last])
+    # and the growth is capped
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=2,
+                 max_reg_epochs=50)
+    feed(art, model, [0.1] * 12)
+    assert max(h["eta"] for h in art.history) == hs.schedule.ETA_MAX == art.eta_now
+
+
+def test_adapted_eta_resumes_exactly():
+    model = make_mlp((10, 20, 3))
+    pruned = [0.1, 0.2, 0.2, 0.25, 0.25, 0.3, 0.3, 0.3]
+
+    def make():
+        return hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=6)
+
+    whole = make()
+    want = feed(whole, model, pruned)
+    cut = make()
+    feed(cut, model, pruned[:5])
+    buf = io.BytesIO()
+    torch.save(cut.state_dict(), buf)
+    buf.seek(0)
+    resumed = make()
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    assert feed(resumed, model, pruned[5:]) == want[5:]
+    assert resumed.history == whole.history

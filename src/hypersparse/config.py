@@ -32,6 +32,10 @@ class TrainConfig:
     )
     lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
+    reg_epochs_target: int = _f(0, "adapt eta to end ART's regularization in about this many epochs: from half of "
+                                "them on, whenever the pruned copy's progress toward the stop rule, extrapolated, "
+                                "would take longer, lambda's growth per epoch rises by eta-1 (at most x1.5 per "
+                                "epoch); 0 = the authors' fixed eta")
     buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
     warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")
@@ -79,6 +83,10 @@ class TrainConfig:
         return self.eta ** (1.0 / self.epochs_scale)
 
     @property
+    def reg_target(self) -> int | None:
+        return self.scaled(self.reg_epochs_target) if self.reg_epochs_target else None
+
+    @property
     def max_reg(self) -> int:
         return max(2 * self.buffer_k + 1, math.ceil(self.max_reg_epochs * self.epochs_scale))
 
@@ -102,7 +110,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
         if not (isinstance(self.epoch_fraction, (int, float)) and 0 < self.epoch_fraction <= 1):
             raise UserError(f"--epoch-fraction must be in (0, 1], got {self.epoch_fraction!r}")
-        for name in ("warmup_epochs", "finetune_epochs", "prune_epochs", "buffer_k", "pruned_eval_size"):
+        for name in ("warmup_epochs", "finetune_epochs", "prune_epochs", "buffer_k", "pruned_eval_size",
+                     "reg_epochs_target"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         try:

@@ -366,6 +366,7 @@ class Trainer:
                 "lambda": lam,
                 "lambda_init": getattr(self.method, "lambda_override", None) if cfg.lambda_init == "auto" else cfg.lambda_init,
                 "lr": lr,
+                **({"eta": self.method.eta_now} if cfg.reg_epochs_target and phase == "regularize" else {}),
                 "loss": loss,
                 "train_acc": train_acc,
                 "dense_acc": dense_acc,

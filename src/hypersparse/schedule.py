@@ -19,6 +19,7 @@ from hypersparse.params import check_sparsity
 from hypersparse.regularizers import HyperSparse, Regularizer
 
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
+ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
 
 
 class ARTDidNotConverge(RuntimeError):
@@ -43,6 +44,12 @@ class ART:
         buffer_k: buffer of ``2k+1`` epochs; the middle one is chosen.
         max_reg_epochs: raise :class:`ARTDidNotConverge` after this many regularization epochs.
         finetune_epochs: after this many fine-tuning epochs :attr:`done` is True (None: never).
+        reg_epochs_target: adapt eta to end regularization in about this many epochs (None: fixed eta). Once
+            half of them are spent, the gap between the dense accuracy and the buffer mean is extrapolated after
+            each regularization epoch from its change over the last two; whenever it would not close within the
+            epochs left (or does not close at all), the growth per epoch rises by ``eta - 1`` (1.05, 1.10,
+            1.15, ...), up to ``ETA_MAX``. Early epochs are left alone: the pruned copy's accuracy often stays
+            flat for a while before it climbs, and accelerating then overshoots lambda.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class ART:
         buffer_k: int = 1,
         max_reg_epochs: int = 300,
         finetune_epochs: int | None = 160,
+        reg_epochs_target: int | None = None,
     ):
         if sparsity is None:
             if not isinstance(regularizer, HyperSparse):
@@ -70,6 +78,8 @@ class ART:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
             raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
+        if reg_epochs_target is not None and int(reg_epochs_target) < 1:
+            raise ValueError(f"reg_epochs_target must be >= 1 or None, got {reg_epochs_target!r}")
         if int(max_reg_epochs) < 2 * int(buffer_k) + 1:
             raise ValueError(f"max_reg_epochs ({max_reg_epochs}) must be at least the buffer size {2 * buffer_k + 1}")
         self.regularizer = regularizer
@@ -79,6 +89,10 @@ class ART:
         self.buffer_k = int(buffer_k)
         self.max_reg_epochs = int(max_reg_epochs)
         self.finetune_epochs = finetune_epochs
+        self.reg_epochs_target = None if reg_epochs_target is None else int(reg_epochs_target)
+        self.eta_now = self.eta  # the growth per epoch; rises only with reg_epochs_target
+        self.growth = 1.0  # lambda / lambda_init, the product of the growths so far (reg_epochs_target only)
+        self.gaps: list[float] = []  # dense accuracy minus buffer mean, per regularization epoch
         self.epoch = 0  # epochs completed
         self.reg_epochs = 0
         self.finetune_done = 0
@@ -95,7 +109,9 @@ class ART:
         if self.phase != REGULARIZE:
             return 0.0
         base = self.lambda_override if self.lambda_override is not None else self.lambda_init
-        return base * self.eta**self.reg_epochs
+        if self.reg_epochs_target is None:
+            return base * self.eta**self.reg_epochs  # the authors' schedule, to the bit
+        return base * self.growth
 
     @property
     def warmup_ends(self) -> bool:
@@ -160,10 +176,22 @@ class ART:
                     f"(buffer mean {mean:.4f}) beating the dense accuracy ({float(dense_acc):.4f}); "
                     "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
                 )
+            if event != "stop" and self.reg_epochs_target is not None:
+                self._adapt_eta(float(dense_acc) - mean)
+                record["eta"] = self.eta_now
         else:
             self.finetune_done += 1
         self.history.append(record)
         return event
+
+    def _adapt_eta(self, gap: float) -> None:
+        self.gaps.append(gap)
+        left = self.reg_epochs_target - self.reg_epochs
+        if len(self.gaps) >= 3 and self.reg_epochs >= self.reg_epochs_target // 2:
+            closing = (self.gaps[-3] - self.gaps[-1]) / 2  # per epoch, over the last two
+            if closing <= 0 or gap > closing * left:
+                self.eta_now = min(self.eta_now + (self.eta - 1), ETA_MAX)
+        self.growth *= self.eta_now
 
     def _score_pruned(self, model: nn.Module, masks: Masks, pruned_acc: Callable[[nn.Module], float]) -> float:
         params = self.regularizer.params
@@ -192,7 +220,8 @@ class ART:
 
     def state_dict(self) -> dict:
         """Everything needed to resume mid-phase (the buffer's model states included)."""
-        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override")
+        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override",
+                "eta_now", "growth", "gaps")
         state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
         state["buffer"] = [dict(b) for b in self.buffer]
         state["regularizer"] = self.regularizer.state_dict()
@@ -202,5 +231,7 @@ class ART:
         for k in ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch"):
             setattr(self, k, copy.deepcopy(state[k]))
         self.lambda_override = state.get("lambda_override")
+        self.eta_now, self.growth = state.get("eta_now", self.eta), state.get("growth", 1.0)
+        self.gaps = list(state.get("gaps", []))
         self.buffer = [dict(b) for b in state["buffer"]]
         self.regularizer.load_state_dict(state.get("regularizer", {}))

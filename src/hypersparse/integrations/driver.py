@@ -21,7 +21,7 @@ class ARTDriver:
     Args:
         sparsity: target fraction of zero weights among the Conv/Linear weights.
         reg: ``"hs"`` (HyperSparse), ``"l1"`` or ``"l2"``.
-        warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs: as in :class:`~hypersparse.ART`.
+        warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs, reg_epochs_target: as in :class:`~hypersparse.ART`.
         finetune_epochs: stop training after this many fine-tuning epochs (None: the framework's own limit).
         score_batches: the pruned copy (and, with the matched rule, the dense model) is scored in eval mode on the
             first this-many training batches, kept from the first regularization epoch on.
@@ -30,9 +30,11 @@ class ARTDriver:
 
     def __init__(self, sparsity: float, reg: str = "hs", warmup_epochs: int = 60, lambda_init: float = 5e-6,
                  eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300, finetune_epochs: int | None = None,
-                 score_batches: int = 20, reset_optimizer: bool = True, **reg_kwargs):
+                 score_batches: int = 20, reset_optimizer: bool = True, reg_epochs_target: int | None = None,
+                 **reg_kwargs):
         self.options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
-                            buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs)
+                            buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,
+                            reg_epochs_target=reg_epochs_target)
         self.reg_name, self.reg_kwargs = reg, reg_kwargs
         self.score_batches = int(score_batches)
         self.reset_optimizer = reset_optimizer

@@ -30,6 +30,7 @@ class ARTMethod(ART):
             buffer_k=cfg.buffer_k,
             max_reg_epochs=cfg.max_reg,
             finetune_epochs=cfg.finetune,
+            reg_epochs_target=cfg.reg_target,
         )
 
     @property
