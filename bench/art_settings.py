@@ -128,12 +128,13 @@ def main() -> None:
     ap.add_argument("--equal-epochs", action="store_true",
                     help="rerun the auto settings with fine-tuning lengthened to the fixed runs' total epochs "
                     "(LR x0.1 at 1/2 and 3/4 of it); needs --merge with the first sweep's JSON")
-    ap.add_argument("--from-json", help="rebuild the docs section from a saved runs JSON, without training")
+    ap.add_argument("--from-json", help="rebuild the docs section from saved runs JSON, without training; several "
+                    "comma-separated files (sweeps run side by side) are combined, each run counted once")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
     out = Path(args.out)
     if args.from_json:
-        publish(json.loads(Path(args.from_json).read_text()), out)
+        publish(combine([json.loads(Path(f).read_text()) for f in args.from_json.split(",")]), out)
         return
     if args.quick:
         args.models, args.sparsities, args.seeds = "digits:mlp", "0.98", "0"
@@ -165,6 +166,25 @@ def main() -> None:
             payload["wall_seconds"][args.models] = time.perf_counter() - started
             save(payload, out)  # progress survives a crash
     publish(payload, out)
+
+
+def key(run: dict) -> tuple:
+    return run["dataset"], run["model"], run["kappa"], run["seed"], run["criterion"], str(run["lambda"])
+
+
+def combine(payloads: list[dict]) -> dict:
+    """The first payload with the others' runs and provenance added; a run present in several counts once."""
+    out = dict(payloads[0], runs=list(payloads[0]["runs"]), merged_from=list(payloads[0].get("merged_from", [])))
+    seen = {key(r) for r in out["runs"]}
+    origins = {(p["commit"], p["command"]) for p in out["merged_from"] + [out["provenance"]]}
+    for other in payloads[1:]:
+        out["runs"] += [r for r in other["runs"] if key(r) not in seen]
+        seen |= {key(r) for r in other["runs"]}
+        for prov in other.get("merged_from", []) + [other["provenance"]]:
+            if (prov["commit"], prov["command"]) not in origins:
+                out["merged_from"].append(prov)
+                origins.add((prov["commit"], prov["command"]))
+    return out
 
 
 def save(payload: dict, out: Path) -> Path:
@@ -242,7 +262,7 @@ def publish(payload: dict, out: Path) -> None:
         print(f"wrote {out / 'art-settings-quick.md'}")
         return
     page = out / "methods.md"
-    old = page.read_text()
+    old = page.read_text() if page.exists() else ""
     if BEGIN not in old:
         old += f"\n{BEGIN}\n{END}\n"
     head, _, rest = old.partition(BEGIN)
