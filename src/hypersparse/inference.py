@@ -6,8 +6,10 @@ or one whose every incoming weight is zero (its output is then the constant
 ``relu(bias)``, which folds into the next layer's bias). :class:`CompactMLP`
 removes them all, so a chain ``Flatten → Linear → ReLU → … → Linear`` runs as a
 few small products in one module. At batch 1 the time goes to dispatching
-operations, not to multiplications, so fewer and smaller calls win there;
-at larger batches the compacted weights can also run as CSR.
+operations, not to multiplications, so fewer and smaller calls win there, and
+fewest of all is one: where a C compiler is found, the whole chain runs as a
+single C call over its CSR rows (:mod:`hypersparse.native`). At larger
+batches the compacted weights can also run as PyTorch's CSR products.
 """
 from __future__ import annotations
 
