@@ -162,6 +162,11 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
                  max_reg_epochs=50)
     feed(art, model, [0.1] * 12)
     assert max(h["eta"] for h in art.history) == hs.schedule.ETA_MAX == art.eta_now
+    # a base eta above the cap (e.g. from --epochs-scale) is never lowered
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=2,
+                 max_reg_epochs=50)
+    feed(art, model, [0.1] * 5)
+    assert [h["eta"] for h in art.history] == [2.0] * 5
 
 
 def test_adapted_eta_resumes_exactly():

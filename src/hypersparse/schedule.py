@@ -48,7 +48,7 @@ class ART:
             half of them are spent, the gap between the dense accuracy and the buffer mean is extrapolated after
             each regularization epoch from its change over the last two; whenever it would not close within the
             epochs left (or does not close at all), the growth per epoch rises by ``eta - 1`` (1.05, 1.10,
-            1.15, ...), up to ``ETA_MAX``. Early epochs are left alone: the pruned copy's accuracy often stays
+            1.15, ...), up to ``ETA_MAX`` (or ``eta`` itself if larger). Early epochs are left alone: the pruned copy's accuracy often stays
             flat for a while before it climbs, and accelerating then overshoots lambda.
     """
 
@@ -190,7 +190,7 @@ class ART:
         if len(self.gaps) >= 3 and self.reg_epochs >= self.reg_epochs_target // 2:
             closing = (self.gaps[-3] - self.gaps[-1]) / 2  # per epoch, over the last two
             if closing <= 0 or gap > closing * left:
-                self.eta_now = min(self.eta_now + (self.eta - 1), ETA_MAX)
+                self.eta_now = min(self.eta_now + (self.eta - 1), max(ETA_MAX, self.eta))  # never below eta
         self.growth *= self.eta_now
 
     def _score_pruned(self, model: nn.Module, masks: Masks, pruned_acc: Callable[[nn.Module], float]) -> float:
