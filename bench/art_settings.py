@@ -149,12 +149,9 @@ def main() -> None:
                "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
     if args.equal_epochs and not args.merge:
         ap.error("--equal-epochs needs --merge docs/runs/art-settings.json")
-    args.previous = []
     if args.merge:
-        old = json.loads(Path(args.merge).read_text())
-        args.previous = old["runs"]
-        payload["runs"] = old["runs"]
-        payload["merged_from"] = old.get("merged_from", []) + [old["provenance"]]
+        payload = combine([payload, json.loads(Path(args.merge).read_text())])
+    args.previous = payload["runs"]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         jobs = jobs_for(args, root)
