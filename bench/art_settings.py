@@ -29,19 +29,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import mean_std as fmt, provenance  # noqa: E402
 
-SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]
-# with --equal-epochs: auto again, fine-tuning lengthened to the fixed-lambda run's total epochs
-EQUAL = [("paper", "auto-equal"), ("matched", "auto-equal")]
-# auto lambda_0 with eta adapted to end the phase in about ADAPT_TARGET epochs (--reg-epochs-target)
-ADAPT, ADAPT_TARGET = [("matched", "auto-adapt")], 30
+# lambda settings: the stored "lambda" of a run -> its label and the config it sets (5e-6 = the authors' fixed value)
+ADAPT_TARGET, LOW_FRACTION = 30, 0.02
+VARIANTS = {
+    5e-6: ("fixed 5e-6", {"lambda_init": 5e-6}),
+    "auto": ("auto", {"lambda_init": "auto"}),
+    # eta adapted to end the phase in about ADAPT_TARGET epochs (--reg-epochs-target)
+    "auto-adapt": (f"auto, η adapted (target {ADAPT_TARGET})", {"lambda_init": "auto", "reg_epochs_target": ADAPT_TARGET}),
+    # a gentler start: regularizer gradient norm LOW_FRACTION x the task's instead of 0.1 x
+    "auto-low": (f"auto {LOW_FRACTION:g}", {"lambda_init": "auto", "lambda_auto_fraction": LOW_FRACTION}),
+    "auto-low-adapt": (f"auto {LOW_FRACTION:g}, η adapted (target {ADAPT_TARGET})",
+                       {"lambda_init": "auto", "lambda_auto_fraction": LOW_FRACTION, "reg_epochs_target": ADAPT_TARGET}),
+}
+AUTO = [v for v in VARIANTS if v != 5e-6]
+# with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
+EQUAL = "-equal"
+SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]  # the default sweep
+ORDER = [(c, lam) for c in ("paper", "matched") for lam in [5e-6] + [x for v in AUTO for x in (v, v + EQUAL)]]
 SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
 MODEL_LR = {"lenet5": 0.01}  # no batch norm: at the default 0.1 its MNIST warm-up diverges (bench/mnist_sweep.py)
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 
 
 def label(criterion, lam) -> str:
-    names = {"auto": "auto", "auto-equal": "auto, equal epochs", "auto-adapt": f"auto, η adapted (target {ADAPT_TARGET})"}
-    return f"{criterion} / {names.get(lam, 'fixed 5e-6')}"
+    base = str(lam).removesuffix(EQUAL) if lam != 5e-6 else lam
+    return f"{criterion} / {VARIANTS[base][0]}{', equal epochs' if str(lam).endswith(EQUAL) else ''}"
 
 
 def run_one(job: dict) -> dict:
@@ -78,25 +90,24 @@ def jobs_for(args, root) -> list[dict]:
         data_dir = None if dataset == "digits" else str(Path(args.data_root) / dataset)
         for kappa in args.sparsities:
             for seed in args.seeds:
-                for criterion, lam in (EQUAL if args.equal_epochs else args.settings):
+                for criterion, lam in args.settings:
+                    base = str(lam).removesuffix(EQUAL) if lam != 5e-6 else lam
                     config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
-                                  criterion=criterion, lambda_init=lam, **SCHEDULE)
+                                  criterion=criterion, **SCHEDULE, **VARIANTS[base][1])
                     if model in MODEL_LR:
                         config["lr"] = MODEL_LR[model]
-                    if lam == "auto-adapt":
-                        config.update(lambda_init="auto", reg_epochs_target=ADAPT_TARGET)
-                    if lam == "auto-equal":
-                        config.update(lambda_init="auto", **equal_schedule(args.previous, dataset, model, kappa, seed,
-                                                                         criterion))
+                    if str(lam).endswith(EQUAL):
+                        config.update(equal_schedule(args.previous, dataset, model, kappa, seed, criterion, base))
                     name = f"{dataset}-{model}-{kappa}-{seed}-{criterion}-{lam}"
                     jobs.append({"config": config, "run_dir": str(Path(root) / name), "threads": args.threads,
                                  "meta": {"dataset": dataset, "model": model, "kappa": kappa, "seed": seed,
                                           "criterion": criterion, "lambda": lam}})
-    # the long (fixed-lambda, MNIST) runs first, so the two workers finish together
-    return sorted(jobs, key=lambda j: (j["meta"]["dataset"] == "digits", j["meta"]["lambda"] == "auto"))
+    # the long (fixed-lambda or equal-epochs, MNIST) runs first, so the two workers finish together
+    return sorted(jobs, key=lambda j: (j["meta"]["dataset"] == "digits",
+                                       j["meta"]["lambda"] != 5e-6 and not str(j["meta"]["lambda"]).endswith(EQUAL)))
 
 
-def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion) -> dict:
+def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, variant="auto") -> dict:
     """Fine-tuning long enough that the auto run trains as many epochs in all as the fixed-lambda run.
 
     The auto run's regularization length is taken from its earlier run: runs are deterministic for a seed
@@ -108,7 +119,7 @@ def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion) -> 
                     (dataset, model, kappa, seed, criterion, lam) and r["test_error"] is not None:
                 return r
         raise SystemExit(f"--equal-epochs: no finished {criterion}/{lam} run for {dataset} {model} {kappa} seed {seed}")
-    fixed, auto = find(5e-6), find("auto")
+    fixed, auto = find(5e-6), find(variant)
     finetune = sum(fixed["epochs"].values()) - auto["epochs"]["warmup"] - auto["epochs"]["regularize"]
     return {"finetune_epochs": finetune, "lr_steps": f"{round(finetune / 2)},{round(3 * finetune / 4)}"}
 
@@ -126,7 +137,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
     ap.add_argument("--merge", help="a runs JSON whose runs are kept beside the new ones (another model, more seeds)")
     ap.add_argument("--equal-epochs", action="store_true",
-                    help="rerun the auto settings with fine-tuning lengthened to the fixed runs' total epochs "
+                    help="rerun the auto settings among --settings with fine-tuning lengthened to the fixed runs' total epochs "
                     "(LR x0.1 at 1/2 and 3/4 of it); needs --merge with the first sweep's JSON")
     ap.add_argument("--from-json", help="rebuild the docs section from saved runs JSON, without training; several "
                     "comma-separated files (sweeps run side by side) are combined, each run counted once")
@@ -140,11 +151,13 @@ def main() -> None:
         args.models, args.sparsities, args.seeds = "digits:mlp", "0.98", "0"
     args.sparsities = [float(k) for k in args.sparsities.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    by_name = {f"{c}/{'fixed' if lam == 5e-6 else lam}": (c, lam) for c, lam in SETTINGS + ADAPT}
+    by_name = {f"{c}/{'fixed' if lam == 5e-6 else lam}": (c, lam) for c in ("paper", "matched") for lam in VARIANTS}
     unknown = [s for s in args.settings.split(",") if s not in by_name]
     if unknown:
         ap.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(by_name)}")
     args.settings = [by_name[s] for s in args.settings.split(",")]
+    if args.equal_epochs:  # the auto settings again, at the fixed runs' total epochs
+        args.settings = [(c, lam + EQUAL) for c, lam in args.settings if lam != 5e-6]
     payload = {"provenance": provenance(seed=args.seeds[0]), "quick": args.quick, "schedule": SCHEDULE,
                "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
     if args.equal_epochs and not args.merge:
@@ -206,13 +219,14 @@ def section(payload: dict) -> str:
         f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
         "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto` (regularizer gradient norm = 0.1 × task "
         "gradient norm at the first regularization step). Test error in % of the model chosen on the validation split, "
-        "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *auto, equal epochs* reruns "
-        "auto with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of the same "
-        "seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning). The dense column is the model at the end of warm-up, "
-        "the point where ART starts, not a fully trained dense network. *auto, η adapted* is auto with "
-        f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, each epoch whose extrapolated "
-        "progress toward the stop rule would not reach it in the epochs left raises λ's growth per epoch by 0.05 "
-        "(at most ×1.5)."
+        "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *equal epochs* reruns an "
+        "auto setting with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of "
+        "the same seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning). The dense column is the model at the end of "
+        "warm-up, the point where ART starts, not a fully trained dense network. *η adapted* adds "
+        f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after each epoch λ's log-growth is "
+        "scaled by the pace the gap between dense accuracy and buffer mean needs (gap / epochs left) over the pace it "
+        "had (its slope over the last 4 epochs), between ×1.05 and ×1.5 per epoch. "
+        f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start)."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]
@@ -220,7 +234,7 @@ def section(payload: dict) -> str:
     lines += ["| data | model | κ | setting | reg. epochs | total epochs | λ_0 | test error % | dense after warm-up, test error % | seeds |",
               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for dataset, model, kappa in groups:
-        for criterion, lam in SETTINGS + EQUAL + ADAPT:
+        for criterion, lam in ORDER:
             cell = [r for r in runs if (r["dataset"], r["model"], r["kappa"], r["criterion"], r["lambda"])
                     == (dataset, model, kappa, criterion, lam)]
             if not cell:

@@ -145,18 +145,27 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
     # fixed eta (no target): the authors' lambda_0 * eta**e, bit for bit
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05)
     assert feed(art, model, [0.1] * 6) == [1e-3 * 1.05**e for e in range(6)]
-    # a flat gap never closes: from epoch target // 2 = 2 on (three gaps known), the growth rises by 0.05 each epoch
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=4)
-    lams = feed(art, model, [0.1] * 6)
-    growths = [1.05, 1.05, 1.10, 1.15, 1.20]
-    assert lams == pytest.approx([1e-3 * math.prod(growths[:e]) for e in range(6)], rel=1e-12)
-    assert [h["eta"] for h in art.history] == pytest.approx(growths + [1.25])
-    # a gap closing 0.3 a epoch (0.8, 0.5, 0.2) ends within the one epoch left: eta stays; closing 0.1 it would not
-    for pruned, last in (([0.1, 0.4, 0.7], 1.05), ([0.1, 0.2, 0.3], 1.10)):
-        art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=4,
+    # a flat gap never closes: once target // 2 = 4 epochs and WINDOW = 4 gaps are known, the growth is
+    # multiplied by eta each epoch
+    assert hs.schedule.WINDOW == 4
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8)
+    lams = feed(art, model, [0.1] * 7)
+    growths = [1.05, 1.05, 1.05, 1.05**2, 1.05**3, 1.05**4, 1.05**5]
+    assert lams == pytest.approx([1e-3 * math.prod(growths[:e]) for e in range(7)], rel=1e-12)
+    assert [h["eta"] for h in art.history] == pytest.approx(growths)
+    # a gap closing 0.05 a epoch (0.8 ... 0.65) needs 0.65 / 4 epochs left = 0.1625 a epoch: the log-growth is scaled
+    # by 0.1625 / 0.05; closing 0.2 a epoch (0.8 ... 0.2) is on time, so eta stays at its floor
+    for pruned, last in (([0.1, 0.15, 0.2, 0.25], 1.05 ** 3.25), ([0.1, 0.3, 0.5, 0.7], 1.05)):
+        art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
                      buffer_k=0)
         feed(art, model, pruned, dense=0.9)
-        assert [h["eta"] for h in art.history] == pytest.approx([1.05, 1.05, last])
+        assert [h["eta"] for h in art.history] == pytest.approx([1.05, 1.05, 1.05, last], rel=1e-12)
+    # the growth comes back down once the gap closes fast enough (no wind-up)
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
+                 buffer_k=0)
+    feed(art, model, [0.1, 0.1, 0.1, 0.1, 0.1, 0.4, 0.7], dense=0.9)
+    etas = [h["eta"] for h in art.history]
+    assert etas[3:5] == pytest.approx([1.05**2, 1.05**3]) and etas[6] < etas[5]
     # and the growth is capped
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=2,
                  max_reg_epochs=50)

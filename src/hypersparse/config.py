@@ -33,9 +33,8 @@ class TrainConfig:
     lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
     reg_epochs_target: int = _f(0, "adapt eta to end ART's regularization in about this many epochs: from half of "
-                                "them on, whenever the pruned copy's progress toward the stop rule, extrapolated, "
-                                "would take longer, lambda's growth per epoch rises by eta-1 (at most x1.5 per "
-                                "epoch); 0 = the authors' fixed eta")
+                                "them on, lambda's growth per epoch follows the pace the pruned copy's gap to the "
+                                "stop rule needs (between eta and x1.5 per epoch); 0 = the authors' fixed eta")
     buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
     warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")

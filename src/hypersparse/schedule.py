@@ -19,7 +19,15 @@ from hypersparse.params import check_sparsity
 from hypersparse.regularizers import HyperSparse, Regularizer
 
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
+WINDOW = 4  # epochs over which the gap's slope is measured
 ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
+
+
+def _slope(ys: list[float]) -> float:
+    """Least-squares slope of ys over 0, 1, 2, ..."""
+    n = len(ys)
+    mx, my = (n - 1) / 2, sum(ys) / n
+    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
 
 
 class ARTDidNotConverge(RuntimeError):
@@ -45,10 +53,12 @@ class ART:
         max_reg_epochs: raise :class:`ARTDidNotConverge` after this many regularization epochs.
         finetune_epochs: after this many fine-tuning epochs :attr:`done` is True (None: never).
         reg_epochs_target: adapt eta to end regularization in about this many epochs (None: fixed eta). Once
-            half of them are spent, the gap between the dense accuracy and the buffer mean is extrapolated after
-            each regularization epoch from its change over the last two; whenever it would not close within the
-            epochs left (or does not close at all), the growth per epoch rises by ``eta - 1`` (1.05, 1.10,
-            1.15, ...), up to ``ETA_MAX`` (or ``eta`` itself if larger). Early epochs are left alone: the pruned copy's accuracy often stays
+            half of them are spent, after each regularization epoch the gap between the dense accuracy and the
+            buffer mean is compared with the pace it needs (gap / epochs left). The gap's slope over the last
+            ``WINDOW`` epochs gives its pace; the log-growth per epoch is scaled by needed / measured pace, between
+            ``eta`` and ``ETA_MAX`` (or ``eta`` itself if larger). A gap that does not close multiplies the growth
+            by ``eta``. Because the growth is recomputed each epoch rather than accumulated, it comes back down
+            once the gap closes fast enough. Early epochs are left alone: the pruned copy's accuracy often stays
             flat for a while before it climbs, and accelerating then overshoots lambda.
     """
 
@@ -187,10 +197,14 @@ class ART:
     def _adapt_eta(self, gap: float) -> None:
         self.gaps.append(gap)
         left = self.reg_epochs_target - self.reg_epochs
-        if len(self.gaps) >= 3 and self.reg_epochs >= self.reg_epochs_target // 2:
-            closing = (self.gaps[-3] - self.gaps[-1]) / 2  # per epoch, over the last two
-            if closing <= 0 or gap > closing * left:
-                self.eta_now = min(self.eta_now + (self.eta - 1), max(ETA_MAX, self.eta))  # never below eta
+        cap = max(ETA_MAX, self.eta)
+        if len(self.gaps) >= WINDOW and self.reg_epochs >= self.reg_epochs_target // 2:
+            closing = -_slope(self.gaps[-WINDOW:])  # per epoch
+            if left <= 0 or closing <= 0:
+                self.eta_now = min(self.eta_now * self.eta, cap)
+            else:
+                # the gap closes about in proportion to log(lambda): scale the log-growth by needed / observed
+                self.eta_now = min(max(self.eta_now ** (gap / left / closing), self.eta), cap)
         self.growth *= self.eta_now
 
     def _score_pruned(self, model: nn.Module, masks: Masks, pruned_acc: Callable[[nn.Module], float]) -> float:
