@@ -4,13 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import hypersparse as hs
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 

@@ -21,7 +21,6 @@ def accuracy_on(x, y):
 
 def run_art(model, opt, art, reg, x, y, stop_after=None, seed=0):
     """A plain training loop driven by ART; returns the events."""
-    g = torch.Generator().manual_seed(seed)
     acc = accuracy_on(x, y)
     events = []
     while not art.done:

@@ -25,7 +25,7 @@ from hypersparse.checkpoint import atomic_write, load_checkpoint, save_checkpoin
 from hypersparse.config import TrainConfig
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
-from hypersparse.distributed import Dist, init_distributed, state_digest
+from hypersparse.distributed import init_distributed, state_digest
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.masks import apply_masks_, sparsity_report
 from hypersparse.methods import make_method

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
 
