@@ -11,6 +11,8 @@ Regenerates the "ART settings" section of docs/methods.md and docs/runs/art-sett
     python bench/art_settings.py                    # digits MLP + MNIST LeNet-300-100, kappa 0.98/0.995, 3 seeds
     python bench/art_settings.py --models mnist:lenet5 --seeds 0      # LeNet-5 (slow on CPU)
     python bench/art_settings.py --models mnist:lenet5 --settings paper/auto,matched/auto   # its short runs only
+    python bench/art_settings.py --settings matched/auto-adapt,matched/auto-low-adapt   # eta adapted; a 0.02 start
+    python bench/art_settings.py --settings matched/auto-adapt --equal-epochs --merge docs/runs/art-settings.json
     python bench/art_settings.py --quick            # digits, one seed, one sparsity: about a minute
     python bench/art_settings.py --from-json docs/runs/art-settings.json   # rebuild the section only
 """
@@ -169,7 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         jobs = jobs_for(args, root)
         for i, r in enumerate(pool.map(run_one, jobs), 1):
-            payload["runs"].append(r)
+            payload["runs"] = [x for x in payload["runs"] if key(x) != key(r)] + [r]  # a rerun replaces a merged run
             print(f"{i}/{len(jobs)} {r['dataset']} {r['model']} {r['kappa']} seed {r['seed']} "
                   f"{label(r['criterion'], r['lambda'])}: reg {r.get('epochs', {}).get('regularize')} epochs, "
                   f"test error {r['test_error']} ({r['wall_seconds']:.0f}s)", flush=True)
