@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from hypersparse.checkpoint import load_checkpoint
 from hypersparse.data import load_dataset
 from hypersparse.data.loader import DeviceLoader
