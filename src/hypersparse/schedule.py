@@ -102,7 +102,6 @@ class ART:
         self.reg_epochs_target = None if reg_epochs_target is None else int(reg_epochs_target)
         self.eta_now = self.eta  # the growth per epoch; rises only with reg_epochs_target
         self.growth = 1.0  # lambda / lambda_init, the product of the growths so far (reg_epochs_target only)
-        self.gaps: list[float] = []  # dense accuracy minus buffer mean, per regularization epoch
         self.epoch = 0  # epochs completed
         self.reg_epochs = 0
         self.finetune_done = 0
@@ -195,11 +194,12 @@ class ART:
         return event
 
     def _adapt_eta(self, gap: float) -> None:
-        self.gaps.append(gap)
+        # the earlier gaps are in the history (dense accuracy minus buffer mean of each regularization epoch)
+        gaps = [h["dense_acc"] - h["buffer_mean"] for h in self.history if "buffer_mean" in h][1 - WINDOW:] + [gap]
         left = self.reg_epochs_target - self.reg_epochs
         cap = max(ETA_MAX, self.eta)
-        if len(self.gaps) >= WINDOW and self.reg_epochs >= self.reg_epochs_target // 2:
-            closing = -_slope(self.gaps[-WINDOW:])  # per epoch
+        if len(gaps) >= WINDOW and self.reg_epochs >= self.reg_epochs_target // 2:
+            closing = -_slope(gaps)  # per epoch
             if left <= 0 or closing <= 0:
                 self.eta_now = min(self.eta_now * self.eta, cap)
             else:
@@ -235,7 +235,7 @@ class ART:
     def state_dict(self) -> dict:
         """Everything needed to resume mid-phase (the buffer's model states included)."""
         keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override",
-                "eta_now", "growth", "gaps")
+                "eta_now", "growth")
         state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
         state["buffer"] = [dict(b) for b in self.buffer]
         state["regularizer"] = self.regularizer.state_dict()
@@ -246,6 +246,5 @@ class ART:
             setattr(self, k, copy.deepcopy(state[k]))
         self.lambda_override = state.get("lambda_override")
         self.eta_now, self.growth = state.get("eta_now", self.eta), state.get("growth", 1.0)
-        self.gaps = list(state.get("gaps", []))
         self.buffer = [dict(b) for b in state["buffer"]]
         self.regularizer.load_state_dict(state.get("regularizer", {}))
