@@ -53,9 +53,13 @@ MODEL_LR = {"lenet5": 0.01}  # no batch norm: at the default 0.1 its MNIST warm-
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 
 
+def variant(lam):
+    """The VARIANTS key of a stored "lambda" (an equal-epochs rerun shares its auto setting's)."""
+    return lam if lam == 5e-6 else str(lam).removesuffix(EQUAL)
+
+
 def label(criterion, lam) -> str:
-    base = str(lam).removesuffix(EQUAL) if lam != 5e-6 else lam
-    return f"{criterion} / {VARIANTS[base][0]}{', equal epochs' if str(lam).endswith(EQUAL) else ''}"
+    return f"{criterion} / {VARIANTS[variant(lam)][0]}{', equal epochs' if str(lam).endswith(EQUAL) else ''}"
 
 
 def run_one(job: dict) -> dict:
@@ -93,13 +97,13 @@ def jobs_for(args, root) -> list[dict]:
         for kappa in args.sparsities:
             for seed in args.seeds:
                 for criterion, lam in args.settings:
-                    base = str(lam).removesuffix(EQUAL) if lam != 5e-6 else lam
                     config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
-                                  criterion=criterion, **SCHEDULE, **VARIANTS[base][1])
+                                  criterion=criterion, **SCHEDULE, **VARIANTS[variant(lam)][1])
                     if model in MODEL_LR:
                         config["lr"] = MODEL_LR[model]
                     if str(lam).endswith(EQUAL):
-                        config.update(equal_schedule(args.previous, dataset, model, kappa, seed, criterion, base))
+                        config.update(equal_schedule(args.previous, dataset, model, kappa, seed, criterion,
+                                                                 variant(lam)))
                     name = f"{dataset}-{model}-{kappa}-{seed}-{criterion}-{lam}"
                     jobs.append({"config": config, "run_dir": str(Path(root) / name), "threads": args.threads,
                                  "meta": {"dataset": dataset, "model": model, "kappa": kappa, "seed": seed,
@@ -109,7 +113,7 @@ def jobs_for(args, root) -> list[dict]:
                                        j["meta"]["lambda"] != 5e-6 and not str(j["meta"]["lambda"]).endswith(EQUAL)))
 
 
-def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, variant="auto") -> dict:
+def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, auto_setting="auto") -> dict:
     """Fine-tuning long enough that the auto run trains as many epochs in all as the fixed-lambda run.
 
     The auto run's regularization length is taken from its earlier run: runs are deterministic for a seed
@@ -121,7 +125,7 @@ def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, var
                     (dataset, model, kappa, seed, criterion, lam) and r["test_error"] is not None:
                 return r
         raise SystemExit(f"--equal-epochs: no finished {criterion}/{lam} run for {dataset} {model} {kappa} seed {seed}")
-    fixed, auto = find(5e-6), find(variant)
+    fixed, auto = find(5e-6), find(auto_setting)
     finetune = sum(fixed["epochs"].values()) - auto["epochs"]["warmup"] - auto["epochs"]["regularize"]
     return {"finetune_epochs": finetune, "lr_steps": f"{round(finetune / 2)},{round(3 * finetune / 4)}"}
 
