@@ -206,5 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         _exit_worker(code)
     return code
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -271,7 +271,8 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     replacement is kept only if it is at least 3 % faster. Conv layers stay
     dense (PyTorch has no sparse convolution that beats the dense one on CPU).
     If the whole model is then not 3 % faster than the dense one, or the
-    chains' timings save less than 3 % of its time, the dense copy is returned; if it is a single chain, the :class:`CompactMLP` alone is.
+    chains' timings save less than 3 % of its time, the dense copy is
+    returned; if it is a single chain, the :class:`CompactMLP` alone is.
     Outputs equal the dense model's within 1e-5. ``.hypersparse_choices`` on
     the result records each decision.
     """
