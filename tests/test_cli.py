@@ -36,6 +36,9 @@ def test_digits_pipeline_exact_sparsity_and_accuracy(tmp_path):
         assert key in lines[0]
     reg = [l for l in lines if l["phase"] == "regularize"]
     assert reg and all(l["pruned_acc"] is not None and l["lambda"] > 0 for l in reg)
+    # the regularizer concentrates the L1 norm in the kept weights, so the share the cut drops falls
+    assert all(0 < l["pruned_mass"] < 1 for l in reg) and reg[-1]["pruned_mass"] < reg[0]["pruned_mass"]
+    assert all(l["pruned_mass"] is None for l in lines if l["phase"] != "regularize")
     # the saved model reloads through `eval` at the same sparsity
     out = cli("eval", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr

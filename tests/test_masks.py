@@ -126,3 +126,13 @@ def test_sparsity_report_counts_and_prints():
 def test_masks_reject_bad_sparsity(bad):
     with pytest.raises(ValueError, match="sparsity"):
         hs.magnitude_masks(make_mlp(), bad)
+
+
+def test_pruned_mass_is_the_removed_share_of_the_l1_norm():
+    a = torch.tensor([[0.5, -1.0], [2.0, -0.25]])
+    b = torch.tensor([-4.0, 0.25])
+    masks = hs.magnitude_masks([a, b], 0.5)  # drops the 3 smallest: -0.25, 0.25, 0.5 of a total of 8
+    assert hs.masks.pruned_mass([a, b], masks) == pytest.approx(1.0 / 8.0, rel=1e-12)
+    assert hs.masks.pruned_mass([a, b], hs.magnitude_masks([a, b], 0.0)) == 0.0
+    zeros = [torch.zeros(2, 2), torch.zeros(2)]
+    assert hs.masks.pruned_mass(zeros, hs.magnitude_masks(zeros, 0.5)) == 0.0

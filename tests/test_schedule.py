@@ -116,6 +116,10 @@ def test_pruned_copy_is_scored_at_target_and_model_restored():
     assert art.end_epoch(model, dense_acc=0.9, pruned_acc=score) == "regularize"
     assert seen["zeros"] == math.floor(0.8 * reg.numel)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the L1 share the pruned copy drops, measured on the dense weights: the k smallest magnitudes over all
+    mags = torch.cat([p.detach().abs().flatten() for p in reg.params]).double().sort().values
+    expected = float(mags[: math.floor(0.8 * reg.numel)].sum() / mags.sum())
+    assert art.history[-1]["pruned_mass"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_art_validates_settings():

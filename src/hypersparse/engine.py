@@ -371,6 +371,7 @@ class Trainer:
                 "train_acc": train_acc,
                 "dense_acc": dense_acc,
                 "pruned_acc": self.method.last_pruned_acc if phase == "regularize" else None,
+                "pruned_mass": self.method.last_pruned_mass if phase == "regularize" else None,
                 "val_acc": val_acc,
                 "sparsity": report.sparsity,
                 "seconds": t3 - t0,

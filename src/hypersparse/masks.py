@@ -70,6 +70,22 @@ def magnitude_masks(
     return masks
 
 
+def pruned_mass(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None = None) -> float:
+    """Share of the prunable weights' L1 norm that ``masks`` would remove (0 when the norm is 0).
+
+    A diagnostic for ART: near 0 the pruned copy is almost the dense model, so
+    its accuracy is about to catch up; HyperSparse drives this toward 0.
+    """
+    named = dict(prunable_parameters(model_or_params, filter))
+    total = removed = 0.0
+    for name, keep in masks.items():
+        # float64 sums: a million small magnitudes in float32 lose the digits this ratio lives in
+        w = named[name].detach().abs().to(torch.float64)
+        total += float(w.sum())
+        removed += float(w[~keep.to(device=w.device, dtype=torch.bool)].sum())
+    return removed / total if total > 0 else 0.0
+
+
 class MaskHandle:
     """Keeps masked weights at exactly zero; :meth:`remove` undoes the hooks."""
 

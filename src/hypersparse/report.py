@@ -7,7 +7,8 @@ summary.json). Figures, after the paper's investigations:
 (b) exploration.png — the share of the kept set exchanged per epoch, one line per run (HS vs L1 vs L2);
 (c) layers.png — per-layer sparsity of the final model, as bars;
 (d) histograms.png — weight-magnitude histograms (log axis) at the end of warm-up, at the cut, after fine-tuning;
-(e) curves.png — dense/pruned training accuracy, validation accuracy and lambda, phases shaded;
+(e) curves.png — dense/pruned training accuracy, validation accuracy, the share of the L1 norm the
+    pruned copy drops, and lambda, phases shaded;
 (f) per_class.png — per-class accuracy of the pruned copy through ART.
 """
 from __future__ import annotations
@@ -151,8 +152,11 @@ def _fig_curves(plt, runs, path):
     pr = [(r["epoch"], 100 * r["pruned_acc"]) for r in m if r.get("pruned_acc") is not None]
     if pr:
         ax.plot([p[0] for p in pr], [p[1] for p in pr], marker="o", label="pruned copy acc")
+    mass = [(r["epoch"], 100 * r["pruned_mass"]) for r in m if r.get("pruned_mass") is not None]
+    if mass:  # runs written before pruned_mass was recorded have none
+        ax.plot([p[0] for p in mass], [p[1] for p in mass], "--", label="L1 mass the pruned copy drops (%)")
     ax.set_xlabel("epoch (grey warm-up, orange regularize, green fine-tune)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy, L1 share (%)")
     ax.legend(fontsize=7, loc="lower right")
     lam = [(r["epoch"], r["lambda"]) for r in m if r["lambda"]]
     if lam:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hypersparse.masks import Masks, magnitude_masks
+from hypersparse.masks import Masks, magnitude_masks, pruned_mass
 from hypersparse.params import check_sparsity
 from hypersparse.regularizers import HyperSparse, Regularizer
 
@@ -159,6 +159,7 @@ class ART:
             if pruned_acc is None:
                 raise ValueError("during regularization end_epoch needs pruned_acc, a callable scoring the pruned model")
             masks = magnitude_masks(self.regularizer.params, self.sparsity)
+            record["pruned_mass"] = pruned_mass(self.regularizer.params, masks)  # before scoring, which prunes in place
             acc = float(self._score_pruned(model, masks, pruned_acc))
             record["pruned_acc"] = acc
             self.reg_epochs += 1

@@ -33,6 +33,7 @@ class Baseline:
     regularizer = None
     lam = 0.0
     last_pruned_acc = None
+    last_pruned_mass = None
     _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch", "history")
     first_phase = "warmup"
 
