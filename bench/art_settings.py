@@ -42,6 +42,10 @@ VARIANTS = {
     "auto-low": (f"auto {LOW_FRACTION:g}", {"lambda_init": "auto", "lambda_auto_fraction": LOW_FRACTION}),
     "auto-low-adapt": (f"auto {LOW_FRACTION:g}, η adapted (target {ADAPT_TARGET})",
                        {"lambda_init": "auto", "lambda_auto_fraction": LOW_FRACTION, "reg_epochs_target": ADAPT_TARGET}),
+    # the 0.1 divided by sqrt(steps per epoch / 25) (--lambda-auto-per epoch): 0.11 on digits, 0.017 on MNIST
+    "auto-epoch": ("auto per epoch", {"lambda_init": "auto", "lambda_auto_per": "epoch"}),
+    "auto-epoch-adapt": (f"auto per epoch, η adapted (target {ADAPT_TARGET})",
+                         {"lambda_init": "auto", "lambda_auto_per": "epoch", "reg_epochs_target": ADAPT_TARGET}),
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
@@ -219,8 +223,8 @@ def section(payload: dict) -> str:
         f"torch {prov['torch']}; {payload['workers']} runs side by side, {payload['threads_per_run']} thread each)"
         + "".join(f"; merged with `{p['command']}` (commit `{p['commit']}`, {p['machine']})"
                   for p in payload.get("merged_from", []))
-        + ". A seed's run repeats bit for bit on the same CPU model; another CPU's kernels round differently, so the "
-        "trajectory, and with it the phase length, can differ by an epoch or two.\n",
+        + ". A seed's run repeats bit for bit on one CPU model, not across models: their kernels round differently "
+        "(the machines are named above).\n",
         f"ART + HyperSparse, λ × 1.05 per regularization epoch (the authors' η, not shortened); warm-up "
         f"{sched['warmup_epochs']} and fine-tuning {sched['finetune_epochs']} epochs (LR ×0.1 after "
         f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every row; "

@@ -8,6 +8,7 @@ import torch
 from hypersparse.config import TrainConfig
 from hypersparse.data import _split, register_dataset
 from hypersparse.engine import Trainer
+from hypersparse.errors import UserError
 from hypersparse.methods.art import calibrate_lambda
 
 
@@ -103,3 +104,20 @@ def test_auto_lambda_in_a_run_is_logged_and_used(tmp_path):
     lam0 = rows[0]["lambda_init"]
     assert lam0 and rows[0]["lambda"] == pytest.approx(lam0)
     assert summary["sparse"]["sparsity"] == pytest.approx(0.9, abs=1e-5)
+
+
+def test_auto_lambda_per_epoch_divides_by_the_root_of_the_steps(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    step_run = trainer_for(tmp_path / "a", lambda_init="auto")
+    epoch_run = trainer_for(tmp_path / "b", lambda_init="auto", lambda_auto_per="epoch")
+    step_run.run(), epoch_run.run()
+    steps = len(epoch_run.train_loader)
+    assert steps != 25  # else both modes agree and this test could not tell them apart
+    first = [next(r for r in t.metrics if r["phase"] == "regularize")["lambda_init"] for t in (step_run, epoch_run)]
+    # same seed, same model and batches at the first regularization epoch: only the sqrt(steps / 25) differs
+    assert first[1] == pytest.approx(first[0] / (steps / 25) ** 0.5, rel=1e-9)
+
+
+def test_auto_lambda_per_rejects_unknown_modes():
+    with pytest.raises(UserError, match="--lambda-auto-per must be one of step, epoch"):
+        TrainConfig(lambda_auto_per="batch").validate()

@@ -136,3 +136,5 @@ def test_pruned_mass_is_the_removed_share_of_the_l1_norm():
     assert hs.masks.pruned_mass([a, b], hs.magnitude_masks([a, b], 0.0)) == 0.0
     zeros = [torch.zeros(2, 2), torch.zeros(2)]
     assert hs.masks.pruned_mass(zeros, hs.magnitude_masks(zeros, 0.5)) == 0.0
+    with pytest.raises(KeyError, match="does not have"):
+        hs.masks.pruned_mass([a], masks)

@@ -31,6 +31,11 @@ class TrainConfig:
         parse="lambda",
     )
     lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
+    lambda_auto_per: str = _f(
+        "step", "with --lambda-init auto: step (the ratio holds for one step) or epoch (divided by sqrt(steps per "
+        "epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds in quadrature, so long "
+        "epochs get a gentler start; the two agree at 25 steps per epoch)"
+    )
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
     reg_epochs_target: int = _f(0, "adapt eta to end ART's regularization in about this many epochs: from half of "
                                 "them on, lambda's growth per epoch follows the pace the pruned copy's gap to the "
@@ -96,7 +101,8 @@ class TrainConfig:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         choices = {"method": ("art", "oneshot", "gmp", "snip"), "reg": ("hs", "l1", "l2"),
-                   "criterion": ("paper", "matched"), "hs_compile": ("auto", "on", "off")}
+                   "criterion": ("paper", "matched"), "hs_compile": ("auto", "on", "off"),
+                   "lambda_auto_per": ("step", "epoch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -307,10 +307,12 @@ class Trainer:
         from hypersparse.methods.art import calibrate_lambda
 
         batches = list(islice(self.train_loader.batches(epoch=-2), 4))  # fixed by the seed
-        value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction)
+        steps = len(self.train_loader) if self.cfg.lambda_auto_per == "epoch" else None  # one step per global batch
+        value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction, steps)
         value = self.dist.broadcast(value)  # each rank measured its own share: rank 0's value holds for all
         self.method.lambda_override = value
-        print(f"lambda_init auto: {value:.3g} (regularizer gradient norm = {self.cfg.lambda_auto_fraction:g} x task)",
+        per = f" per step; / sqrt({steps} steps per epoch / 25)" if steps else ""
+        print(f"lambda_init auto: {value:.3g} (regularizer gradient norm = {self.cfg.lambda_auto_fraction:g} x task{per})",
               file=self.out)
 
     def _record_dense(self) -> None:

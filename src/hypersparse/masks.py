@@ -77,6 +77,9 @@ def pruned_mass(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilt
     its accuracy is about to catch up; HyperSparse drives this toward 0.
     """
     named = dict(prunable_parameters(model_or_params, filter))
+    unknown = sorted(set(masks) - set(named))
+    if unknown:
+        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
     total = removed = 0.0
     for name, keep in masks.items():
         # float64 sums: a million small magnitudes in float32 lose the digits this ratio lives in

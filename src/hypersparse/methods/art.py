@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -48,11 +49,18 @@ class ARTMethod(ART):
         pass
 
 
-def calibrate_lambda(model: nn.Module, regularizer, batches, fraction: float) -> float:
+REFERENCE_STEPS = 25  # steps per epoch at which the per-epoch calibration equals the per-step one
+
+
+def calibrate_lambda(model: nn.Module, regularizer, batches, fraction: float, steps_per_epoch: int | None = None) -> float:
     """lambda_0 such that ||lambda_0 * grad(reg)|| = fraction * mean ||grad(task)|| over the prunable weights.
 
-    Measured on a copy of the model in training mode (its BN statistics are
-    left alone), on the given batches; deterministic for a fixed model and batches.
+    With ``steps_per_epoch`` the fraction is divided by sqrt(steps_per_epoch / 25):
+    per epoch, the regularizer's pushes add up (x steps) while the task
+    gradient's noise adds in quadrature (x sqrt(steps)), so this keeps their
+    ratio over an epoch the same across datasets. Measured on a copy of the
+    model in training mode (its BN statistics are left alone), on the given
+    batches; deterministic for a fixed model and batches.
     """
     probe = copy.deepcopy(model).train()
     named = dict(probe.named_parameters())
@@ -66,4 +74,6 @@ def calibrate_lambda(model: nn.Module, regularizer, batches, fraction: float) ->
     reg_norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in regularizer.gradient())))
     if not (task > 0 and reg_norm > 0):
         raise UserError("cannot calibrate lambda: the task or regularizer gradient is zero; pass a number to --lambda-init")
+    if steps_per_epoch is not None:
+        fraction = fraction * math.sqrt(REFERENCE_STEPS / steps_per_epoch)
     return fraction * task / reg_norm
