@@ -238,7 +238,8 @@ def section(payload: dict) -> str:
         f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after each epoch λ's log-growth is "
         "scaled by the pace the gap between dense accuracy and buffer mean needs (gap / epochs left) over the pace it "
         "had (its slope over the last 4 epochs), between ×1.05 and ×1.5 per epoch. "
-        f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start)."
+        f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start). "
+        "*auto per epoch* is auto with `--lambda-auto-per epoch` (the 0.1 divided by √(steps per epoch / 25))."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]
