@@ -70,16 +70,24 @@ def magnitude_masks(
     return masks
 
 
+def _masked_tensors(
+    model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None
+) -> dict[str, torch.Tensor]:
+    """The prunable tensors by name, after checking that every mask names one of them."""
+    named = dict(prunable_parameters(model_or_params, filter))
+    unknown = sorted(set(masks) - set(named))
+    if unknown:
+        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+    return named
+
+
 def pruned_mass(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None = None) -> float:
     """Share of the prunable weights' L1 norm that ``masks`` would remove (0 when the norm is 0).
 
     A diagnostic for ART: near 0 the pruned copy is almost the dense model, so
     its accuracy is about to catch up; HyperSparse drives this toward 0.
     """
-    named = dict(prunable_parameters(model_or_params, filter))
-    unknown = sorted(set(masks) - set(named))
-    if unknown:
-        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+    named = _masked_tensors(model_or_params, masks, filter)
     total = removed = 0.0
     for name, keep in masks.items():
         # float64 sums: a million small magnitudes in float32 lose the digits this ratio lives in
@@ -125,10 +133,7 @@ def apply_masks_(
     so momentum, weight decay and Adam cannot revive a pruned weight. Without
     an optimizer, call ``handle.reapply_()`` after each step.
     """
-    named = dict(prunable_parameters(model_or_params, filter))
-    unknown = sorted(set(masks) - set(named))
-    if unknown:
-        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+    named = _masked_tensors(model_or_params, masks, filter)
     tensors = [named[n] for n in masks]
     mask_list = [masks[n].to(device=named[n].device, dtype=torch.bool) for n in masks]
     for n, t, m in zip(masks, tensors, mask_list):
