@@ -95,6 +95,7 @@ def test_sigkill_during_regularization_then_resume_is_bit_exact(tmp_path):
         (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "does not exist"),
         (["--run-dir", "/proc/version/run"], "cannot write to run directory"),
         (["--sparsity", "abc"], "invalid float value"),
+        (["--reg-epochs-target", "2"], "--reg-epochs-target must be 0 (off) or at least the ART buffer's 3 epochs"),
     ],
 )
 def test_bad_input_one_line_exit_2(args, needle, tmp_path):

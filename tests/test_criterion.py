@@ -75,6 +75,7 @@ def test_paper_criterion_uses_the_running_training_accuracy(tmp_path):
     history = [h for h in trainer.method.history if h["phase"] == "regularize"]
     stop = next(i for i, h in enumerate(history) if h.get("chosen_epoch") is not None)
     assert history[stop]["buffer_mean"] >= history[stop]["dense_acc"]
+    assert reg_rows[stop]["event"] == "stop" and reg_rows[stop]["stop_reason"] == "rule"
     assert all(h["buffer_mean"] < h["dense_acc"] for h in history[2:stop])
 
 
@@ -121,3 +122,13 @@ def test_auto_lambda_per_epoch_divides_by_the_root_of_the_steps(tmp_path):
 def test_auto_lambda_per_rejects_unknown_modes():
     with pytest.raises(UserError, match="--lambda-auto-per must be one of step, epoch"):
         TrainConfig(lambda_auto_per="batch").validate()
+
+
+def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path):
+    # lambda far too small for the pruned copy to catch up: only the deadline can end regularization
+    trainer = trainer_for(tmp_path, lambda_init=1e-12, reg_epochs_target=3)
+    summary = trainer.run()
+    reg = [r for r in trainer.metrics if r["phase"] == "regularize"]
+    assert len(reg) == 3 and [r["event"] for r in reg] == ["regularize", "regularize", "stop"]
+    assert reg[-1]["stop_reason"] == "deadline" and reg[-1]["pruned_acc"] < reg[-1]["dense_acc"]
+    assert summary["sparse"]["sparsity"] == pytest.approx(0.9, abs=1e-5)  # the mask is fixed and kept

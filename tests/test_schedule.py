@@ -169,33 +169,74 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
     feed(art, model, [0.1, 0.1, 0.1, 0.1, 0.1, 0.4, 0.7], dense=0.9)
     etas = [h["eta"] for h in art.history]
     assert etas[3:5] == pytest.approx([1.05**2, 1.05**3]) and etas[6] < etas[5]
-    # and the growth is capped
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=2,
-                 max_reg_epochs=50)
-    feed(art, model, [0.1] * 12)
-    assert max(h["eta"] for h in art.history) == hs.schedule.ETA_MAX == art.eta_now
+    # and the growth is capped: from target // 2 = 5 epochs on, 1.2**2, then 1.5 instead of 1.2**3
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=10)
+    feed(art, model, [0.1] * 9)
+    assert [h["eta"] for h in art.history] == pytest.approx([1.2] * 4 + [1.44] + [hs.schedule.ETA_MAX] * 4)
     # a base eta above the cap (e.g. from --epochs-scale) is never lowered
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=2,
-                 max_reg_epochs=50)
-    feed(art, model, [0.1] * 5)
-    assert [h["eta"] for h in art.history] == [2.0] * 5
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=10)
+    feed(art, model, [0.1] * 9)
+    assert [h["eta"] for h in art.history] == [2.0] * 9
+
+
+def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
+    torch.manual_seed(0)
+    model = make_mlp((10, 20, 3))
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=5,
+                 finetune_epochs=2)
+    states, events = [], []
+    for _ in range(5):
+        with torch.no_grad():  # every epoch leaves other weights, so the chosen epoch can be told apart
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        states.append(copy.deepcopy(model.state_dict()))
+        events.append(art.end_epoch(model, dense_acc=0.9, pruned_acc=lambda m: 0.1))
+    assert events == ["regularize"] * 4 + ["stop"]
+    assert art.stop_reason == "deadline" and art.history[-1]["stop_reason"] == "deadline"
+    assert art.chosen_epoch == 3 and art.phase == "finetune"  # the buffer held epochs 2, 3, 4
+    want = hs.magnitude_masks([states[3][n] for n in art.masks], 0.8)
+    n = sum(m.numel() for m in art.masks.values())
+    assert sum(int(m.sum()) for m in art.masks.values()) == n - math.floor(0.8 * n)
+    for (name, mask), m in zip(art.masks.items(), want.values()):
+        assert torch.equal(mask, m)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, states[3][name] * art.masks[name] if name in art.masks else states[3][name])
+    # the rule still wins when it holds first
+    model = make_mlp((10, 20, 3))
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
+    assert [art.end_epoch(model, 0.9, lambda m: 0.95) for _ in range(3)] == ["regularize", "regularize", "stop"]
+    assert art.stop_reason == "rule" and art.history[-1]["stop_reason"] == "rule"
+    # without a target there is no deadline
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3)
+    feed(art, model, [0.1] * 40)
+    assert art.phase == "regularize" and art.stop_reason is None
+    with pytest.raises(ValueError, match="buffer size 3"):
+        hs.ART(hs.HyperSparse(make_mlp(), 0.8), warmup_epochs=0, reg_epochs_target=2)
 
 
 def test_adapted_eta_resumes_exactly():
-    model = make_mlp((10, 20, 3))
-    pruned = [0.1, 0.2, 0.2, 0.25, 0.25, 0.3, 0.3, 0.3]
+    # the cut falls before eta starts to adapt (epoch 3) and the run ends at the deadline (epoch 6)
+    pruned = [0.1, 0.2, 0.2, 0.25, 0.25, 0.3, 0.3]
+    torch.manual_seed(0)
+    first = make_mlp((10, 20, 3))
 
     def make():
-        return hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=6)
+        model = copy.deepcopy(first)  # the deadline prunes the model: each run gets its own copy
+        return model, hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05,
+                             reg_epochs_target=6)
 
-    whole = make()
+    model, whole = make()
     want = feed(whole, model, pruned)
-    cut = make()
-    feed(cut, model, pruned[:5])
+    assert whole.stop_reason == "deadline" and whole.history[4]["eta"] > 1.05  # adapted after the cut
+    model, cut = make()
+    feed(cut, model, pruned[:2])
     buf = io.BytesIO()
     torch.save(cut.state_dict(), buf)
     buf.seek(0)
-    resumed = make()
+    resumed_model, resumed = make()
+    resumed_model.load_state_dict(model.state_dict())
     resumed.load_state_dict(torch.load(buf, weights_only=False))
-    assert feed(resumed, model, pruned[5:]) == want[5:]
-    assert resumed.history == whole.history
+    assert feed(resumed, resumed_model, pruned[2:]) == want[2:]
+    assert resumed.history == whole.history and resumed.stop_reason == "deadline"
+    assert resumed.masks.keys() == whole.masks.keys()
+    assert all(torch.equal(resumed.masks[k], whole.masks[k]) for k in whole.masks)

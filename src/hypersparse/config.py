@@ -37,9 +37,11 @@ class TrainConfig:
         "epochs get a gentler start; the two agree at 25 steps per epoch)"
     )
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
-    reg_epochs_target: int = _f(0, "adapt eta to end ART's regularization in about this many epochs: from half of "
-                                "them on, lambda's growth per epoch follows the pace the pruned copy's gap to the "
-                                "stop rule needs (between eta and x1.5 per epoch); 0 = the authors' fixed eta")
+    reg_epochs_target: int = _f(0, "end ART's regularization within this many epochs: from half of them on, lambda's "
+                                "growth per epoch follows the pace the pruned copy's gap to the stop rule needs "
+                                "(between eta and x1.5 per epoch), and if the rule still does not hold at the last "
+                                "one the buffer's middle model is kept anyway (stop_reason 'deadline' in "
+                                "metrics.jsonl); 0 = the authors' fixed eta and no deadline")
     buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
     warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")
@@ -88,7 +90,7 @@ class TrainConfig:
 
     @property
     def reg_target(self) -> int | None:
-        return self.scaled(self.reg_epochs_target) if self.reg_epochs_target else None
+        return max(2 * self.buffer_k + 1, self.scaled(self.reg_epochs_target)) if self.reg_epochs_target else None
 
     @property
     def max_reg(self) -> int:
@@ -119,6 +121,9 @@ class TrainConfig:
                      "reg_epochs_target"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if 0 < self.reg_epochs_target < 2 * self.buffer_k + 1:
+            raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {2 * self.buffer_k + 1} "
+                            f"epochs (2 x --buffer-k + 1), got {self.reg_epochs_target!r}")
         try:
             self.milestones
         except ValueError:

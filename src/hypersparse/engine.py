@@ -380,6 +380,8 @@ class Trainer:
                 "measure_seconds": t2 - t1,
                 "stats_seconds": t3 - t2,
             }
+            if event == "stop" and getattr(self.method, "stop_reason", None):
+                row["stop_reason"] = self.method.stop_reason  # "deadline": the stop rule had not yet held
             if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
                 # model selection on the validation split, only among sparse models
                 val_now = self.accuracy("val") if event == "stop" else val_acc
@@ -440,7 +442,8 @@ class Trainer:
             parts += [f"lambda {row['lambda']:.3g}", f"pruned {row['pruned_acc']:.2%}"]
         parts += [f"val {row['val_acc']:.2%}", f"sparsity {row['sparsity']:.2%}", f"{row['seconds']:.1f}s"]
         if row["event"] == "stop":
-            parts.append(f"-> mask fixed (epoch {self.method.chosen_epoch} chosen)")
+            why = ", deadline reached before the stop rule held" if row.get("stop_reason") == "deadline" else ""
+            parts.append(f"-> mask fixed (epoch {self.method.chosen_epoch} chosen{why})")
         line = "  ".join(parts)
         if self.progress:
             from tqdm import tqdm

@@ -43,6 +43,8 @@ class ART:
     is full and its mean reaches the dense accuracy the caller reports, the
     buffer's middle model is restored into ``model``, pruned, and its mask is
     kept in :attr:`masks`; the phase becomes ``"finetune"`` for good.
+    :attr:`stop_reason` says why regularization ended: ``"rule"`` (the stop
+    rule held) or ``"deadline"`` (``reg_epochs_target`` was reached first).
 
     Args:
         regularizer: the :class:`~hypersparse.Regularizer` the loop applies.
@@ -59,7 +61,10 @@ class ART:
             ``eta`` and ``ETA_MAX`` (or ``eta`` itself if larger). A gap that does not close multiplies the growth
             by ``eta``. Because the growth is recomputed each epoch rather than accumulated, it comes back down
             once the gap closes fast enough. Early epochs are left alone: the pruned copy's accuracy often stays
-            flat for a while before it climbs, and accelerating then overshoots lambda.
+            flat for a while before it climbs, and accelerating then overshoots lambda. The target is also a
+            deadline: if the stop rule still does not hold after ``reg_epochs_target`` epochs, the buffer's middle
+            model is chosen anyway (:attr:`stop_reason` ``"deadline"``) and fine-tuning closes what is left of
+            the gap. It must be at least the buffer size ``2 * buffer_k + 1``.
     """
 
     def __init__(
@@ -88,8 +93,11 @@ class ART:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
             raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
-        if reg_epochs_target is not None and int(reg_epochs_target) < 1:
-            raise ValueError(f"reg_epochs_target must be >= 1 or None, got {reg_epochs_target!r}")
+        if reg_epochs_target is not None and int(reg_epochs_target) < 2 * int(buffer_k) + 1:
+            raise ValueError(
+                f"reg_epochs_target ({reg_epochs_target!r}) must be at least the buffer size {2 * int(buffer_k) + 1} "
+                "(or None for the authors' fixed eta)"
+            )
         if int(max_reg_epochs) < 2 * int(buffer_k) + 1:
             raise ValueError(f"max_reg_epochs ({max_reg_epochs}) must be at least the buffer size {2 * buffer_k + 1}")
         self.regularizer = regularizer
@@ -110,6 +118,7 @@ class ART:
         self.history: list[dict] = []
         self.masks: Masks | None = None
         self.chosen_epoch: int | None = None
+        self.stop_reason: str | None = None
         self.lambda_override: float | None = None
 
     @property
@@ -175,9 +184,15 @@ class ART:
             del self.buffer[:-size]
             mean = sum(b["pruned_acc"] for b in self.buffer) / len(self.buffer)
             record["buffer_mean"] = mean
-            if len(self.buffer) == size and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
+            full = len(self.buffer) == size
+            if full and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
+                self.stop_reason = "rule"
+            elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # full: target >= size
+                self.stop_reason = "deadline"
+            if self.stop_reason is not None:
                 self._choose(model, self.buffer[self.buffer_k])
                 record["chosen_epoch"] = self.chosen_epoch
+                record["stop_reason"] = self.stop_reason
                 event = "stop"
             elif self.reg_epochs >= self.max_reg_epochs:
                 self.history.append(record)
@@ -236,7 +251,7 @@ class ART:
     def state_dict(self) -> dict:
         """Everything needed to resume mid-phase (the buffer's model states included)."""
         keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override",
-                "eta_now", "growth")
+                "eta_now", "growth", "stop_reason")
         state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
         state["buffer"] = [dict(b) for b in self.buffer]
         state["regularizer"] = self.regularizer.state_dict()
@@ -247,5 +262,7 @@ class ART:
             setattr(self, k, copy.deepcopy(state[k]))
         self.lambda_override = state.get("lambda_override")
         self.eta_now, self.growth = state.get("eta_now", self.eta), state.get("growth", 1.0)
+        # checkpoints from before the deadline existed: any stop there was the rule's
+        self.stop_reason = state.get("stop_reason", "rule" if state["chosen_epoch"] is not None else None)
         self.buffer = [dict(b) for b in state["buffer"]]
         self.regularizer.load_state_dict(state.get("regularizer", {}))
