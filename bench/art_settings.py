@@ -46,6 +46,10 @@ VARIANTS = {
     "auto-epoch": ("auto per epoch", {"lambda_init": "auto", "lambda_auto_per": "epoch"}),
     "auto-epoch-adapt": (f"auto per epoch, η adapted (target {ADAPT_TARGET})",
                          {"lambda_init": "auto", "lambda_auto_per": "epoch", "reg_epochs_target": ADAPT_TARGET}),
+    # the same with lambda_0 measured on 64 batches instead of 4 (digits has 21 per epoch: all of them)
+    "auto-epoch-adapt-64": (f"auto per epoch on 64 batches, η adapted (target {ADAPT_TARGET})",
+                            {"lambda_init": "auto", "lambda_auto_per": "epoch", "lambda_auto_batches": 64,
+                             "reg_epochs_target": ADAPT_TARGET}),
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
@@ -60,6 +64,11 @@ BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 def variant(lam):
     """The VARIANTS key of a stored "lambda" (an equal-epochs rerun shares its auto setting's)."""
     return lam if lam == 5e-6 else str(lam).removesuffix(EQUAL)
+
+
+def at_deadline(run: dict) -> bool:
+    """Whether --reg-epochs-target ended the phase before the stop rule held."""
+    return (run.get("stop") or {}).get("stop_reason") == "deadline"
 
 
 def label(criterion, lam) -> str:
@@ -237,7 +246,9 @@ def section(payload: dict) -> str:
         "warm-up, the point where ART starts, not a fully trained dense network. *η adapted* adds "
         f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after each epoch λ's log-growth is "
         "scaled by the pace the gap between dense accuracy and buffer mean needs (gap / epochs left) over the pace it "
-        "had (its slope over the last 4 epochs), between ×1.05 and ×1.5 per epoch. "
+        "had (its slope over the last 4 epochs), between ×1.05 and ×1.5 per epoch; and if the stop rule has not held "
+        f"by epoch {ADAPT_TARGET}, the buffer's middle model is kept anyway (a *deadline* stop, counted in the reg. "
+        "epochs column and marked † in the list of runs; runs made before the deadline existed ran on). "
         f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start). "
         "*auto per epoch* is auto with `--lambda-auto-per epoch` (the 0.1 divided by √(steps per epoch / 25))."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
@@ -254,6 +265,8 @@ def section(payload: dict) -> str:
                 continue
             ok = [r for r in cell if r["test_error"] is not None]
             reg = fmt([r["epochs"].get("regularize") for r in ok], 1)
+            deadline = sum(1 for r in ok if at_deadline(r))
+            reg += f" ({deadline} deadline)" if deadline else ""
             total = fmt([sum(r["epochs"].values()) for r in ok], 1)
             lam0 = "5e-6" if not str(lam).startswith("auto") else (
                 " – ".join(f"{v:.2g}" for v in sorted({min(r["lambda_init"] for r in ok), max(r["lambda_init"] for r in ok)}))
@@ -269,7 +282,7 @@ def section(payload: dict) -> str:
     for r in sorted(runs, key=lambda r: (r["dataset"], r["model"], r["kappa"], r["criterion"], str(r["lambda"]), r["seed"])):
         ok = r["test_error"] is not None
         lines.append(f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
-                     f"{r['epochs'].get('regularize') if ok else 'n/c'} | "
+                     f"{r['epochs'].get('regularize') if ok else 'n/c'}{' †' if ok and at_deadline(r) else ''} | "
                      f"{r['lambda_init']:.2g} | {r['lambda_end']:.2g} | " if ok else
                      f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
                      "n/c | - | - | ")

@@ -132,3 +132,23 @@ def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path):
     assert len(reg) == 3 and [r["event"] for r in reg] == ["regularize", "regularize", "stop"]
     assert reg[-1]["stop_reason"] == "deadline" and reg[-1]["pruned_acc"] < reg[-1]["dense_acc"]
     assert summary["sparse"]["sparsity"] == pytest.approx(0.9, abs=1e-5)  # the mask is fixed and kept
+
+
+def test_auto_lambda_averages_over_the_requested_batches(tmp_path, monkeypatch):
+    import hypersparse.methods.art as art_module
+
+    seen = []
+    real = art_module.calibrate_lambda
+
+    def spy(model, regularizer, batches, fraction, steps_per_epoch=None):
+        seen.append(batches)
+        return real(model, regularizer, batches, fraction, steps_per_epoch)
+
+    monkeypatch.setattr(art_module, "calibrate_lambda", spy)
+    trainer = trainer_for(tmp_path, lambda_init="auto", lambda_auto_batches=7)
+    trainer.run()
+    assert len(seen) == 1 and len(seen[0]) == 7  # once, at the first regularization epoch
+    want = list(islice(trainer.train_loader.batches(epoch=-2), 7))  # the seed's fixed batches, in order
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(seen[0], want))
+    with pytest.raises(UserError, match="--lambda-auto-batches must be a positive number"):
+        TrainConfig(lambda_auto_batches=0).validate()

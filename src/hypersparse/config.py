@@ -27,10 +27,13 @@ class TrainConfig:
                         "training subset) or paper (the authors': dense running train acc vs pruned eval acc)")
     lambda_init: float | str = _f(
         5e-6, "initial regularization strength lambda_0, or 'auto': chosen at the first regularization epoch so that "
-        "the regularizer's gradient norm is --lambda-auto-fraction of the task gradient's (measured on 4 batches)",
+        "the regularizer's gradient norm is --lambda-auto-fraction of the task gradient's (measured on "
+        "--lambda-auto-batches batches)",
         parse="lambda",
     )
     lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
+    lambda_auto_batches: int = _f(4, "with --lambda-init auto: training batches (fixed by the seed, at most one "
+                                  "epoch's) the task gradient norm is averaged over; more give a steadier lambda_0")
     lambda_auto_per: str = _f(
         "step", "with --lambda-init auto: step (the ratio holds for one step) or epoch (divided by sqrt(steps per "
         "epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds in quadrature, so long "
@@ -108,7 +111,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction")
+        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
+                    "lambda_auto_batches")
         if self.lambda_init != "auto":
             positive = ("lambda_init",) + positive
         for name in positive:

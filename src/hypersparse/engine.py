@@ -306,7 +306,7 @@ class Trainer:
 
         from hypersparse.methods.art import calibrate_lambda
 
-        batches = list(islice(self.train_loader.batches(epoch=-2), 4))  # fixed by the seed
+        batches = list(islice(self.train_loader.batches(epoch=-2), self.cfg.lambda_auto_batches))  # fixed by the seed
         steps = len(self.train_loader) if self.cfg.lambda_auto_per == "epoch" else None  # one step per global batch
         value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction, steps)
         value = self.dist.broadcast(value)  # each rank measured its own share: rank 0's value holds for all
