@@ -199,7 +199,8 @@ class ART:
                 raise ARTDidNotConverge(
                     f"ART regularized for {self.reg_epochs} epochs without the pruned model's accuracy "
                     f"(buffer mean {mean:.4f}) beating the dense accuracy ({float(dense_acc):.4f}); "
-                    "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
+                    "raise lambda_init or eta, allow more epochs with max_reg_epochs, or set a deadline with "
+                    "reg_epochs_target"
                 )
             if event != "stop" and self.reg_epochs_target is not None:
                 self._adapt_eta(float(dense_acc) - mean)
