@@ -54,8 +54,10 @@ VARIANTS = {
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
 EQUAL = "-equal"
+# with --equal-epochs warmup: the spare epochs go to warm-up instead (for settings with a deadline, which bounds the phase)
+EQUAL_WARMUP = "-equal-warmup"
 SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]  # the default sweep
-ORDER = [(c, lam) for c in ("paper", "matched") for lam in [5e-6] + [x for v in AUTO for x in (v, v + EQUAL)]]
+ORDER = [(c, lam) for c in ("paper", "matched") for lam in [5e-6] + [x for v in AUTO for x in (v, v + EQUAL, v + EQUAL_WARMUP)]]
 SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
 MODEL_LR = {"lenet5": 0.01}  # no batch norm: at the default 0.1 its MNIST warm-up diverges (bench/mnist_sweep.py)
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
@@ -63,7 +65,7 @@ BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
 
 def variant(lam):
     """The VARIANTS key of a stored "lambda" (an equal-epochs rerun shares its auto setting's)."""
-    return lam if lam == 5e-6 else str(lam).removesuffix(EQUAL)
+    return lam if lam == 5e-6 else str(lam).removesuffix(EQUAL_WARMUP).removesuffix(EQUAL)
 
 
 def at_deadline(run: dict) -> bool:
@@ -72,7 +74,8 @@ def at_deadline(run: dict) -> bool:
 
 
 def label(criterion, lam) -> str:
-    return f"{criterion} / {VARIANTS[variant(lam)][0]}{', equal epochs' if str(lam).endswith(EQUAL) else ''}"
+    equal = {EQUAL: ", equal epochs", EQUAL_WARMUP: ", equal epochs by a longer warm-up"}
+    return f"{criterion} / {VARIANTS[variant(lam)][0]}{next((v for k, v in equal.items() if str(lam).endswith(k)), '')}"
 
 
 def run_one(job: dict) -> dict:
@@ -114,7 +117,10 @@ def jobs_for(args, root) -> list[dict]:
                                   criterion=criterion, **SCHEDULE, **VARIANTS[variant(lam)][1])
                     if model in MODEL_LR:
                         config["lr"] = MODEL_LR[model]
-                    if str(lam).endswith(EQUAL):
+                    if str(lam).endswith(EQUAL_WARMUP):
+                        config.update(equal_warmup(args.previous, dataset, model, kappa, seed, criterion,
+                                                   variant(lam)))
+                    elif str(lam).endswith(EQUAL):
                         config.update(equal_schedule(args.previous, dataset, model, kappa, seed, criterion,
                                                                  variant(lam)))
                     name = f"{dataset}-{model}-{kappa}-{seed}-{criterion}-{lam}"
@@ -123,7 +129,24 @@ def jobs_for(args, root) -> list[dict]:
                                           "criterion": criterion, "lambda": lam}})
     # the long (fixed-lambda or equal-epochs, MNIST) runs first, so the two workers finish together
     return sorted(jobs, key=lambda j: (j["meta"]["dataset"] == "digits",
-                                       j["meta"]["lambda"] != 5e-6 and not str(j["meta"]["lambda"]).endswith(EQUAL)))
+                                       j["meta"]["lambda"] != 5e-6 and EQUAL not in str(j["meta"]["lambda"])))
+
+
+def find_run(runs: list[dict], dataset, model, kappa, seed, criterion, lam) -> dict:
+    for r in runs:
+        if (r["dataset"], r["model"], r["kappa"], r["seed"], r["criterion"], r["lambda"]) == \
+                (dataset, model, kappa, seed, criterion, lam) and r["test_error"] is not None:
+            return r
+    raise SystemExit(f"--equal-epochs: no finished {criterion}/{lam} run for {dataset} {model} {kappa} seed {seed}")
+
+
+def equal_warmup(runs: list[dict], dataset, model, kappa, seed, criterion, auto_setting) -> dict:
+    """Warm-up long enough that the run, whose phase the deadline ends by ADAPT_TARGET epochs, trains at most as
+    many epochs in all as the fixed-lambda run (fine-tuning as in SCHEDULE)."""
+    if "reg_epochs_target" not in VARIANTS[auto_setting][1]:
+        raise SystemExit(f"--equal-epochs warmup needs a setting with a deadline (η adapted), not {auto_setting}")
+    fixed = find_run(runs, dataset, model, kappa, seed, criterion, 5e-6)
+    return {"warmup_epochs": sum(fixed["epochs"].values()) - ADAPT_TARGET - SCHEDULE["finetune_epochs"]}
 
 
 def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, auto_setting="auto") -> dict:
@@ -132,13 +155,8 @@ def equal_schedule(runs: list[dict], dataset, model, kappa, seed, criterion, aut
     The auto run's regularization length is taken from its earlier run: runs are deterministic for a seed
     (the rerun's own length is recorded and checked on the page).
     """
-    def find(lam):
-        for r in runs:
-            if (r["dataset"], r["model"], r["kappa"], r["seed"], r["criterion"], r["lambda"]) == \
-                    (dataset, model, kappa, seed, criterion, lam) and r["test_error"] is not None:
-                return r
-        raise SystemExit(f"--equal-epochs: no finished {criterion}/{lam} run for {dataset} {model} {kappa} seed {seed}")
-    fixed, auto = find(5e-6), find(auto_setting)
+    fixed = find_run(runs, dataset, model, kappa, seed, criterion, 5e-6)
+    auto = find_run(runs, dataset, model, kappa, seed, criterion, auto_setting)
     finetune = sum(fixed["epochs"].values()) - auto["epochs"]["warmup"] - auto["epochs"]["regularize"]
     return {"finetune_epochs": finetune, "lr_steps": f"{round(finetune / 2)},{round(3 * finetune / 4)}"}
 
@@ -155,9 +173,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--quick", action="store_true", help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
     ap.add_argument("--merge", help="a runs JSON whose runs are kept beside the new ones (another model, more seeds)")
-    ap.add_argument("--equal-epochs", action="store_true",
-                    help="rerun the auto settings among --settings with fine-tuning lengthened to the fixed runs' total epochs "
-                    "(LR x0.1 at 1/2 and 3/4 of it); needs --merge with the first sweep's JSON")
+    ap.add_argument("--equal-epochs", nargs="?", const="finetune", choices=("finetune", "warmup"),
+                    help="rerun the auto settings among --settings at the fixed runs' total epochs: with fine-tuning "
+                    "lengthened (LR x0.1 at 1/2 and 3/4 of it), or with 'warmup' the warm-up (η-adapted settings only: "
+                    f"the deadline bounds the phase at {ADAPT_TARGET} epochs, so the total is at most the fixed run's); "
+                    "needs --merge with the first sweep's JSON")
     ap.add_argument("--from-json", help="rebuild the docs section from saved runs JSON, without training; several "
                     "comma-separated files (sweeps run side by side) are combined, each run counted once")
     ap.add_argument("--out", default=str(ROOT / "docs"))
@@ -176,7 +196,8 @@ def main() -> None:
         ap.error(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(by_name)}")
     args.settings = [by_name[s] for s in args.settings.split(",")]
     if args.equal_epochs:  # the auto settings again, at the fixed runs' total epochs
-        args.settings = [(c, lam + EQUAL) for c, lam in args.settings if lam != 5e-6]
+        suffix = EQUAL_WARMUP if args.equal_epochs == "warmup" else EQUAL
+        args.settings = [(c, lam + suffix) for c, lam in args.settings if lam != 5e-6]
     payload = {"provenance": provenance(seed=args.seeds[0]), "quick": args.quick, "schedule": SCHEDULE,
                "threads_per_run": args.threads, "workers": args.workers, "runs": [], "wall_seconds": {}}
     if args.equal_epochs and not args.merge:
@@ -242,7 +263,9 @@ def section(payload: dict) -> str:
         "gradient norm at the first regularization step). Test error in % of the model chosen on the validation split, "
         "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *equal epochs* reruns an "
         "auto setting with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of "
-        "the same seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning). The dense column is the model at the end of "
+        "the same seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning); *equal epochs by a longer warm-up* instead "
+        f"lengthens warm-up to the fixed run's total minus {ADAPT_TARGET} (the deadline) minus fine-tuning, so the "
+        "run trains at most as many epochs as the fixed one. The dense column is the model at the end of "
         "warm-up, the point where ART starts, not a fully trained dense network. *η adapted* adds "
         f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after each epoch λ's log-growth is "
         "scaled by the pace the gap between dense accuracy and buffer mean needs (gap / epochs left) over the pace it "
