@@ -173,6 +173,11 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=10)
     feed(art, model, [0.1] * 9)
     assert [h["eta"] for h in art.history] == pytest.approx([1.2] * 4 + [1.44] + [hs.schedule.ETA_MAX] * 4)
+    # a gap that closes by a hair asks for a growth of 1.05**(~1e13): capped, not an OverflowError
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
+                 buffer_k=0)
+    feed(art, model, [0.1, 0.1 + 1e-14, 0.1 + 2e-14, 0.1 + 3e-14], dense=0.9)
+    assert art.history[-1]["eta"] == hs.schedule.ETA_MAX
     # a base eta above the cap (e.g. from --epochs-scale) is never lowered
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=10)
     feed(art, model, [0.1] * 9)

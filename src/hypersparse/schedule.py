@@ -220,8 +220,13 @@ class ART:
             if left <= 0 or closing <= 0:
                 self.eta_now = min(self.eta_now * self.eta, cap)
             else:
-                # the gap closes about in proportion to log(lambda): scale the log-growth by needed / observed
-                self.eta_now = min(max(self.eta_now ** (gap / left / closing), self.eta), cap)
+                # the gap closes about in proportion to log(lambda): scale the log-growth by needed / observed.
+                # A gap that barely closes makes the ratio huge: compare logs first, as eta_now ** ratio overflows
+                ratio = gap / left / closing
+                if math.log(self.eta_now) * ratio >= math.log(cap):
+                    self.eta_now = cap
+                else:
+                    self.eta_now = max(self.eta_now**ratio, self.eta)
         self.growth *= self.eta_now
 
     def _score_pruned(self, model: nn.Module, masks: Masks, pruned_acc: Callable[[nn.Module], float]) -> float:
