@@ -9,6 +9,7 @@ from hypersparse.config import TrainConfig
 from hypersparse.data import _split, register_dataset
 from hypersparse.engine import Trainer
 from hypersparse.errors import UserError
+from hypersparse.schedule import ARTDidNotConverge
 from hypersparse.methods.art import calibrate_lambda
 
 
@@ -25,11 +26,11 @@ def small_synthetic(data_dir, seed, download=False):
 register_dataset("small-synthetic", small_synthetic, "test problem")
 
 
-def trainer_for(tmp_path, **kw):
+def trainer_for(tmp_path, out=None, **kw):
     kw = {"epochs_scale": 0.05, "lambda_init": 1e-4, "pruned_eval_size": 500, "seed": 0, **kw}
     cfg = TrainConfig(dataset="small-synthetic", **kw)
     (tmp_path / "run").mkdir()
-    return Trainer(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
+    return Trainer(cfg, tmp_path / "run", progress=False, out=out or open(os.devnull, "w"))
 
 
 def record_decisions(trainer):
@@ -124,9 +125,22 @@ def test_auto_lambda_per_rejects_unknown_modes():
         TrainConfig(lambda_auto_per="batch").validate()
 
 
-def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path):
-    # lambda far too small for the pruned copy to catch up: only the deadline can end regularization
-    trainer = trainer_for(tmp_path, lambda_init=1e-12, reg_epochs_target=3)
+def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path, monkeypatch):
+    import hypersparse.schedule
+
+    # lambda far too small for the pruned copy (99 % sparse) to move: the deadline waits for it to come half-way ...
+    with open(tmp_path / "out.txt", "w") as out:
+        trainer = trainer_for(tmp_path, out=out, lambda_init=1e-12, reg_epochs_target=3, max_reg_epochs=100,
+                              sparsity=0.99)
+        with pytest.raises(ARTDidNotConverge):  # max_reg_epochs 100, scaled by 0.05: 5
+            trainer.run()
+    reg = [r for r in trainer.metrics if r["phase"] == "regularize"]
+    assert len(reg) == 4 and "stop" not in [r["event"] for r in reg]  # the 5th epoch raised
+    assert (tmp_path / "out.txt").read_text().count("past --reg-epochs-target") == 2  # epochs 3 and 4
+    # ... and where it may cut at any progress, it fixes the mask at epoch 3 and says why
+    monkeypatch.setattr(hypersparse.schedule, "DEADLINE_PROGRESS", float("-inf"))
+    (tmp_path / "cut").mkdir()
+    trainer = trainer_for(tmp_path / "cut", lambda_init=1e-12, reg_epochs_target=3)
     summary = trainer.run()
     reg = [r for r in trainer.metrics if r["phase"] == "regularize"]
     assert len(reg) == 3 and [r["event"] for r in reg] == ["regularize", "regularize", "stop"]

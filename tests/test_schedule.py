@@ -190,12 +190,13 @@ def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=5,
                  finetune_epochs=2)
     states, events = [], []
-    for _ in range(5):
+    # buffer mean at the deadline (0.5 + 0.55 + 0.6) / 3 = 0.55: (0.55 - 0.1) / (0.9 - 0.1) = 56 % of the way
+    for acc in (0.1, 0.3, 0.5, 0.55, 0.6):
         with torch.no_grad():  # every epoch leaves other weights, so the chosen epoch can be told apart
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
         states.append(copy.deepcopy(model.state_dict()))
-        events.append(art.end_epoch(model, dense_acc=0.9, pruned_acc=lambda m: 0.1))
+        events.append(art.end_epoch(model, dense_acc=0.9, pruned_acc=lambda m, a=acc: a))
     assert events == ["regularize"] * 4 + ["stop"]
     assert art.stop_reason == "deadline" and art.history[-1]["stop_reason"] == "deadline"
     assert art.chosen_epoch == 3 and art.phase == "finetune"  # the buffer held epochs 2, 3, 4
@@ -211,6 +212,14 @@ def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
     assert [art.end_epoch(model, 0.9, lambda m: 0.95) for _ in range(3)] == ["regularize", "regularize", "stop"]
     assert art.stop_reason == "rule" and art.history[-1]["stop_reason"] == "rule"
+    # a pruned copy that has not come half-way is not cut at the deadline: regularization goes on until it has
+    assert hs.schedule.DEADLINE_PROGRESS == 0.5
+    model = make_mlp((10, 20, 3))
+    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
+    feed(art, model, [0.1, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5])
+    assert art.phase == "regularize" and [h.get("past_deadline") for h in art.history[:4]] == [None] * 4
+    assert [h["past_deadline"] for h in art.history[4:]] == pytest.approx([0.0, 1 / 6, 1 / 3], abs=1e-12)
+    assert art.end_epoch(model, 0.9, lambda m: 0.5) == "stop" and art.stop_reason == "deadline"  # (0.5 - 0.1) / 0.8
     # without a target there is no deadline
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3)
     feed(art, model, [0.1] * 40)
@@ -221,7 +230,7 @@ def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
 
 def test_adapted_eta_resumes_exactly():
     # the cut falls before eta starts to adapt (epoch 3) and the run ends at the deadline (epoch 6)
-    pruned = [0.1, 0.2, 0.2, 0.25, 0.25, 0.3, 0.3]
+    pruned = [0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75]
     torch.manual_seed(0)
     first = make_mlp((10, 20, 3))
 

@@ -44,7 +44,8 @@ class TrainConfig:
                                 "growth per epoch follows the pace the pruned copy's gap to the stop rule needs "
                                 "(between eta and x1.5 per epoch), and if the rule still does not hold at the last "
                                 "one the buffer's middle model is kept anyway (stop_reason 'deadline' in "
-                                "metrics.jsonl); 0 = the authors' fixed eta and no deadline")
+                                "metrics.jsonl), once the pruned copy has come half-way to the dense accuracy "
+                                "(until then regularization goes on); 0 = the authors' fixed eta and no deadline")
     buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
     max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
     warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")

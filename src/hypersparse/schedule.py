@@ -21,6 +21,7 @@ from hypersparse.regularizers import HyperSparse, Regularizer
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
 WINDOW = 4  # epochs over which the gap's slope is measured
 ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
+DEADLINE_PROGRESS = 0.5  # the deadline fixes the mask only once the pruned copy has come this far toward the dense
 
 
 def _slope(ys: list[float]) -> float:
@@ -64,7 +65,11 @@ class ART:
             flat for a while before it climbs, and accelerating then overshoots lambda. The target is also a
             deadline: if the stop rule still does not hold after ``reg_epochs_target`` epochs, the buffer's middle
             model is chosen anyway (:attr:`stop_reason` ``"deadline"``) and fine-tuning closes what is left of
-            the gap. It must be at least the buffer size ``2 * buffer_k + 1``.
+            the gap, provided the buffer mean has come at least ``DEADLINE_PROGRESS`` of the way from its first
+            value to the dense accuracy. Before that the pruned copy has hardly begun to sparsify (a lambda_0 far
+            too small), its mask would leave a network fine-tuning cannot revive, so regularization goes on until
+            it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
+            size ``2 * buffer_k + 1``.
     """
 
     def __init__(
@@ -188,7 +193,12 @@ class ART:
             if full and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
                 self.stop_reason = "rule"
             elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # full: target >= size
-                self.stop_reason = "deadline"
+                first = next(h["buffer_mean"] for h in self.history + [record] if "buffer_mean" in h)
+                progress = (mean - first) / (dense_acc - first) if dense_acc > first else 1.0
+                if progress >= DEADLINE_PROGRESS:
+                    self.stop_reason = "deadline"
+                else:
+                    record["past_deadline"] = progress
             if self.stop_reason is not None:
                 self._choose(model, self.buffer[self.buffer_k])
                 record["chosen_epoch"] = self.chosen_epoch
