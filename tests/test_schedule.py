@@ -97,7 +97,7 @@ def test_resume_mid_regularization_gives_the_same_decisions():
 def test_art_raises_when_it_never_converges():
     x, y, model, opt, reg, art = setup()
     art = hs.ART(reg, warmup_epochs=0, lambda_init=1e-12, eta=1.0, max_reg_epochs=3)
-    with pytest.raises(hs.ARTDidNotConverge, match="raise lambda_init or eta, allow more epochs with max_reg_epochs, or set a deadline"):
+    with pytest.raises(hs.ARTDidNotConverge, match="raise lambda_init or eta, or allow more epochs with max_reg_epochs, or set a deadline"):
         for _ in range(5):
             art.end_epoch(model, dense_acc=1.01, pruned_acc=lambda m: 0.5)
 
@@ -229,7 +229,7 @@ def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
 
 
 def test_adapted_eta_resumes_exactly():
-    # the cut falls before eta starts to adapt (epoch 3) and the run ends at the deadline (epoch 6)
+    # the cut falls after eta has adapted once (epoch 4) and the run ends at the deadline (epoch 6)
     pruned = [0.1, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75]
     torch.manual_seed(0)
     first = make_mlp((10, 20, 3))
@@ -241,16 +241,16 @@ def test_adapted_eta_resumes_exactly():
 
     model, whole = make()
     want = feed(whole, model, pruned)
-    assert whole.stop_reason == "deadline" and whole.history[4]["eta"] > 1.05  # adapted after the cut
+    assert whole.stop_reason == "deadline" and whole.history[3]["eta"] > 1.05  # adapted before the cut
     model, cut = make()
-    feed(cut, model, pruned[:2])
+    feed(cut, model, pruned[:4])
     buf = io.BytesIO()
     torch.save(cut.state_dict(), buf)
     buf.seek(0)
     resumed_model, resumed = make()
     resumed_model.load_state_dict(model.state_dict())
     resumed.load_state_dict(torch.load(buf, weights_only=False))
-    assert feed(resumed, resumed_model, pruned[2:]) == want[2:]
+    assert feed(resumed, resumed_model, pruned[4:]) == want[4:]
     assert resumed.history == whole.history and resumed.stop_reason == "deadline"
     assert resumed.masks.keys() == whole.masks.keys()
     assert all(torch.equal(resumed.masks[k], whole.masks[k]) for k in whole.masks)

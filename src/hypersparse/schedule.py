@@ -21,7 +21,7 @@ from hypersparse.regularizers import HyperSparse, Regularizer
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
 WINDOW = 4  # epochs over which the gap's slope is measured
 ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
-DEADLINE_PROGRESS = 0.5  # the deadline fixes the mask only once the pruned copy has come this far toward the dense
+DEADLINE_PROGRESS = 0.5  # the deadline fixes the mask only once the pruned copy has come this far to the dense accuracy
 
 
 def _slope(ys: list[float]) -> float:
@@ -66,9 +66,9 @@ class ART:
             deadline: if the stop rule still does not hold after ``reg_epochs_target`` epochs, the buffer's middle
             model is chosen anyway (:attr:`stop_reason` ``"deadline"``) and fine-tuning closes what is left of
             the gap, provided the buffer mean has come at least ``DEADLINE_PROGRESS`` of the way from its first
-            value to the dense accuracy. Before that the pruned copy has hardly begun to sparsify (a lambda_0 far
-            too small), its mask would leave a network fine-tuning cannot revive, so regularization goes on until
-            it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
+            value to the dense accuracy. Before that the pruned copy has hardly begun to sparsify (lambda_0 far
+            too small) and its mask would leave a network fine-tuning cannot revive, so regularization goes on
+            until it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
             size ``2 * buffer_k + 1``.
     """
 
@@ -192,7 +192,7 @@ class ART:
             full = len(self.buffer) == size
             if full and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
                 self.stop_reason = "rule"
-            elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # full: target >= size
+            elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # target >= size: full
                 first = next(h["buffer_mean"] for h in self.history + [record] if "buffer_mean" in h)
                 progress = (mean - first) / (dense_acc - first) if dense_acc > first else 1.0
                 if progress >= DEADLINE_PROGRESS:
@@ -209,8 +209,8 @@ class ART:
                 raise ARTDidNotConverge(
                     f"ART regularized for {self.reg_epochs} epochs without the pruned model's accuracy "
                     f"(buffer mean {mean:.4f}) beating the dense accuracy ({float(dense_acc):.4f}); "
-                    "raise lambda_init or eta, allow more epochs with max_reg_epochs, or set a deadline with "
-                    "reg_epochs_target"
+                    "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
+                    + (", or set a deadline with reg_epochs_target" if self.reg_epochs_target is None else "")
                 )
             if event != "stop" and self.reg_epochs_target is not None:
                 self._adapt_eta(float(dense_acc) - mean)
