@@ -136,6 +136,8 @@ def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path, monkeypatch):
             trainer.run()
     reg = [r for r in trainer.metrics if r["phase"] == "regularize"]
     assert len(reg) == 4 and "stop" not in [r["event"] for r in reg]  # the 5th epoch raised
+    assert ["past_deadline" in r for r in reg] == [False, False, True, True]
+    assert all(r["past_deadline"] < 0.5 for r in reg[2:])
     assert (tmp_path / "out.txt").read_text().count("past --reg-epochs-target") == 2  # epochs 3 and 4
     # ... and where it may cut at any progress, it fixes the mask at epoch 3 and says why
     monkeypatch.setattr(hypersparse.schedule, "DEADLINE_PROGRESS", float("-inf"))

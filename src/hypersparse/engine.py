@@ -382,6 +382,8 @@ class Trainer:
             }
             if event == "stop" and getattr(self.method, "stop_reason", None):
                 row["stop_reason"] = self.method.stop_reason  # "deadline": the stop rule had not yet held
+            if phase == "regularize" and getattr(self.method, "last_past_deadline", None) is not None:
+                row["past_deadline"] = self.method.last_past_deadline  # too little progress for the deadline to cut
             if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
                 # model selection on the validation split, only among sparse models
                 val_now = self.accuracy("val") if event == "stop" else val_acc
@@ -441,10 +443,9 @@ class Trainer:
         if row["phase"] == "regularize":
             parts += [f"lambda {row['lambda']:.3g}", f"pruned {row['pruned_acc']:.2%}"]
         parts += [f"val {row['val_acc']:.2%}", f"sparsity {row['sparsity']:.2%}", f"{row['seconds']:.1f}s"]
-        progress = self.method.history[-1].get("past_deadline") if row["phase"] == "regularize" else None
-        if progress is not None:
-            parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(progress, 0):.0%} of its way to "
-                         "the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
+        if "past_deadline" in row:
+            parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(row['past_deadline'], 0):.0%} of "
+                         "its way to the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
         if row["event"] == "stop":
             why = ", deadline reached before the stop rule held" if row.get("stop_reason") == "deadline" else ""
             parts.append(f"-> mask fixed (epoch {self.method.chosen_epoch} chosen{why})")

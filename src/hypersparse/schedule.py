@@ -189,20 +189,20 @@ class ART:
             del self.buffer[:-size]
             mean = sum(b["pruned_acc"] for b in self.buffer) / len(self.buffer)
             record["buffer_mean"] = mean
-            full = len(self.buffer) == size
-            if full and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
-                self.stop_reason = "rule"
+            reason = None
+            if len(self.buffer) == size and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
+                reason = "rule"
             elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # target >= size: full
                 first = next(h["buffer_mean"] for h in self.history + [record] if "buffer_mean" in h)
                 progress = (mean - first) / (dense_acc - first) if dense_acc > first else 1.0
                 if progress >= DEADLINE_PROGRESS:
-                    self.stop_reason = "deadline"
+                    reason = "deadline"
                 else:
                     record["past_deadline"] = progress
-            if self.stop_reason is not None:
+            if reason is not None:
                 self._choose(model, self.buffer[self.buffer_k])
+                self.stop_reason = record["stop_reason"] = reason
                 record["chosen_epoch"] = self.chosen_epoch
-                record["stop_reason"] = self.stop_reason
                 event = "stop"
             elif self.reg_epochs >= self.max_reg_epochs:
                 self.history.append(record)

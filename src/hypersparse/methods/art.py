@@ -42,6 +42,10 @@ class ARTMethod(ART):
     def last_pruned_mass(self) -> float | None:
         return self.history[-1].get("pruned_mass") if self.history else None
 
+    @property
+    def last_past_deadline(self) -> float | None:
+        return self.history[-1].get("past_deadline") if self.history else None
+
     def start(self, model: nn.Module) -> None:
         pass
 
