@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import mean_std as fmt, provenance  # noqa: E402
 
 # lambda settings: the stored "lambda" of a run -> its label and the config it sets (5e-6 = the authors' fixed value)
-ADAPT_TARGET, LOW_FRACTION = 30, 0.02
+ADAPT_TARGET, LOW_FRACTION, PUSH = 30, 0.02, 0.02
 VARIANTS = {
     5e-6: ("fixed 5e-6", {"lambda_init": 5e-6}),
     "auto": ("auto", {"lambda_init": "auto"}),
@@ -50,6 +50,10 @@ VARIANTS = {
     "auto-epoch-adapt-64": (f"auto per epoch on 64 batches, η adapted (target {ADAPT_TARGET})",
                             {"lambda_init": "auto", "lambda_auto_per": "epoch", "lambda_auto_batches": 64,
                              "reg_epochs_target": ADAPT_TARGET}),
+    # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by PUSH per epoch (--lambda-auto-push)
+    "auto-push": (f"auto push {PUSH:g}", {"lambda_init": "auto", "lambda_auto_push": PUSH}),
+    "auto-push-adapt": (f"auto push {PUSH:g}, η adapted (target {ADAPT_TARGET})",
+                        {"lambda_init": "auto", "lambda_auto_push": PUSH, "reg_epochs_target": ADAPT_TARGET}),
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
@@ -275,7 +279,10 @@ def section(payload: dict) -> str:
         "epochs column and marked † in the list of runs; runs made before the deadline existed ran on). "
         f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start). "
         "*auto per epoch* is auto with `--lambda-auto-per epoch` (the 0.1 divided by √(steps per epoch / 25)); "
-        "*on 64 batches* adds `--lambda-auto-batches 64` (the task gradient norm averaged over 64 batches, not 4)."
+        "*on 64 batches* adds `--lambda-auto-batches 64` (the task gradient norm averaged over 64 batches, not 4). "
+        f"*auto push {PUSH:g}* is auto with `--lambda-auto-push {PUSH:g}`: λ_0 such that the regularizer alone "
+        f"would shrink the weight at the pruning cut by {PUSH:g} of itself per epoch (read from the weights, not "
+        "the task gradient)."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]

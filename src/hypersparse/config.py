@@ -39,6 +39,12 @@ class TrainConfig:
         "epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds in quadrature, so long "
         "epochs get a gentler start; the two agree at 25 steps per epoch)"
     )
+    lambda_auto_push: float = _f(
+        0.0, "with --lambda-init auto: if > 0, lambda_0 is set instead so that the regularizer alone would shrink the "
+        "weight at the pruning cut by this fraction of itself per epoch (at the learning rate, momentum and steps per "
+        "epoch of the run); it reads the weights only, so it does not fall as warm-up fits the training set. "
+        "0 = the gradient-norm ratio above"
+    )
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
     reg_epochs_target: int = _f(0, "end ART's regularization within this many epochs: from half of them on, lambda's "
                                 "growth per epoch follows the pace the pruned copy's gap to the stop rule needs "
@@ -114,6 +120,9 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
                     "lambda_auto_batches")
+        if not (isinstance(self.lambda_auto_push, (int, float)) and 0 <= self.lambda_auto_push < 1):
+            raise UserError(f"--lambda-auto-push must be in [0, 1) (a fraction per epoch; 0 = off), "
+                            f"got {self.lambda_auto_push!r}")
         if self.lambda_init != "auto":
             positive = ("lambda_init",) + positive
         for name in positive:

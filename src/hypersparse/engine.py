@@ -304,16 +304,23 @@ class Trainer:
     def _calibrate_lambda(self) -> None:
         from itertools import islice
 
-        from hypersparse.methods.art import calibrate_lambda
+        from hypersparse.methods.art import calibrate_lambda, lambda_for_push
 
-        batches = list(islice(self.train_loader.batches(epoch=-2), self.cfg.lambda_auto_batches))  # fixed by the seed
-        steps = len(self.train_loader) if self.cfg.lambda_auto_per == "epoch" else None  # one step per global batch
-        value = calibrate_lambda(self.model, self.method.regularizer, batches, self.cfg.lambda_auto_fraction, steps)
+        cfg = self.cfg
+        steps = len(self.train_loader)  # one step per global batch
+        if cfg.lambda_auto_push > 0:
+            value = lambda_for_push(self.method.regularizer, cfg.sparsity, cfg.lambda_auto_push, self._lr(),
+                                    cfg.momentum, steps)
+            how = f"the regularizer shrinks the weight at the cut by {cfg.lambda_auto_push:g} per epoch of {steps} steps"
+        else:
+            batches = list(islice(self.train_loader.batches(epoch=-2), cfg.lambda_auto_batches))  # fixed by the seed
+            per_epoch = steps if cfg.lambda_auto_per == "epoch" else None
+            value = calibrate_lambda(self.model, self.method.regularizer, batches, cfg.lambda_auto_fraction, per_epoch)
+            how = f"regularizer gradient norm = {cfg.lambda_auto_fraction:g} x task" + (
+                f" per step; / sqrt({steps} steps per epoch / 25)" if per_epoch else "")
         value = self.dist.broadcast(value)  # each rank measured its own share: rank 0's value holds for all
         self.method.lambda_override = value
-        per = f" per step; / sqrt({steps} steps per epoch / 25)" if steps else ""
-        print(f"lambda_init auto: {value:.3g} (regularizer gradient norm = {self.cfg.lambda_auto_fraction:g} x task{per})",
-              file=self.out)
+        print(f"lambda_init auto: {value:.3g} ({how})", file=self.out)
 
     def _record_dense(self) -> None:
         self.dense = {"epoch": self.method.epoch, "val_acc": self.accuracy("val"), "test_acc": self.accuracy("test")}

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
+from hypersparse.params import num_pruned
 from hypersparse.regularizers import make_regularizer
 from hypersparse.schedule import ART
 
@@ -81,3 +82,28 @@ def calibrate_lambda(model: nn.Module, regularizer, batches, fraction: float, st
     if steps_per_epoch is not None:
         fraction = fraction * math.sqrt(REFERENCE_STEPS / steps_per_epoch)
     return fraction * task / reg_norm
+
+
+@torch.no_grad()
+def lambda_for_push(regularizer, sparsity: float, push: float, lr: float, momentum: float, steps_per_epoch: int) -> float:
+    """lambda_0 at which the regularizer alone shrinks a weight at the pruning cut by ``push`` of itself per epoch.
+
+    The cut is the k-th smallest magnitude, k = floor(sparsity N): the weight
+    global magnitude pruning at ``sparsity`` removes last. Per SGD step the
+    regularizer moves it by ``lr * lambda * |g|``, and momentum ``m`` scales a
+    steady push by ``1 / (1 - m)``, so over an epoch of ``S`` steps
+    ``push = lambda * S * lr * |g| / ((1 - m) |w|)``. Unlike
+    :func:`calibrate_lambda` this reads only the weights, not the task
+    gradient, so it does not fall when warm-up has fitted the training set.
+    """
+    mags = torch.cat([p.detach().abs().flatten().double().cpu() for p in regularizer.params])
+    grads = torch.cat([g.detach().abs().flatten().double().cpu() for g in regularizer.gradient()])
+    k = max(num_pruned(sparsity, mags.numel()), 1)
+    cut, index = torch.kthvalue(mags, k)
+    ratio = float(grads[index]) / float(cut) if float(cut) > 0 else 0.0
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise UserError(
+            f"cannot calibrate lambda by push: the weight at the {sparsity:g} pruning cut is {float(cut):g} and its "
+            "regularizer gradient is 0 (is the model already that sparse?); pass a number to --lambda-init"
+        )
+    return push * (1.0 - momentum) / (lr * steps_per_epoch * ratio)
