@@ -168,3 +168,69 @@ def test_auto_lambda_averages_over_the_requested_batches(tmp_path, monkeypatch):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(seen[0], want))
     with pytest.raises(UserError, match="--lambda-auto-batches must be a positive number"):
         TrainConfig(lambda_auto_batches=0).validate()
+
+
+def test_auto_lambda_by_push_matches_the_closed_formula():
+    import math
+
+    from hypersparse.methods.art import lambda_for_push
+    from hypersparse.regularizers import L1, HyperSparse
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    w = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()]).double()
+    kappa, push, lr, m, steps = 0.9, 0.02, 0.1, 0.9, 50
+    cut = w.sort().values[math.floor(kappa * w.numel()) - 1]  # the k-th smallest magnitude
+    # HyperSparse at the cut: s |w| = artanh(1/sqrt 3), so sech^2 = 2/3 and g = s (2/3) ||w||_1 / sum tanh(s|w|)
+    s = math.atanh(1 / math.sqrt(3)) / cut
+    g = s * (2 / 3) * w.sum() / torch.tanh(s * w).sum()
+    want = push * (1 - m) / (lr * steps * float(g / cut))
+    assert lambda_for_push(HyperSparse(model, kappa), kappa, push, lr, m, steps) == pytest.approx(want, rel=1e-6)
+    # L1's gradient is 1 everywhere: lambda * steps * lr / (1 - m) = push * |w|_(k)
+    want = push * (1 - m) * float(cut) / (lr * steps)
+    assert lambda_for_push(L1(model), kappa, push, lr, m, steps) == pytest.approx(want, rel=1e-9)
+
+
+def test_auto_lambda_by_push_in_a_run_is_deterministic_logged_and_used(tmp_path, monkeypatch):
+    import hypersparse.methods.art as art_module
+
+    calls = []
+    real = art_module.lambda_for_push
+
+    def spy(regularizer, sparsity, push, lr, momentum, steps):
+        calls.append((sparsity, push, lr, momentum, steps))
+        calls.append(real(regularizer, sparsity, push, lr, momentum, steps))
+        return calls[-1]
+
+    def no_ratio(*args, **kwargs):
+        raise AssertionError("the gradient-ratio calibration must not run with --lambda-auto-push")
+
+    monkeypatch.setattr(art_module, "lambda_for_push", spy)
+    monkeypatch.setattr(art_module, "calibrate_lambda", no_ratio)
+    firsts = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        with open(tmp_path / f"{run}.txt", "w") as out:
+            trainer = trainer_for(tmp_path / run, out=out, lambda_init="auto", lambda_auto_push=0.05, seed=3)
+            trainer.run()
+        firsts.append(next(r for r in trainer.metrics if r["phase"] == "regularize"))
+    assert len(calls) == 4  # once per run, at the first regularization epoch
+    cfg = trainer.cfg
+    assert calls[0] == (cfg.sparsity, 0.05, cfg.lr, cfg.momentum, len(trainer.train_loader))
+    assert calls[1] == calls[3] > 0  # same seed and model: the same lambda_0
+    assert firsts[0]["lambda_init"] == firsts[1]["lambda_init"] == calls[1] == firsts[0]["lambda"]
+    assert "shrinks the weight at the cut by 0.05 per epoch" in (tmp_path / "a.txt").read_text()
+
+
+def test_auto_lambda_by_push_rejects_bad_values_and_an_already_sparse_model():
+    from hypersparse.methods.art import lambda_for_push
+    from hypersparse.regularizers import HyperSparse
+
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(UserError, match=r"--lambda-auto-push must be in \[0, 1\)"):
+            TrainConfig(lambda_init="auto", lambda_auto_push=bad).validate()
+    model = torch.nn.Linear(10, 10)
+    with torch.no_grad():
+        model.weight[:, :5] = 0  # half the weights are zero: the cut at 0.3 sits on a zero
+    with pytest.raises(UserError, match="pruning cut is 0 .*already that sparse.*--lambda-init"):
+        lambda_for_push(HyperSparse(model, 0.3), 0.3, 0.02, 0.1, 0.9, 10)
