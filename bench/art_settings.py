@@ -51,9 +51,10 @@ VARIANTS = {
                             {"lambda_init": "auto", "lambda_auto_per": "epoch", "lambda_auto_batches": 64,
                              "reg_epochs_target": ADAPT_TARGET}),
     # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by PUSH per epoch (--lambda-auto-push)
-    "auto-push": (f"auto push {PUSH:g}", {"lambda_init": "auto", "lambda_auto_push": PUSH}),
-    "auto-push-adapt": (f"auto push {PUSH:g}, η adapted (target {ADAPT_TARGET})",
-                        {"lambda_init": "auto", "lambda_auto_push": PUSH, "reg_epochs_target": ADAPT_TARGET}),
+    **{f"auto-push{'' if p == PUSH else f'-{p:g}'}{'-adapt' if t else ''}":
+       (f"auto push {p:g}" + (f", η adapted (target {t})" if t else ""),
+        {"lambda_init": "auto", "lambda_auto_push": p, **({"reg_epochs_target": t} if t else {})})
+       for p in (PUSH, 0.03, 0.04) for t in (0, ADAPT_TARGET)},
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
@@ -280,9 +281,9 @@ def section(payload: dict) -> str:
         f"*auto {LOW_FRACTION:g}* is auto with `--lambda-auto-fraction {LOW_FRACTION:g}` (a 5× gentler start). "
         "*auto per epoch* is auto with `--lambda-auto-per epoch` (the 0.1 divided by √(steps per epoch / 25)); "
         "*on 64 batches* adds `--lambda-auto-batches 64` (the task gradient norm averaged over 64 batches, not 4). "
-        f"*auto push {PUSH:g}* is auto with `--lambda-auto-push {PUSH:g}`: λ_0 such that the regularizer alone "
-        f"would shrink the weight at the pruning cut by {PUSH:g} of itself per epoch (read from the weights, not "
-        "the task gradient)."
+        "*auto push P* is auto with `--lambda-auto-push P`: λ_0 such that the regularizer alone would shrink the "
+        "weight at the pruning cut by the fraction P of itself per epoch (read from the weights, not the task "
+        "gradient)."
         + "".join(f" {m} trains at lr {lr:g}, not 0.1, which diverges." for m, lr in MODEL_LR.items()
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]
