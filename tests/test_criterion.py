@@ -100,8 +100,11 @@ def test_auto_lambda_is_deterministic_and_hits_the_ratio(tmp_path):
 
 
 def test_auto_lambda_in_a_run_is_logged_and_used(tmp_path):
-    trainer = trainer_for(tmp_path, lambda_init="auto")
-    summary = trainer.run()
+    with open(tmp_path / "out.txt", "w") as out:
+        trainer = trainer_for(tmp_path, out=out, lambda_init="auto")
+        summary = trainer.run()
+    # the default calibration is by push, at 0.03 per epoch
+    assert "shrinks the weight at the cut by 0.03 per epoch" in (tmp_path / "out.txt").read_text()
     rows = [r for r in trainer.metrics if r["phase"] == "regularize"]
     lam0 = rows[0]["lambda_init"]
     assert lam0 and rows[0]["lambda"] == pytest.approx(lam0)
@@ -110,8 +113,8 @@ def test_auto_lambda_in_a_run_is_logged_and_used(tmp_path):
 
 def test_auto_lambda_per_epoch_divides_by_the_root_of_the_steps(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    step_run = trainer_for(tmp_path / "a", lambda_init="auto")
-    epoch_run = trainer_for(tmp_path / "b", lambda_init="auto", lambda_auto_per="epoch")
+    step_run = trainer_for(tmp_path / "a", lambda_init="auto", lambda_auto_push=0)
+    epoch_run = trainer_for(tmp_path / "b", lambda_init="auto", lambda_auto_push=0, lambda_auto_per="epoch")
     step_run.run(), epoch_run.run()
     steps = len(epoch_run.train_loader)
     assert steps != 25  # else both modes agree and this test could not tell them apart
@@ -161,7 +164,7 @@ def test_auto_lambda_averages_over_the_requested_batches(tmp_path, monkeypatch):
         return real(model, regularizer, batches, fraction, steps_per_epoch)
 
     monkeypatch.setattr(art_module, "calibrate_lambda", spy)
-    trainer = trainer_for(tmp_path, lambda_init="auto", lambda_auto_batches=7)
+    trainer = trainer_for(tmp_path, lambda_init="auto", lambda_auto_push=0, lambda_auto_batches=7)
     trainer.run()
     assert len(seen) == 1 and len(seen[0]) == 7  # once, at the first regularization epoch
     want = list(islice(trainer.train_loader.batches(epoch=-2), 7))  # the seed's fixed batches, in order

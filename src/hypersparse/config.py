@@ -27,23 +27,24 @@ class TrainConfig:
                         "training subset) or paper (the authors': dense running train acc vs pruned eval acc)")
     lambda_init: float | str = _f(
         5e-6, "initial regularization strength lambda_0, or 'auto': chosen at the first regularization epoch so that "
-        "the regularizer's gradient norm is --lambda-auto-fraction of the task gradient's (measured on "
-        "--lambda-auto-batches batches)",
+        "the regularizer alone would shrink the weight at the pruning cut by --lambda-auto-push of itself per epoch "
+        "(or, with --lambda-auto-push 0, from the task gradient's norm: --lambda-auto-fraction)",
         parse="lambda",
     )
-    lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto: target ratio of regularizer to task gradient norm")
-    lambda_auto_batches: int = _f(4, "with --lambda-init auto: training batches (fixed by the seed, at most one "
-                                  "epoch's) the task gradient norm is averaged over; more give a steadier lambda_0")
-    lambda_auto_per: str = _f(
-        "step", "with --lambda-init auto: step (the ratio holds for one step) or epoch (divided by sqrt(steps per "
-        "epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds in quadrature, so long "
-        "epochs get a gentler start; the two agree at 25 steps per epoch)"
-    )
     lambda_auto_push: float = _f(
-        0.0, "with --lambda-init auto: if > 0, lambda_0 is set instead so that the regularizer alone would shrink the "
-        "weight at the pruning cut by this fraction of itself per epoch (at the learning rate, momentum and steps per "
-        "epoch of the run); it reads the weights only, so it does not fall as warm-up fits the training set. "
-        "0 = the gradient-norm ratio above"
+        0.03, "with --lambda-init auto: the fraction of itself the weight at the pruning cut loses per epoch to the "
+        "regularizer alone (at the run's learning rate, momentum and steps per epoch); read from the weights only, "
+        "so it does not fall as warm-up fits the training set. 0 = calibrate on the task gradient instead"
+    )
+    lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto and --lambda-auto-push 0: target ratio of "
+                                     "regularizer to task gradient norm")
+    lambda_auto_batches: int = _f(4, "with --lambda-init auto and --lambda-auto-push 0: training batches (fixed by "
+                                  "the seed, at most one epoch's) the task gradient norm is averaged over; more give "
+                                  "a steadier lambda_0")
+    lambda_auto_per: str = _f(
+        "step", "with --lambda-init auto and --lambda-auto-push 0: step (the ratio holds for one step) or epoch "
+        "(divided by sqrt(steps per epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds "
+        "in quadrature, so long epochs get a gentler start; the two agree at 25 steps per epoch)"
     )
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
     reg_epochs_target: int = _f(0, "end ART's regularization within this many epochs: from half of them on, lambda's "
