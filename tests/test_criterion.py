@@ -1,4 +1,5 @@
 """ART's stop rule (paper vs matched) and the self-calibrated lambda_0."""
+import json
 import os
 from itertools import islice
 
@@ -237,3 +238,33 @@ def test_auto_lambda_by_push_rejects_bad_values_and_an_already_sparse_model():
         model.weight[:, :5] = 0  # half the weights are zero: the cut at 0.3 sits on a zero
     with pytest.raises(UserError, match="pruning cut is 0 .*already that sparse.*--lambda-init"):
         lambda_for_push(HyperSparse(model, 0.3), 0.3, 0.02, 0.1, 0.9, 10)
+
+
+def test_a_checkpoint_from_before_push_resumes_with_the_task_gradient_calibration(tmp_path):
+    from hypersparse.checkpoint import load_checkpoint, save_checkpoint
+    from hypersparse.engine import CHECKPOINT, resume
+
+    class Stop(Exception):
+        pass
+
+    (tmp_path / "ref").mkdir()
+    ref = trainer_for(tmp_path / "ref", lambda_init="auto", lambda_auto_push=0)
+    ref.run()
+    want = next(r for r in ref.metrics if r["phase"] == "regularize")["lambda_init"]
+    (tmp_path / "cut").mkdir()
+    cut = trainer_for(tmp_path / "cut", lambda_init="auto", lambda_auto_push=0)
+
+    def stop():
+        raise Stop
+
+    cut._calibrate_lambda = stop  # interrupted after warm-up, before lambda_0 is chosen
+    with pytest.raises(Stop):
+        cut.run()
+    ckpt = load_checkpoint(tmp_path / "cut" / "run" / CHECKPOINT)
+    del ckpt["config"]["lambda_auto_push"]  # as an older version wrote it
+    save_checkpoint(ckpt, tmp_path / "cut" / "run" / CHECKPOINT)
+    with open(tmp_path / "out.txt", "w") as out:
+        resume(tmp_path / "cut" / "run", progress=False, out=out)
+    assert "regularizer gradient norm = 0.1 x task" in (tmp_path / "out.txt").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert next(r for r in rows if r["phase"] == "regularize")["lambda_init"] == want

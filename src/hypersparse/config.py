@@ -122,8 +122,8 @@ class TrainConfig:
         positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
                     "lambda_auto_batches")
         if not (isinstance(self.lambda_auto_push, (int, float)) and 0 <= self.lambda_auto_push < 1):
-            raise UserError(f"--lambda-auto-push must be in [0, 1) (a fraction per epoch; 0 = off), "
-                            f"got {self.lambda_auto_push!r}")
+            raise UserError("--lambda-auto-push must be in [0, 1) (a fraction per epoch; 0 = calibrate on the task "
+                            f"gradient), got {self.lambda_auto_push!r}")
         if self.lambda_init != "auto":
             positive = ("lambda_init",) + positive
         for name in positive:

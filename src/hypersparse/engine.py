@@ -518,7 +518,8 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) ->
         ckpt = load_checkpoint(ckpt_path)
     except (OSError, RuntimeError, EOFError) as exc:
         raise UserError(f"checkpoint {ckpt_path} cannot be read ({exc}); start the run again") from None
-    cfg = TrainConfig(**ckpt["config"])
+    # a checkpoint from before --lambda-auto-push existed calibrated 'auto' on the task gradient: keep that
+    cfg = TrainConfig(**{"lambda_auto_push": 0.0, **ckpt["config"]})
     trainer = Trainer(cfg, path, progress, out)
     trainer.load_state(ckpt)
     print(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}", file=trainer.out)
