@@ -55,7 +55,7 @@ VARIANTS = {
     **{f"auto-push{'' if p == PUSH else f'-{p:g}'}{'-adapt' if t else ''}":
        (f"auto push {p:g}" + (f", η adapted (target {t})" if t else ""),
         {"lambda_init": "auto", "lambda_auto_push": p, **({"reg_epochs_target": t} if t else {})})
-       for p in (PUSH, 0.03, 0.04) for t in (0, ADAPT_TARGET)},
+       for p in (PUSH, 0.03, 0.04, 0.06) for t in (0, ADAPT_TARGET)},
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
