@@ -38,20 +38,23 @@ VARIANTS = {
     5e-6: ("fixed 5e-6", {"lambda_init": 5e-6}),
     "auto": ("auto", {"lambda_init": "auto", **RATIO}),
     # eta adapted to end the phase in about ADAPT_TARGET epochs (--reg-epochs-target)
-    "auto-adapt": (f"auto, η adapted (target {ADAPT_TARGET})", {"lambda_init": "auto", **RATIO, "reg_epochs_target": ADAPT_TARGET}),
+    "auto-adapt": (f"auto, η adapted (target {ADAPT_TARGET})",
+                   {"lambda_init": "auto", **RATIO, "reg_epochs_target": ADAPT_TARGET}),
     # a gentler start: regularizer gradient norm LOW_FRACTION x the task's instead of 0.1 x
     "auto-low": (f"auto {LOW_FRACTION:g}", {"lambda_init": "auto", **RATIO, "lambda_auto_fraction": LOW_FRACTION}),
     "auto-low-adapt": (f"auto {LOW_FRACTION:g}, η adapted (target {ADAPT_TARGET})",
-                       {"lambda_init": "auto", **RATIO, "lambda_auto_fraction": LOW_FRACTION, "reg_epochs_target": ADAPT_TARGET}),
+                       {"lambda_init": "auto", **RATIO, "lambda_auto_fraction": LOW_FRACTION,
+                        "reg_epochs_target": ADAPT_TARGET}),
     # the 0.1 divided by sqrt(steps per epoch / 25) (--lambda-auto-per epoch): 0.11 on digits, 0.017 on MNIST
     "auto-epoch": ("auto per epoch", {"lambda_init": "auto", **RATIO, "lambda_auto_per": "epoch"}),
     "auto-epoch-adapt": (f"auto per epoch, η adapted (target {ADAPT_TARGET})",
-                         {"lambda_init": "auto", **RATIO, "lambda_auto_per": "epoch", "reg_epochs_target": ADAPT_TARGET}),
+                         {"lambda_init": "auto", **RATIO, "lambda_auto_per": "epoch",
+                          "reg_epochs_target": ADAPT_TARGET}),
     # the same with lambda_0 measured on 64 batches instead of 4 (digits has 21 per epoch: all of them)
     "auto-epoch-adapt-64": (f"auto per epoch on 64 batches, η adapted (target {ADAPT_TARGET})",
                             {"lambda_init": "auto", **RATIO, "lambda_auto_per": "epoch", "lambda_auto_batches": 64,
                              "reg_epochs_target": ADAPT_TARGET}),
-    # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by PUSH per epoch (--lambda-auto-push)
+    # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by P per epoch (--lambda-auto-push P)
     **{f"auto-push{'' if p == PUSH else f'-{p:g}'}{'-adapt' if t else ''}":
        (f"auto push {p:g}" + (f", η adapted (target {t})" if t else ""),
         {"lambda_init": "auto", "lambda_auto_push": p, **({"reg_epochs_target": t} if t else {})})
@@ -266,7 +269,8 @@ def section(payload: dict) -> str:
         f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every row; "
         f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
         "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto --lambda-auto-push 0` (regularizer gradient "
-        "norm = 0.1 × task gradient norm at the first regularization step; auto's calibration before the push one). Test error in % of the model chosen on the validation split, "
+        "norm = 0.1 × task gradient norm at the first regularization step; auto's calibration before the push one). "
+        "Test error in % of the model chosen on the validation split, "
         "mean ± std over seeds; 'reg. epochs' is the length of the regularization phase. *equal epochs* reruns an "
         "auto setting with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of "
         "the same seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning); *equal epochs by a longer warm-up* instead "
