@@ -119,11 +119,11 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
-                    "lambda_auto_batches")
         if not (isinstance(self.lambda_auto_push, (int, float)) and 0 <= self.lambda_auto_push < 1):
             raise UserError("--lambda-auto-push must be in [0, 1) (a fraction per epoch; 0 = calibrate on the task "
                             f"gradient), got {self.lambda_auto_push!r}")
+        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
+                    "lambda_auto_batches")
         if self.lambda_init != "auto":
             positive = ("lambda_init",) + positive
         for name in positive:

@@ -389,7 +389,7 @@ class Trainer:
             }
             if event == "stop" and getattr(self.method, "stop_reason", None):
                 row["stop_reason"] = self.method.stop_reason  # "deadline": the stop rule had not yet held
-            if phase == "regularize" and getattr(self.method, "last_past_deadline", None) is not None:
+            if phase == "regularize" and self.method.last_past_deadline is not None:
                 row["past_deadline"] = self.method.last_past_deadline  # too little progress for the deadline to cut
             if phase == "finetune" or (event == "stop" and self.method.phase == "finetune"):
                 # model selection on the validation split, only among sparse models

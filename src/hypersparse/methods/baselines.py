@@ -34,6 +34,7 @@ class Baseline:
     lam = 0.0
     last_pruned_acc = None
     last_pruned_mass = None
+    last_past_deadline = None
     _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch", "history")
     first_phase = "warmup"
 
