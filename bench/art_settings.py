@@ -33,7 +33,10 @@ from common import mean_std as fmt, provenance  # noqa: E402
 
 # lambda settings: the stored "lambda" of a run -> its label and the config it sets (5e-6 = the authors' fixed value)
 ADAPT_TARGET, LOW_FRACTION, PUSH = 30, 0.02, 0.02
-RATIO = {"lambda_auto_push": 0}  # auto calibrated on the task gradient (auto's calibration before --lambda-auto-push)
+# auto calibrated on the task gradient (the first auto; --lambda-auto-push 0 until 2bdedd7). The refactor removed that
+# calibration and its three flags: its rows on the page are measurements of commit 2bdedd7 and earlier, kept, not rerun
+RETIRED = "2bdedd7"
+RATIO = {"retired": RETIRED}
 VARIANTS = {
     5e-6: ("fixed 5e-6", {"lambda_init": 5e-6}),
     "auto": ("auto", {"lambda_init": "auto", **RATIO}),
@@ -57,7 +60,7 @@ VARIANTS = {
     # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by P per epoch (--lambda-auto-push P)
     **{f"auto-push{'' if p == PUSH else f'-{p:g}'}{'-adapt' if t else ''}":
        (f"auto push {p:g}" + (f", η adapted (target {t})" if t else ""),
-        {"lambda_init": "auto", "lambda_auto_push": p, **({"reg_epochs_target": t} if t else {})})
+        {"lambda_init": f"auto:{p:g}", **({"reg_epochs_target": t} if t else {})})
        for p in (PUSH, 0.03, 0.04, 0.06) for t in (0, ADAPT_TARGET)},
 }
 AUTO = [v for v in VARIANTS if v != 5e-6]
@@ -93,14 +96,15 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from hypersparse.config import TrainConfig
     from hypersparse.engine import train
+    from hypersparse.runs import METRICS, read_jsonl
     from hypersparse.schedule import ARTDidNotConverge
 
-    cfg = TrainConfig(**job["config"])
+    cfg = TrainConfig.from_dict(job["config"])
     t0 = time.perf_counter()
     result = dict(job["meta"])
     try:
         summary = train(cfg, job["run_dir"], progress=False, out=open(os.devnull, "w"))
-        rows = [json.loads(line) for line in (Path(job["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(Path(job["run_dir"]) / METRICS)
         reg = [r for r in rows if r["phase"] == "regularize"]
         result.update(
             test_error=100 * (1 - summary["sparse"]["test_acc"]), val_acc=summary["sparse"]["val_acc"],
@@ -122,6 +126,9 @@ def jobs_for(args, root) -> list[dict]:
         for kappa in args.sparsities:
             for seed in args.seeds:
                 for criterion, lam in args.settings:
+                    if "retired" in VARIANTS[variant(lam)][1]:
+                        raise SystemExit(f"setting {lam}: the task-gradient calibration was removed after commit "
+                                         f"{RETIRED}; check that commit out to rerun it")
                     config = dict(dataset=dataset, data_dir=data_dir, model=model, sparsity=kappa, seed=seed,
                                   criterion=criterion, **SCHEDULE, **VARIANTS[variant(lam)][1])
                     if model in MODEL_LR:

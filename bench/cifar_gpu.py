@@ -79,8 +79,9 @@ def main():
     for m in args.models.split(","):
         for k in [0.0] + [float(s) for s in args.sparsities.split(",")]:
             for reg in (["hs"] if k == 0 else args.regs.split(",")):
-                cfg = TrainConfig(dataset="cifar10-jpeg75", data_dir=args.data_dir, model=m, sparsity=k, reg=reg,
-                                  method="oneshot" if k == 0 else "art", epochs_scale=args.epochs_scale, device="cuda")
+                method = {"method": "oneshot"} if k == 0 else {"method": "art", "reg": reg}
+                cfg = TrainConfig.from_dict(dict(dataset="cifar10-jpeg75", data_dir=args.data_dir, model=m, sparsity=k,
+                                                 epochs_scale=args.epochs_scale, device="cuda", **method))
                 t = time.perf_counter()
                 s = train(cfg, Path(args.runs_dir) / f"{m}-{k}-{reg}", progress=False, out=open(os.devnull, "w"))
                 rows.append({"model": m, "sparsity": k, "reg": reg if k else "dense", "val_acc": s["sparse"]["val_acc"],

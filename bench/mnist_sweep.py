@@ -44,7 +44,9 @@ ANCHORS = {  # cited, not rerun: (source, sparsity, test error %)
 
 
 def key(method, reg):
-    return f"{method}-{reg}" if method == "art" else method
+    from hypersparse.runs import run_label
+
+    return run_label({"sparsity": {"method": method}, "art": {"reg": reg}})
 
 
 def run_one(job: dict) -> dict:
@@ -55,7 +57,7 @@ def run_one(job: dict) -> dict:
     from hypersparse.engine import train
     from hypersparse.schedule import ARTDidNotConverge
 
-    cfg = TrainConfig(**job["config"])
+    cfg = TrainConfig.from_dict(job["config"])
     t0 = time.perf_counter()
     try:
         summary = train(cfg, job["run_dir"], progress=False, out=open(os.devnull, "w"))
@@ -69,9 +71,9 @@ def run_one(job: dict) -> dict:
 
 def make_job(model, sparsity, seed, method, reg, root, scale, data_dir, prune_epochs=None):
     config = dict(dataset="mnist", data_dir=data_dir, model=model, sparsity=sparsity, seed=seed, method=method,
-                  epochs_scale=scale, criterion="paper")  # the rule the published table was measured with
-    if reg:
-        config["reg"] = reg
+                  epochs_scale=scale)
+    if method == "art":  # the rule the published table was measured with
+        config.update(reg=reg, criterion="paper")
     config.update(OVERRIDES[model])
     if prune_epochs is not None:
         config["prune_epochs"] = round(prune_epochs / scale)

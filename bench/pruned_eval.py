@@ -18,6 +18,7 @@ from pathlib import Path
 from common import provenance, write_results
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
+from hypersparse.runs import METRICS, read_jsonl
 
 PROBLEMS = {
     "synthetic": dict(dataset="synthetic", model="mlp", sparsity=0.9, epochs_scale=0.1, lambda_init=1e-4),
@@ -26,9 +27,9 @@ PROBLEMS = {
 
 
 def one_run(problem: dict, seed: int, subset: int, root: Path) -> dict:
-    cfg = TrainConfig(**problem, seed=seed, pruned_eval_size=subset, criterion="paper")  # as published
-    summary = train(cfg, root / f"{cfg.dataset}-{seed}-{subset}", progress=False, out=open(os.devnull, "w"))
-    rows = [r for r in _metrics(root / f"{cfg.dataset}-{seed}-{subset}") if r["phase"] == "regularize"]
+    cfg = TrainConfig.from_dict(dict(**problem, seed=seed, pruned_eval_size=subset, criterion="paper"))  # as published
+    summary = train(cfg, root / f"{cfg.data.dataset}-{seed}-{subset}", progress=False, out=open(os.devnull, "w"))
+    rows = [r for r in read_jsonl(root / f"{cfg.data.dataset}-{seed}-{subset}" / METRICS) if r["phase"] == "regularize"]
     stop = next(r["epoch"] for r in rows if r["event"] == "stop")
     return {
         "stop_epoch": stop,
@@ -36,12 +37,6 @@ def one_run(problem: dict, seed: int, subset: int, root: Path) -> dict:
         "measure_share": sum(r["measure_seconds"] for r in rows) / sum(r["seconds"] for r in rows),
         "test_acc": summary["sparse"]["test_acc"],
     }
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def main():

@@ -91,7 +91,7 @@ def test_snip_scores_match_a_hand_computation():
 
 @pytest.mark.parametrize("method", ["oneshot", "gmp", "snip"])
 def test_each_method_runs_end_to_end_at_exact_sparsity(method, tmp_path):
-    cfg = TrainConfig(method=method, sparsity=0.95, epochs_scale=0.05, prune_epochs=40, seed=0)
+    cfg = TrainConfig.from_dict(dict(method=method, sparsity=0.95, epochs_scale=0.05, prune_epochs=40, seed=0))
     summary = train(cfg, tmp_path / method, progress=False, out=open(os.devnull, "w"))
     numel = summary["sparse"]["numel"]
     assert summary["sparse"]["kept"] == numel - math.floor(0.95 * numel)

@@ -65,13 +65,13 @@ def test_dataset_needs_data_dir():
 
 def test_pretrained_skips_warmup_and_is_the_dense_baseline(tmp_path):
     devnull = open(os.devnull, "w")
-    first = train(TrainConfig(method="oneshot", sparsity=0.0, epochs_scale=0.05), tmp_path / "dense", False, devnull)
-    cfg = TrainConfig(pretrained=str(tmp_path / "dense" / "model.pt"), epochs_scale=0.05, lambda_init=1e-3)
+    first = train(TrainConfig.from_dict(dict(method="oneshot", sparsity=0.0, epochs_scale=0.05)), tmp_path / "dense", False, devnull)
+    cfg = TrainConfig.from_dict(dict(pretrained=str(tmp_path / "dense" / "model.pt"), epochs_scale=0.05, lambda_init=1e-3))
     summary = train(cfg, tmp_path / "sparse", False, devnull)
     assert "warmup" not in summary["epochs"]
     assert summary["dense"]["epoch"] == 0
     assert summary["dense"]["test_acc"] == pytest.approx(first["sparse"]["test_acc"])
-    bad = TrainConfig(pretrained=str(tmp_path / "nope.pt"))
+    bad = TrainConfig.from_dict(dict(pretrained=str(tmp_path / "nope.pt")))
     with pytest.raises(UserError, match="cannot read --pretrained"):
         train(bad, tmp_path / "bad", False, devnull)
 
@@ -90,5 +90,5 @@ def test_epoch_fraction_visits_a_fresh_part_in_whole_batches():
         assert torch.equal(torch.cat(seen), torch.cat([yb for _, yb in full.batches(epoch)])[:24])
     epoch0, epoch1 = (set(torch.cat([yb for _, yb in part.batches(e)]).tolist()) for e in (0, 1))
     assert epoch0 != epoch1
-    with pytest.raises(UserError, match="--epoch-fraction must be in"):
-        TrainConfig(epoch_fraction=0.0).validate()
+    with pytest.raises(UserError, match="schedule.epoch_fraction must be in"):
+        TrainConfig.from_dict(dict(epoch_fraction=0.0)).validate()

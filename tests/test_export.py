@@ -179,7 +179,7 @@ def test_export_cli_and_onnx(tmp_path):
     import numpy as np
     import onnxruntime
 
-    cfg = TrainConfig(sparsity=0.95, epochs_scale=0.02, lambda_init=1e-3)
+    cfg = TrainConfig.from_dict(dict(sparsity=0.95, epochs_scale=0.02, lambda_init=1e-3))
     train(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
     env = dict(os.environ)
     for fmt in ("sparse", "onnx"):

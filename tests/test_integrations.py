@@ -80,7 +80,7 @@ def test_lightning_paper_rule_needs_logged_accuracy(tmp_path):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[ART(sparsity=0.5, warmup_epochs=1)])
+                        callbacks=[ART(sparsity=0.5, warmup_epochs=1, criterion="paper")])
     with pytest.raises(UserError, match="self.log\\('train_acc'"):
         trainer.fit(lightning_net(L, log_acc=False), loader)
 

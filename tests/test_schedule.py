@@ -148,9 +148,8 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
     # fixed eta (no target): the authors' lambda_0 * eta**e, bit for bit
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05)
     assert feed(art, model, [0.1] * 6) == [1e-3 * 1.05**e for e in range(6)]
-    # a flat gap never closes: once target // 2 = 4 epochs and WINDOW = 4 gaps are known, the growth is
-    # multiplied by eta each epoch
-    assert hs.schedule.WINDOW == 4
+    # a flat gap never closes: once target // 2 = 4 epochs and four gaps are known, the growth is multiplied by
+    # eta each epoch
     art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8)
     lams = feed(art, model, [0.1] * 7)
     growths = [1.05, 1.05, 1.05, 1.05**2, 1.05**3, 1.05**4, 1.05**5]
@@ -254,3 +253,44 @@ def test_adapted_eta_resumes_exactly():
     assert resumed.history == whole.history and resumed.stop_reason == "deadline"
     assert resumed.masks.keys() == whole.masks.keys()
     assert all(torch.equal(resumed.masks[k], whole.masks[k]) for k in whole.masks)
+
+
+def test_auto_lambda_by_push_matches_the_closed_formula():
+    import math
+
+    from hypersparse.regularizers import L1, HyperSparse
+    from hypersparse.schedule import lambda_for_push
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    w = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()]).double()
+    kappa, push, lr, m, steps = 0.9, 0.02, 0.1, 0.9, 50
+    cut = w.sort().values[math.floor(kappa * w.numel()) - 1]  # the k-th smallest magnitude
+    # HyperSparse at the cut: s |w| = artanh(1/sqrt 3), so sech^2 = 2/3 and g = s (2/3) ||w||_1 / sum tanh(s|w|)
+    s = math.atanh(1 / math.sqrt(3)) / cut
+    g = s * (2 / 3) * w.sum() / torch.tanh(s * w).sum()
+    want = push * (1 - m) / (lr * steps * float(g / cut))
+    assert lambda_for_push(HyperSparse(model, kappa), kappa, push, lr, m, steps) == pytest.approx(want, rel=1e-6)
+    # L1's gradient is 1 everywhere: lambda * steps * lr / (1 - m) = push * |w|_(k)
+    want = push * (1 - m) * float(cut) / (lr * steps)
+    assert lambda_for_push(L1(model), kappa, push, lr, m, steps) == pytest.approx(want, rel=1e-9)
+
+
+def test_auto_lambda_is_set_by_begin_epoch_and_refuses_bad_forms_and_an_already_sparse_model():
+    from hypersparse.errors import UserError
+    from hypersparse.regularizers import HyperSparse
+    from hypersparse.schedule import lambda_for_push
+
+    model = torch.nn.Linear(10, 10)
+    art = hs.ART(HyperSparse(model, 0.5), warmup_epochs=0, lambda_init="auto:0.04")
+    with pytest.raises(RuntimeError, match="call begin_epoch"):
+        art.lam
+    note = art.begin_epoch(lr=0.1, momentum=0.9, steps_per_epoch=10)
+    assert art.lam == lambda_for_push(art.regularizer, 0.5, 0.04, 0.1, 0.9, 10) and "0.04 per epoch" in note
+    for bad in ("auto:1", "auto:-0.1", "auto:x", "automatic"):
+        with pytest.raises(ValueError, match="lambda_init must be"):
+            hs.ART(HyperSparse(model, 0.5), lambda_init=bad)
+    with torch.no_grad():
+        model.weight[:, :5] = 0  # half the weights are zero: the cut at 0.3 sits on a zero
+    with pytest.raises(UserError, match="pruning cut is 0 .*already that sparse.*--lambda-init"):
+        lambda_for_push(HyperSparse(model, 0.3), 0.3, 0.02, 0.1, 0.9, 10)

@@ -3,6 +3,8 @@ from hypersparse.masks import MaskHandle, SparsityReport, apply_masks_, magnitud
 from hypersparse.params import NoPrunableParametersError, prunable_parameters
 from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
 from hypersparse.schedule import ART, ARTDidNotConverge
+from hypersparse.driver import ARTDriver, Driver
+from hypersparse.method import EpochResult, Method
 from hypersparse.export import load_sparse, save_sparse
 from hypersparse.inference import CompactMLP, sparse_inference
 
@@ -11,6 +13,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ART",
     "ARTDidNotConverge",
+    "ARTDriver",
+    "Driver",
+    "EpochResult",
+    "Method",
     "CompactMLP",
     "HyperSparse",
     "L1",

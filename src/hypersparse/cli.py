@@ -11,7 +11,10 @@ import sys
 import traceback
 import typing
 
-from hypersparse.config import TrainConfig, config_fields
+from dataclasses import fields
+
+from hypersparse import __version__
+from hypersparse.config import SECTIONS, TrainConfig
 from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.schedule import ARTDidNotConverge
@@ -22,63 +25,79 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n")
 
 
-def _flag_type(tp):
-    if callable(tp) and not isinstance(tp, (type, str)):
-        return tp  # a parser of its own, e.g. a number or 'auto'
-    tp = str(tp)
-    if "bool" in tp:
-        return None
-    if "float" in tp:
-        return float
-    if "int" in tp:
-        return int
-    return str
-
-
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
+_TYPES = {"int": int, "float": float}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per TrainConfig field, with its default and help."""
-    for name, tp, default, help in config_fields():
-        if name in skip:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if _flag_type(tp) is None:
-            parser.add_argument(flag, action="store_true", help=help)
-        else:
-            parser.add_argument(flag, type=_flag_type(tp), default=default, help=help)
+    """One argument group per config section, one flag per setting marked as a flag; the rest in the epilog."""
+    hidden = []
+    for section, cls in SECTIONS.items():
+        group = None
+        for f in fields(cls):
+            if f.name in skip:
+                continue
+            if not f.metadata["flag"]:
+                hidden.append(f"{section}.{f.name} ({f.default})")
+                continue
+            if group is None:
+                group = parser.add_argument_group(section, cls.__doc__)
+            dest, help = f"{section}.{f.name}", f.metadata["help"] + (f" (default: {f.default})" if f.default else "")
+            flag = "--" + f.name.replace("_", "-")
+            if str(f.type) == "bool":
+                group.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=help)
+            else:
+                group.add_argument(flag, dest=dest, type=_TYPES.get(str(f.type), str), default=argparse.SUPPRESS,
+                                   metavar=f.name.split("_")[-1].upper(), help=help)
+    files = parser.add_argument_group("settings from a file")
+    files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (a run's config.json is one);"
+                       " flags and --set override it")
+    files.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="any setting, e.g. --set schedule.momentum=0.95")
+    parser.epilog = "Settings without a flag (--set or --config): " + ", ".join(hidden) + "."
+
+
+def _config_from(args) -> TrainConfig:
+    """Defaults, then --config, then --set, then the flags."""
+    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    sets = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--set expects SECTION.KEY=VALUE, e.g. --set schedule.momentum=0.95, got {item!r}")
+        sets[key.strip()] = value.strip()
+    flags = {k: v for k, v in vars(args).items() if "." in k}
+    return TrainConfig.from_dict({**sets, **flags}, base=cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hypersparse.data import DATASETS
     from hypersparse.models import MODELS
 
-    parser = _Parser(prog="hypersparse", description="Make dense PyTorch networks extremely sparse with HyperSparse and ART.")
+    parser = _Parser(prog="hypersparse", description="Make dense PyTorch networks extremely sparse with HyperSparse "
+                     "and ART.")
+    parser.add_argument("--version", action="version", version=f"hypersparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser(
-        "train",
-        help="warm-up -> ART -> fine-tune (or a baseline method)",
-        description="Train a model from dense to sparse. With no flags: digits, MLP, 90%% sparsity. "
-        "Models: " + ", ".join(MODELS) + ". Datasets: " + ", ".join(DATASETS) + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+        "train", help="warm-up -> ART -> fine-tune (or a baseline method)",
+        description="Train a model from dense to sparse. With no flags: digits, MLP, 90 percent sparsity. Models: "
+        + ", ".join(MODELS) + ". Datasets: " + ", ".join(DATASETS) + ".")
     _add_config_flags(train)
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
-
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, "
+                       "with the settings it started with")
     tune = sub.add_parser(
         "tune", help="search lambda_0 and eta with Optuna on the validation split (needs the [tune] extra)",
-        description="Search ART's lambda_0 and eta; every other flag is the base run's, as for train. Running the "
-        "same command again continues the study.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Search ART's lambda_0 and eta; every other setting is the base run's, as for train. Running the "
+        "same command again continues the study.")
     _add_config_flags(tune, skip=TUNED)
     tune.add_argument("--trials", type=int, default=20, help="finished trials to reach (earlier calls count)")
-    tune.add_argument("--study-dir", help="trial runs, study.db and best.json (default: runs/tune-<dataset>-<model>-<sparsity>)")
+    tune.add_argument("--study-dir", help="trial runs, study.db and best.json (default: runs/tune-<dataset>-<model>-"
+                      "<sparsity>)")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db)")
     tune.add_argument("--lambda-range", default="1e-7,1e-3", help="log-uniform range of lambda_0")
     tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
-
-    ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or checkpoint.")
+    ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or "
+                        "checkpoint.")
     ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, or a sparse file")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
@@ -104,27 +123,20 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
-    from hypersparse.checkpoint import load_checkpoint
     from hypersparse.export import export_onnx, save_sparse
-    from hypersparse.models import create_model
+    from hypersparse.runs import SUMMARY, model_from_run, read_json
 
     path = Path(args.run)
     run_dir = path if path.is_dir() else path.parent
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+    summary = read_json(run_dir / SUMMARY)
+    if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
-    arch = json.loads(summary_path.read_text())["arch"]
-    try:
-        state = load_checkpoint(path / "model.pt" if path.is_dir() else path)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise UserError(f"cannot read the model in {path} ({exc})") from None
-    model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
-    model.load_state_dict(state.get("model", state))
+    arch = summary["arch"]
+    model = model_from_run(path)
     if args.format == "sparse":
         info = save_sparse(model, args.out or run_dir / "model.sparse.safetensors", arch)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
@@ -138,30 +150,32 @@ def _export(args) -> int:
 def _train(args) -> int:
     from hypersparse import engine
 
-    progress = False if args.no_progress else None
     if args.resume:
-        engine.resume(args.resume, progress=progress)
+        given = sorted(k for k in vars(args) if "." in k) + (["--config"] if args.config else []) + \
+            (["--set"] if args.set else [])
+        if given:
+            shown = given[0] if given[0].startswith("--") else "--" + given[0].split(".")[1].replace("_", "-")
+            raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
+        engine.resume(args.resume)
         return 0
-    values = {name: getattr(args, name) for name, *_ in config_fields()}
-    engine.train(TrainConfig(**values).validate(), progress=progress)
+    engine.train(_config_from(args))
     return 0
 
 
 def _tune(args) -> int:
     from hypersparse.tune import parse_range, tune
 
-    values = {name: getattr(args, name) for name, *_ in config_fields() if name not in TUNED}
-    base = TrainConfig(**values).validate()
-    study_dir = args.study_dir or f"runs/tune-{base.dataset}-{base.model}-{base.sparsity:g}"
+    base = _config_from(args)
+    study_dir = args.study_dir or f"runs/tune-{base.data.dataset}-{base.model.model}-{base.sparsity.sparsity:g}"
     tune(base, study_dir, args.trials, parse_range(args.lambda_range, "--lambda-range"),
          parse_range(args.eta_range, "--eta-range"), args.storage)
     return 0
 
 
 def _eval(args) -> int:
-    from hypersparse.evaluate import evaluate_checkpoint
+    from hypersparse.evaluate import evaluate_run
 
-    evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.model, args.device)
+    evaluate_run(args.checkpoint, args.dataset, args.data_dir, args.model, args.device)
     return 0
 
 

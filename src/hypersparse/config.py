@@ -1,164 +1,347 @@
-"""Hyperparameters of a run, in one place: defaults and help text live here, the CLI flags are generated."""
+"""Hyperparameters of a run, grouped by concern: one frozen dataclass per concern, defaults and help in one place.
+
+A run's settings come from the defaults, then a config file (``--config``:
+TOML or JSON, a run's ``config.json`` included), then ``--set SECTION.KEY=VALUE``
+and the flags. A setting that does not apply to the chosen method, regularizer
+or dataset is an error, never silently ignored (:func:`not_applicable`).
+Keys may be written with their section (``art.eta``) or alone (``eta``): every
+key name is unique across the sections.
+"""
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field, fields
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 from hypersparse.errors import UserError
 from hypersparse.params import check_sparsity
 
+DEFAULT_PUSH = 0.03  # auto lambda_0: the weight at the pruning cut loses this share of itself per epoch
+NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
+DOWNLOADS = ("mnist", "fashion-mnist")  # datasets whose loader can fetch its files
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+
+def _f(default, help: str, flag: bool = True):
+    """A setting; ``flag=False`` keeps it out of ``--help`` (config file or ``--set`` only)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
-@dataclass
-class TrainConfig:
-    """A training run: data, model, sparsification method and the authors' schedule (their defaults)."""
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on."""
 
     dataset: str = _f("digits", "dataset name (digits needs no files)")
     data_dir: str | None = _f(None, "folder that holds the dataset's official files")
-    download: bool = _f(False, "download missing files (checksums are verified)")
+    download: bool = _f(False, "download missing files (checksums are verified); mnist and fashion-mnist")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network."""
+
     model: str = _f("mlp", "model name")
-    method: str = _f("art", "sparsification method: art, oneshot, gmp, snip")
-    reg: str = _f("hs", "regularizer under ART: hs (HyperSparse), l1, l2")
+    pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up")
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """How sparse, and by which method."""
+
+    method: str = _f("art", "art (the paper's), oneshot, gmp or snip")
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
-    criterion: str = _f("matched", "ART stop rule: matched (dense and pruned copy both scored in eval mode on the same "
-                        "training subset) or paper (the authors': dense running train acc vs pruned eval acc)")
-    lambda_init: float | str = _f(
-        5e-6, "initial regularization strength lambda_0, or 'auto': chosen at the first regularization epoch so that "
-        "the regularizer alone would shrink the weight at the pruning cut by --lambda-auto-push of itself per epoch "
-        "(or, with --lambda-auto-push 0, from the task gradient's norm: --lambda-auto-fraction)",
-        parse="lambda",
-    )
-    lambda_auto_push: float = _f(
-        0.03, "with --lambda-init auto: the fraction of itself the weight at the pruning cut loses per epoch to the "
-        "regularizer alone (at the run's learning rate, momentum and steps per epoch); read from the weights only, "
-        "so it does not fall as warm-up fits the training set. 0 = calibrate on the task gradient instead"
-    )
-    lambda_auto_fraction: float = _f(0.1, "with --lambda-init auto and --lambda-auto-push 0: target ratio of "
-                                     "regularizer to task gradient norm")
-    lambda_auto_batches: int = _f(4, "with --lambda-init auto and --lambda-auto-push 0: training batches (fixed by "
-                                  "the seed, at most one epoch's) the task gradient norm is averaged over; more give "
-                                  "a steadier lambda_0")
-    lambda_auto_per: str = _f(
-        "step", "with --lambda-init auto and --lambda-auto-push 0: step (the ratio holds for one step) or epoch "
-        "(divided by sqrt(steps per epoch / 25): over an epoch the regularizer's pushes add up while SGD's noise adds "
-        "in quadrature, so long epochs get a gentler start; the two agree at 25 steps per epoch)"
-    )
+
+
+@dataclass(frozen=True)
+class ARTConfig:
+    """ART: the regularizer, lambda's start and growth, and the stop rule (--method art only)."""
+
+    reg: str = _f("hs", "regularizer: hs (HyperSparse), l1, l2")
+    lambda_init: float | str = _f(5e-6, "initial strength lambda_0: a number, or auto[:P] to set it from the weights "
+                                  f"so the regularizer alone shrinks the weight at the pruning cut by P per epoch "
+                                  f"(default P {DEFAULT_PUSH})")
     eta: float = _f(1.05, "growth of lambda per regularization epoch")
-    reg_epochs_target: int = _f(0, "end ART's regularization within this many epochs: from half of them on, lambda's "
-                                "growth per epoch follows the pace the pruned copy's gap to the stop rule needs "
-                                "(between eta and x1.5 per epoch), and if the rule still does not hold at the last "
-                                "one the buffer's middle model is kept anyway (stop_reason 'deadline' in "
-                                "metrics.jsonl), once the pruned copy has come half-way to the dense accuracy "
-                                "(until then regularization goes on); 0 = the authors' fixed eta and no deadline")
-    buffer_k: int = _f(1, "ART buffer of 2k+1 epochs; the middle one is kept")
-    max_reg_epochs: int = _f(300, "give up if ART has not stopped after this many regularization epochs")
-    warmup_epochs: int = _f(60, "dense epochs before regularization (skipped with --pretrained)")
+    reg_epochs_target: int = _f(0, "end regularization within about this many epochs (eta rises when it would run "
+                                "late; a deadline once the pruned copy has come half-way); 0 = the authors' fixed eta")
+    criterion: str = _f("matched", "stop rule: matched (dense and pruned copy scored alike) or paper (the authors': "
+                        "dense running training accuracy)")
+    buffer_k: int = _f(1, "buffer of 2k+1 epochs; the middle one is kept", flag=False)
+    max_reg_epochs: int = _f(300, "give up after this many regularization epochs", flag=False)
+    pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy; 0 = all",
+                               flag=False)
+
+
+@dataclass(frozen=True)
+class HyperSparseConfig:
+    """Speed knobs of the HyperSparse regularizer (--reg hs only)."""
+
+    hs_refresh_every: int = _f(32, "recompute the threshold every K steps (sooner if it drifts); 1 = exact", flag=False)
+    hs_compile: str = _f("auto", "fuse the pass with torch.compile: auto (200,000+ weights), on, off", flag=False)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The baselines' pruning phase (oneshot, gmp, snip)."""
+
+    prune_epochs: int = _f(20, "epochs between warm-up and fine-tuning (gmp prunes over them), to match ART's budget")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Optimisation and the phases' lengths (the authors' defaults)."""
+
+    warmup_epochs: int = _f(60, "dense epochs before regularization or pruning")
     finetune_epochs: int = _f(160, "epochs of fine-tuning with the mask fixed")
-    prune_epochs: int = _f(
-        20, "baselines: epochs between warm-up and fine-tuning (gmp prunes gradually over them; oneshot and snip "
-        "train through them), to match ART's regularization phase in the epoch budget"
-    )
     lr: float = _f(0.1, "SGD learning rate")
-    lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by --lr-decay")
-    lr_decay: float = _f(0.1, "learning-rate factor at each step")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "SGD weight decay")
     batch_size: int = _f(64, "training batch size")
-    epochs_scale: float = _f(1.0, "shorten every phase by this factor for quick runs (eta becomes eta**(1/F))")
-    epoch_fraction: float = _f(1.0, "train on this fraction of the training set per epoch (a fresh random part each "
-                               "epoch), in (0, 1]; shortens every epoch for quick runs")
-    pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy each ART epoch; 0 = all")
-    hs_refresh_every: int = _f(32, "recompute the HyperSparse threshold every K steps (sooner if it drifts); 1 = exact")
-    hs_compile: str = _f("auto", "fuse the HyperSparse pass with torch.compile: auto (200,000+ weights), on, off")
-    no_stats: bool = _f(False, "do not log per-epoch weight statistics (stats.jsonl, used by hypersparse report)")
+    epochs_scale: float = _f(1.0, "shorten every phase by this factor (eta becomes eta**(1/F))")
+    lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by lr_decay", flag=False)
+    lr_decay: float = _f(0.1, "learning-rate factor at each step", flag=False)
+    momentum: float = _f(0.9, "SGD momentum", flag=False)
+    weight_decay: float = _f(1e-4, "SGD weight decay", flag=False)
+    epoch_fraction: float = _f(1.0, "each epoch visits a fresh random fraction of the training set, in (0, 1]",
+                               flag=False)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run goes and how it is recorded."""
+
     seed: int = _f(0, "random seed (data split, init, order, augmentation)")
-    device: str = _f("auto", "cuda, mps, cpu or auto")
-    pretrained: str | None = _f(None, "start from this dense checkpoint (state_dict or run checkpoint); skips warm-up")
     run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)")
+    device: str = _f("auto", "cuda, mps, cpu or auto", flag=False)
+    stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", flag=False)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "art": ARTConfig, "hs": HyperSparseConfig,
+    "baseline": BaselineConfig, "schedule": ScheduleConfig, "run": RunConfig,
+}
+#: key -> its section, for keys written without one
+KEYS: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def parse_lambda(value: Any) -> float | str:
+    """``lambda_init`` as given: a positive number, ``auto`` or ``auto:P`` with P in (0, 1)."""
+    if isinstance(value, str) and value.startswith("auto"):
+        push = value[5:] if value.startswith("auto:") else ("" if value == "auto" else None)
+        try:
+            if push is None or (push and not 0 < float(push) < 1):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"--lambda-init auto:P needs P in (0, 1), e.g. auto:0.03, got {value!r}") from None
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--lambda-init must be a positive number, auto or auto:P, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise UserError(f"--lambda-init must be a positive number, auto or auto:P, got {value!r}")
+    return number
+
+
+def _convert(key: str, tp: str, value: Any) -> Any:
+    """A value from a file or ``--set`` text, converted to the field's type, or UserError naming the key."""
+    if key == "lambda_init":
+        return parse_lambda(value)
+    try:
+        if value is None:
+            if "None" not in tp:
+                raise ValueError
+            return None
+        if tp.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp.startswith("int"):
+            if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if tp.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, (str, numbers.Number)):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"setting {key} expects {tp.replace(' | None', ' or nothing')}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: one section per concern. Build it with :meth:`from_dict`; ``given`` lists what was set."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    art: ARTConfig = field(default_factory=ARTConfig)
+    hs: HyperSparseConfig = field(default_factory=HyperSparseConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    given: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, settings: dict, base: "TrainConfig | None" = None, check: bool = True) -> "TrainConfig":
+        """Settings (``{"art": {"eta": 1.1}}``, ``{"art.eta": 1.1}`` or ``{"eta": 1.1}``) over ``base`` or the defaults.
+
+        Raises UserError for an unknown key, a value of the wrong type, or (with
+        ``check``) a setting that does not apply or is out of range.
+        """
+        flat: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key in SECTIONS and isinstance(value, dict):
+                flat.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        cfg = base or cls()
+        updates: dict[str, dict] = {}
+        for key, value in flat.items():
+            section, _, name = key.rpartition(".")
+            section = section or KEYS.get(name, "")
+            types = {f.name: str(f.type) for f in fields(SECTIONS[section])} if section in SECTIONS else {}
+            if name not in types:
+                raise UserError(f"unknown setting {key!r}; the settings are: {', '.join(f'{KEYS[k]}.{k}' for k in KEYS)}")
+            updates.setdefault(section, {})[name] = _convert(name, types[name], value)
+        sections = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
+        given = cfg.given | {f"{s}.{k}" for s, u in updates.items() for k in u}
+        cfg = replace(cfg, **sections, given=frozenset(given))
+        return cfg.validate() if check else cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Settings from a TOML or JSON file (a run's ``config.json`` is one), unchecked: flags may follow."""
+        path = Path(path)
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"cannot read --config {path} ({exc.strerror or exc}); pass a .toml or .json file") from None
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                settings = tomllib.loads(text.decode())
+            else:
+                settings = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"--config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})") \
+                from None
+        if not isinstance(settings, dict):
+            raise UserError(f"--config {path} must hold a table of settings, not {type(settings).__name__}")
+        return cls.from_dict(settings, check=False)
+
+    def to_dict(self) -> dict:
+        """The settings that apply to this run, by section (what ``config.json`` holds; :meth:`from_dict` reads it)."""
+        out: dict[str, dict] = {}
+        for section in SECTIONS:
+            for key, value in asdict(getattr(self, section)).items():
+                if value is not None and not_applicable(self, f"{section}.{key}") is None:
+                    out.setdefault(section, {})[key] = value
+        return out
 
     # -- derived -------------------------------------------------------------
     def scaled(self, epochs: int) -> int:
-        return max(1, round(epochs * self.epochs_scale)) if epochs > 0 else 0
+        return max(1, round(epochs * self.schedule.epochs_scale)) if epochs > 0 else 0
 
     @property
     def warmup(self) -> int:
-        return 0 if self.pretrained else self.scaled(self.warmup_epochs)
+        return 0 if self.model.pretrained else self.scaled(self.schedule.warmup_epochs)
 
     @property
     def finetune(self) -> int:
-        return self.scaled(self.finetune_epochs)
+        return self.scaled(self.schedule.finetune_epochs)
 
     @property
     def milestones(self) -> list[int]:
-        return [self.scaled(int(s)) for s in self.lr_steps.split(",") if s.strip()]
+        return [self.scaled(int(s)) for s in self.schedule.lr_steps.split(",") if s.strip()]
 
     @property
     def eta_scaled(self) -> float:
-        return self.eta ** (1.0 / self.epochs_scale)
+        return self.art.eta ** (1.0 / self.schedule.epochs_scale)
 
     @property
     def reg_target(self) -> int | None:
-        return max(2 * self.buffer_k + 1, self.scaled(self.reg_epochs_target)) if self.reg_epochs_target else None
+        size = 2 * self.art.buffer_k + 1
+        return max(size, self.scaled(self.art.reg_epochs_target)) if self.art.reg_epochs_target else None
 
     @property
     def max_reg(self) -> int:
-        return max(2 * self.buffer_k + 1, math.ceil(self.max_reg_epochs * self.epochs_scale))
+        return max(2 * self.art.buffer_k + 1, math.ceil(self.art.max_reg_epochs * self.schedule.epochs_scale))
 
     def validate(self) -> "TrainConfig":
-        """Raise UserError with the flag's name and the fix for any bad value."""
+        """Raise UserError naming the setting and the fix for a bad value or a setting that does not apply."""
+        for key in sorted(self.given):
+            why = not_applicable(self, key)
+            if why:
+                raise UserError(f"{flag(key)} {why}; drop it")
         try:
-            check_sparsity(self.sparsity, "--sparsity")
+            check_sparsity(self.sparsity.sparsity, "--sparsity")
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        choices = {"method": ("art", "oneshot", "gmp", "snip"), "reg": ("hs", "l1", "l2"),
-                   "criterion": ("paper", "matched"), "hs_compile": ("auto", "on", "off"),
-                   "lambda_auto_per": ("step", "epoch")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not (isinstance(self.lambda_auto_push, (int, float)) and 0 <= self.lambda_auto_push < 1):
-            raise UserError("--lambda-auto-push must be in [0, 1) (a fraction per epoch; 0 = calibrate on the task "
-                            f"gradient), got {self.lambda_auto_push!r}")
-        positive = ("eta", "lr", "batch_size", "epochs_scale", "hs_refresh_every", "max_reg_epochs", "lambda_auto_fraction",
-                    "lambda_auto_batches")
-        if self.lambda_init != "auto":
-            positive = ("lambda_init",) + positive
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
-        if not (isinstance(self.epoch_fraction, (int, float)) and 0 < self.epoch_fraction <= 1):
-            raise UserError(f"--epoch-fraction must be in (0, 1], got {self.epoch_fraction!r}")
-        for name in ("warmup_epochs", "finetune_epochs", "prune_epochs", "buffer_k", "pruned_eval_size",
-                     "reg_epochs_target"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
-        if 0 < self.reg_epochs_target < 2 * self.buffer_k + 1:
-            raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {2 * self.buffer_k + 1} "
-                            f"epochs (2 x --buffer-k + 1), got {self.reg_epochs_target!r}")
-        try:
-            self.milestones
-        except ValueError:
-            raise UserError(f"--lr-steps must be comma-separated integers such as 80,120, got {self.lr_steps!r}") from None
+        _check_values(self)
         return self
 
 
-def parse_lambda(text: str) -> float | str:
-    """A positive number or 'auto'."""
-    if text == "auto":
-        return "auto"
+def flag(key: str) -> str:
+    """How a setting is written on the command line: ``--lr`` for a flag, ``--set art.buffer_k=...`` otherwise."""
+    section, _, name = key.rpartition(".")
+    shown = next(f.metadata["flag"] for f in fields(SECTIONS[section]) if f.name == name)
+    return "--" + name.replace("_", "-") if shown else f"--set {key}"
+
+
+def not_applicable(cfg: TrainConfig, key: str) -> str | None:
+    """Why setting ``key`` (``section.name``) has no effect in ``cfg``, or None if it applies."""
+    section, _, name = key.rpartition(".")
+    method, dataset = cfg.sparsity.method, cfg.data.dataset
+    if section in ("art", "hs") and method != "art":
+        return f"applies to --method art only (this run is --method {method})"
+    if section == "hs" and cfg.art.reg != "hs":
+        return f"applies to --reg hs only (this run regularizes with {cfg.art.reg})"
+    if section == "baseline" and method == "art":
+        return "applies to the baselines (oneshot, gmp, snip), not --method art"
+    if key == "data.data_dir" and dataset in NO_FILES:
+        return f"is not read by dataset {dataset!r}, which needs no files"
+    if key == "data.download" and dataset not in DOWNLOADS:
+        return f"works for {', '.join(DOWNLOADS)} only, not dataset {dataset!r}"
+    if key == "schedule.warmup_epochs" and cfg.model.pretrained:
+        return "does not apply with --pretrained, which starts from a trained dense model (no warm-up)"
+    return None
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    choices = {"sparsity.method": ("art", "oneshot", "gmp", "snip"), "art.reg": ("hs", "l1", "l2"),
+               "art.criterion": ("paper", "matched"), "hs.hs_compile": ("auto", "on", "off")}
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) not in allowed:
+            raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(getattr(cfg, section), name)!r}")
+    parse_lambda(cfg.art.lambda_init)
+    positive = ("art.eta", "schedule.lr", "schedule.batch_size", "schedule.epochs_scale", "hs.hs_refresh_every",
+                "art.max_reg_epochs", "schedule.lr_decay")
+    at_least_zero = ("schedule.warmup_epochs", "schedule.finetune_epochs", "baseline.prune_epochs", "art.buffer_k",
+                     "art.pruned_eval_size", "art.reg_epochs_target", "schedule.momentum", "schedule.weight_decay")
+    for key in positive + at_least_zero:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not (math.isfinite(value) and (value > 0 if key in positive else value >= 0)):
+            raise UserError(f"{flag(key)} must be {'a positive number' if key in positive else '>= 0'}, got {value!r}")
+    if cfg.schedule.epochs_scale * max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, 1) > 1e7:
+        raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} makes a phase longer than 10 million epochs; "
+                        "use a factor such as 0.1")
+    if not 0 < cfg.schedule.epoch_fraction <= 1:
+        raise UserError(f"--set schedule.epoch_fraction must be in (0, 1], got {cfg.schedule.epoch_fraction!r}")
+    if 0 < cfg.art.reg_epochs_target < 2 * cfg.art.buffer_k + 1:
+        raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {2 * cfg.art.buffer_k + 1} "
+                        f"epochs (2 x buffer_k + 1), got {cfg.art.reg_epochs_target!r}")
+    if not 0 <= cfg.run.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {cfg.run.seed!r}")
     try:
-        return float(text)
+        cfg.milestones
     except ValueError:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
-
-
-def config_fields():
-    """(name, type, default, help) of each TrainConfig field, for the CLI."""
-    return [(f.name, parse_lambda if f.metadata.get("parse") == "lambda" else f.type, f.default, f.metadata["help"])
-            for f in fields(TrainConfig)]
+        raise UserError(f"--set schedule.lr_steps must be comma-separated integers such as 80,120, got "
+                        f"{cfg.schedule.lr_steps!r}") from None

@@ -1,55 +1,81 @@
-"""``hypersparse eval``: reload a trained model and report its accuracy and sparsity."""
+"""Accuracy of a model on uint8 images: the normalisation a run trained with, and ``hypersparse eval``.
+
+Nothing here imports the training engine: ``eval``, ``export``, ``report`` and
+the benchmarks score models with these alone.
+"""
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from hypersparse.checkpoint import load_checkpoint
-from hypersparse.data import load_dataset
-from hypersparse.data.loader import DeviceLoader
-from hypersparse.engine import evaluate, pick_device
-from hypersparse.errors import UserError
+import torch
+from torch import nn
+
+from hypersparse.device import autocast, pick_device
 from hypersparse.masks import sparsity_report
-from hypersparse.models import create_model
 
 
-def _find_config(path: Path) -> dict:
-    for cand in (path / "config.json", path.parent / "config.json"):
-        if cand.exists():
-            return json.loads(cand.read_text())
-    return {}
+@dataclass
+class Normalizer:
+    """uint8 images -> the float inputs a model was trained on: ``(x - 255 mean) / (255 std)`` per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = torch.device("cpu")
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        shape = (1, -1, 1, 1)
+        self._mean = torch.tensor(self.mean, device=self.device).view(shape) * 255
+        self._std = torch.tensor(self.std, device=self.device).view(shape) * 255
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.device).float() - self._mean) / self._std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
-def evaluate_checkpoint(path: str, dataset=None, data_dir=None, model_name=None, device="auto") -> dict:
-    """Print and return validation/test accuracy and sparsity of a saved model."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p} does not exist; pass a run directory or a model file")
-    cfg = _find_config(p)
-    file = p / "model.pt" if p.is_dir() else p
-    dataset = dataset or cfg.get("dataset")
-    model_name = model_name or cfg.get("model")
-    if not dataset or not model_name:
-        raise UserError(f"{p} has no config.json beside it; pass --dataset and --model")
-    data = load_dataset(dataset, data_dir or cfg.get("data_dir"), cfg.get("seed", 0))
-    if file.suffix == ".safetensors":
-        from hypersparse.export import load_sparse
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalizer, batch: int = 1024,
+             per_class: list | None = None) -> float:
+    """Accuracy of ``model`` in eval mode on uint8 images ``x``; with a list ``per_class``, each class's accuracy."""
+    was = model.training
+    model.eval()
+    device = normalize.device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    hits = []
+    for start in range(0, len(x), batch):
+        with autocast(device):
+            out = model(normalize(x[start : start + batch]))
+        right = out.argmax(1) == y[start : start + batch].to(device)
+        correct += right.sum()
+        hits.append(right)
+    model.train(was)
+    if per_class is not None and hits:
+        right, labels = torch.cat(hits).cpu(), y.cpu()
+        classes = int(labels.max()) + 1
+        total = torch.bincount(labels, minlength=classes).clamp_min(1)
+        per_class[:] = (torch.bincount(labels[right], minlength=classes) / total).tolist()
+    return int(correct) / max(1, len(x))
 
-        model = load_sparse(file)
-    else:
-        try:
-            obj = load_checkpoint(file)
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise UserError(f"cannot read {file} ({exc})") from None
-        state = obj.get("model", obj)
-        model = create_model(model_name, data.num_classes, data.in_channels, data.image_size)
-        model.load_state_dict(state)
+
+def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
+                 model_name: str | None = None, device: str = "auto") -> dict:
+    """``hypersparse eval``: print and return validation/test accuracy and sparsity of a saved model."""
+    from hypersparse.data import load_dataset
+    from hypersparse.runs import model_from_run, run_settings
+
+    settings = run_settings(path, dataset, data_dir, model_name)
+    data = load_dataset(settings["dataset"], settings["data_dir"], settings["seed"])
+    model = model_from_run(path, settings["model"], data.num_classes, data.in_channels, data.image_size)
     dev = pick_device(device)
     model.to(dev)
-    loader = DeviceLoader(data.train_x[:1], data.train_y[:1], 1, data.mean, data.std, dev)
+    normalize = Normalizer(data.mean, data.std, dev)
     result = {
-        "val_acc": evaluate(model, data.val_x, data.val_y, loader),
-        "test_acc": evaluate(model, data.test_x, data.test_y, loader),
+        "val_acc": evaluate(model, data.val_x, data.val_y, normalize),
+        "test_acc": evaluate(model, data.test_x, data.test_y, normalize),
         "sparsity": sparsity_report(model).sparsity,
     }
     print(sparsity_report(model))

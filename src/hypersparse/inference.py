@@ -260,6 +260,40 @@ def _replace(chain: dict, new: nn.Module) -> None:
                                   if k == keys[0] or k not in keys)
 
 
+def _chain_inputs(model: nn.Module, chains: list[dict], example: torch.Tensor) -> dict[int, torch.Tensor]:
+    """What each chain receives when ``model`` runs on ``example`` (chains off that path are absent)."""
+    inputs: dict[int, torch.Tensor] = {}
+
+    def remember(k):
+        def hook(module, args):  # returns None, so the input is left as it is
+            inputs.setdefault(k, args[0].detach())
+
+        return hook
+
+    hooks = [c["parent"]._modules[c["keys"][0]].register_forward_pre_hook(remember(k)) for k, c in enumerate(chains)]
+    model(example)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
+def _choose_chain(chain: dict, x: torch.Tensor, kernels: list[str], reps: int, native: bool) -> dict:
+    """Time one chain as it is and compacted with each kernel; swap in the fastest if it is 3 % faster."""
+    as_is = nn.Sequential(*[chain["parent"]._modules[key] for key in chain["keys"]])
+    candidates = {"dense": as_is, **{f"compact-{kern}": CompactMLP(chain["layers"], chain["flatten"], kern)
+                                      for kern in kernels}}
+    us = {name: t * 1e6 for name, t in interleaved_latency(candidates, x, reps).items()}
+    best = min(us, key=us.get)
+    if us[best] > MARGIN * us["dense"]:
+        best = "dense"
+    choice = {"kind": best, "us": us, "sparse": best != "dense", "shapes": candidates["compact-dense"].shapes}
+    if native and "native" not in kernels:
+        choice["native"] = _native.unavailable()
+    if best != "dense":
+        _replace(chain, candidates[best])
+    return choice
+
+
 @torch.no_grad()
 def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode, CPU) whose Linear chains run compacted, where measured faster.
@@ -279,36 +313,13 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     original = model
     model = copy.deepcopy(model).eval().cpu()
     chains = find_chains(model)
-    inputs: dict[int, torch.Tensor] = {}
-
-    def remember(k):
-        def hook(module, args):  # returns None, so the input is left as it is
-            inputs.setdefault(k, args[0].detach())
-
-        return hook
-
-    hooks = [c["parent"]._modules[c["keys"][0]].register_forward_pre_hook(remember(k)) for k, c in enumerate(chains)]
-    model(example)
-    for h in hooks:
-        h.remove()
+    inputs = _chain_inputs(model, chains, example)
     kernels = [k for k in KERNELS if k != "native" or (native and not _native.unavailable())]
     choices = {}
     for k, chain in enumerate(chains):
         if k not in inputs:  # not on the path of this input
             continue
-        as_is = nn.Sequential(*[chain["parent"]._modules[key] for key in chain["keys"]])
-        candidates = {"dense": as_is, **{f"compact-{kern}": CompactMLP(chain["layers"], chain["flatten"], kern)
-                                          for kern in kernels}}
-        us = {name: t * 1e6 for name, t in interleaved_latency(candidates, inputs[k], reps).items()}
-        best = min(us, key=us.get)
-        if us[best] > MARGIN * us["dense"]:
-            best = "dense"
-        choices[chain["name"]] = {"kind": best, "us": us, "sparse": best != "dense",
-                                  "shapes": candidates["compact-dense"].shapes}
-        if native and "native" not in kernels:
-            choices[chain["name"]]["native"] = _native.unavailable()
-        if best != "dense":
-            _replace(chain, candidates[best])
+        choices[chain["name"]] = _choose_chain(chain, inputs[k], kernels, reps, native)
     if any(c["sparse"] for c in choices.values()):
         # per-chain timings need not add up (caches, dispatch): keep the swap only if the whole model is faster,
         # and only if the chains' own, precise timings say it saves 3 % of the model's time: a classifier's

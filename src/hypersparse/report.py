@@ -19,31 +19,11 @@ import json
 from pathlib import Path
 
 from hypersparse.errors import UserError
+from hypersparse.runs import load_run
 from hypersparse.stats import HIST_EDGES
 
 PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff", "finetune": "#d6f0d6"}
 FIGURES = ["gradient", "exploration", "layers", "histograms", "curves", "per_class"]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def load_run(run_dir: Path) -> dict:
-    if not (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl); pass the folder 'hypersparse train' wrote")
-    run = {
-        "dir": run_dir,
-        "config": json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {},
-        "metrics": _read_jsonl(run_dir / "metrics.jsonl"),
-        "stats": _read_jsonl(run_dir / "stats.jsonl"),
-        "summary": json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None,
-    }
-    if not run["stats"]:
-        raise UserError(f"{run_dir} has no stats.jsonl (trained with --no-stats?); rerun without it for a report")
-    c = run["config"]
-    run["label"] = f"{c.get('method', '?')}-{c.get('reg', '')}" if c.get("method") == "art" else c.get("method", run_dir.name)
-    return run
 
 
 def _shade(ax, metrics):
@@ -59,19 +39,19 @@ def _fig_gradient(plt, runs, path):
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs[:1]:
         # regularization epochs before the cut (after it the model is pruned and the gradient is that of a sparse net)
-        rows = [s for s in run["stats"] if s.get("sorted_gradient") and s.get("event") == "regularize"] or \
-               [s for s in run["stats"] if s.get("sorted_gradient")]
+        rows = [s for s in run.stats if s.get("sorted_gradient") and s.get("event") == "regularize"] or \
+               [s for s in run.stats if s.get("sorted_gradient")]
         picks = rows if len(rows) <= 5 else [rows[round(i * (len(rows) - 1) / 4)] for i in range(5)]
         for s in picks:
             g = [max(abs(v), 1e-12) for v in s["sorted_gradient"]]
             ax.plot([100 * i / max(1, len(g) - 1) for i in range(len(g))], g, label=f"epoch {s['epoch']}")
-        kappa = run["config"].get("sparsity", 0)
+        kappa = run.config.get("sparsity", {}).get("sparsity", 0)
         ax.axvline(100 * kappa, color="k", ls="--", lw=1, label=f"cut at kappa = {kappa:g}")
     ax.set_yscale("log")
     ax.set_ylim(bottom=1e-12)
     ax.set_xlabel("weights sorted by magnitude (percentile)")
     ax.set_ylabel("|regularizer gradient|")
-    ax.set_title(f"(a) {runs[0]['label']}: gradient against sorted weight index")
+    ax.set_title(f"(a) {runs[0].label}: gradient against sorted weight index")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -80,9 +60,9 @@ def _fig_gradient(plt, runs, path):
 def _fig_exploration(plt, runs, path):
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
-        pts = [(s["epoch"], (s["entered"] + s["left"]) / 2 / max(1, s["kept"])) for s in run["stats"] if "entered" in s]
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", label=run["label"])
-    _shade(ax, runs[0]["metrics"])
+        pts = [(s["epoch"], (s["entered"] + s["left"]) / 2 / max(1, s["kept"])) for s in run.stats if "entered" in s]
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".", label=run.label)
+    _shade(ax, runs[0].metrics)
     ax.set_xlabel("epoch")
     ax.set_ylabel("kept set exchanged (%)")
     ax.set_yscale("symlog", linthresh=0.1)
@@ -96,11 +76,11 @@ def _fig_exploration(plt, runs, path):
 def _fig_layers(plt, runs, path):
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(runs)
-    names = list(runs[0]["stats"][-1]["layer_zeros"])
+    names = list(runs[0].stats[-1]["layer_zeros"])
     for i, run in enumerate(runs):
-        zeros = run["stats"][-1]["layer_zeros"]
+        zeros = run.stats[-1]["layer_zeros"]
         ax.bar([j + i * width for j in range(len(names))], [100 * zeros.get(n, 0) for n in names], width,
-               label=run["label"])
+               label=run.label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("zero weights (%)")
@@ -111,7 +91,7 @@ def _fig_layers(plt, runs, path):
 
 
 def _moments(run):
-    stats = run["stats"]
+    stats = run.stats
     chosen = {}
     warm = [s for s in stats if s["phase"] == "warmup"]
     if warm:
@@ -135,7 +115,7 @@ def _fig_histograms(plt, runs, path):
     ax.set_ylim(bottom=0)
     ax.set_xlabel("|w|")
     ax.set_ylabel("weights")
-    ax.set_title(f"(d) {runs[0]['label']}: weight magnitudes")
+    ax.set_title(f"(d) {runs[0].label}: weight magnitudes")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -143,7 +123,7 @@ def _fig_histograms(plt, runs, path):
 
 def _fig_curves(plt, runs, path):
     run = runs[0]
-    m = run["metrics"]
+    m = run.metrics
     fig, ax = plt.subplots(figsize=(7, 4))
     _shade(ax, m)
     ep = [r["epoch"] for r in m]
@@ -153,24 +133,24 @@ def _fig_curves(plt, runs, path):
     if pr:
         ax.plot([p[0] for p in pr], [p[1] for p in pr], marker="o", label="pruned copy acc")
     mass = [(r["epoch"], 100 * r["pruned_mass"]) for r in m if r.get("pruned_mass") is not None]
-    if mass:  # runs written before pruned_mass was recorded have none
+    if mass:  # ART runs only
         ax.plot([p[0] for p in mass], [p[1] for p in mass], "--", label="L1 mass the pruned copy drops (%)")
     ax.set_xlabel("epoch (grey warm-up, orange regularize, green fine-tune)")
     ax.set_ylabel("accuracy, L1 share (%)")
     ax.legend(fontsize=7, loc="lower right")
-    lam = [(r["epoch"], r["lambda"]) for r in m if r["lambda"]]
+    lam = [(r["epoch"], r["lambda"]) for r in m if r.get("lambda")]
     if lam:
         ax2 = ax.twinx()
         ax2.plot([p[0] for p in lam], [p[1] for p in lam], "k:", label="lambda")
         ax2.set_yscale("log")
         ax2.set_ylabel("lambda (dotted)")
-    ax.set_title(f"(e) {run['label']}: training curves")
+    ax.set_title(f"(e) {run.label}: training curves")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
 def _fig_per_class(plt, runs, path):
-    rows = [s for s in runs[0]["stats"] if s.get("pruned_per_class")]
+    rows = [s for s in runs[0].stats if s.get("pruned_per_class")]
     fig, ax = plt.subplots(figsize=(7, 4))
     if rows:
         for c in range(len(rows[0]["pruned_per_class"])):
@@ -181,7 +161,7 @@ def _fig_per_class(plt, runs, path):
         ax.text(0.5, 0.5, "no regularization epochs in this run", ha="center", transform=ax.transAxes)
     ax.set_xlabel("epoch")
     ax.set_ylabel("pruned copy accuracy (%)")
-    ax.set_title(f"(f) {runs[0]['label']}: per-class accuracy of the pruned copy during ART")
+    ax.set_title(f"(f) {runs[0].label}: per-class accuracy of the pruned copy during ART")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -195,8 +175,12 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise UserError("the report needs matplotlib: pip install 'hypersparse[cli]'") from exc
-    runs = [load_run(Path(d)) for d in run_dirs]
-    out = Path(out_dir) if out_dir else runs[0]["dir"]
+    runs = [load_run(d) for d in run_dirs]
+    for run in runs:
+        if not run.stats:
+            raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with statistics "
+                            "for a report")
+    out = Path(out_dir) if out_dir else runs[0].dir
     out.mkdir(parents=True, exist_ok=True)
     makers = {"gradient": _fig_gradient, "exploration": _fig_exploration, "layers": _fig_layers,
               "histograms": _fig_histograms, "curves": _fig_curves, "per_class": _fig_per_class}
@@ -210,10 +194,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
              "<table><tr><th>run</th><th>method</th><th>sparsity</th><th>dense test</th><th>sparse val</th>"
              "<th>sparse test</th><th>epochs</th></tr>"]
     for run in runs:
-        s = run["summary"] or {}
+        s = run.summary or {}
         sp, de = s.get("sparse") or {}, s.get("dense") or {}
         fmt = lambda v: f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "-"  # noqa: E731
-        parts.append(f"<tr><td>{html.escape(run['dir'].name)}</td><td>{html.escape(run['label'])}</td>"
+        parts.append(f"<tr><td>{html.escape(run.dir.name)}</td><td>{html.escape(run.label)}</td>"
                      f"<td>{fmt(sp.get('sparsity'))}</td><td>{fmt(de.get('test_acc'))}</td>"
                      f"<td>{fmt(sp.get('val_acc'))}</td><td>{fmt(sp.get('test_acc'))}</td>"
                      f"<td>{html.escape(json.dumps(s.get('epochs', {})))}</td></tr>")
@@ -223,7 +207,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         parts.append(f"<h2>{name.replace('_', ' ')}</h2><img alt='{name}.png' src='data:image/png;base64,{data}'>")
     parts.append("<h2>Settings</h2>")
     for run in runs:
-        parts.append(f"<h3>{html.escape(run['dir'].name)}</h3><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>")
+        parts.append(f"<h3>{html.escape(run.dir.name)}</h3><pre>{html.escape(json.dumps(run.config, indent=1))}</pre>")
     page = out / "report.html"
     page.write_text("\n".join(parts))
     return page

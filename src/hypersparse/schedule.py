@@ -14,14 +14,17 @@ from typing import Callable
 import torch
 from torch import nn
 
+from hypersparse.errors import UserError
 from hypersparse.masks import Masks, magnitude_masks, pruned_mass
-from hypersparse.params import check_sparsity
+from hypersparse.method import EpochResult
+from hypersparse.params import check_sparsity, num_pruned
 from hypersparse.regularizers import HyperSparse, Regularizer
 
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
 WINDOW = 4  # epochs over which the gap's slope is measured
 ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
 DEADLINE_PROGRESS = 0.5  # the deadline fixes the mask only once the pruned copy has come this far to the dense accuracy
+DEFAULT_PUSH = 0.03  # lambda_init "auto": the weight at the pruning cut loses this share of itself per epoch
 
 
 def _slope(ys: list[float]) -> float:
@@ -33,6 +36,48 @@ def _slope(ys: list[float]) -> float:
 
 class ARTDidNotConverge(RuntimeError):
     """Regularization ran its maximum number of epochs without meeting the stop criterion."""
+
+
+
+def parse_auto(lambda_init: float | str) -> float | None:
+    """The push P of ``"auto"`` / ``"auto:P"`` (None for a number)."""
+    if isinstance(lambda_init, str):
+        if lambda_init == "auto":
+            return DEFAULT_PUSH
+        if lambda_init.startswith("auto:"):
+            try:
+                push = float(lambda_init[5:])
+            except ValueError:
+                push = -1.0
+            if 0 < push < 1:
+                return push
+        raise ValueError(f"lambda_init must be a positive number, 'auto' or 'auto:P' with P in (0, 1), got {lambda_init!r}")
+    return None
+
+
+@torch.no_grad()
+def lambda_for_push(regularizer: Regularizer, sparsity: float, push: float, lr: float, momentum: float,
+                    steps_per_epoch: int) -> float:
+    """lambda_0 at which the regularizer alone shrinks a weight at the pruning cut by ``push`` of itself per epoch.
+
+    The cut is the k-th smallest magnitude, k = floor(sparsity N): the weight
+    global magnitude pruning at ``sparsity`` removes last. Per SGD step the
+    regularizer moves it by ``lr * lambda * |g|``, and momentum ``m`` scales a
+    steady push by ``1 / (1 - m)``, so over an epoch of ``S`` steps
+    ``push = lambda * S * lr * |g| / ((1 - m) |w|)``. It reads only the
+    weights, so it does not fall when warm-up has fitted the training set.
+    """
+    mags = torch.cat([p.detach().abs().flatten().double().cpu() for p in regularizer.params])
+    grads = torch.cat([g.detach().abs().flatten().double().cpu() for g in regularizer.gradient()])
+    k = max(num_pruned(sparsity, mags.numel()), 1)
+    cut, index = torch.kthvalue(mags, k)
+    ratio = float(grads[index]) / float(cut) if float(cut) > 0 else 0.0
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise UserError(
+            f"cannot set lambda_0 by push: the weight at the {sparsity:g} pruning cut is {float(cut):g} and its "
+            "regularizer gradient is 0 (is the model already that sparse?); pass a number to --lambda-init"
+        )
+    return push * (1.0 - momentum) / (lr * steps_per_epoch * ratio)
 
 
 class ART:
@@ -51,7 +96,11 @@ class ART:
         regularizer: the :class:`~hypersparse.Regularizer` the loop applies.
         sparsity: target fraction of zero weights (defaults to the HyperSparse regularizer's).
         warmup_epochs: dense epochs before regularization (0 for a pretrained model).
-        lambda_init, eta: initial strength and its growth per regularization epoch.
+        lambda_init: initial strength, or ``"auto"`` / ``"auto:P"``: set at the first regularization epoch (by
+            :meth:`begin_epoch`, which needs the optimizer's learning rate and momentum and the steps per epoch)
+            so that the regularizer alone would shrink the weight at the pruning cut by P of itself per epoch
+            (:func:`lambda_for_push`; P defaults to 0.03).
+        eta: growth of lambda per regularization epoch.
         buffer_k: buffer of ``2k+1`` epochs; the middle one is chosen.
         max_reg_epochs: raise :class:`ARTDidNotConverge` after this many regularization epochs.
         finetune_epochs: after this many fine-tuning epochs :attr:`done` is True (None: never).
@@ -72,18 +121,9 @@ class ART:
             size ``2 * buffer_k + 1``.
     """
 
-    def __init__(
-        self,
-        regularizer: Regularizer,
-        sparsity: float | None = None,
-        warmup_epochs: int = 60,
-        lambda_init: float = 5e-6,
-        eta: float = 1.05,
-        buffer_k: int = 1,
-        max_reg_epochs: int = 300,
-        finetune_epochs: int | None = 160,
-        reg_epochs_target: int | None = None,
-    ):
+    def __init__(self, regularizer: Regularizer, sparsity: float | None = None, warmup_epochs: int = 60,
+                 lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
+                 finetune_epochs: int | None = 160, reg_epochs_target: int | None = None):
         if sparsity is None:
             if not isinstance(regularizer, HyperSparse):
                 raise ValueError("ART needs sparsity= when the regularizer is not HyperSparse")
@@ -93,28 +133,20 @@ class ART:
             raise ValueError(
                 f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
             )
-        for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k)):
-            if int(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
-            raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
-        if reg_epochs_target is not None and int(reg_epochs_target) < 2 * int(buffer_k) + 1:
-            raise ValueError(
-                f"reg_epochs_target ({reg_epochs_target!r}) must be at least the buffer size {2 * int(buffer_k) + 1} "
-                "(or None for the authors' fixed eta)"
-            )
-        if int(max_reg_epochs) < 2 * int(buffer_k) + 1:
-            raise ValueError(f"max_reg_epochs ({max_reg_epochs}) must be at least the buffer size {2 * buffer_k + 1}")
+        self.lambda_auto = parse_auto(lambda_init)  # the push P, or None for a number
+        _check_settings(lambda_init if self.lambda_auto is None else 1.0, eta, warmup_epochs, buffer_k,
+                        max_reg_epochs, reg_epochs_target)
         self.regularizer = regularizer
         self.warmup_epochs = int(warmup_epochs)
-        self.lambda_init = float(lambda_init)
+        self.lambda_init = lambda_init
+        self.lambda_0: float | None = None if self.lambda_auto is not None else float(lambda_init)
         self.eta = float(eta)
         self.buffer_k = int(buffer_k)
         self.max_reg_epochs = int(max_reg_epochs)
         self.finetune_epochs = finetune_epochs
         self.reg_epochs_target = None if reg_epochs_target is None else int(reg_epochs_target)
         self.eta_now = self.eta  # the growth per epoch; rises only with reg_epochs_target
-        self.growth = 1.0  # lambda / lambda_init, the product of the growths so far (reg_epochs_target only)
+        self.growth = 1.0  # lambda / lambda_0, the product of the growths so far (reg_epochs_target only)
         self.epoch = 0  # epochs completed
         self.reg_epochs = 0
         self.finetune_done = 0
@@ -124,17 +156,18 @@ class ART:
         self.masks: Masks | None = None
         self.chosen_epoch: int | None = None
         self.stop_reason: str | None = None
-        self.lambda_override: float | None = None
 
     @property
     def lam(self) -> float:
         """The regularization strength for the current epoch (0 outside regularization)."""
         if self.phase != REGULARIZE:
             return 0.0
-        base = self.lambda_override if self.lambda_override is not None else self.lambda_init
+        if self.lambda_0 is None:
+            raise RuntimeError("lambda_init is 'auto': call begin_epoch(lr, momentum, steps_per_epoch) before training "
+                               "the first regularization epoch")
         if self.reg_epochs_target is None:
-            return base * self.eta**self.reg_epochs  # the authors' schedule, to the bit
-        return base * self.growth
+            return self.lambda_0 * self.eta**self.reg_epochs  # the authors' schedule, to the bit
+        return self.lambda_0 * self.growth
 
     @property
     def warmup_ends(self) -> bool:
@@ -148,77 +181,103 @@ class ART:
             self.phase == FINETUNE and self.finetune_epochs is not None and self.finetune_done >= self.finetune_epochs
         )
 
-    def end_epoch(
-        self,
-        model: nn.Module,
-        dense_acc: float,
-        pruned_acc: Callable[[nn.Module], float] | None = None,
-    ) -> str:
-        """Report the end of an epoch; returns what happened.
+    @property
+    def mask_fixed(self) -> bool:
+        """True from the stop on: :attr:`masks` holds for the rest of training."""
+        return self.phase == FINETUNE and self.masks is not None
 
-        ``dense_acc`` is the dense model's accuracy this epoch (the authors use
-        the running training accuracy). ``pruned_acc(model)`` is called during
-        regularization with ``model`` temporarily pruned at the target sparsity
-        (the weights are restored afterwards). Returns ``"warmup"``,
-        ``"regularize"``, ``"stop"`` (regularization ended: ``model`` now holds
-        the chosen pruned weights and :attr:`masks` its mask) or ``"finetune"``.
+    @property
+    def fine_tuning(self) -> bool:
+        return self.phase == FINETUNE
+
+    @property
+    def needs_scores(self) -> bool:
+        """True in regularization epochs, whose end compares the pruned copy with the dense model."""
+        return self.phase == REGULARIZE
+
+    def start(self, model: nn.Module) -> None:
+        """Nothing to prepare: ART's decisions come at epoch ends."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Nothing per step: the loop applies the regularizer with :attr:`lam`."""
+
+    def begin_epoch(self, lr: float, momentum: float, steps_per_epoch: int) -> str | None:
+        """Before an epoch's training: sets an ``auto`` lambda_0 at the first regularization epoch; returns a note."""
+        if self.phase != REGULARIZE or self.lambda_0 is not None:
+            return None
+        self.lambda_0 = lambda_for_push(self.regularizer, self.sparsity, self.lambda_auto, lr, momentum, steps_per_epoch)
+        return (f"lambda_init auto: {self.lambda_0:.3g} (the regularizer shrinks the weight at the cut by "
+                f"{self.lambda_auto:g} per epoch of {steps_per_epoch} steps)")
+
+    def end_epoch(self, model: nn.Module, dense_acc: float | None = None,
+                  pruned_acc: Callable[[nn.Module], float] | None = None) -> EpochResult:
+        """Report the end of an epoch; returns what happened, with the epoch's record (also in :attr:`history`).
+
+        ``dense_acc`` is the dense model's accuracy this epoch (needed in
+        regularization epochs; the authors use the running training accuracy).
+        ``pruned_acc(model)`` is called during regularization with ``model``
+        temporarily pruned at the target sparsity (the weights are restored
+        afterwards). Returns ``"warmup"``, ``"regularize"``, ``"stop"``
+        (regularization ended: ``model`` now holds the chosen pruned weights and
+        :attr:`masks` its mask) or ``"finetune"``.
         """
-        record = {"epoch": self.epoch, "phase": self.phase, "lambda": self.lam, "dense_acc": float(dense_acc)}
+        record = {"epoch": self.epoch, "phase": self.phase, "lambda": self.lam}
         self.epoch += 1
         event = self.phase
         if self.phase == WARMUP:
             if self.epoch >= self.warmup_epochs:
                 self.phase = REGULARIZE
         elif self.phase == REGULARIZE:
-            if pruned_acc is None:
-                raise ValueError("during regularization end_epoch needs pruned_acc, a callable scoring the pruned model")
-            masks = magnitude_masks(self.regularizer.params, self.sparsity)
-            record["pruned_mass"] = pruned_mass(self.regularizer.params, masks)  # before scoring, which prunes in place
-            acc = float(self._score_pruned(model, masks, pruned_acc))
-            record["pruned_acc"] = acc
-            self.reg_epochs += 1
-            self.buffer.append(
-                {
-                    "epoch": record["epoch"],
-                    "pruned_acc": acc,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                    "masks": masks,
-                }
-            )
-            size = 2 * self.buffer_k + 1
-            del self.buffer[:-size]
-            mean = sum(b["pruned_acc"] for b in self.buffer) / len(self.buffer)
-            record["buffer_mean"] = mean
-            reason = None
-            if len(self.buffer) == size and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
-                reason = "rule"
-            elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # target >= size: full
-                first = next(h["buffer_mean"] for h in self.history + [record] if "buffer_mean" in h)
-                progress = (mean - first) / (dense_acc - first) if dense_acc > first else 1.0
-                if progress >= DEADLINE_PROGRESS:
-                    reason = "deadline"
-                else:
-                    record["past_deadline"] = progress
-            if reason is not None:
-                self._choose(model, self.buffer[self.buffer_k])
-                self.stop_reason = record["stop_reason"] = reason
-                record["chosen_epoch"] = self.chosen_epoch
-                event = "stop"
-            elif self.reg_epochs >= self.max_reg_epochs:
-                self.history.append(record)
-                raise ARTDidNotConverge(
-                    f"ART regularized for {self.reg_epochs} epochs without the pruned model's accuracy "
-                    f"(buffer mean {mean:.4f}) beating the dense accuracy ({float(dense_acc):.4f}); "
-                    "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
-                    + (", or set a deadline with reg_epochs_target" if self.reg_epochs_target is None else "")
-                )
-            if event != "stop" and self.reg_epochs_target is not None:
-                self._adapt_eta(float(dense_acc) - mean)
-                record["eta"] = self.eta_now
+            if pruned_acc is None or dense_acc is None:
+                raise ValueError("during regularization end_epoch needs dense_acc and pruned_acc, a callable scoring "
+                                 "the pruned model")
+            record.update(lambda_init=self.lambda_0, dense_acc=float(dense_acc))
+            event = self._end_regularize(model, float(dense_acc), pruned_acc, record)
         else:
             self.finetune_done += 1
         self.history.append(record)
-        return event
+        return EpochResult(event, {k: v for k, v in record.items() if k not in ("epoch", "phase")})
+
+    def _end_regularize(self, model: nn.Module, dense_acc: float, pruned_acc: Callable[[nn.Module], float],
+                        record: dict) -> str:
+        masks = magnitude_masks(self.regularizer.params, self.sparsity)
+        record["pruned_mass"] = pruned_mass(self.regularizer.params, masks)  # before scoring, which prunes in place
+        acc = float(self._score_pruned(model, masks, pruned_acc))
+        record["pruned_acc"] = acc
+        self.reg_epochs += 1
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.buffer.append({"epoch": record["epoch"], "pruned_acc": acc, "state": state, "masks": masks})
+        size = 2 * self.buffer_k + 1
+        del self.buffer[:-size]
+        mean = sum(b["pruned_acc"] for b in self.buffer) / len(self.buffer)
+        record["buffer_mean"] = mean
+        reason = None
+        if len(self.buffer) == size and mean >= dense_acc:  # ">=": a dense model at 100 % could never be beaten
+            reason = "rule"
+        elif self.reg_epochs_target is not None and self.reg_epochs >= self.reg_epochs_target:  # target >= size: full
+            first = next(h["buffer_mean"] for h in self.history + [record] if "buffer_mean" in h)
+            progress = (mean - first) / (dense_acc - first) if dense_acc > first else 1.0
+            if progress >= DEADLINE_PROGRESS:
+                reason = "deadline"
+            else:
+                record["past_deadline"] = progress
+        if reason is not None:
+            self._choose(model, self.buffer[self.buffer_k])
+            self.stop_reason = record["stop_reason"] = reason
+            record["chosen_epoch"] = self.chosen_epoch
+            return "stop"
+        if self.reg_epochs >= self.max_reg_epochs:
+            self.history.append(record)
+            raise ARTDidNotConverge(
+                f"ART regularized for {self.reg_epochs} epochs without the pruned model's accuracy "
+                f"(buffer mean {mean:.4f}) beating the dense accuracy ({dense_acc:.4f}); "
+                "raise lambda_init or eta, or allow more epochs with max_reg_epochs"
+                + (", or set a deadline with reg_epochs_target" if self.reg_epochs_target is None else "")
+            )
+        if self.reg_epochs_target is not None:
+            self._adapt_eta(dense_acc - mean)
+            record["eta"] = self.eta_now
+        return REGULARIZE
 
     def _adapt_eta(self, gap: float) -> None:
         # the earlier gaps are in the history (dense accuracy minus buffer mean of each regularization epoch)
@@ -266,7 +325,7 @@ class ART:
 
     def state_dict(self) -> dict:
         """Everything needed to resume mid-phase (the buffer's model states included)."""
-        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_override",
+        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_0",
                 "eta_now", "growth", "stop_reason")
         state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
         state["buffer"] = [dict(b) for b in self.buffer]
@@ -274,11 +333,22 @@ class ART:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch"):
+        for k in ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_0",
+                  "eta_now", "growth", "stop_reason"):
             setattr(self, k, copy.deepcopy(state[k]))
-        self.lambda_override = state.get("lambda_override")
-        self.eta_now, self.growth = state.get("eta_now", self.eta), state.get("growth", 1.0)
-        # checkpoints from before the deadline existed: any stop there was the rule's
-        self.stop_reason = state.get("stop_reason", "rule" if state["chosen_epoch"] is not None else None)
         self.buffer = [dict(b) for b in state["buffer"]]
-        self.regularizer.load_state_dict(state.get("regularizer", {}))
+        self.regularizer.load_state_dict(state["regularizer"])
+
+
+def _check_settings(lambda_init, eta, warmup_epochs, buffer_k, max_reg_epochs, reg_epochs_target) -> None:
+    for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k)):
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
+        raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
+    size = 2 * int(buffer_k) + 1
+    if reg_epochs_target is not None and int(reg_epochs_target) < size:
+        raise ValueError(f"reg_epochs_target ({reg_epochs_target!r}) must be at least the buffer size {size} "
+                         "(or None for the authors' fixed eta)")
+    if int(max_reg_epochs) < size:
+        raise ValueError(f"max_reg_epochs ({max_reg_epochs}) must be at least the buffer size {size}")

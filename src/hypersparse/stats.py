@@ -12,25 +12,42 @@ passes over the weights per epoch.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from hypersparse.masks import magnitude_masks
 from hypersparse.regularizers import INFLECTION, Regularizer
 
 SAMPLE = 512
+SHARE = 0.05  # outside the epochs the report needs, the statistics may cost at most this share of training time
 HIST_EDGES = (-10.0, 1.0, 66)  # log10 |w| from 1e-10 to 10, 65 bins; exact zeros are counted apart
 
 
 class StatsCollector:
-    """Computes one epoch's statistics; keeps the previous kept-set to count exchanges."""
+    """Computes one epoch's statistics; keeps the previous kept-set to count exchanges, and its own time budget."""
 
-    def __init__(self, names: list[str], params: list[torch.Tensor], sparsity: float, seed: int = 0):
-        self.names, self.params, self.sparsity = names, params, sparsity
+    def __init__(self, names: list[str], params: list[torch.Tensor], sparsity: float, seed: int = 0,
+                 share: float = SHARE):
+        self.names, self.params, self.sparsity, self.share = names, params, sparsity, share
+        self.budget = 0.0  # seconds of statistics the run may still spend
+        self.cost = 0.0  # what the last collection took
         n = sum(p.numel() for p in params)
         g = torch.Generator().manual_seed(seed + 7)
         # a fixed random subset of weight positions whose magnitudes (and gradients) we keep, sorted
         self.index = torch.randperm(n, generator=g)[: min(n, 20_000)]  # enough for 512 quantiles; sorting it is cheap
         self.prev_keep: torch.Tensor | None = None
+
+    def maybe_collect(self, regularizer: Regularizer | None, epoch_seconds: float, needed: bool) -> dict | None:
+        """This epoch's statistics if ``needed`` (the report reads them) or if the budget allows, else None."""
+        self.budget += self.share * epoch_seconds
+        if not (needed or self.budget >= self.cost):
+            return None
+        t0 = time.perf_counter()
+        out = self.collect(regularizer)
+        self.cost = time.perf_counter() - t0
+        self.budget -= self.cost
+        return out
 
     @torch.no_grad()
     def collect(self, regularizer: Regularizer | None) -> dict:
@@ -64,7 +81,7 @@ class StatsCollector:
         return out
 
     def state_dict(self) -> dict:
-        return {"prev_keep": self.prev_keep}
+        return {"prev_keep": self.prev_keep, "budget": self.budget, "cost": self.cost}
 
     def load_state_dict(self, state: dict) -> None:
-        self.prev_keep = state.get("prev_keep")
+        self.prev_keep, self.budget, self.cost = state["prev_keep"], state["budget"], state["cost"]

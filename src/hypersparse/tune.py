@@ -10,7 +10,6 @@ killed is marked failed and tried again with the same values.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -47,8 +46,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     optuna = _optuna()
     from hypersparse.engine import train
 
-    if base.method != "art":
-        raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.method} has neither")
+    if base.sparsity.method != "art":
+        raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.sparsity.method} has neither")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     base.validate()
@@ -58,7 +57,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True, direction="maximize")
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
-    study.sampler = optuna.samplers.TPESampler(seed=base.seed * 100_003 + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # a process killed mid-trial
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
@@ -67,18 +66,14 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         print(f"trial {t.number} was interrupted; its values are tried again", file=out)
 
     def objective(trial) -> float:
-        cfg = dataclasses.replace(
-            base,
-            lambda_init=trial.suggest_float("lambda_init", *lambda_range, log=True),
-            eta=trial.suggest_float("eta", *eta_range, log=True),
-            run_dir=None,
-        )
+        cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
+                                     "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
         run_dir = study_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
         summary = train(cfg, run_dir, progress=False, out=open(os.devnull, "w"))
         trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
         trial.set_user_attr("epochs", summary["epochs"])
-        print(f"trial {trial.number}: lambda_0 {cfg.lambda_init:.3g}, eta {cfg.eta:.4g} -> validation "
+        print(f"trial {trial.number}: lambda_0 {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
               f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
         return summary["sparse"]["val_acc"]
 
@@ -92,7 +87,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     best = study.best_trial
     result = {"lambda_init": best.params["lambda_init"], "eta": best.params["eta"], "val_acc": best.value,
               "trial": best.number, "run_dir": best.user_attrs.get("run_dir"), "trials": len(study.trials),
-              "storage": storage, "base_config": dataclasses.asdict(base)}
+              "storage": storage, "base_config": base.to_dict()}
     write_json(study_dir / "best.json", result)
     print(f"best of {len(done)} finished trials: trial {best.number}, lambda_0 {result['lambda_init']:.3g}, "
           f"eta {result['eta']:.4g}, validation {best.value:.2%} -> {study_dir / 'best.json'}", file=out)

@@ -6,6 +6,8 @@ from typing import Iterator
 import torch
 from torch.nn import functional as F
 
+from hypersparse.evaluate import Normalizer
+
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
             pick: torch.Tensor | None = None, draws: int | None = None) -> torch.Tensor:
@@ -56,9 +58,7 @@ class DeviceLoader:
         self.y = y.to(device)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(mean, device=device).view(shape) * 255
-        self.std = torch.tensor(std, device=device).view(shape) * 255
+        self.normalize = Normalizer(tuple(mean), tuple(std), self.device, channels_last)
         self.augment = augment
         self.shuffle = shuffle
         self.seed = seed
@@ -87,9 +87,6 @@ class DeviceLoader:
             xb = xb.float()
             if self.augment:
                 xb = augment(xb, g, pick=pick, draws=size)
-            xb = (xb - self.mean) / self.std
-            if self.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, yb
+            yield self.normalize(xb), yb
 
     __iter__ = batches

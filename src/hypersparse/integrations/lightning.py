@@ -1,10 +1,11 @@
 """ART as a Lightning callback: ``Trainer(callbacks=[hypersparse.integrations.lightning.ART(sparsity=0.98)])``.
 
 Needs ``pip install "hypersparse[lightning]"``. The LightningModule's forward
-must return logits, training batches must be ``(inputs, labels)``, and the
-module must log its running training accuracy (the authors' stop rule) with
-``self.log("train_acc", acc, on_step=False, on_epoch=True)``, or pass
-``criterion="matched"`` to measure the dense model like the pruned copy.
+must return logits and training batches must be ``(inputs, labels)``. The
+stop rule is :class:`~hypersparse.driver.Driver`'s: by default (``matched``)
+the dense model and the pruned copy are scored alike on the first
+``score_batches`` training batches; ``criterion="paper"`` compares with the
+training accuracy the module logs as ``train_acc_key``.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('hypersparse.integrations.lightning needs Lightning: pip install "hypersparse[lightning]"') from exc
 
+from hypersparse.driver import ARTDriver, batch_accuracy
 from hypersparse.errors import UserError
-from hypersparse.integrations.driver import ARTDriver, batch_accuracy
 
 
 class ART(Callback):
@@ -26,17 +27,20 @@ class ART(Callback):
 
     Args:
         sparsity: target fraction of zero Conv/Linear weights.
-        criterion: ``"paper"`` (the logged ``train_acc_key`` against the pruned copy) or ``"matched"``.
-        train_acc_key: the name under which the module logs its training accuracy.
-        **kwargs: :class:`~hypersparse.integrations.driver.ARTDriver` options (``reg``, ``warmup_epochs``,
-            ``lambda_init``, ``eta``, ``finetune_epochs``, ``score_batches``, ...).
+        criterion: ``"matched"`` (default) or ``"paper"`` (the logged ``train_acc_key`` against the pruned copy).
+        train_acc_key: the name under which the module logs its training accuracy (``paper`` only).
+        score_batches: how many training batches score the models (kept from the first regularization epoch on),
+            or a list of ``(inputs, labels)`` batches to score on instead.
+        **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
+            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...).
     """
 
-    def __init__(self, sparsity: float, criterion: str = "paper", train_acc_key: str = "train_acc", **kwargs):
-        if criterion not in ("paper", "matched"):
-            raise ValueError(f"criterion must be 'paper' or 'matched', got {criterion!r}")
-        self.driver = ARTDriver(sparsity, **kwargs)
-        self.criterion, self.train_acc_key = criterion, train_acc_key
+    def __init__(self, sparsity: float, criterion: str = "matched", train_acc_key: str = "train_acc",
+                 score_batches: int | list = 20, **kwargs):
+        self.driver = ARTDriver(sparsity, criterion=criterion, **kwargs)
+        self.train_acc_key = train_acc_key
+        self.score_batches = score_batches
+        self.scoring: list | None = None if isinstance(score_batches, int) else list(score_batches)
 
     @property
     def art(self):
@@ -48,37 +52,47 @@ class ART(Callback):
             self.driver.attach(pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.driver.keep_mask(pl_module, trainer.optimizers[0] if trainer.optimizers else None)  # after a resume
+        self.driver.start(pl_module, self._optimizer(trainer))  # installs the mask after a resume
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        steps = max(1, int(trainer.num_training_batches) // max(1, trainer.accumulate_grad_batches))
+        self.driver.begin_epoch(self._optimizer(trainer), steps)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.driver.before_step()  # gradients are accumulated and, under DDP, averaged by now
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.driver.after_step(pl_module)
+
+    @staticmethod
+    def _optimizer(trainer):
+        return trainer.optimizers[0] if trainer.optimizers else None
+
     def _score(self, trainer, pl_module):
-        if self.driver.scoring is None:
-            batches = islice(iter(trainer.train_dataloader), self.driver.score_batches)
-            self.driver.scoring = [pl_module.transfer_batch_to_device(b, pl_module.device, 0) for b in batches]
+        if self.scoring is None:
+            batches = islice(iter(trainer.train_dataloader), self.score_batches)
+            self.scoring = [pl_module.transfer_batch_to_device(b, pl_module.device, 0) for b in batches]
 
         def reduce(correct, total):
             t = trainer.strategy.reduce(torch.tensor([correct, total], dtype=torch.float64, device=pl_module.device),
                                         reduce_op="sum")
             return float(t[0]), float(t[1])
 
-        return lambda model: batch_accuracy(model, self.driver.scoring, lambda m, b: (m(b[0]), b[1]), reduce)
+        return lambda model: batch_accuracy(model, self.scoring, lambda m, b: (m(b[0]), b[1]), reduce)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        art = self.driver.art
-        dense_acc = None
-        if art.phase == "regularize" and self.criterion == "paper":
+        train_acc = None
+        if self.driver.method.needs_scores and self.driver.criterion == "paper":
             value = trainer.callback_metrics.get(self.train_acc_key)
             if value is None:
                 raise UserError(
                     f"ART's paper criterion needs the training accuracy, logged as {self.train_acc_key!r}: add "
                     f"self.log({self.train_acc_key!r}, acc, on_step=False, on_epoch=True) to training_step, "
                     "or use ART(..., criterion='matched')")
-            dense_acc = float(value)
-        score = self._score(trainer, pl_module) if art.phase == "regularize" else None
-        self.driver.end_epoch(pl_module, dense_acc, score, trainer.optimizers[0] if trainer.optimizers else None)
-        pl_module.log("art_lambda", self.driver.lam, on_epoch=True, sync_dist=False)
+            train_acc = float(value)
+        score = self._score(trainer, pl_module) if self.driver.method.needs_scores else None
+        result = self.driver.end_epoch(pl_module, score, self._optimizer(trainer), train_acc)
+        pl_module.log("art_lambda", result.record.get("lambda", 0.0), on_epoch=True, sync_dist=False)
         if self.driver.done:
             trainer.should_stop = True
 

@@ -1,11 +1,11 @@
 """ART as a Hugging Face ``Trainer`` callback: ``Trainer(..., callbacks=[ARTCallback(sparsity=0.9)])``.
 
 Needs ``pip install "hypersparse[transformers]"``. ``Trainer`` does not
-compute a training accuracy, so the dense model and the pruned copy are both
-scored the same way (the matched rule) on the first ``score_batches`` training
-batches; the model's output must carry ``logits`` and its batches ``labels``.
-Epochs are ``Trainer`` epochs; with ``finetune_epochs`` set, training stops
-after them.
+compute a training accuracy, so the stop rule is the ``matched`` one: the
+dense model and the pruned copy are both scored on the first
+``score_batches`` training batches; the model's output must carry ``logits``
+and its batches ``labels``. Epochs are ``Trainer`` epochs; with
+``finetune_epochs`` set, training stops after them.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         from exc
 
 from hypersparse.distributed import all_sum
-from hypersparse.integrations.driver import ARTDriver, batch_accuracy
+from hypersparse.driver import ARTDriver, batch_accuracy
 
 
 def _call(model, batch):
@@ -31,12 +31,17 @@ class ARTCallback(TrainerCallback):
 
     Args:
         sparsity: target fraction of zero Linear/Conv weights (embeddings and norms stay dense).
-        **kwargs: :class:`~hypersparse.integrations.driver.ARTDriver` options (``reg``, ``warmup_epochs``,
-            ``lambda_init``, ``eta``, ``finetune_epochs``, ``score_batches``, ...).
+        score_batches: how many training batches score the models (kept from the first regularization epoch on).
+        **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
+            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...).
     """
 
-    def __init__(self, sparsity: float, **kwargs):
+    def __init__(self, sparsity: float, score_batches: int = 20, **kwargs):
+        if kwargs.get("criterion", "matched") != "matched":
+            raise ValueError("Trainer computes no training accuracy: ARTCallback uses the matched criterion only")
         self.driver = ARTDriver(sparsity, **kwargs)
+        self.score_batches = int(score_batches)
+        self.scoring: list | None = None
 
     @property
     def art(self):
@@ -44,22 +49,28 @@ class ARTCallback(TrainerCallback):
         return self.driver.art
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.driver.attach(model)
-        self.driver.keep_mask(model, optimizer)
+        self.driver.start(model, optimizer)
+
+    def on_epoch_begin(self, args, state, control, optimizer=None, train_dataloader=None, **kwargs):
+        steps = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps)) if train_dataloader else 1
+        self.driver.begin_epoch(optimizer, steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.driver.before_step()  # after accumulation, clipping and any DDP reduction of the task gradients
 
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.driver.after_step(model)
+
     def on_epoch_end(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         score = None
-        if self.driver.art.phase == "regularize":
-            if self.driver.scoring is None:
+        if self.driver.method.needs_scores:
+            if self.scoring is None:
                 device = next(model.parameters()).device
-                self.driver.scoring = [{k: v.to(device) for k, v in b.items()}
-                                       for b in islice(iter(train_dataloader), self.driver.score_batches)]
+                self.scoring = [{k: v.to(device) for k, v in b.items()}
+                                for b in islice(iter(train_dataloader), self.score_batches)]
             # counts summed over the ranks when Trainer runs under torchrun
-            score = lambda m: batch_accuracy(m, self.driver.scoring, _call, all_sum)  # noqa: E731
-        self.driver.end_epoch(model, None, score, optimizer)
+            score = lambda m: batch_accuracy(m, self.scoring, _call, all_sum)  # noqa: E731
+        self.driver.end_epoch(model, score, optimizer)
         if self.driver.done:
             control.should_training_stop = True
         return control

@@ -1,21 +1,31 @@
-"""Sparsification methods behind one interface, selected by name (``--method``).
+"""Sparsification methods behind one contract (:class:`hypersparse.method.Method`), selected by ``--method``.
 
-A method tells the engine, epoch by epoch, the phase and the regularization
-strength, is told the end of each epoch, and owns the final mask. ``art`` is
-the paper's method; the others are the standard baselines it is compared with.
+``art`` is the paper's method; the others are the standard baselines it is
+compared with. Each entry builds the method from a run's config.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 
 from hypersparse.config import TrainConfig
-from hypersparse.methods.art import ARTMethod
+from hypersparse.method import Method
+from hypersparse.methods.art import art_from_config
+from hypersparse.methods.baselines import GMP, SNIP, OneShot
+
+#: name -> constructor(cfg, model, steps_per_epoch, first_batch)
+METHODS: dict[str, Callable[..., Method]] = {
+    "art": lambda cfg, model, steps, batch: art_from_config(cfg, model),
+    "oneshot": lambda cfg, model, steps, batch: OneShot(cfg.sparsity.sparsity, cfg.warmup + cfg.scaled(
+        cfg.baseline.prune_epochs), cfg.finetune),
+    "gmp": lambda cfg, model, steps, batch: GMP(cfg.sparsity.sparsity, cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs),
+                                                cfg.finetune, steps),
+    "snip": lambda cfg, model, steps, batch: SNIP(cfg.sparsity.sparsity, cfg.warmup + cfg.scaled(
+        cfg.baseline.prune_epochs), cfg.finetune, batch),
+}
 
 
-def make_method(cfg: TrainConfig, model: nn.Module, loader, device):
-    """Build the method ``cfg.method`` for ``model``."""
-    if cfg.method == "art":
-        return ARTMethod.from_config(cfg, model)
-    from hypersparse.methods.baselines import BASELINES
-
-    return BASELINES[cfg.method].from_config(cfg, model, loader, device)
+def make_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, first_batch) -> Method:
+    """Build the method ``cfg.sparsity.method`` for ``model``; ``first_batch()`` gives the batch SNIP scores on."""
+    return METHODS[cfg.sparsity.method](cfg, model, steps_per_epoch, first_batch)

@@ -22,20 +22,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.config import TrainConfig
 from hypersparse.masks import MaskHandle, Masks, _prune_lowest, apply_masks_, magnitude_masks
+from hypersparse.method import EpochResult
 from hypersparse.params import check_sparsity, num_pruned, prunable_parameters
 
 
 class Baseline:
-    """Epoch counting and phases shared by the baselines (no regularizer: ``lam`` is 0)."""
+    """Epoch counting and phases shared by the baselines (no regularizer: ``lam`` is 0, nothing is scored)."""
 
     regularizer = None
     lam = 0.0
-    last_pruned_acc = None
-    last_pruned_mass = None
-    last_past_deadline = None
-    _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch", "history")
+    needs_scores = False
+    _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch")
     first_phase = "warmup"
 
     def __init__(self, sparsity: float, dense_epochs: int, finetune_epochs: int):
@@ -47,11 +45,19 @@ class Baseline:
         self.phase = self.first_phase if self.dense_epochs > 0 else "finetune"
         self.masks: Masks | None = None
         self.chosen_epoch: int | None = None
-        self.history: list[dict] = []
 
     @property
     def done(self) -> bool:
         return self.phase == "finetune" and self.finetune_done >= self.finetune_epochs
+
+    @property
+    def fine_tuning(self) -> bool:
+        return self.phase == "finetune"
+
+    @property
+    def mask_fixed(self) -> bool:
+        """The mask holds for good (fine-tuning, or SNIP's sparse training); GMP's moving mask is its own business."""
+        return self.masks is not None and self.phase in ("finetune", "train")
 
     @property
     def warmup_ends(self) -> bool:
@@ -60,6 +66,9 @@ class Baseline:
 
     def start(self, model: nn.Module) -> None:
         pass
+
+    def begin_epoch(self, lr: float, momentum: float, steps_per_epoch: int) -> str | None:
+        return None
 
     def after_step(self, model: nn.Module) -> None:
         pass
@@ -70,15 +79,14 @@ class Baseline:
         self.chosen_epoch = self.epoch
         self.phase = "finetune"
 
-    def end_epoch(self, model: nn.Module, dense_acc: float, pruned_acc=None) -> str:
+    def end_epoch(self, model: nn.Module, dense_acc: float | None = None, pruned_acc=None) -> EpochResult:
         event = self.phase
-        self.history.append({"epoch": self.epoch, "phase": self.phase, "dense_acc": float(dense_acc)})
         self.epoch += 1
         if self.phase == "finetune":
             self.finetune_done += 1
         elif self.epoch >= self.dense_epochs:
             event = self._end_dense(model)
-        return event
+        return EpochResult(event)
 
     def _end_dense(self, model: nn.Module) -> str:
         self._prune_now(model)
@@ -94,10 +102,6 @@ class Baseline:
 
 class OneShot(Baseline):
     """Dense training, one global magnitude pruning, fine-tuning."""
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "OneShot":
-        return cls(cfg.sparsity, cfg.warmup + cfg.scaled(cfg.prune_epochs), cfg.finetune)
 
 
 def gmp_sparsity(step: int, start: int, steps: int, final: float, initial: float = 0.0) -> float:
@@ -128,10 +132,6 @@ class GMP(Baseline):
         if self.phase == "warmup" and self.warmup_epochs == 0:
             self.phase = "prune"
 
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "GMP":
-        return cls(cfg.sparsity, cfg.warmup, cfg.scaled(cfg.prune_epochs), cfg.finetune, len(loader))
-
     @property
     def warmup_ends(self) -> bool:
         return self.phase == "warmup" and self.epoch + 1 >= self.warmup_epochs
@@ -156,13 +156,15 @@ class GMP(Baseline):
                 self._handle = apply_masks_(model, self.masks)
             self._handle.reapply_()  # momentum must not revive pruned weights between updates
 
-    def end_epoch(self, model: nn.Module, dense_acc: float, pruned_acc=None) -> str:
+    def end_epoch(self, model: nn.Module, dense_acc: float | None = None, pruned_acc=None) -> EpochResult:
         if self.phase == "warmup" and self.epoch + 1 >= self.warmup_epochs:
-            self.history.append({"epoch": self.epoch, "phase": self.phase, "dense_acc": float(dense_acc)})
             self.epoch += 1
             self.phase = "prune"
-            return "warmup"
-        return super().end_epoch(model, dense_acc, pruned_acc)
+            return EpochResult("warmup", {"target_sparsity": self.current})
+        result = super().end_epoch(model, dense_acc, pruned_acc)
+        if result.event in ("prune", "stop"):
+            result.record["target_sparsity"] = self.current if result.event == "prune" else self.sparsity
+        return result
 
     def _end_dense(self, model: nn.Module) -> str:
         if self._handle is not None:
@@ -212,19 +214,14 @@ class SNIP(Baseline):
 
     first_phase = "train"
 
-    def __init__(self, sparsity, train_epochs, finetune_epochs, loader, batches: int = 1):
+    def __init__(self, sparsity, train_epochs, finetune_epochs, first_batch):
         super().__init__(sparsity, train_epochs, finetune_epochs)
-        self.loader = loader
-        self.batches = batches
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, model, loader, device) -> "SNIP":
-        return cls(cfg.sparsity, cfg.warmup + cfg.scaled(cfg.prune_epochs), cfg.finetune, loader)
+        self.first_batch = first_batch  # () -> (inputs, labels): the batch the sensitivity is measured on
 
     def start(self, model: nn.Module) -> None:
         if self.masks is not None:
             return  # resumed: the mask was chosen at initialization
-        xb, yb = next(iter(self.loader.batches(epoch=-1)))
+        xb, yb = self.first_batch()
         was = model.training
         model.train()
         self.masks = snip_masks(model, xb, yb, self.sparsity)
@@ -234,6 +231,3 @@ class SNIP(Baseline):
     def _end_dense(self, model: nn.Module) -> str:
         self.phase = "finetune"
         return "train"
-
-
-BASELINES = {"oneshot": OneShot, "gmp": GMP, "snip": SNIP}

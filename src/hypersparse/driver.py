@@ -1,0 +1,190 @@
+"""One driver for every training loop: the CLI engine, the Lightning callback and the Hugging Face callback.
+
+A loop calls, per epoch, :meth:`Driver.begin_epoch`, then for each optimizer
+step :meth:`Driver.before_step` (after backward) and :meth:`Driver.after_step`,
+then :meth:`Driver.end_epoch` with a callable that scores a model. The driver
+holds the one stop-rule choice (which dense accuracy the pruned copy must
+reach: ``criterion``) and the one "fix the mask" step (fresh optimizer state,
+the mask installed so pruned weights stay exactly zero).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hypersparse.masks import MaskHandle, apply_masks_
+from hypersparse.method import EpochResult, Method, Score
+from hypersparse.regularizers import make_regularizer
+from hypersparse.schedule import ART
+
+CRITERIA = ("matched", "paper")
+
+
+def _inner(optimizer):
+    """The torch optimizer inside a framework's wrapper (accelerate and Lightning wrap it)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+class Driver:
+    """Drives a :class:`~hypersparse.method.Method` through a training loop it does not own.
+
+    Args:
+        method: the method, or a callable building it from the model (called by :meth:`attach`).
+        criterion: ``"matched"`` (default: the dense model is scored like the pruned copy, in eval mode on the same
+            images) or ``"paper"`` (the authors': the dense model's running training accuracy, passed to
+            :meth:`end_epoch` as ``train_acc``).
+        reset_optimizer: clear the optimizer's state (momentum) when the mask is fixed, as the authors do.
+    """
+
+    def __init__(self, method: Method | Callable[[nn.Module], Method], criterion: str = "matched",
+                 reset_optimizer: bool = True):
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be 'matched' or 'paper', got {criterion!r}")
+        self.method: Method | None = None if callable(method) and not hasattr(method, "end_epoch") else method
+        self._build = method if self.method is None else None
+        self.criterion = criterion
+        self.reset_optimizer = reset_optimizer
+        self.handle: MaskHandle | None = None
+        self._pending_state: dict | None = None
+
+    # -- set-up ------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> Method:
+        """Build the method on ``model`` (once; later calls keep it) and restore a pending state."""
+        if self.method is None:
+            self.method = self._build(model)
+        if self._pending_state is not None:
+            self.method.load_state_dict(self._pending_state)
+            self._pending_state = None
+        return self.method
+
+    def start(self, model: nn.Module, optimizer) -> None:
+        """Before the first epoch (and after a resume): the method's set-up, and its mask if it is already fixed."""
+        self.attach(model).start(model)
+        self.keep_mask(model, optimizer)
+
+    def keep_mask(self, model: nn.Module, optimizer) -> None:
+        """Install the method's fixed mask on ``model`` and ``optimizer``, once."""
+        if self.method is None or not self.method.mask_fixed or self.handle is not None:
+            return
+        self.handle = apply_masks_(model, self.method.masks, _inner(optimizer))
+
+    # -- the loop ------------------------------------------------------------------
+    @property
+    def lam(self) -> float:
+        return self.method.lam if self.method is not None else 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.method is not None and self.method.done
+
+    def begin_epoch(self, optimizer, steps_per_epoch: int) -> str | None:
+        """Before an epoch's training: the method may set itself up from the optimizer (ART's ``auto`` lambda_0)."""
+        group = _inner(optimizer).param_groups[0]
+        return self.method.begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
+
+    def before_step(self) -> None:
+        """Add ``lam * grad(regularizer)`` to the gradients (after backward and any gradient reduction)."""
+        lam = self.lam
+        if lam and self.method.regularizer is not None:
+            self.method.regularizer.add_grad_(lam)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.method.after_step(model)
+
+    def end_epoch(self, model: nn.Module, score: Score | None, optimizer=None,
+                  train_acc: float | None = None) -> EpochResult:
+        """The method's decision at an epoch's end; on ``"stop"`` the mask is fixed.
+
+        ``score(model)`` gives an accuracy (called in epochs that compare the
+        pruned copy with the dense model); ``train_acc`` is the epoch's running
+        training accuracy, which the ``paper`` criterion compares with.
+        """
+        dense_acc = None
+        if self.method.needs_scores:
+            if self.criterion == "paper":
+                if train_acc is None:
+                    raise ValueError("the paper criterion needs the epoch's running training accuracy (train_acc=)")
+                dense_acc = float(train_acc)
+            else:
+                dense_acc = score(model)
+            result = self.method.end_epoch(model, dense_acc, score)
+            result.record.setdefault("dense_acc", dense_acc)
+        else:
+            result = self.method.end_epoch(model, None, score)
+        if result == "stop":
+            if self.reset_optimizer and optimizer is not None:
+                _inner(optimizer).state.clear()
+            self.keep_mask(model, optimizer)
+        return result
+
+    # -- state -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"method": self.method.state_dict() if self.method is not None else self._pending_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.method is not None and state.get("method") is not None:
+            self.method.load_state_dict(state["method"])
+        else:
+            self._pending_state = state.get("method")
+
+
+class ARTDriver(Driver):
+    """A :class:`Driver` for ART with a regularizer on a model it is given later (:meth:`attach`), for callbacks.
+
+    Args:
+        sparsity: target fraction of zero weights among the Conv/Linear weights.
+        reg: ``"hs"`` (HyperSparse), ``"l1"`` or ``"l2"``.
+        criterion, reset_optimizer: as in :class:`Driver`.
+        warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs, reg_epochs_target, finetune_epochs: as in
+            :class:`~hypersparse.ART` (``lambda_init="auto"`` works here too); ``finetune_epochs`` None leaves the
+            end to the framework.
+        **reg_kwargs: passed to the regularizer (e.g. ``refresh_every`` for HyperSparse).
+    """
+
+    def __init__(self, sparsity: float, reg: str = "hs", criterion: str = "matched", reset_optimizer: bool = True,
+                 warmup_epochs: int = 60, lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1,
+                 max_reg_epochs: int = 300, finetune_epochs: int | None = None, reg_epochs_target: int | None = None,
+                 **reg_kwargs):
+        options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
+                       buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,
+                       reg_epochs_target=reg_epochs_target)
+
+        def build(model: nn.Module) -> ART:
+            return ART(make_regularizer(reg, model, sparsity, **reg_kwargs), **options)
+
+        super().__init__(build, criterion, reset_optimizer)
+
+    @property
+    def art(self) -> ART | None:
+        """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history), once attached."""
+        return self.method
+
+
+def batch_accuracy(model: nn.Module, batches, call: Callable, reduce: Callable) -> float:
+    """Accuracy in eval mode over ``batches``; ``call(model, batch)`` gives (logits, labels); ``reduce`` sums over ranks."""
+    was = model.training
+    model.eval()
+    correct, total = 0.0, 0.0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                logits, labels = call(model, batch)
+                correct += float((logits_of(logits).argmax(-1) == labels).sum())
+                total += labels.numel()
+    finally:
+        model.train(was)
+    correct, total = reduce(correct, total)
+    return correct / max(total, 1.0)
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: a tensor, or an object/dict with ``logits``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "logits" in output:
+        return output["logits"]
+    if hasattr(output, "logits"):
+        return output.logits
+    raise TypeError("cannot find logits in the model's output; the model must return a tensor or an object with .logits")

@@ -1,0 +1,123 @@
+"""A run directory as training writes it: config, one metrics row and statistics row per epoch, checkpoints,
+the console lines, and the truncation of the logs on resume. Only rank 0 writes or prints."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hypersparse.checkpoint import atomic_write, save_checkpoint, write_json
+from hypersparse.config import TrainConfig
+from hypersparse.errors import UserError
+from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tag = run_label(cfg.to_dict())
+    return Path("runs") / f"{stamp}-{cfg.data.dataset}-{cfg.model.model}-{tag}-{cfg.sparsity.sparsity:g}-seed{cfg.run.seed}"
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run directory and prove it is writable, or raise UserError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to run directory {path} ({exc.strerror or exc}); choose another with --run-dir") \
+            from None
+    if (path / CHECKPOINT).exists():
+        raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
+                        "--run-dir")
+    return path
+
+
+class RunFiles:
+    """Writes one run's files and prints its lines (on rank 0 only; other ranks pass ``main=False``)."""
+
+    def __init__(self, path: Path, main: bool = True, out=sys.stdout, progress: bool = False):
+        self.path = Path(path)
+        self.main = main
+        self.out = out if main else open(os.devnull, "w")
+        self.progress = progress and main
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.out)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        if self.main:
+            write_json(self.path / CONFIG, cfg.to_dict())
+
+    def record_epoch(self, row: dict, stats: dict | None, state: dict) -> None:
+        """The epoch's checkpoint first, then its log lines: a crash between them leaves lines a resume drops."""
+        if not self.main:
+            return
+        save_checkpoint(state, self.path / CHECKPOINT)
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if stats is not None:
+            with open(self.path / STATS, "a") as f:
+                f.write(json.dumps(stats) + "\n")
+        self.say(epoch_line(row))
+
+    def truncate(self, metrics: list[dict]) -> None:
+        """On resume: the logs may hold lines written after the checkpoint's epoch; keep only the checkpointed ones."""
+        if not self.main:
+            return
+        lines = "".join(json.dumps(m) + "\n" for m in metrics)
+        atomic_write(self.path / METRICS, lambda f: f.write(lines), mode="w")
+        kept = [s for s in read_jsonl(self.path / STATS) if s["epoch"] < len(metrics)]
+        if (self.path / STATS).exists():
+            atomic_write(self.path / STATS, lambda f: f.write("".join(json.dumps(s) + "\n" for s in kept)), mode="w")
+
+    def write_result(self, summary: dict, model_state: dict) -> None:
+        if not self.main:
+            return
+        atomic_write(self.path / MODEL, lambda f: torch.save(model_state, f))
+        write_json(self.path / SUMMARY, summary)
+        print(format_summary(summary), file=self.out)
+
+
+def epoch_line(row: dict) -> str:
+    """The console line of one epoch."""
+    parts = [f"epoch {row['epoch']:>3} {row['phase']:<10}", f"loss {row['loss']:.4f}", f"train {row['train_acc']:.2%}"]
+    if row.get("pruned_acc") is not None:
+        parts += [f"lambda {row['lambda']:.3g}", f"pruned {row['pruned_acc']:.2%}"]
+    parts += [f"val {row['val_acc']:.2%}", f"sparsity {row['sparsity']:.2%}", f"{row['seconds']:.1f}s"]
+    if "past_deadline" in row:
+        parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(row['past_deadline'], 0):.0%} of "
+                     "its way to the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
+    if row["event"] == "stop":
+        why = ", deadline reached before the stop rule held" if row.get("stop_reason") == "deadline" else ""
+        chosen = f"epoch {row['chosen_epoch']} chosen" if row.get("chosen_epoch") is not None else "pruned"
+        parts.append(f"-> mask fixed ({chosen}{why})")
+    return "  ".join(parts)
+
+
+def format_summary(summary: dict) -> str:
+    """The small table a run ends with."""
+    s, d = summary["sparse"], summary["dense"]
+    label = run_label(summary["config"])
+    name = f"art ({label[4:]})" if label.startswith("art-") else label
+    rows = [f"{'':<22}{'validation':>11}{'test':>9}{'sparsity':>10}{'weights kept':>14}"]
+    if d:
+        rows.append(f"{'dense (epoch %d)' % d['epoch']:<22}{d['val_acc']:>11.2%}{d['test_acc']:>9.2%}{0:>10.2%}"
+                    f"{s['numel']:>14,}")
+    rows.append(f"{'sparse, ' + name:<22}{s['val_acc']:>11.2%}{s['test_acc']:>9.2%}{s['sparsity']:>10.2%}"
+                f"{s['kept']:>14,}")
+    times = ", ".join(
+        f"{p} {summary['phase_seconds'].get(p, 0):.1f}s ({summary['epochs'][p]} epochs)" for p in summary["epochs"]
+    )
+    rows.append(f"time: {times}; device {summary['device']}")
+    return "\n".join(rows)

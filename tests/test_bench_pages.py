@@ -1,0 +1,22 @@
+"""The results pages are made from their JSON by the bench scripts: regenerating them changes no byte."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script,page,data", [("mnist_sweep.py", "results.md", "mnist-sweep.json"),
+                                               ("art_settings.py", "methods.md", "art-settings.json")])
+def test_a_results_page_regenerates_byte_identical_from_its_json(script, page, data, tmp_path):
+    pytest.importorskip("matplotlib")
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--from-json", str(docs / "runs" / data),
+                          "--out", str(docs)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (docs / page).read_bytes() == (ROOT / "docs" / page).read_bytes()
+    assert (docs / "runs" / data).read_bytes() == (ROOT / "docs" / "runs" / data).read_bytes()
