@@ -155,3 +155,19 @@ def test_version_names_the_installed_release():
 
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"hypersparse {hypersparse.__version__}"
+
+
+def test_a_model_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"0.weight": Evil()}, tmp_path / "evil.pt")
+    out = cli("eval", str(tmp_path / "evil.pt"), "--dataset", "digits", "--model", "mlp")
+    assert out.returncode == 2 and "could run code" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = cli("train", "--pretrained", str(tmp_path / "evil.pt"), "--epochs-scale", "0.02", "--run-dir",
+              str(tmp_path / "r"))
+    assert out.returncode == 2 and "could run code" in out.stderr
+    assert not marker.exists()

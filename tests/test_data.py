@@ -92,3 +92,21 @@ def test_epoch_fraction_visits_a_fresh_part_in_whole_batches():
     assert epoch0 != epoch1
     with pytest.raises(UserError, match="schedule.epoch_fraction must be in"):
         TrainConfig.from_dict(dict(epoch_fraction=0.0)).validate()
+
+
+def test_a_cifar_batch_is_read_without_running_code_it_names(tmp_path):
+    images = np.arange(2 * 3 * 32 * 32, dtype=np.uint8).reshape(2, 3 * 32 * 32)
+    (tmp_path / "good").write_bytes(pickle.dumps({"data": images, "labels": [3, 7]}, protocol=2))
+    x, y = read_cifar_batch(tmp_path / "good", "labels")
+    assert x.shape == (2, 3, 32, 32) and np.array_equal(x.reshape(2, -1), images) and y.tolist() == [3, 7]
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil").write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(DataError, match="not a valid CIFAR python batch .*names .*system"):
+        read_cifar_batch(tmp_path / "evil", "labels")
+    assert not marker.exists()

@@ -72,18 +72,34 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"data file {path} is not a valid gzipped IDX file ({exc}); replace it") from exc
 
 
+# what an official CIFAR batch may name: numpy's array reconstruction, nothing that can run code
+_DATA_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+_DATA_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, strings, bytes, numbers and numpy arrays only: a planted data file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _DATA_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}; a data file may hold only numbers, strings, lists, "
+                                     "dicts and arrays")
+
+
 def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """One official CIFAR python batch: (N, 3, 32, 32) uint8 images and labels.
 
-    These files are pickles; only load files you obtained from the official
-    source (their checksums are verified before this is called).
+    These files are pickles: they are read with a restricted unpickler that
+    builds plain data and numpy arrays only (and their checksums are verified
+    before this is called).
     """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _DataUnpickler(f, encoding="latin1").load()
         x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         return x, np.asarray(entry[label_key], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError, AttributeError) as exc:
         raise DataError(f"data file {path} is not a valid CIFAR python batch ({exc}); replace it") from exc
 
 
