@@ -18,8 +18,7 @@ from typing import Any
 
 from hypersparse.errors import UserError
 from hypersparse.params import check_sparsity
-
-DEFAULT_PUSH = 0.03  # auto lambda_0: the weight at the pruning cut loses this share of itself per epoch
+from hypersparse.schedule import DEFAULT_PUSH
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist")  # datasets whose loader can fetch its files
 
