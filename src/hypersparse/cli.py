@@ -14,7 +14,7 @@ import typing
 from dataclasses import fields
 
 from hypersparse import __version__
-from hypersparse.config import SECTIONS, TrainConfig
+from hypersparse.config import SECTIONS, TrainConfig, flag
 from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.schedule import ARTDidNotConverge
@@ -154,7 +154,7 @@ def _train(args) -> int:
         given = sorted(k for k in vars(args) if "." in k) + (["--config"] if args.config else []) + \
             (["--set"] if args.set else [])
         if given:
-            shown = given[0] if given[0].startswith("--") else "--" + given[0].split(".")[1].replace("_", "-")
+            shown = given[0] if given[0].startswith("--") else flag(given[0])
             raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
         engine.resume(args.resume)
         return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from hypersparse.errors import UserError
 from hypersparse.params import check_sparsity
-from hypersparse.schedule import DEFAULT_PUSH
+from hypersparse.schedule import DEFAULT_PUSH, parse_auto
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist")  # datasets whose loader can fetch its files
 
@@ -125,10 +125,8 @@ KEYS: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields
 def parse_lambda(value: Any) -> float | str:
     """``lambda_init`` as given: a positive number, ``auto`` or ``auto:P`` with P in (0, 1)."""
     if isinstance(value, str) and value.startswith("auto"):
-        push = value[5:] if value.startswith("auto:") else ("" if value == "auto" else None)
         try:
-            if push is None or (push and not 0 < float(push) < 1):
-                raise ValueError
+            parse_auto(value)
         except ValueError:
             raise UserError(f"--lambda-init auto:P needs P in (0, 1), e.g. auto:0.03, got {value!r}") from None
         return value

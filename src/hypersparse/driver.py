@@ -109,10 +109,7 @@ class Driver:
                 dense_acc = float(train_acc)
             else:
                 dense_acc = score(model)
-            result = self.method.end_epoch(model, dense_acc, score)
-            result.record.setdefault("dense_acc", dense_acc)
-        else:
-            result = self.method.end_epoch(model, None, score)
+        result = self.method.end_epoch(model, dense_acc, score)
         if result == "stop":
             if self.reset_optimizer and optimizer is not None:
                 _inner(optimizer).state.clear()

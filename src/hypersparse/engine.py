@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.checkpoint import VERSION, load_checkpoint, load_run_checkpoint
+from hypersparse.checkpoint import VERSION, load_run_checkpoint
 from hypersparse.config import TrainConfig
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
@@ -31,7 +31,7 @@ from hypersparse.methods import make_method
 from hypersparse.models import create_model
 from hypersparse.params import prunable_parameters
 from hypersparse.runio import RunFiles, default_run_dir, prepare_run_dir
-from hypersparse.runs import CHECKPOINT
+from hypersparse.runs import CHECKPOINT, load_weights
 from hypersparse.stats import StatsCollector
 
 
@@ -61,7 +61,7 @@ class Trainer:
         d = self.data
         self.model = create_model(cfg.model.model, d.num_classes, d.in_channels, d.image_size)
         if cfg.model.pretrained:
-            self._load_pretrained(cfg.model.pretrained)
+            load_weights(self.model, cfg.model.pretrained, cfg.model.model, what="--pretrained")
         # NHWC convolutions: 1.8x faster LeNet-5 steps on CPU, the fast layout for bf16 on GPU
         channels_last = self.device.type == "cuda" or any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         self.model.to(self.device)
@@ -95,15 +95,6 @@ class Trainer:
             if cfg.run.stats and self.dist.is_main else None
 
     # -- pieces ---------------------------------------------------------------
-    def _load_pretrained(self, path: str) -> None:
-        obj = load_checkpoint(path, "--pretrained file")
-        state = obj.get("model", obj) if isinstance(obj, dict) else obj
-        try:
-            self.model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise UserError(f"--pretrained {path} does not fit model {self.cfg.model.model!r}: "
-                            f"{str(exc).splitlines()[0][:200]}") from None
-
     def _lr(self) -> float:
         lr = self.cfg.schedule.lr
         if not self.method.fine_tuning:

@@ -113,14 +113,19 @@ def model_from_run(path: str | Path, model_name: str | None = None, num_classes:
              (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size))]
     if not name or None in shape:
         raise UserError(f"{file} has no summary.json beside it that names its architecture; pass --model and --dataset")
-    state = load_checkpoint(file)
+    model = create_model(name, *shape)
+    load_weights(model, file, name, hint="; pass the run's --model")
+    return model
+
+
+def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", hint: str = "") -> None:
+    """Load a state_dict, or a run checkpoint's ``model``, from ``file`` into ``model`` (registered as ``name``)."""
+    label = f"{what} {file}".strip()
+    state = load_checkpoint(file, what or "model file")
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
-        raise UserError(f"{file} holds a {type(state).__name__}, not a state_dict or a run checkpoint")
-    model = create_model(name, *shape)
+        raise UserError(f"{label} holds a {type(state).__name__}, not a state_dict or a run checkpoint")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as exc:
-        raise UserError(f"{file} does not fit model {name!r}: {str(exc).splitlines()[0][:200]}; pass the run's --model") \
-            from None
-    return model
+        raise UserError(f"{label} does not fit model {name!r}: {str(exc).splitlines()[0][:200]}{hint}") from None
