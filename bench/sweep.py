@@ -1,0 +1,153 @@
+"""Sweeps that survive being stopped: one JSON per finished run, a killed run resumes from its checkpoint.
+
+A sweep is a *store* folder and a *plan*. The store holds ``results/<name>.json`` for every finished run and
+``runs/<name>/`` (the run's own folder: config, checkpoint, metrics) for every started one. ``run_sweep`` asks the
+plan which runs are ready (a plan may depend on finished results, e.g. a baseline given as many epochs as ART took),
+skips those with a result, resumes those with a checkpoint and starts the rest, ``workers`` at a time in the plan's
+order. Started again with the same plan it carries on where it stopped, any number of times.
+
+    results = run_sweep(plan, Path("sweeps/mnist-full"), workers=2)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterable
+
+Plan = Callable[[dict], Iterable[dict]]  # finished results by name -> jobs {"name", "config", "meta"} ready to run
+
+
+class SweepError(Exception):
+    """The store holds something the plan does not match (a result or run made with other settings)."""
+
+
+def commit() -> str:
+    """The commit of the code that runs (with -dirty when tracked files differ from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)  # a kill mid-write leaves the old file or none, never half of one
+
+
+def _outcome(summary: dict) -> dict:
+    return {"test_error": 100 * (1 - summary["sparse"]["test_acc"]), "val_acc": summary["sparse"]["val_acc"],
+            "sparsity": summary["sparse"]["sparsity"], "epochs": summary["epochs"], "dense": summary["dense"],
+            "wall_seconds": sum(summary["phase_seconds"].values())}
+
+
+def _same_config(run_dir: Path, config: dict) -> bool:
+    from hypersparse.config import TrainConfig
+
+    stored = json.loads((run_dir / "config.json").read_text())
+    return TrainConfig.from_dict(stored).to_dict() == TrainConfig.from_dict(config).to_dict()
+
+
+def run_job(job: dict) -> dict:
+    """Finish one run in ``job["store"]/runs/<name>``: reuse its summary, resume its checkpoint, or start it."""
+    import torch
+
+    torch.set_num_threads(job.get("threads", 1))
+    from hypersparse.config import TrainConfig
+    from hypersparse.engine import resume, train
+    from hypersparse.schedule import ARTDidNotConverge
+
+    store, name = Path(job["store"]), job["name"]
+    run_dir = store / "runs" / name
+    if run_dir.exists() and (run_dir / "config.json").exists() and not _same_config(run_dir, job["config"]):
+        raise SweepError(f"{run_dir} was started with other settings; delete it to rerun {name} with the plan's")
+    quiet = open(os.devnull, "w")
+    resumed = False
+    try:
+        if (run_dir / "summary.json").exists():
+            summary = json.loads((run_dir / "summary.json").read_text())
+        elif (run_dir / "checkpoint.pt").exists():
+            summary, resumed = resume(run_dir, progress=False, out=quiet), True
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint: start over
+            summary = train(TrainConfig.from_dict(job["config"]), run_dir, progress=False, out=quiet)
+        result = _outcome(summary)
+    except ARTDidNotConverge as exc:
+        result = {"test_error": None, "failed": str(exc)}
+    result.update(job["meta"], name=name, config=job["config"], commit=job["commit"], resumed=resumed)
+    _write_json(store / "results" / f"{name}.json", result)
+    return result
+
+
+def load_results(store: Path) -> dict[str, dict]:
+    """The finished results of a store, by run name."""
+    folder = store / "results"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+
+def merge(*payloads: dict) -> list[dict]:
+    """The runs of several saved sweeps as one list; a run name present twice with different results is an error."""
+    runs: dict[str, dict] = {}
+    for payload in payloads:
+        for r in payload["runs"]:
+            if r["name"] in runs and runs[r["name"]] != r:
+                raise SweepError(f"run {r['name']} appears twice with different results; merge disjoint sweeps")
+            runs[r["name"]] = r
+    return list(runs.values())
+
+
+def run_sweep(plan: Plan, store: Path, workers: int = 2, say: Callable[[str], None] = print) -> dict[str, dict]:
+    """Run every job the plan yields until it yields no unfinished one; ``workers=0`` runs them in this process."""
+    store = Path(store)
+    (store / "results").mkdir(parents=True, exist_ok=True)
+    for stale in (store / "results").glob(".*.tmp"):
+        stale.unlink()
+    results = load_results(store)
+    head = commit()
+    running: dict[str, Future] = {}
+    pool = ProcessPoolExecutor(workers) if workers else None
+    try:
+        while True:
+            for job in plan(results):
+                if len(running) >= max(workers, 1):
+                    break
+                name = job["name"]
+                if name in results or name in running:
+                    if name in results and results[name]["config"] != job["config"]:
+                        raise SweepError(f"{store / 'results' / name}.json was made with other settings; delete it "
+                                         "(and its run folder) to rerun it")
+                    continue
+                job = dict(job, store=str(store), commit=head)
+                say(f"start {name}" + (" (resuming)" if (store / "runs" / name / "checkpoint.pt").exists() else ""))
+                if pool is None:
+                    results[name] = run_job(job)
+                    _report(say, results[name], len(results))
+                    break
+                running[name] = pool.submit(run_job, job)
+            else:
+                if not running:
+                    return results
+            if pool is None:
+                continue
+            done, _ = wait(running.values(), return_when=FIRST_COMPLETED)
+            for name in [n for n, f in running.items() if f in done]:
+                results[name] = running.pop(name).result()
+                _report(say, results[name], len(results))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _report(say: Callable[[str], None], r: dict, done: int) -> None:
+    err = "n/c" if r["test_error"] is None else f"{r['test_error']:.2f} % test error"
+    wall = f", {r['wall_seconds']:.0f} s" if "wall_seconds" in r else ""
+    say(f"[{done} done] {r['name']}: {err}{wall} ({time.strftime('%H:%M:%S')})")

@@ -1,0 +1,76 @@
+"""bench/sweep.py: a sweep stopped mid-run and started again ends with the results of an uninterrupted one."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import sweep  # noqa: E402
+from hypersparse.runio import RunFiles  # noqa: E402
+
+TINY = {"dataset": "digits", "model": "mlp", "sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 2,
+        "lr_steps": "1", "stats": False}
+
+
+def plan(results: dict):
+    """Two GMP runs, then a one-shot run whose budget depends on the first result (as the real sweeps do)."""
+    for seed in (0, 1):
+        yield {"name": f"gmp-s{seed}", "config": dict(TINY, method="gmp", prune_epochs=2, seed=seed),
+               "meta": {"method": "gmp", "seed": seed}}
+    if "gmp-s0" in results:
+        epochs = results["gmp-s0"]["epochs"]["prune"] + 1
+        yield {"name": "oneshot-s0", "config": dict(TINY, method="oneshot", prune_epochs=epochs, seed=0),
+               "meta": {"method": "oneshot", "seed": 0}}
+
+
+def outcome(results: dict) -> dict:
+    drop = {"wall_seconds", "resumed", "commit"}
+    return {n: {k: v for k, v in r.items() if k not in drop} for n, r in results.items()}
+
+
+def test_a_stopped_sweep_resumes_to_the_same_results(tmp_path, monkeypatch):
+    whole = sweep.run_sweep(plan, tmp_path / "whole", workers=0, say=lambda s: None)
+    assert sorted(whole) == ["gmp-s0", "gmp-s1", "oneshot-s0"]
+
+    calls = {"n": 0}
+    record = RunFiles.record_epoch
+
+    def killed_after_four_epochs(self, *args, **kwargs):
+        record(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 7:  # the second run, after its second checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunFiles, "record_epoch", killed_after_four_epochs)
+    store = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(plan, store, workers=0, say=lambda s: None)
+    assert sorted(sweep.load_results(store)) == ["gmp-s0"]
+    assert (store / "runs" / "gmp-s1" / "checkpoint.pt").exists()
+    monkeypatch.setattr(RunFiles, "record_epoch", record)
+
+    said = []
+    again = sweep.run_sweep(plan, store, workers=0, say=said.append)
+    assert "start gmp-s1 (resuming)" in said and not any("gmp-s0" in s for s in said)  # finished runs are skipped
+    assert again["gmp-s1"]["resumed"]
+    assert outcome(again) == outcome(whole)
+    assert outcome(sweep.run_sweep(plan, store, workers=0, say=said.append)) == outcome(whole)  # nothing left
+
+
+def test_a_changed_plan_is_refused_not_mixed(tmp_path):
+    sweep.run_sweep(plan, tmp_path, workers=0, say=lambda s: None)
+
+    def other(results):
+        yield {"name": "gmp-s0", "config": dict(TINY, method="gmp", prune_epochs=3, seed=0), "meta": {}}
+
+    with pytest.raises(sweep.SweepError, match="other settings"):
+        sweep.run_sweep(other, tmp_path, workers=0, say=lambda s: None)
+
+
+def test_merge_refuses_conflicting_runs():
+    a = {"runs": [{"name": "x", "test_error": 1.0}]}
+    assert sweep.merge(a, {"runs": [{"name": "y", "test_error": 2.0}]}) == a["runs"] + [{"name": "y", "test_error": 2.0}]
+    with pytest.raises(sweep.SweepError, match="twice"):
+        sweep.merge(a, {"runs": [{"name": "x", "test_error": 3.0}]})
