@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import hypersparse as hs
+from hypersparse import apply_masks_, magnitude_masks
 from conftest import make_convnet, make_mlp
 
 SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
@@ -138,3 +139,61 @@ def test_pruned_mass_is_the_removed_share_of_the_l1_norm():
     assert hs.masks.pruned_mass(zeros, hs.magnitude_masks(zeros, 0.5)) == 0.0
     with pytest.raises(KeyError, match="does not have"):
         hs.masks.pruned_mass([a], masks)
+
+
+def _revived(model, masks, steps=50) -> int:
+    """Pruned weights that are not zero after ``steps`` of SGD with momentum and weight decay on ``model``."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        loss = model(torch.randn(8, 20, generator=g)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    return sum(int((params[n].detach()[~m] != 0).sum()) for n, m in masks.items())
+
+
+def _masked_mlp():
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    masks = magnitude_masks(model, 0.8)
+    apply_masks_(model, masks)
+    return model, masks
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save", "state_dict+apply", "state_dict+load"])
+def test_masks_travel_with_the_model(how, tmp_path):
+    import copy
+    import pickle
+
+    from hypersparse.masks import masks_from_zeros
+
+    model, masks = _masked_mlp()
+    assert _revived(torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5)).requires_grad_(),
+                    masks) > 0  # the check can fail: an unmasked model does revive them
+    if how == "deepcopy":
+        other = copy.deepcopy(model)
+    elif how == "pickle":
+        other = pickle.loads(pickle.dumps(model))
+    elif how == "torch.save":
+        torch.save(model, tmp_path / "m.pt")
+        other = torch.load(tmp_path / "m.pt", weights_only=False)  # our own file, in a test
+    else:
+        torch.save(model.state_dict(), tmp_path / "m.pt")
+        other = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+        state = torch.load(tmp_path / "m.pt", weights_only=True)
+        if how == "state_dict+apply":  # the file's zeros are its mask
+            other.load_state_dict(state)
+            apply_masks_(other, masks_from_zeros(other))
+        else:  # masks applied to the fresh model first, then a dense state loaded into it: still masked
+            apply_masks_(other, masks)
+            other.load_state_dict({k: v + 1 for k, v in state.items()})
+    assert _revived(other, masks) == 0
+
+
+def test_half_after_masking_trains():
+    model, masks = _masked_mlp()
+    model.half()
+    model(torch.randn(4, 20).half()).float().pow(2).mean().backward()
+    assert model[0].weight.grad.dtype == torch.float16
+    assert (model[0].weight.grad[~masks["0.weight"]] == 0).all()

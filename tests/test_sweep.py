@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import sweep  # noqa: E402
+from hypersparse.errors import RunStopped  # noqa: E402
 from hypersparse.runio import RunFiles  # noqa: E402
 
 TINY = {"dataset": "digits", "model": "mlp", "sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 2,
@@ -45,7 +46,7 @@ def test_a_stopped_sweep_resumes_to_the_same_results(tmp_path, monkeypatch):
 
     monkeypatch.setattr(RunFiles, "record_epoch", killed_after_four_epochs)
     store = tmp_path / "stopped"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunStopped):  # what Ctrl-C becomes inside a run
         sweep.run_sweep(plan, store, workers=0, say=lambda s: None)
     assert sorted(sweep.load_results(store)) == ["gmp-s0"]
     assert (store / "runs" / "gmp-s1" / "checkpoint.pt").exists()

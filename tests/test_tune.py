@@ -1,6 +1,7 @@
 """hypersparse tune: Optuna over lambda_0 and eta, on the validation split, continued from its SQLite study."""
 import json
 import math
+from urllib.parse import quote
 
 import pytest
 
@@ -13,13 +14,14 @@ BASE = ["tune", "--warmup-epochs", "2", "--finetune-epochs", "2", "--lambda-rang
 
 
 def load(study_dir):
-    return optuna.load_study(study_name="hypersparse", storage=f"sqlite:///{study_dir / 'study.db'}")
+    return optuna.load_study(study_name="hypersparse", storage=f"sqlite:///{quote(str(study_dir / 'study.db'))}")
 
 
 def test_tune_continues_study_and_retries_interrupted_trial(tmp_path):
-    study_dir = tmp_path / "study"
+    study_dir = tmp_path / "st?dy#1"  # characters that end a URL's path unless quoted
     out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
     assert out.returncode == 0, out.stderr
+    assert (study_dir / "study.db").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["st?dy#1"]
     study = load(study_dir)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     # a process killed mid-trial leaves a RUNNING trial behind: simulate one

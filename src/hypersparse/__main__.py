@@ -1,5 +1,5 @@
 import sys
 
-from hypersparse.cli import main
+from hypersparse.command import main
 
 sys.exit(main())

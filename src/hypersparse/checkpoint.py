@@ -1,6 +1,7 @@
 """Atomic writes and safe reads: a crash leaves the old file or the new one, and no file runs code when read."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -16,11 +17,22 @@ from hypersparse.errors import UserError
 VERSION = 2  # of a run checkpoint's layout; a checkpoint of another version is refused with a clear line
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the user's umask decides, as for any file they write
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -31,8 +43,38 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         raise
 
 
+def output_file(path: str | Path, flag: str) -> Path:
+    """``path`` if a file can be written there (its folder exists and it is not a folder), else UserError."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name inside it")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist (or is not a folder); create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{flag} {path}: folder {path.parent} is not writable; choose another")
+    return path
+
+
+def output_folder(path: str | Path, flag: str) -> Path:
+    """Create folder ``path`` if needed and return it, or raise UserError saying why it cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc}); choose another") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable; choose another")
+    return path
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` atomically; serialized in memory first, so a full disk is an OSError (ENOSPC), not torch's
+    RuntimeError from inside its zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
@@ -41,7 +83,8 @@ def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"{what} {path} holds more than tensors and plain values, and loading it could run code; "
-                        f"refused ({str(exc).splitlines()[0][:120]})") from None
+                        f"refused ({str(exc).splitlines()[0][:120]}). If you trust its source, load it yourself and "
+                        "re-save only its state_dict with torch.save") from None
     except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise UserError(f"cannot read {what} {path} ({str(exc).splitlines()[0][:200]}); is it complete?") from None
 

@@ -6,8 +6,11 @@ exit code 1; the checkpoint on disk is always the last complete one.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 import typing
 
@@ -16,13 +19,13 @@ from dataclasses import fields
 from hypersparse import __version__
 from hypersparse.config import SECTIONS, TrainConfig, flag
 from hypersparse.distributed import close_distributed
-from hypersparse.errors import RunDiverged, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.schedule import ARTDidNotConverge
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
-        self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n")
+    def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
+        self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
 
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
@@ -127,22 +130,27 @@ def _export(args) -> int:
 
     import torch
 
+    from hypersparse.checkpoint import output_file
     from hypersparse.export import export_onnx, save_sparse
     from hypersparse.runs import SUMMARY, model_from_run, read_json
 
     path = Path(args.run)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a run directory or its model.pt")
     run_dir = path if path.is_dir() else path.parent
     summary = read_json(run_dir / SUMMARY)
     if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
+    out = output_file(args.out or run_dir / ("model.sparse.safetensors" if args.format == "sparse" else "model.onnx"),
+                      "--out")
     arch = summary["arch"]
     model = model_from_run(path)
     if args.format == "sparse":
-        info = save_sparse(model, args.out or run_dir / "model.sparse.safetensors", arch)
+        info = save_sparse(model, out, arch)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
     else:
         example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
-        info = export_onnx(model, example, args.out or run_dir / "model.onnx")
+        info = export_onnx(model, example, out)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers")
     return 0
 
@@ -179,18 +187,46 @@ def _eval(args) -> int:
     return 0
 
 
+def _rank0() -> bool:
+    """Whether this process prints errors: always, except on the ranks other than 0 under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(message: str, code: int) -> int:
+    if _rank0():
+        print(f"hypersparse: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, which file, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"error: the disk is full{where}; free some space (a stopped run continues with hypersparse train "
+                "--resume RUN_DIR)")
+    return f"error: {exc.strerror or exc}{where}; check the path and its permissions"
+
+
 def _dispatch(args) -> int:
+    """The one error boundary: every user-facing failure becomes one line on stderr and an exit code."""
     try:
         return {"train": _train, "tune": _tune, "eval": _eval, "export": _export, "report": _report}[args.command](args)
     except UserError as exc:
-        print(f"hypersparse: error: {exc}", file=sys.stderr)
-        return 2
+        return _say(f"error: {exc}", 2)
     except (RunDiverged, ARTDidNotConverge) as exc:
-        print(f"hypersparse: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hypersparse: interrupted; the last complete epoch is checkpointed (continue with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+        return _say(f"error: {exc}", 1)
+    except RunStopped as exc:
+        return _say(str(exc), exc.code)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            return _say("terminated; files written so far are complete (run the command again to continue)", 143)
+        return _say("interrupted; files written so far are complete (run the command again to continue)", 130)
+    except OSError as exc:
+        return _say(_os_error(exc), 2)
+
+
+def _terminate(signum, frame) -> typing.NoReturn:
+    raise Terminated()
 
 
 def _exit_worker(code: int) -> typing.NoReturn:
@@ -208,7 +244,12 @@ def _exit_worker(code: int) -> typing.NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
     try:
         code = _dispatch(args)
     except BaseException:

@@ -327,6 +327,11 @@ def _check_values(cfg: TrainConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if not (math.isfinite(value) and (value > 0 if key in positive else value >= 0)):
             raise UserError(f"{flag(key)} must be {'a positive number' if key in positive else '>= 0'}, got {value!r}")
+    if cfg.art.eta < 1:
+        raise UserError(f"--eta must be at least 1 (lambda grows by it each epoch), got {cfg.art.eta!r}")
+    if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
+        raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
+                        f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")
     if cfg.schedule.epochs_scale * max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, 1) > 1e7:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} makes a phase longer than 10 million epochs; "
                         "use a factor such as 0.1")

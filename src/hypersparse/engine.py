@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,13 +26,13 @@ from hypersparse.data.loader import DeviceLoader
 from hypersparse.device import autocast, pick_device
 from hypersparse.distributed import init_distributed, state_digest
 from hypersparse.driver import Driver
-from hypersparse.errors import RunDiverged, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.evaluate import evaluate
 from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
 from hypersparse.models import create_model
 from hypersparse.params import prunable_parameters
-from hypersparse.runio import RunFiles, default_run_dir, prepare_run_dir
+from hypersparse.runio import RunFiles, default_run_dir, prepare_run_dir, remove_created, remove_temporaries
 from hypersparse.runs import CHECKPOINT, load_weights
 from hypersparse.stats import StatsCollector
 
@@ -161,8 +163,9 @@ class Trainer:
         if not math.isfinite(mean_loss):
             raise RunDiverged(
                 f"training diverged: the loss became {mean_loss} in epoch {epoch} ({self.method.phase}, "
-                f"lambda={driver.lam:g}); lower --lr or --lambda-init/--eta. The last good checkpoint is kept: "
-                f"{self.files.path / CHECKPOINT}"
+                f"lambda={driver.lam:g}); lower --lr or --lambda-init/--eta. " + (
+                    f"The last good checkpoint is kept: {self.files.path / CHECKPOINT}"
+                    if (self.files.path / CHECKPOINT).exists() else "No checkpoint yet (no epoch had finished).")
             )
         return mean_loss, n_correct / max(1.0, n)
 
@@ -278,11 +281,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
     target = Path(dist.broadcast(str(target)))  # the default name holds the time: rank 0's counts
-    existed = target.exists()
-    error = None
+    created, error = None, None
     if dist.is_main:
         try:
-            prepare_run_dir(target)
+            created = prepare_run_dir(target)
         except UserError as exc:
             error = str(exc)
     error = dist.broadcast(error)
@@ -291,12 +293,28 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
     try:
         trainer = Trainer(cfg, target, progress, out)
     except BaseException:
-        if dist.is_main and not existed and not any(target.iterdir()):
-            target.rmdir()  # a run that could not start leaves nothing behind
+        if dist.is_main:
+            remove_created(target, created)  # a run that could not start leaves nothing behind
         raise
     trainer.files.write_config(cfg)
     trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})" if dist.active else ""))
-    return trainer.run()
+    with stopped_cleanly(target):
+        return trainer.run()
+
+
+@contextmanager
+def stopped_cleanly(run_dir: Path):
+    """Ctrl-C or SIGTERM during a run: RunStopped, whose message names the real folder and what it holds."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, Terminated) else 130
+        what = "terminated" if code == 143 else "interrupted"
+        if (run_dir / CHECKPOINT).exists():
+            raise RunStopped(f"{what}; the last complete epoch is checkpointed: continue with hypersparse train "
+                             f"--resume {shlex.quote(str(run_dir))}", code) from None
+        raise RunStopped(f"{what} before the first epoch finished (no checkpoint yet in {run_dir}); start the run "
+                         "again", code) from None
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) -> dict:
@@ -305,8 +323,10 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) ->
     if not (path / CHECKPOINT).exists():
         raise UserError(f"{path} holds no checkpoint to resume (no epoch has finished yet); start a new run without "
                         "--resume")
+    remove_temporaries(path)
     ckpt = load_run_checkpoint(path / CHECKPOINT)
     trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out)
     trainer.load_state(ckpt)
     trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
-    return trainer.run()
+    with stopped_cleanly(path):
+        return trainer.run()

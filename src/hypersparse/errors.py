@@ -11,3 +11,15 @@ class DataError(UserError):
 
 class RunDiverged(Exception):
     """Training produced a non-finite loss (exit code 1)."""
+
+
+class RunStopped(Exception):
+    """Ctrl-C or SIGTERM stopped a command; ``code`` is 130 or 143 and the message says how to continue."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be so that both stop a run the same clean way."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from hypersparse.checkpoint import atomic_write
 from hypersparse.errors import UserError
 
 FORMAT = "hypersparse-sparse/1"
@@ -95,7 +97,7 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) ->
     :func:`load_sparse` can rebuild a registered model without code.
     """
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError as exc:
         raise UserError("sparse export needs safetensors: pip install 'hypersparse[cli]'") from exc
     tensors: dict[str, torch.Tensor] = {}
@@ -108,9 +110,8 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) ->
         dense_bytes += t.numel() * t.element_size()
     metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {})}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
     size = path.stat().st_size
     return {"path": str(path), "bytes": size, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / size,
             "encodings": {n: m["enc"] for n, m in layout.items()}}
@@ -119,20 +120,75 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) ->
 def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The exact state_dict and the stored architecture of a sparse file."""
     try:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
     except ImportError as exc:
         raise UserError("reading sparse files needs safetensors: pip install 'hypersparse[cli]'") from exc
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} was not written by hypersparse export --format sparse")
-    layout = json.loads(metadata["layout"])
+    try:
+        layout, arch = json.loads(metadata["layout"]), json.loads(metadata.get("arch", "{}"))
+        if not isinstance(layout, dict) or not isinstance(arch, dict):
+            raise ValueError("layout and arch must be JSON objects")
+        for name, meta in layout.items():
+            _check_entry(name, meta, tensors)
+        _check_arch(arch)
+    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path} has damaged metadata ({exc}); export the run again") from None
     state = {name: _decode(name, tensors, meta) for name, meta in layout.items()}
-    return state, json.loads(metadata.get("arch", "{}"))
+    return state, arch
+
+
+_ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("values", "col", "rowptr")}
+MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 4096, 64, 1_000_000
+
+
+def _check_entry(name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``meta`` describes buffers that exist and sizes they hold (checked before allocating)."""
+    if meta.get("enc") not in _ENCODINGS:
+        raise ValueError(f"{name}: unknown encoding {meta.get('enc')!r}")
+    dtype = np.dtype(meta["dtype"])
+    if dtype.kind not in "fiub":
+        raise ValueError(f"{name}: dtype {meta['dtype']!r} is not a number type")
+    shape = meta["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"{name}: shape {shape!r} is not a list of sizes")
+    size = int(np.prod(shape, dtype=object)) if shape else 1
+    buffers = {key: tensors.get(f"{name}::{key}") for key in _ENCODINGS[meta["enc"]]}
+    missing = [k for k, v in buffers.items() if v is None or v.dtype != torch.uint8 or v.dim() != 1]
+    if missing:
+        raise ValueError(f"{name}: buffer {missing[0]} is missing")
+    n = {k: v.numel() for k, v in buffers.items()}
+    if meta["enc"] == "dense":
+        ok = n["dense"] == size * dtype.itemsize
+    elif meta["enc"] == "bitmask":
+        ok = n["mask"] == (size + 7) // 8 and n["values"] % dtype.itemsize == 0 and \
+            n["values"] // dtype.itemsize == int(np.unpackbits(buffers["mask"].numpy())[:size].sum())
+    else:
+        rows, cols = meta["rows"], meta["cols"]
+        index = {k: np.dtype(meta[k]) for k in ("col", "rowptr")}
+        ok = isinstance(rows, int) and isinstance(cols, int) and rows * cols == size and \
+            all(t.kind == "u" for t in index.values()) and n["rowptr"] == (rows + 1) * index["rowptr"].itemsize
+        if ok:
+            rowptr = buffers["rowptr"].numpy().view(index["rowptr"]).astype(np.int64)
+            nnz = n["values"] // dtype.itemsize
+            col = buffers["col"].numpy().view(index["col"]) if n["col"] % index["col"].itemsize == 0 else None
+            ok = (rowptr[0] == 0 and rowptr[-1] == nnz and bool(np.all(np.diff(rowptr) >= 0)) and col is not None
+                  and col.size == nnz and (nnz == 0 or int(col.max()) < cols))
+    if not ok:
+        raise ValueError(f"{name}: its buffers do not hold the {meta['enc']} tensor of shape {shape} it declares")
+
+
+def _check_arch(arch: dict) -> None:
+    limits = {"num_classes": MAX_CLASSES, "in_channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIZE}
+    for key, limit in limits.items():
+        if key in arch and not (isinstance(arch[key], int) and 0 < arch[key] <= limit):
+            raise ValueError(f"arch {key} {arch[key]!r} is not an integer in 1..{limit}")
 
 
 def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -143,8 +199,15 @@ def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
             raise UserError(f"{path} does not name its model; pass model= to load_sparse")
         from hypersparse.models import create_model
 
-        model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
-    model.load_state_dict(state)
+        try:
+            model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
+        except (UserError, KeyError) as exc:
+            raise UserError(f"{path} names a model this hypersparse cannot build ({exc}); pass model= to load it")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(f"{path} does not fit the model ({first}); pass the model it was exported from") from None
     return model.eval()
 
 
@@ -156,11 +219,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> di
     except ImportError as exc:
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.onnx")
     model = copy.deepcopy(model).eval().cpu()
-    torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    proto = onnx.load(str(tmp))
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:
+        tmp = Path(tmp_dir) / "model.onnx"
+        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        proto = onnx.load(str(tmp))
     graph = proto.graph
     keep, sparse = [], []
     for init in graph.initializer:
@@ -177,6 +241,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> di
     del graph.initializer[:]
     graph.initializer.extend(keep)
     graph.sparse_initializer.extend(sparse)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    data = proto.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
     return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": len(sparse)}

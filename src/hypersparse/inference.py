@@ -294,6 +294,16 @@ def _choose_chain(chain: dict, x: torch.Tensor, kernels: list[str], reps: int, n
     return choice
 
 
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A warning the user sees once per process, not once per call."""
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 @torch.no_grad()
 def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode, CPU) whose Linear chains run compacted, where measured faster.
@@ -315,6 +325,8 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     chains = find_chains(model)
     inputs = _chain_inputs(model, chains, example)
     kernels = [k for k in KERNELS if k != "native" or (native and not _native.unavailable())]
+    if native and chains and _native.unavailable():
+        _say_once(f"sparse_inference uses PyTorch kernels only: {_native.unavailable()}")
     choices = {}
     for k, chain in enumerate(chains):
         if k not in inputs:  # not on the path of this input

@@ -5,8 +5,12 @@ about 2 µs of dispatch per PyTorch operation (reshape, gather, addmm, relu,
 ...). One C function that walks the CSR rows of every layer in turn has one
 call's overhead instead. It needs a C compiler (``$CC``, else ``cc``) the
 first time; the library is cached under ``$HYPERSPARSE_CACHE`` (default
-``~/.cache/hypersparse``), keyed by its source. Without a compiler the kernel
-is simply unavailable and :func:`hypersparse.sparse_inference` uses PyTorch's.
+``~/.cache/hypersparse``), keyed by its source. That folder must be private
+(created 0700, refused if another user owns it or others may write to it);
+the library's SHA-256 is recorded when it is built and checked before every
+load, and a missing, changed or symbol-less library is built again. Without
+a compiler the kernel is unavailable and :func:`hypersparse.sparse_inference`
+uses PyTorch's, saying why once.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -66,6 +72,7 @@ class ChainSpec(ctypes.Structure):
 
 _lib = None
 _error: str | None = None
+SYMBOL = "hs_chain_forward"
 
 
 def _cache_dir() -> Path:
@@ -74,25 +81,72 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hypersparse"
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC", "cc")
-    key = hashlib.sha256(f"{SOURCE}\0{cc}\0{platform.machine()}\0{platform.system()}".encode()).hexdigest()[:16]
-    cache = _cache_dir()
-    so = cache / f"chain-{key}.so"
-    if not so.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, tmp_so = Path(tmp) / "chain.c", Path(tmp) / "chain.so"
-            src.write_text(SOURCE)
-            done = subprocess.run([cc, "-O2", "-std=c99", "-shared", "-fPIC", str(src), "-o", str(tmp_so)],
-                                  capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise OSError(f"{cc} failed: {done.stderr.strip()[:300]}")
-            os.replace(tmp_so, so)  # atomic: another process may be loading the same file
+def _private(cache: Path) -> Path:
+    """``cache``, created 0700; OSError if another user owns it or others may write to it."""
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = cache.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise OSError(f"{cache} belongs to another user (uid {st.st_uid}); use a folder of your own")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(f"{cache} is writable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 700 it")
+    return cache
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compile(cc: list[str], cache: Path, record: Path) -> Path:
+    """Build the library into ``cache`` under a name holding its SHA-256, then record that digest."""
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src, built = Path(tmp) / "chain.c", Path(tmp) / "chain.so"
+        src.write_text(SOURCE)
+        done = subprocess.run([*cc, "-O2", "-std=c99", "-shared", "-fPIC", str(src), "-o", str(built)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(cc)} failed: {done.stderr.strip()[:300]}")
+        digest = _sha256(built)
+        so = cache / f"{record.stem}-{digest[:16]}.so"
+        os.replace(built, so)  # atomic: another process may be loading the same name
+    tmp_record = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp_record.write_text(digest + "\n")
+    os.replace(tmp_record, record)
+    return so
+
+
+def _verified(record: Path) -> Path | None:
+    """The recorded library if its bytes still have the recorded SHA-256, else None (missing or changed)."""
+    try:
+        digest = record.read_text().strip()
+        so = record.with_name(f"{record.stem}-{digest[:16]}.so")
+        return so if _sha256(so) == digest else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _load(so: Path):
     lib = ctypes.CDLL(str(so))
-    fn = lib.hs_chain_forward
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
+    fn = getattr(lib, SYMBOL, None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+    return lib, fn
+
+
+def _build() -> ctypes.CDLL:
+    """Load the cached library if it is the one this user built (SHA-256 checked first), else build it anew."""
+    cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    key = hashlib.sha256(f"{SOURCE}\0{cc}\0{platform.machine()}\0{platform.system()}".encode()).hexdigest()[:16]
+    cache = _private(_cache_dir())
+    record = cache / f"chain-{key}.sha256"
+    so = _verified(record)
+    if so is not None:
+        lib, fn = _load(so)
+        if fn is not None:
+            return lib
+    lib, fn = _load(_compile(cc, cache, record))  # missing, changed or without the symbol: built again
+    if fn is None:
+        raise OSError(f"the library built by {' '.join(cc)} lacks {SYMBOL}")
     return lib
 
 
@@ -102,10 +156,10 @@ def chain_kernel():
     if _lib is None and _error is None:
         try:
             _lib = _build()
-        except (OSError, subprocess.SubprocessError) as exc:
-            _error = (f"the C kernel is unavailable ({exc}); it needs a C compiler ($CC, else cc) and a writable "
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            _error = (f"the C kernel is unavailable ({exc}); it needs a C compiler ($CC, else cc) and a private "
                       f"cache directory ($HYPERSPARSE_CACHE, now {_cache_dir()})")
-    return _lib.hs_chain_forward if _lib is not None else None
+    return getattr(_lib, SYMBOL) if _lib is not None else None
 
 
 def unavailable() -> str | None:

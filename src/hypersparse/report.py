@@ -18,6 +18,7 @@ import html
 import json
 from pathlib import Path
 
+from hypersparse.checkpoint import output_folder
 from hypersparse.errors import UserError
 from hypersparse.runs import load_run
 from hypersparse.stats import HIST_EDGES
@@ -180,8 +181,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         if not run.stats:
             raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with statistics "
                             "for a report")
-    out = Path(out_dir) if out_dir else runs[0].dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
     makers = {"gradient": _fig_gradient, "exploration": _fig_exploration, "layers": _fig_layers,
               "histograms": _fig_histograms, "curves": _fig_curves, "per_class": _fig_per_class}
     for name in FIGURES:

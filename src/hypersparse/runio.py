@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from hypersparse.checkpoint import atomic_write, save_checkpoint, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
@@ -22,20 +20,46 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{stamp}-{cfg.data.dataset}-{cfg.model.model}-{tag}-{cfg.sparsity.sparsity:g}-seed{cfg.run.seed}"
 
 
-def prepare_run_dir(path: Path) -> Path:
-    """Create the run directory and prove it is writable, or raise UserError."""
+def prepare_run_dir(path: Path) -> Path | None:
+    """Create the run directory and prove it is writable, or raise UserError.
+
+    Returns the outermost folder this call created (None if ``path`` existed), so that a run that cannot start
+    can remove what it made (:func:`remove_created`).
+    """
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        remove_created(path, created)
         raise UserError(f"cannot write to run directory {path} ({exc.strerror or exc}); choose another with --run-dir") \
             from None
     if (path / CHECKPOINT).exists():
         raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
                         "--run-dir")
-    return path
+    remove_temporaries(path)
+    return created
+
+
+def remove_temporaries(path: Path) -> None:
+    """Delete the ``.<file>.<random>.tmp`` files a killed run left behind (atomic_write's names, nothing else)."""
+    for tmp in path.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def remove_created(path: Path, created: Path | None) -> None:
+    """Remove ``path`` and its parents up to ``created`` where they are empty (what prepare_run_dir made)."""
+    if created is None:
+        return
+    for folder in [path, *path.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 class RunFiles:
@@ -60,15 +84,16 @@ class RunFiles:
             write_json(self.path / CONFIG, cfg.to_dict())
 
     def record_epoch(self, row: dict, stats: dict | None, state: dict) -> None:
-        """The epoch's checkpoint first, then its log lines: a crash between them leaves lines a resume drops."""
+        """The epoch's log lines first, then its checkpoint: a crash before the checkpoint is in place (even in the
+        middle of a line) leaves lines of an epoch that a resume drops and then trains and writes again."""
         if not self.main:
             return
-        save_checkpoint(state, self.path / CHECKPOINT)
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
         if stats is not None:
             with open(self.path / STATS, "a") as f:
                 f.write(json.dumps(stats) + "\n")
+        save_checkpoint(state, self.path / CHECKPOINT)
         self.say(epoch_line(row))
 
     def truncate(self, metrics: list[dict]) -> None:
@@ -84,7 +109,7 @@ class RunFiles:
     def write_result(self, summary: dict, model_state: dict) -> None:
         if not self.main:
             return
-        atomic_write(self.path / MODEL, lambda f: torch.save(model_state, f))
+        save_checkpoint(model_state, self.path / MODEL)
         write_json(self.path / SUMMARY, summary)
         print(format_summary(summary), file=self.out)
 

@@ -14,8 +14,9 @@ import math
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
-from hypersparse.checkpoint import write_json
+from hypersparse.checkpoint import output_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, UserError
 from hypersparse.schedule import ARTDidNotConverge
@@ -40,6 +41,17 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
     return low, high
 
 
+def _check_storage(url: str) -> None:
+    """UserError unless ``url`` is a database URL whose driver is installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
+        raise UserError(f"--storage {url!r} is not a usable database URL ({exc}); e.g. sqlite:///study.db") from None
+
+
 def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_range=(1e-7, 1e-3), eta_range=(1.01, 1.5),
          storage: str | None = None, out=sys.stdout) -> dict:
     """Run trials until ``trials`` have finished (counting those of earlier calls); returns the best one."""
@@ -51,9 +63,11 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     base.validate()
-    study_dir = Path(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    if storage:
+        _check_storage(storage)
+    study_dir = output_folder(study_dir, "--study-dir")
+    # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
+    storage = storage or f"sqlite:///{quote(str((study_dir / 'study.db').resolve()))}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True, direction="maximize")
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones

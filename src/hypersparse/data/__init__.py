@@ -175,7 +175,10 @@ def tinyimagenet(data_dir: Path, seed: int, download: bool = False) -> Splits:
     except ImportError as exc:
         raise DataError("reading tinyimagenet needs Pillow: pip install pillow") from exc
     d = _find(data_dir, "tiny-imagenet-200", "wnids.txt")
-    wnids = (d / "wnids.txt").read_text().split()
+    try:
+        wnids = (d / "wnids.txt").read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        raise DataError(f"{d / 'wnids.txt'} is not UTF-8 text; extract the official archive again") from None
     index = {w: i for i, w in enumerate(wnids)}
 
     def load(paths):
@@ -185,7 +188,14 @@ def tinyimagenet(data_dir: Path, seed: int, download: bool = False) -> Splits:
     ann = d / "val" / "val_annotations.txt"
     if not train or not ann.exists():
         raise DataError(f"{d} lacks train/<wnid>/images or val/val_annotations.txt; extract the official archive")
-    val = [line.split("\t")[:2] for line in ann.read_text().splitlines() if line.strip()]
+    try:
+        val = [line.split("\t")[:2] for line in ann.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        val = [[]]
+    bad = next((i for i, v in enumerate(val) if len(v) < 2 or v[1] not in index), None)
+    if bad is not None:
+        raise DataError(f"{ann} line {bad + 1} is not 'image<TAB>wnid' with a wnid from wnids.txt; extract the "
+                        "official archive again")
     try:
         tx = load([d / "val" / "images" / f for f, _ in val])
     except OSError as exc:

@@ -1,0 +1,315 @@
+"""Bad input of every kind, across train, eval, export, report and tune: exit 2, one line, nothing damaged.
+
+Each case builds its bad input in a fresh folder (beside a copy of one finished run), runs the command in this
+process, and checks the exit code, that stderr is one line without a traceback, and that no file that existed
+before changed and no file was added.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypersparse.cli import main
+from hypersparse.config import TrainConfig
+from hypersparse.engine import train
+from hypersparse.export import save_sparse
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("finished") / "run"
+    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 1, "lr_steps": "1",
+                                 "lambda_init": 1e-3})
+    train(cfg, run, progress=False, out=open(os.devnull, "w"))
+    from hypersparse.runs import model_from_run
+
+    save_sparse(model_from_run(run), run / "model.sparse.safetensors", json.loads((run / "summary.json").read_text())["arch"])
+    return run
+
+
+def _sparse_with(path: Path, src: Path, layout=None, arch=None) -> None:
+    """A copy of the sparse file ``src`` with its layout or arch metadata replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if layout is not None:
+        meta["layout"] = layout(json.loads(meta["layout"])) if callable(layout) else layout
+    if arch is not None:
+        meta["arch"] = json.dumps(arch(json.loads(meta["arch"])))
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _edit_layout(edit):
+    def change(layout):
+        name = next(n for n, m in layout.items() if m["enc"] != "dense")
+        edit(layout[name])
+        return json.dumps(layout)
+    return change
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _idx_gz(path: Path, magic: int, dims: tuple[int, ...]) -> None:
+    body = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + bytes(int(torch.tensor(dims).prod()))
+    _write(path, gzip.compress(body))
+
+
+def _mnist_folder(d: Path, train_images: int = 60000) -> Path:
+    d.mkdir()
+    _idx_gz(d / "train-images-idx3-ubyte.gz", 2051, (train_images, 28, 28))
+    _idx_gz(d / "train-labels-idx1-ubyte.gz", 2049, (60000,))
+    _idx_gz(d / "t10k-images-idx3-ubyte.gz", 2051, (10000, 28, 28))
+    _idx_gz(d / "t10k-labels-idx1-ubyte.gz", 2049, (10000,))
+    return d
+
+
+def _tiny_imagenet(d: Path, wnids: bytes = b"n01\n", annotation: str = "a.JPEG\tn01\t0\t0\t1\t1\n") -> Path:
+    root = d / "tiny-imagenet-200"
+    _write(root / "wnids.txt", wnids)
+    _write(root / "val" / "val_annotations.txt", annotation)
+    return d
+
+
+def _readonly(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o555)
+    return d
+
+
+QUICK = ["--epochs-scale", "0.02"]
+# (id, build(tmp, run) -> argv, words the one line must hold)
+CASES = [
+    # train: numbers and names
+    ("sparsity-above-1", lambda t, r: ["train", "--sparsity", "1.5"], "--sparsity"),
+    ("sparsity-word", lambda t, r: ["train", "--sparsity", "abc"], "invalid float"),
+    ("sparsity-nan", lambda t, r: ["train", "--sparsity", "nan"], "--sparsity"),
+    ("epochs-scale-tiny", lambda t, r: ["train", "--epochs-scale", "1e-9"], "--epochs-scale"),
+    ("epochs-scale-negative", lambda t, r: ["train", "--epochs-scale", "-1"], "--epochs-scale"),
+    ("epochs-scale-inf", lambda t, r: ["train", "--epochs-scale", "inf"], "--epochs-scale"),
+    ("seed-huge", lambda t, r: ["train", "--seed", str(2**70)], "--seed"),
+    ("seed-negative", lambda t, r: ["train", "--seed", "-1"], "--seed"),
+    ("lr-negative", lambda t, r: ["train", "--lr", "-1"], "--lr"),
+    ("lr-nan", lambda t, r: ["train", "--lr", "nan"], "--lr"),
+    ("batch-size-zero", lambda t, r: ["train", "--batch-size", "0"], "--batch-size"),
+    ("warmup-negative", lambda t, r: ["train", "--warmup-epochs", "-1"], "--warmup-epochs"),
+    ("eta-below-1", lambda t, r: ["train", "--eta", "0.5"], "--eta"),
+    ("lambda-negative", lambda t, r: ["train", "--lambda-init", "-5"], "--lambda-init"),
+    ("lambda-auto-word", lambda t, r: ["train", "--lambda-init", "auto:abc"], "--lambda-init"),
+    ("criterion-unknown", lambda t, r: ["train", "--criterion", "bogus"], "--criterion"),
+    ("reg-unknown", lambda t, r: ["train", "--reg", "bogus"], "--reg"),
+    ("method-unknown", lambda t, r: ["train", "--method", "bogus"], "--method"),
+    ("model-unknown", lambda t, r: ["train", "--model", "alexnet"], "unknown model"),
+    ("model-bad-depth", lambda t, r: ["train", "--model", "resnet18"], "6n+2"),
+    ("dataset-unknown", lambda t, r: ["train", "--dataset", "nosuch"], "unknown dataset"),
+    ("device-unknown", lambda t, r: ["train", "--set", "run.device=tpu"], "device"),
+    ("lr-steps-words", lambda t, r: ["train", "--set", "schedule.lr_steps=a,b"], "lr_steps"),
+    ("epoch-fraction-zero", lambda t, r: ["train", "--set", "schedule.epoch_fraction=0"], "epoch_fraction"),
+    ("download-digits", lambda t, r: ["train", "--download"], "--download"),
+    ("flag-not-applicable", lambda t, r: ["train", "--method", "gmp", "--eta", "1.1"], "--eta"),
+    # train: --set and --config
+    ("set-without-equals", lambda t, r: ["train", "--set", "foo"], "--set"),
+    ("set-unknown-key", lambda t, r: ["train", "--set", "schedule.nosuch=1"], "nosuch"),
+    ("set-bad-number", lambda t, r: ["train", "--set", "schedule.momentum=abc"], "momentum"),
+    ("config-missing", lambda t, r: ["train", "--config", str(t / "none.toml")], "none.toml"),
+    ("config-bad-toml", lambda t, r: ["train", "--config", str(_write(t / "c.toml", "[art\neta = "))], "c.toml"),
+    ("config-bad-json", lambda t, r: ["train", "--config", str(_write(t / "c.json", "{\"art\": "))], "c.json"),
+    ("config-unknown-key", lambda t, r: ["train", "--config", str(_write(t / "c.json", '{"art": {"nosuch": 1}}'))],
+     "nosuch"),
+    ("config-not-utf8", lambda t, r: ["train", "--config", str(_write(t / "c.toml", b"eta = \xff\xfe"))], "c.toml"),
+    ("config-is-a-list", lambda t, r: ["train", "--config", str(_write(t / "c.json", "[1, 2]"))], "c.json"),
+    ("config-a-directory", lambda t, r: ["train", "--config", str(t)], "work"),
+    # train: data
+    ("data-dir-missing", lambda t, r: ["train", "--dataset", "mnist", "--data-dir", str(t / "no")], "does not exist"),
+    ("data-dir-empty", lambda t, r: ["train", "--dataset", "mnist", "--data-dir", str(_readonly(t / "d"))],
+     "missing"),
+    ("data-mnist-wrong-count", lambda t, r: ["train", "--dataset", "mnist", "--data-dir",
+                                             str(_mnist_folder(t / "m", 100))], "train-images-idx3-ubyte.gz"),
+    ("data-not-gzip", lambda t, r: ["train", "--dataset", "fashion-mnist", "--data-dir",
+                                    str(_write(t / "f" / "train-images-idx3-ubyte.gz", b"junk").parent)], "train-images"),
+    ("data-cifar-junk", lambda t, r: ["train", "--dataset", "cifar10", "--data-dir", str(
+        _write(t / "c" / "cifar-10-batches-py" / "data_batch_1", b"\x80\x04junk").parent.parent)], "cifar"),
+    ("data-tinyimagenet-bad-wnids", lambda t, r: ["train", "--dataset", "tinyimagenet", "--data-dir",
+                                                  str(_tiny_imagenet(t / "ti", wnids=b"\xff\xfe\n"))], "wnids.txt"),
+    ("data-tinyimagenet-no-tab", lambda t, r: ["train", "--dataset", "tinyimagenet", "--data-dir",
+                                               str(_tiny_imagenet(t / "ti", annotation="a.JPEG n01\n"))],
+     "val_annotations.txt"),
+    ("data-jpeg75-cache-corrupt", lambda t, r: ["train", "--dataset", "cifar10-jpeg75", "--data-dir", str(
+        _write(t / "j" / "cifar10_jpeg75.decoded.bogus.npz", b"x").parent)], "cifar10_jpeg75"),
+    # train: files and folders
+    ("run-dir-is-a-file", lambda t, r: ["train", "--run-dir", str(_write(t / "afile", "x"))], "afile"),
+    ("run-dir-read-only", lambda t, r: ["train", "--run-dir", str(_readonly(t / "ro") / "run")], "ro"),
+    ("run-dir-not-empty", lambda t, r: ["train", "--run-dir", str(r)], "run"),
+    ("run-dir-under-a-file", lambda t, r: ["train", "--run-dir", str(_write(t / "afile", "x") / "run")], "afile"),
+    ("pretrained-missing", lambda t, r: ["train", "--pretrained", str(t / "no.pt")], "no.pt"),
+    ("pretrained-random-bytes", lambda t, r: ["train", "--pretrained", str(_write(t / "w.pt", os.urandom(256)))],
+     "w.pt"),
+    ("pretrained-a-list", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", [1, 2]))], "w.pt"),
+    ("pretrained-wrong-shapes", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {"0.weight": torch.zeros(
+        3, 3)}))], "w.pt"),
+    ("resume-missing", lambda t, r: ["train", "--resume", str(t / "none")], "none"),
+    ("resume-no-checkpoint", lambda t, r: ["train", "--resume", str(_readonly(t / "empty"))], "no checkpoint"),
+    ("resume-random-checkpoint", lambda t, r: ["train", "--resume", str(_corrupt(r, "checkpoint.pt"))],
+     "checkpoint.pt"),
+    ("resume-checkpoint-a-list", lambda t, r: ["train", "--resume", str(_replace_pt(r, "checkpoint.pt", [1]))],
+     "checkpoint.pt"),
+    ("resume-with-flag", lambda t, r: ["train", "--resume", str(r), "--sparsity", "0.5"], "--sparsity"),
+    # eval
+    ("eval-missing", lambda t, r: ["eval", str(t / "none")], "none"),
+    ("eval-other-model", lambda t, r: ["eval", str(r), "--model", "lenet300"], "lenet300"),
+    ("eval-pt-a-list", lambda t, r: ["eval", str(_save(t / "m.pt", [1, 2])), "--dataset", "digits", "--model", "mlp"],
+     "m.pt"),
+    ("eval-pt-truncated", lambda t, r: ["eval", str(_truncate(r, "model.pt"))], "model.pt"),
+    ("eval-safetensors-random", lambda t, r: ["eval", str(_write(t / "m.safetensors", os.urandom(300))), "--dataset", "digits", "--model", "mlp"],
+     "m.safetensors"),
+    ("eval-safetensors-header-huge", lambda t, r: ["eval", str(_write(t / "m.safetensors", struct.pack(
+        "<Q", 2**40) + b"{}")), "--dataset", "digits", "--model", "mlp"], "m.safetensors"),
+    ("eval-sparse-layout-not-json", lambda t, r: ["eval", str(_sparse(t, r, layout="{"))], "s.safetensors"),
+    ("eval-sparse-layout-bad-enc", lambda t, r: ["eval", str(_sparse(t, r, layout=_edit_layout(
+        lambda m: m.update(enc="zip"))))], "s.safetensors"),
+    ("eval-sparse-layout-bad-shape", lambda t, r: ["eval", str(_sparse(t, r, layout=_edit_layout(
+        lambda m: m.update(shape=[2**40, 2**20]))))], "s.safetensors"),
+    ("eval-sparse-layout-bad-dtype", lambda t, r: ["eval", str(_sparse(t, r, layout=_edit_layout(
+        lambda m: m.update(dtype="object"))))], "s.safetensors"),
+    ("eval-sparse-other-arch", lambda t, r: ["eval", str(_sparse(t, r, arch=lambda a: dict(a, model="lenet300")))],
+     "s.safetensors"),
+    ("eval-sparse-huge-image", lambda t, r: ["eval", str(_sparse(t, r, arch=lambda a: dict(a, image_size=2**24)))],
+     "s.safetensors"),
+    ("eval-sparse-unknown-model", lambda t, r: ["eval", str(_sparse(t, r, arch=lambda a: dict(a, model="nosuch")))],
+     "s.safetensors"),
+    ("eval-config-corrupt", lambda t, r: ["eval", str(_corrupt(r, "config.json"))], "config.json"),
+    ("eval-summary-corrupt", lambda t, r: ["eval", str(_corrupt(r, "summary.json"))], "summary.json"),
+    ("eval-unknown-dataset", lambda t, r: ["eval", str(r), "--dataset", "nosuch"], "nosuch"),
+    ("eval-device-unknown", lambda t, r: ["eval", str(r), "--device", "tpu"], "tpu"),
+    # export
+    ("export-missing", lambda t, r: ["export", str(t / "none")], "none"),
+    ("export-out-missing-folder", lambda t, r: ["export", str(r), "--out", str(t / "no" / "m.safetensors")], "no"),
+    ("export-out-a-directory", lambda t, r: ["export", str(r), "--out", str(t)], "work"),
+    ("export-out-read-only", lambda t, r: ["export", str(r), "--out", str(_readonly(t / "ro") / "m.safetensors")],
+     "ro"),
+    ("export-out-under-a-file", lambda t, r: ["export", str(r), "--out", str(_write(t / "afile", "x") / "m")],
+     "afile"),
+    ("export-summary-corrupt", lambda t, r: ["export", str(_corrupt(r, "summary.json"))], "summary.json"),
+    ("export-no-summary", lambda t, r: ["export", str(_remove(r, "summary.json"))], "summary.json"),
+    ("export-model-truncated", lambda t, r: ["export", str(_truncate(r, "model.pt"))], "model.pt"),
+    ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
+    # report
+    ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
+    ("report-not-a-run", lambda t, r: ["report", str(_readonly(t / "empty"))], "empty"),
+    ("report-out-a-file", lambda t, r: ["report", str(r), "--out", str(_write(t / "f.txt", "x"))], "f.txt"),
+    ("report-metrics-garbage", lambda t, r: ["report", str(_garble(r, "metrics.jsonl"))], "metrics.jsonl"),
+    ("report-config-corrupt", lambda t, r: ["report", str(_corrupt(r, "config.json"))], "config.json"),
+    # tune
+    ("tune-study-dir-a-file", lambda t, r: ["tune", "--study-dir", str(_write(t / "afile", "x")), "--trials", "1"],
+     "afile"),
+    ("tune-study-dir-read-only", lambda t, r: ["tune", "--study-dir", str(_readonly(t / "ro") / "s"), "--trials", "1"],
+     "ro"),
+    ("tune-study-dir-under-a-file", lambda t, r: ["tune", "--study-dir", str(_write(t / "afile", "x") / "s"),
+                                                  "--trials", "1"], "afile"),
+    ("report-out-under-a-file", lambda t, r: ["report", str(r), "--out", str(_write(t / "afile", "x") / "o")],
+     "afile"),
+    ("tune-storage-bogus", lambda t, r: ["tune", "--storage", "bogus://x", "--study-dir", str(t / "s"), "--trials",
+                                        "1"], "--storage"),
+    ("tune-lambda-range-word", lambda t, r: ["tune", "--lambda-range", "a,b", "--study-dir", str(t / "s")],
+     "--lambda-range"),
+    ("tune-eta-range-reversed", lambda t, r: ["tune", "--eta-range", "1.5,1.1", "--study-dir", str(t / "s")],
+     "--eta-range"),
+    ("tune-trials-zero", lambda t, r: ["tune", "--trials", "0", "--study-dir", str(t / "s")], "--trials"),
+    ("tune-not-art", lambda t, r: ["tune", "--method", "gmp", "--study-dir", str(t / "s")], "--method gmp"),
+]
+
+
+def _save(path: Path, obj) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _corrupt(run: Path, name: str) -> Path:
+    _write(run / name, os.urandom(64) if name.endswith(".pt") else "{not json")
+    return run
+
+
+def _truncate(run: Path, name: str) -> Path:
+    data = (run / name).read_bytes()
+    (run / name).write_bytes(data[: len(data) // 2])
+    return run
+
+
+def _replace_pt(run: Path, name: str, obj) -> Path:
+    torch.save(obj, run / name)
+    return run
+
+
+def _remove(run: Path, name: str) -> Path:
+    (run / name).unlink()
+    return run
+
+
+def _garble(run: Path, name: str) -> Path:
+    lines = (run / name).read_text().splitlines()
+    lines[1] = "{garbage"
+    (run / name).write_text("\n".join(lines) + "\n")
+    return run
+
+
+def _sparse(tmp: Path, run: Path, **edit) -> Path:
+    path = run / "s.safetensors"  # beside the run's config.json, which names the data
+    _sparse_with(path, run / "model.sparse.safetensors", **edit)
+    return path
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+# root writes into a read-only folder, so those cases test nothing there; the "under-a-file" cases run everywhere
+_AS_ROOT = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
+
+
+@pytest.mark.parametrize("build,needle", [pytest.param(*c[1:], id=c[0], marks=_AS_ROOT if "read-only" in c[0] else ())
+                                          for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(build, needle, finished, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    monkeypatch.chdir(work)  # a default run folder would appear here
+    argv = build(work, run)
+    if argv[0] in ("train", "tune") and "--resume" not in argv and "--epochs-scale" not in argv:
+        argv += QUICK
+    before = _snapshot(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        for p in tmp_path.rglob("*"):
+            if p.is_dir():
+                p.chmod(0o755)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0], err
+    after = _snapshot(tmp_path)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, changed
+
+
+def test_at_least_sixty_distinct_bad_inputs():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 60
