@@ -32,7 +32,8 @@ def _f(default, help: str, flag: bool = True):
 class DataConfig:
     """What to train on."""
 
-    dataset: str = _f("digits", "dataset name (digits needs no files)")
+    dataset: str = _f("digits", "dataset name (digits needs no files), folder:<path> (class sub-folders of images) or "
+                      "module.path:callable")
     data_dir: str | None = _f(None, "folder that holds the dataset's official files")
     download: bool = _f(False, "download missing files (checksums are verified); mnist and fashion-mnist")
 
@@ -41,7 +42,7 @@ class DataConfig:
 class ModelConfig:
     """Which network."""
 
-    model: str = _f("mlp", "model name")
+    model: str = _f("mlp", "model name, torchvision:<name>, timm:<name> or module.path:callable (returns an nn.Module)")
     pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up")
 
 
@@ -112,6 +113,7 @@ class RunConfig:
     run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)")
     device: str = _f("auto", "cuda, mps, cpu or auto", flag=False)
     stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", flag=False)
+    plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)")
 
 
 SECTIONS: dict[str, type] = {
@@ -301,6 +303,8 @@ def not_applicable(cfg: TrainConfig, key: str) -> str | None:
         return f"applies to --reg hs only (this run regularizes with {cfg.art.reg})"
     if section == "baseline" and method == "art":
         return "applies to the baselines (oneshot, gmp, snip), not --method art"
+    if key == "data.data_dir" and dataset.startswith("folder:"):
+        return "is not read by a folder:<path> dataset, whose path is its name"
     if key == "data.data_dir" and dataset in NO_FILES:
         return f"is not read by dataset {dataset!r}, which needs no files"
     if key == "data.download" and dataset not in DOWNLOADS:

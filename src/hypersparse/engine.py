@@ -32,6 +32,7 @@ from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
 from hypersparse.models import create_model
 from hypersparse.params import prunable_parameters
+from hypersparse.plugins import load_plugins
 from hypersparse.runio import RunFiles, default_run_dir, prepare_run_dir, remove_created, remove_temporaries
 from hypersparse.runs import CHECKPOINT, load_weights
 from hypersparse.stats import StatsCollector
@@ -59,6 +60,7 @@ class Trainer:
             sys.stderr.isatty() if progress is None else progress)
         self.files = RunFiles(Path(run_dir), self.dist.is_main, out, self.progress)
         torch.manual_seed(cfg.run.seed)
+        load_plugins(cfg.run.plugin)
         self.data: Splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.run.seed, cfg.data.download)
         d = self.data
         self.model = create_model(cfg.model.model, d.num_classes, d.in_channels, d.image_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,17 @@ from hypersparse.errors import UserError
 from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
 
 
+def _slug(name: str) -> str:
+    """A name as one safe path component: ``folder:/data/pets`` -> ``pets``, ``mymod:build`` -> ``mymod-build``."""
+    name = name.removeprefix("folder:").rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "data"
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tag = run_label(cfg.to_dict())
-    return Path("runs") / f"{stamp}-{cfg.data.dataset}-{cfg.model.model}-{tag}-{cfg.sparsity.sparsity:g}-seed{cfg.run.seed}"
+    return Path("runs") / (f"{stamp}-{_slug(cfg.data.dataset)}-{_slug(cfg.model.model)}-{tag}-"
+                           f"{cfg.sparsity.sparsity:g}-seed{cfg.run.seed}")
 
 
 def prepare_run_dir(path: Path) -> Path | None:

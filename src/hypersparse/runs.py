@@ -14,6 +14,7 @@ from torch import nn
 
 from hypersparse.checkpoint import load_checkpoint
 from hypersparse.errors import UserError
+from hypersparse.plugins import load_plugins
 
 CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY = (
     "config.json", "metrics.jsonl", "stats.jsonl", "checkpoint.pt", "model.pt", "summary.json")
@@ -83,6 +84,7 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory or a model file")
     config = read_json((p if p.is_dir() else p.parent) / CONFIG) or {}
+    load_plugins(config.get("run", {}).get("plugin"))  # the run's own models and datasets
     settings = {"dataset": dataset or config.get("data", {}).get("dataset"),
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
                 "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0)}
@@ -108,6 +110,7 @@ def model_from_run(path: str | Path, model_name: str | None = None, num_classes:
     if not file.exists():
         raise UserError(f"{file} does not exist; train the run to the end first")
     arch = (read_json(file.parent / SUMMARY) or {}).get("arch", {})
+    load_plugins((read_json(file.parent / CONFIG) or {}).get("run", {}).get("plugin"))
     name = model_name or arch.get("model")
     shape = [v if v is not None else arch.get(k) for k, v in
              (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size))]

@@ -34,6 +34,7 @@ class Splits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool  # random crop (4-pixel padding) and horizontal flip
+    classes: tuple[str, ...] | None = None  # class names, where the data has them
 
     @property
     def in_channels(self) -> int:
@@ -255,14 +256,63 @@ _FILE_BASED = {mnist, fashion_mnist, cifar10, cifar100, cifar10_jpeg75, tinyimag
 
 
 def register_dataset(name: str, loader: Callable[..., Splits], description: str = "") -> None:
-    """Make ``loader(data_dir, seed, download) -> Splits`` available by ``name`` (CLI included, once imported)."""
+    """Make ``loader(data_dir, seed, download) -> Splits`` available by ``name``; the command line sees it when the
+    registering module is imported by ``--plugin`` or a ``hypersparse.plugins`` entry point."""
     DATASETS[name] = (loader, description)
 
 
+def image_folder(root: Path, seed: int) -> Splits:
+    """An ImageFolder-style tree (see :mod:`hypersparse.data.folder`) as Splits, with its class names."""
+    from hypersparse.data.folder import read_folder
+
+    found = read_folder(root)
+    x, y = found["train"]
+    if found["test"] is None:  # a fixed test split, the same for every seed (as for digits)
+        perm = np.random.default_rng(0).permutation(len(x))
+        cut = max(1, len(x) // 5)
+        found["test"], x, y = (x[perm[:cut]], y[perm[:cut]]), x[perm[cut:]], y[perm[cut:]]
+    val_size = 0 if found["val"] is not None else max(1, len(x) // 10)
+    splits = _split(f"folder:{root}", x, y, *found["test"], val_size, seed, len(found["classes"]), augment=False)
+    if found["val"] is not None:
+        splits.val_x, splits.val_y = torch.tensor(found["val"][0]), torch.tensor(found["val"][1]).long()
+    splits.classes = tuple(found["classes"])
+    return splits
+
+
+def _from_callable(spec: str, data_dir: str | Path | None, seed: int, download: bool) -> Splits:
+    """``module.path:callable(data_dir, seed, download)`` returning Splits or ``(train_x, train_y, test_x, test_y)``
+    as uint8 (N, C, H, W) images and integer labels; the validation split is then carved by the seed."""
+    from hypersparse.plugins import import_object
+
+    build = import_object(spec, "--dataset")
+    got = build(None if data_dir is None else Path(data_dir), seed, download) if callable(build) else build
+    if isinstance(got, Splits):
+        return got
+    if not (isinstance(got, (tuple, list)) and len(got) == 4):
+        raise UserError(f"--dataset {spec!r} returned a {type(got).__name__}; return Splits or (train_x, train_y, "
+                        "test_x, test_y)")
+    x, y, tx, ty = (np.asarray(a) for a in got)
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or tx.shape[1:] != x.shape[1:] or len(tx) != len(ty):
+        raise UserError(f"--dataset {spec!r}: images must be uint8 arrays (N, C, H, W) of one shape, one label each; "
+                        f"got train {x.dtype} {x.shape}, test {tx.dtype} {tx.shape}")
+    classes = int(max(y.max(), ty.max())) + 1
+    return _split(spec, x, y, tx, ty, max(1, len(x) // 10), seed, classes, augment=False)
+
+
 def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download: bool = False) -> Splits:
-    """Load a dataset by name from ``data_dir`` (unused for ``digits``)."""
+    """Load a dataset by name from ``data_dir`` (unused for ``digits``); ``folder:<path>`` reads an image folder,
+    ``module.path:callable`` calls your function."""
+    kind, sep, rest = name.partition(":")
+    if sep and kind == "folder":
+        return image_folder(Path(rest), seed)
+    if sep:
+        return _from_callable(name, data_dir, seed, download)
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        from hypersparse.plugins import load_entry_points
+
+        if not (load_entry_points() and name in DATASETS):
+            raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
+                            "module.path:callable")
     if name not in ("digits", "synthetic") and DATASETS[name][0] in _FILE_BASED:
         if data_dir is None:
             raise UserError(f"dataset {name!r} needs --data-dir, the folder that holds its files")

@@ -1,0 +1,75 @@
+"""An image folder as a dataset: one sub-folder of images per class, decoded with Pillow.
+
+Layouts: ``root/train/<class>/*`` with optional ``root/val/<class>/*`` and ``root/test/<class>/*``; or
+``root/<class>/*`` directly. What is not given is carved: the test split (a fixed 20 %, the same for every seed),
+then the validation split (10 % of the rest, by the seed). Class indices follow the sorted folder names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hypersparse.errors import DataError
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _images(split: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        found = sorted(p for p in (split / name).iterdir() if p.suffix.lower() in SUFFIXES) \
+            if (split / name).is_dir() else []
+        paths += found
+        labels += [index] * len(found)
+    return paths, labels
+
+
+def _decode(paths: list[Path], mode: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, first = [], None
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                a = np.asarray(img.convert(mode))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"image {p} cannot be read ({exc}); remove or replace it") from None
+        if first is None:
+            first = (p, a.shape)
+        elif a.shape != first[1]:
+            raise DataError(f"images differ in size: {first[0]} is {first[1][1]}x{first[1][0]}, {p} is "
+                            f"{a.shape[1]}x{a.shape[0]}; resize them to one size first")
+        arrays.append(a)
+    x = np.stack(arrays)
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2).copy()
+
+
+def _mode(paths: list[Path]) -> str:
+    from PIL import Image
+
+    with Image.open(paths[0]) as img:
+        return "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
+
+
+def read_folder(root: Path) -> dict:
+    """``{"classes", "train": (x, y), "val": (x, y) or None, "test": (x, y) or None}`` from an image folder."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise DataError("image folders are decoded with Pillow: pip install pillow") from None
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; give a folder of class sub-folders (or train/, test/)")
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if base == root:
+        classes = [c for c in classes if c not in ("val", "test")]
+    train = _images(base, classes)
+    if len(classes) < 2 or not train[0]:
+        raise DataError(f"{base} needs at least two class sub-folders holding images ({', '.join(sorted(SUFFIXES))})")
+    mode = _mode(train[0])
+    out = {"classes": classes, "train": (_decode(train[0], mode), np.array(train[1]))}
+    for split in ("val", "test"):
+        paths, labels = _images(root / split, classes) if base != root else ([], [])
+        out[split] = (_decode(paths, mode), np.array(labels)) if paths else None
+    return out
