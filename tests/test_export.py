@@ -1,4 +1,5 @@
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -189,11 +190,58 @@ def test_export_cli_and_onnx(tmp_path):
     model = load_sparse(tmp_path / "run" / "model.sparse.safetensors")
     assert hs.sparsity_report(model).sparsity == pytest.approx(0.95, abs=1e-4)
     session = onnxruntime.InferenceSession(str(tmp_path / "run" / "model.onnx"))
-    x = torch.randn(7, 1, 8, 8)
+    pixels = torch.randint(0, 256, (7, 1, 8, 8)).float()  # the ONNX graph normalises raw pixels itself
+    info = model.hypersparse_input
+    mean, std = (torch.tensor(info[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
     with torch.no_grad():
-        ref = model(x).numpy()
-    assert np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max() <= 1e-4
+        ref = model((pixels - mean) / std).numpy()
+    assert np.abs(session.run(None, {"input": pixels.numpy()})[0] - ref).max() <= 1e-4
     # eval reads the sparse file too
     out = subprocess.run([sys.executable, "-m", "hypersparse", "eval", str(tmp_path / "run" / "model.sparse.safetensors")],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "sparsity 95.00%" in out.stdout, out.stderr
+
+
+def test_raw_pixels_into_every_export_give_the_runs_accuracy(tmp_path):
+    """Each exported file, used the way its format is used elsewhere, scores the run's test accuracy on raw pixels."""
+    import json
+
+    import numpy as np
+
+    from hypersparse.data import load_dataset
+
+    train(TrainConfig.from_dict(dict(sparsity=0.9, epochs_scale=0.02, lambda_init=1e-3)), tmp_path / "run",
+          progress=False, out=open(os.devnull, "w"))
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    data = load_dataset("digits", None, 0)
+    pixels, labels = data.test_x.float(), data.test_y.numpy()
+    formats = ["sparse", "dense"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    for fmt in formats:
+        out = subprocess.run([sys.executable, "-m", "hypersparse", "export", str(run), "--format", fmt],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+
+    def normalized(info):
+        return (pixels - torch.tensor(info["mean"]).view(1, -1, 1, 1)) / torch.tensor(info["std"]).view(1, -1, 1, 1)
+
+    scores = {}
+    model = load_sparse(run / "model.sparse.safetensors")
+    with torch.no_grad():
+        scores["sparse"] = (model(normalized(model.hypersparse_input)).argmax(1).numpy() == labels).mean()
+    # dense: plain torch, the JSON beside it says what to feed (no hypersparse function used)
+    state = torch.load(run / "model.dense.pt", weights_only=True)
+    side = json.loads((run / "model.dense.json").read_text())
+    plain = create_model(side["arch"]["model"], side["arch"]["num_classes"], side["arch"]["in_channels"],
+                         side["arch"]["image_size"])  # the architecture's code; the weights load as plain torch
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        scores["dense"] = (plain.eval()(normalized(side["input"])).argmax(1).numpy() == labels).mean()
+    if "onnx" in formats:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(run / "model.onnx"))
+        scores["onnx"] = (session.run(None, {"input": pixels.numpy()})[0].argmax(1) == labels).mean()
+    for fmt, acc in scores.items():
+        assert abs(acc - summary["sparse"]["test_acc"]) <= 1 / len(labels), (fmt, acc, summary["sparse"]["test_acc"])
+    assert summary["sparse"]["test_acc"] > 0.5 and np.isfinite(list(scores.values())).all()

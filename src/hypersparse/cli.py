@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
 
 
-TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
+TUNED = ("lambda_init", "eta", "run_dir")
+EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names  # set by hypersparse tune for each trial
 _TYPES = {"int": int, "float": float}
 
 
@@ -108,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ex = sub.add_parser("export", help="write a compressed sparse file or ONNX", description="Export a trained model.")
     ex.add_argument("run", help="a run directory (or its model.pt)")
-    ex.add_argument("--format", choices=("sparse", "onnx"), default="sparse",
-                    help="sparse: safetensors with CSR or bitmask tensors; onnx: needs the [onnx] extra")
+    ex.add_argument("--format", choices=tuple(EXPORTS), default="sparse",
+                    help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
+                    "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
+                    "of its architecture and input normalisation")
     ex.add_argument("--out", help="output file (default: model.sparse.safetensors or model.onnx in the run directory)")
     rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
@@ -131,7 +134,7 @@ def _export(args) -> int:
     import torch
 
     from hypersparse.checkpoint import output_file
-    from hypersparse.export import export_onnx, save_sparse
+    from hypersparse.export import export_onnx, save_dense, save_sparse
     from hypersparse.runs import SUMMARY, model_from_run, read_json
 
     path = Path(args.run)
@@ -141,16 +144,18 @@ def _export(args) -> int:
     summary = read_json(run_dir / SUMMARY)
     if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
-    out = output_file(args.out or run_dir / ("model.sparse.safetensors" if args.format == "sparse" else "model.onnx"),
-                      "--out")
-    arch = summary["arch"]
+    out = output_file(args.out or run_dir / EXPORTS[args.format], "--out")
+    arch, inputs = summary["arch"], summary.get("input")
     model = model_from_run(path)
     if args.format == "sparse":
-        info = save_sparse(model, out, arch)
+        info = save_sparse(model, out, arch, inputs)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
+    elif args.format == "dense":
+        info = save_dense(model, out, arch, inputs)
+        print(f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}")
     else:
         example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
-        info = export_onnx(model, example, out)
+        info = export_onnx(model, example, out, inputs)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers")
     return 0
 

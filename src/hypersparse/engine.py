@@ -27,7 +27,7 @@ from hypersparse.device import autocast, pick_device
 from hypersparse.distributed import init_distributed, state_digest
 from hypersparse.driver import Driver
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
-from hypersparse.evaluate import evaluate
+from hypersparse.evaluate import evaluate, input_record
 from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
 from hypersparse.models import create_model
@@ -269,6 +269,7 @@ class Trainer:
             "device": str(self.device),
             "arch": {"model": self.cfg.model.model, "num_classes": self.data.num_classes,
                      "in_channels": self.data.in_channels, "image_size": self.data.image_size},
+            "input": input_record(self.data),
         }
         if self.dist.active:
             digests = self.dist.gather(state_digest(self.model, self.method.masks))

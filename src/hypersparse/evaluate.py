@@ -37,6 +37,14 @@ class Normalizer:
         return x
 
 
+def input_record(data) -> dict:
+    """What a model trained on ``data`` (Splits) expects: ``(pixel - 255 mean) / (255 std)`` per channel, on
+    NCHW images with pixels in 0..255, and the class names where the data has them. Stored in summary.json and in
+    every export, so the model can be used without hypersparse."""
+    return {"layout": "NCHW", "pixel_range": [0, 255], "mean": [255 * m for m in data.mean],
+            "std": [255 * s for s in data.std], "classes": list(data.classes) if data.classes else None}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalizer, batch: int = 1024,
              per_class: list | None = None) -> float:

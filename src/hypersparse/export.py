@@ -90,11 +90,13 @@ def _decode(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> torch.Te
     return torch.from_numpy(out.copy())
 
 
-def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) -> dict:
+def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, inputs: dict | None = None) -> dict:
     """Write ``model``'s state_dict compressed to ``path`` (safetensors); returns size figures.
 
     ``arch`` (model name, classes, input shape) is stored so that
-    :func:`load_sparse` can rebuild a registered model without code.
+    :func:`load_sparse` can rebuild a registered model without code;
+    ``inputs`` (the run's normalisation and class names, see
+    :func:`~hypersparse.evaluate.input_record`) so that it can be fed raw pixels.
     """
     try:
         from safetensors.torch import save
@@ -108,7 +110,8 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) ->
         tensors.update(enc)
         layout[name] = meta
         dense_bytes += t.numel() * t.element_size()
-    metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {})}
+    metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {}),
+                "input": json.dumps(inputs or {})}
     path = Path(path)
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
@@ -118,7 +121,7 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None) ->
 
 
 def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The exact state_dict and the stored architecture of a sparse file."""
+    """The exact state_dict and the stored architecture of a sparse file (``arch["input"]``: its input record)."""
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError as exc:
@@ -133,15 +136,16 @@ def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path} was not written by hypersparse export --format sparse")
     try:
         layout, arch = json.loads(metadata["layout"]), json.loads(metadata.get("arch", "{}"))
-        if not isinstance(layout, dict) or not isinstance(arch, dict):
-            raise ValueError("layout and arch must be JSON objects")
+        inputs = json.loads(metadata.get("input", "{}"))
+        if not all(isinstance(v, dict) for v in (layout, arch, inputs)):
+            raise ValueError("layout, arch and input must be JSON objects")
         for name, meta in layout.items():
             _check_entry(name, meta, tensors)
         _check_arch(arch)
     except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{path} has damaged metadata ({exc}); export the run again") from None
     state = {name: _decode(name, tensors, meta) for name, meta in layout.items()}
-    return state, arch
+    return state, dict(arch, input=inputs) if inputs else arch
 
 
 _ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("values", "col", "rowptr")}
@@ -192,7 +196,11 @@ def _check_arch(arch: dict) -> None:
 
 
 def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the model of a sparse file (or load it into ``model``), weights bit-identical."""
+    """Rebuild the model of a sparse file (or load it into ``model``), weights bit-identical.
+
+    ``model.hypersparse_input`` holds what it expects: ``(pixel - mean) / std`` per channel on NCHW images with
+    pixels in 0..255, and its class names (``{}`` for files written before runs recorded it).
+    """
     state, arch = load_sparse_state(path)
     if model is None:
         if not arch.get("model"):
@@ -208,11 +216,40 @@ def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()
         raise UserError(f"{path} does not fit the model ({first}); pass the model it was exported from") from None
+    model.hypersparse_input = arch.get("input", {})
     return model.eval()
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> dict:
-    """Export to ONNX; pruned initializers are stored sparsely (COO) where ONNX allows. Needs ``[onnx]``."""
+class Normalize(nn.Module):
+    """Raw pixels (0..255, NCHW) to what the model was trained on: ``(x - mean) / std`` per channel."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def save_dense(model: nn.Module, path: str | Path, arch: dict, inputs: dict | None = None) -> dict:
+    """A plain state_dict (``torch.load`` + ``load_state_dict``, no hypersparse needed) and, beside it, a JSON file
+    with the architecture and the input record."""
+    from hypersparse.checkpoint import save_checkpoint, write_json
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint(state, path)
+    write_json(path.with_suffix(".json"), {"arch": arch, "input": inputs or {}})
+    return {"path": str(path), "bytes": path.stat().st_size}
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, inputs: dict | None = None) -> dict:
+    """Export to ONNX; pruned initializers are stored sparsely (COO) where ONNX allows. Needs ``[onnx]``.
+
+    With ``inputs`` (a run's input record) the graph starts with the normalisation, so it takes raw pixels
+    (float, 0..255, NCHW), and the record is in the model's metadata (``hypersparse.input``).
+    """
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -220,6 +257,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> di
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
     path = Path(path)
     model = copy.deepcopy(model).eval().cpu()
+    if inputs and inputs.get("mean"):
+        model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:
         tmp = Path(tmp_dir) / "model.onnx"
         torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
@@ -241,6 +280,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> di
     del graph.initializer[:]
     graph.initializer.extend(keep)
     graph.sparse_initializer.extend(sparse)
+    if inputs:
+        helper.set_model_props(proto, {"hypersparse.input": json.dumps(inputs)})
     data = proto.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": len(sparse)}

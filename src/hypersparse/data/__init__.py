@@ -317,6 +317,12 @@ def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download
         if data_dir is None:
             raise UserError(f"dataset {name!r} needs --data-dir, the folder that holds its files")
         data_dir = Path(data_dir)
+        if download and not data_dir.exists():
+            try:
+                data_dir.mkdir(parents=True)  # --download fills a new folder
+            except OSError as exc:
+                raise DataError(f"cannot create data directory {data_dir} ({exc.strerror}); choose another --data-dir") \
+                    from None
         if not data_dir.is_dir():
             raise DataError(f"data directory {data_dir} does not exist; pass the folder that holds the {name} files")
     return DATASETS[name][0](data_dir, seed, download)
