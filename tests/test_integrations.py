@@ -138,3 +138,78 @@ def test_lightning_resume_keeps_art_state(tmp_path):
     assert art.done and [h["phase"] for h in art.history][-3:] == ["finetune"] * 3
     zeros, numel = zeros_and_numel(module)
     assert zeros == math.floor(0.9 * numel)
+
+
+def _fit_lightning(tmp_path, callback, max_epochs):
+    L = pytest.importorskip("lightning.pytorch")
+    torch.manual_seed(0)
+    x, y = blobs()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    module = lightning_net(L, log_acc=False)
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, loader)
+    return module
+
+
+def test_lightning_with_too_few_epochs_warns_at_start_and_end(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    callback = ART(sparsity=0.98, warmup_epochs=60, finetune_epochs=160)  # the authors' phases, 5 epochs to run
+    with pytest.warns(UserWarning) as caught:
+        module = _fit_lightning(tmp_path, callback, max_epochs=5)
+    said = [str(w.message) for w in caught if "hypersparse ART" in str(w.message)]
+    assert any("the trainer runs 5" in s and "dense" in s for s in said), said
+    assert any("NOT sparse" in s for s in said), said
+    assert callback.finished is False and zeros_and_numel(module)[0] == 0
+
+
+def test_lightning_phases_from_max_epochs_reach_the_target_and_finish(tmp_path, recwarn):
+    pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)  # no phase lengths given
+    module = _fit_lightning(tmp_path, callback, max_epochs=30)
+    assert callback.driver.options["warmup_epochs"] == 4 and callback.driver.options["finetune_epochs"] == 12
+    assert callback.finished is True and callback.art.done
+    zeros, numel = zeros_and_numel(module)
+    assert zeros == math.floor(0.9 * numel)
+    assert not [w for w in recwarn if "hypersparse ART" in str(w.message)]
+
+
+def test_transformers_callback_with_the_readme_arguments(tmp_path, recwarn):
+    """ARTCallback(sparsity=0.9) in a Trainer with its own epoch budget: phases derived, target reached, no warning;
+    with a budget too small for the fine-tuning asked for, a warning at the start and at the end."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from hypersparse.integrations.transformers import ARTCallback
+
+    def run(callback, epochs):
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=16, num_labels=2)
+        model = transformers.BertForSequenceClassification(config)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 32, (256, 8), generator=g)
+        labels = (ids[:, 0] < 16).long()
+        data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": lab}
+                for i, lab in zip(ids, labels)]
+        args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=epochs,
+                                              per_device_train_batch_size=16, learning_rate=1e-3, report_to=[],
+                                              save_strategy="no", use_cpu=True, logging_strategy="no",
+                                              disable_tqdm=True, seed=0)
+        transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+        return model
+
+    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    model = run(callback, 12)
+    assert callback.finished is True, [str(w.message) for w in recwarn]
+    zeros, numel = zeros_and_numel(model)
+    assert zeros == math.floor(0.9 * numel)
+    assert not [w for w in recwarn if "hypersparse ART" in str(w.message)]
+    short = ARTCallback(sparsity=0.9, finetune_epochs=3, score_batches=4)
+    with pytest.warns(UserWarning, match="hypersparse ART"):
+        run(short, 3)
+    assert short.finished is False

@@ -144,12 +144,13 @@ class ARTDriver(Driver):
                  warmup_epochs: int = 60, lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1,
                  max_reg_epochs: int = 300, finetune_epochs: int | None = None, reg_epochs_target: int | None = None,
                  **reg_kwargs):
-        options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
-                       buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,
-                       reg_epochs_target=reg_epochs_target)
+        # ART's settings; a callback may fill its phases from the trainer's budget before the model is attached
+        self.options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
+                            buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,
+                            reg_epochs_target=reg_epochs_target)
 
         def build(model: nn.Module) -> ART:
-            return ART(make_regularizer(reg, model, sparsity, **reg_kwargs), **options)
+            return ART(make_regularizer(reg, model, sparsity, **reg_kwargs), **self.options)
 
         super().__init__(build, criterion, reset_optimizer)
 

@@ -20,6 +20,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from hypersparse.driver import ARTDriver, batch_accuracy
 from hypersparse.errors import UserError
+from hypersparse.integrations.budget import end_problem, fit_phases, warn
+
+WARMUP_SHARE = 0.15  # of max_epochs when warmup_epochs is not given (the authors: 60 of about 380)
 
 
 class ART(Callback):
@@ -32,12 +35,17 @@ class ART(Callback):
         score_batches: how many training batches score the models (kept from the first regularization epoch on),
             or a list of ``(inputs, labels)`` batches to score on instead.
         **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
-            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...).
+            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...). Phase lengths not given come from the
+            Trainer's ``max_epochs``: 15 % warm-up, 40 % fine-tuning, the rest as the regularization deadline
+            (``reg_epochs_target``). A budget they cannot fit in is warned about when training starts; a run that
+            ends before the mask is fixed or fine-tuning is done, when it ends (and :attr:`finished` is False).
     """
 
     def __init__(self, sparsity: float, criterion: str = "matched", train_acc_key: str = "train_acc",
                  score_batches: int | list = 20, **kwargs):
         self.driver = ARTDriver(sparsity, criterion=criterion, **kwargs)
+        self.given = set(kwargs)  # phase lengths not given here come from the Trainer's max_epochs
+        self.finished: bool | None = None  # after fit: whether ART fixed its mask and finished fine-tuning
         self.train_acc_key = train_acc_key
         self.score_batches = score_batches
         self.scoring: list | None = None if isinstance(score_batches, int) else list(score_batches)
@@ -49,7 +57,18 @@ class ART(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
+            if self.driver.method is None:
+                budget = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+                problem = fit_phases(self.driver.options, self.given, budget, WARMUP_SHARE)
+                if problem:
+                    warn(problem)
             self.driver.attach(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        problem = end_problem(self.driver.method)
+        self.finished = problem is None
+        if problem:
+            warn(problem)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.driver.start(pl_module, self._optimizer(trainer))  # installs the mask after a resume

@@ -9,6 +9,7 @@ and its batches ``labels``. Epochs are ``Trainer`` epochs; with
 """
 from __future__ import annotations
 
+import math
 from itertools import islice
 
 try:
@@ -19,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from hypersparse.distributed import all_sum
 from hypersparse.driver import ARTDriver, batch_accuracy
+from hypersparse.integrations.budget import end_problem, fit_phases, warn
 
 
 def _call(model, batch):
@@ -33,23 +35,42 @@ class ARTCallback(TrainerCallback):
         sparsity: target fraction of zero Linear/Conv weights (embeddings and norms stay dense).
         score_batches: how many training batches score the models (kept from the first regularization epoch on).
         **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
-            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...).
+            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...). Phase lengths not given come from the
+            Trainer's budget (``num_train_epochs`` or ``max_steps``): no warm-up (the model is a trained one being
+            made sparse), 40 % fine-tuning, the rest as the regularization deadline. A budget they cannot fit in is
+            warned about at the start; a run that ends before the mask is fixed or fine-tuning is done, at the end
+            (and :attr:`finished` is False).
     """
 
     def __init__(self, sparsity: float, score_batches: int = 20, **kwargs):
         if kwargs.get("criterion", "matched") != "matched":
             raise ValueError("Trainer computes no training accuracy: ARTCallback uses the matched criterion only")
         self.driver = ARTDriver(sparsity, **kwargs)
+        self.given = set(kwargs)  # phase lengths not given here come from the Trainer's budget
         self.score_batches = int(score_batches)
         self.scoring: list | None = None
+        self.finished: bool | None = None  # after training: whether ART fixed its mask and finished fine-tuning
 
     @property
     def art(self):
         """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history)."""
         return self.driver.art
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        if self.driver.method is None:
+            steps = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps)) if train_dataloader \
+                else None
+            budget = math.ceil(state.max_steps / steps) if steps and state.max_steps and state.max_steps > 0 else None
+            problem = fit_phases(self.driver.options, self.given, budget, warmup_share=0.0)  # fine-tunes a trained model
+            if problem:
+                warn(problem)
         self.driver.start(model, optimizer)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        problem = end_problem(self.driver.method)
+        self.finished = problem is None
+        if problem:
+            warn(problem)
 
     def on_epoch_begin(self, args, state, control, optimizer=None, train_dataloader=None, **kwargs):
         steps = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps)) if train_dataloader else 1
