@@ -28,8 +28,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
 
 
-TUNED = ("lambda_init", "eta", "run_dir")
-EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names  # set by hypersparse tune for each trial
+TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
+EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names
 _TYPES = {"int": int, "float": float}
 
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
                     "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
                     "of its architecture and input normalisation")
-    ex.add_argument("--out", help="output file (default: model.sparse.safetensors or model.onnx in the run directory)")
+    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + " in the run directory)")
     rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
