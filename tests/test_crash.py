@@ -180,3 +180,38 @@ def test_report_reads_a_run_whose_logs_end_in_a_cut_line(reference, tmp_path):
             f.write('{"epoch": 99, "pha')
     out = cli("report", str(run))
     assert out.returncode == 0, out.stderr
+
+
+def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from hypersparse import checkpoint, runio
+    from hypersparse.cli import main
+
+    def full(path, write, mode="wb"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", full)
+    monkeypatch.setattr(runio, "atomic_write", full)
+    code = main([*ARGS, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "disk is full" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_on_resume(reference, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"version": 2, "model": Evil()}, run / "checkpoint.pt")
+    out = cli("train", "--resume", str(run))
+    assert out.returncode == 2 and "could run code" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not marker.exists()

@@ -197,3 +197,13 @@ def test_half_after_masking_trains():
     model(torch.randn(4, 20).half()).float().pow(2).mean().backward()
     assert model[0].weight.grad.dtype == torch.float16
     assert (model[0].weight.grad[~masks["0.weight"]] == 0).all()
+
+
+def test_sparsity_report_flags_layers_that_are_entirely_zero():
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # the small layer goes first under global pruning
+    apply_masks_(model, magnitude_masks(model, 0.2))
+    report = hs.sparsity_report(model)
+    assert report.dead_layers == ["2.weight"] and report.to_dict()["dead_layers"] == ["2.weight"]
+    assert "passes nothing on" in str(report).splitlines()[2] and "passes nothing on" not in str(report).splitlines()[1]

@@ -257,6 +257,9 @@ class Trainer:
         if self.best is not None:
             self.model.load_state_dict(self.best["state"])
         report = sparsity_report(self.model)
+        if report.dead_layers:  # global pruning emptied a whole tensor: worth knowing before using the model
+            self.files.say(f"note: every weight of {', '.join(report.dead_layers)} is zero (global pruning removed "
+                           "the whole layer)")
         summary = {
             "config": self.cfg.to_dict(),
             "dense": self.dense,

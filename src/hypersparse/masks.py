@@ -275,11 +275,17 @@ class SparsityReport:
     def sparsity(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0
 
+    @property
+    def dead_layers(self) -> list[str]:
+        """Layers whose every weight is zero: they pass nothing on (global pruning can empty a whole tensor)."""
+        return [layer.name for layer in self.layers if layer.numel and layer.zeros == layer.numel]
+
     def to_dict(self) -> dict:
         return {
             "numel": self.numel,
             "zeros": self.zeros,
             "sparsity": self.sparsity,
+            "dead_layers": self.dead_layers,
             "layers": [
                 {"name": layer.name, "shape": list(layer.shape), "numel": layer.numel, "zeros": layer.zeros}
                 for layer in self.layers
@@ -290,7 +296,8 @@ class SparsityReport:
         width = max([len(layer.name) for layer in self.layers] + [5])
         lines = [f"{'layer':<{width}}  {'weights':>10}  {'zeros':>10}  {'sparsity':>8}"]
         for layer in self.layers:
-            lines.append(f"{layer.name:<{width}}  {layer.numel:>10}  {layer.zeros:>10}  {layer.sparsity:>8.2%}")
+            dead = "  <- every weight zero: this layer passes nothing on" if layer.name in self.dead_layers else ""
+            lines.append(f"{layer.name:<{width}}  {layer.numel:>10}  {layer.zeros:>10}  {layer.sparsity:>8.2%}{dead}")
         lines.append(f"{'total':<{width}}  {self.numel:>10}  {self.zeros:>10}  {self.sparsity:>8.2%}")
         return "\n".join(lines)
 
