@@ -53,7 +53,10 @@ def test_batch_size_must_split_evenly(tmp_path):
     assert out.returncode == 1  # torchrun's own code when a worker fails; each worker exits with 2
     assert re.search(r"exitcode\s*:\s*2", out.stderr), out.stderr[-2000:]
     assert "--batch-size 63 must be divisible by the 2 processes" in out.stderr
+    assert out.stderr.count("hypersparse: error") == 1  # rank 0 only
     assert not (tmp_path / "odd").exists()
+    out = torchrun("train", "--sparsity", "3")  # a bad value: every rank refuses it, rank 0 says so
+    assert out.stderr.count("hypersparse: error") == 1, out.stderr[-2000:]
 
 
 def test_killed_ddp_run_resumes_bit_exact(tmp_path):
