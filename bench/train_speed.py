@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--note", default="", help="a sentence printed on the page (e.g. what else ran on the machine)")
     ap.add_argument("--reg-epochs", type=float, default=None,
                     help="regularization epochs of a full-schedule run (default: the sweep's mean at 98.5 %%)")
     args = ap.parse_args()
@@ -87,7 +88,7 @@ def main() -> None:
     full = 60 * phases["warmup"]["seconds"] + reg * phases["regularize"]["seconds"] + \
         160 * phases["finetune"]["seconds"]
     payload = {"provenance": prov, "threads": args.threads, "plain_epoch_seconds": statistics.median(plain[1:] or plain),
-               "phases": phases, "full_schedule_reg_epochs": reg, "full_schedule_seconds": full}
+               "phases": phases, "full_schedule_reg_epochs": reg, "full_schedule_seconds": full, "note": args.note}
     write_results("train-speed-cpu", payload, page(payload))
     print(page(payload))
 
@@ -107,7 +108,7 @@ def page(p: dict) -> str:
     lines = ["# CPU training speed: LeNet-300-100 on MNIST, batch 64\n",
              f"{p['threads']} threads, 55,000 training images per epoch (5,000 held out for validation); medians "
              "over the epochs of each phase (the first epoch of each phase left out).\n",
-             "| loop | seconds per epoch | of which training | scoring the pruned copy | statistics | vs plain |",
+             "| loop | seconds per epoch | of which training and validation | scoring the pruned copy | statistics | vs plain |",
              "|---|---:|---:|---:|---:|---:|",
              f"| plain PyTorch `DataLoader` loop (training only) | {plain:.2f} | {plain:.2f} | - | - | 1.00x |"]
     for phase, label in (("warmup", "hypersparse, dense warm-up"), ("regularize", "hypersparse, ART regularization"),
@@ -118,6 +119,8 @@ def page(p: dict) -> str:
                      f"{r['stats_seconds']:.2f} | {plain / r['seconds']:.2f}x |")
     reg = ph["regularize"]
     share = (reg["measure_seconds"] + reg["stats_seconds"]) / reg["seconds"]
+    if p.get("note"):
+        lines += ["", p["note"]]
     lines += ["", f"Per regularization epoch, scoring the pruned copy and the statistics cost {share:.1%} of the epoch"
               + (" (more than 5 %: see the note in docs/results.md)." if share > 0.05 else "."),
               f"\nTime to a 98 % sparse model at the authors' full schedule (60 warm-up, "
