@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hypersparse import prunable_parameters
+from hypersparse.params import Exclude
 
 
 def blobs(n=512, dim=16, classes=4, seed=0):
@@ -16,8 +17,8 @@ def blobs(n=512, dim=16, classes=4, seed=0):
     return centers[y] + torch.randn(n, dim, generator=g), y
 
 
-def zeros_and_numel(model):
-    params = [p for _, p in prunable_parameters(model)]
+def zeros_and_numel(model, exclude=()):
+    params = [p for _, p in prunable_parameters(model, Exclude(exclude))]
     return sum(int((p == 0).sum()) for p in params), sum(p.numel() for p in params)
 
 
@@ -109,8 +110,9 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     assert art.phase == "finetune" and art.done
     assert [h["phase"] for h in art.history][-2:] == ["finetune", "finetune"]
     assert round(trainer.state.epoch) == len(art.history) < 40  # stopped once fine-tuning was done
-    zeros, numel = zeros_and_numel(model)
+    zeros, numel = zeros_and_numel(model, exclude=["classifier"])  # the head stays dense by default
     assert zeros == math.floor(0.8 * numel)
+    assert int((model.classifier.weight == 0).sum()) == 0
 
 
 def test_lightning_resume_keeps_art_state(tmp_path):
@@ -140,7 +142,7 @@ def test_lightning_resume_keeps_art_state(tmp_path):
     assert zeros == math.floor(0.9 * numel)
 
 
-def _fit_lightning(tmp_path, callback, max_epochs):
+def _fit_lightning(tmp_path, callback, max_epochs, accumulate=1):
     L = pytest.importorskip("lightning.pytorch")
     torch.manual_seed(0)
     x, y = blobs()
@@ -148,9 +150,25 @@ def _fit_lightning(tmp_path, callback, max_epochs):
     module = lightning_net(L, log_acc=False)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+                        default_root_dir=tmp_path, accumulate_grad_batches=accumulate)
     trainer.fit(module, loader)
+    module.optimizer_steps = trainer.global_step
     return module
+
+
+def test_lightning_under_gradient_accumulation_steps_once_per_optimizer_step(tmp_path):
+    pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
+    calls = []
+    after = callback.driver.after_step
+    callback.driver.after_step = lambda model: (calls.append(1), after(model))
+    module = _fit_lightning(tmp_path, callback, max_epochs=30, accumulate=4)
+    assert len(calls) == module.optimizer_steps > 0  # 16 batches per epoch, an optimizer step every 4
+    assert callback.finished is True
+    zeros, numel = zeros_and_numel(module)
+    assert zeros == math.floor(0.9 * numel)
 
 
 def test_lightning_with_too_few_epochs_warns_at_start_and_end(tmp_path):
@@ -206,10 +224,58 @@ def test_transformers_callback_with_the_readme_arguments(tmp_path, recwarn):
     callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
     model = run(callback, 12)
     assert callback.finished is True, [str(w.message) for w in recwarn]
-    zeros, numel = zeros_and_numel(model)
+    zeros, numel = zeros_and_numel(model, exclude=["classifier"])
     assert zeros == math.floor(0.9 * numel)
     assert not [w for w in recwarn if "hypersparse ART" in str(w.message)]
-    short = ARTCallback(sparsity=0.9, finetune_epochs=3, score_batches=4)
+    # a fine-tuning budget of 3 epochs: ART decides every max_steps / 20 optimizer steps instead
+    short = ARTCallback(sparsity=0.9, lambda_init="auto", finetune_epochs=3, score_batches=4)
+    model = run(short, 3)
+    assert short.finished is True and short.steps == (256 // 16 * 3) // 20, [str(w.message) for w in recwarn]
+    assert zeros_and_numel(model, exclude=["classifier"])[0] == math.floor(0.9 * numel)
+    per_epoch = ARTCallback(sparsity=0.9, finetune_epochs=3, score_batches=4, period="epoch")
     with pytest.warns(UserWarning, match="hypersparse ART"):
-        run(short, 3)
-    assert short.finished is False
+        run(per_epoch, 3)
+    assert per_epoch.finished is False
+
+
+def test_transformers_defaults_keep_every_attention_tensor_and_the_head_alive(tmp_path):
+    """A small BERT whose Q and K weights are a tenth of the others' scale: global pruning at 90 % removes every
+    weight of Q and K (the control, with no ceiling and no exclusion); ARTCallback's defaults keep a share of each
+    tensor (max_layer_sparsity 0.99) and the classifier dense, and still reach the target on the rest."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from hypersparse import sparsity_report
+    from hypersparse.integrations.transformers import ARTCallback
+
+    def run(callback):
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=16, num_labels=2)
+        model = transformers.BertForSequenceClassification(config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("query.weight", "key.weight")):
+                    p.mul_(0.1)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 64, (512, 8), generator=g)
+        data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": (i[0] < 32).long()}
+                for i in ids]
+        args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3,
+                                              per_device_train_batch_size=16, learning_rate=1e-3, report_to=[],
+                                              save_strategy="no", use_cpu=True, logging_strategy="no",
+                                              disable_tqdm=True, seed=0)
+        transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+        return model
+
+    control = run(ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4, exclude=[], max_layer_sparsity=1.0))
+    dead = sparsity_report(control).dead_layers
+    assert len(dead) == 4 and all(n.endswith(("query.weight", "key.weight")) for n in dead)
+    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    model = run(callback)
+    assert callback.finished is True
+    report = sparsity_report(model)
+    assert report.dead_layers == []
+    assert all(layer.sparsity <= 0.99 for layer in report.layers)
+    assert int((model.classifier.weight == 0).sum()) == 0
+    zeros, numel = zeros_and_numel(model, exclude=["classifier"])
+    assert zeros == math.floor(0.9 * numel)

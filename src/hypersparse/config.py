@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hypersparse.errors import UserError
-from hypersparse.params import check_sparsity
+from hypersparse.masks import check_ceiling
+from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, parse_auto
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist")  # datasets whose loader can fetch its files
@@ -42,7 +43,8 @@ class DataConfig:
 class ModelConfig:
     """Which network."""
 
-    model: str = _f("mlp", "model name, torchvision:<name>, timm:<name> or module.path:callable (returns an nn.Module)")
+    model: str = _f("mlp", "model name, torchvision:<name>, timm:<name>, hf:<config.json or saved folder> or "
+                    "module.path:callable (returns an nn.Module)")
     pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up")
 
 
@@ -52,6 +54,10 @@ class SparsityConfig:
 
     method: str = _f("art", "art (the paper's), oneshot, gmp or snip")
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
+    exclude: str | None = _f(None, "layers to keep dense, comma-separated globs over their dotted names "
+                             "(e.g. classifier,*.downsample.*); every other Linear/Conv weight is prunable")
+    max_layer_sparsity: float = _f(1.0, "ceiling on any one layer's sparsity, so global pruning cannot empty a "
+                                   "layer (e.g. 0.99); 1 = none")
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,8 @@ class RunConfig:
     device: str = _f("auto", "cuda, mps, cpu or auto", flag=False)
     stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", flag=False)
     plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)")
+    compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
+                             "oneshot, gmp, snip (comma-separated; --method art only)")
 
 
 SECTIONS: dict[str, type] = {
@@ -269,6 +277,12 @@ class TrainConfig:
         return max(size, self.scaled(self.art.reg_epochs_target)) if self.art.reg_epochs_target else None
 
     @property
+    def selection(self) -> dict:
+        """Which weights are prunable and the per-layer ceiling, as the methods take them (``filter``, ...)."""
+        return {"filter": exclude_filter(self.sparsity.exclude),
+                "max_layer_sparsity": self.sparsity.max_layer_sparsity}
+
+    @property
     def max_reg(self) -> int:
         return max(2 * self.art.buffer_k + 1, math.ceil(self.art.max_reg_epochs * self.schedule.epochs_scale))
 
@@ -280,10 +294,24 @@ class TrainConfig:
                 raise UserError(f"{flag(key)} {why}; drop it")
         try:
             check_sparsity(self.sparsity.sparsity, "--sparsity")
+            check_ceiling(self.sparsity.max_layer_sparsity, self.sparsity.sparsity)
         except ValueError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError("--" + str(exc).replace("_", "-", 2) if "max_layer" in str(exc) else str(exc)) from None
+        if self.sparsity.exclude is not None and not any(p.strip() for p in self.sparsity.exclude.split(",")):
+            raise UserError("--exclude needs layer names or globs such as classifier or *.query, got an empty list")
         _check_values(self)
         return self
+
+
+def transformer_defaults(cfg: TrainConfig, model) -> TrainConfig:
+    """For a Hugging Face model: its output layers stay dense and no layer goes above the transformer ceiling,
+    unless the run says otherwise (the same rule as the Hugging Face callback's)."""
+    updates: dict = {}
+    if "sparsity.exclude" not in cfg.given and head_layers(model):
+        updates["exclude"] = ",".join(head_layers(model))
+    if "sparsity.max_layer_sparsity" not in cfg.given:
+        updates["max_layer_sparsity"] = transformer_ceiling(cfg.sparsity.sparsity)
+    return replace(cfg, sparsity=replace(cfg.sparsity, **updates))
 
 
 def flag(key: str) -> str:
@@ -309,6 +337,8 @@ def not_applicable(cfg: TrainConfig, key: str) -> str | None:
         return f"is not read by dataset {dataset!r}, which needs no files"
     if key == "data.download" and dataset not in DOWNLOADS:
         return f"works for {', '.join(DOWNLOADS)} only, not dataset {dataset!r}"
+    if key == "run.compare" and method != "art":
+        return f"compares baselines with --method art only (this run is --method {method})"
     if key == "schedule.warmup_epochs" and cfg.model.pretrained:
         return "does not apply with --pretrained, which starts from a trained dense model (no warm-up)"
     return None
@@ -322,6 +352,9 @@ def _check_values(cfg: TrainConfig) -> None:
         if getattr(getattr(cfg, section), name) not in allowed:
             raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(getattr(cfg, section), name)!r}")
     parse_lambda(cfg.art.lambda_init)
+    compared = [m.strip() for m in (cfg.run.compare or "").split(",")]
+    if cfg.run.compare is not None and (not all(compared) or not set(compared) <= {"oneshot", "gmp", "snip"}):
+        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}")
     positive = ("art.eta", "schedule.lr", "schedule.batch_size", "schedule.epochs_scale", "hs.hs_refresh_every",
                 "art.max_reg_epochs", "schedule.lr_decay")
     at_least_zero = ("schedule.warmup_epochs", "schedule.finetune_epochs", "baseline.prune_epochs", "art.buffer_k",

@@ -9,13 +9,14 @@ the mask installed so pruned weights stay exactly zero).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from hypersparse.masks import MaskHandle, apply_masks_
 from hypersparse.method import EpochResult, Method, Score
+from hypersparse.params import Exclude, ModuleFilter
 from hypersparse.regularizers import make_regularizer
 from hypersparse.schedule import ART
 
@@ -134,23 +135,27 @@ class ARTDriver(Driver):
         sparsity: target fraction of zero weights among the Conv/Linear weights.
         reg: ``"hs"`` (HyperSparse), ``"l1"`` or ``"l2"``.
         criterion, reset_optimizer: as in :class:`Driver`.
-        warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs, reg_epochs_target, finetune_epochs: as in
-            :class:`~hypersparse.ART` (``lambda_init="auto"`` works here too); ``finetune_epochs`` None leaves the
-            end to the framework.
+        warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs, reg_epochs_target, finetune_epochs,
+            max_layer_sparsity: as in :class:`~hypersparse.ART` (``lambda_init="auto"`` works here too);
+            ``finetune_epochs`` None leaves the end to the framework.
+        exclude: layers to keep dense: glob patterns over their dotted names (:class:`~hypersparse.Exclude`), or a
+            filter ``(name, module) -> bool`` that selects the prunable modules; None prunes every Linear/Conv.
         **reg_kwargs: passed to the regularizer (e.g. ``refresh_every`` for HyperSparse).
     """
 
     def __init__(self, sparsity: float, reg: str = "hs", criterion: str = "matched", reset_optimizer: bool = True,
                  warmup_epochs: int = 60, lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1,
                  max_reg_epochs: int = 300, finetune_epochs: int | None = None, reg_epochs_target: int | None = None,
-                 **reg_kwargs):
+                 exclude: Sequence[str] | ModuleFilter | None = None, max_layer_sparsity: float = 1.0, **reg_kwargs):
         # ART's settings; a callback may fill its phases from the trainer's budget before the model is attached
         self.options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
                             buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,
-                            reg_epochs_target=reg_epochs_target)
+                            reg_epochs_target=reg_epochs_target, max_layer_sparsity=max_layer_sparsity)
+        self.exclude = exclude  # a callback may set it from the model before it is attached
 
         def build(model: nn.Module) -> ART:
-            return ART(make_regularizer(reg, model, sparsity, **reg_kwargs), **self.options)
+            filter = self.filter_for(model)
+            return ART(make_regularizer(reg, model, sparsity, filter=filter, **reg_kwargs), **self.options)
 
         super().__init__(build, criterion, reset_optimizer)
 
@@ -158,6 +163,14 @@ class ARTDriver(Driver):
     def art(self) -> ART | None:
         """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history), once attached."""
         return self.method
+
+    def filter_for(self, model: nn.Module) -> ModuleFilter | None:
+        """The prunable-module filter ``exclude`` stands for, checked against ``model`` (a pattern must name a layer)."""
+        if self.exclude is None or callable(self.exclude):
+            return self.exclude
+        filter = Exclude(self.exclude)
+        filter.check(model)
+        return filter if filter.patterns else None
 
 
 def batch_accuracy(model: nn.Module, batches, call: Callable, reduce: Callable) -> float:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hypersparse.checkpoint import VERSION, load_run_checkpoint
-from hypersparse.config import TrainConfig
+from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
 from hypersparse.device import autocast, pick_device
@@ -64,6 +64,15 @@ class Trainer:
         self.data: Splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.run.seed, cfg.data.download)
         d = self.data
         self.model = create_model(cfg.model.model, d.num_classes, d.in_channels, d.image_size)
+        if cfg.model.model.startswith("hf:"):
+            self.cfg = cfg = transformer_defaults(cfg, self.model)
+        self.selection = cfg.selection  # which weights are prunable, and the per-layer ceiling
+        self.prunable = self.selection["filter"]
+        if self.prunable is not None:
+            try:
+                self.prunable.check(self.model)
+            except ValueError as exc:
+                raise UserError(f"--{exc}") from None
         if cfg.model.pretrained:
             load_weights(self.model, cfg.model.pretrained, cfg.model.model, what="--pretrained")
         # NHWC convolutions: 1.8x faster LeNet-5 steps on CPU, the fast layout for bf16 on GPU
@@ -94,8 +103,9 @@ class Trainer:
         self.dense: dict | None = None
         self.phase_seconds: dict[str, float] = {}
         self.pruned_per_class: list[float] = []
-        named = prunable_parameters(self.model)
-        self.stats = StatsCollector([n for n, _ in named], [p for _, p in named], cfg.sparsity.sparsity, cfg.run.seed) \
+        named = prunable_parameters(self.model, self.prunable)
+        self.stats = StatsCollector([n for n, _ in named], [p for _, p in named], cfg.sparsity.sparsity, cfg.run.seed,
+                                    max_layer_sparsity=self.selection["max_layer_sparsity"]) \
             if cfg.run.stats and self.dist.is_main else None
 
     # -- pieces ---------------------------------------------------------------
@@ -232,7 +242,7 @@ class Trainer:
         if dense_now is not None:
             self.dense = dense_now
         row = {"epoch": epoch, "phase": phase, "event": result.event, "lr": lr, "loss": loss, "train_acc": train_acc,
-               "val_acc": val_acc, "sparsity": sparsity_report(self.model).sparsity, "seconds": t3 - t0,
+               "val_acc": val_acc, "sparsity": sparsity_report(self.model, self.prunable).sparsity, "seconds": t3 - t0,
                "measure_seconds": t2 - t1, "stats_seconds": t3 - t2, **result.record}
         if was_fine_tuning or (result == "stop" and method.fine_tuning):
             self._select(row, epoch, val_acc, result == "stop")
@@ -256,7 +266,7 @@ class Trainer:
     def finish(self) -> dict:
         if self.best is not None:
             self.model.load_state_dict(self.best["state"])
-        report = sparsity_report(self.model)
+        report = sparsity_report(self.model, self.prunable)
         if report.dead_layers:  # global pruning emptied a whole tensor: worth knowing before using the model
             self.files.say(f"note: every weight of {', '.join(report.dead_layers)} is zero (global pruning removed "
                            "the whole layer)")
@@ -278,7 +288,7 @@ class Trainer:
             digests = self.dist.gather(state_digest(self.model, self.method.masks))
             summary["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend,
                                       "rank_digests": digests, "ranks_identical": len(set(digests)) == 1}
-        self.files.write_result(summary, self.model.state_dict())
+        self.files.write_result(summary, self.model.state_dict(), show=not self.cfg.run.compare)  # shown after those
         return summary
 
 
@@ -302,10 +312,10 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
         if dist.is_main:
             remove_created(target, created)  # a run that could not start leaves nothing behind
         raise
-    trainer.files.write_config(cfg)
+    trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
     trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})" if dist.active else ""))
     with stopped_cleanly(target):
-        return trainer.run()
+        return _with_comparison(trainer, trainer.run(), progress)
 
 
 @contextmanager
@@ -335,4 +345,13 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) ->
     trainer.load_state(ckpt)
     trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
     with stopped_cleanly(path):
-        return trainer.run()
+        return _with_comparison(trainer, trainer.run(), progress)
+
+
+def _with_comparison(trainer: Trainer, summary: dict, progress: bool | None) -> dict:
+    """The baselines ``--compare`` names, trained at the run's budget after it (see :mod:`hypersparse.compare`)."""
+    if not trainer.cfg.run.compare:
+        return summary
+    from hypersparse.compare import compare_baselines
+
+    return compare_baselines(trainer.cfg, trainer.files, summary, progress)

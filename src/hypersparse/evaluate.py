@@ -13,6 +13,7 @@ from torch import nn
 
 from hypersparse.device import autocast, pick_device
 from hypersparse.masks import sparsity_report
+from hypersparse.params import exclude_filter
 
 
 @dataclass
@@ -81,11 +82,12 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
     dev = pick_device(device)
     model.to(dev)
     normalize = Normalizer(data.mean, data.std, dev)
+    report = sparsity_report(model, exclude_filter(settings["exclude"]))  # the layers the run could prune
     result = {
         "val_acc": evaluate(model, data.val_x, data.val_y, normalize),
         "test_acc": evaluate(model, data.test_x, data.test_y, normalize),
-        "sparsity": sparsity_report(model).sparsity,
+        "sparsity": report.sparsity,
     }
-    print(sparsity_report(model))
+    print(report)
     print(f"validation {result['val_acc']:.2%}  test {result['test_acc']:.2%}  sparsity {result['sparsity']:.2%}")
     return result

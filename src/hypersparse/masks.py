@@ -1,6 +1,7 @@
 """Magnitude masks: which weights to zero, keeping them zero, and counting zeros."""
 from __future__ import annotations
 
+import numbers
 import weakref
 from dataclasses import dataclass, field
 
@@ -36,18 +37,62 @@ def _prune_lowest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def check_ceiling(max_layer_sparsity: object, sparsity: float) -> float:
+    """``max_layer_sparsity`` as a float in (sparsity, 1], or ValueError naming the value (1 = no ceiling)."""
+    if isinstance(max_layer_sparsity, bool) or not isinstance(max_layer_sparsity, numbers.Real) \
+            or not sparsity < float(max_layer_sparsity) <= 1.0:
+        raise ValueError(f"max_layer_sparsity must be above the sparsity {sparsity} and at most 1 (1 = no ceiling), "
+                         f"got {max_layer_sparsity!r}")
+    return float(max_layer_sparsity)
+
+
+def global_keep(scores: list[torch.Tensor], sparsity: float, max_layer_sparsity: float = 1.0) -> list[torch.Tensor]:
+    """Keep-masks that drop exactly floor(sparsity * N) of the lowest ``scores`` across all tensors.
+
+    With ``max_layer_sparsity`` below 1, each tensor first reserves its
+    ``numel - floor(max_layer_sparsity * numel)`` highest scores, so global
+    ranking cannot empty a layer (Q and K of a small transformer, for example).
+    """
+    sparsity = check_sparsity(sparsity)
+    ceiling = check_ceiling(max_layer_sparsity, sparsity)
+    device = scores[0].device
+    flat = [s.detach().flatten().to(device) for s in scores]
+    if ceiling < 1.0:
+        reserved = []
+        for f in flat:
+            top = f.numel() - num_pruned(ceiling, f.numel())
+            r = torch.zeros_like(f, dtype=torch.bool)
+            r[torch.topk(f, top).indices] = True  # topk is exact; the reserved count must be, too
+            reserved.append(f.masked_fill(r, float("inf")))
+        flat = reserved
+    flat_all = torch.cat(flat)
+    k = num_pruned(sparsity, flat_all.numel())
+    allowed = int((flat_all != float("inf")).sum())
+    if k > allowed:
+        raise ValueError(f"sparsity {sparsity} needs {k} zeros, but max_layer_sparsity {ceiling} allows {allowed}; "
+                         "raise max_layer_sparsity")
+    keep = _prune_lowest(flat_all, k)
+    out, offset = [], 0
+    for s in scores:
+        out.append(keep[offset : offset + s.numel()].view_as(s).to(s.device))
+        offset += s.numel()
+    return out
+
+
 def magnitude_masks(
     model_or_params: ModelOrParams,
     sparsity: float,
     scope: str = "global",
     filter: ModuleFilter | None = None,
+    max_layer_sparsity: float = 1.0,
 ) -> Masks:
     """Keep-masks (bool, True = kept) that zero the smallest-magnitude weights.
 
     ``scope="global"`` ranks all prunable weights together and zeroes exactly
-    ``floor(sparsity * N)`` of them; ``scope="layer"`` zeroes
-    ``floor(sparsity * n_l)`` in each layer. Returns ``{name: mask}`` with the
-    names of :func:`~hypersparse.params.prunable_parameters`.
+    ``floor(sparsity * N)`` of them, at most ``max_layer_sparsity`` of any one
+    tensor; ``scope="layer"`` zeroes ``floor(sparsity * n_l)`` in each layer.
+    Returns ``{name: mask}`` with the names of
+    :func:`~hypersparse.params.prunable_parameters`.
 
     >>> masks = magnitude_masks(model, 0.9)
     >>> apply_masks_(model, masks)
@@ -61,14 +106,8 @@ def magnitude_masks(
         }
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    flat = torch.cat([p.detach().abs().flatten().to(named[0][1].device) for _, p in named])
-    keep = _prune_lowest(flat, num_pruned(sparsity, flat.numel()))
-    masks: Masks = {}
-    offset = 0
-    for name, p in named:
-        masks[name] = keep[offset : offset + p.numel()].view_as(p).to(p.device)
-        offset += p.numel()
-    return masks
+    keep = global_keep([p.detach().abs() for _, p in named], sparsity, max_layer_sparsity)
+    return {name: k for (name, _), k in zip(named, keep)}
 
 
 def _masked_tensors(

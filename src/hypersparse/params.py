@@ -6,9 +6,10 @@ thing everywhere.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import nn
@@ -27,6 +28,76 @@ class NoPrunableParametersError(ValueError):
 def is_prunable_module(name: str, module: nn.Module) -> bool:
     """Default filter: the weight of every Linear and Conv1d/2d/3d layer."""
     return isinstance(module, PRUNABLE_MODULES)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """``pattern`` (a shell glob) matches one or more consecutive parts of the dotted ``name``."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[i:j]), pattern)
+               for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+
+
+class Exclude:
+    """A filter: the default prunable layers except those a pattern names.
+
+    A pattern is a shell glob over one or more consecutive parts of a layer's
+    dotted name: ``classifier`` names ``classifier`` and ``bert.classifier``,
+    ``layer.0.*`` every layer under ``layer.0``, ``*.query`` every query
+    projection. Pass it as ``filter=`` wherever one is taken.
+    """
+
+    def __init__(self, patterns: Sequence[str]):
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        self.patterns = tuple(str(p).strip() for p in patterns)
+        bad = [p for p in self.patterns if not p]
+        if bad:
+            raise ValueError("an exclude pattern is empty; give layer names or globs such as classifier or *.query")
+
+    def __call__(self, name: str, module: nn.Module) -> bool:
+        return is_prunable_module(name, module) and not any(_matches(name, p) for p in self.patterns)
+
+    def __repr__(self) -> str:
+        return f"Exclude({list(self.patterns)!r})"
+
+    def check(self, model: nn.Module) -> None:
+        """Raise ValueError when a pattern names no prunable layer of ``model`` (a likely typo)."""
+        names = [n for n, m in model.named_modules() if is_prunable_module(n, m)]
+        unmatched = [p for p in self.patterns if not any(_matches(n, p) for n in names)]
+        if unmatched:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(f"exclude pattern {unmatched[0]!r} names no prunable layer of the model; "
+                             f"its prunable layers are: {shown}")
+
+
+#: Names of the task heads transformers models put on top of their body.
+HEAD_NAMES = ("classifier", "score", "qa_outputs", "lm_head")
+
+
+def head_layers(model: nn.Module) -> list[str]:
+    """The dotted names of a transformers model's output layers: its output embeddings and its task head.
+
+    The head maps to the labels or the vocabulary: few weights, each one decisive, and the output embeddings are
+    often tied to the input embeddings. These stay dense by default in the Hugging Face callback.
+    """
+    out = getattr(model, "get_output_embeddings", lambda: None)()
+    names = []
+    for name, module in model.named_modules():
+        if (module is out and out is not None) or name.rsplit(".", 1)[-1] in HEAD_NAMES:
+            if any(is_prunable_module(n, m) for n, m in module.named_modules()):
+                names.append(name)
+    return names
+
+
+def transformer_ceiling(sparsity: float) -> float:
+    """The default per-layer ceiling for transformers: each layer keeps at least a tenth of the average share kept."""
+    return 1.0 - (1.0 - check_sparsity(sparsity)) / 10.0
+
+
+def exclude_filter(text: str | None) -> Exclude | None:
+    """The filter for a comma-separated pattern list as ``--exclude`` takes it (None when there is none)."""
+    patterns = [p for p in (text or "").split(",") if p.strip()]
+    return Exclude(patterns) if patterns else None
 
 
 def prunable_parameters(

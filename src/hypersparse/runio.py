@@ -114,12 +114,13 @@ class RunFiles:
         if (self.path / STATS).exists():
             atomic_write(self.path / STATS, lambda f: f.write("".join(json.dumps(s) + "\n" for s in kept)), mode="w")
 
-    def write_result(self, summary: dict, model_state: dict) -> None:
+    def write_result(self, summary: dict, model_state: dict, show: bool = True) -> None:
         if not self.main:
             return
         save_checkpoint(model_state, self.path / MODEL)
         write_json(self.path / SUMMARY, summary)
-        print(format_summary(summary), file=self.out)
+        if show:
+            print(format_summary(summary), file=self.out)
 
 
 def epoch_line(row: dict) -> str:
@@ -149,8 +150,24 @@ def format_summary(summary: dict) -> str:
                     f"{s['numel']:>14,}")
     rows.append(f"{'sparse, ' + name:<22}{s['val_acc']:>11.2%}{s['test_acc']:>9.2%}{s['sparsity']:>10.2%}"
                 f"{s['kept']:>14,}")
+    compared, verdict = comparison_rows(summary)
+    rows += compared
     times = ", ".join(
-        f"{p} {summary['phase_seconds'].get(p, 0):.1f}s ({summary['epochs'][p]} epochs)" for p in summary["epochs"]
+        f"{p} {summary['phase_seconds'].get(p, 0):.1f}s ({summary['epochs'][p]} epoch{'s' if summary['epochs'][p] != 1 else ''})" for p in summary["epochs"]
     )
     rows.append(f"time: {times}; device {summary['device']}")
-    return "\n".join(rows)
+    return "\n".join(rows + ([verdict] if verdict else []))
+
+
+def comparison_rows(summary: dict) -> tuple[list[str], str | None]:
+    """Table rows for the baselines ``--compare`` trained, and the line comparing them with ART and the dense model."""
+    compare = summary.get("compare") or {}
+    if not compare:
+        return [], None
+    rows = [f"{'sparse, ' + m:<22}{r['val_acc']:>11.2%}{r['test_acc']:>9.2%}{r['sparsity']:>10.2%}{r['kept']:>14,}"
+            for m, r in compare.items()]
+    s, d = summary["sparse"], summary["dense"]
+    others = ", ".join(f"{m} {r['test_acc']:.2%}" for m, r in compare.items())
+    dense = f"; dense {d['test_acc']:.2%}" if d else ""
+    return rows, (f"at {s['sparsity']:.2%} sparsity, test accuracy: ART {s['test_acc']:.2%}, {others}{dense} "
+                  "(same seed and epochs; each model chosen on validation)")

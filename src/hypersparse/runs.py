@@ -87,7 +87,8 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
     load_plugins(config.get("run", {}).get("plugin"))  # the run's own models and datasets
     settings = {"dataset": dataset or config.get("data", {}).get("dataset"),
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
-                "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0)}
+                "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0),
+                "exclude": config.get("sparsity", {}).get("exclude")}
     if not settings["dataset"] or not settings["model"]:
         raise UserError(f"{p} has no config.json beside it; pass --dataset and --model")
     return settings

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hypersparse.errors import UserError
-from hypersparse.masks import Masks, magnitude_masks, pruned_mass
+from hypersparse.masks import Masks, check_ceiling, magnitude_masks, pruned_mass
 from hypersparse.method import EpochResult
 from hypersparse.params import check_sparsity, num_pruned
 from hypersparse.regularizers import HyperSparse, Regularizer
@@ -119,11 +119,14 @@ class ART:
             too small) and its mask would leave a network fine-tuning cannot revive, so regularization goes on
             until it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
             size ``2 * buffer_k + 1``.
+        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (1 = none;
+            the regularizer itself still sees the global vector).
     """
 
     def __init__(self, regularizer: Regularizer, sparsity: float | None = None, warmup_epochs: int = 60,
                  lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
-                 finetune_epochs: int | None = 160, reg_epochs_target: int | None = None):
+                 finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
+                 max_layer_sparsity: float = 1.0):
         if sparsity is None:
             if not isinstance(regularizer, HyperSparse):
                 raise ValueError("ART needs sparsity= when the regularizer is not HyperSparse")
@@ -133,6 +136,7 @@ class ART:
             raise ValueError(
                 f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
             )
+        self.max_layer_sparsity = check_ceiling(max_layer_sparsity, self.sparsity)
         self.lambda_auto = parse_auto(lambda_init)  # the push P, or None for a number
         _check_settings(lambda_init if self.lambda_auto is None else 1.0, eta, warmup_epochs, buffer_k,
                         max_reg_epochs, reg_epochs_target)
@@ -240,7 +244,7 @@ class ART:
 
     def _end_regularize(self, model: nn.Module, dense_acc: float, pruned_acc: Callable[[nn.Module], float],
                         record: dict) -> str:
-        masks = magnitude_masks(self.regularizer.params, self.sparsity)
+        masks = magnitude_masks(self.regularizer.params, self.sparsity, max_layer_sparsity=self.max_layer_sparsity)
         record["pruned_mass"] = pruned_mass(self.regularizer.params, masks)  # before scoring, which prunes in place
         acc = float(self._score_pruned(model, masks, pruned_acc))
         record["pruned_acc"] = acc

@@ -28,8 +28,9 @@ class StatsCollector:
     """Computes one epoch's statistics; keeps the previous kept-set to count exchanges, and its own time budget."""
 
     def __init__(self, names: list[str], params: list[torch.Tensor], sparsity: float, seed: int = 0,
-                 share: float = SHARE):
+                 share: float = SHARE, max_layer_sparsity: float = 1.0):
         self.names, self.params, self.sparsity, self.share = names, params, sparsity, share
+        self.max_layer_sparsity = max_layer_sparsity
         self.budget = 0.0  # seconds of statistics the run may still spend
         self.cost = 0.0  # what the last collection took
         n = sum(p.numel() for p in params)
@@ -53,7 +54,8 @@ class StatsCollector:
     def collect(self, regularizer: Regularizer | None) -> dict:
         flat = torch.cat([p.detach().flatten().float().cpu() for p in self.params])
         mags = flat.abs()
-        masks = magnitude_masks(list(zip(self.names, self.params)), self.sparsity)
+        masks = magnitude_masks(list(zip(self.names, self.params)), self.sparsity,
+                                max_layer_sparsity=self.max_layer_sparsity)
         keep = torch.cat([m.flatten().cpu() for m in masks.values()])
         out: dict = {"kept": int(keep.sum())}
         if self.prev_keep is not None:

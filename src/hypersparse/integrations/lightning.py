@@ -49,6 +49,7 @@ class ART(Callback):
         self.train_acc_key = train_acc_key
         self.score_batches = score_batches
         self.scoring: list | None = None if isinstance(score_batches, int) else list(score_batches)
+        self._stepped = False  # an optimizer step happened since the last batch end
 
     @property
     def art(self):
@@ -79,9 +80,13 @@ class ART(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.driver.before_step()  # gradients are accumulated and, under DDP, averaged by now
+        self._stepped = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.driver.after_step(pl_module)
+        # Lightning has no hook after the optimizer step; under gradient accumulation most batches take none
+        if self._stepped:
+            self._stepped = False
+            self.driver.after_step(pl_module)
 
     @staticmethod
     def _optimizer(trainer):

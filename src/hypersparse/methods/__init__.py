@@ -18,11 +18,11 @@ from hypersparse.methods.baselines import GMP, SNIP, OneShot
 METHODS: dict[str, Callable[..., Method]] = {
     "art": lambda cfg, model, steps, batch: art_from_config(cfg, model),
     "oneshot": lambda cfg, model, steps, batch: OneShot(cfg.sparsity.sparsity, cfg.warmup + cfg.scaled(
-        cfg.baseline.prune_epochs), cfg.finetune),
+        cfg.baseline.prune_epochs), cfg.finetune, **cfg.selection),
     "gmp": lambda cfg, model, steps, batch: GMP(cfg.sparsity.sparsity, cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs),
-                                                cfg.finetune, steps),
+                                                cfg.finetune, steps, **cfg.selection),
     "snip": lambda cfg, model, steps, batch: SNIP(cfg.sparsity.sparsity, cfg.warmup + cfg.scaled(
-        cfg.baseline.prune_epochs), cfg.finetune, batch),
+        cfg.baseline.prune_epochs), cfg.finetune, batch, **cfg.selection),
 }
 
 

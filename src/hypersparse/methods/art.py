@@ -14,7 +14,9 @@ def art_from_config(cfg: TrainConfig, model: nn.Module) -> ART:
     if cfg.art.reg == "hs":
         compile = {"auto": None, "on": True, "off": False}[cfg.hs.hs_compile]
         kwargs = {"refresh_every": cfg.hs.hs_refresh_every, "compile": compile}
-    reg = make_regularizer(cfg.art.reg, model, cfg.sparsity.sparsity, **kwargs)
+    selection = cfg.selection
+    reg = make_regularizer(cfg.art.reg, model, cfg.sparsity.sparsity, filter=selection["filter"], **kwargs)
     return ART(reg, sparsity=cfg.sparsity.sparsity, warmup_epochs=cfg.warmup, lambda_init=cfg.art.lambda_init,
                eta=cfg.eta_scaled, buffer_k=cfg.art.buffer_k, max_reg_epochs=cfg.max_reg,
-               finetune_epochs=cfg.finetune, reg_epochs_target=cfg.reg_target)
+               finetune_epochs=cfg.finetune, reg_epochs_target=cfg.reg_target,
+               max_layer_sparsity=selection["max_layer_sparsity"])

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.masks import MaskHandle, Masks, _prune_lowest, apply_masks_, magnitude_masks
+from hypersparse.masks import MaskHandle, Masks, apply_masks_, check_ceiling, global_keep, magnitude_masks
 from hypersparse.method import EpochResult
-from hypersparse.params import check_sparsity, num_pruned, prunable_parameters
+from hypersparse.params import ModuleFilter, check_sparsity, prunable_parameters
 
 
 class Baseline:
@@ -36,8 +36,11 @@ class Baseline:
     _STATE = ("epoch", "finetune_done", "phase", "masks", "chosen_epoch")
     first_phase = "warmup"
 
-    def __init__(self, sparsity: float, dense_epochs: int, finetune_epochs: int):
+    def __init__(self, sparsity: float, dense_epochs: int, finetune_epochs: int,
+                 filter: ModuleFilter | None = None, max_layer_sparsity: float = 1.0):
         self.sparsity = check_sparsity(sparsity)
+        self.filter = filter  # which weights are prunable (default: every Linear/Conv weight)
+        self.max_layer_sparsity = check_ceiling(max_layer_sparsity, self.sparsity)
         self.dense_epochs = int(dense_epochs)
         self.finetune_epochs = int(finetune_epochs)
         self.epoch = 0
@@ -74,10 +77,13 @@ class Baseline:
         pass
 
     def _prune_now(self, model: nn.Module) -> None:
-        self.masks = magnitude_masks(model, self.sparsity)
+        self.masks = self._magnitude_masks(model, self.sparsity)
         apply_masks_(model, self.masks).remove()
         self.chosen_epoch = self.epoch
         self.phase = "finetune"
+
+    def _magnitude_masks(self, model: nn.Module, sparsity: float) -> Masks:
+        return magnitude_masks(model, sparsity, filter=self.filter, max_layer_sparsity=self.max_layer_sparsity)
 
     def end_epoch(self, model: nn.Module, dense_acc: float | None = None, pruned_acc=None) -> EpochResult:
         event = self.phase
@@ -120,8 +126,9 @@ class GMP(Baseline):
 
     _STATE = Baseline._STATE + ("step",)
 
-    def __init__(self, sparsity, dense_epochs, prune_epochs, finetune_epochs, steps_per_epoch, frequency=100):
-        super().__init__(sparsity, dense_epochs + prune_epochs, finetune_epochs)
+    def __init__(self, sparsity, dense_epochs, prune_epochs, finetune_epochs, steps_per_epoch, frequency=100,
+                 **selection):
+        super().__init__(sparsity, dense_epochs + prune_epochs, finetune_epochs, **selection)
         self.warmup_epochs = int(dense_epochs)
         self.start_step = dense_epochs * steps_per_epoch
         self.prune_steps = max(1, prune_epochs * steps_per_epoch)
@@ -149,7 +156,7 @@ class GMP(Baseline):
             self.current = self.target_at(self.step)
             if self._handle is not None:
                 self._handle.remove()
-            self.masks = magnitude_masks(model, self.current)
+            self.masks = self._magnitude_masks(model, self.current)
             self._handle = apply_masks_(model, self.masks)
         else:
             if self._handle is None:  # resumed between two updates: the saved mask holds until the next one
@@ -179,31 +186,28 @@ class GMP(Baseline):
 
 
 @torch.no_grad()
-def _grad_times_weight(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def _grad_times_weight(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       filter: ModuleFilter | None) -> list[torch.Tensor]:
     with torch.enable_grad():
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-    return [(p.grad * p).abs() for _, p in prunable_parameters(model)]
+    return [(p.grad * p).abs() for _, p in prunable_parameters(model, filter)]
 
 
-def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                filter: ModuleFilter | None = None) -> dict[str, torch.Tensor]:
     """Connection sensitivity ``|dL/dw_j * w_j| / sum_k |dL/dw_k * w_k|`` on the batch (x, y)."""
-    raw = _grad_times_weight(model, x, y)
+    raw = _grad_times_weight(model, x, y, filter)
     total = sum(r.sum() for r in raw)
     model.zero_grad(set_to_none=True)
-    return {name: r / total for (name, _), r in zip(prunable_parameters(model), raw)}
+    return {name: r / total for (name, _), r in zip(prunable_parameters(model, filter), raw)}
 
 
-def snip_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float) -> Masks:
+def snip_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float,
+               filter: ModuleFilter | None = None, max_layer_sparsity: float = 1.0) -> Masks:
     """Keep the ``1 - sparsity`` most sensitive connections globally (exactly floor(kappa N) pruned)."""
-    scores = snip_scores(model, x, y)
-    flat = torch.cat([s.flatten() for s in scores.values()])
-    keep = _prune_lowest(flat, num_pruned(check_sparsity(sparsity), flat.numel()))
-    masks, offset = {}, 0
-    for name, s in scores.items():
-        masks[name] = keep[offset : offset + s.numel()].view_as(s)
-        offset += s.numel()
-    return masks
+    scores = snip_scores(model, x, y, filter)
+    return dict(zip(scores, global_keep(list(scores.values()), sparsity, max_layer_sparsity)))
 
 
 class SNIP(Baseline):
@@ -214,8 +218,8 @@ class SNIP(Baseline):
 
     first_phase = "train"
 
-    def __init__(self, sparsity, train_epochs, finetune_epochs, first_batch):
-        super().__init__(sparsity, train_epochs, finetune_epochs)
+    def __init__(self, sparsity, train_epochs, finetune_epochs, first_batch, **selection):
+        super().__init__(sparsity, train_epochs, finetune_epochs, **selection)
         self.first_batch = first_batch  # () -> (inputs, labels): the batch the sensitivity is measured on
 
     def start(self, model: nn.Module) -> None:
@@ -224,7 +228,7 @@ class SNIP(Baseline):
         xb, yb = self.first_batch()
         was = model.training
         model.train()
-        self.masks = snip_masks(model, xb, yb, self.sparsity)
+        self.masks = snip_masks(model, xb, yb, self.sparsity, self.filter, self.max_layer_sparsity)
         model.train(was)
         self.chosen_epoch = 0
 

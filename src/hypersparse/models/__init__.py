@@ -70,9 +70,13 @@ def _from_library(library: str, name: str, num_classes: int, in_channels: int) -
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """A model by name: a registered one, ``resnet<6n+2>``, ``torchvision:<name>``, ``timm:<name>`` or
-    ``module.path:callable``; raises UserError naming the choices for an unknown name."""
+    """A model by name: a registered one, ``resnet<6n+2>``, ``torchvision:<name>``, ``timm:<name>``,
+    ``hf:<config.json or saved folder>`` or ``module.path:callable``; raises UserError naming the choices for an unknown name."""
     library, sep, rest = name.partition(":")
+    if sep and library == "hf":
+        from hypersparse.models.hf import hf_model
+
+        return hf_model(rest, num_classes, in_channels, image_size)
     if sep and library in ("torchvision", "timm"):
         return _from_library(library, rest, num_classes, in_channels)
     if sep:
@@ -86,5 +90,5 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
         if load_entry_points() and name in MODELS:
             return MODELS[name][0](num_classes, in_channels, image_size)
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
-                        "timm:<name>, or module.path:callable (a function returning an nn.Module)")
+                        "timm:<name>, hf:<path>, or module.path:callable (a function returning an nn.Module)")
     return MODELS[name][0](num_classes, in_channels, image_size)

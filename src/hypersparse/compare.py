@@ -1,0 +1,49 @@
+"""``--compare oneshot,gmp,snip``: after an ART run, the standard baselines at the same seed and epoch budget.
+
+Each baseline trains in ``<run>/compare-<method>/`` with ART's warm-up, as many pruning-phase epochs as ART
+regularized, and ART's fine-tuning (so every model gets the same number of epochs), and is added to the run's
+final table and ``summary.json``. A stopped comparison resumes with the run's ``--resume``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from hypersparse.checkpoint import write_json
+from hypersparse.config import TrainConfig
+from hypersparse.runio import RunFiles, format_summary
+from hypersparse.runs import CHECKPOINT, SUMMARY, read_json
+
+
+def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConfig:
+    """The baseline ``method`` with the ART run ``cfg``'s phases, in epochs as they ran (no further scaling)."""
+    schedule = replace(cfg.schedule, epochs_scale=1.0, warmup_epochs=cfg.warmup, finetune_epochs=cfg.finetune,
+                       lr_steps=",".join(str(m) for m in cfg.milestones) or "0")
+    return replace(cfg, sparsity=replace(cfg.sparsity, method=method), schedule=schedule,
+                   baseline=replace(cfg.baseline, prune_epochs=max(1, reg_epochs)),
+                   run=replace(cfg.run, compare=None, run_dir=None), given=frozenset())
+
+
+def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress: bool | None) -> dict:
+    """Train (or resume, or read back) each baseline of ``cfg.run.compare``; return ``summary`` with ``compare``."""
+    from hypersparse.engine import resume, train
+
+    run_dir = files.path
+    reg_epochs = summary["epochs"].get("regularize", 0)
+    results = {}
+    for method in [m.strip() for m in cfg.run.compare.split(",") if m.strip()]:
+        folder = run_dir / f"compare-{method}"
+        done = read_json(folder / SUMMARY)
+        if done is None:
+            files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} pruning-"
+                f"phase + {cfg.finetune} fine-tuning epochs) in {folder}")
+            with open(os.devnull, "w") as quiet:
+                done = resume(folder, progress, quiet) if (folder / CHECKPOINT).exists() else \
+                    train(baseline_config(cfg, method, reg_epochs), folder, progress, quiet)
+        results[method] = {"run_dir": folder.name, **done["sparse"]}
+    summary = {**summary, "compare": results}
+    if files.main:
+        write_json(run_dir / SUMMARY, summary)
+    files.say(format_summary(summary))
+    return summary
