@@ -147,7 +147,7 @@ def test_help_explains_flags():
     for group in ("data:", "model:", "sparsity:", "art:", "baseline:", "schedule:", "run:"):
         assert f"\n{group}\n" in out.stdout
     options = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  -")]  # -h, --help is one
-    assert len(options) <= 25, options
+    assert len(options) <= 28, options
 
 
 def test_version_names_the_installed_release():

@@ -21,8 +21,9 @@ IGNORED = [
     (["--prune-epochs", "10"], "--prune-epochs applies to the baselines"),
     (["--reg", "l1", "--set", "hs.hs_compile=off"], "--set hs.hs_compile applies to --reg hs only"),
     (["--reg", "l2", "--set", "hs_refresh_every=4"], "--set hs.hs_refresh_every applies to --reg hs only"),
-    (["--download"], "--download works for mnist, fashion-mnist only, not dataset 'digits'"),
-    (["--dataset", "cifar10", "--data-dir", "x", "--download"], "--download works for mnist, fashion-mnist only"),
+    (["--download"], "--download works for mnist, fashion-mnist, cifar10, cifar100 only, not dataset 'digits'"),
+    (["--dataset", "cifar10-jpeg75", "--data-dir", "x", "--download"], "--download works for mnist, fashion-mnist, "
+     "cifar10, cifar100 only"),
     (["--data-dir", "somewhere"], "--data-dir is not read by dataset 'digits'"),
     (["--pretrained", "model.pt", "--warmup-epochs", "5"], "--warmup-epochs does not apply with --pretrained"),
     (["--resume", "runs/x", "--lr", "0.01"], "--resume continues a run with the settings it started with; drop --lr"),

@@ -136,3 +136,64 @@ def test_download_into_a_missing_folder_creates_it(tmp_path, monkeypatch):
         p.name for p in shared.glob("*.gz"))
     assert len(splits.train_x) + len(splits.val_x) == 60000 and len(splits.test_x) == 10000
     _shutil.rmtree(target)
+
+
+def _cifar_archive(path: Path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_cifar_download_fetches_verifies_and_unpacks_the_archive(tmp_path, monkeypatch):
+    """--download for cifar10: the archive is fetched (network stubbed), its size and MD5 checked, only the batches
+    folder unpacked, the batches read. The published checksums are swapped for those of a small stand-in archive."""
+    import hashlib
+    import pickle
+
+    import hypersparse.data as data
+    from hypersparse.data import files as data_files
+
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        n = 1020 if name != "test_batch" else 50
+        batches[name] = pickle.dumps({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                      "labels": rng.integers(0, 10, n).tolist()}, protocol=2)
+    archive = tmp_path / "served.tar.gz"
+    _cifar_archive(archive, {f"cifar-10-batches-py/{k}": v for k, v in batches.items()} | {"readme.html": b"x"})
+    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar-10-batches-py", (
+        "cifar-10-python.tar.gz", archive.stat().st_size, hashlib.md5(archive.read_bytes()).hexdigest()))
+    monkeypatch.setattr(data, "CIFAR10_MD5", {k: hashlib.md5(v).hexdigest() for k, v in batches.items()})
+    fetched = []
+    monkeypatch.setattr(data_files.urllib.request, "urlopen",
+                        lambda url, timeout=60: fetched.append(url) or open(archive, "rb"))
+    target = tmp_path / "new" / "cifar10"
+    splits = load_dataset("cifar10", target, 0, download=True)
+    assert fetched == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert len(splits.train_x) + len(splits.val_x) == 5100 and len(splits.test_x) == 50
+    assert sorted(p.name for p in target.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    load_dataset("cifar10", target, 0, download=True)  # present now: nothing fetched again
+    assert len(fetched) == 1
+
+
+def test_cifar_archive_that_climbs_out_is_refused(tmp_path, monkeypatch):
+    import hashlib
+
+    import hypersparse.data as data
+    from hypersparse.data import files as data_files
+
+    archive = tmp_path / "served.tar.gz"
+    _cifar_archive(archive, {"cifar-10-batches-py/../../escaped": b"planted"})
+    monkeypatch.setitem(data.CIFAR_ARCHIVES, "cifar-10-batches-py", (
+        "cifar-10-python.tar.gz", archive.stat().st_size, hashlib.md5(archive.read_bytes()).hexdigest()))
+    monkeypatch.setattr(data_files.urllib.request, "urlopen", lambda url, timeout=60: open(archive, "rb"))
+    target = tmp_path / "a" / "b"
+    with pytest.raises(DataError, match="would land outside"):
+        load_dataset("cifar10", target, 0, download=True)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "a" / "escaped").exists()
+    assert not (target / "cifar-10-batches-py").exists()

@@ -142,7 +142,7 @@ def test_lightning_resume_keeps_art_state(tmp_path):
     assert zeros == math.floor(0.9 * numel)
 
 
-def _fit_lightning(tmp_path, callback, max_epochs, accumulate=1):
+def _fit_lightning(tmp_path, callback, max_epochs, accumulate=1, max_steps=-1):
     L = pytest.importorskip("lightning.pytorch")
     torch.manual_seed(0)
     x, y = blobs()
@@ -150,7 +150,7 @@ def _fit_lightning(tmp_path, callback, max_epochs, accumulate=1):
     module = lightning_net(L, log_acc=False)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, accumulate_grad_batches=accumulate)
+                        default_root_dir=tmp_path, accumulate_grad_batches=accumulate, max_steps=max_steps)
     trainer.fit(module, loader)
     module.optimizer_steps = trainer.global_step
     return module
@@ -192,6 +192,19 @@ def test_lightning_phases_from_max_epochs_reach_the_target_and_finish(tmp_path, 
     module = _fit_lightning(tmp_path, callback, max_epochs=30)
     assert callback.driver.options["warmup_epochs"] == 4 and callback.driver.options["finetune_epochs"] == 12
     assert callback.finished is True and callback.art.done
+    zeros, numel = zeros_and_numel(module)
+    assert zeros == math.floor(0.9 * numel)
+    assert not [w for w in recwarn if "hypersparse ART" in str(w.message)]
+
+
+def test_lightning_phases_from_max_steps(tmp_path, recwarn):
+    pytest.importorskip("lightning.pytorch")
+    from hypersparse.integrations.lightning import ART
+
+    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
+    module = _fit_lightning(tmp_path, callback, max_epochs=-1, max_steps=30 * 16)  # 16 batches an epoch: 30 epochs
+    assert callback.driver.options["warmup_epochs"] == 4 and callback.driver.options["finetune_epochs"] == 12
+    assert callback.finished is True
     zeros, numel = zeros_and_numel(module)
     assert zeros == math.floor(0.9 * numel)
     assert not [w for w in recwarn if "hypersparse ART" in str(w.message)]

@@ -25,3 +25,31 @@ def test_readme_starts_with_the_two_setup_commands():
     assert "hypersparse train" in first_block[0] and "pytest" in first_block[1]
     ci = (README.parent / ".ci" / "run").read_text()
     assert first_block[1].split("#")[0].strip() in ci  # CI runs exactly the README's test command
+
+
+def test_readme_first_command_shows_art_at_work_against_one_shot(tmp_path):
+    """The first command's `hypersparse train ...` as written: regularization sparsifies over many epochs (the pruned
+    copy starts far below the dense model and reaches it), and the last line compares ART with one-shot magnitude
+    pruning trained at the same seed and epoch budget, and with the dense model."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    first = re.search(r"```bash\n(.*?)\n", README.read_text()).group(1).split("#")[0]
+    words = shlex.split(next(p for p in first.split("&&") if p.strip().startswith("hypersparse train")))
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "hypersparse", *words[1:], "--run-dir", str(run)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [r["pruned_acc"] for r in rows if r.get("pruned_acc") is not None]
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(scored) >= 10 and scored[0] < summary["dense"]["val_acc"] - 0.2 <= scored[-1]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("at 99.00% sparsity, test accuracy: ART") and "oneshot" in last and "dense" in last
+    oneshot = summary["compare"]["oneshot"]
+    assert oneshot["kept"] == summary["sparse"]["kept"]
+    baseline_rows = [json.loads(line) for line in (run / "compare-oneshot" / "metrics.jsonl").read_text().splitlines()]
+    assert len(baseline_rows) == len(rows)  # the same epoch budget
+    assert summary["sparse"]["test_acc"] > oneshot["test_acc"]

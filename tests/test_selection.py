@@ -94,3 +94,16 @@ def test_hf_model_from_a_saved_folder_trains_with_transformer_defaults(tmp_path)
     assert main(["eval", str(run)]) == 0
     assert main(["train", "--model", f"hf:{tmp_path / 'missing'}", "--run-dir", str(tmp_path / "r2")]) == 2
     assert not (tmp_path / "r2").exists()
+
+
+def test_library_calls_take_the_same_filter():
+    import hypersparse as hs
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[2].weight.data.mul_(1e-3)  # the smallest weights: excluded, they must survive
+    keep = hs.Exclude(["2"])
+    reg = hs.HyperSparse(model, 0.5, filter=keep)
+    assert reg.names == ["0.weight"]
+    masks = hs.magnitude_masks(model, 0.5, filter=keep)
+    hs.apply_masks_(model, masks, filter=keep)
+    assert hs.sparsity_report(model, keep).zeros == 32 and int((model[2].weight == 0).sum()) == 0

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _HOME = {
     "hypersparse.masks": ["MaskHandle", "SparsityReport", "apply_masks_", "magnitude_masks", "masks_from_zeros",
                           "sparsity_report"],
-    "hypersparse.params": ["NoPrunableParametersError", "prunable_parameters"],
+    "hypersparse.params": ["Exclude", "NoPrunableParametersError", "prunable_parameters"],
     "hypersparse.regularizers": ["L1", "L2", "HyperSparse", "Regularizer"],
     "hypersparse.schedule": ["ART", "ARTDidNotConverge"],
     "hypersparse.driver": ["ARTDriver", "Driver"],
@@ -30,7 +30,7 @@ if typing.TYPE_CHECKING:
     from hypersparse.masks import (MaskHandle, SparsityReport, apply_masks_, magnitude_masks, masks_from_zeros,
                                    sparsity_report)
     from hypersparse.method import EpochResult, Method
-    from hypersparse.params import NoPrunableParametersError, prunable_parameters
+    from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
     from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
     from hypersparse.schedule import ART, ARTDidNotConverge
 

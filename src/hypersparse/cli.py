@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
                     "of its architecture and input normalisation")
     ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + " in the run directory)")
+    ex.add_argument("--compact", action="store_true",
+                    help="--format onnx: export the channel-compacted model (BatchNorm folded, channels no kept weight "
+                    "produces or reads removed; same outputs, faster in any runtime)")
     rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
@@ -144,6 +147,9 @@ def _export(args) -> int:
     summary = read_json(run_dir / SUMMARY)
     if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
+    if args.compact and args.format != "onnx":
+        raise UserError(f"--compact applies to --format onnx only (a {args.format} file keeps the run's architecture, "
+                        "which loaders rebuild); drop --compact or use --format onnx")
     out = output_file(args.out or run_dir / EXPORTS[args.format], "--out")
     arch, inputs = summary["arch"], summary.get("input")
     model = model_from_run(path)
@@ -155,8 +161,14 @@ def _export(args) -> int:
         print(f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}")
     else:
         example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
+        removed = 0
+        if args.compact:
+            from hypersparse.compaction import compact_channels
+
+            model, removed = compact_channels(model.eval())
         info = export_onnx(model, example, out, inputs)
-        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers")
+        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers"
+              + (f", {removed} channels removed by compaction" if args.compact else ""))
     return 0
 
 

@@ -21,7 +21,7 @@ from hypersparse.masks import check_ceiling
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, parse_auto
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
-DOWNLOADS = ("mnist", "fashion-mnist")  # datasets whose loader can fetch its files
+DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files
 
 
 def _f(default, help: str, flag: bool = True):
@@ -36,7 +36,8 @@ class DataConfig:
     dataset: str = _f("digits", "dataset name (digits needs no files), folder:<path> (class sub-folders of images) or "
                       "module.path:callable")
     data_dir: str | None = _f(None, "folder that holds the dataset's official files")
-    download: bool = _f(False, "download missing files (checksums are verified); mnist and fashion-mnist")
+    download: bool = _f(False, "download missing files (checksums are verified); mnist, fashion-mnist, cifar10, "
+                        "cifar100")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hypersparse.data.files import decode_jpegs, digest, read_cifar_batch, read_idx, verified
+from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.errors import DataError, UserError
 
 
@@ -104,16 +104,28 @@ CIFAR10_MD5 = {
 CIFAR100_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}
 
 
-def _find(data_dir: Path, sub: str, first: str) -> Path:
-    """Accept either the extracted folder itself or its parent."""
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR_ARCHIVES = {  # folder inside: (archive, bytes, md5), as published on the CIFAR page
+    "cifar-10-batches-py": ("cifar-10-python.tar.gz", 170498071, "c58f30108f718f92721af3b95e74349a"),
+    "cifar-100-python": ("cifar-100-python.tar.gz", 169001437, "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+
+def _find(data_dir: Path, sub: str, first: str, download: bool = False) -> Path:
+    """Accept either the extracted folder itself or its parent; with ``download``, fetch and unpack the archive."""
     for d in (data_dir, data_dir / sub):
         if (d / first).exists():
             return d
-    raise DataError(f"{first} not found in {data_dir} or {data_dir / sub}; extract the official archive there")
+    if download:
+        name, size, md5 = CIFAR_ARCHIVES[sub]
+        extract_archive(verified(data_dir / name, size, md5, url=CIFAR_URL + name), data_dir, sub)
+        return data_dir / sub
+    raise DataError(f"{first} not found in {data_dir} or {data_dir / sub}; extract the official archive there "
+                    "(or add --download)")
 
 
 def cifar10(data_dir: Path, seed: int, download: bool = False) -> Splits:
-    d = _find(data_dir, "cifar-10-batches-py", "data_batch_1")
+    d = _find(data_dir, "cifar-10-batches-py", "data_batch_1", download)
     parts = [read_cifar_batch(verified(d / f, None, CIFAR10_MD5[f]), "labels") for f in CIFAR10_MD5]
     x = np.concatenate([p[0] for p in parts[:5]])
     y = np.concatenate([p[1] for p in parts[:5]])
@@ -121,7 +133,7 @@ def cifar10(data_dir: Path, seed: int, download: bool = False) -> Splits:
 
 
 def cifar100(data_dir: Path, seed: int, download: bool = False) -> Splits:
-    d = _find(data_dir, "cifar-100-python", "train")
+    d = _find(data_dir, "cifar-100-python", "train", download)
     x, y = read_cifar_batch(verified(d / "train", None, CIFAR100_MD5["train"]), "fine_labels")
     tx, ty = read_cifar_batch(verified(d / "test", None, CIFAR100_MD5["test"]), "fine_labels")
     return _split("cifar100", x, y, tx, ty, 5000, seed, 100, augment=True)

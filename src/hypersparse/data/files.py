@@ -57,6 +57,35 @@ def download(url: str, path: Path) -> None:
         raise DataError(f"could not download {url} ({exc}); copy the file to {path} by hand") from exc
 
 
+def extract_archive(archive: Path, into: Path, folder: str) -> None:
+    """Unpack the members of a verified ``.tar.gz`` that lie under ``folder/`` into ``into`` (plain files only).
+
+    Members that are links, devices, absolute paths or that climb out with ``..`` are refused: an archive must not
+    write outside ``into``. The folder appears whole or not at all (unpacked beside it, then renamed).
+    """
+    import shutil
+    import tarfile
+
+    staging = into / f".{folder}.part"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = []
+            for m in tar.getmembers():
+                parts = Path(m.name).parts
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                    raise DataError(f"archive {archive} holds {m.name!r}, which would land outside {into}; "
+                                    "delete the archive and download it again")
+                if parts and parts[0] == folder:
+                    members.append(m)
+            tar.extractall(staging, members=members, filter="data")
+        os.replace(staging / folder, into / folder)
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise DataError(f"archive {archive} cannot be unpacked ({exc}); delete it and download it again") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped), as used by MNIST and Fashion-MNIST."""
     try:

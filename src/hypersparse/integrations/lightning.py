@@ -9,6 +9,7 @@ training accuracy the module logs as ``train_acc_key``.
 """
 from __future__ import annotations
 
+import math
 from itertools import islice
 
 import torch
@@ -36,8 +37,8 @@ class ART(Callback):
             or a list of ``(inputs, labels)`` batches to score on instead.
         **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
             (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...). Phase lengths not given come from the
-            Trainer's ``max_epochs``: 15 % warm-up, 40 % fine-tuning, the rest as the regularization deadline
-            (``reg_epochs_target``). A budget they cannot fit in is warned about when training starts; a run that
+            Trainer's ``max_epochs`` (or ``max_steps``, if it ends training sooner): 15 % warm-up, 40 % fine-tuning,
+            the rest as the regularization deadline (``reg_epochs_target``). A budget they cannot fit in is warned about when training starts; a run that
             ends before the mask is fixed or fine-tuning is done, when it ends (and :attr:`finished` is False).
     """
 
@@ -56,14 +57,15 @@ class ART(Callback):
         """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history)."""
         return self.driver.art
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            if self.driver.method is None:
-                budget = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-                problem = fit_phases(self.driver.options, self.given, budget, WARMUP_SHARE)
-                if problem:
-                    warn(problem)
-            self.driver.attach(pl_module)
+    @staticmethod
+    def _budget(trainer) -> int | None:
+        """The epochs the Trainer will run: ``max_epochs``, or fewer when ``max_steps`` ends training first."""
+        limits = [trainer.max_epochs] if trainer.max_epochs and trainer.max_epochs > 0 else []
+        per_epoch = trainer.num_training_batches // max(1, trainer.accumulate_grad_batches) \
+            if math.isfinite(trainer.num_training_batches) else 0
+        if trainer.max_steps and trainer.max_steps > 0 and per_epoch > 0:
+            limits.append(math.ceil(trainer.max_steps / per_epoch))
+        return min(limits) if limits else None
 
     def on_train_end(self, trainer, pl_module) -> None:
         problem = end_problem(self.driver.method)
@@ -72,6 +74,10 @@ class ART(Callback):
             warn(problem)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.driver.method is None:  # the data is loaded now, so a max_steps budget converts to epochs
+            problem = fit_phases(self.driver.options, self.given, self._budget(trainer), WARMUP_SHARE)
+            if problem:
+                warn(problem)
         self.driver.start(pl_module, self._optimizer(trainer))  # installs the mask after a resume
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
