@@ -199,6 +199,8 @@ CASES = [
     ("eval-summary-corrupt", lambda t, r: ["eval", str(_corrupt(r, "summary.json"))], "summary.json"),
     ("eval-unknown-dataset", lambda t, r: ["eval", str(r), "--dataset", "nosuch"], "nosuch"),
     ("eval-device-unknown", lambda t, r: ["eval", str(r), "--device", "tpu"], "tpu"),
+    ("eval-fast-zero", lambda t, r: ["eval", str(r), "--fast", "0"], "--fast"),
+    ("eval-fast-not-a-number", lambda t, r: ["eval", str(r), "--fast", "many"], "--fast"),
     # export
     ("export-missing", lambda t, r: ["export", str(t / "none")], "none"),
     ("export-out-missing-folder", lambda t, r: ["export", str(r), "--out", str(t / "no" / "m.safetensors")], "no"),

@@ -168,9 +168,10 @@ def test_sparse_inference_matches_dense_outputs():
     # a Linear outside any Sequential (ResNet's classifier) is a chain of one
     resnet = pruned("resnet8", 0.99)
     assert [c["name"] for c in find_chains(resnet)] == ["fc"]
-    # whatever its own timing, a classifier's microseconds are no 3 % of a ResNet's time: the dense copy comes back
+    # without the C kernels the convolutions stay dense, and whatever its own timing, a classifier's microseconds
+    # are no 3 % of a ResNet's time: the dense copy comes back
     x = torch.randn(1, 3, 32, 32)
-    fast = sparse_inference(resnet, x, reps=5)
+    fast = sparse_inference(resnet, x, reps=5, native=False)
     assert fast.hypersparse_choices["fc"]["sparse"] is False
     assert not any(isinstance(m, CompactMLP) for m in fast.modules())
 

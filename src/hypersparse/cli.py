@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
     ev.add_argument("--model", help="model name (default: the run's)")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--fast", nargs="?", const=1, type=int, metavar="BATCH",
+                    help="also score the model as hypersparse.sparse_inference runs it at this batch size (default 1: "
+                    "compacted, sparse kernels where measured faster; CPU) and print its latency against the model's")
     ex = sub.add_parser("export", help="write a compressed sparse file or ONNX", description="Export a trained model.")
     ex.add_argument("run", help="a run directory (or its model.pt)")
     ex.add_argument("--format", choices=tuple(EXPORTS), default="sparse",
@@ -200,7 +203,9 @@ def _tune(args) -> int:
 def _eval(args) -> int:
     from hypersparse.evaluate import evaluate_run
 
-    evaluate_run(args.checkpoint, args.dataset, args.data_dir, args.model, args.device)
+    if args.fast is not None and args.fast < 1:
+        raise UserError(f"--fast takes a batch size of at least 1, got {args.fast}")
+    evaluate_run(args.checkpoint, args.dataset, args.data_dir, args.model, args.device, args.fast)
     return 0
 
 

@@ -22,7 +22,9 @@ from torch import nn
 
 from hypersparse.models.resnet_cifar import BasicBlock, CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
+from hypersparse.sparse_conv import SparseConv2d
 
+ALIGN = 8  # widths kept a multiple of this (see compact_channels), chosen by bench/inference.py's onnxruntime table
 PASSTHROUGH = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)  # act on each channel alone; keep constants constant
 
 
@@ -66,7 +68,18 @@ def _column_weights(consumer: nn.Module, channels: int) -> torch.Tensor:
     return w.reshape(w.shape[0], channels, -1) if isinstance(consumer, nn.Linear) else w.flatten(2)
 
 
-def _removable(producer: nn.Module, consumer: nn.Module, between: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+def _aligned(go: torch.Tensor, align: int) -> torch.Tensor:
+    """``go`` with as few channels kept back as make the kept count a multiple of ``align`` (or all of them)."""
+    kept = int((~go).sum())
+    spare = min(go.numel(), -(-kept // align) * align) - kept
+    if spare > 0:
+        go = go.clone()
+        go[torch.nonzero(go).flatten()[:spare]] = False  # keeping a removable channel changes no output
+    return go
+
+
+def _removable(producer: nn.Module, consumer: nn.Module, between: list[nn.Module],
+               align: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Which producer channels go, and what they add to the consumer's bias (a constant per consumer output)."""
     w = producer.weight.detach()
     dead = w.flatten(1).abs().sum(1) == 0
@@ -77,7 +90,7 @@ def _removable(producer: nn.Module, consumer: nn.Module, between: list[nn.Module
     cols = _column_weights(consumer, w.shape[0])
     unread = cols.abs().sum((0, 2)) == 0
     constant_effect = isinstance(consumer, nn.Linear) or all(p == 0 for p in consumer.padding)
-    go = unread | (dead & ((value == 0) | constant_effect))
+    go = _aligned(unread | (dead & ((value == 0) | constant_effect)), align)
     add = (cols.sum(2) * torch.where(go & ~unread, value, torch.zeros_like(value))).sum(1)
     return go, add
 
@@ -121,14 +134,15 @@ def _pairs(layers: list[nn.Module]) -> list[tuple[int, int]]:
     return pairs
 
 
-def compact_sequence(layers: list[nn.Module]) -> tuple[list[nn.Module], int]:
-    """Fold BatchNorm and remove channels along a pipeline; returns the new layers and how many channels went."""
+def compact_sequence(layers: list[nn.Module], align: int = 1) -> tuple[list[nn.Module], int]:
+    """Fold BatchNorm and remove channels along a pipeline, keeping each width a multiple of ``align`` (or whole);
+    returns the new layers and how many channels went."""
     layers = [copy.deepcopy(m) for m in _fold_all(list(layers))]
     removed, changed = 0, True
     while changed:  # a consumer that loses outputs may stop reading some of its inputs
         changed = False
         for i, j in _pairs(layers):
-            go, add = _removable(layers[i], layers[j], layers[i + 1 : j])
+            go, add = _removable(layers[i], layers[j], layers[i + 1 : j], align)
             if go.any() and not go.all():
                 _cut(layers[i], layers[j], go, add)
                 removed += int(go.sum())
@@ -137,61 +151,73 @@ def compact_sequence(layers: list[nn.Module]) -> tuple[list[nn.Module], int]:
 
 
 class CompactBlock(nn.Module):
-    """A residual block after compaction: folded convolutions, the inner width cut to what is used."""
+    """A residual block after compaction: folded convolutions, the inner width cut to what is used.
+
+    :func:`hypersparse.sparse_inference` may make ``conv1`` apply the ReLU itself (``act1`` becomes Identity) and
+    swap ``conv2`` for a :class:`~hypersparse.sparse_conv.SparseConv2d` that adds the shortcut and applies the
+    final ReLU in the same pass over its output.
+    """
 
     def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d, shortcut: nn.Module):
         super().__init__()
-        self.conv1, self.conv2, self.shortcut = conv1, conv2, shortcut
+        self.conv1, self.act1, self.conv2, self.shortcut = conv1, nn.ReLU(), conv2, shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+        h = self.act1(self.conv1(x))
+        if isinstance(self.conv2, SparseConv2d) and self.conv2.relu:
+            return self.conv2(h, residual=self.shortcut(x))
+        return torch.relu(self.conv2(h) + self.shortcut(x))
 
 
 class CompactResNet(nn.Module):
+    """A CIFAR ResNet after compaction: BatchNorm folded into the stem and the blocks."""
+
     def __init__(self, stem: nn.Conv2d, blocks: list[nn.Module], fc: nn.Linear):
         super().__init__()
-        self.stem, self.blocks, self.fc = stem, nn.Sequential(*blocks), fc
+        self.stem, self.act, self.blocks, self.fc = stem, nn.ReLU(), nn.Sequential(*blocks), fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.blocks(torch.relu(self.stem(x)))
+        out = self.blocks(self.act(self.stem(x)))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
 
 
-def _compact_block(block: BasicBlock) -> tuple[CompactBlock, int]:
-    (conv1, _, conv2), removed = compact_sequence([block.conv1, block.bn1, nn.ReLU(), block.conv2, block.bn2])
+def _compact_block(block: BasicBlock, align: int) -> tuple[CompactBlock, int]:
+    (conv1, _, conv2), removed = compact_sequence([block.conv1, block.bn1, nn.ReLU(), block.conv2, block.bn2], align)
     shortcut = block.shortcut
     if len(shortcut):
         shortcut = fold_batchnorm(shortcut[0], shortcut[1])
     return CompactBlock(conv1, conv2, copy.deepcopy(shortcut)), removed
 
 
-def _compact_resnet(model: CifarResNet) -> tuple[nn.Module, int]:
-    pairs = [_compact_block(b) for b in model.blocks]
+def _compact_resnet(model: CifarResNet, align: int) -> tuple[nn.Module, int]:
+    pairs = [_compact_block(b, align) for b in model.blocks]
     return CompactResNet(fold_batchnorm(model.conv1, model.bn1), [b for b, _ in pairs], copy.deepcopy(model.fc)), \
         sum(r for _, r in pairs)
 
 
-def _compact_vgg(model: CifarVGG) -> tuple[nn.Module, int]:
-    layers, removed = compact_sequence([*model.features, nn.Flatten(), model.classifier])
+def _compact_vgg(model: CifarVGG, align: int) -> tuple[nn.Module, int]:
+    layers, removed = compact_sequence([*model.features, nn.Flatten(), model.classifier], align)
     return nn.Sequential(*layers), removed
 
 
-def compact_channels(model: nn.Module) -> tuple[nn.Module, int]:
+def compact_channels(model: nn.Module, align: int = ALIGN) -> tuple[nn.Module, int]:
     """A smaller dense model with ``model``'s outputs, and how many channels (and units) it lost.
 
-    ``model`` must be in eval mode (BatchNorm's running statistics are folded in). A model of a kind not handled,
-    or with nothing to remove, comes back as it is (the same object) with 0.
+    ``model`` must be in eval mode (BatchNorm's running statistics are folded in). Each layer keeps a multiple of
+    ``align`` channels (or all it has): dense convolution kernels (oneDNN, onnxruntime) run widths of 21 or 31
+    slower than 24 or 32, so a few removable channels stay. A model of a kind not handled, or with nothing to
+    remove, comes back as it is (the same object) with 0.
     """
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
         raise ValueError("compaction folds BatchNorm's running statistics, which holds for inference only: call "
                          "model.eval() first")
     with torch.no_grad():
         if isinstance(model, CifarResNet):
-            new, removed = _compact_resnet(model)
+            new, removed = _compact_resnet(model, align)
         elif isinstance(model, CifarVGG):
-            new, removed = _compact_vgg(model)
+            new, removed = _compact_vgg(model, align)
         elif isinstance(model, nn.Sequential):
-            layers, removed = compact_sequence(list(model))
+            layers, removed = compact_sequence(list(model), align)
             new = nn.Sequential(*layers)
         else:
             return model, 0

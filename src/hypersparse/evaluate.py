@@ -71,15 +71,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Norm
 
 
 def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 model_name: str | None = None, device: str = "auto") -> dict:
-    """``hypersparse eval``: print and return validation/test accuracy and sparsity of a saved model."""
+                 model_name: str | None = None, device: str = "auto", fast: int | None = None) -> dict:
+    """``hypersparse eval``: print and return validation/test accuracy and sparsity of a saved model; with ``fast``
+    (a batch size), also the test accuracy and latency of :func:`hypersparse.sparse_inference`'s model."""
     from hypersparse.data import load_dataset
+    from hypersparse.errors import UserError
     from hypersparse.runs import model_from_run, run_settings
 
     settings = run_settings(path, dataset, data_dir, model_name)
+    dev = torch.device("cpu") if fast is not None and device == "auto" else pick_device(device)
+    if fast is not None and dev.type != "cpu":
+        raise UserError(f"--fast measures inference on the CPU, not {dev.type}; add --device cpu")
     data = load_dataset(settings["dataset"], settings["data_dir"], settings["seed"])
     model = model_from_run(path, settings["model"], data.num_classes, data.in_channels, data.image_size)
-    dev = pick_device(device)
     model.to(dev)
     normalize = Normalizer(data.mean, data.std, dev)
     report = sparsity_report(model, exclude_filter(settings["exclude"]))  # the layers the run could prune
@@ -90,4 +94,25 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
     }
     print(report)
     print(f"validation {result['val_acc']:.2%}  test {result['test_acc']:.2%}  sparsity {result['sparsity']:.2%}")
+    if fast is not None:
+        result.update(_fast(model, data, normalize, fast))
     return result
+
+
+def _fast(model: nn.Module, data, normalize: Normalizer, batch: int) -> dict:
+    """``eval --fast``: sparse_inference's model at ``batch``, scored on the test split and timed against ``model``."""
+    from hypersparse.inference import interleaved_latency, sparse_inference
+
+    example = normalize(data.test_x[:batch])
+    if len(example) < batch:
+        example = example.repeat((batch + len(example) - 1) // len(example), *[1] * (example.dim() - 1))[:batch]
+    quick = sparse_inference(model, example)
+    test_acc = evaluate(quick, data.test_x, data.test_y, normalize, batch=max(batch, 256))
+    t = interleaved_latency({"model": model.eval(), "fast": quick}, example, 50)
+    choices = quick.hypersparse_choices
+    sparse = sum(1 for k, c in choices.items() if k != "channels" and c.get("sparse"))
+    removed = (choices.get("channels") or {}).get("removed", 0) if (choices.get("channels") or {}).get("kept") else 0
+    print(f"sparse_inference at batch {batch}: test {test_acc:.2%}, {t['fast'] * 1e3:.3f} ms per batch against "
+          f"{t['model'] * 1e3:.3f} ms ({t['model'] / t['fast']:.1f}x; {sparse} layers swapped, {removed} channels "
+          "removed; CPU, " + f"{torch.get_num_threads()} threads)")
+    return {"fast_test_acc": test_acc, "fast_ms": t["fast"] * 1e3, "model_ms": t["model"] * 1e3}

@@ -10,6 +10,12 @@ operations, not to multiplications, so fewer and smaller calls win there, and
 fewest of all is one: where a C compiler is found, the whole chain runs as a
 single C call over its CSR rows (:mod:`hypersparse.native`). At larger
 batches the compacted weights can also run as PyTorch's CSR products.
+
+CNNs lose their empty channels first (:mod:`hypersparse.compaction`); each
+convolution that remains can then run as a direct sparse convolution
+(:class:`~hypersparse.sparse_conv.SparseConv2d`), whose work is proportional
+to its kept weights. :func:`sparse_inference` measures every choice on the
+input each layer sees and keeps only what is faster.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import torch
 from torch import nn
 
 from hypersparse import native as _native
+from hypersparse.compaction import CompactBlock, CompactResNet, compact_channels
+from hypersparse.sparse_conv import SparseConv2d, supported
 
 _NOOPS = (nn.ReLU, nn.Dropout, nn.Identity)  # what may sit between two Linear layers of a chain (eval mode)
 # a replacement must be this much faster (median time ratio) to be kept: timings on a shared CPU wobble by a few %,
@@ -260,8 +268,8 @@ def _replace(chain: dict, new: nn.Module) -> None:
                                   if k == keys[0] or k not in keys)
 
 
-def _chain_inputs(model: nn.Module, chains: list[dict], example: torch.Tensor) -> dict[int, torch.Tensor]:
-    """What each chain receives when ``model`` runs on ``example`` (chains off that path are absent)."""
+def _inputs_of(model: nn.Module, modules: list[nn.Module], example: torch.Tensor) -> dict[int, torch.Tensor]:
+    """What ``modules[k]`` receives when ``model`` runs on ``example``, by ``k`` (modules off that path are absent)."""
     inputs: dict[int, torch.Tensor] = {}
 
     def remember(k):
@@ -270,7 +278,7 @@ def _chain_inputs(model: nn.Module, chains: list[dict], example: torch.Tensor) -
 
         return hook
 
-    hooks = [c["parent"]._modules[c["keys"][0]].register_forward_pre_hook(remember(k)) for k, c in enumerate(chains)]
+    hooks = [m.register_forward_pre_hook(remember(k)) for k, m in enumerate(modules)]
     model(example)
     for h in hooks:
         h.remove()
@@ -304,37 +312,128 @@ def _say_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _compacted_if_faster(model: nn.Module, example: torch.Tensor, reps: int, choices: dict) -> nn.Module:
+    """``model`` channel-compacted if that is at least 3 % faster on ``example`` (the decision in ``choices``)."""
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    compacted, removed = compact_channels(model)
+    if removed == 0:
+        choices["channels"] = {"removed": 0, "kept": False}
+        return model
+    us = interleaved_latency({"dense": model, "compacted": compacted}, example, reps)
+    faster = us["compacted"] <= MARGIN * us["dense"]
+    choices["channels"] = {"removed": removed, "kept": faster, "us": {k: v * 1e6 for k, v in us.items()}}
+    return compacted if faster else model
+
+
+def _relu_after(model: nn.Module) -> dict[str, tuple | None]:
+    """Convolutions whose output goes straight into a ReLU, by name: ``(parent, key of the ReLU)``, or ``None``
+    for a residual block's second convolution (its ReLU follows the shortcut's sum, which the kernel adds)."""
+    found: dict[str, tuple | None] = {}
+    for pname, parent in model.named_modules():
+        prefix = f"{pname}." if pname else ""
+        if isinstance(parent, nn.Sequential):
+            keys = list(parent._modules)
+            for k, nxt in zip(keys, keys[1:]):
+                if supported(parent._modules[k]) and type(parent._modules[nxt]) is nn.ReLU:
+                    found[prefix + k] = (parent, nxt)
+        elif isinstance(parent, CompactBlock):
+            found[prefix + "conv1"] = (parent, "act1")
+            found[prefix + "conv2"] = None
+        elif isinstance(parent, CompactResNet):
+            found[prefix + "stem"] = (parent, "act")
+    return found
+
+
+def _swap(model: nn.Module, name: str, sparse: SparseConv2d, fusable: dict) -> None:
+    """``sparse`` in place of the convolution ``name``; the ReLU it now applies itself leaves the model."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, sparse)
+    if fusable.get(name) and sparse.relu:
+        holder, key = fusable[name]
+        if isinstance(holder, nn.Sequential):
+            del holder._modules[key]
+        else:
+            setattr(holder, key, nn.Identity())
+
+
+def swap_convs(model: nn.Module, threads: int = 1) -> nn.Module:
+    """``model`` (changed in place) with every convolution :class:`SparseConv2d` computes exactly swapped for one,
+    whatever it costs, a ReLU or residual sum right after each done in the same pass. See :func:`sparse_inference`
+    for the swaps that are measured faster."""
+    fusable = _relu_after(model)
+    for name in [name for name, m in model.named_modules() if supported(m)]:
+        _swap(model, name, SparseConv2d(model.get_submodule(name), relu=name in fusable, threads=threads), fusable)
+    return model
+
+
+def _choose_convs(model: nn.Module, example: torch.Tensor, reps: int) -> dict:
+    """Swap each convolution for a :class:`SparseConv2d` (one thread, or the batch split across threads) where that
+    is 3 % faster on the input it sees (see :func:`swap_convs`); the decisions, by layer name."""
+    names = [name for name, m in model.named_modules() if supported(m)]
+    inputs = _inputs_of(model, [model.get_submodule(name) for name in names], example)
+    fusable = _relu_after(model)
+    threads = torch.get_num_threads()
+    choices = {}
+    for k, name in enumerate(names):
+        if k not in inputs:
+            continue
+        conv, x, relu = model.get_submodule(name), inputs[k], name in fusable
+        candidates = {"dense": conv, "sparse": SparseConv2d(conv, relu=relu)}
+        if x.shape[0] > 1 and threads > 1:
+            candidates["sparse-threads"] = SparseConv2d(conv, relu=relu, threads=threads)
+        # a fused ReLU is timed with the sparse candidate only: the comparison leans towards dense
+        us = {k: t * 1e6 for k, t in interleaved_latency(candidates, x, reps).items()}
+        best = min(us, key=us.get)
+        if us[best] > MARGIN * us["dense"]:
+            best = "dense"
+        choices[name] = {"kind": best, "us": us, "sparse": best != "dense", "relu": relu and best != "dense",
+                         "kept": int(candidates["sparse"].vals.numel()), "weights": conv.weight.numel()}
+        if best != "dense":
+            _swap(model, name, candidates[best], fusable)
+    return choices
+
+
+def _choose_chains(model: nn.Module, example: torch.Tensor, reps: int, native: bool) -> dict:
+    """Swap each Linear chain for its fastest :class:`CompactMLP` (see :func:`_choose_chain`); the decisions."""
+    chains = find_chains(model)
+    inputs = _inputs_of(model, [c['parent']._modules[c['keys'][0]] for c in chains], example)
+    kernels = [k for k in KERNELS if k != "native" or (native and not _native.unavailable())]
+    return {chain["name"]: _choose_chain(chain, inputs[k], kernels, reps, native)
+            for k, chain in enumerate(chains) if k in inputs}  # chains off this input's path stay as they are
+
+
 @torch.no_grad()
 def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
-    """A copy of ``model`` (eval mode, CPU) whose Linear chains run compacted, where measured faster.
+    """A copy of ``model`` (eval mode, CPU) whose layers run compacted or sparse, where measured faster.
 
-    ``example`` is an input of the batch size you will use. Each chain of
-    Linear layers (see :func:`find_chains`) is timed on the input it sees there
-    as it is, and as a :class:`CompactMLP` with each kernel: dense, CSR and,
-    if ``native`` and a C compiler is found, the one-call C kernel; a
-    replacement is kept only if it is at least 3 % faster. Conv layers stay
-    dense (PyTorch has no sparse convolution that beats the dense one on CPU).
-    If the whole model is then not 3 % faster than the dense one, or the
-    chains' timings save less than 3 % of its time, the dense copy is
-    returned; if it is a single chain, the :class:`CompactMLP` alone is.
-    Outputs equal the dense model's within 1e-5. ``.hypersparse_choices`` on
-    the result records each decision.
+    ``example`` is an input of the batch size you will use. First a CNN is
+    channel-compacted (:func:`~hypersparse.compaction.compact_channels`:
+    BatchNorm folded, channels no kept weight produces or reads removed) where
+    that is 3 % faster on ``example``. Then, if ``native`` and a C compiler is
+    found, each convolution is timed on the input it sees there, dense and as
+    a :class:`~hypersparse.sparse_conv.SparseConv2d` (direct sparse
+    convolution, the batch split across threads or not). Each chain of Linear
+    layers (see :func:`find_chains`) is timed as it is, and as a
+    :class:`CompactMLP` with each kernel: dense, CSR and the one-call C kernel.
+    A replacement is kept only if it is at least 3 % faster. If the whole
+    model is then not 3 % faster than before the swaps, or the layers'
+    timings save less than 3 % of its time, every layer goes back to dense;
+    if the model is a single chain, the :class:`CompactMLP` alone is returned.
+    Outputs equal the dense model's within 1e-5 (1e-4 relative after
+    compaction or with sparse convolutions). ``.hypersparse_choices`` on the
+    result records each decision.
     """
-    original = model
-    model = copy.deepcopy(model).eval().cpu()
-    chains = find_chains(model)
-    inputs = _chain_inputs(model, chains, example)
-    kernels = [k for k in KERNELS if k != "native" or (native and not _native.unavailable())]
-    if native and chains and _native.unavailable():
+    compaction: dict = {}
+    original = _compacted_if_faster(copy.deepcopy(model).eval().cpu(), example, reps, compaction)
+    model = copy.deepcopy(original)
+    if native and _native.unavailable() and (find_chains(model) or any(map(supported, model.modules()))):
         _say_once(f"sparse_inference uses PyTorch kernels only: {_native.unavailable()}")
-    choices = {}
-    for k, chain in enumerate(chains):
-        if k not in inputs:  # not on the path of this input
-            continue
-        choices[chain["name"]] = _choose_chain(chain, inputs[k], kernels, reps, native)
+    choices = _choose_convs(model, example, reps) if native and not _native.unavailable() else {}
+    choices.update(_choose_chains(model, example, reps, native))
     if any(c["sparse"] for c in choices.values()):
-        # per-chain timings need not add up (caches, dispatch): keep the swap only if the whole model is faster,
-        # and only if the chains' own, precise timings say it saves 3 % of the model's time: a classifier's
+        # per-layer timings need not add up (caches, dispatch): keep the swaps only if the whole model is faster,
+        # and only if the layers' own, precise timings say they save 3 % of the model's time: a classifier's
         # microseconds inside a convolutional network's milliseconds would be a win by noise alone
         dense_model = copy.deepcopy(original).eval().cpu()
         whole = interleaved_latency({"dense": dense_model, "sparse": model}, example, reps)
@@ -342,8 +441,10 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         if whole["sparse"] > MARGIN * whole["dense"] or saved < (1 - MARGIN) * whole["dense"]:
             for c in choices.values():
                 c["kind"], c["sparse"] = "dense", False
+                if "relu" in c:
+                    c["relu"] = False
             model = dense_model
     if isinstance(model, nn.Sequential) and len(model) == 1 and isinstance(model[0], CompactMLP):
         model = model[0]  # the whole model was one chain: one module call less per input
-    model.hypersparse_choices = choices
+    model.hypersparse_choices = {**compaction, **choices}
     return model

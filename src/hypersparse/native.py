@@ -1,4 +1,5 @@
-"""A whole compacted Linear chain in one C call, compiled on first use with the system C compiler.
+"""C kernels compiled on first use with the system C compiler: a compacted Linear chain in one call, and direct
+sparse convolution (:class:`hypersparse.sparse_conv.SparseConv2d`).
 
 At batch 1 a compacted chain costs a few microseconds of arithmetic but
 about 2 µs of dispatch per PyTorch operation (reshape, gather, addmm, relu,
@@ -61,6 +62,48 @@ int hs_chain_forward(const hs_chain *c, const float *x, int64_t n, float *out)
     free(buf);
     return 0;
 }
+
+typedef struct {
+    int64_t in_size, out_ch, oplane, ow, in_row, sw;  /* floats per input sample; output plane; input row step */
+    const int64_t *rowptr;            /* kept weights of output channel o: rowptr[o] .. rowptr[o + 1] - 1 */
+    const int64_t *off;               /* each kept weight's first input element, from the sample's start */
+    const int32_t *y0, *rows, *x0, *cols;  /* and the block of output pixels it reaches */
+    const float *vals, *bias;
+    int32_t relu;
+} hs_conv;
+
+/* Direct sparse convolution (Park et al. 2017): each kept weight adds a shifted input plane times a scalar.
+   The block each weight reaches inside the padding is precomputed, so the loop does no index arithmetic but
+   pointer steps. res (or NULL) is added before the ReLU: a residual block's sum in the same pass. */
+void hs_conv_forward(const hs_conv *c, const float *x, int64_t n, float *out, const float *res)
+{
+    for (int64_t s = 0; s < n; ++s) {
+        const float *xs = x + s * c->in_size;
+        for (int64_t o = 0; o < c->out_ch; ++o) {
+            const int64_t at = (s * c->out_ch + o) * c->oplane;
+            float *restrict y = out + at;
+            const float b = c->bias[o];
+            if (res)
+                for (int64_t i = 0; i < c->oplane; ++i) y[i] = b + res[at + i];
+            else
+                for (int64_t i = 0; i < c->oplane; ++i) y[i] = b;
+            for (int64_t k = c->rowptr[o]; k < c->rowptr[o + 1]; ++k) {
+                const float v = c->vals[k];
+                const float *restrict in = xs + c->off[k];
+                float *restrict yr = y + (int64_t)c->y0[k] * c->ow + c->x0[k];
+                const int32_t nr = c->rows[k], nc = c->cols[k];
+                if (c->sw == 1)
+                    for (int32_t r = 0; r < nr; ++r, yr += c->ow, in += c->in_row)
+                        for (int32_t j = 0; j < nc; ++j) yr[j] += v * in[j];
+                else
+                    for (int32_t r = 0; r < nr; ++r, yr += c->ow, in += c->in_row)
+                        for (int32_t j = 0; j < nc; ++j) yr[j] += v * in[j * c->sw];
+            }
+            if (c->relu)
+                for (int64_t i = 0; i < c->oplane; ++i) y[i] = y[i] < 0.0f ? 0.0f : y[i];  /* NaN stays NaN */
+        }
+    }
+}
 """
 
 
@@ -70,9 +113,19 @@ class ChainSpec(ctypes.Structure):
                 ("vals", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("relu", ctypes.c_void_p)]
 
 
+class ConvSpec(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in ("in_size", "out_ch", "oplane", "ow", "in_row", "sw")] \
+        + [(name, ctypes.c_void_p) for name in ("rowptr", "off", "y0", "rows", "x0", "cols", "vals", "bias")] \
+        + [("relu", ctypes.c_int32)]
+
+
+FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 _lib = None
 _error: str | None = None
-SYMBOL = "hs_chain_forward"
+# name: (return type, argument types)
+SYMBOLS = {"hs_chain_forward": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]),
+           "hs_conv_forward": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                      ctypes.c_void_p])}
 
 
 def _cache_dir() -> Path:
@@ -101,7 +154,7 @@ def _compile(cc: list[str], cache: Path, record: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         src, built = Path(tmp) / "chain.c", Path(tmp) / "chain.so"
         src.write_text(SOURCE)
-        done = subprocess.run([*cc, "-O2", "-std=c99", "-shared", "-fPIC", str(src), "-o", str(built)],
+        done = subprocess.run([*cc, *FLAGS, str(src), "-o", str(built)],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cc)} failed: {done.stderr.strip()[:300]}")
@@ -125,33 +178,34 @@ def _verified(record: Path) -> Path | None:
 
 
 def _load(so: Path):
+    """The library and whether it has every symbol (each given its signature)."""
     lib = ctypes.CDLL(str(so))
-    fn = getattr(lib, SYMBOL, None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
-        fn.restype = ctypes.c_int
-    return lib, fn
+    for name, (restype, argtypes) in SYMBOLS.items():
+        fn = getattr(lib, name, None)
+        if fn is None:
+            return lib, False
+        fn.argtypes, fn.restype = argtypes, restype
+    return lib, True
 
 
 def _build() -> ctypes.CDLL:
     """Load the cached library if it is the one this user built (SHA-256 checked first), else build it anew."""
     cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
-    key = hashlib.sha256(f"{SOURCE}\0{cc}\0{platform.machine()}\0{platform.system()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{SOURCE}\0{cc}\0{FLAGS}\0{platform.machine()}\0{platform.system()}".encode()).hexdigest()[:16]
     cache = _private(_cache_dir())
     record = cache / f"chain-{key}.sha256"
     so = _verified(record)
     if so is not None:
-        lib, fn = _load(so)
-        if fn is not None:
+        lib, complete = _load(so)
+        if complete:
             return lib
-    lib, fn = _load(_compile(cc, cache, record))  # missing, changed or without the symbol: built again
-    if fn is None:
-        raise OSError(f"the library built by {' '.join(cc)} lacks {SYMBOL}")
+    lib, complete = _load(_compile(cc, cache, record))  # missing, changed or without a symbol: built again
+    if not complete:
+        raise OSError(f"the library built by {' '.join(cc)} lacks {' or '.join(SYMBOLS)}")
     return lib
 
 
-def chain_kernel():
-    """The compiled ``hs_chain_forward(spec, x, n, out)``, or None if it cannot be built (see :func:`unavailable`)."""
+def _library():
     global _lib, _error
     if _lib is None and _error is None:
         try:
@@ -159,10 +213,22 @@ def chain_kernel():
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             _error = (f"the C kernel is unavailable ({exc}); it needs a C compiler ($CC, else cc) and a private "
                       f"cache directory ($HYPERSPARSE_CACHE, now {_cache_dir()})")
-    return getattr(_lib, SYMBOL) if _lib is not None else None
+    return _lib
+
+
+def chain_kernel():
+    """The compiled ``hs_chain_forward(spec, x, n, out)``, or None if it cannot be built (see :func:`unavailable`)."""
+    lib = _library()
+    return lib.hs_chain_forward if lib is not None else None
+
+
+def conv_kernel():
+    """The compiled ``hs_conv_forward(spec, x, n, out)``, or None if it cannot be built (see :func:`unavailable`)."""
+    lib = _library()
+    return lib.hs_conv_forward if lib is not None else None
 
 
 def unavailable() -> str | None:
     """Why the C kernel cannot be used, or None if it can."""
-    chain_kernel()
+    _library()
     return _error

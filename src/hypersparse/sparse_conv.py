@@ -1,0 +1,132 @@
+"""Direct sparse convolution on the CPU (after Park et al., ICLR 2017): no im2col, no dense weight.
+
+Each kept weight ``w[o, i, ky, kx]`` adds the input plane ``i``, shifted by its tap and scaled by ``w``, to the
+output plane ``o``; the work is proportional to the kept weights, so a layer at 99 % sparsity does 1/100 of a dense
+convolution's multiply-adds. The loop is C (:mod:`hypersparse.native`); a batch can be split across threads (the
+call releases the GIL). :func:`hypersparse.sparse_inference` swaps it in per layer where it measures faster.
+"""
+from __future__ import annotations
+
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import nn
+
+from hypersparse import native as _native
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads(n: int) -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers < n:
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="hypersparse-conv")
+    return _pool
+
+
+def supported(conv: nn.Module) -> bool:
+    """Whether :class:`SparseConv2d` computes ``conv`` exactly: a plain 2-D convolution with zero padding."""
+    return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+class SparseConv2d(nn.Module):
+    """``conv`` (groups 1, dilation 1, zero padding) computed from its nonzero weights only, in float32 on the CPU.
+
+    ``relu`` applies a ReLU to the output in the same pass; ``threads`` > 1 splits a batch across that many threads.
+    Inference only: the weights are buffers, not parameters.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool = False, threads: int = 1):
+        super().__init__()
+        if not supported(conv):
+            raise ValueError("SparseConv2d handles nn.Conv2d with groups=1, dilation=1 and numeric zero padding only")
+        w = conv.weight.detach().to("cpu", torch.float32)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.relu, self.threads = bool(relu), max(1, int(threads))
+        where = w.nonzero()  # row-major: grouped by output channel, as the kernel walks them
+        counts = torch.bincount(where[:, 0], minlength=self.out_channels)
+        self.register_buffer("rowptr", torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]))
+        for k, name in enumerate(("ic", "ky", "kx"), start=1):
+            self.register_buffer(name, where[:, k].to(torch.int32).contiguous())
+        self.register_buffer("vals", w[tuple(where.t())].contiguous())
+        bias = conv.bias.detach().to("cpu", torch.float32) if conv.bias is not None else torch.zeros(self.out_channels)
+        self.register_buffer("bias", bias.contiguous())
+        self._specs: dict = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self._specs = {}  # .to() and friends replace the buffers the specs point at
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_specs"] = {}  # C pointers: rebuilt on the first call after copy or unpickling
+        return state
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._specs = {}
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _spec(self, h: int, w: int):
+        """The C description of this layer for ``h`` x ``w`` inputs (kept, with the tensors its pointers name)."""
+        tensors = (self.rowptr, self.ic, self.ky, self.kx, self.vals, self.bias)
+        wanted = (torch.int64, torch.int32, torch.int32, torch.int32, torch.float32, torch.float32)
+        if any(t.dtype != d or t.device.type != "cpu" for t, d in zip(tensors, wanted)):
+            raise RuntimeError("SparseConv2d computes on the CPU in float32; move it back with .cpu().float()")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {self.padding}")
+        # output (oy, ox) reads input (oy * sh + dy, ox * sw + dx): each weight reaches the outputs whose input lies
+        # inside the image, a block [y0, y0 + rows) x [x0, x0 + cols), worked out here once and not per call
+        dy, dx = self.ky.long() - ph, self.kx.long() - pw
+        y0, x0 = (-dy + sh - 1).div(sh, rounding_mode="floor").clamp_min(0), \
+            (-dx + sw - 1).div(sw, rounding_mode="floor").clamp_min(0)
+        y1 = ((h - 1 - dy).div(sh, rounding_mode="floor") + 1).clamp(0, oh)
+        x1 = ((w - 1 - dx).div(sw, rounding_mode="floor") + 1).clamp(0, ow)
+        rows, cols = (y1 - y0).clamp_min(0), (x1 - x0).clamp_min(0)
+        off = self.ic.long() * (h * w) + (y0 * sh + dy) * w + (x0 * sw + dx)
+        off = torch.where((rows > 0) & (cols > 0), off, torch.zeros_like(off)).contiguous()
+        blocks = [t.to(torch.int32).contiguous() for t in (y0, rows, x0, cols)]
+        rowptr, vals, bias = (t.contiguous() for t in (self.rowptr, self.vals, self.bias))
+        spec = _native.ConvSpec(self.in_channels * h * w, self.out_channels, oh * ow, ow, sh * w, sw,
+                                *[t.data_ptr() for t in (rowptr, off, *blocks, vals, bias)], int(self.relu))
+        return ctypes.addressof(spec), (oh, ow), (spec, rowptr, off, blocks, vals, bias)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution of ``x``; ``residual`` (the output's shape) is added before the ReLU, in the same pass."""
+        kernel = _native.conv_kernel()
+        if kernel is None:  # e.g. unpickled on a machine without a C compiler
+            raise RuntimeError(_native.unavailable())
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
+            x = x.to("cpu", torch.float32).contiguous()
+        n, _, h, w = x.shape
+        if (h, w) not in self._specs:
+            self._specs[(h, w)] = self._spec(h, w)
+        spec, (oh, ow), _ = self._specs[(h, w)]
+        out = torch.empty(n, self.out_channels, oh, ow)
+        res = 0
+        if residual is not None:
+            if residual.shape != out.shape:  # the C loop trusts the size it is given
+                raise ValueError(f"residual of shape {tuple(residual.shape)} for an output of {tuple(out.shape)}")
+            residual = residual.to("cpu", torch.float32).contiguous()
+            res = residual.data_ptr()
+        parts = min(self.threads, n)
+        if parts <= 1:
+            kernel(spec, x.data_ptr(), n, out.data_ptr(), res or None)
+            return out
+        step, per_in, per_out = -(-n // parts), x[0].numel() * 4, out[0].numel() * 4
+        jobs = [_threads(parts).submit(kernel, spec, x.data_ptr() + s * per_in, min(step, n - s),
+                                       out.data_ptr() + s * per_out, res + s * per_out if res else None)
+                for s in range(0, n, step)]
+        for job in jobs:
+            job.result()
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, kept={self.vals.numel()}, relu={self.relu}, threads={self.threads}")

@@ -1,0 +1,157 @@
+"""Channel compaction gives the dense model's outputs with fewer channels, refuses training-mode BatchNorm, and
+leaves a model with nothing to remove as it is; sparse_inference uses it on CNNs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hypersparse.compaction import compact_channels
+from hypersparse.inference import sparse_inference
+from hypersparse.models import create_model
+
+SHAPES = {"resnet20": (3, 32), "resnet32": (3, 32), "vgg11": (3, 32), "lenet5": (1, 28)}
+
+
+def sparse_model(name: str, pattern: str, seed: int = 0) -> nn.Module:
+    """``name`` in eval mode with a sparse pattern: ``random`` (99 % of each layer's weights zeroed at random) or
+    ``dead`` (random 90 %, plus half the output channels of every conv and a quarter of the inputs every layer
+    reads emptied). BatchNorm's statistics are measured on random inputs, as training would, and its affine
+    parameters and the biases drawn with both signs (so dead channels are constants, some positive): the outputs
+    depend on the input, and a kernel that got it wrong would show."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    channels, size = SHAPES[name]
+    model = create_model(name, 10, channels, size)
+    batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # else (LeNet-5) the kept weights grow
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                keep = torch.rand(m.weight.shape, generator=g) > (0.99 if pattern == "random" else 0.9)
+                if pattern == "dead":
+                    if isinstance(m, nn.Conv2d) and m.weight.shape[0] > 10:
+                        keep[torch.randperm(m.weight.shape[0], generator=g)[: m.weight.shape[0] // 2]] = False
+                    if m.weight.shape[1] > 3:
+                        keep[:, torch.randperm(m.weight.shape[1], generator=g)[: m.weight.shape[1] // 4]] = False
+                m.weight.mul_(keep if batchnorm else keep / keep.float().mean().clamp_min(1e-3).sqrt())
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None  # a plain mean over the calibration batches
+        model.train()
+        for _ in range(3):
+            model(torch.randn(16, channels, size, size, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+    return model.eval()
+
+
+def assert_same_outputs(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Within 1e-4 of the largest output; with several inputs, the part of the outputs that depends on the input
+    (not zero here: it is checked) within 1 % of itself, so that a kernel that lost the signal would fail."""
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    if len(ref) > 1:
+        spread = ref - ref.mean(0)
+        assert spread.abs().max() > 1e-3 * ref.abs().max()
+        assert ((out - out.mean(0)) - spread).abs().max() <= 1e-2 * spread.abs().max()
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("pattern", ["random", "dead"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_compaction_keeps_the_outputs(name, pattern):
+    """Every removable channel gone (align=1), and with the default, widths a multiple of 8 or as they were."""
+    model = sparse_model(name, pattern)
+    channels, size = SHAPES[name]
+    for align in (1, 8):
+        compacted, removed = compact_channels(model, align=align)
+        if align == 1:
+            assert removed > 0
+            assert sum(p.numel() for p in compacted.parameters()) < sum(p.numel() for p in model.parameters())
+        else:
+            assert all(new % 8 == 0 or new == old for new, old in zip(_widths(compacted), _widths(model)))
+        for batch in (1, 3):
+            x = torch.randn(batch, channels, size, size)
+            with torch.no_grad():
+                assert_same_outputs(compacted(x), model(x))
+
+
+def test_training_mode_batchnorm_is_refused():
+    model = sparse_model("vgg11", "dead").train()
+    with pytest.raises(ValueError, match=r"model.eval\(\) first"):
+        compact_channels(model)
+
+
+def test_a_model_with_nothing_to_remove_comes_back_as_it_is():
+    model = create_model("resnet20", 10, 3, 32).eval()  # dense: every channel produces and is read
+    same, removed = compact_channels(model)
+    assert same is model and removed == 0
+
+
+def test_sparse_inference_compacts_a_cnn_and_keeps_its_outputs():
+    model = sparse_model("vgg11", "dead")
+    x = torch.randn(2, 3, 32, 32)
+    fast = sparse_inference(model, x, reps=5)
+    choice = fast.hypersparse_choices["channels"]
+    assert choice["removed"] > 0 and isinstance(choice["kept"], bool)
+    with torch.no_grad():
+        assert_same_outputs(fast(x), model(x))
+
+
+CNN = """
+from torch import nn
+
+
+def build(num_classes, in_channels, image_size):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * (image_size // 2) ** 2, num_classes))
+"""
+
+
+def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
+    """A small CNN with BatchNorm trained to 98 % on digits, exported with --compact: fewer channels, and in
+    onnxruntime on raw test pixels the run's test accuracy (within one image); so does eval --fast."""
+    pytest.importorskip("onnxruntime")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime
+
+    from hypersparse.data import load_dataset
+
+    (tmp_path / "tinycnn.py").write_text(CNN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "hypersparse", *args], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    cli("train", "--model", "tinycnn:build", "--sparsity", "0.98", "--epochs-scale", "0.05", "--lambda-init", "auto",
+        "--run-dir", str(run))
+    said = cli("export", str(run), "--format", "onnx", "--compact", "--out", str(run / "compact.onnx"))
+    assert int(said.rsplit(", ", 1)[1].split()[0]) > 0  # "..., N channels removed by compaction"
+    summary = json.loads((run / "summary.json").read_text())
+    data = load_dataset("digits", None, 0)
+    session = onnxruntime.InferenceSession(str(run / "compact.onnx"))
+    acc = (session.run(None, {"input": data.test_x.float().numpy()})[0].argmax(1) == data.test_y.numpy()).mean()
+    assert abs(acc - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)
+    out = subprocess.run([sys.executable, "-m", "hypersparse", "export", str(run), "--format", "sparse", "--compact"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "--compact applies to --format onnx" in out.stderr
+    # eval --fast scores the model sparse_inference makes of it: the run's accuracy, and a latency line
+    said = cli("eval", str(run), "--fast", "4")
+    line = [x for x in said.splitlines() if x.startswith("sparse_inference at batch 4: test ")][0]
+    assert abs(float(line.split("test ")[1].split("%")[0]) / 100 - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)
+    assert " ms per batch against " in line
