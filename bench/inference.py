@@ -81,25 +81,27 @@ def sizes(model: nn.Module, ch: int, size: int, tmp: str) -> dict:
     return out
 
 
-def blocked_latency(fns: dict, x, reps: int, rounds: int = 5) -> dict[str, float]:
-    """Median seconds per call, each function timed in blocks of calls in turn (``rounds`` blocks each).
+def blocked_latency(fns: dict, x, calls: int, rounds: int = 3, settle: float = 0.2) -> dict[str, float]:
+    """Median seconds per call, each function timed in turn in blocks of ``calls`` calls (``rounds`` blocks each).
 
     For onnxruntime: a session's threads spin for a while after each call, so calls of two sessions interleaved
-    one by one compete for the cores (both read about twice as slow); in blocks each runs as it would alone.
+    one by one compete for the cores. Each block starts with ``settle`` seconds of untimed calls, by which time the
+    other session's threads have gone to sleep, so each runs as it would alone.
     """
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(3):
+            start = time.perf_counter()
+            while time.perf_counter() - start < settle:
                 fn(x)
-            for _ in range(max(1, reps // rounds)):
+            for _ in range(calls):
                 start = time.perf_counter()
                 fn(x)
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def onnx_latency(model: nn.Module, compacted: nn.Module, ch: int, size: int, tmp: str, reps: int) -> dict | None:
+def onnx_latency(model: nn.Module, compacted: nn.Module, ch: int, size: int, tmp: str) -> dict | None:
     """onnxruntime milliseconds per batch for the dense and the compacted ONNX graph (None: not installed)."""
     try:
         import onnxruntime
@@ -116,7 +118,7 @@ def onnx_latency(model: nn.Module, compacted: nn.Module, ch: int, size: int, tmp
     for batch in BATCHES:
         feed = torch.randn(batch, ch, size, size).numpy()
         runs = {name: (lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})) for name, s in sessions.items()}
-        t = blocked_latency(runs, feed, reps if batch == 1 else max(10, reps // 5))
+        t = blocked_latency(runs, feed, 100 if batch == 1 else 10)
         out[f"b{batch}"] = {name: v * 1e3 for name, v in t.items()}
     return out
 
@@ -187,7 +189,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             row.update(sizes(model, ch, size, tmp))
             if removed:
-                row["onnx_ms"] = onnx_latency(model, compacted, ch, size, tmp, reps)
+                row["onnx_ms"] = onnx_latency(model, compacted, ch, size, tmp)
         row.update(measure(model, ch, size, reps))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -259,7 +261,8 @@ def publish(prov: dict, rows: list[dict]) -> None:
         "3 % faster; 'dense model': nothing was, and the speed-up differs from 1.0x by timing noise only. "
         + (f"The C kernels were not available in this run: {prov['native']}. " if prov.get("native") else "")
         + "onnxruntime: as many intra-op threads as above, the dense and the compacted graph (the same "
-        "`compact_channels` model) timed in blocks of calls in turn, since a session's threads spin after each call. "
+        "`compact_channels` model) timed in turn in 3 blocks of 100 calls (batch 64: 10) each, every block after 0.2 s "
+        "of untimed calls, since a session's threads spin for a while after each call. "
         "Shapes of the compacted Linear chains: "
         + "; ".join(f"{r['model']} {r['sparsity']:.1%}: {r['b1']['shapes']}" for r in rows if r["model"] == "lenet300")
         + ". Masks 'uniform per layer': each layer pruned to the sparsity by magnitude from a seeded initialization "
