@@ -242,6 +242,14 @@ def publish(prov: dict, rows: list[dict]) -> None:
         ort = [f"{o[b]['dense']:.2f} / {o[b]['compacted']:.2f}" if b in o else "-" for b in ("b1", "b64")]
         md.append(f"| {r['model']} | {r['mask']} | {r['sparsity']:.1%} | {r['channels_removed']:,} | {ort[0]} | "
                   f"{ort[1]} | {_widths(r['channels'])} |")
+    cells = [(r, b) for r in rows if r.get("onnx_ms") for b in ("b1", "b64")]
+    slower = [f"{r['model']} {r['mask']} {r['sparsity']:.1%} batch {b[1:]} "
+              f"({r['onnx_ms'][b]['compacted'] / r['onnx_ms'][b]['dense'] - 1:+.0%})"
+              for r, b in cells if r["onnx_ms"][b]["compacted"] >= r["onnx_ms"][b]["dense"]]
+    if cells:
+        md.append(f"\nWhere compaction removed channels, the compacted graph was faster in onnxruntime in "
+                  f"{len(cells) - len(slower)} of {len(cells)} cells" + (f"; not faster in: {'; '.join(slower)}."
+                                                                          if slower else "."))
     md += ["\n## File sizes\n", "| model | mask | sparsity | dense .pt | sparse .safetensors | ratio | ONNX (sparse "
            "initializers) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
