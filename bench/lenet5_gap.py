@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import mean_std, provenance  # noqa: E402
-from sweep import run_sweep  # noqa: E402
+from sweep import add_grid_arguments, grid, run_sweep  # noqa: E402
 
 SCALE = 0.05
 BASE = {"dataset": "mnist", "model": "lenet5", "epochs_scale": SCALE, "lr": 0.01, "epoch_fraction": 0.1}
@@ -112,23 +112,15 @@ def publish(payload: dict, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--sparsities", default="0.98,0.995")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--store", default=str(ROOT / "bench" / "store" / "lenet5-gap"))
-    ap.add_argument("--out", default=str(ROOT / "docs"))
-    ap.add_argument("--from-json", help="rebuild the section from a saved docs/runs/lenet5-gap.json")
+    add_grid_arguments(ap, ROOT / "bench" / "store" / "lenet5-gap", "0.98,0.995", ROOT / "docs")
     args = ap.parse_args()
     if args.from_json:
         return publish(json.loads(Path(args.from_json).read_text()), Path(args.out))
-    sparsities = [float(k) for k in args.sparsities.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    sparsities, seeds = grid(args)
     prov = provenance(seed=seeds[0])
     results = run_sweep(plan_for(sparsities, seeds, args.data_dir), Path(args.store), args.workers)
     planned = [name(v, m, k, s) for s in seeds for v in VARIANTS for k in sparsities for m in ("art", "gmp")]
-    runs = [{k: v for k, v in r.items() if k != "config"} | {"config": r["config"]} for r in results.values()]
-    publish({"provenance": prov, "planned": planned, "runs": runs}, Path(args.out))
+    publish({"provenance": prov, "planned": planned, "runs": list(results.values())}, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import mean_std, provenance  # noqa: E402
 from mnist_sweep import ANCHORS  # noqa: E402
-from sweep import merge, run_sweep  # noqa: E402
+from sweep import add_grid_arguments, grid, merge, run_sweep  # noqa: E402
 
 LABELS = {"art-hs": "ART + HyperSparse (defaults)", "art-hs-auto": "ART + HyperSparse, λ_0 auto",
           "gmp": "GMP (Zhu & Gupta)", "oneshot": "one-shot magnitude"}
@@ -74,21 +74,13 @@ def plan_for(sparsities: list[float], seeds: list[int], data_dir: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--sparsities", default="0.985,0.995")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--store", default=str(ROOT / "bench" / "store" / "mnist-full"),
-                    help="the sweep's state (results and run folders); keep it to continue later")
-    ap.add_argument("--out", default=str(ROOT / "docs"))
+    add_grid_arguments(ap, ROOT / "bench" / "store" / "mnist-full", "0.985,0.995", ROOT / "docs")
     ap.add_argument("--publish-only", action="store_true", help="write the page from the store, train nothing")
     ap.add_argument("--merge", nargs="*", default=[], help="saved sweep JSONs whose runs join the page")
-    ap.add_argument("--from-json", help="rebuild the page and plot from a saved docs/runs/mnist-full.json")
     args = ap.parse_args()
     if args.from_json:
         return publish(json.loads(Path(args.from_json).read_text()), Path(args.out))
-    sparsities = [float(k) for k in args.sparsities.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    sparsities, seeds = grid(args)
     prov = provenance(seed=seeds[0])
     plan = plan_for(sparsities, seeds, args.data_dir)
     results = run_sweep(lambda r: [], Path(args.store)) if args.publish_only else \

@@ -151,3 +151,21 @@ def _report(say: Callable[[str], None], r: dict, done: int) -> None:
     err = "n/c" if r["test_error"] is None else f"{r['test_error']:.2f} % test error"
     wall = f", {r['wall_seconds']:.0f} s" if "wall_seconds" in r else ""
     say(f"[{done} done] {r['name']}: {err}{wall} ({time.strftime('%H:%M:%S')})")
+
+
+def add_grid_arguments(ap, store: Path, sparsities: str, docs: Path) -> None:
+    """The flags every sweep script shares: data, the grid (sparsities x seeds), workers, store, page, --from-json."""
+    ap.add_argument("--data-dir", default=str(docs.parent.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--sparsities", default=sparsities)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--store", default=str(store),
+                    help="the sweep's state (results and run folders); keep it to continue later")
+    ap.add_argument("--out", default=str(docs))
+    ap.add_argument("--from-json", help="rebuild the page from the JSON the script saved beside it")
+
+
+def grid(args) -> tuple[list[float], list[int]]:
+    """The sparsities and seeds of ``add_grid_arguments``' flags."""
+    return [float(k) for k in args.sparsities.split(",")], [int(s) for s in args.seeds.split(",")]
+
