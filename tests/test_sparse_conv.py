@@ -97,6 +97,12 @@ def test_copies_pickles_and_bad_inputs():
             sparse(x, residual=torch.randn(2, 5, 4, 4))
         with pytest.raises(RuntimeError, match="float32"):
             copy.deepcopy(sparse).double()(x)
+        state = sparse.state_dict()
+        state["ic"] = torch.full_like(state["ic"], 99)  # an input channel the layer does not have
+        tampered = SparseConv2d(conv)
+        tampered.load_state_dict(state)
+        with pytest.raises(ValueError, match="do not describe a convolution"):
+            tampered(x)
     for bad in (nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, dilation=2), nn.Conv2d(4, 4, 3, padding="same"),
                 nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")):
         with pytest.raises(ValueError, match="groups=1, dilation=1"):

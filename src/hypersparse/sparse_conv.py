@@ -69,6 +69,19 @@ class SparseConv2d(nn.Module):
         self._specs = {}
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def _check(self, kh: int, kw: int) -> None:
+        """The C loop indexes memory with these buffers: after load_state_dict they must still describe a layer."""
+        n, rp = self.vals.numel(), self.rowptr
+        fits = (rp.numel() == self.out_channels + 1 and int(rp[0]) == 0 and int(rp[-1]) == n
+                and bool((rp[1:] >= rp[:-1]).all()) and self.bias.numel() == self.out_channels
+                and all(t.numel() == n for t in (self.ic, self.ky, self.kx)))
+        if fits and n:
+            fits = (0 <= int(self.ic.min()) and int(self.ic.max()) < self.in_channels and 0 <= int(self.ky.min())
+                    and int(self.ky.max()) < kh and 0 <= int(self.kx.min()) and int(self.kx.max()) < kw)
+        if not fits:
+            raise ValueError("SparseConv2d's buffers do not describe a convolution of its shape; rebuild it from "
+                             "the nn.Conv2d with SparseConv2d(conv)")
+
     def _spec(self, h: int, w: int):
         """The C description of this layer for ``h`` x ``w`` inputs (kept, with the tensors its pointers name)."""
         tensors = (self.rowptr, self.ic, self.ky, self.kx, self.vals, self.bias)
@@ -76,6 +89,7 @@ class SparseConv2d(nn.Module):
         if any(t.dtype != d or t.device.type != "cpu" for t, d in zip(tensors, wanted)):
             raise RuntimeError("SparseConv2d computes on the CPU in float32; move it back with .cpu().float()")
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        self._check(kh, kw)
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         if oh < 1 or ow < 1:
             raise ValueError(f"a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {self.padding}")
