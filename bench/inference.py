@@ -123,21 +123,21 @@ def onnx_latency(model: nn.Module, compacted: nn.Module, ch: int, size: int, tmp
     return out
 
 
-def summary_of(choices: dict) -> dict:
+def summary_of(fast: nn.Module) -> dict:
     """What sparse_inference swapped: convolutions made sparse (with threads), Linear chains and their kernels."""
-    layers = {k: c for k, c in choices.items() if k != "channels"}
-    convs = {k: c for k, c in layers.items() if "relu" in c}
-    channels = choices.get("channels") or {}
-    return {"convs": len(convs), "sparse_convs": sum(c["sparse"] for c in convs.values()),
-            "threaded_convs": sum(c["kind"] == "sparse-threads" for c in convs.values()),
-            "chains": {k: c["kind"] for k, c in layers.items() if k not in convs},
-            "shapes": [c["shapes"] for k, c in layers.items() if k not in convs and c["sparse"]],
-            "compacted": bool(channels.get("kept")), "kept_model": any(c["sparse"] for c in layers.values())}
+    layers = fast.hypersparse_choices
+    convs = [c for c in layers.values() if c["layer"] == "conv"]
+    chains = {k: c for k, c in layers.items() if c["layer"] == "chain"}
+    return {"convs": len(convs), "sparse_convs": sum(c["sparse"] for c in convs),
+            "threaded_convs": sum(c["kind"] == "sparse-threads" for c in convs),
+            "chains": {k: c["kind"] for k, c in chains.items()},
+            "shapes": [c["shapes"] for c in chains.values() if c["sparse"]],
+            "compacted": bool((fast.hypersparse_compaction or {}).get("kept")),
+            "kept_model": any(c["sparse"] for c in layers.values())}
 
 
-def measure(model: nn.Module, ch: int, size: int, reps: int) -> dict:
+def measure(model: nn.Module, compacted: nn.Module, ch: int, size: int, reps: int) -> dict:
     """Latency of dense, compacted and sparse_inference's model at each batch size, outputs checked."""
-    compacted, _ = compact_channels(model)
     out = {}
     for batch in BATCHES:
         x = torch.randn(batch, ch, size, size)
@@ -149,7 +149,7 @@ def measure(model: nn.Module, ch: int, size: int, reps: int) -> dict:
                     raise SystemExit("outputs differ from the dense model's: a bug, not a benchmark result")
         t = interleaved_latency({"dense": model, "compacted": compacted, "sparse": fast}, x, reps)
         out[f"b{batch}"] = {**{f"{k}_ms": v * 1e3 for k, v in t.items()}, "speedup": t["dense"] / t["sparse"],
-                            **summary_of(fast.hypersparse_choices)}
+                            **summary_of(fast)}
     return out
 
 
@@ -190,7 +190,7 @@ def main():
             row.update(sizes(model, ch, size, tmp))
             if removed:
                 row["onnx_ms"] = onnx_latency(model, compacted, ch, size, tmp)
-        row.update(measure(model, ch, size, reps))
+        row.update(measure(model, compacted, ch, size, reps))
         rows.append(row)
         print(json.dumps(row), flush=True)
     publish(prov, rows)

@@ -109,9 +109,9 @@ def _fast(model: nn.Module, data, normalize: Normalizer, batch: int) -> dict:
     quick = sparse_inference(model, example)
     test_acc = evaluate(quick, data.test_x, data.test_y, normalize, batch=max(batch, 256))
     t = interleaved_latency({"model": model.eval(), "fast": quick}, example, 50)
-    choices = quick.hypersparse_choices
-    sparse = sum(1 for k, c in choices.items() if k != "channels" and c.get("sparse"))
-    removed = (choices.get("channels") or {}).get("removed", 0) if (choices.get("channels") or {}).get("kept") else 0
+    sparse = sum(c["sparse"] for c in quick.hypersparse_choices.values())
+    compaction = quick.hypersparse_compaction or {}
+    removed = compaction["removed"] if compaction.get("kept") else 0
     print(f"sparse_inference at batch {batch}: test {test_acc:.2%}, {t['fast'] * 1e3:.3f} ms per batch against "
           f"{t['model'] * 1e3:.3f} ms ({t['model'] / t['fast']:.1f}x; {sparse} layers swapped, {removed} channels "
           "removed; CPU, " + f"{torch.get_num_threads()} threads)")

@@ -294,7 +294,8 @@ def _choose_chain(chain: dict, x: torch.Tensor, kernels: list[str], reps: int, n
     best = min(us, key=us.get)
     if us[best] > MARGIN * us["dense"]:
         best = "dense"
-    choice = {"kind": best, "us": us, "sparse": best != "dense", "shapes": candidates["compact-dense"].shapes}
+    choice = {"layer": "chain", "kind": best, "us": us, "sparse": best != "dense",
+              "shapes": candidates["compact-dense"].shapes}
     if native and "native" not in kernels:
         choice["native"] = _native.unavailable()
     if best != "dense":
@@ -312,18 +313,18 @@ def _say_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _compacted_if_faster(model: nn.Module, example: torch.Tensor, reps: int, choices: dict) -> nn.Module:
-    """``model`` channel-compacted if that is at least 3 % faster on ``example`` (the decision in ``choices``)."""
+def _compacted_if_faster(model: nn.Module, example: torch.Tensor, reps: int) -> tuple[nn.Module, dict | None]:
+    """``model`` channel-compacted if that is at least 3 % faster on ``example``, and the decision (None: no
+    convolution, nothing to decide)."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return model
+        return model, None
     compacted, removed = compact_channels(model)
     if removed == 0:
-        choices["channels"] = {"removed": 0, "kept": False}
-        return model
+        return model, {"removed": 0, "kept": False}
     us = interleaved_latency({"dense": model, "compacted": compacted}, example, reps)
     faster = us["compacted"] <= MARGIN * us["dense"]
-    choices["channels"] = {"removed": removed, "kept": faster, "us": {k: v * 1e6 for k, v in us.items()}}
-    return compacted if faster else model
+    return (compacted if faster else model), {"removed": removed, "kept": faster,
+                                               "us": {k: v * 1e6 for k, v in us.items()}}
 
 
 def _relu_after(model: nn.Module) -> dict[str, tuple | None]:
@@ -387,7 +388,8 @@ def _choose_convs(model: nn.Module, example: torch.Tensor, reps: int) -> dict:
         best = min(us, key=us.get)
         if us[best] > MARGIN * us["dense"]:
             best = "dense"
-        choices[name] = {"kind": best, "us": us, "sparse": best != "dense", "relu": relu and best != "dense",
+        choices[name] = {"layer": "conv", "kind": best, "us": us, "sparse": best != "dense",
+                         "relu": relu and best != "dense",
                          "kept": int(candidates["sparse"].vals.numel()), "weights": conv.weight.numel()}
         if best != "dense":
             _swap(model, name, candidates[best], fusable)
@@ -422,11 +424,12 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     if the model is a single chain, the :class:`CompactMLP` alone is returned.
     Outputs equal the dense model's within 1e-5 (1e-4 relative after
     compaction or with sparse convolutions). ``.hypersparse_choices`` on the
-    result records each decision.
+    result records each layer's decision by name (``layer``: ``conv`` or
+    ``chain``), ``.hypersparse_compaction`` the compaction's (None for a model
+    without convolutions).
     """
-    compaction: dict = {}
-    original = _compacted_if_faster(copy.deepcopy(model).eval().cpu(), example, reps, compaction)
-    model = copy.deepcopy(original)
+    original, compaction = _compacted_if_faster(copy.deepcopy(model).eval().cpu(), example, reps)
+    model = copy.deepcopy(original)  # swapped in place; original stays as it is, the fallback
     if native and _native.unavailable() and (find_chains(model) or any(map(supported, model.modules()))):
         _say_once(f"sparse_inference uses PyTorch kernels only: {_native.unavailable()}")
     choices = _choose_convs(model, example, reps) if native and not _native.unavailable() else {}
@@ -435,16 +438,15 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         # per-layer timings need not add up (caches, dispatch): keep the swaps only if the whole model is faster,
         # and only if the layers' own, precise timings say they save 3 % of the model's time: a classifier's
         # microseconds inside a convolutional network's milliseconds would be a win by noise alone
-        dense_model = copy.deepcopy(original).eval().cpu()
-        whole = interleaved_latency({"dense": dense_model, "sparse": model}, example, reps)
+        whole = interleaved_latency({"dense": original, "sparse": model}, example, reps)
         saved = sum(c["us"]["dense"] - c["us"][c["kind"]] for c in choices.values() if c["sparse"]) / 1e6
         if whole["sparse"] > MARGIN * whole["dense"] or saved < (1 - MARGIN) * whole["dense"]:
             for c in choices.values():
                 c["kind"], c["sparse"] = "dense", False
-                if "relu" in c:
+                if c["layer"] == "conv":
                     c["relu"] = False
-            model = dense_model
+            model = original
     if isinstance(model, nn.Sequential) and len(model) == 1 and isinstance(model[0], CompactMLP):
         model = model[0]  # the whole model was one chain: one module call less per input
-    model.hypersparse_choices = {**compaction, **choices}
+    model.hypersparse_choices, model.hypersparse_compaction = choices, compaction
     return model

@@ -223,7 +223,8 @@ def chain_kernel():
 
 
 def conv_kernel():
-    """The compiled ``hs_conv_forward(spec, x, n, out)``, or None if it cannot be built (see :func:`unavailable`)."""
+    """The compiled ``hs_conv_forward(spec, x, n, out, residual)``, or None if it cannot be built (see
+    :func:`unavailable`)."""
     lib = _library()
     return lib.hs_conv_forward if lib is not None else None
 
