@@ -319,3 +319,22 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(build, needle, finishe
 
 def test_at_least_sixty_distinct_bad_inputs():
     assert len({c[0] for c in CASES}) == len(CASES) >= 60
+
+
+def test_any_damaged_pt_file_is_one_refusal(tmp_path):
+    """Random bytes make torch's weights-only unpickler fail in many ways (an empty stack, a missing memo key, a
+    protocol it guesses at with a warning): every one of 2,000 seeded files is one UserError, and nothing else."""
+    import random
+    import warnings
+
+    from hypersparse.checkpoint import load_checkpoint
+    from hypersparse.errors import UserError
+
+    rng = random.Random(0)
+    path = tmp_path / "w.pt"
+    for _ in range(2000):
+        path.write_bytes(rng.randbytes(256))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would be a second line on stderr
+            with pytest.raises(UserError, match="w.pt"):
+                load_checkpoint(path)

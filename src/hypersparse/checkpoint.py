@@ -6,7 +6,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,13 +80,18 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
     """Tensors and plain containers from a ``.pt`` file, never code (``weights_only``); UserError if unreadable."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a damaged file is refused below; torch's guess about its pickle protocol would be a second message
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"{what} {path} holds more than tensors and plain values, and loading it could run code; "
                         f"refused ({str(exc).splitlines()[0][:120]}). If you trust its source, load it yourself and "
                         "re-save only its state_dict with torch.save") from None
-    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise UserError(f"cannot read {what} {path} ({str(exc).splitlines()[0][:200]}); is it complete?") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle stream fails inside the unpickler in any way
+        # (IndexError from an empty stack, KeyError from the memo, EOFError, ...): each means the file is unreadable
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read {what} {path} ({first}); is it complete?") from None
 
 
 def load_run_checkpoint(path: str | Path) -> dict:
