@@ -116,6 +116,31 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_the_real_path(sig, code, word, tmp
     assert out.returncode == 0
 
 
+# SIGTERM arrives the moment mkstemp has made the third checkpoint's temporary, before atomic_write can clean it up
+TERM_AFTER_MKSTEMP = r"""
+import os, signal, sys, tempfile
+original, made = tempfile.mkstemp, [0]
+def mkstemp(*args, **kwargs):
+    fd, name = original(*args, **kwargs)
+    made[0] += ".checkpoint.pt." in os.path.basename(name)
+    if made[0] == 3 and ".checkpoint.pt." in os.path.basename(name):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this frame, before mkstemp's caller goes on
+    return fd, name
+tempfile.mkstemp = mkstemp
+from hypersparse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_during_a_write_leaves_no_temporary(tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", TERM_AFTER_MKSTEMP, *ARGS, "--run-dir", str(run)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert "terminated" in done.stderr and not list(run.glob(".*.tmp"))
+    assert cli("train", "--resume", str(run)).returncode == 0
+
+
 def test_ctrl_c_before_the_first_checkpoint_says_so(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "hypersparse", "train", "--run-dir", str(run), "--set",
