@@ -116,17 +116,17 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_the_real_path(sig, code, word, tmp
     assert out.returncode == 0
 
 
-# SIGTERM arrives the moment mkstemp has made the third checkpoint's temporary, before atomic_write can clean it up
-TERM_AFTER_MKSTEMP = r"""
-import os, signal, sys, tempfile
-original, made = tempfile.mkstemp, [0]
-def mkstemp(*args, **kwargs):
-    fd, name = original(*args, **kwargs)
-    made[0] += ".checkpoint.pt." in os.path.basename(name)
-    if made[0] == 3 and ".checkpoint.pt." in os.path.basename(name):
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this frame, before mkstemp's caller goes on
-    return fd, name
-tempfile.mkstemp = mkstemp
+# SIGTERM arrives the moment the third checkpoint's temporary exists, before atomic_write knows its descriptor
+TERM_AFTER_CREATE = r"""
+import os, signal, sys
+original, made = os.open, [0]
+def create(name, *args, **kwargs):
+    fd = original(name, *args, **kwargs)
+    made[0] += os.path.basename(name).startswith(".checkpoint.pt.")
+    if made[0] == 3 and os.path.basename(name).startswith(".checkpoint.pt."):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this frame, before os.open's caller goes on
+    return fd
+os.open = create
 from hypersparse.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -134,7 +134,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_signal_during_a_write_leaves_no_temporary(tmp_path):
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-c", TERM_AFTER_MKSTEMP, *ARGS, "--run-dir", str(run)],
+    done = subprocess.run([sys.executable, "-c", TERM_AFTER_CREATE, *ARGS, "--run-dir", str(run)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 143, done.stderr
     assert "terminated" in done.stderr and not list(run.glob(".*.tmp"))

@@ -5,7 +5,7 @@ import io
 import json
 import os
 import pickle
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -17,29 +17,22 @@ from hypersparse.errors import UserError
 VERSION = 2  # of a run checkpoint's layout; a checkpoint of another version is refused with a clear line
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # named before it exists, so a Ctrl-C or SIGTERM at any moment after its creation still finds it to remove
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the user's umask decides, as for any file they write
+        # 0o666: the user's umask decides its mode, as for any file they write
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if not isinstance(exc, FileExistsError):  # that name is someone else's file
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -324,8 +324,6 @@ def stopped_cleanly(run_dir: Path):
     try:
         yield
     except KeyboardInterrupt as exc:
-        # the signal may land between mkstemp and atomic_write's own clean-up, which then never runs
-        remove_temporaries(run_dir)
         code = 143 if isinstance(exc, Terminated) else 130
         what = "terminated" if code == 143 else "interrupted"
         if (run_dir / CHECKPOINT).exists():
