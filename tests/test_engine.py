@@ -96,3 +96,19 @@ def test_reg_epochs_target_is_a_deadline_the_run_logs(tmp_path, monkeypatch):
     assert len(reg) == 3 and [r["event"] for r in reg] == ["regularize", "regularize", "stop"]
     assert reg[-1]["stop_reason"] == "deadline" and reg[-1]["pruned_acc"] < reg[-1]["dense_acc"]
     assert summary["sparse"]["sparsity"] == pytest.approx(0.9, abs=1e-5)  # the mask is fixed and kept
+
+
+@pytest.mark.parametrize("sparsity,lambda_init", [(0.8, "auto"), (0.9, 5e-6)])
+def test_pretrained_from_a_finished_sparse_run_trains_without_diverging(tmp_path, sparsity, lambda_init):
+    """--pretrained <a finished run's model.pt>: the model starts 90 % sparse, so the k-th smallest magnitude is 0
+    at 0.8 and 0.9; HyperSparse's cut moves to the nearest live weight and the run ends normally, sparse."""
+    from hypersparse.engine import train
+
+    quiet = open(os.devnull, "w")
+    first = TrainConfig.from_dict({"sparsity": 0.9, "epochs_scale": 0.05, "lambda_init": 1e-3})
+    train(first, tmp_path / "first", progress=False, out=quiet)
+    again = TrainConfig.from_dict({"sparsity": sparsity, "epochs_scale": 0.05, "lambda_init": lambda_init,
+                                   "pretrained": str(tmp_path / "first" / "model.pt")})
+    summary = train(again, tmp_path / "again", progress=False, out=quiet)
+    assert summary["sparse"]["sparsity"] >= sparsity and summary["epochs"]["regularize"] >= 3
+    assert summary["sparse"]["test_acc"] > 0.5

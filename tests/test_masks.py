@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 import hypersparse as hs
-from hypersparse import apply_masks_, magnitude_masks
 from conftest import make_convnet, make_mlp
+from hypersparse import apply_masks_, magnitude_masks
+from hypersparse.models import create_model
 
 SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
 
@@ -207,3 +208,168 @@ def test_sparsity_report_flags_layers_that_are_entirely_zero():
     report = hs.sparsity_report(model)
     assert report.dead_layers == ["2.weight"] and report.to_dict()["dead_layers"] == ["2.weight"]
     assert "passes nothing on" in str(report).splitlines()[2] and "passes nothing on" not in str(report).splitlines()[1]
+
+
+# -- one installation, owned by its handle (issue 30's reproductions) -------------------------------------------------
+def hooks_on(model: nn.Module, opt=None) -> dict:
+    """How many hooks and mask buffers the model (and optimizer) carry, by kind."""
+    params = [p for p in model.parameters()]
+    return {"tensor": max(len(p._backward_hooks or {}) for p in params),
+            "forward_pre": max(len(m._forward_pre_hooks) for m in model.modules()),
+            "load": max(len(m._load_state_dict_post_hooks) for m in model.modules()),
+            "buffers": sum(1 for name, _ in model.named_buffers() if name.endswith("_mask")),
+            "optimizer": (len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)) if opt else 0}
+
+
+@pytest.mark.parametrize("pattern", ["remove+apply", "apply over apply", "update_"])
+@pytest.mark.parametrize("with_optimizer", [False, True])
+def test_a_thousand_mask_updates_leave_one_installation(pattern, with_optimizer):
+    """GMP's pattern, 1,000 times: each weight keeps at most one hook, each module one keeper, the optimizer two."""
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if with_optimizer else None
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.5), opt)
+    once = hooks_on(model, opt)
+    for i in range(1000):
+        masks = hs.magnitude_masks(model, 0.5 + 0.4 * i / 1000)
+        if pattern == "remove+apply":
+            handle.remove()
+            handle = hs.apply_masks_(model, masks, opt)
+        elif pattern == "apply over apply":
+            handle = hs.apply_masks_(model, masks, opt)
+        else:
+            handle.update_(masks)
+    assert hooks_on(model, opt) == once
+    assert once["tensor"] == (0 if with_optimizer else 1) and once["forward_pre"] == 1
+    assert once["optimizer"] == (1 if with_optimizer else 0) and once["buffers"] == 2  # SGD: gradients only
+    x = torch.randn(16, 20)
+    for _ in range(3):  # and it still trains, with the last mask
+        if opt is not None:
+            opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        if opt is not None:
+            opt.step()
+    assert all(torch.all(p[~masks[n]] == 0) for n, p in hs.prunable_parameters(model))
+
+
+@pytest.mark.parametrize("with_optimizer", [False, True])
+def test_remove_leaves_the_model_as_it_was_and_training_goes_on(with_optimizer):
+    """After remove(): no buffer, no hook, nothing in the state_dict; backward and optimizer steps work and may
+    revive pruned weights (the mask is gone), which the README documents."""
+    model = make_convnet()
+    before = hooks_on(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt if with_optimizer else None)
+    keys = set(model.state_dict())
+    handle.remove()
+    assert hooks_on(model) == before and hooks_on(model, opt)["optimizer"] == 0
+    assert set(model.state_dict()) == keys and not hs.keep_pruned.has_masks(model)
+    zeros_before = zeros(model)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 8, 8)).pow(2).mean().backward()
+        opt.step()
+    assert zeros(model) < zeros_before  # dense training again
+
+
+def test_masks_on_a_masked_module_replace_the_old_ones_and_the_old_handle_lets_go():
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt)
+    second_masks = hs.magnitude_masks(model, 0.3, scope="layer")
+    with torch.no_grad():
+        for _, p in hs.prunable_parameters(model):
+            p.add_(1.0)  # every weight alive again; the second mask decides
+    second = hs.apply_masks_(model, second_masks, opt)
+    assert first.masks == {} and set(second.masks) == set(second_masks)
+    first.remove()  # owns nothing any more: the second installation stays
+    assert hooks_on(model, opt)["optimizer"] == 1 and zeros(model) == sum(int((~m).sum()) for m in second_masks.values())
+
+
+@pytest.mark.parametrize("name", ["resnet32", "vgg19"])
+def test_sparse_inference_and_compaction_take_a_model_masked_through_the_readme_api(name):
+    """The README's headline: a CNN masked with apply_masks_ at 99.5 % per layer, then sparse_inference (and
+    compaction and every kernel swap) gives the masked model's outputs. (Whether the kernels follow the input is
+    tested on calibrated sparse models in test_compaction.py and test_sparse_conv.py.)"""
+    from hypersparse.compaction import compact_channels
+    from hypersparse.inference import swap_convs
+
+    model = create_model(name, 10, 3, 32)
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.995, scope="layer"))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        compacted, removed = compact_channels(model)
+        assert removed > 0 and not hs.keep_pruned.has_masks(compacted)
+        for out in (compacted(x), swap_convs(compacted)(x), hs.sparse_inference(model, x, reps=1)(x)):
+            assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert hs.keep_pruned.has_masks(model)  # the consumers worked on copies
+
+
+def test_exports_of_a_masked_model_load_elsewhere_with_its_outputs(tmp_path):
+    model = make_convnet().eval()
+    masks = hs.magnitude_masks(model, 0.9)
+    hs.apply_masks_(model, masks)
+    hs.save_sparse(model, tmp_path / "m.safetensors")
+    fresh = make_convnet().eval()
+    loaded = hs.load_sparse(tmp_path / "m.safetensors", model=fresh)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not hs.keep_pruned.has_masks(loaded)
+
+
+@pytest.mark.parametrize("with_optimizer", [False, True])
+def test_update_changes_the_mask_everywhere_it_acts_and_never_the_callers_tensors(with_optimizer):
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if with_optimizer else None
+    first = hs.magnitude_masks(model, 0.5)
+    kept_before = {n: m.clone() for n, m in first.items()}
+    handle = hs.apply_masks_(model, first, opt)
+    second = hs.magnitude_masks(model, 0.9)
+    handle.update_(second)
+    assert all(torch.equal(first[n], kept_before[n]) for n in first)  # the caller's masks are not written
+    model(torch.randn(8, 20)).pow(2).mean().backward()
+    if opt is None:  # the gradient hook reads the mask as it is now
+        assert all(torch.all(p.grad[~second[n]] == 0) for n, p in hs.prunable_parameters(model))
+    else:
+        opt.step()
+        assert all(torch.all(p[~second[n]] == 0) for n, p in hs.prunable_parameters(model))
+    copied = __import__("copy").deepcopy(model)
+    copied(torch.randn(2, 20)).sum().backward()  # a copy made after the update carries the new mask
+    assert all(torch.all(p.grad[~second[n]] == 0) for n, p in hs.prunable_parameters(copied))
+
+
+def test_a_masked_model_that_nobody_holds_is_freed():
+    import gc
+    import weakref
+
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.5), opt)
+    hs.apply_masks_(hs.prunable_parameters(model), hs.magnitude_masks(model, 0.5))
+    alive = weakref.ref(model)
+    del model, opt
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.parametrize("how", ["positional", "keyword"])
+def test_a_step_that_computes_its_gradients_in_a_closure_keeps_the_mask(how):
+    """Lightning and LBFGS call step(closure): the gradients appear inside step, after its pre-hooks."""
+    model = make_mlp((20, 30, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks = hs.magnitude_masks(model, 0.8)
+    hs.apply_masks_(model, masks, opt)
+    x = torch.randn(16, 20)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure) if how == "positional" else opt.step(closure=closure)
+    assert all(torch.all(p[~masks[n]] == 0) for n, p in hs.prunable_parameters(model))
+    assert all(torch.all(opt.state[p]["momentum_buffer"][~masks[n]] == 0) for n, p in hs.prunable_parameters(model))

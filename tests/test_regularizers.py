@@ -216,3 +216,94 @@ def test_compiled_fused_path_matches_exact_formula_and_eager():
             for a, b in zip(compiled.params, eager.params):
                 a -= 1e-3 * a.grad
                 b.copy_(a)
+
+
+# -- weights that are already zero (docs/methods.md, "Weights that are already zero") ----------------------------------
+def closed_formula_with_cut_f64(params, cut):
+    """The HyperSparse gradient of the closed formula with a given cut, in float64 (zeros get 0: sign(0) = 0)."""
+    w = torch.cat([p.detach().double().flatten() for p in params])
+    a = w.abs()
+    s = math.atanh(1 / math.sqrt(3)) / cut
+    g = torch.sign(w) * s / torch.cosh(s * a) ** 2 * a.sum() / torch.tanh(s * a).sum()
+    return list(g.split([p.numel() for p in params]))
+
+
+def sparse_mlp(sparsity=0.9):
+    model = make_mlp((60, 80, 10))
+    hs.apply_masks_(model, hs.magnitude_masks(model, sparsity))
+    return model
+
+
+@pytest.mark.parametrize("kappa", [0.8, 0.9, 0.95])
+@pytest.mark.parametrize("refresh_every", [1, 32])
+def test_a_model_that_is_already_sparse_gets_a_finite_gradient_at_the_nearest_live_weight(kappa, refresh_every):
+    """90 % of the weights are exact zeros. At kappa 0.8 and 0.9 the k-th smallest magnitude is 0: the cut moves to
+    the smallest nonzero magnitude, the zeros get no gradient, the live weights the formula's; at 0.95 the cut is a
+    live weight as usual. Every path agrees (fast, exact, autograd), and nothing is NaN."""
+    model = sparse_mlp(0.9)
+    reg = hs.HyperSparse(model, kappa, refresh_every=refresh_every)
+    flat = torch.cat([p.detach().abs().flatten() for p in reg.params])
+    k = math.floor(kappa * flat.numel())
+    expected_cut = flat[flat > 0].min() if kappa <= 0.9 else flat.kthvalue(k).values
+    assert float(reg.threshold()) == pytest.approx(float(expected_cut), rel=1e-6)
+    for p in reg.params:
+        p.grad = None
+    reg.add_grad_(1.0)
+    fast = [p.grad.clone() for p in reg.params]
+    exact = closed_formula_with_cut_f64(reg.params, float(expected_cut))
+    assert all(torch.isfinite(g).all() for g in fast)
+    assert rel_err(fast, exact) <= 1e-5 and rel_err(autograd_of_loss(reg), exact) <= 1e-5
+    zero = torch.cat([p.detach().flatten() == 0 for p in reg.params])
+    assert torch.all(torch.cat([g.flatten() for g in fast])[zero] == 0)
+    reg.add_grad_(1e-6)  # the fast path's second call reuses the cut: still finite
+    assert all(torch.isfinite(p.grad).all() for p in reg.params)
+
+
+def test_all_zero_weights_and_denormal_magnitudes_give_finite_gradients():
+    zeros = [torch.zeros(10, 10, requires_grad=True)]
+    reg = hs.HyperSparse(zeros, 0.5)
+    reg.add_grad_(1.0)
+    assert torch.equal(zeros[0].grad, torch.zeros(10, 10))
+    tiny = torch.zeros(100)
+    tiny[:3] = torch.tensor([1e-44, 3e-40, 2.0])  # denormals: s would overflow float32 at them
+    tiny.requires_grad_()
+    reg = hs.HyperSparse([tiny], 0.99)
+    for strength in (1.0, 1e30):
+        tiny.grad = None
+        reg.add_grad_(strength)
+        assert torch.isfinite(tiny.grad).all()
+    assert torch.isfinite(reg.gradient()[0]).all()
+
+
+def test_an_embedding_with_exact_zero_rows_is_regularized_without_nan():
+    """A pretrained model whose embedding table holds zero rows (a padding index, unused tokens)."""
+    emb = nn.Embedding(200, 16, padding_idx=0)
+    with torch.no_grad():
+        emb.weight[:150] = 0  # 75 % of the table is exactly zero
+    head = nn.Linear(16, 4)
+    model = nn.Sequential(emb, head)
+    reg = hs.HyperSparse(model, 0.7, filter=lambda name, m: isinstance(m, (nn.Embedding, nn.Linear)))
+    model(torch.randint(0, 200, (8, 5))).sum().backward()
+    reg.add_grad_(1e-3)
+    assert all(torch.isfinite(p.grad).all() for p in reg.params)
+    assert float(reg.threshold()) > 0
+
+
+def test_lambda_auto_and_art_run_on_a_model_that_is_already_sparse():
+    """ART from a 90 %-sparse model at 0.8: lambda_0 auto is set from the live weight at the cut, and a few
+    regularization epochs train without NaN."""
+    x, y = torch.randn(256, 60), torch.randint(0, 10, (256,))
+    for kappa in (0.8, 0.9, 0.95):
+        model = hs.keep_pruned.strip_masks_(sparse_mlp(0.9))  # as a loaded checkpoint: its zeros, no mask installed
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        art = hs.ART(hs.HyperSparse(model, kappa), warmup_epochs=0, lambda_init="auto", finetune_epochs=1)
+        assert art.begin_epoch(0.1, 0.9, 4) is not None and 0 < art.lam < math.inf
+        for _ in range(3):
+            for xb, yb in zip(x.split(64), y.split(64)):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xb), yb).backward()
+                art.regularizer.add_grad_(art.lam)
+                opt.step()
+            assert all(torch.isfinite(p).all() for p in model.parameters())
+            acc = lambda m: float((m(x).argmax(1) == y).float().mean())
+            art.end_epoch(model, dense_acc=acc(model), pruned_acc=acc)

@@ -291,6 +291,14 @@ def test_auto_lambda_is_set_by_begin_epoch_and_refuses_bad_forms_and_an_already_
         with pytest.raises(ValueError, match="lambda_init must be"):
             hs.ART(HyperSparse(model, 0.5), lambda_init=bad)
     with torch.no_grad():
-        model.weight[:, :5] = 0  # half the weights are zero: the cut at 0.3 sits on a zero
-    with pytest.raises(UserError, match="pruning cut is 0 .*already that sparse.*--lambda-init"):
+        model.weight[:, :5] = 0  # half the weights are zero: the k-th smallest magnitude at 0.3 is a zero
+    # the cut moves to the smallest weight still alive, so auto works on a model that is sparse already
+    alive = model.weight.detach().abs()[model.weight != 0]
+    reg = HyperSparse(model, 0.3)
+    g = reg.gradient()[0].abs()[model.weight.detach().abs() == alive.min()][0]
+    want = 0.02 * (1 - 0.9) / (0.1 * 10 * float(g / alive.min()))
+    assert lambda_for_push(reg, 0.3, 0.02, 0.1, 0.9, 10) == pytest.approx(want, rel=1e-5)
+    with torch.no_grad():
+        model.weight.zero_()
+    with pytest.raises(UserError, match="every prunable weight is zero.*--lambda-init"):
         lambda_for_push(HyperSparse(model, 0.3), 0.3, 0.02, 0.1, 0.9, 10)

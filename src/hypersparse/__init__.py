@@ -10,8 +10,8 @@ import typing
 __version__ = "0.1.0"
 
 _HOME = {
-    "hypersparse.masks": ["MaskHandle", "SparsityReport", "apply_masks_", "magnitude_masks", "masks_from_zeros",
-                          "sparsity_report"],
+    "hypersparse.masks": ["SparsityReport", "magnitude_masks", "masks_from_zeros", "sparsity_report"],
+    "hypersparse.keep_pruned": ["MaskHandle", "apply_masks_"],
     "hypersparse.params": ["Exclude", "NoPrunableParametersError", "prunable_parameters"],
     "hypersparse.regularizers": ["L1", "L2", "HyperSparse", "Regularizer"],
     "hypersparse.schedule": ["ART", "ARTDidNotConverge"],
@@ -27,8 +27,8 @@ if typing.TYPE_CHECKING:
     from hypersparse.driver import ARTDriver, Driver
     from hypersparse.export import load_sparse, save_sparse
     from hypersparse.inference import CompactMLP, sparse_inference
-    from hypersparse.masks import (MaskHandle, SparsityReport, apply_masks_, magnitude_masks, masks_from_zeros,
-                                   sparsity_report)
+    from hypersparse.keep_pruned import MaskHandle, apply_masks_
+    from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report
     from hypersparse.method import EpochResult, Method
     from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
     from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer

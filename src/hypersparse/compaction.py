@@ -20,6 +20,7 @@ import copy
 import torch
 from torch import nn
 
+from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.models.resnet_cifar import BasicBlock, CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
 from hypersparse.sparse_conv import SparseConv2d
@@ -211,13 +212,15 @@ def compact_channels(model: nn.Module, align: int = ALIGN) -> tuple[nn.Module, i
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
         raise ValueError("compaction folds BatchNorm's running statistics, which holds for inference only: call "
                          "model.eval() first")
+    # installed masks are full-size buffers and hooks; the compacted layers have other shapes and hold their zeros
+    source = strip_masks_(copy.deepcopy(model)) if has_masks(model) else model
     with torch.no_grad():
-        if isinstance(model, CifarResNet):
-            new, removed = _compact_resnet(model, align)
-        elif isinstance(model, CifarVGG):
-            new, removed = _compact_vgg(model, align)
-        elif isinstance(model, nn.Sequential):
-            layers, removed = compact_sequence(list(model), align)
+        if isinstance(source, CifarResNet):
+            new, removed = _compact_resnet(source, align)
+        elif isinstance(source, CifarVGG):
+            new, removed = _compact_vgg(source, align)
+        elif isinstance(source, nn.Sequential):
+            layers, removed = compact_sequence(list(source), align)
             new = nn.Sequential(*layers)
         else:
             return model, 0

@@ -47,7 +47,9 @@ class Driver:
         self._build = method if self.method is None else None
         self.criterion = criterion
         self.reset_optimizer = reset_optimizer
-        self.handle: MaskHandle | None = None
+        self.handle: MaskHandle | None = None  # the method's masks, enforced at every optimizer step
+        self._installed: dict | None = None  # the masks dict the handle holds
+        self.optimizer = None
         self._pending_state: dict | None = None
 
     # -- set-up ------------------------------------------------------------------
@@ -61,15 +63,22 @@ class Driver:
         return self.method
 
     def start(self, model: nn.Module, optimizer) -> None:
-        """Before the first epoch (and after a resume): the method's set-up, and its mask if it is already fixed."""
+        """Before the first epoch (and after a resume): the method's set-up, and its masks if it has any."""
+        self.optimizer = optimizer
         self.attach(model).start(model)
-        self.keep_mask(model, optimizer)
+        self.sync_masks(model, optimizer)
 
-    def keep_mask(self, model: nn.Module, optimizer) -> None:
-        """Install the method's fixed mask on ``model`` and ``optimizer``, once."""
-        if self.method is None or not self.method.mask_fixed or self.handle is not None:
+    def sync_masks(self, model: nn.Module, optimizer=None) -> None:
+        """Enforce the method's current masks: installed once on ``model`` and the optimizer, then updated in place
+        whenever the method holds a new masks dict (GMP's schedule), so no hook is ever added twice."""
+        masks = self.method.masks if self.method is not None else None
+        if masks is None or masks is self._installed:
             return
-        self.handle = apply_masks_(model, self.method.masks, _inner(optimizer))
+        if self.handle is None:
+            self.handle = apply_masks_(model, masks, _inner(optimizer if optimizer is not None else self.optimizer))
+        else:
+            self.handle.update_(masks)
+        self._installed = masks
 
     # -- the loop ------------------------------------------------------------------
     @property
@@ -93,6 +102,7 @@ class Driver:
 
     def after_step(self, model: nn.Module) -> None:
         self.method.after_step(model)
+        self.sync_masks(model)
 
     def end_epoch(self, model: nn.Module, score: Score | None, optimizer=None,
                   train_acc: float | None = None) -> EpochResult:
@@ -114,7 +124,7 @@ class Driver:
         if result == "stop":
             if self.reset_optimizer and optimizer is not None:
                 _inner(optimizer).state.clear()
-            self.keep_mask(model, optimizer)
+        self.sync_masks(model, optimizer)
         return result
 
     # -- state -------------------------------------------------------------------

@@ -199,7 +199,7 @@ class Trainer:
     def load_state(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
-        self.driver.keep_mask(self.model, self.optimizer)  # before the optimizer's state, which it would mask
+        self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.metrics, self.best, self.dense = ckpt["metrics"], ckpt["best"], ckpt["dense"]
         self.phase_seconds = ckpt["phase_seconds"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from hypersparse.checkpoint import atomic_write
 from hypersparse.errors import UserError
+from hypersparse.keep_pruned import strip_masks_
 
 FORMAT = "hypersparse-sparse/1"
 _INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
@@ -256,7 +257,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     except ImportError as exc:
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
     path = Path(path)
-    model = copy.deepcopy(model).eval().cpu()
+    model = strip_masks_(copy.deepcopy(model)).eval().cpu()  # the graph holds the zeros, not the mask's hooks
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:

@@ -31,6 +31,7 @@ from torch import nn
 
 from hypersparse import native as _native
 from hypersparse.compaction import CompactBlock, CompactResNet, compact_channels
+from hypersparse.keep_pruned import strip_masks_
 from hypersparse.sparse_conv import SparseConv2d, supported
 
 _NOOPS = (nn.ReLU, nn.Dropout, nn.Identity)  # what may sit between two Linear layers of a chain (eval mode)
@@ -428,7 +429,8 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     ``chain``), ``.hypersparse_compaction`` the compaction's (None for a model
     without convolutions).
     """
-    original, compaction = _compacted_if_faster(copy.deepcopy(model).eval().cpu(), example, reps)
+    # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
+    original, compaction = _compacted_if_faster(strip_masks_(copy.deepcopy(model)).eval().cpu(), example, reps)
     model = copy.deepcopy(original)  # swapped in place; original stays as it is, the fallback
     if native and _native.unavailable() and (find_chains(model) or any(map(supported, model.modules()))):
         _say_once(f"sparse_inference uses PyTorch kernels only: {_native.unavailable()}")

@@ -1,15 +1,13 @@
-"""Magnitude masks: which weights to zero, keeping them zero, and counting zeros."""
+"""Magnitude masks: which weights to zero, and counting zeros (keeping them zero: :mod:`hypersparse.keep_pruned`)."""
 from __future__ import annotations
 
 import numbers
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 
+from hypersparse.keep_pruned import MaskHandle, Masks, apply_masks_, strip_masks_, zero_pruned_  # noqa: F401 (re-exported)
 from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
-
-Masks = dict[str, torch.Tensor]
 
 
 def _prune_lowest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
@@ -135,140 +133,6 @@ def pruned_mass(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilt
         total += float(w.sum())
         removed += float(w[~keep.to(device=w.device, dtype=torch.bool)].sum())
     return removed / total if total > 0 else 0.0
-
-
-def _mask_gradient(module: torch.nn.Module, buffer: str):
-    """A gradient hook that zeroes the gradient where ``module.<buffer>`` is False (dtype kept, so .half() works)."""
-    return lambda g: g.masked_fill(~getattr(module, buffer).to(g.device), 0)
-
-
-class KeepPruned:
-    """A module's hooks that keep its masked tensors at zero, and travel with it.
-
-    The masks are the module's ``<name>_mask`` buffers (bool, True = kept; not in the state_dict). Before each
-    forward this hook zeroes the masked entries of, and masks the gradient of, any tensor it has not seen yet: so a
-    ``copy.deepcopy`` or pickled copy of a masked model (whose tensors are new objects without hooks) keeps its
-    pruned weights at zero from its first forward, under any optimizer with fresh state. After ``load_state_dict`` it
-    zeroes them again.
-    """
-
-    def __init__(self, names: list[str]):
-        self.names = list(names)
-        self._seen: dict[str, object] = {}
-
-    def __getstate__(self) -> dict:
-        return {"names": self.names}  # what this object has seen is about the original's tensors, not a copy's
-
-    def __setstate__(self, state: dict) -> None:
-        self.names, self._seen = state["names"], {}
-
-    def cover(self, module: torch.nn.Module) -> None:
-        """Zero the masked entries and hook the gradient of every masked tensor not covered yet."""
-        for name in self.names:
-            t = getattr(module, name)
-            seen = self._seen.get(name)
-            if seen is not None and seen() is t:
-                continue
-            with torch.no_grad():
-                t.masked_fill_(~getattr(module, f"{name}_mask"), 0.0)
-            if t.requires_grad:
-                t.register_hook(_mask_gradient(module, f"{name}_mask"))
-            self._seen[name] = weakref.ref(t)
-
-    def before_forward(self, module: torch.nn.Module, args) -> None:
-        self.cover(module)
-
-    def after_load(self, module: torch.nn.Module, incompatible_keys) -> None:
-        with torch.no_grad():  # new values in the same tensors
-            for name in self.names:
-                getattr(module, name).masked_fill_(~getattr(module, f"{name}_mask"), 0.0)
-
-
-class MaskHandle:
-    """Keeps masked weights at exactly zero; :meth:`remove` undoes the hooks (and the mask buffers)."""
-
-    def __init__(self, tensors: list[torch.Tensor], masks: list[torch.Tensor]):
-        self.tensors = tensors
-        self.masks = masks
-        self._pruned = [~m for m in masks]
-        self._hooks: list = []
-        self._buffers: list[tuple[torch.nn.Module, str]] = []
-
-    def reapply_(self) -> None:
-        """Zero the masked weights again (call after each optimizer step if no optimizer was given)."""
-        with torch.no_grad():
-            for t, pruned in zip(self.tensors, self._pruned):
-                t.masked_fill_(pruned, 0.0)  # +0.0, where a multiply would leave -0.0 for negative weights
-
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        for module, buffer in self._buffers:
-            module._buffers.pop(buffer, None)
-            module._non_persistent_buffers_set.discard(buffer)
-        self._buffers.clear()
-
-
-def _attach(model: torch.nn.Module, names: list[str], masks: list[torch.Tensor], handle: MaskHandle) -> None:
-    """Store each mask as a buffer beside its tensor and hook each module with :class:`KeepPruned`."""
-    by_module: dict[str, list[str]] = {}
-    for name, mask in zip(names, masks):
-        prefix, _, attr = name.rpartition(".")
-        module = model.get_submodule(prefix)
-        module.register_buffer(f"{attr}_mask", mask, persistent=False)
-        handle._buffers.append((module, f"{attr}_mask"))
-        by_module.setdefault(prefix, []).append(attr)
-    for prefix, attrs in by_module.items():
-        module = model.get_submodule(prefix)
-        keep = KeepPruned(attrs)
-        keep.cover(module)
-        handle._hooks += [module.register_forward_pre_hook(keep.before_forward),
-                          module.register_load_state_dict_post_hook(keep.after_load)]
-
-
-def apply_masks_(
-    model_or_params: ModelOrParams,
-    masks: Masks,
-    optimizer: torch.optim.Optimizer | None = None,
-    filter: ModuleFilter | None = None,
-) -> MaskHandle:
-    """Zero the masked weights now and keep them zero.
-
-    Gradients of pruned weights are zeroed by a tensor hook. With ``optimizer``
-    the weights are re-masked after every ``optimizer.step()`` and the
-    optimizer's per-weight state (SGD momentum, Adam moments) is masked once,
-    so momentum, weight decay and Adam cannot revive a pruned weight. Without
-    an optimizer, call ``handle.reapply_()`` after each step. Given a model,
-    the masks also travel with it: they become ``<name>_mask`` buffers and a
-    :class:`KeepPruned` hook, so ``copy.deepcopy``, pickling and
-    ``load_state_dict`` keep the pruned weights at zero.
-    """
-    named = _masked_tensors(model_or_params, masks, filter)
-    tensors = [named[n] for n in masks]
-    mask_list = [masks[n].to(device=named[n].device, dtype=torch.bool) for n in masks]
-    for n, t, m in zip(masks, tensors, mask_list):
-        if t.shape != m.shape:
-            raise ValueError(f"mask for {n} has shape {tuple(m.shape)}, the weight has {tuple(t.shape)}")
-    handle = MaskHandle(tensors, mask_list)
-    handle.reapply_()
-    if isinstance(model_or_params, torch.nn.Module):
-        _attach(model_or_params, list(masks), mask_list, handle)
-    else:
-        for t, m in zip(tensors, mask_list):
-            if t.requires_grad:
-                handle._hooks.append(t.register_hook(lambda g, m=m: g.masked_fill(~m.to(g.device), 0)))
-    if optimizer is not None:
-        by_id = {id(t): m for t, m in zip(tensors, mask_list)}
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    m = by_id.get(id(p))
-                    for value in optimizer.state.get(p, {}).values() if m is not None else ():
-                        if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                            value.masked_fill_(~m, 0)
-        handle._hooks.append(optimizer.register_step_post_hook(lambda *_: handle.reapply_()))
-    return handle
 
 
 def masks_from_zeros(model_or_params: ModelOrParams, filter: ModuleFilter | None = None) -> Masks:

@@ -24,8 +24,32 @@ INFLECTION = math.atanh(1.0 / math.sqrt(3.0))
 COMPILE_MIN_NUMEL = 200_000
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """A coefficient capped at float32's largest value: an overflow to inf would turn 0 * inf into NaN gradients."""
+    big = torch.finfo(torch.float32).max
+    return x.clamp(-big, big)
+
+
 def _as_tensor(x: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float32, device=like.device)
+
+
+def cut_magnitude(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The magnitude HyperSparse puts on the inflection point, and how many magnitudes lie below it.
+
+    ``flat`` holds the magnitudes. Normally the cut is the k-th smallest, ``|w|_(k)``. A model that already has at
+    least k exact zeros (a pruned checkpoint made sparser, zero embedding rows) would give a cut of 0 and an
+    infinite s; its zeros are pruned already, so the cut moves to the weight nearest it that is still alive: the
+    smallest nonzero magnitude (docs/methods.md, "Weights that are already zero"). With no nonzero weight the cut is
+    infinite and the gradient zero. The cut is never below float32's smallest normal number, so s stays finite.
+    """
+    source = flat if flat.device.type in ("cpu", "cuda") else flat.cpu()  # MPS lacks kthvalue
+    t = torch.kthvalue(source, k).values.to(flat.device)
+    zeros = flat == 0
+    smallest_alive = flat.masked_fill(zeros, float("inf")).min()
+    cut = torch.where(t > 0, t, smallest_alive).clamp_min(torch.finfo(torch.float32).tiny)
+    below = torch.where(t > 0, torch.as_tensor(k, device=flat.device), zeros.sum())
+    return cut, below
 
 
 class Regularizer:
@@ -175,6 +199,7 @@ class HyperSparse(Regularizer):
         self._reset_lazy()
 
     def _reset_lazy(self) -> None:
+        self._rank: torch.Tensor | None = None  # how many magnitudes lay below the cut when it was computed
         self._t: torch.Tensor | None = None
         self._s: torch.Tensor | None = None
         self._coef: torch.Tensor | None = None
@@ -183,11 +208,9 @@ class HyperSparse(Regularizer):
     # -- the exact pieces -------------------------------------------------
     @torch.no_grad()
     def threshold(self) -> torch.Tensor:
-        """|w|_(k): the k-th smallest magnitude (exact selection, no sort)."""
-        flat = torch.cat([p.detach().abs().flatten().float() for p in self.params])
-        t = torch.kthvalue(flat if flat.device.type in ("cpu", "cuda") else flat.cpu(), self.k).values
-        # An exactly-zero threshold (many weights already at 0) would make s infinite.
-        return t.to(flat.device).clamp_min(torch.finfo(torch.float32).tiny)
+        """The cut |w|_(k) (exact selection, no sort), or, when at least k weights are exactly zero, the smallest
+        nonzero magnitude (:func:`cut_magnitude`)."""
+        return cut_magnitude(torch.cat([p.detach().abs().flatten().float() for p in self.params]), self.k)[0]
 
     def scale(self) -> torch.Tensor:
         """s = artanh(1/sqrt 3) / |w|_(k)."""
@@ -209,7 +232,7 @@ class HyperSparse(Regularizer):
         t = self.threshold()
         s = INFLECTION / t
         l1, total, _ = _hs_reduce(ws, s, t)
-        _hs_update(ws, grads, s, s * l1 / total.clamp_min(torch.finfo(torch.float32).tiny))
+        _hs_update(ws, grads, s, _finite(s * l1 / total.clamp_min(torch.finfo(torch.float32).tiny)))
         return grads
 
     # -- the fast path ----------------------------------------------------
@@ -220,18 +243,18 @@ class HyperSparse(Regularizer):
         tiny = torch.finfo(torch.float32).tiny
         refresh = self.refresh_every == 1 or self._t is None or self._since >= self.refresh_every
         if refresh:
-            t = self.threshold()
+            t, self._rank = cut_magnitude(torch.cat([w.abs().flatten().float() for w in ws]), self.k)
             s = INFLECTION / t
             l1, total, _ = self._call("reduce", ws, s, t)
-            coef = s * l1 / total.clamp_min(tiny)
-            self._call("update", ws, grads, s, strength * coef)
+            coef = _finite(s * l1 / total.clamp_min(tiny))
+            self._call("update", ws, grads, s, _finite(strength * coef))
             self._t, self._s, self._coef, self._since = t, s, coef, 1
             self.refreshes += 1
             return
-        l1, total, below = self._call("fused", ws, grads, self._s, self._t, strength * self._coef)
-        self._coef = self._s * l1 / total.clamp_min(tiny)
+        l1, total, below = self._call("fused", ws, grads, self._s, self._t, _finite(strength * self._coef))
+        self._coef = _finite(self._s * l1 / total.clamp_min(tiny))
         self._since += 1
-        if abs(int(below) - self.k) > self.max_rank_drift * self.numel:
+        if abs(int(below) - int(self._rank)) > self.max_rank_drift * self.numel:
             self._since = self.refresh_every  # the stale cut drifted too far: refresh on the next call
 
     def _call(self, which: str, *args):
@@ -247,10 +270,12 @@ class HyperSparse(Regularizer):
             return getattr(self, "_" + which)(*args)
 
     def state_dict(self) -> dict:
-        return {"t": self._t, "s": self._s, "coef": self._coef, "since": self._since, "refreshes": self.refreshes}
+        return {"t": self._t, "s": self._s, "coef": self._coef, "since": self._since, "refreshes": self.refreshes,
+                "rank": self._rank}
 
     def load_state_dict(self, state: dict) -> None:
         self._t, self._s, self._coef = state["t"], state["s"], state["coef"]
+        self._rank = state.get("rank", torch.as_tensor(self.k))  # checkpoints written before the zero rule
         self._since, self.refreshes = state["since"], state["refreshes"]
 
 

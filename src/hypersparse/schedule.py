@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from hypersparse.errors import UserError
-from hypersparse.masks import Masks, check_ceiling, magnitude_masks, pruned_mass
+from hypersparse.masks import Masks, check_ceiling, magnitude_masks, pruned_mass, zero_pruned_
 from hypersparse.method import EpochResult
 from hypersparse.params import check_sparsity, num_pruned
-from hypersparse.regularizers import HyperSparse, Regularizer
+from hypersparse.regularizers import HyperSparse, Regularizer, cut_magnitude
 
 WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
 WINDOW = 4  # epochs over which the gap's slope is measured
@@ -70,12 +70,16 @@ def lambda_for_push(regularizer: Regularizer, sparsity: float, push: float, lr: 
     mags = torch.cat([p.detach().abs().flatten().double().cpu() for p in regularizer.params])
     grads = torch.cat([g.detach().abs().flatten().double().cpu() for g in regularizer.gradient()])
     k = max(num_pruned(sparsity, mags.numel()), 1)
-    cut, index = torch.kthvalue(mags, k)
-    ratio = float(grads[index]) / float(cut) if float(cut) > 0 else 0.0
+    cut = cut_magnitude(mags, k)[0]  # the same cut as HyperSparse's, also on a model that is sparse already
+    index = torch.argmin((mags - cut).abs())
+    ratio = float(grads[index]) / float(cut) if 0 < float(cut) < math.inf else 0.0
     if not (ratio > 0 and math.isfinite(ratio)):
         raise UserError(
+            "cannot set lambda_0 by push: every prunable weight is zero, so no weight sits at the "
+            f"{sparsity:g} pruning cut; pass a number to --lambda-init"
+            if not float(mags.max()) > 0 else
             f"cannot set lambda_0 by push: the weight at the {sparsity:g} pruning cut is {float(cut):g} and its "
-            "regularizer gradient is 0 (is the model already that sparse?); pass a number to --lambda-init"
+            "regularizer gradient is 0; pass a number to --lambda-init"
         )
     return push * (1.0 - momentum) / (lr * steps_per_epoch * ratio)
 
@@ -307,9 +311,7 @@ class ART:
         saved = [p.detach().clone() for p in params]
         was_training = model.training
         try:
-            with torch.no_grad():
-                for p, m in zip(params, masks.values()):
-                    p.masked_fill_(~m, 0.0)
+            zero_pruned_(params, masks.values())
             return pruned_acc(model)
         finally:
             with torch.no_grad():
@@ -319,9 +321,7 @@ class ART:
 
     def _choose(self, model: nn.Module, entry: dict) -> None:
         model.load_state_dict(entry["state"])
-        with torch.no_grad():
-            for p, m in zip(self.regularizer.params, entry["masks"].values()):
-                p.masked_fill_(~m, 0.0)
+        zero_pruned_(self.regularizer.params, entry["masks"].values())
         self.masks = dict(zip(self.regularizer.names, entry["masks"].values()))
         self.chosen_epoch = entry["epoch"]
         self.phase = FINETUNE

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.masks import MaskHandle, Masks, apply_masks_, check_ceiling, global_keep, magnitude_masks
+from hypersparse.masks import Masks, check_ceiling, global_keep, magnitude_masks, zero_pruned_
 from hypersparse.method import EpochResult
 from hypersparse.params import ModuleFilter, check_sparsity, prunable_parameters
 
@@ -59,7 +59,7 @@ class Baseline:
 
     @property
     def mask_fixed(self) -> bool:
-        """The mask holds for good (fine-tuning, or SNIP's sparse training); GMP's moving mask is its own business."""
+        """The mask holds for good (fine-tuning, or SNIP's sparse training); GMP's earlier masks still move."""
         return self.masks is not None and self.phase in ("finetune", "train")
 
     @property
@@ -78,9 +78,14 @@ class Baseline:
 
     def _prune_now(self, model: nn.Module) -> None:
         self.masks = self._magnitude_masks(model, self.sparsity)
-        apply_masks_(model, self.masks).remove()
+        self._zero(model)
         self.chosen_epoch = self.epoch
         self.phase = "finetune"
+
+    def _zero(self, model: nn.Module) -> None:
+        """Zero what :attr:`masks` prunes now (the loop's driver keeps it zero from the next step on)."""
+        named = dict(prunable_parameters(model, self.filter))
+        zero_pruned_([named[n] for n in self.masks], self.masks.values())
 
     def _magnitude_masks(self, model: nn.Module, sparsity: float) -> Masks:
         return magnitude_masks(model, sparsity, filter=self.filter, max_layer_sparsity=self.max_layer_sparsity)
@@ -135,7 +140,6 @@ class GMP(Baseline):
         self.frequency = max(1, int(frequency))
         self.step = 0
         self.current = 0.0
-        self._handle: MaskHandle | None = None
         if self.phase == "warmup" and self.warmup_epochs == 0:
             self.phase = "prune"
 
@@ -148,20 +152,16 @@ class GMP(Baseline):
         return gmp_sparsity(step, self.start_step, self.prune_steps, self.sparsity)
 
     def after_step(self, model: nn.Module) -> None:
+        """Every ``frequency`` steps of the pruning phase, a new mask at the scheduled sparsity (a new dict, which the
+        driver installs in place of the old one; between updates the driver keeps the current one)."""
         self.step += 1
         if self.phase != "prune":
             return
         since = self.step - self.start_step
         if since % self.frequency == 0 or since >= self.prune_steps or self.masks is None:
             self.current = self.target_at(self.step)
-            if self._handle is not None:
-                self._handle.remove()
             self.masks = self._magnitude_masks(model, self.current)
-            self._handle = apply_masks_(model, self.masks)
-        else:
-            if self._handle is None:  # resumed between two updates: the saved mask holds until the next one
-                self._handle = apply_masks_(model, self.masks)
-            self._handle.reapply_()  # momentum must not revive pruned weights between updates
+            self._zero(model)
 
     def end_epoch(self, model: nn.Module, dense_acc: float | None = None, pruned_acc=None) -> EpochResult:
         if self.phase == "warmup" and self.epoch + 1 >= self.warmup_epochs:
@@ -172,13 +172,6 @@ class GMP(Baseline):
         if result.event in ("prune", "stop"):
             result.record["target_sparsity"] = self.current if result.event == "prune" else self.sparsity
         return result
-
-    def _end_dense(self, model: nn.Module) -> str:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._prune_now(model)  # exactly the target, from the last weights
-        return "stop"
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -1,0 +1,399 @@
+"""Keeping pruned weights at exactly zero: the one mask mechanism that training, copies and exports share.
+
+:func:`apply_masks_` installs a mask and returns the :class:`MaskHandle` that owns everything it installed:
+
+* with an optimizer, one step pre-hook that multiplies the masked gradients by the mask (the optimizer's state is
+  masked once): for torch's elementwise optimizers (:data:`ZERO_STAYS_ZERO`) a pruned weight then stays +0.0, so the
+  mask costs one pass over the masked weights per optimizer step, whatever the number of forward and backward
+  calls; for any other optimizer a step post-hook also multiplies the weights by the mask;
+* on a model, each mask as a non-persistent bool buffer ``<name>_mask`` beside its tensor and one :class:`Keeper`
+  per module (a forward pre-hook and a ``load_state_dict`` post-hook), so that a ``copy.deepcopy`` or a pickled copy
+  keeps its pruned weights at zero without an optimizer: the copy's first forward zeroes them and masks their
+  gradients with one tensor hook each;
+* without an optimizer, that tensor hook on the model's own weights (call :meth:`MaskHandle.reapply_` after each
+  step then, or momentum and weight decay may revive a pruned weight).
+
+:meth:`MaskHandle.update_` changes the mask in place (GMP, RigL), :meth:`MaskHandle.remove` takes out all of it,
+and applying masks to a module that has some replaces them: one installation per module, so masking n times costs
+what masking once does. :func:`strip_masks_` takes the buffers and hooks out of a copy that has no handle (the
+consumers that rebuild layers, such as channel compaction, call it on their copies).
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from hypersparse.params import ModelOrParams, ModuleFilter, prunable_parameters
+
+Masks = dict[str, torch.Tensor]
+
+
+#: Optimizers whose step leaves a weight at +0.0 when its gradient and its state are zero (each of them updates a
+#: weight from its own gradient, state and value alone). For these the masked gradients and state keep pruned
+#: weights at zero, and the mask costs one pass per step; any other optimizer gets the weights masked after its step.
+ZERO_STAYS_ZERO = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam,
+                   torch.optim.Adamax, torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.Adadelta)
+
+
+def _suffix(attr: str) -> str:
+    return f"{attr}_mask"
+
+
+@torch.no_grad()
+def zero_pruned_(tensors: Iterable[torch.Tensor], masks: Iterable[torch.Tensor]) -> None:
+    """Set each tensor's entries where its keep-mask is False to +0.0, once (nothing is installed)."""
+    for t, keep in zip(tensors, masks):
+        t.masked_fill_(~keep.to(device=t.device, dtype=torch.bool), 0.0)  # +0.0; a multiply leaves -0.0
+
+
+class _Derived:
+    """Forms of a mask (its complement, or a float copy) computed once and reused until the mask changes: a mask
+    tensor that is replaced (``.to()``) or changed in place (``update_``, which bumps its version) is recomputed."""
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def get(self, keep: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+        key = (dtype, device)
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not keep or hit[1] != keep._version:
+            value = (~keep).to(device) if dtype is None else keep.to(device=device, dtype=dtype)
+            hit = self._cache[key] = (keep, keep._version, value)
+        return hit[2]
+
+
+class Keeper:
+    """One module's masked tensors, kept at zero in copies of the module that no optimizer hook reaches.
+
+    It is the module's forward pre-hook and ``load_state_dict`` post-hook, so ``copy.deepcopy`` and pickling carry
+    it. Before a forward it zeroes the masked entries of, and hooks the gradient of, each tensor it has not seen
+    (a copy's tensors are new objects); the tensors an optimizer-backed handle enforces are marked as seen instead.
+    """
+
+    def __init__(self, names: list[str], owner: "MaskHandle | None" = None):
+        self.names = list(names)
+        self.owner = weakref.ref(owner) if owner is not None else None
+        self._seen: dict[str, tuple[weakref.ref, RemovableHandle | None]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"names": self.names}  # what this keeper saw and who owns it concern the original, not a copy
+
+    def __setstate__(self, state: dict) -> None:
+        self.names, self.owner, self._seen = state["names"], None, {}
+
+    def adopt(self, module: nn.Module) -> None:
+        """Mark the module's current tensors as enforced elsewhere (by an optimizer's step hooks)."""
+        for name in self.names:
+            self._forget(name)
+            self._seen[name] = (weakref.ref(getattr(module, name)), None)
+
+    def cover(self, module: nn.Module) -> None:
+        """Zero the masked entries and hook the gradient of every masked tensor not seen yet."""
+        for name in self.names:
+            t = getattr(module, name)
+            seen = self._seen.get(name)
+            if seen is not None and seen[0]() is t:
+                continue
+            self._forget(name)
+            zero_pruned_([t], [getattr(module, _suffix(name))])
+            hook = None
+            if t.requires_grad:
+                hook = t.register_hook(self._gradient_hook(module, name))
+            self._seen[name] = (weakref.ref(t), hook)
+
+    def _gradient_hook(self, module: nn.Module, name: str):
+        derived = _Derived()
+
+        def hook(g: torch.Tensor) -> torch.Tensor:  # the mask as it is now (update_ may change it)
+            return g.masked_fill(derived.get(getattr(module, _suffix(name)), None, g.device), 0)
+
+        return hook
+
+    def _forget(self, name: str) -> None:
+        old = self._seen.pop(name, None)
+        if old is not None and old[1] is not None:
+            old[1].remove()
+
+    def release(self) -> None:
+        """Remove the tensor hooks this keeper registered."""
+        for name in list(self._seen):
+            self._forget(name)
+
+    def before_forward(self, module: nn.Module, args) -> None:
+        self.cover(module)
+
+    def after_load(self, module: nn.Module, incompatible_keys) -> None:
+        zero_pruned_([getattr(module, n) for n in self.names], [getattr(module, _suffix(n)) for n in self.names])
+
+
+def _keepers(module: nn.Module) -> list[tuple[dict, int, Keeper]]:
+    """The (hook dict, key, keeper) of every Keeper hook on ``module``."""
+    found = []
+    for hooks in (module._forward_pre_hooks, module._load_state_dict_post_hooks):
+        for key, hook in hooks.items():
+            keeper = getattr(hook, "__self__", None)
+            if isinstance(keeper, Keeper):
+                found.append((hooks, key, keeper))
+    return found
+
+
+def _uninstall(module: nn.Module) -> None:
+    """Take every Keeper, its tensor hooks and its mask buffers off ``module``."""
+    keepers = {}
+    for hooks, key, keeper in _keepers(module):
+        del hooks[key]
+        keepers[id(keeper)] = keeper
+    for keeper in keepers.values():
+        keeper.release()
+        owner = keeper.owner() if keeper.owner is not None else None
+        if owner is not None:
+            owner._forget(module)
+        for name in keeper.names:
+            module._buffers.pop(_suffix(name), None)
+            module._non_persistent_buffers_set.discard(_suffix(name))
+
+
+def strip_masks_(model: nn.Module) -> nn.Module:
+    """Remove the mask buffers and hooks from ``model`` and its submodules (e.g. a copy); the weights stay as they are."""
+    for module in model.modules():
+        _uninstall(module)
+    return model
+
+
+def has_masks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` carries masks installed by :func:`apply_masks_`."""
+    return any(_keepers(m) for m in model.modules())
+
+
+class _Entry:
+    """One masked tensor: where it lives, and its mask as the tensor's own dtype (one multiply per step)."""
+
+    __slots__ = ("name", "module", "attr", "tensor", "_keep", "_derived", "hook")
+
+    def __init__(self, name: str, module: nn.Module | None, attr: str | None, tensor: torch.Tensor,
+                 keep: torch.Tensor):
+        self.name, self.module, self.attr, self.tensor, self._keep = name, module, attr, tensor, keep
+        self._derived = _Derived()
+        self.hook: RemovableHandle | None = None  # the gradient hook of a tensor in a list, without an optimizer
+
+    @property
+    def keep(self) -> torch.Tensor:
+        """The bool mask (True = kept): the module's buffer, which ``.to()`` moves along with the model."""
+        return getattr(self.module, _suffix(self.attr)) if self.module is not None else self._keep
+
+    def scale(self, like: torch.Tensor) -> torch.Tensor:
+        """The mask as ``like``'s dtype and device, for one multiply (a bool ``masked_fill_`` is 7x slower)."""
+        return self._derived.get(self.keep, like.dtype, like.device)
+
+
+class MaskHandle:
+    """Everything one :func:`apply_masks_` call installed; :meth:`update_` changes the masks, :meth:`remove` undoes it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer | None = None):
+        self.optimizer = optimizer
+        self._entries: list[_Entry] = []
+        self._hooks: list[RemovableHandle] = []  # this handle's optimizer hooks
+        self._modules: dict[int, nn.Module] = {}  # where this handle's keepers are
+
+    @property
+    def masks(self) -> Masks:
+        return {e.name: e.keep for e in self._entries}
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        return [e.tensor for e in self._entries]
+
+    def reapply_(self) -> None:
+        """Zero the masked weights again (after each optimizer step, when no optimizer was given)."""
+        zero_pruned_(self.tensors, [e.keep for e in self._entries])
+
+    def _before_step(self, optimizer, args: tuple, kwargs: dict):
+        """Mask the gradients before the update; a step given a closure (Lightning, LBFGS) computes them inside
+        ``step``, so the closure is wrapped to mask them as soon as it has run."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is None:
+            self._mask_grads()
+            return None
+
+        def masked_closure():
+            loss = closure()
+            self._mask_grads()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": masked_closure}
+        return (args[0], masked_closure, *args[2:]), kwargs
+
+    @torch.no_grad()
+    def _mask_grads(self, *_) -> None:
+        grads, scales = [], []
+        for e in self._entries:
+            g = e.tensor.grad
+            if g is not None and not g.is_sparse:
+                grads.append(g)
+                scales.append(e.scale(g))
+        if grads:
+            torch._foreach_mul_(grads, scales)
+
+    @torch.no_grad()
+    def _mask_weights(self, *_) -> None:
+        tensors = self.tensors
+        if tensors:
+            torch._foreach_mul_(tensors, [e.scale(e.tensor) for e in self._entries])
+
+    @torch.no_grad()
+    def _mask_state(self, entries: list[_Entry]) -> None:
+        """Zero the optimizer's per-weight state (momentum, Adam's moments) where the mask prunes."""
+        if self.optimizer is None:
+            return
+        for e in entries:
+            for value in self.optimizer.state.get(e.tensor, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == e.tensor.shape:
+                    value.masked_fill_(~e.keep.to(value.device), 0)
+
+    def update_(self, masks: Masks) -> None:
+        """New masks for the same tensors, in place: newly pruned weights (and their optimizer state) become zero,
+        newly kept ones start from their current value. Nothing is installed again."""
+        if set(masks) != {e.name for e in self._entries}:
+            raise ValueError("update_ takes masks for the same tensors this handle masks; call apply_masks_ for others")
+        for e in self._entries:
+            e.keep.copy_(_as_keep(e.name, masks[e.name], e.tensor))  # in place: a new version, derived forms renewed
+        self.reapply_()
+        self._mask_state(self._entries)
+
+    def _forget(self, module: nn.Module) -> None:
+        """Another apply_masks_ took ``module`` over: stop enforcing its tensors."""
+        self._modules.pop(id(module), None)
+        self._drop([e for e in self._entries if e.module is module])
+
+    def _drop(self, entries: list[_Entry]) -> None:
+        """Stop enforcing ``entries``; a handle left with none takes its optimizer hooks out too."""
+        gone = {id(e) for e in entries}
+        for e in entries:
+            if e.hook is not None:
+                e.hook.remove()
+            owner = _OWNERS.get(id(e.tensor), (None, None))[1]
+            if owner is not None and owner() is self:
+                del _OWNERS[id(e.tensor)]
+        self._entries = [e for e in self._entries if id(e) not in gone]
+        if not self._entries:
+            for h in self._hooks:
+                h.remove()
+            self._hooks.clear()
+
+    def remove(self) -> None:
+        """Take out every hook and buffer this handle installed. The weights keep their values (pruned ones stay 0
+        until training changes them), and training without the mask works."""
+        for module in list(self._modules.values()):
+            _uninstall(module)
+        self._modules.clear()
+        self._drop(list(self._entries))
+
+
+#: id(tensor) -> (the tensor, its handle), both weakly: a tensor has one handle, the last apply_masks_ that named it
+_OWNERS: dict[int, tuple] = {}
+
+
+def _take_over(tensors: Iterable[torch.Tensor]) -> None:
+    """Earlier handles stop enforcing ``tensors``: the new masks replace theirs, they do not stack."""
+    for t in tensors:
+        ref, owner = _OWNERS.pop(id(t), (None, None))
+        owner = owner() if owner is not None else None
+        if ref is not None and ref() is t and owner is not None:
+            owner._drop([e for e in owner._entries if e.tensor is t])
+    for key in [k for k, (ref, owner) in _OWNERS.items() if ref() is None or owner() is None]:  # gone since
+        del _OWNERS[key]
+
+
+def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask for {name} must be a bool tensor (True = kept), got "
+                        f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    if mask.shape != tensor.shape:
+        raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, the weight has {tuple(tensor.shape)}")
+    return mask.to(device=tensor.device, copy=True)  # the handle's own: update_ changes it, never the caller's
+
+
+def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None) -> dict[str, torch.Tensor]:
+    """The tensors the masks name: on a model, any parameter by its dotted name; else the listed tensors."""
+    if isinstance(model_or_params, nn.Module) and filter is None:
+        out = {}
+        for name in masks:
+            prefix, _, attr = name.rpartition(".")
+            try:
+                t = getattr(model_or_params.get_submodule(prefix), attr)
+            except AttributeError:
+                t = None
+            if not isinstance(t, torch.Tensor):
+                raise KeyError(f"masks name tensors the model does not have: {name!r}")
+            out[name] = t
+        return out
+    named = dict(prunable_parameters(model_or_params, filter))
+    unknown = sorted(set(masks) - set(named))
+    if unknown:
+        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+    return {n: named[n] for n in masks}
+
+
+def apply_masks_(
+    model_or_params: ModelOrParams,
+    masks: Masks,
+    optimizer: torch.optim.Optimizer | None = None,
+    filter: ModuleFilter | None = None,
+) -> MaskHandle:
+    """Zero the masked weights now and keep them zero; returns the handle that owns what was installed.
+
+    ``masks`` maps tensor names (``"0.weight"``: any parameter of a model, by dotted name) to bool keep-masks of the
+    same shape. With ``optimizer``, its state is masked once and the mask is enforced once per ``optimizer.step()``
+    (gradients before it, weights after it), so momentum, weight decay and Adam cannot revive a pruned weight.
+    Without one, a gradient hook zeroes the pruned weights' gradients; call ``handle.reapply_()`` after each step.
+    On a model the masks also travel with it as ``<name>_mask`` buffers, so a ``copy.deepcopy``, a pickled copy or
+    ``load_state_dict`` keeps the pruned weights at zero. Masks on a module that has some replace them.
+    """
+    if not isinstance(masks, dict):
+        raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
+    targets = _targets(model_or_params, masks, filter)
+    keeps = {n: _as_keep(n, masks[n], t) for n, t in targets.items()}
+    handle = MaskHandle(optimizer)
+    model = model_or_params if isinstance(model_or_params, nn.Module) else None
+    _take_over(targets.values())
+    if model is None:
+        handle._entries = [_Entry(n, None, None, t, keeps[n]) for n, t in targets.items()]
+        if optimizer is None:
+            for e in handle._entries:
+                if e.tensor.requires_grad:
+                    e.hook = e.tensor.register_hook(
+                        lambda g, e=e, derived=_Derived(): g.masked_fill(derived.get(e.keep, None, g.device), 0))
+    else:
+        by_module: dict[str, list[str]] = {}
+        for name in targets:
+            prefix, _, attr = name.rpartition(".")
+            by_module.setdefault(prefix, []).append(attr)
+        for prefix, attrs in by_module.items():
+            module = model.get_submodule(prefix)
+            _uninstall(module)  # masks installed earlier on this module are replaced, not stacked
+            for attr in attrs:
+                name = f"{prefix}.{attr}" if prefix else attr
+                module.register_buffer(_suffix(attr), keeps[name], persistent=False)
+                handle._entries.append(_Entry(name, module, attr, targets[name], keeps[name]))
+            keeper = Keeper(attrs, handle)
+            module.register_forward_pre_hook(keeper.before_forward)
+            module.register_load_state_dict_post_hook(keeper.after_load)
+            handle._modules[id(module)] = module
+            if optimizer is not None:
+                keeper.adopt(module)  # the optimizer's hooks enforce this module's own tensors
+            else:
+                keeper.cover(module)
+    for e in handle._entries:
+        _OWNERS[id(e.tensor)] = (weakref.ref(e.tensor), weakref.ref(handle))
+    handle.reapply_()
+    if optimizer is not None:
+        handle._mask_state(handle._entries)
+        handle._hooks.append(optimizer.register_step_pre_hook(handle._before_step))
+        if type(optimizer) not in ZERO_STAYS_ZERO:
+            handle._hooks.append(optimizer.register_step_post_hook(handle._mask_weights))
+    return handle

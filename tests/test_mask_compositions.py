@@ -1,0 +1,187 @@
+"""Masks where they meet every other part, by generation: random sequences of mask operations, copies, round trips,
+optimizer steps, compaction, sparse inference and export, on small MLPs and CNNs with and without BatchNorm and
+residual blocks.
+
+After every operation:
+* the weights the current mask prunes are exactly zero (when a mask is in force);
+* the model's outputs equal those of the same weights in a copy without masks, and every consumer's outputs
+  (sparse_inference, channel compaction, a sparse file loaded into a fresh model) equal the model's;
+* no tensor carries more than one hook, no module more than one mask hook, no optimizer more than two.
+Nothing may raise. The examples are derandomized and few, so the suite runs in well under a minute.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import hypersparse as hs
+from hypersparse.compaction import compact_channels
+from hypersparse.keep_pruned import has_masks, strip_masks_
+from hypersparse.models.resnet_cifar import CifarResNet
+
+MODELS = {
+    "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 24), nn.ReLU(), nn.Linear(24, 4)),
+    "cnn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(8 * 6 * 6, 4)),
+    "cnn-bn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                    nn.Flatten(), nn.Linear(8 * 3 * 3, 4)),
+    "resnet": lambda: CifarResNet(8, num_classes=4, in_channels=3, widths=(4, 8, 8)),
+}
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    "other": lambda ps: Nudge(ps),  # not one torch's elementwise optimizers: the weights are masked after its step
+}
+
+
+class Nudge(torch.optim.Optimizer):
+    """An optimizer hypersparse does not know, which moves every weight, zero gradient or not."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.01})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.01 if p.grad is None else -group["lr"] * p.grad + 0.001)
+
+
+EXAMPLES = int(__import__("os").environ.get("HS_EXAMPLES", "40"))
+sparsities = st.sampled_from([0.5, 0.8, 0.9, 0.97])
+ops = st.one_of(
+    st.tuples(st.just("apply"), sparsities, st.sampled_from(["global", "layer"]),
+              st.sampled_from([None, "sgd", "adam", "other"])),
+    st.tuples(st.just("update"), sparsities),
+    st.tuples(st.just("remove")),
+    st.tuples(st.just("deepcopy")),
+    st.tuples(st.just("pickle")),
+    st.tuples(st.just("state_dict")),
+    st.tuples(st.just("half")),
+    st.tuples(st.just("steps"), st.integers(1, 3), st.booleans()),
+    st.tuples(st.just("sparse_inference")),
+    st.tuples(st.just("compact")),
+    st.tuples(st.just("export")),
+)
+
+
+class World:
+    """The model under test, its optimizer and handle, and the mask that should be in force (None: none)."""
+
+    def __init__(self, kind: str):
+        torch.manual_seed(0)
+        self.kind = kind
+        self.model = MODELS[kind]()
+        self.opt = None
+        self.handle = None
+        self.masks = None
+        self.x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def outputs(self, model=None) -> torch.Tensor:
+        model = model or self.model
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(self.x)
+        model.train(was)
+        return out
+
+    def do(self, op: tuple) -> None:
+        name = op[0]
+        if name == "apply":
+            _, sparsity, scope, optimizer = op
+            self.masks = hs.magnitude_masks(self.model, sparsity, scope=scope)
+            self.opt = OPTIMIZERS[optimizer](self.model.parameters()) if optimizer else None
+            self.handle = hs.apply_masks_(self.model, self.masks, self.opt)
+        elif name == "update" and self.handle is not None and self.masks is not None:
+            self.masks = hs.magnitude_masks(self.model, op[1])
+            self.handle.update_(self.masks)
+        elif name == "remove" and self.handle is not None:
+            self.handle.remove()
+            self.handle, self.masks = None, None
+        elif name in ("deepcopy", "pickle"):
+            self.model = copy.deepcopy(self.model) if name == "deepcopy" else pickle.loads(pickle.dumps(self.model))
+            self.opt, self.handle = None, None  # a copy travels without its original's optimizer and handle
+        elif name == "state_dict":
+            state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            fresh = MODELS[self.kind]()
+            fresh.load_state_dict(state)
+            self.model, self.opt, self.handle = fresh, None, None
+            if self.masks is not None:  # the file's zeros are its mask
+                self.masks = hs.masks_from_zeros(self.model)
+                self.handle = hs.apply_masks_(self.model, self.masks)
+        elif name == "half":
+            ref = strip_masks_(copy.deepcopy(self.model)).half()
+            self.model.half()
+            with torch.no_grad():
+                self.model.eval(), ref.eval()
+                assert torch.equal(self.model(self.x.half()), ref(self.x.half()))
+            self.model.float()
+        elif name == "steps":
+            if self.opt is None:
+                self.opt = OPTIMIZERS["sgd"](self.model.parameters())
+            self.model.train()
+            y = torch.arange(3) % 4
+
+            def closure():
+                self.opt.zero_grad()
+                loss = nn.functional.cross_entropy(self.model(self.x), y)
+                loss.backward()
+                return loss
+
+            for _ in range(op[1]):
+                if op[2]:  # the gradients computed inside step, as Lightning does
+                    self.opt.step(closure)
+                else:
+                    closure()
+                    self.opt.step()
+                if self.handle is not None and self.handle.optimizer is None:
+                    self.handle.reapply_()  # the documented contract without an optimizer
+        elif name == "sparse_inference":
+            fast = hs.sparse_inference(self.model, self.x, reps=1)
+            close(fast(self.x), self.outputs())
+        elif name == "compact":
+            self.model.eval()
+            compacted, _ = compact_channels(self.model)
+            assert not has_masks(compacted) or compacted is self.model
+            close(self.outputs(compacted), self.outputs())
+        elif name == "export":
+            with tempfile.TemporaryDirectory() as d:
+                hs.save_sparse(self.model, Path(d) / "m.safetensors")
+                loaded = hs.load_sparse(Path(d) / "m.safetensors", model=MODELS[self.kind]())
+            assert torch.equal(self.outputs(loaded), self.outputs())
+
+    def check(self) -> None:
+        params = dict(self.model.named_parameters())
+        if self.masks is not None and has_masks(self.model):
+            for n, keep in self.masks.items():
+                assert torch.all(params[n].detach()[~keep] == 0), f"pruned weights of {n} revived"
+        assert torch.equal(self.outputs(), self.outputs(strip_masks_(copy.deepcopy(self.model))))
+        assert all(len(p._backward_hooks or {}) <= 1 for p in self.model.parameters())
+        assert all(len(m._forward_pre_hooks) <= 1 and len(m._load_state_dict_post_hooks) <= 1
+                   for m in self.model.modules())
+        if self.opt is not None:
+            assert len(self.opt._optimizer_step_pre_hooks) + len(self.opt._optimizer_step_post_hooks) <= 2
+
+
+def close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert (out - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence=st.lists(ops, min_size=1, max_size=8))
+def test_any_sequence_of_mask_operations_keeps_the_mask_and_the_outputs(kind, sequence):
+    world = World(kind)
+    for op in sequence:
+        world.do(op)
+        world.check()
