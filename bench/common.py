@@ -66,3 +66,15 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     )
     md.write_text(markdown.rstrip() + header)
     return js, md
+
+
+def rerun_note(payload: dict) -> list[str]:
+    """The page's line about its GMP runs being made again (bench/gmp_rerun.py), if they were."""
+    r = payload.get("gmp_rerun")
+    if not r:
+        return []
+    return [f"\nThe GMP runs of this section were made again by `{r['command']}` at commit `{r['commit']}` "
+            f"({r['date']}), after the mask mechanism was rewritten (GMP's pruning epochs had slowed with every mask "
+            "update); old and new results and timings side by side: "
+            "[bench/results/gmp-rerun.md](../bench/results/gmp-rerun.md).\n"]
+

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std, provenance  # noqa: E402
+from common import mean_std, provenance, rerun_note  # noqa: E402
 from sweep import add_grid_arguments, grid, run_sweep  # noqa: E402
 
 SCALE = 0.05
@@ -110,7 +110,7 @@ def publish(payload: dict, out: Path) -> None:
             row += [mean_std(art), mean_std(gmp), mean_std(pairs) if pairs else "n/c",
                     f"{statistics.mean(reg):.1f}" if reg else "-"]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["\nRaw results: [runs/lenet5-gap.json](runs/lenet5-gap.json).\n", END]
+    lines += [*rerun_note(payload), "\nRaw results: [runs/lenet5-gap.json](runs/lenet5-gap.json).\n", END]
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "runs" / "lenet5-gap.json").write_text(json.dumps(payload, indent=1) + "\n")
     page = out / "results.md"

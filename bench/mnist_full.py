@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std, provenance  # noqa: E402
+from common import mean_std, provenance, rerun_note  # noqa: E402
 from mnist_sweep import ANCHORS  # noqa: E402
 from sweep import add_grid_arguments, grid, merge, run_sweep  # noqa: E402
 
@@ -209,7 +209,7 @@ def page(payload: dict, sparsities: list[float]) -> str:
         ep = "/".join(str(v) for v in r["epochs"].values()) if r.get("epochs") else "-"
         wall = f"{r['wall_seconds'] / 60:.1f}" if "wall_seconds" in r else "-"
         lines.append(f"| {r['sparsity']} | {r['method']} | {r['seed']} | {err} | {ep} | {wall} | `{r['commit']}` |")
-    lines += ["\n</details>\n", "Raw results: [runs/mnist-full.json](runs/mnist-full.json).\n"]
+    lines += ["\n</details>\n", *rerun_note(payload), "Raw results: [runs/mnist-full.json](runs/mnist-full.json).\n"]
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std, provenance  # noqa: E402
+from common import mean_std, provenance, rerun_note  # noqa: E402
 
 METHODS = [("art", "hs"), ("art", "l1"), ("art", "l2"), ("oneshot", None), ("gmp", None), ("snip", None)]
 LABELS = {"art-hs": "ART + HyperSparse", "art-l1": "ART + L1", "art-l2": "ART + L2", "oneshot": "one-shot magnitude",
@@ -302,7 +302,7 @@ def page(payload, models, sparsities, png, name):
         ep = sum(r["epochs"].values()) if r.get("epochs") else "-"
         lines.append(f"| {r['model']} | {r['sparsity']} | {r['method']} | {r['seed']} | {err} | {ep} | "
                      f"{r['wall_seconds']:.0f} |")
-    lines += ["\n</details>\n", f"Raw results: [runs/{name}.json](runs/{name}.json).\n"]
+    lines += ["\n</details>\n", *rerun_note(payload), f"Raw results: [runs/{name}.json](runs/{name}.json).\n"]
     return "\n".join(lines)
 
 

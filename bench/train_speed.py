@@ -1,133 +1,338 @@
-"""CPU training speed: our engine's epochs against a plain PyTorch DataLoader loop, LeNet-300-100 on MNIST.
+"""CPU training speed per phase: a plain PyTorch loop, hypersparse's engine and the authors' loop, side by side.
 
-Both train the same model (LeNet-300-100), batch 64, SGD 0.1 / momentum 0.9 / wd 1e-4, on the same threads. The
-plain loop is what a user would write: a ``TensorDataset`` of normalised float images, ``DataLoader(shuffle=True)``,
-forward, loss, backward, step. Ours is ``hypersparse train`` itself: a short ART run (warm-up, regularization with
-its per-epoch scoring of the pruned copy and statistics, fine-tuning) whose metrics rows give each phase's seconds per
-epoch, split into training, scoring and statistics. The time to a sparse model at the authors' full schedule follows
-from those per-epoch figures and the regularization length the full-schedule sweep measured (docs/results.md).
+For LeNet-300-100 and LeNet-5 on MNIST (batch 64, SGD 0.1 / momentum 0.9 / wd 1e-4 as in the paper), at each sparsity
+and thread count, three loops run in one process, epoch by epoch in turn, so that a busy machine slows them alike:
 
-    python bench/train_speed.py [--threads 2] [--epochs 3]
+* **plain**: what a user writes, a ``TensorDataset`` of normalised images, ``DataLoader(shuffle=True)``, forward,
+  loss, backward, step, dense (training only, no evaluation): the reference epoch of every phase;
+* **ours**: ``hypersparse train``'s engine (``Trainer.epoch``): dense warm-up; ART regularization (the HyperSparse
+  step, scoring the pruned copy on 5,000 training images, statistics); fine-tuning with the mask fixed, which trains
+  the compacted network (units and channels no kept weight connects to the output removed, written back every
+  epoch). Every epoch also scores the validation split and writes its checkpoint and logs: all of it is timed;
+* **authors**: the loop of the authors' ``train.py`` written out below (their ``hyperSparse`` loss through autograd
+  with a full sort at every step; each regularization epoch a deep copy of the model, pruned by a full sort and
+  scored on the whole training set; fine-tuning multiplying weights and gradients by the mask at every step; the test
+  set scored after every epoch).
+
+Fine-tuning starts from the mask of a real ART run (``bench/masks/``). Medians over the timed epochs of each phase
+(the first epoch of each loop and phase is left out). The time to a sparse model at the authors' full schedule
+(60 warm-up, R regularization, 160 fine-tuning epochs; R the mean the full-schedule sweep measured, docs/results.md)
+follows from the per-phase figures; ``--full-run`` also times one real full-schedule run at 98.5 %.
+
+    python bench/train_speed.py [--threads 1,2] [--models lenet300,lenet5] [--sparsities 0.98,0.995] [--epochs 3]
+    python bench/train_speed.py --full-run            # adds the real run (about 5 minutes at 2 threads)
+    python bench/train_speed.py --dry-run             # a tiny version of everything (the test suite runs it)
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from common import provenance, write_results
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import provenance, write_results  # noqa: E402
+
+PHASES = ("warmup", "regularize", "finetune")
+LR, MOMENTUM, WD, BATCH = 0.1, 0.9, 1e-4, 64
+LR_OF = {"lenet300": 0.1, "lenet5": 0.01}  # LeNet-5 diverges at 0.1 (README); the same lr in every loop
 
 
-def plain_loop(splits, epochs: int) -> list[float]:
-    """Seconds per epoch of the loop a user writes with torch.utils.data."""
-    from torch.utils.data import DataLoader, TensorDataset
+# -- the loops ----------------------------------------------------------------------------------------------------
+def _tensor_data(splits, subset: int | None):
+    mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std).view(1, -1, 1, 1)
+    x, y = splits.train_x, splits.train_y
+    if subset:
+        x, y = x[:subset], y[:subset]
+    return (x.float() / 255 - mean) / std, y, (splits.test_x.float() / 255 - mean) / std, splits.test_y
 
+
+def prunable(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def authors_hypersparse_loss(model, prune_rate):
+    """The authors' regularization loss (their loss/HyperSparse.py): a full sort of all weights at every step."""
+    w = torch.cat([m.weight.reshape(-1) for m in prunable(model)])
+    w_abs = w.abs()
+    w_sort, _ = torch.sort(w_abs.detach())
+    s = 0.6585 / w_sort[math.floor(prune_rate * w_sort.shape[0])]
+    w_tanh = torch.tanh(s * w_abs)
+    loss = w_abs * torch.sum(w_tanh) / w_tanh.sum().detach() - w_abs
+    return loss.sum()
+
+
+def authors_magnitude_prune(model, prune_rate):
+    """Their pruning of a copy: a full sort for the global threshold, weights below it set to zero."""
+    w = torch.cat([m.weight.detach().abs().reshape(-1) for m in prunable(model)])
+    threshold = torch.sort(w)[0][math.floor(prune_rate * w.numel())]
+    mask = {}
+    for i, m in enumerate(prunable(model)):
+        mask[i] = m.weight.detach().abs() > threshold
+        m.weight.data.mul_(mask[i].float())
+    return model, mask
+
+
+class PlainLoop:
+    """The dense loop a user writes with torch.utils.data (training only)."""
+
+    def __init__(self, model, data, lr):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.model, (x, y, _, _) = model, data
+        self.loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WD)
+
+    def epoch(self, phase: str) -> None:
+        self.model.train()
+        for xb, yb in self.loader:
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(xb), yb).backward()
+            self.opt.step()
+
+
+class AuthorsLoop:
+    """The structure of the authors' train.py (CPU here): see the module docstring."""
+
+    def __init__(self, model, data, lr, sparsity, mask_model):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        x, y, tx, ty = data
+        self.model, self.sparsity, self.mask_model = model, sparsity, mask_model
+        self.loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+        self.test_loader = DataLoader(TensorDataset(tx, ty), batch_size=100)
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WD)
+        self.mask = None
+        self.alpha = 5e-6
+
+    def _test(self, model, loader) -> float:
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for xb, yb in loader:
+                correct += int((model(xb).argmax(1) == yb).sum())
+        return correct
+
+    def epoch(self, phase: str) -> None:
+        if phase == "finetune" and self.mask is None:  # their switch to fine-tuning: the pruned model, a new SGD
+            self.model.load_state_dict(self.mask_model.state_dict())
+            self.mask = [m.weight.detach() != 0 for m in prunable(self.model)]
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=self.opt.param_groups[0]["lr"], momentum=MOMENTUM,
+                                       weight_decay=WD)
+        self.model.train()
+        for xb, yb in self.loader:
+            out = self.model(xb)
+            loss = F.cross_entropy(out, yb)
+            (out.argmax(1) == yb).float().mean().item()  # their running accuracy, a sync per step
+            self.opt.zero_grad()
+            if phase == "regularize":
+                loss = loss + self.alpha * authors_hypersparse_loss(self.model, self.sparsity)
+            loss.backward()
+            if self.mask is not None:
+                for m, keep in zip(prunable(self.model), self.mask):
+                    m.weight.data.mul_(keep.float())
+                    m.weight.grad.data.mul_(keep.float())
+            self.opt.step()
+        self._test(self.model, self.test_loader)
+        if phase == "regularize":
+            pruned, _ = authors_magnitude_prune(copy.deepcopy(self.model), self.sparsity)
+            self._test(pruned, self.loader)
+
+
+class OurLoop:
+    """hypersparse's engine, one ``Trainer.epoch()`` per call: ART from a dense start, then (a second Trainer)
+    fine-tuning from a real ART mask."""
+
+    def __init__(self, model_name, data_dir, sparsity, mask_model, lr, workdir: Path, warmup: int, fraction: float):
+        from hypersparse.config import TrainConfig
+        from hypersparse.engine import Trainer
+
+        common = {"dataset": "mnist", "data_dir": data_dir, "model": model_name, "sparsity": sparsity, "lr": lr,
+                  "seed": 0, "epoch_fraction": fraction}
+        quiet = open(os.devnull, "w")
+        (workdir / "art").mkdir(parents=True)
+        (workdir / "ft").mkdir(parents=True)
+        # the authors' lambda_0 and eta: regularization outlasts the epochs timed here
+        self.art = Trainer(TrainConfig.from_dict({**common, "warmup_epochs": warmup}), workdir / "art",
+                           progress=False, out=quiet)
+        self.art.driver.start(self.art.model, self.art.optimizer)
+        self.ft = Trainer(TrainConfig.from_dict({**common, "method": "oneshot", "warmup_epochs": 1}), workdir / "ft",
+                          progress=False, out=quiet)
+        import hypersparse as hs
+
+        self.ft.model.load_state_dict(mask_model.state_dict())
+        masks = hs.masks_from_zeros(self.ft.model)
+        self.ft.method.masks, self.ft.method.phase = masks, "finetune"  # ART's mask, fixed: fine-tuning from here
+        self.ft.driver.start(self.ft.model, self.ft.optimizer)
+
+    def epoch(self, phase: str) -> None:
+        trainer = self.ft if phase == "finetune" else self.art
+        if phase != "finetune" and trainer.method.phase != phase:
+            raise RuntimeError(f"the ART run is in {trainer.method.phase}, not {phase}")
+        trainer.epoch()
+
+
+# -- one measurement ----------------------------------------------------------------------------------------------
+def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_dir: str, subset: int | None,
+            mask_file: Path) -> dict:
+    import hypersparse as hs
+    from hypersparse.data import load_dataset
     from hypersparse.models import create_model
 
+    torch.set_num_threads(threads)
+    splits = load_dataset("mnist", data_dir, 0)
+    data = _tensor_data(splits, subset)
+    fraction = subset / len(splits.train_x) if subset else 1.0
+    lr = LR_OF[model_name]
+    mask_model = hs.load_sparse(mask_file)
     torch.manual_seed(0)
-    mean, std = torch.tensor(splits.mean).view(1, -1, 1, 1), torch.tensor(splits.std).view(1, -1, 1, 1)
-    x = (splits.train_x.float() / 255 - mean) / std
-    loader = DataLoader(TensorDataset(x, splits.train_y), batch_size=64, shuffle=True)
-    model = create_model("lenet300", 10, 1, 28)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def ours(data_dir: str, epochs: int) -> list[dict]:
-    """The metrics rows of a short ART run through the engine."""
-    from hypersparse.config import TrainConfig
-    from hypersparse.engine import train
-    from hypersparse.runs import read_jsonl
-
-    cfg = TrainConfig.from_dict({"dataset": "mnist", "data_dir": data_dir, "model": "lenet300", "sparsity": 0.98,
-                                 "warmup_epochs": epochs, "finetune_epochs": epochs, "lr_steps": "1000",
-                                 "lambda_init": "auto", "reg_epochs_target": 2 * epochs + 1, "seed": 0})
+    loops = {"plain": PlainLoop(create_model(model_name, 10, 1, 28), data, lr),
+             "authors": AuthorsLoop(create_model(model_name, 10, 1, 28), data, lr, sparsity, mask_model)}
+    seconds: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PHASES} for name in ("plain", "ours", "authors")}
     with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp) / "run", progress=False, out=open(os.devnull, "w"))
-        return read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
+        loops["ours"] = OurLoop(model_name, data_dir, sparsity, mask_model, lr, Path(tmp), epochs + 1, fraction)
+        for phase in PHASES:
+            for _ in range(epochs + 1):  # the first of each is left out
+                for name in ("plain", "ours", "authors"):
+                    t = time.perf_counter()
+                    loops[name].epoch("warmup" if name == "plain" else phase)
+                    seconds[name][phase].append(time.perf_counter() - t)
+        ours = loops["ours"]
+        compact = ours.ft.compact
+        shapes = [tuple(m.weight.shape) for m in prunable(compact.model)] if compact is not None else None
+    median = {name: {p: statistics.median(v[1:]) for p, v in by.items()} for name, by in seconds.items()}
+    return {"model": model_name, "sparsity": sparsity, "threads": threads, "epochs_timed": epochs,
+            "images_per_epoch": len(data[0]), "seconds": seconds, "median": median,
+            "compacted_layers": shapes, "full_layers": [tuple(m.weight.shape) for m in prunable(mask_model)]}
+
+
+def full_run(data_dir: str, threads: int, workdir: Path) -> dict:
+    """One real run at the authors' full schedule, LeNet-300 at 98.5 %: its wall time and phase times."""
+    run = workdir / "full"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hypersparse", "train", "--dataset", "mnist", "--data-dir", data_dir,
+                    "--model", "lenet300", "--sparsity", "0.985", "--run-dir", str(run)], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    summary = json.loads((run / "summary.json").read_text())
+    return {"threads": threads, "wall_seconds": wall, "epochs": summary["epochs"],
+            "phase_seconds": summary["phase_seconds"], "test_acc": summary["sparse"]["test_acc"]}
+
+
+def sweep_reg_epochs() -> float:
+    path = ROOT / "docs" / "runs" / "mnist-full.json"
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    reg = [r["epochs"]["regularize"] for r in runs if r["method"] == "art-hs" and r["sparsity"] == 0.985
+           and r.get("epochs")]
+    return statistics.mean(reg) if reg else 65.0
+
+
+# -- the page -----------------------------------------------------------------------------------------------------
+TARGETS = {  # (model, phase, sparsity or None): bound on ours / plain, from issue 34 (and 30: 1.15)
+    ("lenet300", "regularize", None): 1.1, ("lenet300", "finetune", 0.995): 0.5, ("lenet5", "finetune", 0.995): 0.8,
+}
+
+
+def page(p: dict) -> str:
+    lines = ["# CPU training speed per phase: plain loop, hypersparse, the authors' loop\n",
+             f"MNIST, batch 64, SGD momentum 0.9, wd 1e-4; {p['images_per_epoch']:,} training images per epoch; "
+             f"medians over {p['epochs']} timed epochs per phase and loop, the loops taking turns epoch by epoch. "
+             "Seconds per epoch; in brackets, the ratio to the plain dense loop's epoch in the same run. *ours* "
+             "includes everything the engine does per epoch (validation, the pruned copy's score, statistics, "
+             "checkpoint); *plain* trains only. Fine-tuning starts from the mask of a real ART run "
+             "(`bench/masks/`).\n",
+             "| model | sparsity | threads | phase | plain | ours | authors |", "|---|---:|---:|---|---:|---:|---:|"]
+    verdicts = []
+    for r in p["results"]:
+        plain = r["median"]["plain"]
+        for phase in PHASES:
+            base = plain[phase]
+            ours, theirs = r["median"]["ours"][phase], r["median"]["authors"][phase]
+            lines.append(f"| {r['model']} | {r['sparsity']:.1%} | {r['threads']} | {phase} | {base:.2f} | "
+                         f"{ours:.2f} ({ours / base:.2f}x) | {theirs:.2f} ({theirs / base:.2f}x) |")
+            for (model, ph, k), bound in TARGETS.items():
+                if model == r["model"] and ph == phase and (k is None or k == r["sparsity"]):
+                    ratio = ours / base
+                    verdicts.append(f"- {model}, {phase}, {r['sparsity']:.1%}, {r['threads']} thread"
+                                    f"{'s' if r['threads'] > 1 else ''}: {ratio:.2f}x the plain epoch, target "
+                                    f"≤ {bound}x: **{'met' if ratio <= bound else 'missed'}**")
+    lines += ["", "Targets (issue 34; issue 30 asks ≤ 1.15x for regularization and fine-tuning):", *verdicts]
+    lines += ["", "Layers that fine-tuning trains after compaction (weight shapes, full → compacted):"]
+    for r in p["results"]:
+        if r["threads"] == p["results"][0]["threads"]:
+            lines.append(f"- {r['model']} at {r['sparsity']:.1%}: {r['full_layers']} → {r['compacted_layers']}")
+    reg = p["full_schedule_reg_epochs"]
+    lines += ["", f"Time to a sparse LeNet-300-100 at the authors' full schedule (60 warm-up, {reg:.0f} regularization "
+              "— the mean the full-schedule sweep measured at 98.5 % — and 160 fine-tuning epochs), from the "
+              "per-epoch medians at 98 %:", ""]
+    lines += ["| threads | loop | warm-up | regularization | fine-tuning | total |", "|---:|---|---:|---:|---:|---:|"]
+    for r in p["results"]:
+        if r["model"] != "lenet300" or r["sparsity"] != 0.98:
+            continue
+        for name in ("plain", "ours", "authors"):
+            m = r["median"][name]
+            parts = [60 * m["warmup"], reg * m["regularize"], 160 * m["finetune"]]
+            total = sum(parts)
+            shares = " | ".join(f"{x / 60:.1f} min ({x / total:.0%})" for x in parts)
+            lines.append(f"| {r['threads']} | {name} | {shares} | **{total / 60:.1f} min** |")
+    if p.get("full_run"):
+        f = p["full_run"]
+        lines += ["", f"Measured as one real run (`hypersparse train --dataset mnist --model lenet300 --sparsity 0.985`, "
+                  f"the authors' full schedule, {f['threads']} threads): **{f['wall_seconds'] / 60:.1f} min** wall "
+                  f"({', '.join(f'{k} {v} epochs' for k, v in f['epochs'].items())}; test accuracy "
+                  f"{f['test_acc']:.2%}); target ≤ 5 min: **{'met' if f['wall_seconds'] <= 300 else 'missed'}**."]
+    if p.get("note"):
+        lines += ["", p["note"]]
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--note", default="", help="a sentence printed on the page (e.g. what else ran on the machine)")
-    ap.add_argument("--reg-epochs", type=float, default=None,
-                    help="regularization epochs of a full-schedule run (default: the sweep's mean at 98.5 %%)")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--models", default="lenet300,lenet5")
+    ap.add_argument("--sparsities", default="0.98,0.995")
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per phase and loop (one more is run first)")
+    ap.add_argument("--full-run", action="store_true", help="also time one real full-schedule run (2 threads)")
+    ap.add_argument("--dry-run", action="store_true", help="a tiny version of everything; writes no page")
+    ap.add_argument("--note", default="", help="a sentence for the page (e.g. what else ran on the machine)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     prov = provenance(seed=0)
-    from hypersparse.data import load_dataset
-
-    splits = load_dataset("mnist", args.data_dir, 0)
-    rows = ours(args.data_dir, args.epochs)
-    plain = plain_loop(splits, args.epochs)
-    phases = {}
-    for phase in ("warmup", "regularize", "finetune"):
-        got = [r for r in rows if r["phase"] == phase][1:] or [r for r in rows if r["phase"] == phase]  # 1st warms up
-        phases[phase] = {k: statistics.median(r[k] for r in got) for k in ("seconds", "measure_seconds", "stats_seconds")}
-    reg = args.reg_epochs if args.reg_epochs is not None else sweep_reg_epochs()
-    full = 60 * phases["warmup"]["seconds"] + reg * phases["regularize"]["seconds"] + \
-        160 * phases["finetune"]["seconds"]
-    payload = {"provenance": prov, "threads": args.threads, "plain_epoch_seconds": statistics.median(plain[1:] or plain),
-               "phases": phases, "full_schedule_reg_epochs": reg, "full_schedule_seconds": full, "note": args.note}
-    write_results("train-speed-cpu", payload, page(payload))
-    print(page(payload))
-
-
-def sweep_reg_epochs() -> float:
-    import json
-
-    path = ROOT / "docs" / "runs" / "mnist-full.json"
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    reg = [r["epochs"]["regularize"] for r in runs if r["method"] == "art-hs" and r["sparsity"] == 0.985
-           and r.get("epochs")]
-    return statistics.mean(reg) if reg else 100.0
-
-
-def page(p: dict) -> str:
-    ph, plain = p["phases"], p["plain_epoch_seconds"]
-    lines = ["# CPU training speed: LeNet-300-100 on MNIST, batch 64\n",
-             f"{p['threads']} threads, 55,000 training images per epoch (5,000 held out for validation); medians "
-             "over the epochs of each phase (the first epoch of each phase left out).\n",
-             "| loop | seconds per epoch | of which training and validation | scoring the pruned copy | statistics | vs plain |",
-             "|---|---:|---:|---:|---:|---:|",
-             f"| plain PyTorch `DataLoader` loop (training only) | {plain:.2f} | {plain:.2f} | - | - | 1.00x |"]
-    for phase, label in (("warmup", "hypersparse, dense warm-up"), ("regularize", "hypersparse, ART regularization"),
-                         ("finetune", "hypersparse, fine-tuning (masked)")):
-        r = ph[phase]
-        training = r["seconds"] - r["measure_seconds"] - r["stats_seconds"]
-        lines.append(f"| {label} | {r['seconds']:.2f} | {training:.2f} | {r['measure_seconds']:.2f} | "
-                     f"{r['stats_seconds']:.2f} | {plain / r['seconds']:.2f}x |")
-    reg = ph["regularize"]
-    share = (reg["measure_seconds"] + reg["stats_seconds"]) / reg["seconds"]
-    if p.get("note"):
-        lines += ["", p["note"]]
-    lines += ["", f"Per regularization epoch, scoring the pruned copy and the statistics cost {share:.1%} of the epoch"
-              + (" (more than 5 %: see the note in docs/results.md)." if share > 0.05 else "."),
-              f"\nTime to a 98 % sparse model at the authors' full schedule (60 warm-up, "
-              f"{p['full_schedule_reg_epochs']:.0f} regularization — the mean the full-schedule sweep measured at "
-              f"98.5 % — and 160 fine-tuning epochs), from these per-epoch figures: "
-              f"**{p['full_schedule_seconds'] / 60:.1f} min** on {p['threads']} threads."]
-    return "\n".join(lines)
+    subset = 640 if args.dry_run else None
+    epochs = 1 if args.dry_run else args.epochs
+    results = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for model in args.models.split(","):
+            for k in [float(s) for s in args.sparsities.split(",")]:
+                mask = ROOT / "bench" / "masks" / f"{model}-mnist-art-{k:g}.sparse.safetensors"
+                results.append(measure(model, k, threads, epochs, args.data_dir, subset, mask))
+                print(json.dumps({key: results[-1][key] for key in ("model", "sparsity", "threads", "median")}),
+                      flush=True)
+    payload = {"provenance": prov, "results": results, "epochs": epochs, "images_per_epoch":
+               results[0]["images_per_epoch"], "full_schedule_reg_epochs": sweep_reg_epochs(), "note": args.note}
+    if args.full_run and not args.dry_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            payload["full_run"] = full_run(args.data_dir, 2, Path(tmp))
+    text = page(payload)
+    if args.dry_run:
+        print(text)
+        return
+    write_results("train-speed-cpu", payload, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The results pages are made from their JSON by the bench scripts: regenerating them changes no byte."""
+import os
 import shutil
 import subprocess
 import sys
@@ -22,3 +23,16 @@ def test_a_results_page_regenerates_byte_identical_from_its_json(script, page, d
     assert out.returncode == 0, out.stderr
     assert (docs / page).read_bytes() == (ROOT / "docs" / page).read_bytes()
     assert (docs / "runs" / data).read_bytes() == (ROOT / "docs" / "runs" / data).read_bytes()
+
+
+def test_the_training_speed_bench_runs_end_to_end_in_its_dry_run():
+    """bench/train_speed.py --dry-run: the three loops, every phase, on a few hundred images (no page written)."""
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data" / "mnist"
+    if not data.exists():
+        pytest.skip("../shared/data not beside the checkout")
+    out = subprocess.run([sys.executable, str(root / "bench" / "train_speed.py"), "--dry-run", "--threads", "1",
+                          "--models", "lenet300", "--sparsities", "0.995", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| lenet300 | 99.5% | 1 | finetune |" in out.stdout and "→ [(" in out.stdout

@@ -120,6 +120,8 @@ class RunConfig:
     run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)")
     device: str = _f("auto", "cuda, mps, cpu or auto", flag=False)
     stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", flag=False)
+    compact_finetune: bool = _f(True, "once the mask is fixed, train only the units and channels that reach the "
+                                "output (exact; written back into the full model every epoch)", flag=False)
     plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)")
     compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
                              "oneshot, gmp, snip (comma-separated; --method art only)")

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from hypersparse.compact_training import CompactTraining
 from hypersparse.masks import MaskHandle, apply_masks_
 from hypersparse.method import EpochResult, Method, Score
 from hypersparse.params import Exclude, ModuleFilter
@@ -79,6 +80,15 @@ class Driver:
         else:
             self.handle.update_(masks)
         self._installed = masks
+
+    def compacted(self, model: nn.Module, optimizer) -> CompactTraining | None:
+        """Once the mask is fixed: a compacted copy of ``model`` to fine-tune, exactly as the full one would train
+        (see :mod:`hypersparse.compact_training`): train ``.model`` with ``.optimizer``, call ``.sync_settings()``
+        after changing the learning rate and ``.write_back()`` before using ``model``. None before the mask is fixed,
+        or for a model it does not handle."""
+        if self.method is None or not self.method.mask_fixed:
+            return None
+        return CompactTraining.build(model, self.method.masks, _inner(optimizer))
 
     # -- the loop ------------------------------------------------------------------
     @property

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hypersparse.checkpoint import VERSION, load_run_checkpoint
+from hypersparse.compact_training import CompactTraining
 from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
@@ -88,6 +89,7 @@ class Trainer:
             self.shard_loader = copy.copy(self.train_loader)
             self.shard_loader.rank, self.shard_loader.world = self.dist.rank, self.dist.world
         self.ddp: nn.Module | None = None
+        self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
         # the fixed training subset that scores pruned copies (and, with the matched criterion, the dense model)
         n = len(d.train_x) if cfg.art.pruned_eval_size == 0 else min(cfg.art.pruned_eval_size, len(d.train_x))
         subset = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.run.seed + 1))[:n]
@@ -145,11 +147,22 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         return self.ddp
 
+    def _compacted(self) -> CompactTraining | None:
+        """The compacted network to train this epoch: built once the mask is fixed (also after a resume)."""
+        if self.compact is None and self.method.mask_fixed and self.cfg.run.compact_finetune and not self.dist.active:
+            self.compact = self.driver.compacted(self.model, self.optimizer)
+        if self.compact is not None:
+            self.compact.sync_settings()  # this epoch's learning rate
+        return self.compact
+
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, running training accuracy)."""
         model, opt, driver = self.model, self.optimizer, self.driver
         forward = self._forward_model()
-        model.train()
+        compact = self._compacted()
+        if compact is not None:  # the same training on fewer units; written back below
+            forward, opt = compact.model, compact.optimizer
+        forward.train()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         batches, seen = self.shard_loader.batches(epoch), 0
@@ -169,6 +182,8 @@ class Trainer:
             total_loss += loss.detach().float() * len(yb)
             correct += (out.argmax(1) == yb).sum()
             seen += len(yb)
+        if compact is not None:
+            compact.write_back()  # the full model is what is scored, checkpointed and saved
         # one host sync per epoch, not per step; under torchrun the sums run over all ranks
         loss_sum, n_correct, n = self.dist.sum(float(total_loss), int(correct), seen)
         mean_loss = loss_sum / max(1.0, n)
@@ -313,8 +328,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
             remove_created(target, created)  # a run that could not start leaves nothing behind
         raise
     trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
-    trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})" if dist.active else ""))
-    with stopped_cleanly(target):
+    with stopped_cleanly(target):  # from before the line that tells a watcher the run has started
+        trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
+                                                        if dist.active else ""))
         return _with_comparison(trainer, trainer.run(), progress)
 
 
@@ -343,8 +359,8 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) ->
     ckpt = load_run_checkpoint(path / CHECKPOINT)
     trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out)
     trainer.load_state(ckpt)
-    trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
     with stopped_cleanly(path):
+        trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
         return _with_comparison(trainer, trainer.run(), progress)
 
 

@@ -45,11 +45,88 @@ def cut_magnitude(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     """
     source = flat if flat.device.type in ("cpu", "cuda") else flat.cpu()  # MPS lacks kthvalue
     t = torch.kthvalue(source, k).values.to(flat.device)
+    if flat.device.type == "cpu" and t > 0:  # the usual case, decided without two more passes (no sync on the CPU)
+        return t.clamp_min(torch.finfo(torch.float32).tiny), torch.as_tensor(k)
     zeros = flat == 0
     smallest_alive = flat.masked_fill(zeros, float("inf")).min()
     cut = torch.where(t > 0, t, smallest_alive).clamp_min(torch.finfo(torch.float32).tiny)
     below = torch.where(t > 0, torch.as_tensor(k, device=flat.device), zeros.sum())
     return cut, below
+
+
+_TINY = torch.finfo(torch.float32).tiny
+_BLOCK = 4096  # entries per partial sum of the C kernel (hs_hypersparse in hypersparse.native)
+
+
+class _NativePass:
+    """HyperSparse's pass in C over float32 CPU tensors, its blocks split across torch's threads (ctypes lets go of
+    the GIL). The partial sums of every block are added in one fixed order, so the result does not depend on the
+    number of threads."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        from hypersparse import native
+
+        self.kernel = native.hypersparse_kernel()
+        self.sizes = [p.numel() for p in params]
+        starts = [0]
+        for n in self.sizes:
+            starts.append(starts[-1] + -(-n // _BLOCK))
+        self.starts = starts  # first block of each tensor
+        self.out = torch.zeros(starts[-1], 3, dtype=torch.float64)
+        self._parts: dict[int, list[list[tuple[int, int, int]]]] = {}
+
+    @staticmethod
+    def available(params: list[torch.Tensor]) -> bool:
+        if not all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params):
+            return False
+        from hypersparse import native
+
+        return native.hypersparse_kernel() is not None
+
+    def fits(self, grads: list[torch.Tensor]) -> bool:
+        return all(g.dtype == torch.float32 and g.device.type == "cpu" and g.is_contiguous() for g in grads)
+
+    def parts(self, threads: int) -> list[list[tuple[int, int, int]]]:
+        """(tensor, first block, blocks) runs of about equal size for each of ``threads`` threads."""
+        if threads not in self._parts:
+            per = -(-self.starts[-1] // threads)
+            parts, current, room = [], [], per
+            for i, n in enumerate(self.sizes):
+                first, blocks = 0, -(-n // _BLOCK)
+                while blocks:
+                    take = min(blocks, room)
+                    current.append((i, first, take))
+                    first, blocks, room = first + take, blocks - take, room - take
+                    if room == 0:
+                        parts.append(current)
+                        current, room = [], per
+            self._parts[threads] = parts + ([current] if current else [])
+        return self._parts[threads]
+
+    def __call__(self, params, grads, s: float, t: float, coef: float) -> tuple[float, float, int]:
+        ws = [p.detach() if p.is_contiguous() else p.detach().contiguous() for p in params]
+        out, stride = self.out.data_ptr(), 3 * 8  # bytes per block's three doubles
+
+        def run(part):
+            for i, first, blocks in part:
+                at = first * _BLOCK
+                n = min(blocks * _BLOCK, self.sizes[i] - at)
+                g = grads[i].data_ptr() + 4 * at if grads is not None else None
+                self.kernel(ws[i].data_ptr() + 4 * at, g, n, s, t, coef, out + stride * (self.starts[i] + first))
+
+        threads = torch.get_num_threads() if self.starts[-1] >= 32 else 1  # below ~128k weights one thread wins
+        parts = self.parts(max(1, threads))
+        if len(parts) == 1:
+            run(parts[0])
+        else:
+            from hypersparse.native import thread_pool
+
+            jobs = [thread_pool(len(parts)).submit(run, part) for part in parts[1:]]
+            run(parts[0])
+            for job in jobs:
+                job.result()
+        l1, total, below = self.out.sum(0).tolist()
+        return l1, total, int(below)
 
 
 class Regularizer:
@@ -164,8 +241,11 @@ class HyperSparse(Regularizer):
     is the fast mode: the threshold is recomputed every K calls, or at once when
     the stale threshold's rank has drifted by more than ``max_rank_drift * N``
     (checked every call, exactly), and ``||w||_1`` and ``sum tanh`` come from
-    the previous call's single fused pass. ``compile`` (default: auto, on for
-    at least 200,000 weights) fuses that pass with ``torch.compile``.
+    the previous call's single fused pass. On the CPU, float32 weights take that
+    pass in C (:mod:`hypersparse.native`, split across torch's threads; tanh to a
+    few ulp), where a C compiler is found; elsewhere ``compile`` (default: auto,
+    on for at least 200,000 weights) fuses it with ``torch.compile``;
+    ``compile=False`` keeps PyTorch's eager kernels everywhere.
     """
 
     name = "hs"
@@ -187,12 +267,14 @@ class HyperSparse(Regularizer):
         self.max_rank_drift = float(max_rank_drift)
         # k >= 1 so that s is defined at sparsity 0 (it then sits on the smallest magnitude).
         self.k = max(num_pruned(self.sparsity, self.numel), 1)
-        if compile is None:
+        auto = compile is None
+        if auto:
             compile = self.numel >= COMPILE_MIN_NUMEL and (
                 self.params[0].device.type == "cuda" or shutil.which("cc") is not None
             )
         self._reduce, self._update, self._fused = _hs_reduce, _hs_update, _hs_fused
-        self.compiled = bool(compile)
+        self._native = _NativePass(self.params) if auto and _NativePass.available(self.params) else None
+        self.compiled = bool(compile) and self._native is None
         if self.compiled:
             self._reduce, self._update, self._fused = (torch.compile(f) for f in (_hs_reduce, _hs_update, _hs_fused))
         self.refreshes = 0
@@ -238,6 +320,8 @@ class HyperSparse(Regularizer):
     # -- the fast path ----------------------------------------------------
     @torch.no_grad()
     def _accumulate(self, grads, strength):
+        if self._native is not None and self._native.fits(grads):
+            return self._accumulate_native(grads, float(strength))
         ws = [p.detach() for p in self.params]
         strength = _as_tensor(strength, ws[0])
         tiny = torch.finfo(torch.float32).tiny
@@ -251,11 +335,36 @@ class HyperSparse(Regularizer):
             self._t, self._s, self._coef, self._since = t, s, coef, 1
             self.refreshes += 1
             return
+        if not isinstance(self._s, torch.Tensor):  # cut in C (or read back from a checkpoint that was)
+            self._t, self._s, self._coef = (torch.as_tensor(v, dtype=torch.float32, device=ws[0].device)
+                                            for v in (self._t, self._s, self._coef))
         l1, total, below = self._call("fused", ws, grads, self._s, self._t, _finite(strength * self._coef))
         self._coef = _finite(self._s * l1 / total.clamp_min(tiny))
         self._since += 1
         if abs(int(below) - int(self._rank)) > self.max_rank_drift * self.numel:
             self._since = self.refresh_every  # the stale cut drifted too far: refresh on the next call
+
+    def _accumulate_native(self, grads: list[torch.Tensor], strength: float) -> None:
+        """The fast path in C, with the scalars as Python floats: the same steps as the torch path's."""
+        native, big = self._native, torch.finfo(torch.float32).max
+        refresh = self.refresh_every == 1 or self._t is None or self._since >= self.refresh_every
+        if refresh:
+            ws = [p.detach() for p in self.params]
+            t, self._rank = cut_magnitude(torch.cat([w.abs().flatten().float() for w in ws]), self.k)
+            t = float(t)
+            s = INFLECTION / t
+            l1, total, _ = native(self.params, None, s, t, 0.0)
+            coef = min(s * l1 / max(total, _TINY), big)
+            native(self.params, grads, s, t, min(strength * coef, big))
+            self._t, self._s, self._coef, self._since = t, s, coef, 1
+            self.refreshes += 1
+            return
+        s, t = float(self._s), float(self._t)
+        l1, total, below = native(self.params, grads, s, t, min(strength * float(self._coef), big))
+        self._coef = min(s * l1 / max(total, _TINY), big)
+        self._since += 1
+        if abs(below - int(self._rank)) > self.max_rank_drift * self.numel:
+            self._since = self.refresh_every
 
     def _call(self, which: str, *args):
         fn = getattr(self, "_" + which)

@@ -25,6 +25,35 @@ def _threads(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
+def conv_spec(rowptr, ic, ky, kx, vals, bias, in_channels: int, out_channels: int, kernel_size, stride, padding,
+              h: int, w: int, relu: bool):
+    """The C description (:class:`hypersparse.native.ConvSpec`) of a sparse convolution for ``h`` x ``w`` inputs:
+    its address, the output size, and the tensors its pointers name (keep them alive while it is used)."""
+    tensors = (rowptr, ic, ky, kx, vals, bias)
+    wanted = (torch.int64, torch.int32, torch.int32, torch.int32, torch.float32, torch.float32)
+    if any(t.dtype != d or t.device.type != "cpu" for t, d in zip(tensors, wanted)):
+        raise RuntimeError("SparseConv2d computes on the CPU in float32; move it back with .cpu().float()")
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {tuple(padding)}")
+    # output (oy, ox) reads input (oy * sh + dy, ox * sw + dx): each weight reaches the outputs whose input lies
+    # inside the image, a block [y0, y0 + rows) x [x0, x0 + cols), worked out here once and not per call
+    dy, dx = ky.long() - ph, kx.long() - pw
+    y0, x0 = (-dy + sh - 1).div(sh, rounding_mode="floor").clamp_min(0), \
+        (-dx + sw - 1).div(sw, rounding_mode="floor").clamp_min(0)
+    y1 = ((h - 1 - dy).div(sh, rounding_mode="floor") + 1).clamp(0, oh)
+    x1 = ((w - 1 - dx).div(sw, rounding_mode="floor") + 1).clamp(0, ow)
+    rows, cols = (y1 - y0).clamp_min(0), (x1 - x0).clamp_min(0)
+    off = ic.long() * (h * w) + (y0 * sh + dy) * w + (x0 * sw + dx)
+    off = torch.where((rows > 0) & (cols > 0), off, torch.zeros_like(off)).contiguous()
+    blocks = [t.to(torch.int32).contiguous() for t in (y0, rows, x0, cols)]
+    rowptr, vals, bias = (t.contiguous() for t in (rowptr, vals, bias))
+    spec = _native.ConvSpec(in_channels * h * w, out_channels, oh * ow, ow, sh * w, sw,
+                            *[t.data_ptr() for t in (rowptr, off, *blocks, vals, bias)], int(relu))
+    return ctypes.addressof(spec), (oh, ow), (spec, rowptr, off, blocks, vals, bias)
+
+
 def supported(conv: nn.Module) -> bool:
     """Whether :class:`SparseConv2d` computes ``conv`` exactly: a plain 2-D convolution with zero padding."""
     return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
@@ -84,30 +113,9 @@ class SparseConv2d(nn.Module):
 
     def _spec(self, h: int, w: int):
         """The C description of this layer for ``h`` x ``w`` inputs (kept, with the tensors its pointers name)."""
-        tensors = (self.rowptr, self.ic, self.ky, self.kx, self.vals, self.bias)
-        wanted = (torch.int64, torch.int32, torch.int32, torch.int32, torch.float32, torch.float32)
-        if any(t.dtype != d or t.device.type != "cpu" for t, d in zip(tensors, wanted)):
-            raise RuntimeError("SparseConv2d computes on the CPU in float32; move it back with .cpu().float()")
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        self._check(kh, kw)
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {self.padding}")
-        # output (oy, ox) reads input (oy * sh + dy, ox * sw + dx): each weight reaches the outputs whose input lies
-        # inside the image, a block [y0, y0 + rows) x [x0, x0 + cols), worked out here once and not per call
-        dy, dx = self.ky.long() - ph, self.kx.long() - pw
-        y0, x0 = (-dy + sh - 1).div(sh, rounding_mode="floor").clamp_min(0), \
-            (-dx + sw - 1).div(sw, rounding_mode="floor").clamp_min(0)
-        y1 = ((h - 1 - dy).div(sh, rounding_mode="floor") + 1).clamp(0, oh)
-        x1 = ((w - 1 - dx).div(sw, rounding_mode="floor") + 1).clamp(0, ow)
-        rows, cols = (y1 - y0).clamp_min(0), (x1 - x0).clamp_min(0)
-        off = self.ic.long() * (h * w) + (y0 * sh + dy) * w + (x0 * sw + dx)
-        off = torch.where((rows > 0) & (cols > 0), off, torch.zeros_like(off)).contiguous()
-        blocks = [t.to(torch.int32).contiguous() for t in (y0, rows, x0, cols)]
-        rowptr, vals, bias = (t.contiguous() for t in (self.rowptr, self.vals, self.bias))
-        spec = _native.ConvSpec(self.in_channels * h * w, self.out_channels, oh * ow, ow, sh * w, sw,
-                                *[t.data_ptr() for t in (rowptr, off, *blocks, vals, bias)], int(self.relu))
-        return ctypes.addressof(spec), (oh, ow), (spec, rowptr, off, blocks, vals, bias)
+        self._check(*self.kernel_size)
+        return conv_spec(self.rowptr, self.ic, self.ky, self.kx, self.vals, self.bias, self.in_channels,
+                         self.out_channels, self.kernel_size, self.stride, self.padding, h, w, self.relu)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The convolution of ``x``; ``residual`` (the output's shape) is added before the ReLU, in the same pass."""
@@ -144,3 +152,118 @@ class SparseConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, kept={self.vals.numel()}, relu={self.relu}, threads={self.threads}")
+
+
+# -- training a sparse convolution -----------------------------------------------------------------------------------
+CHUNKS = 2  # the batch is always cut in this many parts, so the sums do not depend on how many threads run them
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    step = -(-n // CHUNKS)
+    return [(s, min(step, n - s)) for s in range(0, n, step)]
+
+
+def _in_parallel(calls: list) -> None:
+    if len(calls) == 1 or torch.get_num_threads() == 1:
+        for call in calls:
+            call()
+        return
+    jobs = [_native.thread_pool(len(calls)).submit(call) for call in calls[1:]]
+    calls[0]()
+    for job in jobs:
+        job.result()
+
+
+class _SparseConvFunction(torch.autograd.Function):
+    """The convolution of :class:`SparseConvTrainable` and its gradients (for the input, the kept weights, the bias)."""
+
+    @staticmethod
+    def forward(ctx, x, vals, bias, layer):
+        x = x.detach().to(torch.float32).contiguous()
+        spec, (oh, ow) = layer.spec(x.shape[2], x.shape[3])
+        out = torch.empty(x.shape[0], layer.out_channels, oh, ow)
+        forward = _native.conv_kernel()
+        per_in, per_out = x[0].numel() * 4, out[0].numel() * 4
+        _in_parallel([lambda s=s, m=m: forward(spec, x.data_ptr() + s * per_in, m, out.data_ptr() + s * per_out, None)
+                      for s, m in _chunks(x.shape[0])])
+        ctx.save_for_backward(x, vals)
+        ctx.layer, ctx.has_bias = layer, bias.requires_grad
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, vals = ctx.saved_tensors
+        layer = ctx.layer
+        gy = gy.to(torch.float32).contiguous()
+        spec, _ = layer.spec(x.shape[2], x.shape[3])
+        back_input, back_weight = _native.conv_backward_kernels()
+        parts = _chunks(x.shape[0])
+        per_in, per_out = x[0].numel() * 4, gy[0].numel() * 4
+        gx = gv = gb = None
+        calls = []
+        if ctx.needs_input_grad[0]:
+            gx = torch.zeros_like(x)
+            calls += [lambda s=s, m=m: back_input(spec, gy.data_ptr() + s * per_out, m, gx.data_ptr() + s * per_in)
+                      for s, m in parts]
+        if ctx.needs_input_grad[1]:
+            partial = torch.zeros(len(parts), vals.numel())
+            calls += [lambda i=i, s=s, m=m: back_weight(spec, x.data_ptr() + s * per_in, gy.data_ptr() + s * per_out,
+                                                         m, partial[i].data_ptr())
+                      for i, (s, m) in enumerate(parts)]
+        _in_parallel(calls)
+        if ctx.needs_input_grad[1]:
+            gv = partial.sum(0)
+        if ctx.has_bias:
+            gb = gy.sum((0, 2, 3))
+        return gx, gv, gb, None
+
+
+class SparseConvTrainable(nn.Module):
+    """A convolution that stores and trains only its kept weights: ``vals`` (a parameter, one entry per kept weight,
+    grouped by output channel) and ``bias``; forward and backward are C loops whose work is proportional to the kept
+    weights (:func:`hypersparse.native.conv_backward_kernels`). CPU, float32, groups 1, dilation 1, zero padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, keep: torch.Tensor,
+                 vals: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
+        where = keep.nonzero()
+        counts = torch.bincount(where[:, 0], minlength=out_channels)
+        self.register_buffer("rowptr", torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]))
+        for k, name in enumerate(("ic", "ky", "kx"), start=1):
+            self.register_buffer(name, where[:, k].to(torch.int32).contiguous())
+        self.vals = nn.Parameter(vals.detach().to(torch.float32).clone())
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().to(torch.float32).clone())
+        else:
+            self.register_buffer("bias", torch.zeros(out_channels))
+        self._specs: dict = {}
+
+    @staticmethod
+    def positions(keep: torch.Tensor) -> torch.Tensor:
+        """The flat (row-major) positions of the kept weights in the order ``vals`` holds them."""
+        return torch.nonzero(keep.reshape(-1)).flatten()
+
+    def spec(self, h: int, w: int):
+        key = (h, w, self.vals.data_ptr(), self.bias.data_ptr())
+        if key not in self._specs:
+            self._specs = {key: conv_spec(self.rowptr, self.ic, self.ky, self.kx, self.vals.detach(),
+                                          self.bias.detach(), self.in_channels, self.out_channels, self.kernel_size,
+                                          self.stride, self.padding, h, w, relu=False)}
+        address, size, _ = self._specs[key]
+        return address, size
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_specs"] = {}  # C pointers
+        return state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        return _SparseConvFunction.apply(x, self.vals, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, kept={self.vals.numel()}")
