@@ -244,6 +244,13 @@ def apply_masks_(
     :class:`KeepPruned` hook, so ``copy.deepcopy``, pickling and
     ``load_state_dict`` keep the pruned weights at zero.
     """
+    if not isinstance(masks, dict):
+        raise TypeError(f"masks must be a dict of weight name -> bool tensor, got {type(masks).__name__}")
+    wrong = next((n for n, m in masks.items() if not isinstance(m, torch.Tensor) or m.dtype != torch.bool), None)
+    if wrong is not None:  # a float mask would be read as "nonzero keeps": 0.3 keeps, and a soft mask means nothing
+        raise TypeError(f"masks must be bool tensors (True keeps a weight); {wrong} is {type(masks[wrong]).__name__}"
+                        f"{' of ' + str(masks[wrong].dtype) if isinstance(masks[wrong], torch.Tensor) else ''}: "
+                        "pass mask > 0 or mask.bool()")
     named = _masked_tensors(model_or_params, masks, filter)
     tensors = [named[n] for n in masks]
     mask_list = [masks[n].to(device=named[n].device, dtype=torch.bool) for n in masks]

@@ -10,6 +10,7 @@ Each regularizer offers two equivalent forms:
 from __future__ import annotations
 
 import math
+import numbers
 import shutil
 import warnings
 from typing import Sequence
@@ -49,7 +50,16 @@ class Regularizer:
         return grads
 
     def add_grad_(self, strength: float | torch.Tensor) -> None:
-        """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing)."""
+        """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing).
+
+        ``strength`` is a finite number >= 0 or a one-element tensor (a tensor's value is not read: that would
+        synchronise with the device at every step)."""
+        if isinstance(strength, torch.Tensor):
+            if strength.numel() != 1:
+                raise ValueError(f"add_grad_ takes one strength, got a tensor of shape {tuple(strength.shape)}")
+        elif isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"add_grad_ takes a finite strength >= 0 (lambda), got {strength!r}")
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
