@@ -1,12 +1,14 @@
 """Atomic writes and safe reads: a crash leaves the old file or the new one, and no file runs code when read."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import re
 import secrets
+import shutil
 import stat
 import warnings
 from pathlib import Path
@@ -31,6 +33,29 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{temporary_prefix()}{secrets.token_hex(6)}.{path.name}.tmp")
 
 
+_in_progress: set[Path] = set()  # this process's temporaries that exist now, for a stop that cannot unwind
+
+
+@contextlib.contextmanager
+def temporary(path: Path):
+    """Register ``path`` (a temporary file or folder this process is about to create) while the block runs, so that
+    :func:`remove_own_temporaries` finds it whatever moment a signal lands."""
+    _in_progress.add(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _in_progress.discard(Path(path))
+
+
+def remove_own_temporaries() -> None:
+    """Delete the temporaries this process is writing now (from a signal handler that ends the process at once)."""
+    for path in list(_in_progress):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -47,9 +72,11 @@ def remove_temporaries(folder: Path) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(f"{TMP_PREFIX}*.tmp"):
         match = re.fullmatch(rf"{re.escape(TMP_PREFIX)}(\d{{1,10}})-[0-9a-f]{{12}}\..+\.tmp", tmp.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))) and tmp.is_file() \
-                and not tmp.is_symlink():
-            tmp.unlink(missing_ok=True)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))) and not tmp.is_symlink():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -76,21 +103,22 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     ``path`` must be absent or a regular file (:func:`replaceable`), checked again right before the rename."""
     path = Path(path)
     replaceable(path)
-    # named before it exists, so a Ctrl-C or SIGTERM at any moment after its creation still finds it to remove
+    # named (and registered) before it exists, so a Ctrl-C or SIGTERM at any moment after its creation still finds it
     tmp = temporary_name(path)
-    try:
-        # 0o666: the user's umask decides its mode, as for any file they write
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        replaceable(path)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if not isinstance(exc, FileExistsError):  # that name is someone else's file
-            tmp.unlink(missing_ok=True)
-        raise
+    with temporary(tmp):
+        try:
+            # 0o666: the user's umask decides its mode, as for any file they write
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            replaceable(path)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            if not isinstance(exc, FileExistsError):  # that name is someone else's file
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def output_file(path: str | Path, flag: str) -> Path:

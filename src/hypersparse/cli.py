@@ -296,6 +296,24 @@ def _terminate(signum, frame) -> typing.NoReturn:
     raise Terminated()
 
 
+def _quit(signum, frame) -> typing.NoReturn:
+    """Ctrl-C or SIGTERM in ``eval``, ``export`` or ``report``: remove the temporary being written, say so, end now.
+
+    These commands spend their time inside libraries (torch's ONNX exporter, matplotlib, numpy); an exception raised
+    from a signal handler there can leave a library half-imported or abort inside C++, so they stop without
+    unwinding. Every output is written atomically, so what exists is complete."""
+    from hypersparse.checkpoint import remove_own_temporaries
+
+    remove_own_temporaries()
+    what, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    if _rank0():
+        os.write(2, f"hypersparse: {STOPPED.format(what=what)}\n".encode())
+    os._exit(code)
+
+
+STOP_AT_ONCE = ("eval", "export", "report")  # the others stop by an exception the run loop turns into RunStopped
+
+
 def _exit_worker(code: int) -> typing.NoReturn:
     """End a torchrun worker without interpreter teardown.
 
@@ -314,10 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
+        if main_thread:
+            signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
         args = build_parser().parse_args(argv)
+        if main_thread and args.command in STOP_AT_ONCE:
+            for sig in saved:
+                signal.signal(sig, _quit)
         try:
             code = _dispatch(args)
         except BaseException:
@@ -330,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KeyboardInterrupt as exc:  # before the command's boundary or after it: nothing half-written either way
         return _stopped(exc)
+    finally:
+        for sig, handler in saved.items():  # called from Python (tests, notebooks): leave the caller's handlers
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,30 @@
 """The ``hypersparse`` console command: Ctrl-C or SIGTERM while torch is still loading is one line too, not a
-traceback or a silent death."""
+traceback, a crash inside torch's import or a silent death."""
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import threading
 
-from hypersparse.errors import Terminated
 
-
-def _terminate(signum, frame):
-    raise Terminated()
+def _quit_while_starting(signum, frame):
+    # nothing is written yet; raising here could land inside torch's import, so end at once instead
+    what, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    os.write(2, f"hypersparse: {what} while starting; nothing was written\n".encode())
+    os._exit(code)
 
 
 def main() -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # from the first moment, so that SIGTERM stops like Ctrl-C
-    try:
-        from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
-    except KeyboardInterrupt as exc:  # before the command's own boundary was in place: nothing was written yet
-        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        print(f"hypersparse: {what} while starting; nothing was written", file=sys.stderr)
-        return code
-    return run()
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _quit_while_starting)
+    from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
+
+    code = run()
+    if main_thread:
+        # the command has finished and its files are complete: a signal while Python shuts down (which restores the
+        # default handlers, so it would kill the process without a word) changes nothing, and is ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from hypersparse.checkpoint import atomic_write, temporary_prefix
+from hypersparse.checkpoint import atomic_write, temporary, temporary_name
 from hypersparse.errors import UserError
 from hypersparse.schema import SPARSE_META, check, parse_json, regular_file
 
@@ -274,11 +274,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     model = copy.deepcopy(model).eval().cpu()
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=temporary_prefix()) as tmp_dir:
-        tmp = Path(tmp_dir) / "model.onnx"
-        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        proto = onnx.load(str(tmp))
+    tmp_dir = temporary_name(path)  # a folder: torch writes large models as several files
+    with temporary(tmp_dir):
+        try:
+            tmp_dir.mkdir()
+            tmp = tmp_dir / "model.onnx"
+            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            proto = onnx.load(str(tmp))
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     graph = proto.graph
     keep, sparse = [], []
     for init in graph.initializer:

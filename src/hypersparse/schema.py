@@ -473,5 +473,5 @@ LAYOUT_ENTRY = Dict({
 }, required=("enc", "dtype", "shape"))
 LAYOUT = Map(LAYOUT_ENTRY, Str(1024), 100_000)
 SPARSE_ARCH = Dict(ARCH.fields)
-SPARSE_META = Dict({"format": Str(64), "layout": LAYOUT, "arch": SPARSE_ARCH, "input": OneOf(Dict({}), INPUT)},
+SPARSE_META = Dict({"format": Str(64), "layout": LAYOUT, "arch": SPARSE_ARCH, "input": Dict(INPUT.fields)},
                    required=("format", "layout"))
