@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if main_thread:
             signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         args = build_parser().parse_args(argv)
         if main_thread and args.command in STOP_AT_ONCE:
             for sig in saved:
