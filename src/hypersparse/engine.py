@@ -332,9 +332,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
                 lock.release()
                 remove_created(target, created)
             raise
-        trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})" if dist.active
-                                                        else ""))
         with stopped_cleanly(target):
+            trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
+                                                            if dist.active else ""))
             return _with_comparison(trainer, trainer.run(), progress)
     finally:
         if lock is not None:
