@@ -356,7 +356,7 @@ def test_a_built_in_model_that_does_not_fit_the_data_says_so_before_writing(mode
 
 def test_a_deep_resnet_name_is_refused_at_once_from_a_flag_or_a_file(run, tmp_path, capsys):
     started = time.perf_counter()
-    code, err = run_cli(["train", "--model", "resnet6000000002", "--run-dir", str(tmp_path / "r")], capsys, 20)
+    code, err = run_cli(["train", "--model", "resnet6000000002", "--run-dir", str(tmp_path / "r")], capsys, 8)
     _one_line(code, err, "resnet6000000002")
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -365,7 +365,7 @@ def test_a_deep_resnet_name_is_refused_at_once_from_a_flag_or_a_file(run, tmp_pa
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     meta["arch"] = json.dumps(dict(json.loads(meta["arch"]), model="resnet6000000002"))
     save_file(tensors, str(run / "deep.safetensors"), metadata=meta)
-    code, err = run_cli(["eval", str(run / "deep.safetensors")], capsys, 20)
+    code, err = run_cli(["eval", str(run / "deep.safetensors")], capsys, 8)
     _one_line(code, err, "deep.safetensors")
     assert time.perf_counter() - started < 20
 

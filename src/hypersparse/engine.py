@@ -205,6 +205,13 @@ class Trainer:
         """Restore a checkpoint (schema-checked); one line if its tensors do not fit this run's model and method."""
         try:
             self.model.load_state_dict(ckpt["model"])
+            reference = self.model.state_dict()
+            # model states held for later (the best sparse model; ART's buffer) must fit this model too
+            for saved in [ckpt["best"]["state"]] * bool(ckpt["best"]) + [b["state"] for b in
+                                                                         ckpt["method"].get("buffer", [])]:
+                if {k: (v.shape, v.dtype) for k, v in saved.items()} != \
+                        {k: (v.shape, v.dtype) for k, v in reference.items()}:
+                    raise ValueError("a model state it keeps for later has other tensors than the model")
             self.method.load_state_dict(ckpt["method"])
             self.driver.keep_mask(self.model, self.optimizer)  # before the optimizer's state, which it would mask
             self.optimizer.load_state_dict(ckpt["optimizer"])

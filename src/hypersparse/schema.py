@@ -439,29 +439,76 @@ STATS_ROW = Dict({
              "layer_zeros"), extra=JSON(3, finite=False))
 
 
-def _tensor_map(value, where):
+def _tensor_map(value, where, bool_only: bool = False):
     import torch
 
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in value.items()):
-        raise SchemaError(where, "must map names to tensors (a state_dict)")
+                                              and (not bool_only or v.dtype == torch.bool) for k, v in value.items()):
+        raise SchemaError(where, "must map names to bool tensors (masks)" if bool_only else
+                          "must map names to tensors (a state_dict)")
     return value
 
 
-def _object(value, where):
-    if not isinstance(value, dict):
-        raise SchemaError(where, f"must be a dict, got {type(value).__name__}")
+def _tensor(value, where, optional: bool = True):
+    import torch
+
+    if not (isinstance(value, torch.Tensor) or (optional and value is None)):
+        raise SchemaError(where, f"must be a tensor, got {type(value).__name__}")
+    return value
+
+
+def _optimizer_state(value, where):
+    import torch
+
+    if not isinstance(value, dict) or not all(
+            isinstance(k, int) and isinstance(v, dict) and all(isinstance(t, (torch.Tensor, int, float)) for t in
+                                                              v.values()) for k, v in value.items()):
+        raise SchemaError(where, "must map parameter indices to their tensors (momentum buffers)")
     return value
 
 
 STATE = Custom(_tensor_map, "a state_dict")
-OBJECT = Custom(_object, "a dict")
-CHECKPOINT = Dict({
-    "version": Int(), "identity": Str(64), "config": SETTINGS, "model": STATE, "optimizer": OBJECT,
-    "method": OBJECT, "metrics": List(METRICS_ROW, 10**7), "best": Optional(OBJECT),
-    "dense": Optional(Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT}, required="all")),
-    "phase_seconds": Map(Float(0), NAME, 16), "stats": Optional(OBJECT),
+MASKS = Custom(lambda v, w: _tensor_map(v, w, bool_only=True), "masks")
+TENSOR = Custom(_tensor, "a tensor or null")
+OPTIMIZER = Dict({  # torch.optim.SGD's state_dict; torch itself checks that the groups fit the model
+    "state": Custom(_optimizer_state, "parameter states"),
+    "param_groups": List(Dict({"params": List(Int(0), 100_000), "lr": Float(0), "momentum": Float(0, 1),
+                               "dampening": Float(0, 1), "weight_decay": Float(0), "nesterov": Bool(),
+                               "maximize": Bool(), "foreach": Optional(Bool()), "differentiable": Bool(),
+                               "fused": Optional(Bool())}, required=("params",), extra=JSON(2)), 1000, 1),
 }, required="all")
+BEST = Dict({"epoch": EPOCH, "val_acc": UNIT, "state": STATE}, required="all")
+STATS_STATE = Dict({"prev_keep": TENSOR, "budget": Float(), "cost": Float(0)}, required="all")
+_BASELINE = {"epoch": EPOCH, "finetune_done": EPOCH, "phase": NAME, "masks": Optional(MASKS),
+             "chosen_epoch": Optional(EPOCH)}
+#: the state each method's state_dict() writes, by --method (a method reads back only what it wrote)
+METHOD_STATE = {
+    "art": Dict({
+        "epoch": EPOCH, "reg_epochs": EPOCH, "finetune_done": EPOCH,
+        "phase": Str(16, ("warmup", "regularize", "finetune")), "history": List(JSON(3, finite=False), 10**7),
+        "masks": Optional(MASKS), "chosen_epoch": Optional(EPOCH), "lambda_0": Optional(Float(0, lo_open=True)),
+        "eta_now": Float(1), "growth": Float(0, lo_open=True, finite=False), "stop_reason": Optional(NAME),
+        "buffer": List(Dict({"epoch": EPOCH, "pruned_acc": UNIT, "state": STATE, "masks": MASKS},
+                            required="all"), 101),
+        "regularizer": Dict({"t": TENSOR, "s": TENSOR, "coef": TENSOR, "since": Int(0), "refreshes": Int(0)}),
+    }, required="all"),
+    "oneshot": Dict(_BASELINE, required="all"),
+    "snip": Dict(_BASELINE, required="all"),
+    "gmp": Dict({**_BASELINE, "step": Int(0, 2**62)}, required="all"),
+}
+CHECKPOINT = Dict({
+    "version": Int(), "identity": Str(64), "config": SETTINGS, "model": STATE, "optimizer": OPTIMIZER,
+    "method": Custom(lambda v, w: v if isinstance(v, dict) else _raise(SchemaError(w, "must be a dict")),
+                     "the method's state (checked against --method's schema)"),
+    "metrics": List(METRICS_ROW, 10**7), "best": Optional(BEST),
+    "dense": Optional(Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT}, required="all")),
+    "phase_seconds": Map(Float(0), NAME, 16), "stats": Optional(STATS_STATE),
+}, required="all")
+
+
+def _raise(exc: Exception):
+    raise exc
+
 
 # the sparse file's metadata (JSON strings in the safetensors header)
 LAYOUT_ENTRY = Dict({
