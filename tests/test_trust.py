@@ -571,28 +571,38 @@ def test_eval_of_an_onnx_file_is_one_whole_line_that_does_not_cry_wolf(run, tmp_
 
 
 # -- 7. the API: misuse fails at the call -----------------------------------------------------------------------------
-def test_api_misuse_raises_value_or_type_error_at_the_call():
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    reg = hs.HyperSparse(model, 0.9)
-    with pytest.raises(ValueError, match="eta"):
-        hs.ART(reg, eta=0.5)
-    with pytest.raises(TypeError, match="regularizer"):
-        hs.ART(None, sparsity=0.9)
-    art = hs.ART(reg, warmup_epochs=0, lambda_init=1e-3)
-    with pytest.raises(ValueError, match="dense_acc"):
-        art.end_epoch(model, dense_acc=math.nan, pruned_acc=lambda m: 0.5)
-    with pytest.raises(ValueError, match="pruned_acc"):
-        art.end_epoch(model, dense_acc=0.5, pruned_acc=lambda m: math.nan)
-    with pytest.raises(TypeError, match="bool"):
-        hs.apply_masks_(model, {n: torch.rand_like(p) for n, p in hs.prunable_parameters(model)})
-    for build in (lambda: hs.HyperSparse(torch.nn.Linear(0, 4), 0.5), lambda: hs.magnitude_masks(torch.nn.Linear(0, 4),
-                                                                                                      0.5)):
-        with pytest.raises(ValueError, match="no entries"):
-            build()
-    for strength in (math.nan, math.inf, -1.0):
-        with pytest.raises(ValueError, match="strength"):
-            reg.add_grad_(strength)
-    assert all(p.grad is None for p in model.parameters())  # nothing was added before the refusal
+def _mlp():
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+def _art_then(call):
+    model = _mlp()
+    art = hs.ART(hs.HyperSparse(model, 0.9), warmup_epochs=0, lambda_init=1e-3)
+    return call(art, model)
+
+
+API_MISUSE = {
+    "ART-eta-below-1": (lambda: hs.ART(hs.HyperSparse(_mlp(), 0.9), eta=0.5), ValueError, "eta"),
+    "ART-without-regularizer": (lambda: hs.ART(None, sparsity=0.9), TypeError, "regularizer"),
+    "ART-nan-dense-accuracy": (lambda: _art_then(lambda a, m: a.end_epoch(m, dense_acc=math.nan,
+                                                                          pruned_acc=lambda x: 0.5)),
+                               ValueError, "dense_acc"),
+    "ART-nan-pruned-accuracy": (lambda: _art_then(lambda a, m: a.end_epoch(m, dense_acc=0.5,
+                                                                           pruned_acc=lambda x: math.nan)),
+                                ValueError, "pruned_acc"),
+    "float-masks": (lambda: hs.apply_masks_(_mlp(), {"0.weight": torch.rand(16, 8)}), TypeError, "bool"),
+    "empty-layer-regularizer": (lambda: hs.HyperSparse(torch.nn.Linear(0, 4), 0.5), ValueError, "no entries"),
+    "empty-layer-masks": (lambda: hs.magnitude_masks(torch.nn.Linear(0, 4), 0.5), ValueError, "no entries"),
+    "add-grad-nan": (lambda: hs.HyperSparse(_mlp(), 0.9).add_grad_(math.nan), ValueError, "strength"),
+    "add-grad-negative": (lambda: hs.L1(_mlp()).add_grad_(-1.0), ValueError, "strength"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_MISUSE))
+def test_api_misuse_raises_value_or_type_error_at_the_call(case):
+    call, error, needle = API_MISUSE[case]
+    with pytest.raises(error, match=needle):
+        call()
 
 
 # -- 8. signals end every command with one line ----------------------------------------------------------------------
