@@ -130,8 +130,8 @@ def test_any_setting_in_a_config_file_starts_a_valid_run_or_is_one_line(setting,
 def test_any_set_text_starts_a_valid_run_or_is_one_line(setting, started, tmp_path, capsys):
     section, name, value = setting
     with _example_folder(tmp_path) as here:
-        code, err = _outcome(["train", "--set", f"{section}.{name}={value}", "--run-dir", "r", "--epochs-scale", "0.02"],
-                             capsys)
+        argv = ["train", "--set", f"{section}.{name}={value}", "--run-dir", "r", "--epochs-scale", "0.02"]
+        code, err = _outcome(argv, capsys)
         if code == "started":
             return
         _refused_cleanly(code, err)

@@ -261,8 +261,7 @@ def test_a_second_resume_is_refused_and_a_dead_writers_lock_is_taken_over(run, c
 
 
 def test_two_trains_started_together_leave_one_consistent_run(tmp_path):
-    args = [sys.executable, "-m", "hypersparse", "train", "--run-dir", str(tmp_path / "r"), "--epochs-scale", "0.05",
-            "--lambda-init", "1e-3"]
+    args = [sys.executable, "-m", "hypersparse", "train", "--run-dir", str(tmp_path / "r"), *QUICK]
     procs = [subprocess.Popen([*args, "--seed", str(seed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for seed in (2, 3)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
