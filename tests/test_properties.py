@@ -206,7 +206,7 @@ def _check_run_command(command, run: Path, out: Path, capsys, allowed_changes=()
     assert not list(out.iterdir())
 
 
-@settings(max_examples=60, **PROFILE)
+@settings(max_examples=40, **PROFILE)
 @given(name=st.sampled_from(["config.json", "summary.json", "config.json", "summary.json", "metrics.jsonl",
                              "stats.jsonl"]), mutation=MUTATION, pick=st.integers(0, 10**6), which=st.integers(0, 1))
 def test_a_run_file_mutated_field_by_field_is_read_or_refused_in_one_line(name, mutation, pick, which, finished_run,

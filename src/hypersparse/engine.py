@@ -35,7 +35,7 @@ from hypersparse.models import check_fit, create_model
 from hypersparse.params import prunable_parameters
 from hypersparse.plugins import load_plugins
 from hypersparse.plugins import CODE_FLAGS, code_settings, trust_line
-from hypersparse.runio import RunFiles, RunLock, default_run_dir, prepare_run_dir, remove_created
+from hypersparse.runio import RunFiles, RunLock, default_run_dir, in_use, prepare_run_dir, remove_created
 from hypersparse.runs import CHECKPOINT, CONFIG, load_weights, read_json
 from hypersparse.stats import StatsCollector
 
@@ -207,8 +207,9 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             reference = self.model.state_dict()
             # model states held for later (the best sparse model; ART's buffer) must fit this model too
-            for saved in [ckpt["best"]["state"]] * bool(ckpt["best"]) + [b["state"] for b in
-                                                                         ckpt["method"].get("buffer", [])]:
+            kept = ([ckpt["best"]["state"]] if ckpt["best"] else []) + [b["state"] for b in
+                                                                        ckpt["method"].get("buffer", [])]
+            for saved in kept:
                 if {k: (v.shape, v.dtype) for k, v in saved.items()} != \
                         {k: (v.shape, v.dtype) for k, v in reference.items()}:
                     raise ValueError("a model state it keeps for later has other tensors than the model")
@@ -318,6 +319,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
     target = Path(dist.broadcast(str(target)))  # the default name holds the time: rank 0's counts
+    holder = RunLock.holder(target) if dist.is_main else None
+    if holder is not None:  # checked first (and again under the lock): the message that says what is going on
+        raise UserError(in_use(target, holder))
     if (target / CHECKPOINT).exists():
         raise UserError(f"run directory {target} already holds a run; continue it with --resume {target} or pick "
                         "another --run-dir")

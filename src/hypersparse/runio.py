@@ -54,9 +54,7 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise UserError(f"run directory {self.path.parent} is in use by process {holder} (another "
-                                "hypersparse train or --resume writes it); wait for it to end, or pick another "
-                                "--run-dir") from None
+                raise UserError(in_use(self.path.parent, holder)) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -69,6 +67,23 @@ class RunLock:
         self.fd = fd
         return self
 
+    @staticmethod
+    def holder(folder: Path) -> str | None:
+        """The PID holding ``folder``'s lock (as its file records it), or None if no process holds it."""
+        import fcntl
+
+        try:
+            fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # closing drops a shared lock this call took
+        return None
+
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)
@@ -80,6 +95,11 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def in_use(folder: Path, holder: str) -> str:
+    return (f"run directory {folder} is in use by process {holder} (another hypersparse train or --resume writes "
+            "it); wait for it to end, or pick another --run-dir")
 
 
 def prepare_run_dir(path: Path) -> tuple[Path | None, RunLock]:
