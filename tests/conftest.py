@@ -1,3 +1,6 @@
+import contextlib
+import signal
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +83,73 @@ def assert_same_outputs(out: torch.Tensor, ref: torch.Tensor) -> None:
         spread = ref - ref.mean(0)
         assert spread.abs().max() > 1e-3 * ref.abs().max()
         assert ((out - out.mean(0)) - spread).abs().max() <= 1e-2 * spread.abs().max()
+
+
+class Deadline(Exception):
+    """A call ran past the time a test allows it (a hang, made a failure)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise Deadline in this (main) thread if the block runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise Deadline(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_cli(argv: list[str], capsys, seconds: float = 60) -> tuple[int, list[str]]:
+    """``hypersparse.cli.main(argv)`` in this process, under a deadline: (exit code, stderr lines)."""
+    from hypersparse.cli import main
+
+    try:
+        with deadline(seconds):
+            code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err.strip().splitlines()
+
+
+def snapshot(root) -> dict[str, str]:
+    """Every file and folder under ``root``: its SHA-256, or what it is."""
+    import hashlib
+    import os
+    import stat
+    from pathlib import Path
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode):
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p.relative_to(root))] = stat.filemode(st.st_mode)[0]
+    return out
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished digits run (MLP, 90 %, a few epochs) with its sparse export beside it; copy it before changing it."""
+    import json
+    import os
+
+    from hypersparse.config import TrainConfig
+    from hypersparse.engine import train
+    from hypersparse.export import save_sparse
+    from hypersparse.runs import model_from_run
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 1, "lr_steps": "1",
+                                 "lambda_init": 1e-3})
+    with open(os.devnull, "w") as quiet:
+        train(cfg, run, progress=False, out=quiet)
+    arch = json.loads((run / "summary.json").read_text())["arch"]
+    save_sparse(model_from_run(run), run / "model.sparse.safetensors", arch)
+    return run

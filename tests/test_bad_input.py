@@ -18,21 +18,11 @@ import pytest
 import torch
 
 from hypersparse.cli import main
-from hypersparse.config import TrainConfig
-from hypersparse.engine import train
-from hypersparse.export import save_sparse
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("finished") / "run"
-    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 1, "lr_steps": "1",
-                                 "lambda_init": 1e-3})
-    train(cfg, run, progress=False, out=open(os.devnull, "w"))
-    from hypersparse.runs import model_from_run
-
-    save_sparse(model_from_run(run), run / "model.sparse.safetensors", json.loads((run / "summary.json").read_text())["arch"])
-    return run
+def finished(finished_run) -> Path:
+    return finished_run  # conftest's finished digits run, with its sparse export
 
 
 def _sparse_with(path: Path, src: Path, layout=None, arch=None) -> None:

@@ -93,7 +93,8 @@ def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
 
     cli("train", "--model", "tinycnn:build", "--sparsity", "0.98", "--epochs-scale", "0.05", "--lambda-init", "auto",
         "--run-dir", str(run))
-    said = cli("export", str(run), "--format", "onnx", "--compact", "--out", str(run / "compact.onnx"))
+    said = cli("export", str(run), "--format", "onnx", "--compact", "--out", str(run / "compact.onnx"), "--model",
+               "tinycnn:build")
     assert int(said.rsplit(", ", 1)[1].split()[0]) > 0  # "..., N channels removed by compaction"
     summary = json.loads((run / "summary.json").read_text())
     data = load_dataset("digits", None, 0)
@@ -104,7 +105,7 @@ def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "--compact applies to --format onnx" in out.stderr
     # eval --fast scores the model sparse_inference makes of it: the run's accuracy, and a latency line
-    said = cli("eval", str(run), "--fast", "4")
+    said = cli("eval", str(run), "--fast", "4", "--model", "tinycnn:build")
     line = [x for x in said.splitlines() if x.startswith("sparse_inference at batch 4: test ")][0]
     assert abs(float(line.split("test ")[1].split("%")[0]) / 100 - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)
     assert " ms per batch against " in line

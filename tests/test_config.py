@@ -36,8 +36,8 @@ BAD = [
     (["--batch-size", "many"], "argument --batch-size: invalid int value"),
     (["--set", "art.lambda_auto_push=0.1"], "unknown setting 'art.lambda_auto_push'"),
     (["--set", "momentum"], "--set expects SECTION.KEY=VALUE"),
-    (["--set", "schedule.momentum=fast"], "setting momentum expects float"),
-    (["--set", "run.device=tpu"], "the device must be auto, cpu, cuda or mps"),
+    (["--set", "schedule.momentum=fast"], "--set schedule.momentum must be a number in [0, 1), got 'fast'"),
+    (["--set", "run.device=tpu"], "--set run.device must be auto, cpu, cuda, cuda:N or mps"),
     (["--epochs-scale", "1e9"], "--epochs-scale 1e+09 makes a phase longer than 10 million epochs"),
     (["--seed", str(2**70)], "--seed must be in [0, 2**32)"),
     (["--method", "prune-all"], "--method must be one of art, oneshot, gmp, snip"),
@@ -94,4 +94,4 @@ def test_a_checkpoint_of_another_layout_version_is_refused_with_one_line(tmp_pat
     torch.save(ckpt, tmp_path / "r" / "checkpoint.pt")
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "layout version 1; this hypersparse reads version 2" in err[0]
+    assert len(err) == 1 and "layout version 1; this hypersparse reads version 3" in err[0]

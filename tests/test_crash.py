@@ -30,7 +30,7 @@ if kind.startswith("atomic"):
             buf = io.BytesIO() if "b" in mode else io.StringIO()
             write(buf)
             data = buf.getvalue()
-            with open(os.path.join(os.path.dirname(path), "." + target + ".x.tmp"), mode) as f:
+            with open(checkpoint.temporary_name(__import__("pathlib").Path(path)), mode) as f:
                 f.write(data[: len(data) // 2])
                 f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -122,8 +122,9 @@ import os, signal, sys
 original, made = os.open, [0]
 def create(name, *args, **kwargs):
     fd = original(name, *args, **kwargs)
-    made[0] += os.path.basename(name).startswith(".checkpoint.pt.")
-    if made[0] == 3 and os.path.basename(name).startswith(".checkpoint.pt."):
+    ours = os.path.basename(str(name)).startswith(".hypersparse-") and str(name).endswith(".checkpoint.pt.tmp")
+    made[0] += ours
+    if made[0] == 3 and ours:
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this frame, before os.open's caller goes on
     return fd
 os.open = create

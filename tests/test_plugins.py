@@ -85,7 +85,9 @@ def test_model_by_import_path_on_an_image_folder(work, layout):
     assert abs(summary["sparse"]["sparsity"] - 0.8) < 0.01
     assert summary["sparse"]["test_acc"] > 0.6  # three classes: chance is a third
     assert summary["arch"]["model"] == "mine:tiny_cnn" and summary["arch"]["in_channels"] == 1
-    again = cli("eval", "run", cwd=work)  # the model is rebuilt from its import path
+    refused = cli("eval", "run", cwd=work)  # the run names code: imported only when the user types it
+    assert refused.returncode == 2 and "needs --model mine:tiny_cnn; pass it if you trust it" in refused.stderr
+    again = cli("eval", "run", "--model", "mine:tiny_cnn", cwd=work)  # the model is rebuilt from its import path
     assert again.returncode == 0, again.stderr
     assert f"{summary['sparse']['test_acc']:.2%}" in again.stdout
 
@@ -95,7 +97,9 @@ def test_plugin_registered_model_and_dataset_reach_the_command_line(work):
               "--run-dir", "run", cwd=work)
     assert out.returncode == 0, out.stderr
     assert json.loads((work / "run" / "summary.json").read_text())["sparse"]["test_acc"] > 0.9
-    assert cli("eval", "run", cwd=work).returncode == 0  # the run's config names the plugin again
+    refused = cli("eval", "run", cwd=work)  # the run's config names the plugin: it is not imported on its own
+    assert refused.returncode == 2 and "needs --plugin mine; pass it if you trust it" in refused.stderr
+    assert cli("eval", "run", "--plugin", "mine", cwd=work).returncode == 0
 
 
 def test_an_installed_entry_point_is_found_without_a_flag(work):

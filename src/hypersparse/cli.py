@@ -6,6 +6,7 @@ exit code 1; the checkpoint on disk is always the last complete one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import signal
@@ -17,7 +18,7 @@ import typing
 from dataclasses import fields
 
 from hypersparse import __version__
-from hypersparse.config import SECTIONS, TrainConfig, flag
+from hypersparse.config import SECTIONS, TrainConfig, canonical, flag
 from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.schedule import ARTDidNotConverge
@@ -62,7 +63,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 
 
 def _config_from(args) -> TrainConfig:
-    """Defaults, then --config, then --set, then the flags."""
+    """Defaults, then --config, then --set, then the flags. Code a --config file names (a plugin, a model or dataset
+    by import path) is imported only if the same flag is typed too: a file never decides what code runs."""
+    from hypersparse.plugins import require_typed
+
     cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     sets = {}
     for item in args.set:
@@ -71,7 +75,11 @@ def _config_from(args) -> TrainConfig:
             raise UserError(f"--set expects SECTION.KEY=VALUE, e.g. --set schedule.momentum=0.95, got {item!r}")
         sets[key.strip()] = value.strip()
     flags = {k: v for k, v in vars(args).items() if "." in k}
-    return TrainConfig.from_dict({**sets, **flags}, base=cfg)
+    cfg = TrainConfig.from_dict(sets, base=cfg, check=False, text=True)
+    cfg = TrainConfig.from_dict(flags, base=cfg)
+    if args.config:
+        require_typed(cfg, {canonical(k) for k in [*sets, *flags]}, f"--config {args.config}")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(MODELS) + ". Datasets: " + ", ".join(DATASETS) + ".")
     _add_config_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, "
-                       "with the settings it started with")
+                       "with the settings it started with (a run that names code needs its --plugin, --model or "
+                       "--dataset typed again, as it started, if you trust it)")
     tune = sub.add_parser(
         "tune", help="search lambda_0 and eta with Optuna on the validation split (needs the [tune] extra)",
         description="Search ART's lambda_0 and eta; every other setting is the base run's, as for train. Running the "
@@ -105,13 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, or a sparse file")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
-    ev.add_argument("--model", help="model name (default: the run's)")
+    ev.add_argument("--model", help="model name (default: the run's; code a run or file names is imported only if "
+                    "typed here)")
+    ev.add_argument("--plugin", help="modules to import first, comma-separated (a run that used --plugin needs it "
+                    "again: hypersparse imports no code a file names)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--fast", nargs="?", const=1, type=int, metavar="BATCH",
                     help="also score the model as hypersparse.sparse_inference runs it at this batch size (default 1: "
                     "compacted, sparse kernels where measured faster; CPU) and print its latency against the model's")
     ex = sub.add_parser("export", help="write a compressed sparse file or ONNX", description="Export a trained model.")
     ex.add_argument("run", help="a run directory (or its model.pt)")
+    ex.add_argument("--model", help="model name (default: the run's; code a run names is imported only if typed "
+                    "here)")
+    ex.add_argument("--plugin", help="modules to import first, comma-separated (a run that used --plugin needs it "
+                    "again)")
     ex.add_argument("--format", choices=tuple(EXPORTS), default="sparse",
                     help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
                     "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
@@ -141,7 +157,7 @@ def _export(args) -> int:
 
     from hypersparse.checkpoint import output_file
     from hypersparse.export import export_onnx, save_dense, save_sparse
-    from hypersparse.runs import SUMMARY, model_from_run, read_json
+    from hypersparse.runs import SUMMARY, model_from_run, read_json, run_settings
 
     path = Path(args.run)
     if not path.exists():
@@ -154,12 +170,14 @@ def _export(args) -> int:
         raise UserError(f"--compact applies to --format onnx only (a {args.format} file keeps the run's architecture, "
                         "which loaders rebuild); drop --compact or use --format onnx")
     out = output_file(args.out or run_dir / EXPORTS[args.format], "--out")
-    arch, inputs = summary["arch"], summary.get("input")
-    model = model_from_run(path)
+    settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
+    arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
+    model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
     if args.format == "sparse":
         info = save_sparse(model, out, arch, inputs)
         print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
     elif args.format == "dense":
+        output_file(out.with_suffix(".json"), "--out")
         info = save_dense(model, out, arch, inputs)
         print(f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}")
     else:
@@ -175,16 +193,19 @@ def _export(args) -> int:
     return 0
 
 
+RESUME_CONFIRMS = ("run.plugin", "model.model", "data.dataset")  # beside --resume: confirm the code a run names
+
+
 def _train(args) -> int:
     from hypersparse import engine
 
     if args.resume:
-        given = sorted(k for k in vars(args) if "." in k) + (["--config"] if args.config else []) + \
-            (["--set"] if args.set else [])
+        given = sorted(k for k in vars(args) if "." in k and k not in RESUME_CONFIRMS) + \
+            (["--config"] if args.config else []) + (["--set"] if args.set else [])
         if given:
             shown = given[0] if given[0].startswith("--") else flag(given[0])
             raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
-        engine.resume(args.resume)
+        engine.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
         return 0
     engine.train(_config_from(args))
     return 0
@@ -200,12 +221,15 @@ def _tune(args) -> int:
     return 0
 
 
+MAX_FAST_BATCH = 4096  # --fast repeats test images up to the batch: bounded, so it cannot ask for gigabytes
+
+
 def _eval(args) -> int:
     from hypersparse.evaluate import evaluate_run
 
-    if args.fast is not None and args.fast < 1:
-        raise UserError(f"--fast takes a batch size of at least 1, got {args.fast}")
-    evaluate_run(args.checkpoint, args.dataset, args.data_dir, args.model, args.device, args.fast)
+    if args.fast is not None and not 1 <= args.fast <= MAX_FAST_BATCH:
+        raise UserError(f"--fast takes a batch size from 1 to {MAX_FAST_BATCH}, got {args.fast}")
+    evaluate_run(args.checkpoint, args.dataset, args.data_dir, args.model, args.device, args.fast, args.plugin)
     return 0
 
 
@@ -229,10 +253,33 @@ def _os_error(exc: OSError) -> str:
     return f"error: {exc.strerror or exc}{where}; check the path and its permissions"
 
 
+STOPPED = "{what}; files written so far are complete (run the command again to continue)"
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The one line for Ctrl-C (130) or SIGTERM (143) outside a training run, which says more (RunStopped)."""
+    if isinstance(exc, Terminated):
+        return _say(STOPPED.format(what="terminated"), 143)
+    return _say(STOPPED.format(what="interrupted"), 130)
+
+
 def _dispatch(args) -> int:
-    """The one error boundary: every user-facing failure becomes one line on stderr and an exit code."""
+    """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
+    code failing: their frames, then that line)."""
+    from hypersparse.plugins import UserCodeError, typed_names_from
+
     try:
-        return {"train": _train, "tune": _tune, "eval": _eval, "export": _export, "report": _report}[args.command](args)
+        here = os.getcwd()
+    except OSError:  # the current folder was removed: typed names are then looked up as Python does
+        here = None
+    try:
+        with typed_names_from(here) if here else contextlib.nullcontext():
+            return {"train": _train, "tune": _tune, "eval": _eval, "export": _export,
+                    "report": _report}[args.command](args)
+    except UserCodeError as exc:
+        if _rank0():
+            print(exc.frames, end="", file=sys.stderr, flush=True)
+        return _say(f"error: {exc}", 2)
     except UserError as exc:
         return _say(f"error: {exc}", 2)
     except (RunDiverged, ARTDidNotConverge) as exc:
@@ -240,15 +287,31 @@ def _dispatch(args) -> int:
     except RunStopped as exc:
         return _say(str(exc), exc.code)
     except KeyboardInterrupt as exc:
-        if isinstance(exc, Terminated):
-            return _say("terminated; files written so far are complete (run the command again to continue)", 143)
-        return _say("interrupted; files written so far are complete (run the command again to continue)", 130)
+        return _stopped(exc)
     except OSError as exc:
         return _say(_os_error(exc), 2)
 
 
 def _terminate(signum, frame) -> typing.NoReturn:
     raise Terminated()
+
+
+def _quit(signum, frame) -> typing.NoReturn:
+    """Ctrl-C or SIGTERM in ``eval``, ``export`` or ``report``: remove the temporary being written, say so, end now.
+
+    These commands spend their time inside libraries (torch's ONNX exporter, matplotlib, numpy); an exception raised
+    from a signal handler there can leave a library half-imported or abort inside C++, so they stop without
+    unwinding. Every output is written atomically, so what exists is complete."""
+    from hypersparse.checkpoint import remove_own_temporaries
+
+    remove_own_temporaries()
+    what, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    if _rank0():
+        os.write(2, f"hypersparse: {STOPPED.format(what=what)}\n".encode())
+    os._exit(code)
+
+
+STOP_AT_ONCE = ("eval", "export", "report")  # the others stop by an exception the run loop turns into RunStopped
 
 
 def _exit_worker(code: int) -> typing.NoReturn:
@@ -269,19 +332,31 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
-        code = _dispatch(args)
-    except BaseException:
-        if not close_distributed():
-            raise
-        traceback.print_exc()
-        _exit_worker(1)
-    if close_distributed():
-        _exit_worker(code)
-    return code
+        if main_thread:
+            signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        args = build_parser().parse_args(argv)
+        if main_thread and args.command in STOP_AT_ONCE:
+            for sig in saved:
+                signal.signal(sig, _quit)
+        try:
+            code = _dispatch(args)
+        except BaseException:
+            if not close_distributed():
+                raise
+            traceback.print_exc()
+            _exit_worker(1)
+        if close_distributed():
+            _exit_worker(code)
+        return code
+    except KeyboardInterrupt as exc:  # before the command's boundary or after it: nothing half-written either way
+        return _stopped(exc)
+    finally:
+        for sig, handler in saved.items():  # called from Python (tests, notebooks): leave the caller's handlers
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,30 @@
-"""The ``hypersparse`` console command: Ctrl-C while torch is still loading is one line too, not a traceback."""
+"""The ``hypersparse`` console command: Ctrl-C or SIGTERM while torch is still loading is one line too, not a
+traceback, a crash inside torch's import or a silent death."""
 from __future__ import annotations
 
-import sys
+import os
+import signal
+import threading
+
+
+def _quit_while_starting(signum, frame):
+    # nothing is written yet; raising here could land inside torch's import, so end at once instead
+    what, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    os.write(2, f"hypersparse: {what} while starting; nothing was written\n".encode())
+    os._exit(code)
 
 
 def main() -> int:
-    try:
-        from hypersparse.cli import main as run  # imports torch: seconds in which Ctrl-C may land
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _quit_while_starting)
+    from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
 
-        return run()
-    except KeyboardInterrupt:  # before the command's own boundary was in place: nothing was written yet
-        print("hypersparse: interrupted while starting; nothing was written", file=sys.stderr)
-        return 130
+    code = run()
+    if main_thread:
+        # the command has finished and its files are complete: a signal while Python shuts down (which restores the
+        # default handlers, so it would kill the process without a word) changes nothing, and is ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code

@@ -39,7 +39,7 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
             files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} pruning-"
                 f"phase + {cfg.finetune} fine-tuning epochs) in {folder}")
             with open(os.devnull, "w") as quiet:
-                done = resume(folder, progress, quiet) if (folder / CHECKPOINT).exists() else \
+                done = resume(folder, progress, quiet, trust_code=True) if (folder / CHECKPOINT).exists() else \
                     train(baseline_config(cfg, method, reg_epochs), folder, progress, quiet)
         results[method] = {"run_dir": folder.name, **done["sparse"]}
     summary = {**summary, "compare": results}

@@ -2,16 +2,18 @@
 
 A run's settings come from the defaults, then a config file (``--config``:
 TOML or JSON, a run's ``config.json`` included), then ``--set SECTION.KEY=VALUE``
-and the flags. A setting that does not apply to the chosen method, regularizer
-or dataset is an error, never silently ignored (:func:`not_applicable`).
-Keys may be written with their section (``art.eta``) or alone (``eta``): every
-key name is unique across the sections.
+and the flags. Every setting declares its type and range (a
+:mod:`~hypersparse.schema` spec), so a file, ``--set`` and a flag are checked
+alike and ``config.json`` is read back through the same declaration. A setting
+that does not apply to the chosen method, regularizer or dataset is an error,
+never silently ignored (:func:`not_applicable`). Keys may be written with their
+section (``art.eta``) or alone (``eta``): every key name is unique across the sections.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,38 @@ from hypersparse.errors import UserError
 from hypersparse.masks import check_ceiling
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, parse_auto
+from hypersparse.schema import (MAX_JSON_BYTES, Bool, Float, Int, Optional, SchemaError, Spec, Str, parse_json,
+                                read_bytes)
+
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files
+EPOCHS = Int(0, 10**6)  # a phase of a million epochs is already beyond any budget
+MODULES = r"\s*[A-Za-z_][\w.]*\s*(,\s*[A-Za-z_][\w.]*\s*)*"
 
 
-def _f(default, help: str, flag: bool = True):
-    """A setting; ``flag=False`` keeps it out of ``--help`` (config file or ``--set`` only)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+class Lambda(Spec):
+    """``lambda_init``: a positive number, ``auto`` or ``auto:P`` with P in (0, 1) (never a boolean)."""
+
+    def describe(self) -> str:
+        return "a positive number, auto or auto:P"
+
+    def check(self, value, where=""):
+        if isinstance(value, str) and value.startswith("auto"):
+            try:
+                parse_auto(value)
+            except ValueError:
+                raise SchemaError(where, f"auto:P needs P in (0, 1), e.g. auto:0.03, got {value!r}") from None
+            return value
+        try:
+            number = float(value) if isinstance(value, str) and len(value) < 64 else value
+        except ValueError:
+            raise self.fail(value, where) from None
+        return Float(0, lo_open=True, what=self.describe()).check(number, where)
+
+
+def _f(default, help: str, spec: Spec, flag: bool = True):
+    """A setting of type and range ``spec``; ``flag=False`` keeps it out of ``--help`` (config file or ``--set``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "spec": spec})
 
 
 @dataclass(frozen=True)
@@ -34,10 +61,10 @@ class DataConfig:
     """What to train on."""
 
     dataset: str = _f("digits", "dataset name (digits needs no files), folder:<path> (class sub-folders of images) or "
-                      "module.path:callable")
-    data_dir: str | None = _f(None, "folder that holds the dataset's official files")
+                      "module.path:callable", Str(what="a dataset name"))
+    data_dir: str | None = _f(None, "folder that holds the dataset's official files", Optional(Str()))
     download: bool = _f(False, "download missing files (checksums are verified); mnist, fashion-mnist, cifar10, "
-                        "cifar100")
+                        "cifar100", Bool())
 
 
 @dataclass(frozen=True)
@@ -45,86 +72,100 @@ class ModelConfig:
     """Which network."""
 
     model: str = _f("mlp", "model name, torchvision:<name>, timm:<name>, hf:<config.json or saved folder> or "
-                    "module.path:callable (returns an nn.Module)")
-    pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up")
+                    "module.path:callable (returns an nn.Module)", Str(what="a model name"))
+    pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up",
+                                Optional(Str()))
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
     """How sparse, and by which method."""
 
-    method: str = _f("art", "art (the paper's), oneshot, gmp or snip")
-    sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
+    method: str = _f("art", "art (the paper's), oneshot, gmp or snip", Str(16, ("art", "oneshot", "gmp", "snip")))
+    sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)",
+                         Float(0, 1, hi_open=True, what="in [0, 1) (the fraction of weights set to zero, e.g. 0.9)"))
     exclude: str | None = _f(None, "layers to keep dense, comma-separated globs over their dotted names "
-                             "(e.g. classifier,*.downsample.*); every other Linear/Conv weight is prunable")
+                             "(e.g. classifier,*.downsample.*); every other Linear/Conv weight is prunable",
+                             Optional(Str()))
     max_layer_sparsity: float = _f(1.0, "ceiling on any one layer's sparsity, so global pruning cannot empty a "
-                                   "layer (e.g. 0.99); 1 = none")
+                                   "layer (e.g. 0.99); 1 = none", Float(0, 1, lo_open=True))
 
 
 @dataclass(frozen=True)
 class ARTConfig:
     """ART: the regularizer, lambda's start and growth, and the stop rule (--method art only)."""
 
-    reg: str = _f("hs", "regularizer: hs (HyperSparse), l1, l2")
+    reg: str = _f("hs", "regularizer: hs (HyperSparse), l1, l2", Str(16, ("hs", "l1", "l2")))
     lambda_init: float | str = _f(5e-6, "initial strength lambda_0: a number, or auto[:P] to set it from the weights "
                                   f"so the regularizer alone shrinks the weight at the pruning cut by P per epoch "
-                                  f"(default P {DEFAULT_PUSH})")
-    eta: float = _f(1.05, "growth of lambda per regularization epoch")
+                                  f"(default P {DEFAULT_PUSH})", Lambda())
+    eta: float = _f(1.05, "growth of lambda per regularization epoch", Float(1, 100))
     reg_epochs_target: int = _f(0, "end regularization within about this many epochs (eta rises when it would run "
-                                "late; a deadline once the pruned copy has come half-way); 0 = the authors' fixed eta")
+                                "late; a deadline once the pruned copy has come half-way); 0 = the authors' fixed eta",
+                                EPOCHS)
     criterion: str = _f("matched", "stop rule: matched (dense and pruned copy scored alike) or paper (the authors': "
-                        "dense running training accuracy)")
-    buffer_k: int = _f(1, "buffer of 2k+1 epochs; the middle one is kept", flag=False)
-    max_reg_epochs: int = _f(300, "give up after this many regularization epochs", flag=False)
+                        "dense running training accuracy)", Str(16, ("paper", "matched")))
+    # the buffer holds 2k+1 copies of the model: k is bounded by memory as well as by max_reg_epochs
+    buffer_k: int = _f(1, "buffer of 2k+1 epochs; the middle one is kept", Int(0, 50), flag=False)
+    max_reg_epochs: int = _f(300, "give up after this many regularization epochs", Int(1, 10**6), flag=False)
     pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy; 0 = all",
-                               flag=False)
+                               Int(0, 10**9), flag=False)
 
 
 @dataclass(frozen=True)
 class HyperSparseConfig:
     """Speed knobs of the HyperSparse regularizer (--reg hs only)."""
 
-    hs_refresh_every: int = _f(32, "recompute the threshold every K steps (sooner if it drifts); 1 = exact", flag=False)
-    hs_compile: str = _f("auto", "fuse the pass with torch.compile: auto (200,000+ weights), on, off", flag=False)
+    hs_refresh_every: int = _f(32, "recompute the threshold every K steps (sooner if it drifts); 1 = exact",
+                               Int(1, 10**6), flag=False)
+    hs_compile: str = _f("auto", "fuse the pass with torch.compile: auto (200,000+ weights), on, off",
+                         Str(16, ("auto", "on", "off")), flag=False)
 
 
 @dataclass(frozen=True)
 class BaselineConfig:
     """The baselines' pruning phase (oneshot, gmp, snip)."""
 
-    prune_epochs: int = _f(20, "epochs between warm-up and fine-tuning (gmp prunes over them), to match ART's budget")
+    prune_epochs: int = _f(20, "epochs between warm-up and fine-tuning (gmp prunes over them), to match ART's budget",
+                           EPOCHS)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Optimisation and the phases' lengths (the authors' defaults)."""
 
-    warmup_epochs: int = _f(60, "dense epochs before regularization or pruning")
-    finetune_epochs: int = _f(160, "epochs of fine-tuning with the mask fixed")
-    lr: float = _f(0.1, "SGD learning rate")
-    batch_size: int = _f(64, "training batch size")
-    epochs_scale: float = _f(1.0, "shorten every phase by this factor (eta becomes eta**(1/F))")
-    lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by lr_decay", flag=False)
-    lr_decay: float = _f(0.1, "learning-rate factor at each step", flag=False)
-    momentum: float = _f(0.9, "SGD momentum", flag=False)
-    weight_decay: float = _f(1e-4, "SGD weight decay", flag=False)
+    warmup_epochs: int = _f(60, "dense epochs before regularization or pruning", EPOCHS)
+    finetune_epochs: int = _f(160, "epochs of fine-tuning with the mask fixed", EPOCHS)
+    lr: float = _f(0.1, "SGD learning rate", Float(0, lo_open=True))
+    batch_size: int = _f(64, "training batch size", Int(1, 1 << 20))
+    epochs_scale: float = _f(1.0, "shorten every phase by this factor (eta becomes eta**(1/F))",
+                             Float(0, lo_open=True))
+    lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by lr_decay",
+                       Str(1024, pattern=r"\s*(\d{1,7}\s*(,\s*\d{1,7}\s*)*)?",
+                           what="comma-separated epochs (integers >= 0) such as 80,120"), flag=False)
+    lr_decay: float = _f(0.1, "learning-rate factor at each step", Float(0, 1, lo_open=True), flag=False)
+    momentum: float = _f(0.9, "SGD momentum", Float(0, 1, hi_open=True), flag=False)
+    weight_decay: float = _f(1e-4, "SGD weight decay", Float(0, 1), flag=False)
     epoch_fraction: float = _f(1.0, "each epoch visits a fresh random fraction of the training set, in (0, 1]",
-                               flag=False)
+                               Float(0, 1, lo_open=True), flag=False)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Where the run goes and how it is recorded."""
 
-    seed: int = _f(0, "random seed (data split, init, order, augmentation)")
-    run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)")
-    device: str = _f("auto", "cuda, mps, cpu or auto", flag=False)
-    stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", flag=False)
+    seed: int = _f(0, "random seed (data split, init, order, augmentation)", Int(0, 2**32 - 1, what="in [0, 2**32)"))
+    run_dir: str | None = _f(None, "where logs and checkpoints go (default: runs/<time>-<dataset>-<model>-...)",
+                             Optional(Str()))
+    device: str = _f("auto", "cuda, mps, cpu or auto", Str(16, pattern=r"auto|cpu|mps|cuda(:\d{1,3})?",
+                                                          what="auto, cpu, cuda, cuda:N or mps"), flag=False)
+    stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", Bool(), flag=False)
     compact_finetune: bool = _f(True, "once the mask is fixed, train only the units and channels that reach the "
-                                "output (exact; written back into the full model every epoch)", flag=False)
-    plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)")
+                                "output (exact; written back into the full model every epoch)", Bool(), flag=False)
+    plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)",
+                            Optional(Str(1024, pattern=MODULES, what="module names, comma-separated")))
     compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
-                             "oneshot, gmp, snip (comma-separated; --method art only)")
+                             "oneshot, gmp, snip (comma-separated; --method art only)", Optional(Str(64)))
 
 
 SECTIONS: dict[str, type] = {
@@ -135,51 +176,33 @@ SECTIONS: dict[str, type] = {
 KEYS: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
 
 
-def parse_lambda(value: Any) -> float | str:
-    """``lambda_init`` as given: a positive number, ``auto`` or ``auto:P`` with P in (0, 1)."""
-    if isinstance(value, str) and value.startswith("auto"):
+def _spec(section: str, name: str) -> Spec:
+    return next(f.metadata["spec"] for f in fields(SECTIONS[section]) if f.name == name)
+
+
+def _from_text(spec: Spec, text: str, booleans: bool) -> Any:
+    """A string as the value a file would hold for ``spec``: a number for a number (``"0.9"``, as TOML users and
+    ``--set`` write it); ``true``/``false`` for a boolean only from ``--set`` text (``booleans``), so that a file's
+    boolean is always a JSON boolean. The spec then checks the value as it checks a file's."""
+    inner = spec.spec if isinstance(spec, Optional) else spec
+    if isinstance(inner, Bool) and booleans:
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if isinstance(inner, (Int, Float)) and len(text) <= 64:
         try:
-            parse_auto(value)
+            number = parse_json(text)
         except ValueError:
-            raise UserError(f"--lambda-init auto:P needs P in (0, 1), e.g. auto:0.03, got {value!r}") from None
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--lambda-init must be a positive number, auto or auto:P, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise UserError(f"--lambda-init must be a positive number, auto or auto:P, got {value!r}")
-    return number
+            return text  # refused by the spec, which names the setting
+        return number if isinstance(number, (int, float)) and not isinstance(number, bool) else text
+    return text
 
 
-def _convert(key: str, tp: str, value: Any) -> Any:
-    """A value from a file or ``--set`` text, converted to the field's type, or UserError naming the key."""
-    if key == "lambda_init":
-        return parse_lambda(value)
+def _convert(section: str, name: str, value: Any, text: bool) -> Any:
+    """A value from a file, a flag or (``text``) ``--set``, checked by the setting's spec, or UserError naming it."""
+    spec = _spec(section, name)
     try:
-        if value is None:
-            if "None" not in tp:
-                raise ValueError
-            return None
-        if tp.startswith("bool"):
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-                return value.lower() in ("true", "1")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if tp.startswith("int"):
-            if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if tp.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, (str, numbers.Number)):
-            raise ValueError
-        return str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"setting {key} expects {tp.replace(' | None', ' or nothing')}, got {value!r}") from None
+        return spec.check(_from_text(spec, value, text) if isinstance(value, str) else value)
+    except SchemaError as exc:
+        raise UserError(f"{flag(f'{section}.{name}')} {exc.problem}") from None
 
 
 @dataclass(frozen=True)
@@ -197,12 +220,16 @@ class TrainConfig:
     given: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
-    def from_dict(cls, settings: dict, base: "TrainConfig | None" = None, check: bool = True) -> "TrainConfig":
+    def from_dict(cls, settings: dict, base: "TrainConfig | None" = None, check: bool = True,
+                  text: bool = False) -> "TrainConfig":
         """Settings (``{"art": {"eta": 1.1}}``, ``{"art.eta": 1.1}`` or ``{"eta": 1.1}``) over ``base`` or the defaults.
 
-        Raises UserError for an unknown key, a value of the wrong type, or (with
-        ``check``) a setting that does not apply or is out of range.
+        Each value is checked by its setting's declared type and range (``text``: values are ``--set`` text, so
+        ``"0.9"`` is a number and ``"true"`` a boolean). Raises UserError for an unknown key or a bad value, and
+        (with ``check``) for a setting that does not apply or settings that contradict each other.
         """
+        if not isinstance(settings, dict):
+            raise UserError(f"settings must be a table of sections, not {type(settings).__name__}")
         flat: dict[str, Any] = {}
         for key, value in settings.items():
             if key in SECTIONS and isinstance(value, dict):
@@ -212,12 +239,13 @@ class TrainConfig:
         cfg = base or cls()
         updates: dict[str, dict] = {}
         for key, value in flat.items():
-            section, _, name = key.rpartition(".")
+            section, _, name = str(key).rpartition(".")
             section = section or KEYS.get(name, "")
-            types = {f.name: str(f.type) for f in fields(SECTIONS[section])} if section in SECTIONS else {}
-            if name not in types:
-                raise UserError(f"unknown setting {key!r}; the settings are: {', '.join(f'{KEYS[k]}.{k}' for k in KEYS)}")
-            updates.setdefault(section, {})[name] = _convert(name, types[name], value)
+            if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
+                shown = key if len(str(key)) <= 60 else str(key)[:57] + "..."
+                raise UserError(f"unknown setting {shown!r}; the settings are: "
+                                f"{', '.join(f'{KEYS[k]}.{k}' for k in KEYS)}")
+            updates.setdefault(section, {})[name] = _convert(section, name, value, text)
         sections = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
         given = cfg.given | {f"{s}.{k}" for s, u in updates.items() for k in u}
         cfg = replace(cfg, **sections, given=frozenset(given))
@@ -225,25 +253,36 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        """Settings from a TOML or JSON file (a run's ``config.json`` is one), unchecked: flags may follow."""
+        """Settings from a TOML or JSON file (a run's ``config.json`` is one), unchecked: flags may follow.
+
+        The file must be a regular file of at most 64 MiB (a FIFO or a device is refused, not read)."""
         path = Path(path)
+        data = read_bytes(path, "--config", MAX_JSON_BYTES)
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
         try:
-            text = path.read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read --config {path} ({exc.strerror or exc}); pass a .toml or .json file") from None
-        try:
-            if path.suffix == ".toml":
+            if kind == "TOML":
                 import tomllib
 
-                settings = tomllib.loads(text.decode())
+                settings = tomllib.loads(data.decode("utf-8"))
             else:
-                settings = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UserError(f"--config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})") \
-                from None
+                settings = parse_json(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:160]
+            raise UserError(f"--config {path} is not valid {kind} ({why})") from None
         if not isinstance(settings, dict):
             raise UserError(f"--config {path} must hold a table of settings, not {type(settings).__name__}")
-        return cls.from_dict(settings, check=False)
+        try:
+            return cls.from_dict(settings, check=False)
+        except UserError as exc:
+            raise UserError(f"--config {path}: {exc}") from None
+
+    @property
+    def identity(self) -> str:
+        """The run's identity: a hash of its settings (the seed among them), where it is written aside. A checkpoint
+        records it, and ``--resume`` continues a checkpoint only in the run folder whose ``config.json`` has it."""
+        settings = self.to_dict()
+        settings.get("run", {}).pop("run_dir", None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """The settings that apply to this run, by section (what ``config.json`` holds; :meth:`from_dict` reads it)."""
@@ -317,6 +356,12 @@ def transformer_defaults(cfg: TrainConfig, model) -> TrainConfig:
     return replace(cfg, sparsity=replace(cfg.sparsity, **updates))
 
 
+def canonical(key: str) -> str:
+    """``section.name`` for a key written with or without its section (``eta`` -> ``art.eta``)."""
+    section, _, name = key.rpartition(".")
+    return f"{section or KEYS.get(name, '')}.{name}"
+
+
 def flag(key: str) -> str:
     """How a setting is written on the command line: ``--lr`` for a flag, ``--set art.buffer_k=...`` otherwise."""
     section, _, name = key.rpartition(".")
@@ -348,42 +393,22 @@ def not_applicable(cfg: TrainConfig, key: str) -> str | None:
 
 
 def _check_values(cfg: TrainConfig) -> None:
-    choices = {"sparsity.method": ("art", "oneshot", "gmp", "snip"), "art.reg": ("hs", "l1", "l2"),
-               "art.criterion": ("paper", "matched"), "hs.hs_compile": ("auto", "on", "off")}
-    for key, allowed in choices.items():
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) not in allowed:
-            raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(getattr(cfg, section), name)!r}")
-    parse_lambda(cfg.art.lambda_init)
+    """The checks that involve more than one setting (each setting's own range is its spec's)."""
     compared = [m.strip() for m in (cfg.run.compare or "").split(",")]
     if cfg.run.compare is not None and (not all(compared) or not set(compared) <= {"oneshot", "gmp", "snip"}):
         raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}")
-    positive = ("art.eta", "schedule.lr", "schedule.batch_size", "schedule.epochs_scale", "hs.hs_refresh_every",
-                "art.max_reg_epochs", "schedule.lr_decay")
-    at_least_zero = ("schedule.warmup_epochs", "schedule.finetune_epochs", "baseline.prune_epochs", "art.buffer_k",
-                     "art.pruned_eval_size", "art.reg_epochs_target", "schedule.momentum", "schedule.weight_decay")
-    for key in positive + at_least_zero:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not (math.isfinite(value) and (value > 0 if key in positive else value >= 0)):
-            raise UserError(f"{flag(key)} must be {'a positive number' if key in positive else '>= 0'}, got {value!r}")
-    if cfg.art.eta < 1:
-        raise UserError(f"--eta must be at least 1 (lambda grows by it each epoch), got {cfg.art.eta!r}")
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
                         f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")
-    if cfg.schedule.epochs_scale * max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, 1) > 1e7:
+    longest = max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, cfg.baseline.prune_epochs,
+                  cfg.art.max_reg_epochs, 1)
+    if cfg.schedule.epochs_scale * longest > 1e7:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} makes a phase longer than 10 million epochs; "
                         "use a factor such as 0.1")
-    if not 0 < cfg.schedule.epoch_fraction <= 1:
-        raise UserError(f"--set schedule.epoch_fraction must be in (0, 1], got {cfg.schedule.epoch_fraction!r}")
-    if 0 < cfg.art.reg_epochs_target < 2 * cfg.art.buffer_k + 1:
-        raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {2 * cfg.art.buffer_k + 1} "
+    size = 2 * cfg.art.buffer_k + 1
+    if 0 < cfg.art.reg_epochs_target < size:
+        raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {size} "
                         f"epochs (2 x buffer_k + 1), got {cfg.art.reg_epochs_target!r}")
-    if not 0 <= cfg.run.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32), got {cfg.run.seed!r}")
-    try:
-        cfg.milestones
-    except ValueError:
-        raise UserError(f"--set schedule.lr_steps must be comma-separated integers such as 80,120, got "
-                        f"{cfg.schedule.lr_steps!r}") from None
+    if cfg.sparsity.method == "art" and cfg.art.max_reg_epochs < size:
+        raise UserError(f"--set art.buffer_k={cfg.art.buffer_k} needs a buffer of {size} regularization epochs, more "
+                        f"than art.max_reg_epochs={cfg.art.max_reg_epochs}; lower buffer_k or raise max_reg_epochs")

@@ -22,6 +22,15 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"the device must be auto, cpu, cuda or mps, got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda was asked for but no CUDA GPU is available; use --set run.device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name} was asked for but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                        "use cuda:0 or auto")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise UserError("device mps was asked for but Apple's Metal (MPS) is not available here; use --set "
+                        "run.device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"the device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     return device
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shlex
 import sys
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.checkpoint import VERSION, load_run_checkpoint
+from hypersparse.checkpoint import VERSION, load_run_checkpoint, remove_temporaries
 from hypersparse.compact_training import CompactTraining
 from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
@@ -31,11 +32,12 @@ from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.evaluate import evaluate, input_record
 from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
-from hypersparse.models import create_model
+from hypersparse.models import check_fit, create_model
 from hypersparse.params import prunable_parameters
 from hypersparse.plugins import load_plugins
-from hypersparse.runio import RunFiles, default_run_dir, prepare_run_dir, remove_created, remove_temporaries
-from hypersparse.runs import CHECKPOINT, load_weights
+from hypersparse.plugins import CODE_FLAGS, code_settings, trust_line
+from hypersparse.runio import RunFiles, RunLock, default_run_dir, in_use, prepare_run_dir, remove_created
+from hypersparse.runs import CHECKPOINT, CONFIG, load_weights, read_json
 from hypersparse.stats import StatsCollector
 
 
@@ -84,6 +86,8 @@ class Trainer:
         s = cfg.schedule
         self.train_loader = DeviceLoader(d.train_x, d.train_y, s.batch_size, d.mean, d.std, self.device, d.augment,
                                          True, cfg.run.seed, channels_last, s.epoch_fraction)
+        # before the run folder exists: a model that cannot take the data fails here, with nothing written
+        check_fit(self.model, cfg.model.model, self.train_loader.normalize(d.train_x[:2]), d.num_classes)
         self.shard_loader = self.train_loader  # what this rank trains on
         if self.dist.active:
             self.shard_loader = copy.copy(self.train_loader)
@@ -200,6 +204,7 @@ class Trainer:
     def state(self) -> dict:
         return {
             "version": VERSION,
+            "identity": self.cfg.identity,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -212,14 +217,28 @@ class Trainer:
         }
 
     def load_state(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.method.load_state_dict(ckpt["method"])
-        self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        """Restore a checkpoint (schema-checked); one line if its tensors do not fit this run's model and method."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            reference = self.model.state_dict()
+            # model states held for later (the best sparse model; ART's buffer) must fit this model too
+            kept = ([ckpt["best"]["state"]] if ckpt["best"] else []) + [b["state"] for b in
+                                                                        ckpt["method"].get("buffer", [])]
+            for saved in kept:
+                if {k: (v.shape, v.dtype) for k, v in saved.items()} != \
+                        {k: (v.shape, v.dtype) for k, v in reference.items()}:
+                    raise ValueError("a model state it keeps for later has other tensors than the model")
+            self.method.load_state_dict(ckpt["method"])
+            self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.stats and ckpt["stats"]:
+                self.stats.load_state_dict(ckpt["stats"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"checkpoint {self.files.path / CHECKPOINT} does not fit its run ({first}); the "
+                            "checkpoint is damaged: start the run again") from None
         self.metrics, self.best, self.dense = ckpt["metrics"], ckpt["best"], ckpt["dense"]
         self.phase_seconds = ckpt["phase_seconds"]
-        if self.stats and ckpt["stats"]:
-            self.stats.load_state_dict(ckpt["stats"])
         self.files.truncate(self.metrics)
 
     # -- the loop -------------------------------------------------------------
@@ -308,30 +327,44 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
-    """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``)."""
+    """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
+
+    The data and the model are built, and one batch goes through the model, before the run folder is created, so a
+    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`)."""
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
     target = Path(dist.broadcast(str(target)))  # the default name holds the time: rank 0's counts
-    created, error = None, None
+    holder = RunLock.holder(target) if dist.is_main else None
+    if holder is not None:  # checked first (and again under the lock): the message that says what is going on
+        raise UserError(in_use(target, holder))
+    if (target / CHECKPOINT).exists():
+        raise UserError(f"run directory {target} already holds a run; continue it with --resume {target} or pick "
+                        "another --run-dir")
+    trainer = Trainer(cfg, target, progress, out)
+    created, lock, error = None, None, None
     if dist.is_main:
         try:
-            created = prepare_run_dir(target)
+            created, lock = prepare_run_dir(target)
         except UserError as exc:
             error = str(exc)
     error = dist.broadcast(error)
     if error:
         raise UserError(error)
     try:
-        trainer = Trainer(cfg, target, progress, out)
-    except BaseException:
-        if dist.is_main:
-            remove_created(target, created)  # a run that could not start leaves nothing behind
-        raise
-    trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
-    with stopped_cleanly(target):  # from before the line that tells a watcher the run has started
-        trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
-                                                        if dist.active else ""))
-        return _with_comparison(trainer, trainer.run(), progress)
+        try:
+            trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+                remove_created(target, created)
+            raise
+        with stopped_cleanly(target):
+            trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
+                                                            if dist.active else ""))
+            return _with_comparison(trainer, trainer.run(), progress)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @contextmanager
@@ -349,19 +382,52 @@ def stopped_cleanly(run_dir: Path):
                          "again", code) from None
 
 
-def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout) -> dict:
-    """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with."""
+def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
+           confirmed: dict | None = None) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with.
+
+    The checkpoint must be this run's (its identity, a hash of the settings, matches ``config.json``'s). A run whose
+    settings name code (a plugin, a model or dataset by import path) resumes only if ``confirmed`` (setting ->
+    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``.
+    """
     path = Path(run_dir)
     if not (path / CHECKPOINT).exists():
         raise UserError(f"{path} holds no checkpoint to resume (no epoch has finished yet); start a new run without "
                         "--resume")
-    remove_temporaries(path)
-    ckpt = load_run_checkpoint(path / CHECKPOINT)
-    trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out)
-    trainer.load_state(ckpt)
-    with stopped_cleanly(path):
-        trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
-        return _with_comparison(trainer, trainer.run(), progress)
+    lock = RunLock(path).acquire() if os.environ.get("RANK", "0") == "0" else None
+    try:
+        remove_temporaries(path)
+        ckpt = load_run_checkpoint(path / CHECKPOINT)
+        config = read_json(path / CONFIG)
+        if config is None or TrainConfig.from_dict(config, check=False).identity != ckpt["identity"] or \
+                TrainConfig.from_dict(ckpt["config"], check=False).identity != ckpt["identity"]:
+            raise UserError(f"checkpoint {path / CHECKPOINT} belongs to another run (its settings differ from "
+                            f"{path / CONFIG}'s); resume the folder it was written in, or start this run again")
+        _require_confirmed(ckpt["config"], confirmed or {}, trust_code, path)
+        trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out)
+        trainer.load_state(ckpt)
+        with stopped_cleanly(path):
+            trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
+            return _with_comparison(trainer, trainer.run(), progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _require_confirmed(config: dict, confirmed: dict, trust_code: bool, path: Path) -> None:
+    """UserError unless each setting of ``config`` that names code is confirmed by the same value, and nothing
+    confirmed differs from the run's own setting (``--resume`` changes no setting)."""
+    needed = code_settings(config)
+    for key, value in confirmed.items():
+        section, name = key.split(".")
+        own = (config.get(section) or {}).get(name)
+        if value is not None and value != own:
+            raise UserError(f"{CODE_FLAGS[key]} {value}: run {path} was started with "
+                            f"{CODE_FLAGS[key] + ' ' + str(own) if own else 'none'}; --resume keeps a run's settings "
+                            f"({', '.join(CODE_FLAGS.values())} beside it only confirm the code it names)")
+    missing = {k: v for k, v in needed.items() if confirmed.get(k) != v}
+    if missing and not trust_code:
+        raise UserError(trust_line(missing, f"the run in {path}"))
 
 
 def _with_comparison(trainer: Trainer, summary: dict, progress: bool | None) -> dict:

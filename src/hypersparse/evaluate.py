@@ -71,21 +71,30 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Norm
 
 
 def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 model_name: str | None = None, device: str = "auto", fast: int | None = None) -> dict:
+                 model_name: str | None = None, device: str = "auto", fast: int | None = None,
+                 plugin: str | None = None) -> dict:
     """``hypersparse eval``: print and return validation/test accuracy and sparsity of a saved model; with ``fast``
-    (a batch size), also the test accuracy and latency of :func:`hypersparse.sparse_inference`'s model."""
+    (a batch size), also the test accuracy and latency of :func:`hypersparse.sparse_inference`'s model.
+
+    ``dataset``, ``model_name`` and ``plugin`` are what the user typed: code the run's files name is imported only
+    if they repeat it (:func:`hypersparse.runs.run_settings`)."""
     from hypersparse.data import load_dataset
     from hypersparse.errors import UserError
+    from hypersparse.models import check_fit
     from hypersparse.runs import model_from_run, run_settings
 
-    settings = run_settings(path, dataset, data_dir, model_name)
+    settings = run_settings(path, dataset, data_dir, model_name, plugin)
     dev = torch.device("cpu") if fast is not None and device == "auto" else pick_device(device)
     if fast is not None and dev.type != "cpu":
         raise UserError(f"--fast measures inference on the CPU, not {dev.type}; add --device cpu")
     data = load_dataset(settings["dataset"], settings["data_dir"], settings["seed"])
-    model = model_from_run(path, settings["model"], data.num_classes, data.in_channels, data.image_size)
+    sparse_file = Path(path).suffix == ".safetensors"  # it names its own architecture, unless --model is typed
+    name = model_name if sparse_file else settings["model"]
+    model = model_from_run(path, name, data.num_classes, data.in_channels, data.image_size, trust_code=not sparse_file)
     model.to(dev)
     normalize = Normalizer(data.mean, data.std, dev)
+    check_fit(model, name or f"of {path}", normalize(data.test_x[:2]), data.num_classes,
+              user=None if name else False)
     report = sparsity_report(model, exclude_filter(settings["exclude"]))  # the layers the run could prune
     result = {
         "val_acc": evaluate(model, data.val_x, data.val_y, normalize),

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from hypersparse.checkpoint import atomic_write
+from hypersparse.checkpoint import atomic_write, temporary, temporary_name
 from hypersparse.errors import UserError
 from hypersparse.keep_pruned import strip_masks_
+from hypersparse.schema import SPARSE_META, check, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
 _INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
@@ -122,47 +123,48 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
 
 
 def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The exact state_dict and the stored architecture of a sparse file (``arch["input"]``: its input record)."""
+    """The exact state_dict and the stored architecture of a sparse file (``arch["input"]``: its input record).
+
+    The metadata is checked against its schema (:data:`hypersparse.schema.SPARSE_META`), and each tensor's
+    buffers against the sizes it declares, before anything is allocated."""
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError as exc:
         raise UserError("reading sparse files needs safetensors: pip install 'hypersparse[cli]'") from exc
+    regular_file(path, "sparse file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} was not written by hypersparse export --format sparse")
+    fix = "export the run again"
     try:
-        layout, arch = json.loads(metadata["layout"]), json.loads(metadata.get("arch", "{}"))
-        inputs = json.loads(metadata.get("input", "{}"))
-        if not all(isinstance(v, dict) for v in (layout, arch, inputs)):
-            raise ValueError("layout, arch and input must be JSON objects")
-        for name, meta in layout.items():
-            _check_entry(name, meta, tensors)
-        _check_arch(arch)
-    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise UserError(f"{path} has damaged metadata ({exc}); export the run again") from None
-    state = {name: _decode(name, tensors, meta) for name, meta in layout.items()}
+        meta = {k: parse_json(v) if k in ("layout", "arch", "input") else v for k, v in metadata.items()}
+    except ValueError as exc:
+        raise UserError(f"{path} has damaged metadata ({exc}); {fix}") from None
+    meta.setdefault("arch", {})
+    meta.setdefault("input", {})
+    meta = check(meta, SPARSE_META, f"sparse file {path}: metadata", fix)
+    layout, arch, inputs = meta["layout"], meta["arch"], meta["input"]
+    try:
+        for name, entry in layout.items():
+            _check_entry(name, entry, tensors)
+    except ValueError as exc:
+        raise UserError(f"{path} has damaged metadata ({exc}); {fix}") from None
+    state = {name: _decode(name, tensors, entry) for name, entry in layout.items()}
     return state, dict(arch, input=inputs) if inputs else arch
 
 
 _ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("values", "col", "rowptr")}
-MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 4096, 64, 1_000_000
 
 
 def _check_entry(name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """ValueError unless ``meta`` describes buffers that exist and sizes they hold (checked before allocating)."""
-    if meta.get("enc") not in _ENCODINGS:
-        raise ValueError(f"{name}: unknown encoding {meta.get('enc')!r}")
+    """ValueError unless ``meta`` (schema-checked) describes buffers that exist and the sizes they hold."""
     dtype = np.dtype(meta["dtype"])
-    if dtype.kind not in "fiub":
-        raise ValueError(f"{name}: dtype {meta['dtype']!r} is not a number type")
     shape = meta["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"{name}: shape {shape!r} is not a list of sizes")
     size = int(np.prod(shape, dtype=object)) if shape else 1
     buffers = {key: tensors.get(f"{name}::{key}") for key in _ENCODINGS[meta["enc"]]}
     missing = [k for k, v in buffers.items() if v is None or v.dtype != torch.uint8 or v.dim() != 1]
@@ -175,50 +177,63 @@ def _check_entry(name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> Non
         ok = n["mask"] == (size + 7) // 8 and n["values"] % dtype.itemsize == 0 and \
             n["values"] // dtype.itemsize == int(np.unpackbits(buffers["mask"].numpy())[:size].sum())
     else:
-        rows, cols = meta["rows"], meta["cols"]
-        index = {k: np.dtype(meta[k]) for k in ("col", "rowptr")}
-        ok = isinstance(rows, int) and isinstance(cols, int) and rows * cols == size and \
-            all(t.kind == "u" for t in index.values()) and n["rowptr"] == (rows + 1) * index["rowptr"].itemsize
+        ok = all(k in meta for k in ("rows", "cols", "col", "rowptr"))
+        if ok:
+            rows, cols = meta["rows"], meta["cols"]
+            index = {k: np.dtype(meta[k]) for k in ("col", "rowptr")}
+            ok = rows * cols == size and n["rowptr"] == (rows + 1) * index["rowptr"].itemsize
         if ok:
             rowptr = buffers["rowptr"].numpy().view(index["rowptr"]).astype(np.int64)
             nnz = n["values"] // dtype.itemsize
             col = buffers["col"].numpy().view(index["col"]) if n["col"] % index["col"].itemsize == 0 else None
-            ok = (rowptr[0] == 0 and rowptr[-1] == nnz and bool(np.all(np.diff(rowptr) >= 0)) and col is not None
-                  and col.size == nnz and (nnz == 0 or int(col.max()) < cols))
+            ok = (n["values"] % dtype.itemsize == 0 and rowptr[0] == 0 and rowptr[-1] == nnz
+                  and bool(np.all(np.diff(rowptr) >= 0)) and col is not None and col.size == nnz
+                  and (nnz == 0 or int(col.max()) < cols))
     if not ok:
         raise ValueError(f"{name}: its buffers do not hold the {meta['enc']} tensor of shape {shape} it declares")
 
 
-def _check_arch(arch: dict) -> None:
-    limits = {"num_classes": MAX_CLASSES, "in_channels": MAX_CHANNELS, "image_size": MAX_IMAGE_SIZE}
-    for key, limit in limits.items():
-        if key in arch and not (isinstance(arch[key], int) and 0 < arch[key] <= limit):
-            raise ValueError(f"arch {key} {arch[key]!r} is not an integer in 1..{limit}")
+def model_for(arch: dict, path: str | Path, trust_code: bool = False) -> nn.Module:
+    """The model a sparse file's ``arch`` names, built without its weights. A name that is code
+    (``module.path:callable``) is imported only with ``trust_code=True``: a file does not decide what code runs."""
+    from hypersparse.models import create_model
+    from hypersparse.plugins import names_code, trust_line
+
+    if not arch.get("model"):
+        raise UserError(f"{path} does not name its model; pass model= to load_sparse")
+    if names_code("model.model", arch["model"]) and not trust_code:
+        raise UserError(trust_line({"model.model": arch["model"]}, f"sparse file {path}", api=True))
+    missing = [k for k in ("num_classes", "in_channels", "image_size") if k not in arch]
+    if missing:
+        raise UserError(f"{path} does not record its model's {missing[0]}; pass model= to load_sparse")
+    try:
+        return create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
+    except UserError as exc:
+        raise UserError(f"{path} names a model this hypersparse cannot build ({exc}); pass model= to load it") \
+            from None
 
 
-def load_sparse(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the model of a sparse file (or load it into ``model``), weights bit-identical.
-
-    ``model.hypersparse_input`` holds what it expects: ``(pixel - mean) / std`` per channel on NCHW images with
-    pixels in 0..255, and its class names (``{}`` for files written before runs recorded it).
-    """
-    state, arch = load_sparse_state(path)
-    if model is None:
-        if not arch.get("model"):
-            raise UserError(f"{path} does not name its model; pass model= to load_sparse")
-        from hypersparse.models import create_model
-
-        try:
-            model = create_model(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"])
-        except (UserError, KeyError) as exc:
-            raise UserError(f"{path} names a model this hypersparse cannot build ({exc}); pass model= to load it")
+def fill(model: nn.Module, state: dict[str, torch.Tensor], arch: dict, path: str | Path) -> nn.Module:
+    """``model`` with a sparse file's ``state`` loaded and its input record attached, in eval mode."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
+        first = str(exc).strip().splitlines()[-1].strip()[:200]
         raise UserError(f"{path} does not fit the model ({first}); pass the model it was exported from") from None
     model.hypersparse_input = arch.get("input", {})
     return model.eval()
+
+
+def load_sparse(path: str | Path, model: nn.Module | None = None, trust_code: bool = False) -> nn.Module:
+    """Rebuild the model of a sparse file (or load it into ``model``), weights bit-identical.
+
+    The file names its architecture; a registered model is built from it, one given by import path only with
+    ``trust_code=True`` (else pass ``model``). ``model.hypersparse_input`` holds what it expects:
+    ``(pixel - mean) / std`` per channel on NCHW images with pixels in 0..255, and its class names (``{}`` for files
+    written before runs recorded it).
+    """
+    state, arch = load_sparse_state(path)
+    return fill(model if model is not None else model_for(arch, path, trust_code), state, arch, path)
 
 
 class Normalize(nn.Module):
@@ -260,11 +275,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     model = strip_masks_(copy.deepcopy(model)).eval().cpu()  # the graph holds the zeros, not the mask's hooks
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:
-        tmp = Path(tmp_dir) / "model.onnx"
-        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-        proto = onnx.load(str(tmp))
+    tmp_dir = temporary_name(path)  # a folder: torch writes large models as several files
+    with temporary(tmp_dir):
+        try:
+            tmp_dir.mkdir()
+            tmp = tmp_dir / "model.onnx"
+            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            proto = onnx.load(str(tmp))
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     graph = proto.graph
     keep, sparse = [], []
     for init in graph.initializer:

@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shlex
 import stat
 import subprocess
@@ -249,13 +250,33 @@ def _private(cache: Path) -> Path:
     return cache
 
 
+def _own_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file, not a symbolic link, owned by this user and writable by no one
+    else (checked on the open descriptor, so it cannot be swapped in between); OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise OSError(f"{path} belongs to another user (uid {st.st_uid})")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise OSError(f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _compile(cc: list[str], cache: Path, record: Path) -> Path:
     """Build the library into ``cache`` under a name holding its SHA-256, then record that digest."""
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    from hypersparse.checkpoint import temporary_name, temporary_prefix
+
+    with tempfile.TemporaryDirectory(dir=cache, prefix=temporary_prefix()) as tmp:
         src, built = Path(tmp) / "chain.c", Path(tmp) / "chain.so"
         src.write_text(SOURCE)
         for flags in (FLAGS + TUNED, FLAGS):  # a compiler without the tuning flags still builds the plain library
@@ -267,19 +288,25 @@ def _compile(cc: list[str], cache: Path, record: Path) -> Path:
             raise OSError(f"{' '.join(cc)} failed: {done.stderr.strip()[:300]}")
         digest = _sha256(built)
         so = cache / f"{record.stem}-{digest[:16]}.so"
+        os.chmod(built, 0o700)  # ours alone, whatever the umask: a library others may write is never loaded
         os.replace(built, so)  # atomic: another process may be loading the same name
-    tmp_record = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp_record.write_text(digest + "\n")
+    tmp_record = temporary_name(record)
+    fd = os.open(tmp_record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(digest + "\n")
     os.replace(tmp_record, record)
     return so
 
 
 def _verified(record: Path) -> Path | None:
-    """The recorded library if its bytes still have the recorded SHA-256, else None (missing or changed)."""
+    """The recorded library if the record and the library are this user's own files (:func:`_own_file`) and the
+    library's bytes still have the recorded SHA-256, else None (missing, changed or someone else's)."""
     try:
-        digest = record.read_text().strip()
+        digest = _own_file(record).decode("ascii").strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return None
         so = record.with_name(f"{record.stem}-{digest[:16]}.so")
-        return so if _sha256(so) == digest else None
+        return so if hashlib.sha256(_own_file(so)).hexdigest() == digest else None
     except (OSError, UnicodeDecodeError):
         return None
 

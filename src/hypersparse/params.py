@@ -138,6 +138,11 @@ def prunable_parameters(
             "the model has no prunable parameter (no Linear or Conv1d/2d/3d weight found); "
             "pass the tensors to prune explicitly, or a filter that selects some modules"
         )
+    if not any(p.numel() for _, p in unique):  # nn.Linear(0, 4): nothing to rank, nothing to prune
+        raise NoPrunableParametersError(
+            f"the prunable weights ({', '.join(n for n, _ in unique[:3])}{', ...' if len(unique) > 3 else ''}) hold no "
+            "entries at all (a layer of width 0?); give the model layers with weights"
+        )
     return unique
 
 

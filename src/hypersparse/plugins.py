@@ -1,21 +1,133 @@
-"""Models and datasets from outside hypersparse: ``module.path:callable`` names, ``--plugin`` modules, entry points.
+"""Code from outside hypersparse: ``module.path:callable`` names, ``--plugin`` modules, entry points; and the rule
+that decides when it may be imported.
+
+Code comes only from what the user types (``--plugin``, ``--model`` and ``--dataset`` on the command line) or passes
+in Python, never from a file. A run's ``config.json``, its ``summary.json``, a ``--config`` file and a sparse file's
+metadata may *name* code (a plugin, a model or dataset by import path); hypersparse then refuses with one line that
+says which flag to type (:func:`require_typed`, :func:`trust_line`) and imports nothing. Names typed on the command
+line are looked up in the current folder too, as ``python -m`` would (:func:`typed_names_from`); nothing else is, and
+the current folder is never left on ``sys.path``.
 
 A plugin is any importable module that calls :func:`hypersparse.models.register_model` or
-:func:`hypersparse.data.register_dataset` when imported. Name it with ``--plugin module`` (recorded in the run's
-config, so ``--resume``, ``eval`` and ``export`` import it again), or install a package that lists it in the
+:func:`hypersparse.data.register_dataset` when imported. An installed package may list one in the
 ``hypersparse.plugins`` entry-point group, which hypersparse imports the first time a name is not found.
+
+When the user's own code raises (their model, dataset, plugin, or a syntax error in it), :class:`UserCodeError`
+carries their frames only, and the command line prints those and one line saying which of their objects failed.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+import os
 import sys
+import sysconfig
+import traceback
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Iterator
 
 from hypersparse.errors import UserError
 
 GROUP = "hypersparse.plugins"
 _entry_points_loaded = False
+#: setting -> the flag that names code through it
+CODE_FLAGS = {"run.plugin": "--plugin", "model.model": "--model", "data.dataset": "--dataset"}
+#: prefixes of names that are not imports: libraries' own registries, an image folder, a Hugging Face config
+NOT_CODE = {"model.model": ("torchvision", "timm", "hf"), "data.dataset": ("folder",)}
+_typed_folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("typed_folder", default=None)
+
+
+class UserCodeError(UserError):
+    """The user's own code raised: ``frames`` are their frames (file:line) and the error, formatted; the message
+    names their object."""
+
+    def __init__(self, what: str, exc: BaseException):
+        self.frames = _own_frames(exc)
+        super().__init__(f"{what} raised {type(exc).__name__} (its frames above); fix it and run again")
+
+
+def _theirs(filename: str) -> bool:
+    """Whether a frame's file is the user's: not hypersparse's, torch's or the standard library's."""
+    import torch
+
+    import hypersparse
+
+    if filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    ours = [os.path.dirname(hypersparse.__file__), os.path.dirname(torch.__file__)]
+    if any(path.startswith(os.path.join(os.path.realpath(d), "")) for d in ours):
+        return False
+    stdlib = os.path.join(os.path.realpath(sysconfig.get_paths()["stdlib"]), "")
+    return not path.startswith(stdlib) or "site-packages" in path
+
+
+def _own_frames(exc: BaseException) -> str:
+    """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _theirs(f.filename)]
+    text = "".join(traceback.format_list(frames))
+    head = "Traceback (most recent call last, your code only):\n" if frames else ""
+    return head + text + "".join(traceback.format_exception_only(type(exc), exc))
+
+
+@contextlib.contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run the user's code: any exception from it (not a UserError) becomes :class:`UserCodeError` naming ``what``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - their code may raise anything; we report it, not crash on it
+        raise UserCodeError(what, exc) from exc
+
+
+@contextlib.contextmanager
+def typed_names_from(folder: str) -> Iterator[None]:
+    """While active, module names the user typed are also looked up in ``folder`` (the command line's current
+    folder, as for ``python -m``); it is on ``sys.path`` only during each such import."""
+    token = _typed_folder.set(folder)
+    try:
+        yield
+    finally:
+        _typed_folder.reset(token)
+
+
+def names_code(key: str, value: Any) -> bool:
+    """Whether setting ``key`` (``run.plugin``, ``model.model``, ``data.dataset``) with ``value`` names code."""
+    if not isinstance(value, str) or not value or key not in CODE_FLAGS:
+        return False
+    if key == "run.plugin":
+        return True
+    prefix, sep, _ = value.partition(":")
+    return bool(sep) and prefix not in NOT_CODE[key]
+
+
+def code_settings(settings: dict) -> dict[str, str]:
+    """``{setting: value}`` for each setting of a config (as ``config.json`` holds it) that names code."""
+    found = {}
+    for key in CODE_FLAGS:
+        section, name = key.split(".")
+        value = (settings.get(section) or {}).get(name) if isinstance(settings.get(section), dict) else None
+        if names_code(key, value):
+            found[key] = value
+    return found
+
+
+def trust_line(needed: dict[str, str], source: str, api: bool = False) -> str:
+    """``<source> needs --plugin mine; pass it if you trust it`` (or, for the API, which argument to pass)."""
+    shown = " and ".join(f"{CODE_FLAGS[k]} {v}" for k, v in needed.items())
+    if api:
+        return f"{source} names code ({shown}); pass the model yourself, or trust_code=True if you trust the file"
+    it = "it" if len(needed) == 1 else "them"
+    return f"{source} needs {shown}; pass {it} if you trust {it} (hypersparse imports no code a file names)"
+
+
+def require_typed(cfg, typed: set[str] | frozenset, source: str) -> None:
+    """UserError unless every setting of ``cfg`` (a TrainConfig) that names code was typed (``typed``: keys)."""
+    needed = {k: v for k, v in code_settings(cfg.to_dict()).items() if k not in typed}
+    if needed:
+        raise UserError(trust_line(needed, source))
 
 
 def import_object(spec: str, flag: str) -> Any:
@@ -33,13 +145,22 @@ def import_object(spec: str, flag: str) -> Any:
 
 
 def import_module(name: str, flag: str):
-    """Import ``name`` (the current folder counts, as for ``python -m``), or UserError."""
-    if "" not in sys.path:
-        sys.path.insert(0, "")
+    """Import ``name`` (a name the user typed or passed), or UserError; its own errors become UserCodeError."""
+    folder = _typed_folder.get()
+    added = folder is not None and folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         return importlib.import_module(name)
     except ImportError as exc:
         raise UserError(f"{flag} {name}: cannot import it ({exc}); is it on PYTHONPATH or installed?") from None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a syntax error in their module, or its import-time code raising
+        raise UserCodeError(f"your module {name} ({flag} {name})", exc) from exc
+    finally:
+        if added:
+            sys.path.remove(folder)
 
 
 def load_plugins(modules: str | None) -> None:

@@ -10,6 +10,7 @@ Each regularizer offers two equivalent forms:
 from __future__ import annotations
 
 import math
+import numbers
 import shutil
 import warnings
 from typing import Sequence
@@ -150,7 +151,16 @@ class Regularizer:
         return grads
 
     def add_grad_(self, strength: float | torch.Tensor) -> None:
-        """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing)."""
+        """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing).
+
+        ``strength`` is a finite number >= 0 or a one-element tensor (a tensor's value is not read: that would
+        synchronise with the device at every step)."""
+        if isinstance(strength, torch.Tensor):
+            if strength.numel() != 1:
+                raise ValueError(f"add_grad_ takes one strength, got a tensor of shape {tuple(strength.shape)}")
+        elif isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"add_grad_ takes a finite strength >= 0 (lambda), got {strength!r}")
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -379,11 +389,16 @@ class HyperSparse(Regularizer):
             return getattr(self, "_" + which)(*args)
 
     def state_dict(self) -> dict:
-        return {"t": self._t, "s": self._s, "coef": self._coef, "since": self._since, "refreshes": self.refreshes,
-                "rank": self._rank}
+        def tensor(v):  # the C path keeps Python floats: stored as float64, which holds them exactly
+            return torch.tensor(v, dtype=torch.float64) if isinstance(v, float) else v
+
+        return {"t": tensor(self._t), "s": tensor(self._s), "coef": tensor(self._coef), "since": self._since,
+                "refreshes": self.refreshes, "rank": self._rank}
 
     def load_state_dict(self, state: dict) -> None:
         self._t, self._s, self._coef = state["t"], state["s"], state["coef"]
+        if self._native is not None and self._s is not None:  # the C path computes with Python floats
+            self._t, self._s, self._coef = float(self._t), float(self._s), float(self._coef)
         self._rank = state.get("rank", torch.as_tensor(self.k))  # checkpoints written before the zero rule
         self._since, self.refreshes = state["since"], state["refreshes"]
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import warnings
 from pathlib import Path
 
-from hypersparse.checkpoint import output_folder
+from hypersparse.checkpoint import atomic_write, output_file, output_folder
 from hypersparse.errors import UserError
 from hypersparse.runs import load_run
 from hypersparse.stats import HIST_EDGES
@@ -55,7 +57,7 @@ def _fig_gradient(plt, runs, path):
     ax.set_title(f"(a) {runs[0].label}: gradient against sorted weight index")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _fig_exploration(plt, runs, path):
@@ -71,7 +73,7 @@ def _fig_exploration(plt, runs, path):
     ax.set_title("(b) exploration: kept set exchanged since the previous logged epoch")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _fig_layers(plt, runs, path):
@@ -88,7 +90,7 @@ def _fig_layers(plt, runs, path):
     ax.set_title("(c) per-layer sparsity of the final model")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _moments(run):
@@ -119,7 +121,7 @@ def _fig_histograms(plt, runs, path):
     ax.set_title(f"(d) {runs[0].label}: weight magnitudes")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _fig_curves(plt, runs, path):
@@ -147,14 +149,14 @@ def _fig_curves(plt, runs, path):
         ax2.set_ylabel("lambda (dotted)")
     ax.set_title(f"(e) {run.label}: training curves")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _fig_per_class(plt, runs, path):
     rows = [s for s in runs[0].stats if s.get("pruned_per_class")]
     fig, ax = plt.subplots(figsize=(7, 4))
     if rows:
-        for c in range(len(rows[0]["pruned_per_class"])):
+        for c in range(min(len(s["pruned_per_class"]) for s in rows)):
             ax.plot([s["epoch"] for s in rows], [100 * s["pruned_per_class"][c] for s in rows], marker=".",
                     label=f"class {c}")
         ax.legend(fontsize=6, ncol=2)
@@ -164,11 +166,14 @@ def _fig_per_class(plt, runs, path):
     ax.set_ylabel("pruned copy accuracy (%)")
     ax.set_title(f"(f) {runs[0].label}: per-class accuracy of the pruned copy during ART")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
-    """Write the PNGs and ``report.html`` into ``out_dir`` (default: the first run's folder); returns the HTML path."""
+    """Write the PNGs and ``report.html`` into ``out_dir`` (default: the first run's folder); returns the HTML path.
+
+    The runs' files are read through their schemas, every figure is drawn in memory, and only then is anything
+    written (each file atomically): a run whose logs cannot be drawn leaves no file behind."""
     try:
         import matplotlib
 
@@ -178,15 +183,29 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         raise UserError("the report needs matplotlib: pip install 'hypersparse[cli]'") from exc
     runs = [load_run(d) for d in run_dirs]
     for run in runs:
+        if not run.metrics:
+            raise UserError(f"{run.dir} has no finished epoch in metrics.jsonl; train it for an epoch first")
         if not run.stats:
-            raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with statistics "
-                            "for a report")
-    out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
+            raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with "
+                            "statistics for a report")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder")
     makers = {"gradient": _fig_gradient, "exploration": _fig_exploration, "layers": _fig_layers,
               "histograms": _fig_histograms, "curves": _fig_curves, "per_class": _fig_per_class}
+    images = {}
     for name in FIGURES:
-        makers[name](plt, runs, out / f"{name}.png")
-        plt.close("all")
+        buffer = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # matplotlib's notes (an empty log axis) would be lines on stderr
+                makers[name](plt, runs, buffer)
+        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+            raise UserError(f"cannot draw {name}.png from the logs of {', '.join(str(r.dir) for r in runs)} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); the logs "
+                            "are damaged or of another version") from None
+        finally:
+            plt.close("all")
+        images[name] = buffer.getvalue()
     parts = ["<!doctype html><meta charset='utf-8'><title>hypersparse report</title>",
              "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
@@ -203,11 +222,17 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
                      f"<td>{html.escape(json.dumps(s.get('epochs', {})))}</td></tr>")
     parts.append("</table>")
     for name in FIGURES:
-        data = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
+        data = base64.b64encode(images[name]).decode()
         parts.append(f"<h2>{name.replace('_', ' ')}</h2><img alt='{name}.png' src='data:image/png;base64,{data}'>")
     parts.append("<h2>Settings</h2>")
     for run in runs:
         parts.append(f"<h3>{html.escape(run.dir.name)}</h3><pre>{html.escape(json.dumps(run.config, indent=1))}</pre>")
-    page = out / "report.html"
-    page.write_text("\n".join(parts))
+    out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
+    for name in FIGURES:
+        output_file(out / f"{name}.png", "--out")
+    page = output_file(out / "report.html", "--out")
+    for name in FIGURES:
+        atomic_write(out / f"{name}.png", lambda f, data=images[name]: f.write(data))
+    text = "\n".join(parts)
+    atomic_write(page, lambda f: f.write(text), mode="w")
     return page

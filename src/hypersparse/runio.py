@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from hypersparse.checkpoint import atomic_write, save_checkpoint, write_json
+from hypersparse.checkpoint import atomic_write, remove_temporaries, save_checkpoint, temporary_name, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
 from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
@@ -28,33 +28,112 @@ def default_run_dir(cfg: TrainConfig) -> Path:
                            f"{cfg.sparsity.sparsity:g}-seed{cfg.run.seed}")
 
 
-def prepare_run_dir(path: Path) -> Path | None:
-    """Create the run directory and prove it is writable, or raise UserError.
+LOCK = ".hypersparse.lock"
+
+
+class RunLock:
+    """The one writer of a run folder: ``fcntl.flock`` on ``<run>/.hypersparse.lock``, which holds the writer's PID.
+
+    A second ``train``, ``--resume`` or ``--compare`` baseline on the same folder gets one line naming the process
+    that holds it. The kernel drops the lock when its process ends however it ends, so a lock left by a killed
+    process is simply taken over. The file is removed on release (while still locked, and a taker checks that the
+    file it locked is still the one at the path, so two writers can never each hold a different file).
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(in_use(self.path.parent, holder)) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed it while we waited: lock the file that is there now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    @staticmethod
+    def holder(folder: Path) -> str | None:
+        """The PID holding ``folder``'s lock (as its file records it), or None if no process holds it."""
+        import fcntl
+
+        try:
+            fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # closing drops a shared lock this call took
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def in_use(folder: Path, holder: str) -> str:
+    return (f"run directory {folder} is in use by process {holder} (another hypersparse train or --resume writes "
+            "it); wait for it to end, or pick another --run-dir")
+
+
+def prepare_run_dir(path: Path) -> tuple[Path | None, RunLock]:
+    """Create the run directory, take its lock and prove it is writable, or raise UserError.
 
     Returns the outermost folder this call created (None if ``path`` existed), so that a run that cannot start
-    can remove what it made (:func:`remove_created`).
+    can remove what it made (:func:`remove_created`), and the held lock.
     """
-    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        remove_created(path, created)
-        raise UserError(f"cannot write to run directory {path} ({exc.strerror or exc}); choose another with --run-dir") \
-            from None
     if (path / CHECKPOINT).exists():
         raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
                         "--run-dir")
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    lock = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(path).acquire()
+        probe = temporary_name(path / "write-test")
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        if lock is not None:
+            lock.release()
+        remove_created(path, created)
+        raise UserError(f"cannot write to run directory {path} ({exc.strerror or exc}); choose another with "
+                        "--run-dir") from None
+    except UserError:
+        remove_created(path, created)
+        raise
+    if (path / CHECKPOINT).exists():  # another run finished a first epoch there while we were starting
+        lock.release()
+        raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
+                        "--run-dir")
     remove_temporaries(path)
-    return created
-
-
-def remove_temporaries(path: Path) -> None:
-    """Delete the ``.<file>.<random>.tmp`` files a killed run left behind (atomic_write's names, nothing else)."""
-    for tmp in path.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    return created, lock
 
 
 def remove_created(path: Path, created: Path | None) -> None:

@@ -2,22 +2,29 @@
 
 A run directory holds ``config.json`` (its settings, by section), ``metrics.jsonl``
 (one row per epoch), ``stats.jsonl`` (weight statistics), ``checkpoint.pt``,
-``model.pt`` and ``summary.json``.
+``model.pt`` and ``summary.json``. Every one is read through its schema
+(:mod:`hypersparse.schema`) before anything in it is used, and none of them
+decides what code runs: a run that needs a plugin or a model or dataset by
+import path says which flag to type (:mod:`hypersparse.plugins`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
+from hypersparse import schema
 from hypersparse.checkpoint import load_checkpoint
 from hypersparse.errors import UserError
-from hypersparse.plugins import load_plugins
+from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, names_code, trust_line
 
 CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY = (
     "config.json", "metrics.jsonl", "stats.jsonl", "checkpoint.pt", "model.pt", "summary.json")
+DAMAGED = "the run's files are damaged (or were not written by this hypersparse)"
+#: file name -> (schema, JSON lines?)
+SCHEMAS = {CONFIG: (schema.SETTINGS, False), SUMMARY: (schema.SUMMARY, False), METRICS: (schema.METRICS_ROW, True),
+           STATS: (schema.STATS_ROW, True)}
 
 
 def run_label(config: dict) -> str:
@@ -26,31 +33,27 @@ def run_label(config: dict) -> str:
     return f"art-{config.get('art', {}).get('reg', 'hs')}" if method == "art" else method
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file; a last line cut short by a crash is dropped."""
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # a write cut short: the rows before it are complete
-            raise UserError(f"{path} line {i + 1} is not JSON; the run's log is damaged") from None
-    return rows
+def read_run_file(path: str | Path):
+    """A run file (``config.json``, ``summary.json``, ``metrics.jsonl`` or ``stats.jsonl``) checked against its
+    schema; None (or no rows) if it does not exist; one UserError line naming the file and field if it is wrong."""
+    path = Path(path)
+    spec, lines = SCHEMAS[path.name]
+    if not path.exists() and not path.is_symlink():
+        return [] if lines else None
+    if lines:
+        return schema.read_jsonl(path, spec, "run log", DAMAGED)
+    return schema.read_json(path, spec, "run file", DAMAGED)
 
 
-def read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); the run's files are damaged") from None
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` or ``stats.jsonl`` (schema-checked); a last line cut short by a crash is
+    dropped."""
+    return read_run_file(path)
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A run's ``config.json`` or ``summary.json`` (schema-checked), or None if it does not exist."""
+    return read_run_file(path)
 
 
 @dataclass
@@ -77,14 +80,29 @@ def load_run(run_dir: str | Path) -> Run:
                read_json(run_dir / SUMMARY))
 
 
+def require_trusted(config: dict, typed: dict, source: str, uses=tuple(CODE_FLAGS)) -> None:
+    """UserError naming the flags to type for each setting of ``config`` (among ``uses``) that names code and that the
+    user did not type (``typed``: setting -> the value they typed, or None)."""
+    needed = {k: v for k, v in code_settings(config).items() if k in uses and not typed.get(k)}
+    if needed:
+        raise UserError(trust_line(needed, source))
+
+
 def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | None = None,
-                 model: str | None = None) -> dict:
-    """Dataset, data folder, model and seed of the run at ``path`` (a run directory or a file in one), overridable."""
+                 model: str | None = None, plugin: str | None = None,
+                 uses: tuple[str, ...] = tuple(CODE_FLAGS)) -> dict:
+    """Dataset, data folder, model and seed of the run at ``path`` (a run directory or a file in one), overridable.
+
+    Imports the plugins the user typed (``plugin``); a run whose config names code (``uses``: which of its
+    settings this command reads) that the user did not type is refused with one line naming the flags.
+    """
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory or a model file")
     config = read_json((p if p.is_dir() else p.parent) / CONFIG) or {}
-    load_plugins(config.get("run", {}).get("plugin"))  # the run's own models and datasets
+    require_trusted(config, {"run.plugin": plugin, "model.model": model, "data.dataset": dataset},
+                    f"the run in {p if p.is_dir() else p.parent}", uses)
+    load_plugins(plugin)
     settings = {"dataset": dataset or config.get("data", {}).get("dataset"),
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
                 "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0),
@@ -95,24 +113,40 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
 
 
 def model_from_run(path: str | Path, model_name: str | None = None, num_classes: int | None = None,
-                   in_channels: int | None = None, image_size: int | None = None) -> nn.Module:
-    """The trained model at ``path``: a run directory (its ``model.pt``), a ``.pt`` state or checkpoint, or a sparse file.
+                   in_channels: int | None = None, image_size: int | None = None,
+                   trust_code: bool = False) -> nn.Module:
+    """The trained model at ``path``: a run directory (its ``model.pt``), a ``.pt`` state or checkpoint, or a sparse
+    file.
 
-    The architecture comes from the run's ``summary.json`` where there is one, else from the arguments.
+    ``model_name`` (trusted: you chose it) else the architecture the run's ``summary.json`` or the sparse file
+    records; a recorded name that is code (``module.path:callable``) is built only with ``trust_code=True``.
     """
     from hypersparse.models import create_model
 
     p = Path(path)
     file = p / MODEL if p.is_dir() else p
+    if file.suffix == ".onnx":  # the one line, whole; running ONNX files is onnxruntime's job
+        raise UserError(f"{file} is an ONNX model, not a PyTorch one; give the run directory it was exported from, "
+                        "its model.pt or a sparse .safetensors file")
     if file.suffix == ".safetensors":
-        from hypersparse.export import load_sparse
+        from hypersparse.export import fill, load_sparse_state, model_for
 
-        return load_sparse(file)
+        state, arch = load_sparse_state(file)
+        if model_name is None and names_code("model.model", arch.get("model")) and not trust_code:
+            raise UserError(trust_line({"model.model": arch["model"]}, f"sparse file {file}"))
+        if model_name is None:
+            return fill(model_for(arch, file, trust_code), state, arch, file)
+        shape = [v if v is not None else arch.get(k) for k, v in
+                 (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size))]
+        if None in shape:
+            raise UserError(f"{file} does not record its input shape; pass --dataset")
+        return fill(create_model(model_name, *shape), state, arch, file)
     if not file.exists():
         raise UserError(f"{file} does not exist; train the run to the end first")
     arch = (read_json(file.parent / SUMMARY) or {}).get("arch", {})
-    load_plugins((read_json(file.parent / CONFIG) or {}).get("run", {}).get("plugin"))
     name = model_name or arch.get("model")
+    if model_name is None and names_code("model.model", name) and not trust_code:
+        raise UserError(trust_line({"model.model": name}, f"the run in {file.parent}"))
     shape = [v if v is not None else arch.get(k) for k, v in
              (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size))]
     if not name or None in shape:
@@ -127,9 +161,9 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
     label = f"{what} {file}".strip()
     state = load_checkpoint(file, what or "model file")
     state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{label} holds a {type(state).__name__}, not a state_dict or a run checkpoint")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, KeyError) as exc:
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise UserError(f"{label} does not fit model {name!r}: {str(exc).splitlines()[0][:200]}{hint}") from None

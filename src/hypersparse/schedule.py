@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -131,6 +132,9 @@ class ART:
                  lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
                  finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
                  max_layer_sparsity: float = 1.0):
+        if not isinstance(regularizer, Regularizer):
+            raise TypeError(f"ART needs a regularizer (hs.HyperSparse, hs.L1 or hs.L2 over your model), got "
+                            f"{type(regularizer).__name__}")
         if sparsity is None:
             if not isinstance(regularizer, HyperSparse):
                 raise ValueError("ART needs sparsity= when the regularizer is not HyperSparse")
@@ -236,11 +240,11 @@ class ART:
             if self.epoch >= self.warmup_epochs:
                 self.phase = REGULARIZE
         elif self.phase == REGULARIZE:
-            if pruned_acc is None or dense_acc is None:
+            if pruned_acc is None or dense_acc is None or not callable(pruned_acc):
                 raise ValueError("during regularization end_epoch needs dense_acc and pruned_acc, a callable scoring "
                                  "the pruned model")
-            record.update(lambda_init=self.lambda_0, dense_acc=float(dense_acc))
-            event = self._end_regularize(model, float(dense_acc), pruned_acc, record)
+            record.update(lambda_init=self.lambda_0, dense_acc=_accuracy(dense_acc, "dense_acc"))
+            event = self._end_regularize(model, record["dense_acc"], pruned_acc, record)
         else:
             self.finetune_done += 1
         self.history.append(record)
@@ -250,7 +254,7 @@ class ART:
                         record: dict) -> str:
         masks = magnitude_masks(self.regularizer.params, self.sparsity, max_layer_sparsity=self.max_layer_sparsity)
         record["pruned_mass"] = pruned_mass(self.regularizer.params, masks)  # before scoring, which prunes in place
-        acc = float(self._score_pruned(model, masks, pruned_acc))
+        acc = _accuracy(self._score_pruned(model, masks, pruned_acc), "pruned_acc(model)")
         record["pruned_acc"] = acc
         self.reg_epochs += 1
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -344,12 +348,30 @@ class ART:
         self.regularizer.load_state_dict(state["regularizer"])
 
 
+def _accuracy(value, name: str) -> float:
+    """``value`` as a float, or ValueError/TypeError: a NaN accuracy would never reach the dense one (or always)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number (an accuracy), got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number (an accuracy), got {value!r}; is the model diverging?")
+    return float(value)
+
+
 def _check_settings(lambda_init, eta, warmup_epochs, buffer_k, max_reg_epochs, reg_epochs_target) -> None:
-    for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k)):
-        if int(value) < 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if not (lambda_init > 0 and math.isfinite(lambda_init)) or not (eta > 0 and math.isfinite(eta)):
-        raise ValueError(f"lambda_init and eta must be positive numbers, got {lambda_init!r} and {eta!r}")
+    for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k), ("max_reg_epochs", max_reg_epochs),
+                        ("reg_epochs_target", reg_epochs_target)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    for name, value in (("lambda_init", lambda_init), ("eta", eta)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lambda_init > 0:
+        raise ValueError(f"lambda_init must be a positive number (or 'auto'), got {lambda_init!r}")
+    if not eta >= 1:
+        raise ValueError(f"eta must be at least 1 (lambda grows by it each epoch: lambda_e = lambda_init * eta**e), "
+                         f"got {eta!r}")
     size = 2 * int(buffer_k) + 1
     if reg_epochs_target is not None and int(reg_epochs_target) < size:
         raise ValueError(f"reg_epochs_target ({reg_epochs_target!r}) must be at least the buffer size {size} "

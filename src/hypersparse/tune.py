@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from hypersparse.checkpoint import output_folder, write_json
 from hypersparse.config import TrainConfig
-from hypersparse.errors import RunDiverged, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.schedule import ARTDidNotConverge
 
 
@@ -79,12 +79,21 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         study.enqueue_trial(t.params)
         print(f"trial {t.number} was interrupted; its values are tried again", file=out)
 
+    stopped: list[RunStopped] = []
+
     def objective(trial) -> float:
         cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
                                      "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
         run_dir = study_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
-        summary = train(cfg, run_dir, progress=False, out=open(os.devnull, "w"))
+        try:
+            with open(os.devnull, "w") as quiet:
+                summary = train(cfg, run_dir, progress=False, out=quiet)
+        except RunStopped as exc:  # Ctrl-C or SIGTERM: the same values are tried again when the study continues
+            stopped.append(exc)
+            study.enqueue_trial(trial.params)
+            study.stop()
+            raise optuna.TrialPruned() from None  # not counted as finished, and not logged as a failure
         trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
         trial.set_user_attr("epochs", summary["epochs"])
         print(f"trial {trial.number}: lambda_0 {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
@@ -95,6 +104,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
                    for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL)))
     if finished < trials:
         study.optimize(objective, n_trials=trials - finished, catch=(ARTDidNotConverge, RunDiverged))
+    if stopped:  # one line, as for any command: running it again continues the study
+        raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
     if not done:
         raise UserError("no trial finished (ART did not converge or diverged in all); widen --lambda-range/--eta-range")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +18,10 @@ import numpy as np
 import torch
 
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
+from hypersparse.checkpoint import atomic_write
 from hypersparse.errors import DataError, UserError
+from hypersparse.plugins import user_code
+from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
 
 
 @dataclass
@@ -157,8 +160,8 @@ def cifar10_jpeg75(data_dir: Path, seed: int, download: bool = False) -> Splits:
     candidates = [path.parent / cache_name, Path.home() / ".cache" / "hypersparse" / cache_name]
     for cache in candidates:
         if cache.exists():
-            with np.load(cache) as z:
-                return _split("cifar10-jpeg75", z["x"], z["y"], z["tx"], z["ty"], 5000, seed, 10, augment=True)
+            x, y, tx, ty = _read_cache(cache)
+            return _split("cifar10-jpeg75", x, y, tx, ty, 5000, seed, 10, augment=True)
     if digest(path, "sha256") != sha:
         raise DataError(f"data file {path} is corrupt (sha256 mismatch); copy cifar10_jpeg75.npz again")
     with np.load(path) as z:
@@ -168,13 +171,30 @@ def cifar10_jpeg75(data_dir: Path, seed: int, download: bool = False) -> Splits:
     for cache in candidates:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".part.npz")
-            np.savez(tmp, x=x, y=y, tx=tx, ty=ty)
-            os.replace(tmp, cache)
+            atomic_write(cache, lambda f: np.savez(f, x=x, y=y, tx=tx, ty=ty))
             break
         except OSError:
             continue
     return _split("cifar10-jpeg75", x, y, tx, ty, 5000, seed, 10, augment=True)
+
+
+def _read_cache(cache: Path) -> tuple[np.ndarray, ...]:
+    """The decoded arrays of the cifar10-jpeg75 cache, checked (uint8 3x32x32 images, labels 0..9, 50,000 + 10,000);
+    DataError naming the file otherwise (it is never deleted for the user: it may be theirs)."""
+    try:
+        with np.load(regular_file(cache, "cache"), allow_pickle=False) as z:
+            x, y, tx, ty = (z[k] for k in ("x", "y", "tx", "ty"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UserError) as exc:
+        raise DataError(f"the decoded cache {cache} is damaged ({str(exc).splitlines()[0][:120]}); delete it and it is "
+                        "rebuilt from cifar10_jpeg75.npz") from None
+    images = all(a.dtype == np.uint8 and a.shape[1:] == (3, 32, 32) for a in (x, tx))
+    labels = all(a.dtype.kind in "iu" and a.ndim == 1 and (a.size == 0 or 0 <= a.min() <= a.max() <= 9)
+                 for a in (y, ty))
+    ok = images and labels and (len(x), len(tx)) == (len(y), len(ty)) == (50000, 10000)
+    if not ok:
+        raise DataError(f"the decoded cache {cache} does not hold CIFAR-10's arrays; delete it and it is rebuilt from "
+                        "cifar10_jpeg75.npz")
+    return x, y.astype(np.int64), tx, ty.astype(np.int64)
 
 
 def tinyimagenet(data_dir: Path, seed: int, download: bool = False) -> Splits:
@@ -264,6 +284,7 @@ DATASETS: dict[str, tuple[Callable[..., Splits], str]] = {
 }
 
 
+BUILTIN = frozenset(DATASETS)
 _FILE_BASED = {mnist, fashion_mnist, cifar10, cifar100, cifar10_jpeg75, tinyimagenet}
 
 
@@ -273,20 +294,38 @@ def register_dataset(name: str, loader: Callable[..., Splits], description: str 
     DATASETS[name] = (loader, description)
 
 
+def _carve(y: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``share`` of each class's images (at least one) and of the rest, each in ascending order."""
+    take, rest = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n = max(1, int(len(idx) * share))
+        take.append(idx[:n])
+        rest.append(idx[n:])
+    return np.sort(np.concatenate(take)), np.sort(np.concatenate(rest))
+
+
 def image_folder(root: Path, seed: int) -> Splits:
     """An ImageFolder-style tree (see :mod:`hypersparse.data.folder`) as Splits, with its class names."""
     from hypersparse.data.folder import read_folder
 
     found = read_folder(root)
     x, y = found["train"]
+    carved = [s for s in ("test", "val") if found[s] is None]
+    counts = np.bincount(y, minlength=len(found["classes"]))
+    if carved and counts.min() < 1 + len(carved):
+        name = found["classes"][int(counts.argmin())]
+        raise DataError(f"folder:{root}: class {name!r} has {int(counts.min())} training image(s); the "
+                        f"{' and '.join(carved)} split{'s are' if len(carved) > 1 else ' is'} carved from each class, "
+                        f"so each needs at least {1 + len(carved)} (add images, or give {'/, '.join(carved)}/ folders)")
     if found["test"] is None:  # a fixed test split, the same for every seed (as for digits)
-        perm = np.random.default_rng(0).permutation(len(x))
-        cut = max(1, len(x) // 5)
-        found["test"], x, y = (x[perm[:cut]], y[perm[:cut]]), x[perm[cut:]], y[perm[cut:]]
-    val_size = 0 if found["val"] is not None else max(1, len(x) // 10)
-    splits = _split(f"folder:{root}", x, y, *found["test"], val_size, seed, len(found["classes"]), augment=False)
-    if found["val"] is not None:
-        splits.val_x, splits.val_y = torch.tensor(found["val"][0]), torch.tensor(found["val"][1]).long()
+        test, rest = _carve(y, 0.2, np.random.default_rng(0))
+        found["test"], x, y = (x[test], y[test]), x[rest], y[rest]
+    if found["val"] is None:
+        val, rest = _carve(y, 0.1, np.random.default_rng(seed))
+        found["val"], x, y = (x[val], y[val]), x[rest], y[rest]
+    splits = _split(f"folder:{root}", x, y, *found["test"], 0, seed, len(found["classes"]), augment=False)
+    splits.val_x, splits.val_y = torch.tensor(found["val"][0]), torch.tensor(found["val"][1]).long()
     splits.classes = tuple(found["classes"])
     return splits
 
@@ -297,23 +336,70 @@ def _from_callable(spec: str, data_dir: str | Path | None, seed: int, download: 
     from hypersparse.plugins import import_object
 
     build = import_object(spec, "--dataset")
-    got = build(None if data_dir is None else Path(data_dir), seed, download) if callable(build) else build
+    with user_code(f"your dataset {spec}"):
+        got = build(None if data_dir is None else Path(data_dir), seed, download) if callable(build) else build
     if isinstance(got, Splits):
         return got
     if not (isinstance(got, (tuple, list)) and len(got) == 4):
         raise UserError(f"--dataset {spec!r} returned a {type(got).__name__}; return Splits or (train_x, train_y, "
                         "test_x, test_y)")
     x, y, tx, ty = (np.asarray(a) for a in got)
-    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or tx.shape[1:] != x.shape[1:] or len(tx) != len(ty):
-        raise UserError(f"--dataset {spec!r}: images must be uint8 arrays (N, C, H, W) of one shape, one label each; "
-                        f"got train {x.dtype} {x.shape}, test {tx.dtype} {tx.shape}")
+    if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or tx.shape[1:] != x.shape[1:] or len(tx) != len(ty) \
+            or not len(x) or not len(tx) or y.dtype.kind not in "iu" or ty.dtype.kind not in "iu":
+        raise UserError(f"--dataset {spec!r}: images must be uint8 arrays (N, C, H, W) of one shape, one integer label "
+                        f"each; got train {x.dtype} {x.shape}, test {tx.dtype} {tx.shape}")
     classes = int(max(y.max(), ty.max())) + 1
+    if min(y.min(), ty.min()) < 0 or classes > MAX_CLASSES:
+        raise UserError(f"--dataset {spec!r}: labels must be in 0..{MAX_CLASSES - 1}, got {min(y.min(), ty.min())}.."
+                        f"{classes - 1}")
     return _split(spec, x, y, tx, ty, max(1, len(x) // 10), seed, classes, augment=False)
 
 
 def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download: bool = False) -> Splits:
     """Load a dataset by name from ``data_dir`` (unused for ``digits``); ``folder:<path>`` reads an image folder,
-    ``module.path:callable`` calls your function."""
+    ``module.path:callable`` calls your function. Every split is checked (:func:`check_splits`)."""
+    return check_splits(_load(name, data_dir, seed, download), name)
+
+
+def check_splits(s: Splits, name: str) -> Splits:
+    """``s`` if each split holds uint8 images (N, C, H, W) of one shape, a label in ``0..num_classes - 1`` each, and at
+    least one image of every class; else DataError. A split without some class would be scored on the classes it has
+    ("test 100 %" on no images at all)."""
+    if not isinstance(s, Splits):
+        raise DataError(f"dataset {name} returned a {type(s).__name__}, not Splits")
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    if not (isinstance(s.num_classes, int) and 1 <= s.num_classes <= MAX_CLASSES):
+        raise DataError(f"dataset {shown} claims {s.num_classes!r} classes; it needs 1 to {MAX_CLASSES}")
+    first = None
+    for split in ("train", "val", "test"):
+        x, y = getattr(s, f"{split}_x"), getattr(s, f"{split}_y")
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4
+                and y.dim() == 1 and len(x) == len(y) and not y.is_floating_point() and y.dtype != torch.bool):
+            raise DataError(f"dataset {shown}: its {split} split must be uint8 images (N, C, H, W) with one integer "
+                            f"label each")
+        if first is None:
+            first = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != first:
+            size = "x".join(map(str, x.shape[1:]))
+            raise DataError(f"dataset {shown}: its {split} images are {size}, its training images "
+                            f"{'x'.join(map(str, first))}; every split needs images of one size")
+        if not 1 <= first[0] <= MAX_CHANNELS or not 1 <= min(first[1:]) <= max(first[1:]) <= MAX_IMAGE_SIZE:
+            raise DataError(f"dataset {shown}: images of {'x'.join(map(str, first))} (channels x height x width) are "
+                            f"outside 1..{MAX_CHANNELS} channels of 1..{MAX_IMAGE_SIZE} pixels a side")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= s.num_classes):
+            raise DataError(f"dataset {shown}: a {split} label is outside 0..{s.num_classes - 1} (it claims "
+                            f"{s.num_classes} classes)")
+        counts = torch.bincount(y.long(), minlength=s.num_classes) if len(y) else torch.zeros(s.num_classes)
+        if bool((counts == 0).any()):
+            missing = int((counts == 0).nonzero()[0])
+            label = s.classes[missing] if s.classes and missing < len(s.classes) else missing
+            raise DataError(f"dataset {shown}: its {split} split ({len(y)} images) holds no image of class {label!r}; "
+                            f"every split needs at least one image of each of its {s.num_classes} classes (add "
+                            "images, or give the split its own folder)")
+    return s
+
+
+def _load(name: str, data_dir: str | Path | None, seed: int, download: bool) -> Splits:
     kind, sep, rest = name.partition(":")
     if sep and kind == "folder":
         return image_folder(Path(rest), seed)
@@ -323,7 +409,8 @@ def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download
         from hypersparse.plugins import load_entry_points
 
         if not (load_entry_points() and name in DATASETS):
-            raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise UserError(f"unknown dataset {shown!r}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
                             "module.path:callable")
     if name not in ("digits", "synthetic") and DATASETS[name][0] in _FILE_BASED:
         if data_dir is None:
@@ -337,4 +424,7 @@ def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download
                     from None
         if not data_dir.is_dir():
             raise DataError(f"data directory {data_dir} does not exist; pass the folder that holds the {name} files")
+    if name not in BUILTIN:
+        with user_code(f"your dataset {name}"):
+            return DATASETS[name][0](data_dir, seed, download)
     return DATASETS[name][0](data_dir, seed, download)

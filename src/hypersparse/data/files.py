@@ -45,8 +45,10 @@ def verified(path: Path, size: int | None, expected: str | None, algo: str = "md
 
 def download(url: str, path: Path) -> None:
     """Fetch ``url`` to ``path`` atomically (the checksum is checked by the caller)."""
+    from hypersparse.checkpoint import temporary_name
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
+    tmp = temporary_name(path)
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             while chunk := r.read(1 << 20):
@@ -66,8 +68,9 @@ def extract_archive(archive: Path, into: Path, folder: str) -> None:
     import shutil
     import tarfile
 
-    staging = into / f".{folder}.part"
-    shutil.rmtree(staging, ignore_errors=True)
+    from hypersparse.checkpoint import temporary_name
+
+    staging = temporary_name(into / folder)  # this process's own name: the clean-up below removes only what it made
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = []

@@ -1,8 +1,10 @@
 """An image folder as a dataset: one sub-folder of images per class, decoded with Pillow.
 
 Layouts: ``root/train/<class>/*`` with optional ``root/val/<class>/*`` and ``root/test/<class>/*``; or
-``root/<class>/*`` directly. What is not given is carved: the test split (a fixed 20 %, the same for every seed),
-then the validation split (10 % of the rest, by the seed). Class indices follow the sorted folder names.
+``root/<class>/*`` directly. What is not given is carved from each class alike: the test split (a fixed 20 % of each
+class, at least one image, the same for every seed), then the validation split (10 % of the rest, at least one, by
+the seed). Class indices follow the sorted folder names. Only regular files are read, each of at most
+:data:`MAX_PIXELS` pixels (checked before it is decoded), and every split's images must have one size.
 """
 from __future__ import annotations
 
@@ -11,30 +13,42 @@ from pathlib import Path
 import numpy as np
 
 from hypersparse.errors import DataError
+from hypersparse.schema import MAX_IMAGE_SIZE
 
+MAX_PIXELS = MAX_IMAGE_SIZE * MAX_IMAGE_SIZE
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def _images(split: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     paths, labels = [], []
     for index, name in enumerate(classes):
-        found = sorted(p for p in (split / name).iterdir() if p.suffix.lower() in SUFFIXES) \
+        found = sorted(p for p in (split / name).iterdir() if p.suffix.lower() in SUFFIXES and p.is_file()) \
             if (split / name).is_dir() else []
         paths += found
         labels += [index] * len(found)
     return paths, labels
 
 
-def _decode(paths: list[Path], mode: str) -> np.ndarray:
+def _decode(paths: list[Path], mode: str, first: tuple | None = None) -> np.ndarray:
+    """The images at ``paths`` as (N, C, H, W) uint8, all of one size (``first``: the path and shape to match)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    arrays, first = [], None
+    arrays = []
     for p in paths:
         try:
-            with Image.open(p) as img:
-                a = np.asarray(img.convert(mode))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"image {p} cannot be read ({exc}); remove or replace it") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a second stderr line otherwise
+                with Image.open(p) as img:
+                    if img.size[0] * img.size[1] > MAX_PIXELS:
+                        raise DataError(f"image {p} is {img.size[0]}x{img.size[1]} pixels, more than the "
+                                        f"{MAX_PIXELS:,} hypersparse reads; resize it")
+                    a = np.asarray(img.convert(mode))
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+                ValueError) as exc:
+            raise DataError(f"image {p} cannot be read ({str(exc).splitlines()[0][:160]}); remove or replace it") \
+                from None
         if first is None:
             first = (p, a.shape)
         elif a.shape != first[1]:
@@ -46,10 +60,17 @@ def _decode(paths: list[Path], mode: str) -> np.ndarray:
 
 
 def _mode(paths: list[Path]) -> str:
+    import warnings
+
     from PIL import Image
 
-    with Image.open(paths[0]) as img:
-        return "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge or broken first image is refused by _decode, with its name
+            with Image.open(paths[0]) as img:
+                return "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
+    except Exception:  # noqa: BLE001 - any failure to open is reported by _decode
+        return "RGB"
 
 
 def read_folder(root: Path) -> dict:
@@ -68,8 +89,10 @@ def read_folder(root: Path) -> dict:
     if len(classes) < 2 or not train[0]:
         raise DataError(f"{base} needs at least two class sub-folders holding images ({', '.join(sorted(SUFFIXES))})")
     mode = _mode(train[0])
-    out = {"classes": classes, "train": (_decode(train[0], mode), np.array(train[1]))}
+    x = _decode(train[0], mode)
+    out = {"classes": classes, "train": (x, np.array(train[1]))}
+    first = (train[0][0], (x.shape[2], x.shape[3]) + ((x.shape[1],) if x.shape[1] > 1 else ()))
     for split in ("val", "test"):
         paths, labels = _images(root / split, classes) if base != root else ([], [])
-        out[split] = (_decode(paths, mode), np.array(labels)) if paths else None
+        out[split] = (_decode(paths, mode, first), np.array(labels)) if paths else None
     return out

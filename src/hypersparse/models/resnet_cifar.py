@@ -29,8 +29,8 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, widths=(32, 64, 128)):
         super().__init__()
-        if (depth - 2) % 6 != 0 or depth < 8:
-            raise UserError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
+        if (depth - 2) % 6 != 0 or not 8 <= depth <= 1202:
+            raise UserError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...) and at most 1202, got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

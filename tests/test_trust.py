@@ -1,0 +1,656 @@
+"""Trust by design (issue 31): each failure an adversarial trial found, as an attack or a careless user's input that
+must fail cleanly. Files never name code that runs; every file is read through its schema; a run folder has one
+writer; outputs replace only regular files; the user's own code failing shows their frames.
+
+Each test here failed on 375ac63. Commands run in this process (``hypersparse.cli.main``) under a deadline, so a
+hang is a failure, not a stuck suite; the few that need a fresh process (signals, memory limits) start one.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import hypersparse as hs
+from conftest import run_cli, snapshot
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+QUICK = ["--epochs-scale", "0.02", "--lambda-init", "1e-3"]
+PLANTED = textwrap.dedent('''
+    import pathlib
+    pathlib.Path({marker!r}).write_text("ran")
+
+    def build(*args, **kwargs):
+        pathlib.Path({marker!r}).write_text("ran")
+        import torch
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+''')
+
+
+@pytest.fixture
+def run(finished_run, tmp_path) -> Path:
+    """A fresh copy of the finished digits run."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def _one_line(code, err, needle="", exit_code=2):
+    assert code == exit_code, err
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert needle in err[0], err
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _plant(folder: Path, marker: Path) -> str:
+    """A module that leaves ``marker`` when imported or called; a fresh name each time (no import cache helps)."""
+    name = f"planted_{uuid.uuid4().hex[:8]}"
+    (folder / f"{name}.py").write_text(PLANTED.format(marker=str(marker)))
+    return name
+
+
+# -- 1. files name code, and the tool imported it -------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_plugin_named_in_config_json_is_not_imported_even_from_the_run_folder(command, run, tmp_path, capsys,
+                                                                                monkeypatch):
+    marker = tmp_path / "ran"
+    name = _plant(run, marker)
+    _edit_json(run / "config.json", lambda c: c["run"].update(plugin=name))
+    monkeypatch.chdir(run)  # `cd run && hypersparse eval .`
+    code, err = run_cli([command, "."], capsys)
+    _one_line(code, err, f"needs --plugin {name}; pass it if you trust it")
+    assert not marker.exists()
+    assert "" not in sys.path and os.getcwd() not in sys.path  # the current folder was never put on the path
+
+
+def test_a_module_planted_in_the_run_folder_shadows_nothing_under_python_m(run, tmp_path):
+    """`cd run && python -m hypersparse export .`: python -m puts the current folder first on the path, where a
+    planted safetensors.py would replace the real one when export imports it."""
+    marker = tmp_path / "ran"
+    (run / "safetensors.py").write_text(PLANTED.format(marker=str(marker)))
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "export", "."], cwd=run, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_model_named_by_import_path_in_a_run_is_not_imported(command, run, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "ran"
+    name = _plant(tmp_path, marker)
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable: only the rule keeps it from running
+    _edit_json(run / "config.json", lambda c: c["model"].update(model=f"{name}:build"))
+    _edit_json(run / "summary.json", lambda s: s["arch"].update(model=f"{name}:build"))
+    code, err = run_cli([command, str(run)], capsys)
+    _one_line(code, err, f"needs --model {name}:build; pass it if you trust it")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["planted:build", "tempfile:mkdtemp", "os:getcwd"])
+def test_a_sparse_file_naming_code_runs_none_of_it(name, run, tmp_path, capsys, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "ran"
+    name = name.replace("planted", _plant(tmp_path, marker))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    src, bad = run / "model.sparse.safetensors", tmp_path / "shared.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["arch"] = json.dumps(dict(json.loads(meta["arch"]), model=name))
+    save_file(tensors, str(bad), metadata=meta)
+    from hypersparse.errors import UserError
+
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).iterdir())
+    with pytest.raises(UserError, match="trust_code=True"):
+        hs.load_sparse(bad)
+    shutil.copy(bad, run / "shared.safetensors")  # beside a config that names the data
+    code, err = run_cli(["eval", str(run / "shared.safetensors")], capsys)
+    _one_line(code, err, f"needs --model {name}")
+    assert not marker.exists() and set(Path(os.environ.get("TMPDIR", "/tmp")).iterdir()) == before
+
+
+def test_code_a_file_names_runs_when_the_user_says_so(run, tmp_path, capsys, monkeypatch):
+    """The same files work once the user types (or passes) the name: trust is given, not taken."""
+    (tmp_path / "mine_build.py").write_text("import torch\n\ndef build(num_classes, in_channels, image_size):\n"
+                                      "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), "
+                                      "torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), "
+                                      "torch.nn.Linear(256, num_classes))\n")
+    monkeypatch.chdir(tmp_path)  # typed names are found in the current folder, as python -m finds them
+    _edit_json(run / "config.json", lambda c: c["model"].update(model="mine_build:build"))
+    _edit_json(run / "summary.json", lambda s: s["arch"].update(model="mine_build:build"))
+    code, err = run_cli(["eval", str(run), "--model", "mine_build:build"], capsys)
+    assert code == 0, err
+    code, err = run_cli(["export", str(run), "--model", "mine_build:build", "--out", str(tmp_path / "m.safetensors")],
+                        capsys)
+    assert code == 0, err
+    assert str(tmp_path) not in sys.path and "" not in sys.path  # found for the typed name only, then gone
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hs.load_sparse(tmp_path / "m.safetensors", trust_code=True)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_a_config_file_naming_code_needs_the_flag_typed_too(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "ran"
+    name = _plant(tmp_path, marker)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shared.json").write_text(json.dumps({"run": {"plugin": name}}))
+    code, err = run_cli(["train", "--config", "shared.json", "--run-dir", "r", *QUICK], capsys)
+    _one_line(code, err, f"--config shared.json needs --plugin {name}; pass it if you trust it")
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
+def test_resume_of_a_run_that_used_a_plugin_needs_it_typed_as_it_started(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mine_reg.py").write_text("from hypersparse.models import MODELS, register_model\n"
+                                          "register_model('mlp2', MODELS['mlp'][0])\n")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--plugin", "mine_reg", "--model", "mlp2", "--run-dir", "r", *QUICK], capsys)
+    assert code == 0, err
+    before = snapshot(tmp_path / "r")
+    code, err = run_cli(["train", "--resume", "r"], capsys)
+    _one_line(code, err, "needs --plugin mine_reg")
+    code, err = run_cli(["train", "--resume", "r", "--plugin", "other"], capsys)
+    _one_line(code, err, "was started with --plugin mine_reg")
+    assert snapshot(tmp_path / "r") == before
+    code, err = run_cli(["train", "--resume", "r", "--plugin", "mine_reg"], capsys)
+    assert code == 0, err
+
+
+# -- 2. an output replaces only a regular file ----------------------------------------------------------------------
+def test_export_out_onto_a_fifo_a_device_a_link_or_a_folder_is_refused(run, tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    targets = [fifo, tmp_path]
+    link = tmp_path / "link"
+    link.symlink_to(run / "config.json")
+    targets.append(link)
+    if os.geteuid() == 0:  # a device node of our own (never the machine's /dev/null)
+        device = tmp_path / "null"
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        targets.append(device)
+    for target in targets:
+        kind = stat.S_IFMT(os.lstat(target).st_mode)
+        code, err = run_cli(["export", str(run), "--out", str(target)], capsys, seconds=30)
+        _one_line(code, err, str(target))
+        assert stat.S_IFMT(os.lstat(target).st_mode) == kind, target
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -- 3. the kernel cache checks each file it loads ------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize("how", ["group-writable", "symlink", "other-owner"])
+def test_a_library_and_record_others_could_write_are_never_loaded(how, tmp_path, monkeypatch):
+    from hypersparse import native
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HYPERSPARSE_CACHE", str(cache))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    assert native.unavailable() is None  # built once: learn the names
+    record = sorted(cache.glob("chain-*.sha256"))[0]
+    marker = tmp_path / "constructor-ran"
+    source = tmp_path / "evil.c"
+    source.write_text('#include <stdio.h>\n__attribute__((constructor)) static void planted(void) { FILE *f = '
+                      f'fopen("{marker}", "w"); if (f) fclose(f); }}\nint hs_chain_forward(void) {{ return 7; }}\n'
+                      'void hs_conv_forward(void) {}\n')
+    evil = tmp_path / "evil.so"
+    subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(evil)], check=True)
+    import hashlib
+
+    digest = hashlib.sha256(evil.read_bytes()).hexdigest()
+    planted = cache / f"{record.stem}-{digest[:16]}.so"
+    if how == "symlink":
+        elsewhere = tmp_path / "elsewhere.so"
+        shutil.copy(evil, elsewhere)
+        planted.symlink_to(elsewhere)
+    else:
+        shutil.copy(evil, planted)
+    record.write_text(digest + "\n")
+    if how == "group-writable":
+        planted.chmod(0o777)
+        record.chmod(0o666)
+    elif how == "other-owner":
+        if os.geteuid() != 0:
+            pytest.skip("only root can hand a file to another user")
+        os.chown(planted, 12345, -1)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    assert native.unavailable() is None  # rebuilt, not loaded
+    assert not marker.exists()
+
+
+# -- 4. one writer per run folder -----------------------------------------------------------------------------------
+def _hold(folder: Path) -> int:
+    """Lock ``folder``'s lock file as another writer would (a separate open file: flock conflicts with it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".hypersparse.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    return fd
+
+
+def test_a_second_train_into_a_folder_being_written_is_refused_naming_the_writer(tmp_path, capsys):
+    fd = _hold(tmp_path / "r")
+    try:
+        code, err = run_cli(["train", "--run-dir", str(tmp_path / "r"), *QUICK], capsys)
+    finally:
+        os.close(fd)
+    _one_line(code, err, "in use by process 4242")
+    assert not (tmp_path / "r" / "config.json").exists() and not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_a_second_resume_is_refused_and_a_dead_writers_lock_is_taken_over(run, capsys):
+    before = snapshot(run)
+    fd = _hold(run)
+    try:
+        code, err = run_cli(["train", "--resume", str(run)], capsys)
+    finally:
+        os.close(fd)  # the holder dies: the kernel drops its lock, the file stays
+    _one_line(code, err, "in use by process 4242")
+    assert {k: v for k, v in snapshot(run).items() if k != ".hypersparse.lock"} == before
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 0, err
+    assert not (run / ".hypersparse.lock").exists()
+
+
+def test_a_second_train_while_one_runs_is_refused_and_the_first_run_stays_consistent(tmp_path, capsys):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "hypersparse", "train", "--run-dir", str(run), "--seed", "2",
+                             "--epochs-scale", "0.1", "--lambda-init", "1e-3", "--set", "run.stats=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline_at = time.time() + 120
+        while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline_at:
+            time.sleep(0.02)  # the first run is training now
+        code, err = run_cli(["train", "--run-dir", str(run), "--seed", "3", *QUICK], capsys)
+    finally:
+        first = proc.wait(timeout=300), proc.stderr.read()
+    assert first[0] == 0, first
+    _one_line(code, err, f"in use by process {proc.pid}")
+    assert json.loads((run / "config.json").read_text())["run"]["seed"] == 2
+    assert json.loads((run / "summary.json").read_text())["config"]["run"]["seed"] == 2
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(len(epochs)))
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused(run, tmp_path, capsys):
+    other = tmp_path / "other"
+    code, err = run_cli(["train", "--run-dir", str(other), "--seed", "5", "--sparsity", "0.9", "--warmup-epochs", "1",
+                         "--finetune-epochs", "1", "--set", "schedule.lr_steps=1", "--lambda-init", "1e-3"], capsys)
+    assert code == 0, err
+    shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")
+    before = snapshot(run)
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    _one_line(code, err, "belongs to another run")
+    assert snapshot(run) == before
+
+
+# -- 5. clean-up removes only what this tool made -------------------------------------------------------------------
+def test_a_users_tmp_file_in_a_run_folder_survives_resume_and_a_new_run(run, tmp_path, capsys):
+    for folder in (run, tmp_path / "fresh"):
+        folder.mkdir(exist_ok=True)
+        (folder / ".my.notes.tmp").write_text("mine")
+        (folder / ".checkpoint.pt.abc.tmp").write_text("also mine")
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 0, err
+    code, err = run_cli(["train", "--run-dir", str(tmp_path / "fresh"), *QUICK], capsys)
+    assert code == 0, err
+    for folder in (run, tmp_path / "fresh"):
+        assert (folder / ".my.notes.tmp").read_text() == "mine"
+        assert (folder / ".checkpoint.pt.abc.tmp").read_text() == "also mine"
+
+
+# -- 6. wrong results reported as success ---------------------------------------------------------------------------
+def _png(path: Path, width: int, height: int, value: int = 0) -> None:
+    """A grey PNG written by hand (no Pillow needed to make the attack files)."""
+    raw = b"".join(b"\x00" + bytes([value]) * width for _ in range(height))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_an_image_folder_too_small_for_its_splits_is_an_error_not_test_100_percent(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("PIL")
+    monkeypatch.chdir(tmp_path)
+    for c in ("cat", "dog"):
+        _png(tmp_path / "pets" / c / "0.png", 8, 8, 40 if c == "cat" else 200)
+    code, err = run_cli(["train", "--dataset", "folder:pets", "--run-dir", "r", *QUICK], capsys)
+    _one_line(code, err, "needs at least 3")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "art.lambda_init=true"], "--lambda-init"),
+    (["--config", "{\"art\": {\"lambda_init\": true}}"], "--lambda-init"),
+    (["--config", "{\"run\": {\"stats\": 1}}"], "run.stats"),
+    (["--set", "schedule.lr_steps=-5"], "lr_steps"),
+    (["--set", "schedule.momentum=1e300"], "momentum"),
+    (["--set", "schedule.momentum=1"], "momentum"),
+    (["--set", "art.buffer_k=1000000"], "buffer_k"),
+    (["--set", "art.buffer_k=200", "--set", "art.max_reg_epochs=300"], "buffer_k"),
+    (["--set", "schedule.weight_decay=-1"], "weight_decay"),
+])
+def test_settings_out_of_range_or_of_the_wrong_type_are_refused(args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if args[0] == "--config":
+        (tmp_path / "c.json").write_text(args[1])
+        args = ["--config", "c.json"]
+    code, err = run_cli(["train", *args, "--run-dir", "r", *QUICK], capsys)
+    _one_line(code, err, needle)
+    assert {p.name for p in tmp_path.iterdir()} <= {"c.json"}
+
+
+# -- 7. tracebacks and hangs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["lenet5", "vgg11"])
+def test_a_built_in_model_that_does_not_fit_the_data_says_so_before_writing(model, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--model", model, *QUICK], capsys)  # the default run folder, under runs/
+    _one_line(code, err, f"model {model}")
+    assert "1x8x8" in err[0] and ("28x28" in err[0] or "32x32" in err[0])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_deep_resnet_name_is_refused_at_once_from_a_flag_or_a_file(run, tmp_path, capsys):
+    started = time.perf_counter()
+    code, err = run_cli(["train", "--model", "resnet6000000002", "--run-dir", str(tmp_path / "r")], capsys, 8)
+    _one_line(code, err, "resnet6000000002")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / "model.sparse.safetensors"), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta["arch"] = json.dumps(dict(json.loads(meta["arch"]), model="resnet6000000002"))
+    save_file(tensors, str(run / "deep.safetensors"), metadata=meta)
+    code, err = run_cli(["eval", str(run / "deep.safetensors")], capsys, 8)
+    _one_line(code, err, "deep.safetensors")
+    assert time.perf_counter() - started < 20
+
+
+def test_config_from_a_fifo_is_refused_without_waiting(tmp_path, capsys):
+    fifo = tmp_path / "c.json"
+    os.mkfifo(fifo)
+    code, err = run_cli(["train", "--config", str(fifo), "--run-dir", str(tmp_path / "r")], capsys, 10)
+    _one_line(code, err, "c.json")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('{"schedule": {"warmup_epochs": ' + "9" * 400 + "}}", "c.json"),
+    ("[" * 100_000 + "]" * 100_000, "c.json"),
+    ('{"art": {"eta": 1e400}}', "eta"),
+    ('{"run": {"device": "meta"}}', "device"),
+    ('{"run": {"device": "mps"}}', "mps"),
+])
+def test_config_files_that_overflow_nest_or_name_odd_devices_are_one_line(text, needle, tmp_path, capsys):
+    (tmp_path / "c.json").write_text(text)
+    code, err = run_cli(["train", "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "r"), *QUICK],
+                        capsys, 20)
+    _one_line(code, err, needle)
+    assert not (tmp_path / "r").exists()
+
+
+LIMITED = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a runaway allocation fails here, not on the machine
+from hypersparse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (lambda r: ["train", "--config", "/dev/zero"], "/dev/zero"),
+    (lambda r: ["eval", str(r), "--fast", "100000000"], "--fast"),
+])
+def test_unbounded_reads_and_allocations_are_refused(argv, needle, run):
+    done = subprocess.run([sys.executable, "-c", LIMITED, *argv(run)], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(tmp_path / "pets" / c / f"{i}.png", 8, 8, 50 * i)
+    # a header that claims 14000 x 14000 pixels: Pillow refuses it as a decompression bomb
+    big = tmp_path / "pets" / "b" / "9.png"
+    _png(big, 8, 8)
+    data = bytearray(big.read_bytes())
+    data[16:24] = struct.pack(">II", 14000, 14000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    big.write_bytes(bytes(data))
+    code, err = run_cli(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--run-dir", str(tmp_path / "r"),
+                         *QUICK], capsys)
+    _one_line(code, err, "9.png")
+
+
+def test_a_test_folder_of_another_image_size_is_one_line(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    for split, size in (("train", 8), ("test", 9)):
+        for c in ("a", "b"):
+            for i in range(3):
+                _png(tmp_path / "pets" / split / c / f"{i}.png", size, size, 40 * i + (100 if c == "b" else 0))
+    code, err = run_cli(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--run-dir", str(tmp_path / "r"),
+                         *QUICK], capsys)
+    _one_line(code, err, "differ in size")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10-jpeg75" / "cifar10_jpeg75.npz").exists(), reason="no shared data")
+def test_a_corrupt_jpeg75_cache_is_named(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar10_jpeg75.npz").symlink_to(SHARED / "cifar10-jpeg75" / "cifar10_jpeg75.npz")
+    name = "cifar10_jpeg75.decoded.81dadbeec277.npz"  # the cache the loader reads first, beside the data file
+    (data / name).write_bytes(b"PK\x03\x04 not a zip at all")
+    code, err = run_cli(["train", "--dataset", "cifar10-jpeg75", "--data-dir", str(data), "--run-dir",
+                         str(tmp_path / "r"), *QUICK], capsys)
+    _one_line(code, err, name)
+    assert (data / name).exists()  # named, not deleted
+
+
+USER_CODE = {  # module source, flags ({m}: the module's name), the object named, the frame shown
+    "model-raises": ("def build(num_classes):\n    raise ValueError('my bug')\n", ["--model", "{m}:build"],
+                     "your model {m}:build", "{m}.py\", line 2"),
+    "forward-raises": ("import torch\n\nclass Net(torch.nn.Module):\n    def forward(self, x):\n"
+                       "        raise KeyError('oops')\n\ndef build():\n    return Net()\n",
+                       ["--model", "{m}:build"], "your model {m}:build", "{m}.py\", line 5"),
+    "dataset-raises": ("def data(data_dir, seed, download):\n    return 1 / 0\n", ["--dataset", "{m}:data"],
+                       "your dataset {m}:data", "{m}.py\", line 2"),
+    "plugin-raises": ("raise RuntimeError('plugin broke')\n", ["--plugin", "{m}"], "your module {m}",
+                      "{m}.py\", line 1"),
+    "syntax-error": ("def build(:\n    pass\n", ["--model", "{m}:build"], "your module {m}", "{m}.py\", line 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_CODE))
+def test_the_users_own_code_failing_shows_their_frames_and_names_their_object(case, tmp_path, capsys, monkeypatch):
+    name = "mine_" + case.replace("-", "_")
+    source, args, names, frame = (x.format(m=name) if isinstance(x, str) else [a.format(m=name) for a in x]
+                                  for x in USER_CODE[case])
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", *args, "--run-dir", "r", *QUICK], capsys)
+    assert code == 2, err
+    assert names in err[-1] and err[-1].startswith("hypersparse: error:"), err
+    assert any(frame in line for line in err), err
+    assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
+    assert not (tmp_path / "r").exists()
+
+
+def _sparse_with_meta(run: Path, tmp_path: Path, edit) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / "model.sparse.safetensors"), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta = {k: json.loads(v) if k in ("layout", "arch", "input") else v for k, v in meta.items()}
+    edit(meta)
+    path = run / "bad.safetensors"
+    save_file(tensors, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    return path
+
+
+def _first(meta):
+    return next(iter(meta["layout"].values()))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["layout"].update({next(iter(m["layout"])): ["not", "a", "dict"]}),
+    lambda m: _first(m).update(shape=[-3, 4]),
+    lambda m: _first(m).update(dtype=5),
+    lambda m: _first(m).update(rows="many"),
+    lambda m: m["arch"].update(num_classes="ten"),
+    lambda m: m["arch"].update(model=5),
+    lambda m: m.update(input={"mean": "grey", "std": [1.0]}),
+    lambda m: m.update(arch=[1, 2]),
+], ids=["entry-a-list", "negative-size", "dtype-a-number", "rows-a-word", "classes-a-word", "model-a-number",
+        "input-mean-a-word", "arch-a-list"])
+def test_sparse_metadata_of_wrong_types_or_negative_sizes_is_one_line(edit, run, tmp_path, capsys):
+    path = _sparse_with_meta(run, tmp_path, edit)
+    code, err = run_cli(["eval", str(path)], capsys)
+    _one_line(code, err, "bad.safetensors")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.update(run=[]),
+    lambda c: c["data"].update(dataset=5),
+    lambda c: c["run"].update(seed="zero"),
+    lambda c: c.update(extra={"x": 1}),
+], ids=["section-a-list", "dataset-a-number", "seed-a-word", "unknown-section"])
+def test_config_json_of_wrong_types_given_to_eval_is_one_line(edit, run, capsys):
+    _edit_json(run / "config.json", edit)
+    code, err = run_cli(["eval", str(run)], capsys)
+    _one_line(code, err, "config.json")
+
+
+@pytest.mark.parametrize("content", ["", '{"epoch": 0}\n', '{"epoch": "x", "phase": 1}\n' * 3])
+def test_report_on_empty_or_odd_metrics_leaves_nothing(content, run, capsys):
+    (run / "metrics.jsonl").write_text(content)
+    before = snapshot(run)
+    code, err = run_cli(["report", str(run)], capsys)
+    _one_line(code, err, str(run))
+    assert snapshot(run) == before
+
+
+def test_a_non_utf8_byte_in_stats_is_one_line(run, capsys):
+    lines = (run / "stats.jsonl").read_bytes().splitlines(keepends=True)
+    lines[0] = lines[0].replace(b'"epoch"', b'"ep\xffoch"')
+    (run / "stats.jsonl").write_bytes(b"".join(lines))
+    before = snapshot(run)
+    code, err = run_cli(["report", str(run)], capsys)
+    _one_line(code, err, "stats.jsonl")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("damage", ["no-config", "wrong-shapes", "metrics-a-dict"])
+def test_a_checkpoint_missing_its_config_or_of_wrong_shapes_is_one_line(damage, run, capsys):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    if damage == "no-config":
+        del ckpt["config"]
+    elif damage == "wrong-shapes":
+        name = next(k for k in ckpt["model"] if k.endswith("weight"))
+        ckpt["model"][name] = torch.zeros(3, 3)
+    else:
+        ckpt["metrics"] = {"epoch": 1}
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = snapshot(run)
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    _one_line(code, err, "checkpoint.pt")
+    assert snapshot(run) == before
+
+
+def test_eval_of_an_onnx_file_is_one_whole_line_that_does_not_cry_wolf(run, tmp_path, capsys):
+    (run / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + os.urandom(64))
+    code, err = run_cli(["eval", str(run / "model.onnx")], capsys)
+    _one_line(code, err, "model.onnx")
+    assert "could run code" not in err[0] and " fr)" not in err[0]
+
+
+# -- 7. the API: misuse fails at the call -----------------------------------------------------------------------------
+def _mlp():
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+def _art_then(call):
+    model = _mlp()
+    art = hs.ART(hs.HyperSparse(model, 0.9), warmup_epochs=0, lambda_init=1e-3)
+    return call(art, model)
+
+
+API_MISUSE = {
+    "ART-eta-below-1": (lambda: hs.ART(hs.HyperSparse(_mlp(), 0.9), eta=0.5), ValueError, "eta"),
+    "ART-without-regularizer": (lambda: hs.ART(None, sparsity=0.9), TypeError, "regularizer"),
+    "ART-nan-dense-accuracy": (lambda: _art_then(lambda a, m: a.end_epoch(m, dense_acc=math.nan,
+                                                                          pruned_acc=lambda x: 0.5)),
+                               ValueError, "dense_acc"),
+    "ART-nan-pruned-accuracy": (lambda: _art_then(lambda a, m: a.end_epoch(m, dense_acc=0.5,
+                                                                           pruned_acc=lambda x: math.nan)),
+                                ValueError, "pruned_acc"),
+    "float-masks": (lambda: hs.apply_masks_(_mlp(), {"0.weight": torch.rand(16, 8)}), TypeError, "bool"),
+    "empty-layer-regularizer": (lambda: hs.HyperSparse(torch.nn.Linear(0, 4), 0.5), ValueError, "no entries"),
+    "empty-layer-masks": (lambda: hs.magnitude_masks(torch.nn.Linear(0, 4), 0.5), ValueError, "no entries"),
+    "add-grad-nan": (lambda: hs.HyperSparse(_mlp(), 0.9).add_grad_(math.nan), ValueError, "strength"),
+    "add-grad-negative": (lambda: hs.L1(_mlp()).add_grad_(-1.0), ValueError, "strength"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_MISUSE))
+def test_api_misuse_raises_value_or_type_error_at_the_call(case):
+    call, error, needle = API_MISUSE[case]
+    with pytest.raises(error, match=needle):
+        call()
+
+
+# -- 8. signals end every command with one line ----------------------------------------------------------------------
+@pytest.mark.parametrize("command,delay", [("report", 0.3), ("export", 1.3), ("report", 1.6), ("eval", 1.3)])
+def test_sigterm_ends_export_report_and_eval_with_one_line_and_no_partial_file(command, delay, run, tmp_path):
+    out = {"export": ["--out", str(tmp_path / "m.safetensors")], "report": ["--out", str(tmp_path / "figures")],
+           "eval": []}[command]
+    proc = subprocess.Popen([sys.executable, "-m", "hypersparse", command, str(run), *out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    if proc.returncode == 0:
+        pytest.skip("the command finished before the signal")
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143 and len(lines) == 1 and "terminated" in lines[0], (proc.returncode, err)
+    assert not [p for p in [*tmp_path.rglob("*"), *run.iterdir()] if p.name.endswith(".tmp")]
+    assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
+
+
+def test_a_stopped_tune_is_one_line_and_retries_the_stopped_trial(tmp_path, capsys, monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    from hypersparse import engine
+    from hypersparse.errors import Terminated
+
+    def stop(self):
+        raise Terminated()
+
+    monkeypatch.setattr(engine.Trainer, "run", stop)  # SIGTERM in the middle of the first trial's training
+    code, err = run_cli(["tune", "--study-dir", str(tmp_path / "s"), "--trials", "2", *QUICK[:2]], capsys)
+    _one_line(code, err, "terminated", exit_code=143)
+    assert "run the command again" in err[0]
+    study = optuna.load_study(study_name="hypersparse", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    first, retry = study.trials[0], study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["fixed_params"] == first.params
