@@ -19,13 +19,33 @@ from dataclasses import fields
 from hypersparse import __version__
 from hypersparse.config import SECTIONS, TrainConfig, flag
 from hypersparse.distributed import close_distributed
-from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
 from hypersparse.schedule import ARTDidNotConverge
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
+        message += _flag_hint(self, message)
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
+
+
+def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """`` (did you mean --momentum?)`` for a mistyped flag; a setting without a flag is named as ``--set``."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    wrong = next((w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")), None)
+    if wrong is None:
+        return ""
+    parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                          for p in a.choices.values()]
+    flags = {o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")}
+    settings = {"--" + f.name.replace("_", "-"): f"--set {section}.{f.name}=VALUE"
+                for section, cls in SECTIONS.items() for f in fields(cls) if not f.metadata["flag"]}
+    close = did_you_mean(wrong, sorted(flags | set(settings)))
+    if not close:
+        return ""
+    name = close.split("'")[1]
+    return f" (did you mean {settings.get(name, name)}?)"
 
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial

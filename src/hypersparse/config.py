@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, did_you_mean
 from hypersparse.masks import check_ceiling
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, parse_auto
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # run.log: where metrics rows go besides metrics.jsonl
 
 
 def _f(default, help: str, flag: bool = True):
@@ -123,6 +124,11 @@ class RunConfig:
     plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)")
     compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
                              "oneshot, gmp, snip (comma-separated; --method art only)")
+    threads: int = _f(0, "CPU threads for training; 0 = auto: 1 for a model under 100 M multiply-adds per step "
+                      "(faster on a busy machine, and the same numbers on any machine), torch's default above; "
+                      "OMP_NUM_THREADS or torch.set_num_threads also choose", flag=False)
+    log: str | None = _f(None, "also log every metrics row to tensorboard (pip install tensorboard), wandb or mlflow",
+                         flag=False)
 
 
 SECTIONS: dict[str, type] = {
@@ -214,7 +220,10 @@ class TrainConfig:
             section = section or KEYS.get(name, "")
             types = {f.name: str(f.type) for f in fields(SECTIONS[section])} if section in SECTIONS else {}
             if name not in types:
-                raise UserError(f"unknown setting {key!r}; the settings are: {', '.join(f'{KEYS[k]}.{k}' for k in KEYS)}")
+                known = [f"{KEYS[k]}.{k}" for k in KEYS]
+                hint = did_you_mean(key, known if "." in key else KEYS)
+                listed = "see hypersparse train --help for them" if hint else f"the settings are: {', '.join(known)}"
+                raise UserError(f"unknown setting {key!r}{hint}; {listed}")
             updates.setdefault(section, {})[name] = _convert(name, types[name], value)
         sections = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
         given = cfg.given | {f"{s}.{k}" for s, u in updates.items() for k in u}
@@ -351,11 +360,15 @@ def _check_values(cfg: TrainConfig) -> None:
     for key, allowed in choices.items():
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) not in allowed:
-            raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(getattr(cfg, section), name)!r}")
+            value = getattr(getattr(cfg, section), name)
+            raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {value!r}"
+                            + did_you_mean(value, allowed))
     parse_lambda(cfg.art.lambda_init)
     compared = [m.strip() for m in (cfg.run.compare or "").split(",")]
     if cfg.run.compare is not None and (not all(compared) or not set(compared) <= {"oneshot", "gmp", "snip"}):
-        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}")
+        wrong = next((m for m in compared if m not in ("oneshot", "gmp", "snip")), "")
+        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}"
+                        + did_you_mean(wrong, ("oneshot", "gmp", "snip")))
     positive = ("art.eta", "schedule.lr", "schedule.batch_size", "schedule.epochs_scale", "hs.hs_refresh_every",
                 "art.max_reg_epochs", "schedule.lr_decay")
     at_least_zero = ("schedule.warmup_epochs", "schedule.finetune_epochs", "baseline.prune_epochs", "art.buffer_k",
@@ -378,6 +391,11 @@ def _check_values(cfg: TrainConfig) -> None:
     if 0 < cfg.art.reg_epochs_target < 2 * cfg.art.buffer_k + 1:
         raise UserError(f"--reg-epochs-target must be 0 (off) or at least the ART buffer's {2 * cfg.art.buffer_k + 1} "
                         f"epochs (2 x buffer_k + 1), got {cfg.art.reg_epochs_target!r}")
+    if not 0 <= cfg.run.threads <= 4096:
+        raise UserError(f"--set run.threads must be 0 (auto) or a number of threads, got {cfg.run.threads!r}")
+    if cfg.run.log is not None and cfg.run.log not in LOGGERS:
+        raise UserError(f"--set run.log must be one of {', '.join(LOGGERS)}, got {cfg.run.log!r}"
+                        + did_you_mean(cfg.run.log, LOGGERS))
     if not 0 <= cfg.run.seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32), got {cfg.run.seed!r}")
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
-from hypersparse.errors import DataError, UserError
+from hypersparse.errors import DataError, UserError, did_you_mean
 
 
 @dataclass
@@ -323,7 +323,7 @@ def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download
         from hypersparse.plugins import load_entry_points
 
         if not (load_entry_points() and name in DATASETS):
-            raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
+            raise UserError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
                             "module.path:callable")
     if name not in ("digits", "synthetic") and DATASETS[name][0] in _FILE_BASED:
         if data_dir is None:

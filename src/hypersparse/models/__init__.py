@@ -7,7 +7,7 @@ from typing import Callable
 
 from torch import nn
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, did_you_mean
 from hypersparse.models.lenet import LeNet5, LeNet300, MLP
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
@@ -89,6 +89,6 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
 
         if load_entry_points() and name in MODELS:
             return MODELS[name][0](num_classes, in_channels, image_size)
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
+        raise UserError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
                         "timm:<name>, hf:<path>, or module.path:callable (a function returning an nn.Module)")
     return MODELS[name][0](num_classes, in_channels, image_size)
