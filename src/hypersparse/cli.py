@@ -50,6 +50,7 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
 EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names
+COMPACT_ONNX = "model.compact.onnx"  # --format onnx --compact: beside the plain export, not over it
 _TYPES = {"int": int, "float": float}
 
 
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
     ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or "
                         "checkpoint.")
-    ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, or a sparse file")
+    ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, a sparse file or an ONNX file "
+                    "from hypersparse export (run with onnxruntime)")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
     ev.add_argument("--model", help="model name (default: the run's)")
@@ -136,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
                     "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
                     "of its architecture and input normalisation")
-    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + " in the run directory)")
+    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + f", {COMPACT_ONNX} with "
+                    "--compact, in the run directory)")
     ex.add_argument("--compact", action="store_true",
                     help="--format onnx: export the channel-compacted model (BatchNorm folded, channels no kept weight "
                     "produces or reads removed; same outputs, faster in any runtime)")
@@ -173,7 +176,8 @@ def _export(args) -> int:
     if args.compact and args.format != "onnx":
         raise UserError(f"--compact applies to --format onnx only (a {args.format} file keeps the run's architecture, "
                         "which loaders rebuild); drop --compact or use --format onnx")
-    out = output_file(args.out or run_dir / EXPORTS[args.format], "--out")
+    default = COMPACT_ONNX if args.compact else EXPORTS[args.format]
+    out = output_file(args.out or run_dir / default, "--out")
     arch, inputs = summary["arch"], summary.get("input")
     model = model_from_run(path)
     if args.format == "sparse":
