@@ -58,8 +58,8 @@ class SparsityConfig:
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)")
     exclude: str | None = _f(None, "layers to keep dense, comma-separated globs over their dotted names "
                              "(e.g. classifier,*.downsample.*); every other Linear/Conv weight is prunable")
-    max_layer_sparsity: float = _f(1.0, "ceiling on any one layer's sparsity, so global pruning cannot empty a "
-                                   "layer (e.g. 0.99); 1 = none")
+    max_layer_sparsity: float | None = _f(None, "ceiling on any one layer's sparsity, so global pruning cannot empty "
+                                          "a layer (default: 1 - (1 - sparsity) / 10, e.g. 0.999 at 0.99); 1 = none")
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,8 @@ class TrainConfig:
                 raise UserError(f"{flag(key)} {why}; drop it")
         try:
             check_sparsity(self.sparsity.sparsity, "--sparsity")
-            check_ceiling(self.sparsity.max_layer_sparsity, self.sparsity.sparsity)
+            if self.sparsity.max_layer_sparsity is not None:
+                check_ceiling(self.sparsity.max_layer_sparsity, self.sparsity.sparsity)
         except ValueError as exc:
             raise UserError("--" + str(exc).replace("_", "-", 2) if "max_layer" in str(exc) else str(exc)) from None
         if self.sparsity.exclude is not None and not any(p.strip() for p in self.sparsity.exclude.split(",")):

@@ -119,14 +119,15 @@ class ART:
             too small) and its mask would leave a network fine-tuning cannot revive, so regularization goes on
             until it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
             size ``2 * buffer_k + 1``.
-        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (1 = none;
-            the regularizer itself still sees the global vector).
+        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (default
+            ``1 - (1 - sparsity) / 10``, see :func:`~hypersparse.masks.global_keep`; 1 = none; the regularizer itself
+            still sees the global vector).
     """
 
     def __init__(self, regularizer: Regularizer, sparsity: float | None = None, warmup_epochs: int = 60,
                  lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
                  finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
-                 max_layer_sparsity: float = 1.0):
+                 max_layer_sparsity: float | None = None):
         if sparsity is None:
             if not isinstance(regularizer, HyperSparse):
                 raise ValueError("ART needs sparsity= when the regularizer is not HyperSparse")
@@ -136,7 +137,8 @@ class ART:
             raise ValueError(
                 f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
             )
-        self.max_layer_sparsity = check_ceiling(max_layer_sparsity, self.sparsity)
+        self.max_layer_sparsity = None if max_layer_sparsity is None else check_ceiling(max_layer_sparsity,
+                                                                                         self.sparsity)
         self.lambda_auto = parse_auto(lambda_init)  # the push P, or None for a number
         _check_settings(lambda_init if self.lambda_auto is None else 1.0, eta, warmup_epochs, buffer_k,
                         max_reg_epochs, reg_epochs_target)
