@@ -7,7 +7,7 @@ is scaled by ``--epochs-scale`` (default 0.05: 3 warm-up and 8 fine-tuning epoch
 ``--epoch-fraction`` of the training set (default 0.25); the baselines' pruning phase is their default 20 epochs,
 scaled. Two runs at a time, one thread each.
 
-    python bench/default_ceiling.py [--models lenet300] [--sparsities 0.99,0.998] [--methods art,oneshot,snip]
+    python bench/default_ceiling.py [--models lenet300] [--sparsities 0.99,0.998] [--methods art,oneshot,snip] [--seeds 0,1,2]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
-from common import provenance, write_results  # noqa: E402
+from common import mean_std, provenance, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "mnist"
 OVERRIDES = {"lenet300": {}, "lenet5": {"lr": 0.01}}  # as bench/mnist_sweep.py (LeNet-5 diverges at lr 0.1)
@@ -51,21 +51,25 @@ def page(payload: dict) -> str:
     rows = payload["runs"]
     a = payload["args"]
     lines = ["# The default per-layer ceiling", "",
-             f"MNIST, seed {a['seed']}, schedule shortened: `--epochs-scale {a['epochs_scale']}`, each epoch a random "
+             f"MNIST, seeds {a['seeds']} (mean ± std over them), schedule shortened: `--epochs-scale {a['epochs_scale']}`, each epoch a random "
              f"{a['epoch_fraction']:g} of the training set; ART with HyperSparse and the default (matched) stop rule. "
              "\"default\": each layer keeps at least `1 - (1 - sparsity) / 10` of its weights' share "
-             "(`max_layer_sparsity` unset); \"none\": `max_layer_sparsity=1`. Test error in %; the sparsest layer "
-             "of the final model, in %.", "",
+             "(`max_layer_sparsity` unset); \"none\": `max_layer_sparsity=1`. Test error in %; difference = default "
+             "minus none, per seed; the sparsity of the sparsest layer of the final models (their maximum over "
+             "seeds), in %.", "",
              "| model | sparsity | method | test error, default | test error, none | difference | sparsest layer, "
-             "default | sparsest layer, none | empty layers, none |", "|---|---|---|---|---|---|---|---|---|"]
+             "default | sparsest layer, none | emptied layers, none |", "|---|---|---|---|---|---|---|---|---|"]
     cells = sorted({(r["model"], r["sparsity_target"], r["method"]) for r in rows})
     for cell in cells:
-        by = {r["ceiling"]: r for r in rows if (r["model"], r["sparsity_target"], r["method"]) == cell}
-        d, n = by["default"], by["none"]
-        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]} | {d['test_error']:.2f} | {n['test_error']:.2f} | "
-                     f"{d['test_error'] - n['test_error']:+.2f} | {d['sparsest_layer']} "
-                     f"{100 * d['sparsest_layer_sparsity']:.2f} | {n['sparsest_layer']} "
-                     f"{100 * n['sparsest_layer_sparsity']:.2f} | {', '.join(n['dead_layers']) or '-'} |")
+        runs = {c: sorted((r for r in rows if (r["model"], r["sparsity_target"], r["method"]) == cell
+                           and r["ceiling"] == c), key=lambda r: r["seed"]) for c in ("default", "none")}
+        d, n = runs["default"], runs["none"]
+        diff = [x["test_error"] - y["test_error"] for x, y in zip(d, n)]
+        top = {c: max(r["sparsest_layer_sparsity"] for r in runs[c]) for c in runs}
+        dead = sorted({name for r in n for name in r["dead_layers"]})
+        lines.append(f"| {cell[0]} | {cell[1]} | {cell[2]} | {mean_std([r['test_error'] for r in d])} | "
+                     f"{mean_std([r['test_error'] for r in n])} | {mean_std(diff)} | {100 * top['default']:.3f} | "
+                     f"{100 * top['none']:.3f} | {', '.join(dead) or '-'} |")
     total = sum(r["seconds"] for r in rows)
     lines += ["", f"{len(rows)} runs, {total / 60:.1f} CPU-minutes in all."]
     return "\n".join(lines)
@@ -76,33 +80,34 @@ def main() -> None:
     parser.add_argument("--models", default="lenet300")
     parser.add_argument("--sparsities", default="0.99,0.998")
     parser.add_argument("--methods", default="art,oneshot,snip")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs-scale", type=float, default=0.05)
     parser.add_argument("--epoch-fraction", type=float, default=0.25)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--name", default="default-ceiling-cpu")
     args = parser.parse_args()
-    prov = provenance(seed=args.seed)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    prov = provenance(seed=seeds[0])
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for model in args.models.split(","):
             for sparsity in [float(s) for s in args.sparsities.split(",")]:
-                for method in args.methods.split(","):
+                for method, seed in [(m, s) for m in args.methods.split(",") for s in seeds]:
                     for ceiling in ("default", "none"):
                         config = dict(dataset="mnist", data_dir=args.data_dir, model=model, sparsity=sparsity,
-                                      method=method, seed=args.seed, epochs_scale=args.epochs_scale,
+                                      method=method, seed=seed, epochs_scale=args.epochs_scale,
                                       epoch_fraction=args.epoch_fraction, **OVERRIDES[model])
                         if ceiling == "none":
                             config["max_layer_sparsity"] = 1.0
-                        name = f"{model}-{sparsity}-{method}-{ceiling}"
+                        name = f"{model}-{sparsity}-{method}-{ceiling}-s{seed}"
                         jobs.append({"config": config, "run_dir": str(Path(tmp) / name),
                                      "meta": {"model": model, "sparsity_target": sparsity, "method": method,
-                                              "ceiling": ceiling}})
+                                              "ceiling": ceiling, "seed": seed}})
         with ProcessPoolExecutor(args.workers) as pool:
             runs = []
             for result in pool.map(run_one, jobs):
-                print({k: result[k] for k in ("model", "sparsity_target", "method", "ceiling", "test_error",
+                print({k: result[k] for k in ("model", "sparsity_target", "method", "ceiling", "seed", "test_error",
                                               "sparsest_layer_sparsity", "seconds")}, flush=True)
                 runs.append(result)
     payload = {"provenance": prov, "args": vars(args), "runs": runs}

@@ -162,6 +162,9 @@ class ART:
         self.masks: Masks | None = None
         self.chosen_epoch: int | None = None
         self.stop_reason: str | None = None
+        # hold(dense_acc, history) -> why the mask must not be fixed now, or None; set by a caller that knows
+        # better than the stop rule (the trainer callbacks: a dense model near chance, or fallen; integrations.budget)
+        self.hold: Callable[[float, list[dict]], str | None] | None = None
 
     @property
     def lam(self) -> float:
@@ -267,6 +270,11 @@ class ART:
                 reason = "deadline"
             else:
                 record["past_deadline"] = progress
+        if reason is not None and self.hold is not None:
+            held = self.hold(dense_acc, self.history)
+            if held:
+                record["held"] = held
+                reason = None
         if reason is not None:
             self._choose(model, self.buffer[self.buffer_k])
             self.stop_reason = record["stop_reason"] = reason
