@@ -71,7 +71,8 @@ def page(payload: dict) -> str:
                      f"{mean_std([r['test_error'] for r in n])} | {mean_std(diff)} | {100 * top['default']:.3f} | "
                      f"{100 * top['none']:.3f} | {', '.join(dead) or '-'} |")
     total = sum(r["seconds"] for r in rows)
-    lines += ["", f"{len(rows)} runs, {total / 60:.1f} CPU-minutes in all."]
+    lines += ["", f"{len(rows)} runs, {total / 60:.1f} minutes of wall time summed over them (one thread each, two at "
+              "a time, on a machine other jobs shared)."]
     return "\n".join(lines)
 
 
@@ -86,7 +87,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--name", default="default-ceiling-cpu")
+    parser.add_argument("--from-json", help="write the page again from this results JSON, without running")
     args = parser.parse_args()
+    if args.from_json:
+        import json
+
+        payload = json.loads(Path(args.from_json).read_text())
+        _, md = write_results(args.name, payload, page(payload))
+        print(md.read_text())
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     prov = provenance(seed=seeds[0])
     with tempfile.TemporaryDirectory() as tmp:

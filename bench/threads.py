@@ -5,6 +5,9 @@ little on a quiet machine and costs many times over on a busy one, where torch's
 other jobs hold; OpenMP's wait policy (``OMP_WAIT_POLICY``, read when torch loads) decides how much. Each
 (policy, condition) is measured in a fresh process: 1 and 2 threads interleaved in blocks, median per step.
 
+The second part runs the README's first command at one seed with OMP_NUM_THREADS=1 and =2 and compares the runs
+(whether results depend on the thread count).
+
     python bench/threads.py [--models mlp,lenet300,lenet5,resnet20] [--blocks 5] [--conditions quiet,load]
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from common import provenance, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's hypersparse, here and in the measuring processes
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))  # this checkout's hypersparse, here and in the measuring processes
 SHAPES = {"mlp": (1, 8), "lenet300": (1, 28), "lenet5": (1, 28), "resnet20": (3, 32), "resnet32": (3, 32)}
 POLICIES = {"active": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
 
@@ -72,6 +76,32 @@ def measure(model: str, policy: str, blocks: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def reproducibility(seed: int) -> dict:
+    """The README's first command at ``seed`` with 1 and with 2 threads: where the runs part, and what they reach."""
+    import tempfile
+
+    from first_run import readme_command
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in (1, 2):
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
+            run = Path(tmp) / f"t{threads}"
+            subprocess.run([sys.executable, "-m", "hypersparse", *readme_command()[1:], "--seed", str(seed),
+                            "--run-dir", str(run)], env=env, check=True, capture_output=True)
+            summary = json.loads((run / "summary.json").read_text())
+            rows = {name: [json.loads(line) for line in (run / sub / "metrics.jsonl").read_text().splitlines()]
+                    for name, sub in (("art", "."), ("oneshot", "compare-oneshot"))}
+            out[threads] = {"rows": rows, "art_test": summary["sparse"]["test_acc"],
+                            "oneshot_test": summary["compare"]["oneshot"]["test_acc"],
+                            "art_epochs": summary["epochs"], "stop": (summary.get("art") or {}).get("chosen_epoch")}
+    a, b = out[1]["rows"]["art"], out[2]["rows"]["art"]
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x["loss"] != y["loss"]), None)
+    return {"seed": seed, "first_differing_epoch": first, "first_differing_phase": a[first]["phase"] if first is not None
+            else None, **{f"{k}_{t}": out[t][k] for t in (1, 2) for k in ("art_test", "oneshot_test", "art_epochs",
+                                                                             "stop")}}
+
+
 def page(payload: dict) -> str:
     from hypersparse.threads import LARGE_STEP_MACS
 
@@ -91,6 +121,18 @@ def page(payload: dict) -> str:
     lines += ["", f"The rule in `hypersparse.threads`: 1 thread below {LARGE_STEP_MACS / 1e6:g} M multiply-adds per "
               "step, torch's default above. Load average before and after each condition: "
               + "; ".join(f"{c}: {v[0]:.1f} -> {v[1]:.1f}" for c, v in payload["load"].items()) + "."]
+    r = payload.get("reproducibility")
+    if r:
+        total = {t: sum(r[f"art_epochs_{t}"].values()) for t in (1, 2)}
+        lines += ["", "## Same seed, 1 and 2 threads", "",
+                  f"The README's first command at seed {r['seed']}, OMP_NUM_THREADS=1 against 2. The ART runs' "
+                  f"metrics are identical up to epoch {r['first_differing_epoch']} (the first "
+                  f"{r['first_differing_phase']} epoch) and differ after it: floating-point sums split across "
+                  "threads round differently.", "",
+                  "| threads | ART epochs | ART's mask from epoch | ART test acc | one-shot test acc |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {t} | {total[t]} | {r[f'stop_{t}']} | {100 * r[f'art_test_{t}']:.2f} | "
+                  f"{100 * r[f'oneshot_test_{t}']:.2f} |" for t in (1, 2)]
     return "\n".join(lines)
 
 
@@ -99,6 +141,7 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,lenet300,lenet5,resnet20")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--conditions", default="quiet,load")
+    parser.add_argument("--reproducibility-seed", type=int, default=0, help="-1 skips the 1-against-2-threads runs")
     parser.add_argument("--name", default="threads-cpu", help="results file name (bench/results/NAME.json and .md)")
     args = parser.parse_args()
     prov = provenance()
@@ -119,6 +162,8 @@ def main() -> None:
                 p.wait()
         load[condition] = (before, os.getloadavg()[0])
     payload = {"provenance": prov, "rows": rows, "load": load}
+    if args.reproducibility_seed >= 0:
+        payload["reproducibility"] = reproducibility(args.reproducibility_seed)
     _, md = write_results(args.name, payload, page(payload))
     print(md.read_text())
 
