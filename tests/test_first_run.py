@@ -77,7 +77,7 @@ def test_first_run_page_shows_the_header_the_progress_and_the_summary():
     block = page.split("## The screen at the end")[1]
     assert re.search(r"^epoch +phase +loss +train acc +lambda +pruned-copy acc", block, re.M)
     progress = page.split("## The progress line")[1].split("## The screen")[0]
-    assert re.search(r"regularize · epoch \d+ of (>=|~)?\d+", progress) and "oneshot: " in progress
+    assert re.search(r"regularize · epoch \d+/(>=|~)?\d+, ETA", progress) and "oneshot: " in progress
     assert "ETA" in progress
     assert re.search(r"^ART: \d+ regularization epochs", block, re.M)
     assert re.search(r"^at 99.00% sparsity, test accuracy: ART [\d.]+%, oneshot [\d.]+%; dense", block, re.M)

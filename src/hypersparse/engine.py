@@ -162,7 +162,7 @@ class Trainer:
         total, how = expected_epochs(self.cfg, self.metrics, self.method.phase)
         for i, (xb, yb) in enumerate(batches):
             if self.progress:  # the line as after the last epoch, with this one's batches counted
-                self.files.show(f"{self.method.phase} · epoch {epoch + 1} of {MARK[how]}{total}, batch {i + 1}/{n}")
+                self.files.show(f"{self.method.phase} · epoch {epoch + 1}/{MARK[how]}{total}, batch {i + 1}/{n}")
             with autocast(self.device):
                 out = forward(xb)
                 loss = F.cross_entropy(out, yb)
