@@ -50,3 +50,35 @@ def test_run_log_names_the_missing_package_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="pip install tensorboard"):
         train(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
     assert not (tmp_path / "run").exists()  # a run that cannot start leaves nothing behind
+
+
+@pytest.mark.parametrize("kind", ["wandb", "mlflow"])
+def test_wandb_and_mlflow_adapters_send_every_row(kind, tmp_path, monkeypatch):
+    """With a stand-in for the library (neither is installed here): every metrics row reaches it at its epoch, the
+    settings once, the final scores at the end, and the run is closed."""
+    import sys
+    import types
+
+    calls = []
+    if kind == "wandb":
+        run = types.SimpleNamespace(log=lambda values, step: calls.append(("row", step, values)),
+                                    summary={}, finish=lambda: calls.append(("close",)))
+        module = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw["config"])) or run,
+                                       Image=lambda path: path)
+    else:
+        module = types.SimpleNamespace(
+            start_run=lambda **kw: calls.append(("init", None)), log_params=lambda p: calls.append(("params", p)),
+            log_metrics=lambda values, step=None: calls.append(("row", step, values)),
+            end_run=lambda: calls.append(("close",)), log_artifact=lambda path: None)
+    monkeypatch.setitem(sys.modules, kind, module)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == kind else None)
+    cfg = TrainConfig.from_dict({"epochs_scale": 0.02, "lambda_init": 1e-3, "log": kind})
+    train(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [c for c in calls if c[0] == "row" and c[1] is not None]
+    assert [c[1] for c in logged] == [r["epoch"] for r in rows]
+    assert [c[2]["acc/val"] for c in logged] == pytest.approx([r["val_acc"] for r in rows])
+    assert calls[0][0] == "init" and calls[-1] == ("close",)
+    if kind == "wandb":
+        assert run.summary["final/sparse_test_acc"] == pytest.approx(
+            json.loads((tmp_path / "run" / "summary.json").read_text())["sparse"]["test_acc"])
