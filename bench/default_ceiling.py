@@ -7,7 +7,8 @@ is scaled by ``--epochs-scale`` (default 0.05: 3 warm-up and 8 fine-tuning epoch
 ``--epoch-fraction`` of the training set (default 0.25); the baselines' pruning phase is their default 20 epochs,
 scaled. Two runs at a time, one thread each.
 
-    python bench/default_ceiling.py [--models lenet300] [--sparsities 0.99,0.998] [--methods art,oneshot,snip] [--seeds 0,1,2]
+    python bench/default_ceiling.py [--models lenet300] [--sparsities 0.99,0.998] [--methods art,oneshot,snip] \
+        [--seeds 0,1,2]
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def page(payload: dict) -> str:
     rows = payload["runs"]
     a = payload["args"]
     lines = ["# The default per-layer ceiling", "",
-             f"MNIST, seeds {a['seeds']} (mean ± std over them), schedule shortened: `--epochs-scale {a['epochs_scale']}`, each epoch a random "
+             f"MNIST, seeds {a['seeds']} (mean ± std over them), schedule shortened: "
+             f"`--epochs-scale {a['epochs_scale']}`, each epoch a random "
              f"{a['epoch_fraction']:g} of the training set; ART with HyperSparse and the default (matched) stop rule. "
              "\"default\": each layer keeps at least `1 - (1 - sparsity) / 10` of its weights' share "
              "(`max_layer_sparsity` unset); \"none\": `max_layer_sparsity=1`. Test error in %; difference = default "

@@ -42,7 +42,8 @@ def one(seed: int, folder: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scored = [r["pruned_acc"] for r in rows if r.get("pruned_acc") is not None]
-    return {"seed": seed, "seconds": seconds, "load": [load, os.getloadavg()[0]], "art": summary["sparse"], "dense": summary["dense"],
+    return {"seed": seed, "seconds": seconds, "load": [load, os.getloadavg()[0]],
+            "art": summary["sparse"], "dense": summary["dense"],
             "compare": summary["compare"], "reg_epochs": summary["epochs"].get("regularize", 0),
             "pruned_first": scored[0], "pruned_last": scored[-1]}
 

@@ -98,9 +98,9 @@ def reproducibility(seed: int, scale: float | None = None) -> dict:
                             "art_epochs": summary["epochs"], "stop": (summary.get("art") or {}).get("chosen_epoch")}
     a, b = out[1]["rows"]["art"], out[2]["rows"]["art"]
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x["loss"] != y["loss"]), None)
-    return {"seed": seed, "first_differing_epoch": first, "first_differing_phase": a[first]["phase"] if first is not None
-            else None, **{f"{k}_{t}": out[t][k] for t in (1, 2) for k in ("art_test", "oneshot_test", "art_epochs",
-                                                                             "stop")}}
+    phase = a[first]["phase"] if first is not None else None
+    per_count = {f"{k}_{t}": out[t][k] for t in (1, 2) for k in ("art_test", "oneshot_test", "art_epochs", "stop")}
+    return {"seed": seed, "first_differing_epoch": first, "first_differing_phase": phase, **per_count}
 
 
 def page(payload: dict) -> str:

@@ -43,7 +43,8 @@ from hypersparse.tracking import open_tracker
 
 #: in summary.json beside the thread count (measured: bench/results/threads-cpu.md)
 THREADS_NOTE = ("results can differ in the last digits, and ART's stop epoch with them, under another thread count: "
-                "floating-point sums are split across threads; 0 = auto picks the count from the model, not the machine")
+                "floating-point sums are split across threads; 0 = auto picks the count from the model, not the "
+                "machine")
 
 
 class Trainer:

@@ -116,7 +116,8 @@ def plan_text(cfg) -> str:
         phases = ([_epochs(cfg.warmup, "dense warm-up")] if cfg.warmup else []) + [reg]
     else:
         middle = {"oneshot": "more dense epochs, then one pruning", "gmp": "gradual pruning epochs",
-                  "snip": "sparse training epochs (pruned at initialization)"}.get(cfg.sparsity.method, "pruning epochs")
+                  "snip": "sparse training epochs (pruned at initialization)"}.get(cfg.sparsity.method,
+                                                                                   "pruning epochs")
         phases = ([_epochs(cfg.warmup, "dense warm-up")] if cfg.warmup else []) + \
             [f"{cfg.scaled(cfg.baseline.prune_epochs)} {middle}"]
     return "plan: " + ", then ".join(phases + [_epochs(cfg.finetune, "fine-tuning") + " with the mask fixed"])

@@ -65,7 +65,8 @@ def choose_threads(requested: int, device: torch.device, measure) -> dict:
     per step (``measure()`` counts them), torch's default above. Sets torch's count; returns the record."""
     default = _torch_default
     record: dict = {"rule": f"1 thread below {LARGE_STEP_MACS / 1e6:g} M multiply-adds per training step, torch's "
-                            "default above, unless run.threads, OMP_NUM_THREADS or torch.set_num_threads says otherwise"}
+                            "default above, unless run.threads, OMP_NUM_THREADS or torch.set_num_threads says "
+                            "otherwise"}
     if requested > 0:
         count, why = requested, "run.threads"
     elif device.type != "cpu":

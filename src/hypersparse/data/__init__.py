@@ -323,7 +323,8 @@ def load_dataset(name: str, data_dir: str | Path | None, seed: int = 0, download
         from hypersparse.plugins import load_entry_points
 
         if not (load_entry_points() and name in DATASETS):
-            raise UserError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
+            raise UserError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of: "
+                            f"{', '.join(DATASETS)}, folder:<path>, or "
                             "module.path:callable")
     if name not in ("digits", "synthetic") and DATASETS[name][0] in _FILE_BASED:
         if data_dir is None:

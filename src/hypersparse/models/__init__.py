@@ -89,6 +89,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
 
         if load_entry_points() and name in MODELS:
             return MODELS[name][0](num_classes, in_channels, image_size)
-        raise UserError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
+        raise UserError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, "
+                        "torchvision:<name>, "
                         "timm:<name>, hf:<path>, or module.path:callable (a function returning an nn.Module)")
     return MODELS[name][0](num_classes, in_channels, image_size)
