@@ -35,7 +35,9 @@ def test_tensorboard_event_file_holds_every_metrics_row_and_the_report_figures(t
 
     from hypersparse.report import FIGURES, build_report
 
-    build_report([run])
+    page = build_report([run]).read_text()
+    epochs = ", ".join(f"{phase} {n}" for phase, n in summary["epochs"].items())
+    assert f"<td>{epochs}</td>" in page  # the report's epochs column reads as text, not a JSON dict
     images = _events(run / "tensorboard").Tags()["images"]
     assert {f"report/{name}" for name in FIGURES} <= set(images)
 
