@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import statistics
@@ -33,6 +34,7 @@ def readme_command() -> list[str]:
 
 def one(seed: int, folder: Path) -> dict:
     run = folder / f"seed{seed}"
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     subprocess.run([*readme_command(), "--seed", str(seed), "--run-dir", str(run)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,7 +42,8 @@ def one(seed: int, folder: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scored = [r["pruned_acc"] for r in rows if r.get("pruned_acc") is not None]
-    return {"seed": seed, "seconds": seconds, "art": summary["sparse"], "dense": summary["dense"],
+    return {"seed": seed, "seconds": seconds, "load": [load, os.getloadavg()[0]],
+            "art": summary["sparse"], "dense": summary["dense"],
             "compare": summary["compare"], "reg_epochs": summary["epochs"].get("regularize", 0),
             "pruned_first": scored[0], "pruned_last": scored[-1]}
 
@@ -68,7 +71,10 @@ def page(payload: dict) -> str:
         "last (on a fixed training subset).",
         "",
         f"Wall time of the whole command (ART run, then the one-shot run): median "
-        f"{statistics.median(r['seconds'] for r in runs):.0f} s, max {max(r['seconds'] for r in runs):.0f} s.",
+        f"{statistics.median(r['seconds'] for r in runs):.0f} s, max {max(r['seconds'] for r in runs):.0f} s"
+        + (f", at a load average of {min(min(r['load']) for r in runs):.1f} to {max(max(r['load']) for r in runs):.1f} "
+           "(bench/results/first-run-timing-cpu.md times it quiet and under a controlled load)."
+           if all("load" in r for r in runs) else "."),
     ]
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script,page,data", [("mnist_sweep.py", "results.md", "mnist-sweep.json"),
                                                ("art_settings.py", "methods.md", "art-settings.json"),
                                                ("mnist_full.py", "results.md", "mnist-full.json"),
-                                               ("lenet5_gap.py", "results.md", "lenet5-gap.json")])
+                                               ("lenet5_gap.py", "results.md", "lenet5-gap.json"),
+                                               ("transcript.py", "first-run.md", "first-run.json")])
 def test_a_results_page_regenerates_byte_identical_from_its_json(script, page, data, tmp_path):
     pytest.importorskip("matplotlib")
     docs = tmp_path / "docs"

@@ -95,7 +95,8 @@ def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
         "--run-dir", str(run))
     said = cli("export", str(run), "--format", "onnx", "--compact", "--out", str(run / "compact.onnx"), "--model",
                "tinycnn:build")
-    assert int(said.rsplit(", ", 1)[1].split()[0]) > 0  # "..., N channels removed by compaction"
+    removed = int(said.rsplit(", ", 1)[1].split()[0])  # "..., N channels removed by compaction"
+    assert removed > 0
     summary = json.loads((run / "summary.json").read_text())
     data = load_dataset("digits", None, 0)
     session = onnxruntime.InferenceSession(str(run / "compact.onnx"))
@@ -109,3 +110,12 @@ def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
     line = [x for x in said.splitlines() if x.startswith("sparse_inference at batch 4: test ")][0]
     assert abs(float(line.split("test ")[1].split("%")[0]) / 100 - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)
     assert " ms per batch against " in line
+    assert f"compaction removed {removed} channels" in line or f"compaction could remove {removed} channels" in line
+    # without --out, --compact writes model.compact.onnx beside the plain export, which it leaves as it was
+    cli("export", str(run), "--format", "onnx", "--model", "tinycnn:build")
+    plain = (run / "model.onnx").read_bytes()
+    cli("export", str(run), "--format", "onnx", "--compact", "--model", "tinycnn:build")
+    assert (run / "model.onnx").read_bytes() == plain and (run / "model.compact.onnx").exists()
+    said = cli("eval", str(run / "model.compact.onnx"))  # run by onnxruntime, the run's accuracy
+    onnx_acc = float(said.split("test ")[1].split("%")[0]) / 100
+    assert abs(onnx_acc - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)

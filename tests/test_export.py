@@ -19,10 +19,10 @@ from hypersparse.models import create_model
 ARCH = {"model": "resnet32", "num_classes": 10, "in_channels": 3, "image_size": 32}
 
 
-def pruned(name, sparsity, ch=3, size=32, seed=0):
+def pruned(name, sparsity, ch=3, size=32, seed=0, max_layer_sparsity=None):
     torch.manual_seed(seed)
     model = create_model(name, 10, ch, size)
-    hs.apply_masks_(model, hs.magnitude_masks(model, sparsity))
+    hs.apply_masks_(model, hs.magnitude_masks(model, sparsity, max_layer_sparsity=max_layer_sparsity))
     return model.eval()
 
 
@@ -166,7 +166,10 @@ def test_sparse_inference_matches_dense_outputs():
         with torch.no_grad():
             assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
     # a Linear outside any Sequential (ResNet's classifier) is a chain of one
-    resnet = pruned("resnet8", 0.99)
+    # no ceiling, as before it existed: this fresh ResNet-8 then loses whole layers and compaction removes nothing.
+    # With the default ceiling compaction removes 168 channels, and the compacted copy of a masked model keeps mask
+    # hooks of the old shapes (mask stripping in compaction, being reworked): drop max_layer_sparsity once it is in
+    resnet = pruned("resnet8", 0.99, max_layer_sparsity=1.0)
     assert [c["name"] for c in find_chains(resnet)] == ["fc"]
     # without the C kernels the convolutions stay dense, and whatever its own timing, a classifier's microseconds
     # are no 3 % of a ResNet's time: the dense copy comes back

@@ -35,8 +35,10 @@ def test_ceiling_keeps_every_layer_alive_and_the_count_exact():
     torch.manual_seed(0)
     small = torch.randn(100) * 0.01  # a layer far smaller than the rest: global ranking would empty it
     big = torch.randn(900)
-    free = magnitude_masks([small, big], 0.9)
+    free = magnitude_masks([small, big], 0.9, max_layer_sparsity=1.0)  # no ceiling
     assert int(free["0"].sum()) == 0
+    default = magnitude_masks([small, big], 0.9)  # 1 - (1 - 0.9) / 10 = 0.99: one of the small layer's 100 stays
+    assert int(default["0"].sum()) == 1 and sum(int((~m).sum()) for m in default.values()) == 900
     capped = magnitude_masks([small, big], 0.9, max_layer_sparsity=0.95)
     assert int(capped["0"].sum()) == 5  # the 5 largest of the small layer are kept
     assert bool(capped["0"][small.abs().topk(5).indices].all())

@@ -20,17 +20,38 @@ from dataclasses import fields
 from hypersparse import __version__
 from hypersparse.config import SECTIONS, TrainConfig, canonical, flag
 from hypersparse.distributed import close_distributed
-from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
 from hypersparse.schedule import ARTDidNotConverge
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
+        message += _flag_hint(self, message)
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
+
+
+def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """`` (did you mean --momentum?)`` for a mistyped flag; a setting without a flag is named as ``--set``."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    wrong = next((w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")), None)
+    if wrong is None:
+        return ""
+    parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                          for p in a.choices.values()]
+    flags = {o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")}
+    settings = {"--" + f.name.replace("_", "-"): f"--set {section}.{f.name}=VALUE"
+                for section, cls in SECTIONS.items() for f in fields(cls) if not f.metadata["flag"]}
+    close = did_you_mean(wrong, sorted(flags | set(settings)))
+    if not close:
+        return ""
+    name = close.split("'")[1]
+    return f" (did you mean {settings.get(name, name)}?)"
 
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
 EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names
+COMPACT_ONNX = "model.compact.onnx"  # --format onnx --compact: beside the plain export, not over it
 _TYPES = {"int": int, "float": float}
 
 
@@ -111,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
     ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or "
                         "checkpoint.")
-    ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, or a sparse file")
+    ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, a sparse file or an ONNX file "
+                    "from hypersparse export (run with onnxruntime)")
     ev.add_argument("--dataset", help="dataset (default: the run's)")
     ev.add_argument("--data-dir", help="folder with the dataset's files (default: the run's)")
     ev.add_argument("--model", help="model name (default: the run's; code a run or file names is imported only if "
@@ -132,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
                     "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
                     "of its architecture and input normalisation")
-    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + " in the run directory)")
+    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + f", {COMPACT_ONNX} with "
+                    "--compact, in the run directory)")
     ex.add_argument("--compact", action="store_true",
                     help="--format onnx: export the channel-compacted model (BatchNorm folded, channels no kept weight "
                     "produces or reads removed; same outputs, faster in any runtime)")
@@ -169,7 +192,8 @@ def _export(args) -> int:
     if args.compact and args.format != "onnx":
         raise UserError(f"--compact applies to --format onnx only (a {args.format} file keeps the run's architecture, "
                         "which loaders rebuild); drop --compact or use --format onnx")
-    out = output_file(args.out or run_dir / EXPORTS[args.format], "--out")
+    default = COMPACT_ONNX if args.compact else EXPORTS[args.format]
+    out = output_file(args.out or run_dir / default, "--out")
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe

@@ -15,6 +15,9 @@ def _quit_while_starting(signum, frame):
 
 
 def main() -> int:
+    # Torch's OpenMP workers spin while they wait; beside other busy processes that costs a multi-threaded run
+    # several times its speed (bench/results/threads-cpu.md). Read when torch loads, so set before the import.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:
         for sig in (signal.SIGTERM, signal.SIGINT):

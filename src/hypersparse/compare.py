@@ -36,11 +36,12 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
         folder = run_dir / f"compare-{method}"
         done = read_json(folder / SUMMARY)
         if done is None:
-            files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} pruning-"
-                f"phase + {cfg.finetune} fine-tuning epochs) in {folder}")
-            with open(os.devnull, "w") as quiet:
-                done = resume(folder, progress, quiet, trust_code=True) if (folder / CHECKPOINT).exists() else \
-                    train(baseline_config(cfg, method, reg_epochs), folder, progress, quiet)
+            files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} "
+                      f"pruning-phase + {cfg.finetune} fine-tuning epochs) in {folder}")
+            out = files.out if files.main else open(os.devnull, "w")
+            done = resume(folder, progress, out, trust_code=True, quiet=True, label=method) \
+                if (folder / CHECKPOINT).exists() else \
+                train(baseline_config(cfg, method, reg_epochs), folder, progress, out, quiet=True, label=method)
         results[method] = {"run_dir": folder.name, **done["sparse"]}
     summary = {**summary, "compare": results}
     if files.main:

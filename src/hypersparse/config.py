@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, did_you_mean
 from hypersparse.masks import check_ceiling
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, parse_auto
@@ -29,6 +29,7 @@ NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files
 EPOCHS = Int(0, 10**6)  # a phase of a million epochs is already beyond any budget
 MODULES = r"\s*[A-Za-z_][\w.]*\s*(,\s*[A-Za-z_][\w.]*\s*)*"
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # run.log: where metrics rows go besides metrics.jsonl
 
 
 class Lambda(Spec):
@@ -87,8 +88,9 @@ class SparsityConfig:
     exclude: str | None = _f(None, "layers to keep dense, comma-separated globs over their dotted names "
                              "(e.g. classifier,*.downsample.*); every other Linear/Conv weight is prunable",
                              Optional(Str()))
-    max_layer_sparsity: float = _f(1.0, "ceiling on any one layer's sparsity, so global pruning cannot empty a "
-                                   "layer (e.g. 0.99); 1 = none", Float(0, 1, lo_open=True))
+    max_layer_sparsity: float | None = _f(None, "ceiling on any one layer's sparsity, so global pruning cannot empty "
+                                          "a layer (default: 1 - (1 - sparsity) / 10, e.g. 0.999 at 0.99); 1 = none",
+                                          Optional(Float(0, 1, lo_open=True)))
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,11 @@ class RunConfig:
                             Optional(Str(1024, pattern=MODULES, what="module names, comma-separated")))
     compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
                              "oneshot, gmp, snip (comma-separated; --method art only)", Optional(Str(64)))
+    threads: int = _f(0, "CPU threads for training; 0 = auto: 1 for a model under 100 M multiply-adds per step "
+                      "(faster on a busy machine, and the same numbers on any machine), torch's default above; "
+                      "OMP_NUM_THREADS or torch.set_num_threads also choose", Int(0, 4096), flag=False)
+    log: str | None = _f(None, "also log every metrics row to tensorboard (pip install tensorboard), wandb or mlflow",
+                         Optional(Str(16, LOGGERS)), flag=False)
 
 
 SECTIONS: dict[str, type] = {
@@ -202,7 +209,9 @@ def _convert(section: str, name: str, value: Any, text: bool) -> Any:
     try:
         return spec.check(_from_text(spec, value, text) if isinstance(value, str) else value)
     except SchemaError as exc:
-        raise UserError(f"{flag(f'{section}.{name}')} {exc.problem}") from None
+        choices = getattr(getattr(spec, "spec", spec), "choices", None)
+        hint = did_you_mean(value, choices) if choices and isinstance(value, str) else ""
+        raise UserError(f"{flag(f'{section}.{name}')} {exc.problem}{hint}") from None
 
 
 @dataclass(frozen=True)
@@ -243,8 +252,10 @@ class TrainConfig:
             section = section or KEYS.get(name, "")
             if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
                 shown = key if len(str(key)) <= 60 else str(key)[:57] + "..."
-                raise UserError(f"unknown setting {shown!r}; the settings are: "
-                                f"{', '.join(f'{KEYS[k]}.{k}' for k in KEYS)}")
+                known = [f"{KEYS[k]}.{k}" for k in KEYS]
+                hint = did_you_mean(key, known if "." in str(key) else KEYS)
+                listed = "see hypersparse train --help for them" if hint else f"the settings are: {', '.join(known)}"
+                raise UserError(f"unknown setting {shown!r}{hint}; {listed}")
             updates.setdefault(section, {})[name] = _convert(section, name, value, text)
         sections = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
         given = cfg.given | {f"{s}.{k}" for s, u in updates.items() for k in u}
@@ -336,7 +347,8 @@ class TrainConfig:
                 raise UserError(f"{flag(key)} {why}; drop it")
         try:
             check_sparsity(self.sparsity.sparsity, "--sparsity")
-            check_ceiling(self.sparsity.max_layer_sparsity, self.sparsity.sparsity)
+            if self.sparsity.max_layer_sparsity is not None:
+                check_ceiling(self.sparsity.max_layer_sparsity, self.sparsity.sparsity)
         except ValueError as exc:
             raise UserError("--" + str(exc).replace("_", "-", 2) if "max_layer" in str(exc) else str(exc)) from None
         if self.sparsity.exclude is not None and not any(p.strip() for p in self.sparsity.exclude.split(",")):
@@ -396,7 +408,9 @@ def _check_values(cfg: TrainConfig) -> None:
     """The checks that involve more than one setting (each setting's own range is its spec's)."""
     compared = [m.strip() for m in (cfg.run.compare or "").split(",")]
     if cfg.run.compare is not None and (not all(compared) or not set(compared) <= {"oneshot", "gmp", "snip"}):
-        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}")
+        wrong = next((m for m in compared if m not in ("oneshot", "gmp", "snip")), "")
+        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}"
+                        + did_you_mean(wrong, ("oneshot", "gmp", "snip")))
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
                         f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")

@@ -166,7 +166,8 @@ class ARTDriver(Driver):
     def __init__(self, sparsity: float, reg: str = "hs", criterion: str = "matched", reset_optimizer: bool = True,
                  warmup_epochs: int = 60, lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1,
                  max_reg_epochs: int = 300, finetune_epochs: int | None = None, reg_epochs_target: int | None = None,
-                 exclude: Sequence[str] | ModuleFilter | None = None, max_layer_sparsity: float = 1.0, **reg_kwargs):
+                 exclude: Sequence[str] | ModuleFilter | None = None, max_layer_sparsity: float | None = None,
+                 **reg_kwargs):
         # ART's settings; a callback may fill its phases from the trainer's budget before the model is attached
         self.options = dict(sparsity=sparsity, warmup_epochs=warmup_epochs, lambda_init=lambda_init, eta=eta,
                             buffer_k=buffer_k, max_reg_epochs=max_reg_epochs, finetune_epochs=finetune_epochs,

@@ -34,34 +34,33 @@ from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
 from hypersparse.models import check_fit, create_model
 from hypersparse.params import prunable_parameters
-from hypersparse.plugins import load_plugins
-from hypersparse.plugins import CODE_FLAGS, code_settings, trust_line
-from hypersparse.runio import RunFiles, RunLock, default_run_dir, in_use, prepare_run_dir, remove_created
+from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
+from hypersparse.progress import MARK, expected_epochs, plan_text
+from hypersparse.runio import RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir, remove_created
 from hypersparse.runs import CHECKPOINT, CONFIG, load_weights, read_json
 from hypersparse.stats import StatsCollector
+from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
+from hypersparse.tracking import check_tracker, open_tracker
 
-
-def _tqdm_available() -> bool:
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+#: in summary.json beside the thread count (measured: bench/results/threads-cpu.md)
+THREADS_NOTE = ("results can differ in the last digits, and ART's stop epoch with them, under another thread count: "
+                "floating-point sums are split across threads; 0 = auto picks the count from the model, not the "
+                "machine")
 
 
 class Trainer:
     """One run from a config; :meth:`run` trains to the end and returns the summary."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout,
+                 quiet: bool = False, label: str = ""):
         self.cfg = cfg.validate()
         # under torchrun: one process per rank; only rank 0 prints and writes
         self.dist, self.device = init_distributed(pick_device(cfg.run.device))
         if self.dist.active and cfg.schedule.batch_size % self.dist.world:
             raise UserError(f"--batch-size {cfg.schedule.batch_size} must be divisible by the {self.dist.world} "
                             "processes; each rank trains on an equal share of every batch")
-        self.progress = self.dist.is_main and _tqdm_available() and (
-            sys.stderr.isatty() if progress is None else progress)
-        self.files = RunFiles(Path(run_dir), self.dist.is_main, out, self.progress)
+        self.progress = self.dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+        self.files = RunFiles(Path(run_dir), self.dist.is_main, out, self.progress, quiet, label)
         torch.manual_seed(cfg.run.seed)
         load_plugins(cfg.run.plugin)
         self.data: Splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.run.seed, cfg.data.download)
@@ -88,6 +87,8 @@ class Trainer:
                                          True, cfg.run.seed, channels_last, s.epoch_fraction)
         # before the run folder exists: a model that cannot take the data fails here, with nothing written
         check_fit(self.model, cfg.model.model, self.train_loader.normalize(d.train_x[:2]), d.num_classes)
+        self.threads = choose_threads(cfg.run.threads, self.device, lambda: step_macs(
+            self.model, next(iter(self.train_loader.batches(epoch=-1)))[0]))
         self.shard_loader = self.train_loader  # what this rank trains on
         if self.dist.active:
             self.shard_loader = copy.copy(self.train_loader)
@@ -113,6 +114,10 @@ class Trainer:
         self.stats = StatsCollector([n for n, _ in named], [p for _, p in named], cfg.sparsity.sparsity, cfg.run.seed,
                                     max_layer_sparsity=self.selection["max_layer_sparsity"]) \
             if cfg.run.stats and self.dist.is_main else None
+        self._compile_said = False
+        self.files.expected = lambda: expected_epochs(self.cfg, self.metrics, self.method.phase)
+        if self.dist.is_main:
+            check_tracker(cfg.run.log)  # before the run folder exists; the tracker opens in run()
 
     # -- pieces ---------------------------------------------------------------
     def _lr(self) -> float:
@@ -169,12 +174,11 @@ class Trainer:
         forward.train()
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        batches, seen = self.shard_loader.batches(epoch), 0
-        if self.progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=len(self.shard_loader), leave=False, desc=f"epoch {epoch} {self.method.phase}")
-        for xb, yb in batches:
+        batches, seen, n = self.shard_loader.batches(epoch), 0, len(self.shard_loader)
+        total, how = expected_epochs(self.cfg, self.metrics, self.method.phase)
+        for i, (xb, yb) in enumerate(batches):
+            if self.progress:  # the line as after the last epoch, with this one's batches counted
+                self.files.show(f"{self.method.phase} · epoch {epoch + 1}/{MARK[how]}{total}, batch {i + 1}/{n}")
             with autocast(self.device):
                 out = forward(xb)
                 loss = F.cross_entropy(out, yb)
@@ -243,6 +247,8 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> dict:
+        if self.dist.is_main and self.files.tracker is None:  # opened once the run folder exists (it writes there)
+            self.files.tracker = open_tracker(self.cfg.run.log, self.files.path, self.cfg.to_dict())
         if self.dense is None and self.cfg.model.pretrained:
             self.dense = self._dense_record()  # the dense baseline is the pretrained model
         self.driver.start(self.model, self.optimizer)
@@ -258,6 +264,11 @@ class Trainer:
         note = self.driver.begin_epoch(self.optimizer, len(self.train_loader))
         if note:
             self.files.say(note)
+        if getattr(method.regularizer, "compiled", False) and method.lam and not self._compile_said:
+            self._compile_said = True  # the first regularization step compiles; a minute of silence otherwise
+            self.files.say("compiling the HyperSparse pass with torch.compile (once per run; up to a minute on a "
+                           "small CPU; --set hs.hs_compile=off skips it)")
+            self.files.show("compiling the HyperSparse pass with torch.compile...", force=True)
         scored, was_fine_tuning = method.needs_scores, method.fine_tuning
         t0 = time.perf_counter()
         loss, train_acc = self.train_epoch(epoch)
@@ -312,6 +323,8 @@ class Trainer:
                        "numel": report.numel},
             "epochs": {p: sum(1 for m in self.metrics if m["phase"] == p)
                        for p in dict.fromkeys(m["phase"] for m in self.metrics)},
+            "art": art_course(self.metrics),
+            "threads": {**self.threads, "note": THREADS_NOTE},
             "phase_seconds": self.phase_seconds,
             "device": str(self.device),
             "arch": {"model": self.cfg.model.model, "num_classes": self.data.num_classes,
@@ -326,11 +339,15 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout,
+          quiet: bool = False, label: str = "") -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
 
     The data and the model are built, and one batch goes through the model, before the run folder is created, so a
-    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`)."""
+    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`).
+    ``progress``: keep a progress line on stderr (default: when stderr is a terminal). ``quiet``: print only the
+    progress (as ``label``), not the epoch lines and the summary.
+    """
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
     target = Path(dist.broadcast(str(target)))  # the default name holds the time: rank 0's counts
@@ -340,31 +357,35 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
     if (target / CHECKPOINT).exists():
         raise UserError(f"run directory {target} already holds a run; continue it with --resume {target} or pick "
                         "another --run-dir")
-    trainer = Trainer(cfg, target, progress, out)
-    created, lock, error = None, None, None
-    if dist.is_main:
+    with thread_scope():
+        trainer = Trainer(cfg, target, progress, out, quiet, label)
+        created, lock, error = None, None, None
+        if dist.is_main:
+            try:
+                created, lock = prepare_run_dir(target)
+            except UserError as exc:
+                error = str(exc)
+        error = dist.broadcast(error)
+        if error:
+            raise UserError(error)
         try:
-            created, lock = prepare_run_dir(target)
-        except UserError as exc:
-            error = str(exc)
-    error = dist.broadcast(error)
-    if error:
-        raise UserError(error)
-    try:
-        try:
-            trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
-        except BaseException:
+            try:
+                trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
+            except BaseException:
+                if lock is not None:
+                    lock.release()
+                    remove_created(target, created)
+                raise
+            with stopped_cleanly(target):
+                trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
+                                                                if dist.active else ""))
+                trainer.files.say(plan_text(trainer.cfg))
+                trainer.files.say(describe(trainer.threads))
+                return _with_comparison(trainer, trainer.run(), progress)
+        finally:
+            trainer.files.close()
             if lock is not None:
                 lock.release()
-                remove_created(target, created)
-            raise
-        with stopped_cleanly(target):
-            trainer.files.say(f"run directory: {target}" + (f" ({dist.world} processes, {dist.backend})"
-                                                            if dist.active else ""))
-            return _with_comparison(trainer, trainer.run(), progress)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 @contextmanager
@@ -383,12 +404,13 @@ def stopped_cleanly(run_dir: Path):
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
-           confirmed: dict | None = None) -> dict:
+           confirmed: dict | None = None, quiet: bool = False, label: str = "") -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with.
 
     The checkpoint must be this run's (its identity, a hash of the settings, matches ``config.json``'s). A run whose
     settings name code (a plugin, a model or dataset by import path) resumes only if ``confirmed`` (setting ->
-    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``.
+    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``. ``quiet`` and
+    ``label`` as for :func:`train`.
     """
     path = Path(run_dir)
     if not (path / CHECKPOINT).exists():
@@ -404,11 +426,17 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, tr
             raise UserError(f"checkpoint {path / CHECKPOINT} belongs to another run (its settings differ from "
                             f"{path / CONFIG}'s); resume the folder it was written in, or start this run again")
         _require_confirmed(ckpt["config"], confirmed or {}, trust_code, path)
-        trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out)
-        trainer.load_state(ckpt)
-        with stopped_cleanly(path):
-            trainer.files.say(f"resuming {path} after epoch {trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
-            return _with_comparison(trainer, trainer.run(), progress)
+        with thread_scope():
+            trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out, quiet, label)
+            try:
+                trainer.load_state(ckpt)
+                with stopped_cleanly(path):
+                    trainer.files.say(f"resuming {path} after epoch "
+                                      f"{trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
+                    trainer.files.say(describe(trainer.threads))
+                    return _with_comparison(trainer, trainer.run(), progress)
+            finally:
+                trainer.files.close()
     finally:
         if lock is not None:
             lock.release()

@@ -23,3 +23,11 @@ class RunStopped(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be so that both stop a run the same clean way."""
+
+
+def did_you_mean(name: object, choices) -> str:
+    """`` (did you mean 'lenet300'?)`` for the closest of ``choices`` to a mistyped ``name``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

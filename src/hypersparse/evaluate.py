@@ -81,9 +81,18 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
     from hypersparse.data import load_dataset
     from hypersparse.errors import UserError
     from hypersparse.models import check_fit
+    from hypersparse.plugins import CODE_FLAGS
     from hypersparse.runs import model_from_run, run_settings
 
-    settings = run_settings(path, dataset, data_dir, model_name, plugin)
+    onnx = Path(path).suffix == ".onnx"  # the graph is the model: only the data's code must be typed
+    settings = run_settings(path, dataset, data_dir, model_name, plugin,
+                            uses=("run.plugin", "data.dataset") if onnx else tuple(CODE_FLAGS))
+    if onnx:
+        if fast is not None or model_name or device not in ("auto", "cpu"):
+            given = "--fast" if fast is not None else "--model" if model_name else "--device"
+            raise UserError(f"{given} does not apply to an ONNX file, which onnxruntime runs on the CPU as exported; "
+                            "drop it")
+        return evaluate_onnx(path, load_dataset(settings["dataset"], settings["data_dir"], settings["seed"]))
     dev = torch.device("cpu") if fast is not None and device == "auto" else pick_device(device)
     if fast is not None and dev.type != "cpu":
         raise UserError(f"--fast measures inference on the CPU, not {dev.type}; add --device cpu")
@@ -119,9 +128,80 @@ def _fast(model: nn.Module, data, normalize: Normalizer, batch: int) -> dict:
     test_acc = evaluate(quick, data.test_x, data.test_y, normalize, batch=max(batch, 256))
     t = interleaved_latency({"model": model.eval(), "fast": quick}, example, 50)
     sparse = sum(c["sparse"] for c in quick.hypersparse_choices.values())
-    compaction = quick.hypersparse_compaction or {}
-    removed = compaction["removed"] if compaction.get("kept") else 0
     print(f"sparse_inference at batch {batch}: test {test_acc:.2%}, {t['fast'] * 1e3:.3f} ms per batch against "
-          f"{t['model'] * 1e3:.3f} ms ({t['model'] / t['fast']:.1f}x; {sparse} layers swapped, {removed} channels "
-          "removed; CPU, " + f"{torch.get_num_threads()} threads)")
+          f"{t['model'] * 1e3:.3f} ms ({t['model'] / t['fast']:.1f}x; {sparse} layers swapped; "
+          f"{compaction_text(quick.hypersparse_compaction)}; CPU, {torch.get_num_threads()} threads)")
     return {"fast_test_acc": test_acc, "fast_ms": t["fast"] * 1e3, "model_ms": t["model"] * 1e3}
+
+
+def compaction_text(compaction: dict | None) -> str:
+    """What channel compaction did in sparse_inference: the channels it removed, and whether the compacted model was
+    kept (it is only where measured faster; export --compact always writes it)."""
+    if compaction is None:
+        return "no convolutions to compact"
+    if not compaction["removed"]:
+        return "no channel could be removed"
+    if compaction["kept"]:
+        return f"compaction removed {compaction['removed']} channels"
+    return (f"compaction could remove {compaction['removed']} channels but was not faster at this batch size, so the "
+            "uncompacted model runs")
+
+
+def evaluate_onnx(path: str | Path, data) -> dict:
+    """``hypersparse eval model.onnx``: the exported graph run by onnxruntime on the raw pixels of ``data``'s
+    validation and test splits (the graph normalises them itself), and its weights' sparsity."""
+    import numpy as np
+
+    from hypersparse.errors import UserError
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("evaluating an ONNX file needs onnxruntime: pip install 'hypersparse[onnx]'") from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes for unreadable files
+        raise UserError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from None
+    if "hypersparse.input" not in session.get_modelmeta().custom_metadata_map:
+        raise UserError(f"{path} was not written by hypersparse export --format onnx (it does not say what input it "
+                        "takes); export the run again")
+    name = session.get_inputs()[0].name
+
+    def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
+        right = 0
+        for start in range(0, len(x), 512):
+            logits = session.run(None, {name: x[start : start + 512].float().numpy()})[0]
+            right += int((np.argmax(logits, 1) == y[start : start + 512].numpy()).sum())
+        return right / max(1, len(x))
+
+    result = {"val_acc": accuracy(data.val_x, data.val_y), "test_acc": accuracy(data.test_x, data.test_y)}
+    zeros, numel = _onnx_weight_zeros(path)
+    if numel:
+        result["sparsity"] = zeros / numel
+    print(f"validation {result['val_acc']:.2%}  test {result['test_acc']:.2%}"
+          + (f"  sparsity {result['sparsity']:.2%} (of the graph's weight matrices and kernels)" if numel else "")
+          + " (onnxruntime, CPU)")
+    return result
+
+
+def _onnx_weight_zeros(path: str | Path) -> tuple[int, int]:
+    """Zeros and entries of the graph's weights (initializers of 2 or more dimensions); (0, 0) without ``onnx``."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return 0, 0
+    graph = onnx.load(str(path)).graph
+    zeros = numel = 0
+    for init in graph.initializer:
+        if len(init.dims) >= 2:
+            arr = numpy_helper.to_array(init)
+            zeros, numel = zeros + int((arr == 0).sum()), numel + arr.size
+    for sparse in graph.sparse_initializer:
+        if len(sparse.dims) >= 2:
+            size = 1
+            for d in sparse.dims:
+                size *= d
+            kept = int((numpy_helper.to_array(sparse.values) != 0).sum())
+            zeros, numel = zeros + size - kept, numel + size
+    return zeros, numel

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hypersparse.keep_pruned import MaskHandle, Masks, apply_masks_, strip_masks_, zero_pruned_  # noqa: F401 (re-exported)
-from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
+from hypersparse.keep_pruned import MaskHandle, Masks, apply_masks_, strip_masks_, zero_pruned_  # noqa: F401
+from hypersparse.params import (ModelOrParams, ModuleFilter, check_sparsity, default_ceiling, num_pruned,
+                                prunable_parameters)
 
 
 def _prune_lowest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
@@ -44,32 +45,41 @@ def check_ceiling(max_layer_sparsity: object, sparsity: float) -> float:
     return float(max_layer_sparsity)
 
 
-def global_keep(scores: list[torch.Tensor], sparsity: float, max_layer_sparsity: float = 1.0) -> list[torch.Tensor]:
+def global_keep(scores: list[torch.Tensor], sparsity: float,
+                max_layer_sparsity: float | None = None) -> list[torch.Tensor]:
     """Keep-masks that drop exactly floor(sparsity * N) of the lowest ``scores`` across all tensors.
 
-    With ``max_layer_sparsity`` below 1, each tensor first reserves its
-    ``numel - floor(max_layer_sparsity * numel)`` highest scores, so global
-    ranking cannot empty a layer (Q and K of a small transformer, for example).
+    Each tensor first reserves its ``numel - floor(max_layer_sparsity * numel)`` highest scores, so global ranking
+    cannot empty a layer (an MLP's output layer, Q and K of a small transformer). ``max_layer_sparsity`` 1 reserves
+    nothing. None (the default) is :func:`~hypersparse.params.default_ceiling`'s ``1 - (1 - sparsity) / 10``; where
+    the weights kept are too few for every tensor's share (a tiny model at extreme sparsity), one weight per tensor,
+    and none if even that is too many: the count stays exact.
     """
     sparsity = check_sparsity(sparsity)
-    ceiling = check_ceiling(max_layer_sparsity, sparsity)
     device = scores[0].device
     flat = [s.detach().flatten().to(device) for s in scores]
-    if ceiling < 1.0:
-        reserved = []
-        for f in flat:
-            top = f.numel() - num_pruned(ceiling, f.numel())
+    sizes = [f.numel() for f in flat]
+    k = num_pruned(sparsity, sum(sizes))
+    if max_layer_sparsity is None:
+        reserve = [n - num_pruned(default_ceiling(sparsity), n) for n in sizes]
+        room = sum(sizes) - k  # the weights kept
+        if sum(reserve) > room:
+            reserve = [min(n, 1) for n in sizes] if sum(min(n, 1) for n in sizes) <= room else [0] * len(sizes)
+    else:
+        ceiling = check_ceiling(max_layer_sparsity, sparsity)
+        reserve = [n - num_pruned(ceiling, n) for n in sizes]
+        allowed = sum(sizes) - sum(reserve)
+        if k > allowed:
+            raise ValueError(f"sparsity {sparsity} needs {k} zeros, but max_layer_sparsity {ceiling} allows {allowed}; "
+                             "raise max_layer_sparsity")
+    reserved = []
+    for f, top in zip(flat, reserve):
+        if top:
             r = torch.zeros_like(f, dtype=torch.bool)
             r[torch.topk(f, top).indices] = True  # topk is exact; the reserved count must be, too
-            reserved.append(f.masked_fill(r, float("inf")))
-        flat = reserved
-    flat_all = torch.cat(flat)
-    k = num_pruned(sparsity, flat_all.numel())
-    allowed = int((flat_all != float("inf")).sum())
-    if k > allowed:
-        raise ValueError(f"sparsity {sparsity} needs {k} zeros, but max_layer_sparsity {ceiling} allows {allowed}; "
-                         "raise max_layer_sparsity")
-    keep = _prune_lowest(flat_all, k)
+            f = f.masked_fill(r, float("inf"))
+        reserved.append(f)
+    keep = _prune_lowest(torch.cat(reserved), k)
     out, offset = [], 0
     for s in scores:
         out.append(keep[offset : offset + s.numel()].view_as(s).to(s.device))
@@ -82,13 +92,15 @@ def magnitude_masks(
     sparsity: float,
     scope: str = "global",
     filter: ModuleFilter | None = None,
-    max_layer_sparsity: float = 1.0,
+    max_layer_sparsity: float | None = None,
 ) -> Masks:
     """Keep-masks (bool, True = kept) that zero the smallest-magnitude weights.
 
     ``scope="global"`` ranks all prunable weights together and zeroes exactly
     ``floor(sparsity * N)`` of them, at most ``max_layer_sparsity`` of any one
-    tensor; ``scope="layer"`` zeroes ``floor(sparsity * n_l)`` in each layer.
+    tensor (default: ``1 - (1 - sparsity) / 10``, so no layer is emptied; 1: no
+    ceiling; see :func:`global_keep`); ``scope="layer"`` zeroes
+    ``floor(sparsity * n_l)`` in each layer.
     Returns ``{name: mask}`` with the names of
     :func:`~hypersparse.params.prunable_parameters`.
 

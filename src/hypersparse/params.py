@@ -89,9 +89,13 @@ def head_layers(model: nn.Module) -> list[str]:
     return names
 
 
-def transformer_ceiling(sparsity: float) -> float:
-    """The default per-layer ceiling for transformers: each layer keeps at least a tenth of the average share kept."""
+def default_ceiling(sparsity: float) -> float:
+    """The default per-layer ceiling: each layer keeps at least a tenth of the average share kept,
+    ``1 - (1 - sparsity) / 10`` (0.99 at sparsity 0.9, 0.999 at 0.99), so global pruning cannot empty a layer."""
     return 1.0 - (1.0 - check_sparsity(sparsity)) / 10.0
+
+
+transformer_ceiling = default_ceiling  # the name the Hugging Face defaults used first
 
 
 def exclude_filter(text: str | None) -> Exclude | None:

@@ -219,7 +219,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         parts.append(f"<tr><td>{html.escape(run.dir.name)}</td><td>{html.escape(run.label)}</td>"
                      f"<td>{fmt(sp.get('sparsity'))}</td><td>{fmt(de.get('test_acc'))}</td>"
                      f"<td>{fmt(sp.get('val_acc'))}</td><td>{fmt(sp.get('test_acc'))}</td>"
-                     f"<td>{html.escape(json.dumps(s.get('epochs', {})))}</td></tr>")
+                     f"<td>{html.escape(_epochs(s.get('epochs')))}</td></tr>")
     parts.append("</table>")
     for name in FIGURES:
         data = base64.b64encode(images[name]).decode()
@@ -235,4 +235,31 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         atomic_write(out / f"{name}.png", lambda f, data=images[name]: f.write(data))
     text = "\n".join(parts)
     atomic_write(page, lambda f: f.write(text), mode="w")
+    _to_trackers(runs, out)
     return page
+
+
+def _epochs(epochs) -> str:
+    """The epochs column: ``warmup 60, regularize 103, finetune 160`` (``-`` for a run without a summary)."""
+    if not isinstance(epochs, dict) or not epochs:
+        return "-"
+    return ", ".join(f"{phase} {n}" for phase, n in epochs.items())
+
+
+def _to_trackers(runs, out: Path) -> None:
+    """The figures into each run's tracker, for runs that log to one (``run.log``), at the run's last epoch."""
+    from hypersparse.tracking import open_tracker
+
+    for run in runs:
+        kind = (run.config.get("run") or {}).get("log")
+        if kind is None or not run.metrics:
+            continue
+        try:
+            tracker = open_tracker(kind, run.dir, run.config)
+        except UserError:  # the package is gone since training: the report itself is written all the same
+            continue
+        try:
+            for name in FIGURES:
+                tracker.log_image(f"report/{name}", out / f"{name}.png", run.metrics[-1]["epoch"])
+        finally:
+            tracker.close()

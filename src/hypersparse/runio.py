@@ -12,6 +12,7 @@ from pathlib import Path
 from hypersparse.checkpoint import atomic_write, remove_temporaries, save_checkpoint, temporary_name, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
+from hypersparse.progress import ProgressLine, where
 from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
 
 
@@ -150,21 +151,46 @@ def remove_created(path: Path, created: Path | None) -> None:
 
 
 class RunFiles:
-    """Writes one run's files and prints its lines (on rank 0 only; other ranks pass ``main=False``)."""
+    """Writes one run's files and prints its lines (on rank 0 only; other ranks pass ``main=False``).
 
-    def __init__(self, path: Path, main: bool = True, out=sys.stdout, progress: bool = False):
+    ``progress``: stderr is a terminal, so one progress line is kept below the printed lines. ``quiet``: print no
+    lines but the progress (a ``--compare`` baseline, shown as ``label``): on a terminal in the progress line, else
+    one line per tenth of the run.
+    """
+
+    def __init__(self, path: Path, main: bool = True, out=sys.stdout, progress: bool = False, quiet: bool = False,
+                 label: str = ""):
         self.path = Path(path)
         self.main = main
         self.out = out if main else open(os.devnull, "w")
-        self.progress = progress and main
+        self.quiet = quiet
+        self.label = label
+        self.line = ProgressLine() if progress and main else None
+        self.tracker = None  # a hypersparse.tracking.Tracker, when run.log names one
+        self.expected = None  # () -> (expected epochs, how sure): hypersparse.progress.expected_epochs
+        self._header = False
+        self._ticked = -1  # the last tenth of the run a quiet run reported
+        self._recent: list[float] = []  # the last epochs' seconds, for the ETA
 
     def say(self, text: str) -> None:
-        if self.progress:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=self.out)
+        if self.quiet or not self.main:
+            return
+        if self.line is not None:
+            self.line.above(text, self.out)
         else:
             print(text, file=self.out, flush=True)
+
+    def show(self, text: str, force: bool = False) -> None:
+        """The progress line (on a terminal only)."""
+        if self.line is not None:
+            self.line.show(f"{self.label}: {text}" if self.label else text, force)
+
+    def close(self) -> None:
+        if self.line is not None:
+            self.line.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def write_config(self, cfg: TrainConfig) -> None:
         if self.main:
@@ -181,7 +207,30 @@ class RunFiles:
             with open(self.path / STATS, "a") as f:
                 f.write(json.dumps(stats) + "\n")
         save_checkpoint(state, self.path / CHECKPOINT)
-        self.say(epoch_line(row))
+        if self.tracker is not None:
+            self.tracker.log_row(row)
+        self.epoch_done(row)
+
+    def epoch_done(self, row: dict) -> None:
+        """Print the epoch's line (after the header, once), or for a quiet run a line per tenth of the run."""
+        done = row["epoch"] + 1
+        total, how = self.expected() if self.expected else (done, "exact")
+        self._recent = (self._recent + [row["seconds"]])[-5:]
+        at = where(done, total, how, self._recent)
+        if self.quiet:
+            tenth = min(10, 10 * done // max(total, 1))
+            if self.line is not None:
+                self.show(f"{row['phase']} · epoch {at}", force=True)
+            elif tenth > self._ticked:
+                self._ticked = tenth
+                print(f"  {self.label}: epoch {at} ({row['phase']})", file=self.out, flush=True)
+            return
+        if not self._header:
+            self._header = True
+            for line in header(row):
+                self.say(line)
+        self.say(epoch_line(row, at))
+        self.show(f"{row['phase']} · epoch {at}", force=True)
 
     def truncate(self, metrics: list[dict]) -> None:
         """On resume: the logs may hold lines written after the checkpoint's epoch; keep only the checkpointed ones."""
@@ -198,16 +247,41 @@ class RunFiles:
             return
         save_checkpoint(model_state, self.path / MODEL)
         write_json(self.path / SUMMARY, summary)
+        if self.tracker is not None:
+            self.tracker.log_summary(summary_scalars(summary))
         if show:
-            print(format_summary(summary), file=self.out)
+            self.say(format_summary(summary))
 
 
-def epoch_line(row: dict) -> str:
-    """The console line of one epoch."""
-    parts = [f"epoch {row['epoch']:>3} {row['phase']:<10}", f"loss {row['loss']:.4f}", f"train {row['train_acc']:.2%}"]
-    if row.get("pruned_acc") is not None:
-        parts += [f"lambda {row['lambda']:.3g}", f"pruned {row['pruned_acc']:.2%}"]
-    parts += [f"val {row['val_acc']:.2%}", f"sparsity {row['sparsity']:.2%}", f"{row['seconds']:.1f}s"]
+#: the epoch line's columns: (title, width); "lambda" and "pruned-copy acc" only in ART's runs
+COLUMNS = (("epoch", 5), ("phase", 10), ("loss", 8), ("train acc", 9), ("lambda", 8), ("pruned-copy acc", 15),
+           ("val acc", 8), ("sparsity", 8), ("time", 6))
+LEGEND = ("pruned-copy acc: the accuracy of a copy of the model pruned to the target sparsity, on a fixed training "
+          "subset; the mask is fixed once its mean over the last 2k+1 epochs reaches the dense model's")
+
+
+def _columns(row: dict) -> list[tuple[str, int]]:
+    art = "lambda" in row
+    return [c for c in COLUMNS if art or c[0] not in ("lambda", "pruned-copy acc")]
+
+
+def header(row: dict) -> list[str]:
+    """The lines above the first epoch line: the columns' names (and, for ART, what the pruned copy is)."""
+    titles = "  ".join(f"{t:>{w}}" if i > 1 else f"{t:<{w}}" for i, (t, w) in enumerate(_columns(row)))
+    return ([LEGEND] if "lambda" in row else []) + [titles + "  done/expected, ETA"]
+
+
+def epoch_line(row: dict, at: str = "") -> str:
+    """The console line of one epoch, under :func:`header`'s columns."""
+    cells = {"epoch": str(row["epoch"]), "phase": row["phase"], "loss": f"{row['loss']:.4f}",
+             "train acc": f"{row['train_acc']:.2%}", "val acc": f"{row['val_acc']:.2%}",
+             "sparsity": f"{row['sparsity']:.2%}", "time": f"{row['seconds']:.1f}s"}
+    if "lambda" in row:
+        scored = row.get("pruned_acc") is not None
+        cells["lambda"] = f"{row['lambda']:.3g}" if scored else "-"
+        cells["pruned-copy acc"] = f"{row['pruned_acc']:.2%}" if scored else "-"
+    line = "  ".join(f"{cells[t]:>{w}}" if i > 1 else f"{cells[t]:<{w}}" for i, (t, w) in enumerate(_columns(row)))
+    parts = [line + (f"  {at}" if at else "")]
     if "past_deadline" in row:
         parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(row['past_deadline'], 0):.0%} of "
                      "its way to the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
@@ -218,12 +292,41 @@ def epoch_line(row: dict) -> str:
     return "  ".join(parts)
 
 
+def art_course(metrics: list[dict]) -> dict | None:
+    """What ART's regularization did, from the metrics rows: lambda's range, the pruned copy's first and last score,
+    the dense score it was compared with at the stop, the chosen epoch and why it stopped (None for other methods)."""
+    scored = [r for r in metrics if r.get("pruned_acc") is not None]
+    if not scored:
+        return None
+    last = scored[-1]
+    return {"reg_epochs": len(scored), "first_epoch": scored[0]["epoch"], "last_epoch": last["epoch"],
+            "lambda": [scored[0]["lambda"], last["lambda"]], "pruned_acc_first": scored[0]["pruned_acc"],
+            "pruned_acc_last": last["pruned_acc"], "buffer_mean_last": last.get("buffer_mean"),
+            "dense_acc_last": last.get("dense_acc"), "chosen_epoch": last.get("chosen_epoch"),
+            "stop_reason": last.get("stop_reason")}
+
+
+def _course_lines(art: dict) -> list[str]:
+    stopped = art["chosen_epoch"] is not None
+    how = {"rule": "the stop rule held", "deadline": "the deadline (--reg-epochs-target) came first"}.get(
+        art["stop_reason"], "")
+    lam = art["lambda"]
+    lines = [f"ART: {art['reg_epochs']} regularization epochs ({art['first_epoch']}-{art['last_epoch']}), lambda "
+             f"{lam[0]:.3g} -> {lam[1]:.3g}; pruned-copy acc {art['pruned_acc_first']:.2%} after the first, "
+             f"{art['pruned_acc_last']:.2%} at the {'stop' if stopped else 'last'}"
+             + (f" (dense {art['dense_acc_last']:.2%})" if art.get("dense_acc_last") is not None else "")]
+    if stopped:
+        lines.append(f"     the mask and weights of epoch {art['chosen_epoch']} were kept ({how}), then fine-tuned")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
-    """The small table a run ends with."""
+    """The lines a run ends with: ART's course, the table, the time, the comparison."""
     s, d = summary["sparse"], summary["dense"]
     label = run_label(summary["config"])
     name = f"art ({label[4:]})" if label.startswith("art-") else label
-    rows = [f"{'':<22}{'validation':>11}{'test':>9}{'sparsity':>10}{'weights kept':>14}"]
+    rows = _course_lines(summary["art"]) if summary.get("art") else []
+    rows.append(f"{'':<22}{'validation':>11}{'test':>9}{'sparsity':>10}{'weights kept':>14}")
     if d:
         rows.append(f"{'dense (epoch %d)' % d['epoch']:<22}{d['val_acc']:>11.2%}{d['test_acc']:>9.2%}{0:>10.2%}"
                     f"{s['numel']:>14,}")
@@ -231,11 +334,31 @@ def format_summary(summary: dict) -> str:
                 f"{s['kept']:>14,}")
     compared, verdict = comparison_rows(summary)
     rows += compared
-    times = ", ".join(
-        f"{p} {summary['phase_seconds'].get(p, 0):.1f}s ({summary['epochs'][p]} epoch{'s' if summary['epochs'][p] != 1 else ''})" for p in summary["epochs"]
-    )
-    rows.append(f"time: {times}; device {summary['device']}")
+    rows.append(f"time: {epochs_text(summary['epochs'], summary['phase_seconds'])}; device {summary['device']}"
+                + (f", {summary['threads']['count']} thread{'s' if summary['threads']['count'] != 1 else ''}"
+                   if summary.get("threads") else ""))
     return "\n".join(rows + ([verdict] if verdict else []))
+
+
+def epochs_text(epochs: dict, seconds: dict | None = None) -> str:
+    """``warmup 6 epochs (3.1s), regularize 103 epochs (12.0s), ...``: a run's phases as a person reads them."""
+    parts = []
+    for phase, n in epochs.items():
+        took = f" ({seconds.get(phase, 0):.1f}s)" if seconds is not None else ""
+        parts.append(f"{phase} {n} epoch{'s' if n != 1 else ''}{took}")
+    return ", ".join(parts)
+
+
+def summary_scalars(summary: dict) -> dict[str, float]:
+    """The end result's numbers, for a tracker."""
+    s, d = summary["sparse"], summary.get("dense") or {}
+    out = {"final/sparse_val_acc": s["val_acc"], "final/sparse_test_acc": s["test_acc"],
+           "final/sparsity": s["sparsity"]}
+    if d:
+        out.update({"final/dense_val_acc": d["val_acc"], "final/dense_test_acc": d["test_acc"]})
+    for method, r in (summary.get("compare") or {}).items():
+        out[f"final/{method}_test_acc"] = r["test_acc"]
+    return out
 
 
 def comparison_rows(summary: dict) -> tuple[list[str], str | None]:

@@ -124,14 +124,15 @@ class ART:
             too small) and its mask would leave a network fine-tuning cannot revive, so regularization goes on
             until it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
             size ``2 * buffer_k + 1``.
-        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (1 = none;
-            the regularizer itself still sees the global vector).
+        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (default
+            ``1 - (1 - sparsity) / 10``, see :func:`~hypersparse.masks.global_keep`; 1 = none; the regularizer itself
+            still sees the global vector).
     """
 
     def __init__(self, regularizer: Regularizer, sparsity: float | None = None, warmup_epochs: int = 60,
                  lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
                  finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
-                 max_layer_sparsity: float = 1.0):
+                 max_layer_sparsity: float | None = None):
         if not isinstance(regularizer, Regularizer):
             raise TypeError(f"ART needs a regularizer (hs.HyperSparse, hs.L1 or hs.L2 over your model), got "
                             f"{type(regularizer).__name__}")
@@ -144,7 +145,8 @@ class ART:
             raise ValueError(
                 f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
             )
-        self.max_layer_sparsity = check_ceiling(max_layer_sparsity, self.sparsity)
+        self.max_layer_sparsity = None if max_layer_sparsity is None else check_ceiling(max_layer_sparsity,
+                                                                                         self.sparsity)
         self.lambda_auto = parse_auto(lambda_init)  # the push P, or None for a number
         _check_settings(lambda_init if self.lambda_auto is None else 1.0, eta, warmup_epochs, buffer_k,
                         max_reg_epochs, reg_epochs_target)
@@ -168,6 +170,9 @@ class ART:
         self.masks: Masks | None = None
         self.chosen_epoch: int | None = None
         self.stop_reason: str | None = None
+        # hold(dense_acc, history) -> why the mask must not be fixed now, or None; set by a caller that knows
+        # better than the stop rule (the trainer callbacks: a dense model near chance, or fallen; integrations.budget)
+        self.hold: Callable[[float, list[dict]], str | None] | None = None
 
     @property
     def lam(self) -> float:
@@ -273,6 +278,11 @@ class ART:
                 reason = "deadline"
             else:
                 record["past_deadline"] = progress
+        if reason is not None and self.hold is not None:
+            held = self.hold(dense_acc, self.history)
+            if held:
+                record["held"] = held
+                reason = None
         if reason is not None:
             self._choose(model, self.buffer[self.buffer_k])
             self.stop_reason = record["stop_reason"] = reason

@@ -421,6 +421,8 @@ SUMMARY = Dict({
     "input": INPUT,
     "compare": Map(SCORES, NAME, 16),
     "distributed": JSON(3),
+    "art": Optional(JSON(2)),  # ART's course (runio.art_course), for the end summary
+    "threads": JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
 }, required=("config", "sparse", "epochs", "arch"))
 METRICS_ROW = Dict({
     "epoch": EPOCH, "phase": NAME, "event": NAME, "lr": Float(0), "loss": Float(0), "train_acc": UNIT,

@@ -28,7 +28,7 @@ class StatsCollector:
     """Computes one epoch's statistics; keeps the previous kept-set to count exchanges, and its own time budget."""
 
     def __init__(self, names: list[str], params: list[torch.Tensor], sparsity: float, seed: int = 0,
-                 share: float = SHARE, max_layer_sparsity: float = 1.0):
+                 share: float = SHARE, max_layer_sparsity: float | None = None):
         self.names, self.params, self.sparsity, self.share = names, params, sparsity, share
         self.max_layer_sparsity = max_layer_sparsity
         self.budget = 0.0  # seconds of statistics the run may still spend

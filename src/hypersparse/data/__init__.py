@@ -19,7 +19,7 @@ import torch
 
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.checkpoint import atomic_write
-from hypersparse.errors import DataError, UserError
+from hypersparse.errors import DataError, UserError, did_you_mean
 from hypersparse.plugins import user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
 
@@ -410,7 +410,8 @@ def _load(name: str, data_dir: str | Path | None, seed: int, download: bool) -> 
 
         if not (load_entry_points() and name in DATASETS):
             shown = name if len(name) <= 60 else name[:57] + "..."
-            raise UserError(f"unknown dataset {shown!r}; choose one of: {', '.join(DATASETS)}, folder:<path>, or "
+            raise UserError(f"unknown dataset {shown!r}{did_you_mean(name, DATASETS)}; choose one of: "
+                            f"{', '.join(DATASETS)}, folder:<path>, or "
                             "module.path:callable")
     if name not in ("digits", "synthetic") and DATASETS[name][0] in _FILE_BASED:
         if data_dir is None:

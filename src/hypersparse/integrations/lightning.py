@@ -6,6 +6,11 @@ stop rule is :class:`~hypersparse.driver.Driver`'s: by default (``matched``)
 the dense model and the pruned copy are scored alike on the first
 ``score_batches`` training batches; ``criterion="paper"`` compares with the
 training accuracy the module logs as ``train_acc_key``.
+
+While the dense model scores near chance, or has fallen since regularization began, the mask is not fixed even if
+the pruned copy has caught up (:class:`~hypersparse.integrations.budget.Guard`, with a warning that says what to
+change). Each epoch's ``art/lambda``, ``art/pruned_acc``, ``art/dense_acc`` and ``art/sparsity`` go through
+``LightningModule.log``, so to the Trainer's logger.
 """
 from __future__ import annotations
 
@@ -21,9 +26,16 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from hypersparse.driver import ARTDriver, batch_accuracy
 from hypersparse.errors import UserError
-from hypersparse.integrations.budget import end_problem, fit_phases, warn
+from hypersparse.integrations.budget import (ACCURACY_MARGIN, MAX_DENSE_DROP, Guard, chance_level, early_end,
+                                             end_problem, fit_phases, result_problem, warn)
 
 WARMUP_SHARE = 0.15  # of max_epochs when warmup_epochs is not given (the authors: 60 of about 380)
+ADVICE = {
+    "chance": "Give the dense model a longer warm-up before ART regularizes (warmup_epochs=N; by default 15 % of "
+              "max_epochs) and max_epochs to match",
+    "drop": "If lambda grew too strong, lower lambda_init (e.g. lambda_init='auto:0.01' instead of 'auto') or eta; if "
+            "the dense model is unstable without it, lower the learning rate",
+}
 
 
 class ART(Callback):
@@ -38,15 +50,25 @@ class ART(Callback):
         **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
             (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...). Phase lengths not given come from the
             Trainer's ``max_epochs`` (or ``max_steps``, if it ends training sooner): 15 % warm-up, 40 % fine-tuning,
-            the rest as the regularization deadline (``reg_epochs_target``). A budget they cannot fit in is warned about when training starts; a run that
-            ends before the mask is fixed or fine-tuning is done, when it ends (and :attr:`finished` is False).
+            the rest as the regularization deadline (``reg_epochs_target``). A budget they cannot fit in is warned
+            about when training starts; a run that ends before the mask is fixed or fine-tuning is done, when it
+            ends (and :attr:`finished` is False).
+        max_dense_drop: how far the dense score may fall below its best during regularization before the mask waits.
+        accuracy_margin: :attr:`finished` needs the sparse model within this of the dense model's best score.
+
+    After fit, :attr:`finished` is True only for a model that is sparse, fine-tuned and within ``accuracy_margin`` of
+    the dense score on the scoring batches; :attr:`result` holds the scores it was judged on.
     """
 
     def __init__(self, sparsity: float, criterion: str = "matched", train_acc_key: str = "train_acc",
-                 score_batches: int | list = 20, **kwargs):
+                 score_batches: int | list = 20, max_dense_drop: float = MAX_DENSE_DROP,
+                 accuracy_margin: float = ACCURACY_MARGIN, **kwargs):
         self.driver = ARTDriver(sparsity, criterion=criterion, **kwargs)
         self.given = set(kwargs)  # phase lengths not given here come from the Trainer's max_epochs
-        self.finished: bool | None = None  # after fit: whether ART fixed its mask and finished fine-tuning
+        self.finished: bool | None = None  # after fit: sparse, fine-tuned and within accuracy_margin
+        self.result: dict | None = None  # after fit: the scores finished was judged on
+        self.guard = Guard(max_dense_drop, advice=ADVICE)
+        self.accuracy_margin = float(accuracy_margin)
         self.train_acc_key = train_acc_key
         self.score_batches = score_batches
         self.scoring: list | None = None if isinstance(score_batches, int) else list(score_batches)
@@ -68,7 +90,13 @@ class ART(Callback):
         return min(limits) if limits else None
 
     def on_train_end(self, trainer, pl_module) -> None:
-        problem = end_problem(self.driver.method)
+        art = self.driver.method
+        problem = end_problem(art)
+        if problem is None and self.scoring is not None:
+            dense = max((h["dense_acc"] for h in art.history if h.get("dense_acc") is not None), default=None)
+            sparse = self._score(trainer, pl_module)(pl_module)
+            self.result = {"dense_acc": dense, "sparse_acc": sparse, "margin": self.accuracy_margin}
+            problem = result_problem(dense, sparse, self.accuracy_margin)
         self.finished = problem is None
         if problem:
             warn(problem)
@@ -79,6 +107,7 @@ class ART(Callback):
             if problem:
                 warn(problem)
         self.driver.start(pl_module, self._optimizer(trainer))  # installs the mask after a resume
+        self.driver.method.hold = self.guard
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         steps = max(1, int(trainer.num_training_batches) // max(1, trainer.accumulate_grad_batches))
@@ -102,6 +131,7 @@ class ART(Callback):
         if self.scoring is None:
             batches = islice(iter(trainer.train_dataloader), self.score_batches)
             self.scoring = [pl_module.transfer_batch_to_device(b, pl_module.device, 0) for b in batches]
+            self.guard.chance = chance_level([b[1] for b in self.scoring])
 
         def reduce(correct, total):
             t = trainer.strategy.reduce(torch.tensor([correct, total], dtype=torch.float64, device=pl_module.device),
@@ -122,9 +152,17 @@ class ART(Callback):
             train_acc = float(value)
         score = self._score(trainer, pl_module) if self.driver.method.needs_scores else None
         result = self.driver.end_epoch(pl_module, score, self._optimizer(trainer), train_acc)
-        pl_module.log("art_lambda", result.record.get("lambda", 0.0), on_epoch=True, sync_dist=False)
+        params = self.art.regularizer.params
+        values = {"art/lambda": result.record.get("lambda", 0.0),
+                  "art/sparsity": sum(int((p == 0).sum()) for p in params) / max(1, sum(p.numel() for p in params))}
+        values.update({f"art/{k}": result.record[k] for k in ("pruned_acc", "dense_acc")
+                       if result.record.get(k) is not None})
+        pl_module.log_dict(values, on_epoch=True, sync_dist=False)
         if self.driver.done:
             trainer.should_stop = True
+            budget = self._budget(trainer)
+            if budget and trainer.current_epoch + 1 < budget:
+                warn(early_end(self.art.epoch, trainer.current_epoch + 1, budget, unit="epoch"))
 
     def state_dict(self) -> dict:
         return self.driver.state_dict()

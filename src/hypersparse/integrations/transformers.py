@@ -7,7 +7,14 @@ dense model and the pruned copy are both scored on the first
 and its batches ``labels``. ART's decisions come at the end of each
 ``Trainer`` epoch or, for the usual short fine-tuning budgets (a few epochs),
 every ``period`` optimizer steps: ART's "epochs" are then those periods.
-With ``finetune_epochs`` set, training stops after them.
+With ``finetune_epochs`` set, training stops after them (and the callback says so).
+
+The callback is meant for a trained model being made sparse (fine-tuning a checkpoint). A model trained from
+scratch scores near chance for a while, and a pruned copy of it "catches up" at once: the callback then warns and
+does not fix the mask until the dense model has learned something (:class:`~hypersparse.integrations.budget.Guard`).
+To train from scratch, train the dense model first and run the callback on it, or give it warm-up rounds and a
+budget to match (``warmup_epochs=N``). Its values (``art/lambda``, ``art/pruned_acc``, ``art/dense_acc``,
+``art/sparsity``) go through ``Trainer.log``, so to every logger the Trainer reports to.
 """
 from __future__ import annotations
 
@@ -22,11 +29,20 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from hypersparse.distributed import all_sum
 from hypersparse.driver import ARTDriver, batch_accuracy
-from hypersparse.integrations.budget import end_problem, fit_phases, warn
+from hypersparse.integrations.budget import (ACCURACY_MARGIN, MAX_DENSE_DROP, Guard, chance_level, early_end,
+                                             end_problem, fit_phases, result_problem, warn)
 from hypersparse.params import head_layers, transformer_ceiling
 
 ROUNDS = 20  # ART rounds in a budget of too few epochs (period="auto"); fewer than MIN_EPOCHS epochs counts as too few
 MIN_EPOCHS = 10
+
+
+ADVICE = {
+    "chance": "ARTCallback is meant for trained models: train the dense model first and make it sparse in a second "
+              "Trainer run, or give the callback warm-up rounds and the epochs to match (warmup_epochs=N)",
+    "drop": "If lambda grew too strong, lower lambda_init (e.g. lambda_init='auto:0.01' instead of 'auto') or eta; if "
+            "the dense model is unstable without it, lower the learning rate",
+}
 
 
 def _call(model, batch):
@@ -47,15 +63,23 @@ class ARTCallback(TrainerCallback):
             output layers (:func:`~hypersparse.params.head_layers`: the task head and the output embeddings).
         max_layer_sparsity: ceiling on one tensor's share of zeros. By default ``1 - (1 - sparsity) / 10``, so that
             global pruning cannot empty a layer (in a small BERT it would remove every weight of Q and K).
+        max_dense_drop: how far the dense score may fall below its best during regularization before the mask waits
+            (see the module's notes); it is never fixed while the dense model scores near chance either.
+        accuracy_margin: :attr:`finished` needs the sparse model within this of the dense model's best score (on the
+            scoring batches).
         **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
             (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...), counted in rounds. Phase lengths not given
             come from the Trainer's budget (``num_train_epochs`` or ``max_steps``): no warm-up (the model is a trained
             one being made sparse), 40 % fine-tuning, the rest as the regularization deadline. A budget they cannot
             fit in is warned about at the start; a run that ends before the mask is fixed or fine-tuning is done, at
             the end (and :attr:`finished` is False).
+
+    After training, :attr:`finished` is True only for a model that is sparse, fine-tuned and within
+    ``accuracy_margin`` of the dense score; :attr:`result` holds the scores it was judged on.
     """
 
-    def __init__(self, sparsity: float, score_batches: int = 20, period: str | int = "auto", **kwargs):
+    def __init__(self, sparsity: float, score_batches: int = 20, period: str | int = "auto",
+                 max_dense_drop: float = MAX_DENSE_DROP, accuracy_margin: float = ACCURACY_MARGIN, **kwargs):
         if kwargs.get("criterion", "matched") != "matched":
             raise ValueError("Trainer computes no training accuracy: ARTCallback uses the matched criterion only")
         if not (period in ("auto", "epoch") or isinstance(period, int) and not isinstance(period, bool) and period > 0):
@@ -67,7 +91,11 @@ class ARTCallback(TrainerCallback):
         self.steps: int | None = None  # optimizer steps per round, once known (None: rounds are Trainer epochs)
         self.score_batches = int(score_batches)
         self.scoring: list | None = None
-        self.finished: bool | None = None  # after training: whether ART fixed its mask and finished fine-tuning
+        self.finished: bool | None = None  # after training: sparse, fine-tuned and within accuracy_margin
+        self.result: dict | None = None  # after training: the scores finished was judged on
+        self.guard = Guard(max_dense_drop, advice=ADVICE)
+        self.accuracy_margin = float(accuracy_margin)
+        self._trainer = None  # the Trainer that calls this callback, found on_train_begin (for Trainer.log)
 
     @property
     def art(self):
@@ -91,11 +119,19 @@ class ARTCallback(TrainerCallback):
             if problem:
                 warn(problem.replace("epochs", "rounds") if self.steps else problem)
         self.driver.start(model, optimizer)
+        self.driver.method.hold = self.guard
+        self._trainer = _calling_trainer()
         if self.steps:
             self.driver.begin_epoch(optimizer, self.steps)
 
-    def on_train_end(self, args, state, control, **kwargs):
-        problem = end_problem(self.driver.method)
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        art = self.driver.method
+        problem = end_problem(art)
+        if problem is None and self.scoring is not None:
+            dense = max((h["dense_acc"] for h in art.history if h.get("dense_acc") is not None), default=None)
+            sparse = batch_accuracy(model, self.scoring, _call, all_sum)
+            self.result = {"dense_acc": dense, "sparse_acc": sparse, "margin": self.accuracy_margin}
+            problem = result_problem(dense, sparse, self.accuracy_margin)
         self.finished = problem is None
         if problem:
             warn(problem)
@@ -113,25 +149,58 @@ class ARTCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if self.steps and state.global_step % self.steps == 0 and not self.driver.done:
-            self._end_round(control, model, optimizer, train_dataloader)
+            self._end_round(state, control, model, optimizer, train_dataloader)
             if not self.driver.done:
                 self.driver.begin_epoch(optimizer, self.steps)
         return control
 
     def on_epoch_end(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if not self.steps:
-            self._end_round(control, model, optimizer, train_dataloader)
+            self._end_round(state, control, model, optimizer, train_dataloader)
         return control
 
-    def _end_round(self, control, model, optimizer, train_dataloader) -> None:
+    def _end_round(self, state, control, model, optimizer, train_dataloader) -> None:
         score = None
         if self.driver.method.needs_scores:
             if self.scoring is None:
                 device = next(model.parameters()).device
                 self.scoring = [{k: v.to(device) for k, v in b.items()}
                                 for b in islice(iter(train_dataloader), self.score_batches)]
+                self.guard.chance = chance_level([b["labels"] for b in self.scoring])
             # counts summed over the ranks when Trainer runs under torchrun
             score = lambda m: batch_accuracy(m, self.scoring, _call, all_sum)  # noqa: E731
-        self.driver.end_epoch(model, score, optimizer)
+        result = self.driver.end_epoch(model, score, optimizer)
+        self._log(result.record)
         if self.driver.done:
             control.should_training_stop = True
+            if state.max_steps and state.global_step < state.max_steps:
+                warn(early_end(self.driver.method.epoch, state.global_step, state.max_steps))
+
+    def _log(self, record: dict) -> None:
+        """This round's values through the Trainer's own logging (every integration it reports to)."""
+        art = self.driver.method
+        params = art.regularizer.params
+        values = {"art/lambda": record.get("lambda", 0.0),
+                  "art/sparsity": sum(int((p == 0).sum()) for p in params) / max(1, sum(p.numel() for p in params))}
+        values.update({f"art/{k}": record[k] for k in ("pruned_acc", "dense_acc") if record.get(k) is not None})
+        if self._trainer is not None:
+            self._trainer.log(values)
+
+
+def _calling_trainer():
+    """The ``transformers.Trainer`` whose callback handler called us (a callback is not handed its Trainer, and
+    ``Trainer.log`` is the one way into the loggers it reports to); None if not found."""
+    import inspect
+
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Trainer):
+                return owner
+            frame = frame.f_back
+        return None
+    finally:
+        del frame

@@ -37,10 +37,12 @@ class Baseline:
     first_phase = "warmup"
 
     def __init__(self, sparsity: float, dense_epochs: int, finetune_epochs: int,
-                 filter: ModuleFilter | None = None, max_layer_sparsity: float = 1.0):
+                 filter: ModuleFilter | None = None, max_layer_sparsity: float | None = None):
         self.sparsity = check_sparsity(sparsity)
         self.filter = filter  # which weights are prunable (default: every Linear/Conv weight)
-        self.max_layer_sparsity = check_ceiling(max_layer_sparsity, self.sparsity)
+        # None: the default ceiling, 1 - (1 - sparsity) / 10 (masks.global_keep)
+        self.max_layer_sparsity = None if max_layer_sparsity is None else check_ceiling(max_layer_sparsity,
+                                                                                         self.sparsity)
         self.dense_epochs = int(dense_epochs)
         self.finetune_epochs = int(finetune_epochs)
         self.epoch = 0
@@ -197,7 +199,7 @@ def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def snip_masks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsity: float,
-               filter: ModuleFilter | None = None, max_layer_sparsity: float = 1.0) -> Masks:
+               filter: ModuleFilter | None = None, max_layer_sparsity: float | None = None) -> Masks:
     """Keep the ``1 - sparsity`` most sensitive connections globally (exactly floor(kappa N) pruned)."""
     scores = snip_scores(model, x, y, filter)
     return dict(zip(scores, global_keep(list(scores.values()), sparsity, max_layer_sparsity)))

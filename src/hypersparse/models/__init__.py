@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, did_you_mean
 from hypersparse.plugins import user_code
 from hypersparse.models.lenet import LeNet5, LeNet300, MLP
 from hypersparse.models.resnet_cifar import CifarResNet
@@ -108,7 +108,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
 
         if not (load_entry_points() and name in MODELS):
             shown = name if len(name) <= 60 else name[:57] + "..."
-            raise UserError(f"unknown model {shown!r}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
+            raise UserError(f"unknown model {shown!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
                             "timm:<name>, hf:<path>, or module.path:callable (a function returning an nn.Module)")
     if name not in BUILTIN:
         with user_code(f"your model {name}"):

@@ -1,0 +1,35 @@
+"""A mistyped name gets one line that names the closest right one: models, datasets, methods, settings, flags."""
+import pytest
+
+from hypersparse.cli import main
+
+CASES = [
+    (["train", "--model", "lenet30"], "unknown model 'lenet30' (did you mean 'lenet300'?)"),
+    (["train", "--dataset", "mnst"], "unknown dataset 'mnst' (did you mean 'mnist'?)"),
+    (["train", "--method", "gmpp"], "got 'gmpp' (did you mean 'gmp'?)"),
+    (["train", "--set", "schedule.momentm=0.95"], "unknown setting 'schedule.momentm' (did you mean "
+                                                  "'schedule.momentum'?)"),
+    (["train", "--set", "momentm=0.95"], "(did you mean 'momentum'?)"),
+    (["train", "--compare", "oneshoot"], "(did you mean 'oneshot'?)"),
+    (["train", "--sparsty", "0.9"], "(did you mean --sparsity?)"),
+    (["train", "--momentum", "0.95"], "(did you mean --set schedule.momentum=VALUE?)"),  # a setting without a flag
+    (["train", "--set", "run.log=tensorbord"], "(did you mean 'tensorboard'?)"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=[" ".join(a[1:]) for a, _ in CASES])
+def test_a_typo_is_one_line_with_the_closest_name(args, needle, tmp_path, capsys):
+    try:
+        code = main([*args, "--run-dir", str(tmp_path / "run")])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_guess_for_a_name_like_nothing():
+    from hypersparse.errors import did_you_mean
+
+    assert did_you_mean("qqqq", ["mlp", "lenet300"]) == ""
