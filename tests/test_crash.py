@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import cli, run_metrics
+from conftest import cli, run_metrics
 
 ARGS = ["train", "--model", "mlp", "--sparsity", "0.9", "--epochs-scale", "0.05", "--lambda-init", "1e-3", "--seed", "2"]
 

@@ -5,7 +5,7 @@ from urllib.parse import quote
 
 import pytest
 
-from test_cli import cli
+from conftest import cli
 
 optuna = pytest.importorskip("optuna")
 

@@ -221,7 +221,7 @@ RESUME_CONFIRMS = ("run.plugin", "model.model", "data.dataset")  # beside --resu
 
 
 def _train(args) -> int:
-    from hypersparse import engine
+    from hypersparse import compare
 
     if args.resume:
         given = sorted(k for k in vars(args) if "." in k and k not in RESUME_CONFIRMS) + \
@@ -229,9 +229,9 @@ def _train(args) -> int:
         if given:
             shown = given[0] if given[0].startswith("--") else flag(given[0])
             raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
-        engine.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
+        compare.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
         return 0
-    engine.train(_config_from(args))
+    compare.train(_config_from(args))
     return 0
 
 

@@ -15,12 +15,13 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.checkpoint import VERSION, load_run_checkpoint, remove_temporaries
+from hypersparse.checkpoint import VERSION, remove_temporaries
 from hypersparse.compact_training import CompactTraining
 from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
@@ -37,7 +38,7 @@ from hypersparse.params import prunable_parameters
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
 from hypersparse.progress import MARK, expected_epochs, plan_text
 from hypersparse.runio import RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir, remove_created
-from hypersparse.runs import CHECKPOINT, CONFIG, load_weights, read_json
+from hypersparse.runs import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
 from hypersparse.stats import StatsCollector
 from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
 from hypersparse.tracking import check_tracker, open_tracker
@@ -115,6 +116,7 @@ class Trainer:
                                     max_layer_sparsity=self.selection["max_layer_sparsity"]) \
             if cfg.run.stats and self.dist.is_main else None
         self._compile_said = False
+        self.show_summary = True  # False when the caller's step after the run shows it (engine.train's ``then``)
         self.files.expected = lambda: expected_epochs(self.cfg, self.metrics, self.method.phase)
         if self.dist.is_main:
             check_tracker(cfg.run.log)  # before the run folder exists; the tracker opens in run()
@@ -335,18 +337,23 @@ class Trainer:
             digests = self.dist.gather(state_digest(self.model, self.method.masks))
             summary["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend,
                                       "rank_digests": digests, "ranks_identical": len(set(digests)) == 1}
-        self.files.write_result(summary, self.model.state_dict(), show=not self.cfg.run.compare)  # shown after those
+        self.files.write_result(summary, self.model.state_dict(), show=self.show_summary)
         return summary
 
 
+#: what a caller runs after the run, inside its lock: (the run's config, its files, its summary) -> the summary
+Then = Callable[[TrainConfig, RunFiles, dict], dict]
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout,
-          quiet: bool = False, label: str = "") -> dict:
+          quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
 
     The data and the model are built, and one batch goes through the model, before the run folder is created, so a
     run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`).
     ``progress``: keep a progress line on stderr (default: when stderr is a terminal). ``quiet``: print only the
-    progress (as ``label``), not the epoch lines and the summary.
+    progress (as ``label``), not the epoch lines and the summary. ``then`` runs after the run, still inside its lock
+    (``--compare``'s baselines: :func:`hypersparse.compare.train`), and prints the summary itself.
     """
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
@@ -381,7 +388,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
                                                                 if dist.active else ""))
                 trainer.files.say(plan_text(trainer.cfg))
                 trainer.files.say(describe(trainer.threads))
-                return _with_comparison(trainer, trainer.run(), progress)
+                return _then(trainer, then)
         finally:
             trainer.files.close()
             if lock is not None:
@@ -404,13 +411,13 @@ def stopped_cleanly(run_dir: Path):
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
-           confirmed: dict | None = None, quiet: bool = False, label: str = "") -> dict:
+           confirmed: dict | None = None, quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with.
 
     The checkpoint must be this run's (its identity, a hash of the settings, matches ``config.json``'s). A run whose
     settings name code (a plugin, a model or dataset by import path) resumes only if ``confirmed`` (setting ->
-    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``. ``quiet`` and
-    ``label`` as for :func:`train`.
+    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``. ``quiet``,
+    ``label`` and ``then`` as for :func:`train`.
     """
     path = Path(run_dir)
     if not (path / CHECKPOINT).exists():
@@ -434,7 +441,7 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, tr
                     trainer.files.say(f"resuming {path} after epoch "
                                       f"{trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
                     trainer.files.say(describe(trainer.threads))
-                    return _with_comparison(trainer, trainer.run(), progress)
+                    return _then(trainer, then)
             finally:
                 trainer.files.close()
     finally:
@@ -458,10 +465,8 @@ def _require_confirmed(config: dict, confirmed: dict, trust_code: bool, path: Pa
         raise UserError(trust_line(missing, f"the run in {path}"))
 
 
-def _with_comparison(trainer: Trainer, summary: dict, progress: bool | None) -> dict:
-    """The baselines ``--compare`` names, trained at the run's budget after it (see :mod:`hypersparse.compare`)."""
-    if not trainer.cfg.run.compare:
-        return summary
-    from hypersparse.compare import compare_baselines
-
-    return compare_baselines(trainer.cfg, trainer.files, summary, progress)
+def _then(trainer: Trainer, then: Then | None) -> dict:
+    """The run, then what the caller asked for after it (which shows the summary)."""
+    trainer.show_summary = then is None
+    summary = trainer.run()
+    return summary if then is None else then(trainer.cfg, trainer.files, summary)

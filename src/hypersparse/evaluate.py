@@ -1,41 +1,20 @@
-"""Accuracy of a model on uint8 images: the normalisation a run trained with, and ``hypersparse eval``.
+"""Accuracy of a model on uint8 images, normalised as its run trained (:class:`~hypersparse.data.loader.Normalizer`,
+also importable from here), and ``hypersparse eval``.
 
 Nothing here imports the training engine: ``eval``, ``export``, ``report`` and
 the benchmarks score models with these alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from hypersparse.data.loader import Normalizer
 from hypersparse.device import autocast, pick_device
 from hypersparse.masks import sparsity_report
 from hypersparse.params import exclude_filter
-
-
-@dataclass
-class Normalizer:
-    """uint8 images -> the float inputs a model was trained on: ``(x - 255 mean) / (255 std)`` per channel."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    device: torch.device = torch.device("cpu")
-    channels_last: bool = False
-
-    def __post_init__(self):
-        self.device = torch.device(self.device)
-        shape = (1, -1, 1, 1)
-        self._mean = torch.tensor(self.mean, device=self.device).view(shape) * 255
-        self._std = torch.tensor(self.std, device=self.device).view(shape) * 255
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.device).float() - self._mean) / self._std
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
 
 
 def input_record(data) -> dict:
