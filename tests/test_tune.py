@@ -1,4 +1,4 @@
-"""hypersparse tune: Optuna over lambda_0 and eta, on the validation split, continued from its SQLite study."""
+"""hypersparse tune: Optuna over lambda_init and eta, on the validation split, continued from its SQLite study."""
 import json
 import math
 from urllib.parse import quote

@@ -284,7 +284,7 @@ def epoch_line(row: dict, at: str = "") -> str:
     parts = [line + (f"  {at}" if at else "")]
     if "past_deadline" in row:
         parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(row['past_deadline'], 0):.0%} of "
-                     "its way to the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
+                     "its way to the dense accuracy, too little for a mask (lambda_init too small?); regularizing on")
     if row["event"] == "stop":
         why = ", deadline reached before the stop rule held" if row.get("stop_reason") == "deadline" else ""
         chosen = f"epoch {row['chosen_epoch']} chosen" if row.get("chosen_epoch") is not None else "pruned"
