@@ -178,7 +178,7 @@ def finished_run(tmp_path_factory):
     from hypersparse.config import TrainConfig
     from hypersparse.engine import train
     from hypersparse.export import save_sparse
-    from hypersparse.runs import model_from_run
+    from hypersparse.run_read import model_from_run
 
     run = tmp_path_factory.mktemp("finished") / "run"
     cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 1, "lr_steps": "1",

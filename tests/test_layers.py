@@ -17,7 +17,7 @@ LAYERS = {
     "parts": ["models", "data", "masks", "keep_pruned", "regularizers", "sparse_conv"],
     "mechanisms": ["method", "schedule", "config", "methods", "driver", "stats", "compaction", "compact_training",
                    "inference", "export"],
-    "runs": ["engine", "evaluate", "runs", "runio", "report", "integrations"],
+    "runs": ["engine", "evaluate", "run_read", "run_write", "report", "integrations"],
     "front": ["compare", "tune", "cli", "command", "__main__", ""],  # "": the package itself, its lazy facade
 }
 

@@ -180,7 +180,7 @@ def _export(args) -> int:
 
     from hypersparse.checkpoint import output_file
     from hypersparse.export import export_onnx, save_dense, save_sparse
-    from hypersparse.runs import SUMMARY, model_from_run, read_json, run_settings
+    from hypersparse.run_read import SUMMARY, model_from_run, read_json, run_settings
 
     path = Path(args.run)
     if not path.exists():

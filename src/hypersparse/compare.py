@@ -17,8 +17,8 @@ from pathlib import Path
 from hypersparse import engine
 from hypersparse.checkpoint import write_json
 from hypersparse.config import TrainConfig
-from hypersparse.runio import RunFiles, format_summary
-from hypersparse.runs import CHECKPOINT, SUMMARY, read_json
+from hypersparse.run_read import CHECKPOINT, SUMMARY, read_json
+from hypersparse.run_write import RunFiles, format_summary
 
 
 def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConfig:

@@ -3,7 +3,7 @@
 Each epoch: train (the driver adds the regularizer's gradient before every
 step), score on the validation split, let the method decide
 (:meth:`Driver.end_epoch`), log a row, checkpoint. What the rows and files look
-like is :mod:`hypersparse.runio`'s business; what a method does is its own.
+like is :mod:`hypersparse.run_write`'s business; what a method does is its own.
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ from hypersparse.models import check_fit, create_model
 from hypersparse.params import prunable_parameters
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
 from hypersparse.progress import MARK, expected_epochs, plan_text
-from hypersparse.runio import RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir, remove_created
-from hypersparse.runs import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
+from hypersparse.run_read import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
+from hypersparse.run_write import (RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir,
+                                   remove_created)
 from hypersparse.stats import StatsCollector
 from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
 from hypersparse.tracking import check_tracker, open_tracker
@@ -350,7 +351,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
     """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
 
     The data and the model are built, and one batch goes through the model, before the run folder is created, so a
-    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`).
+    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.run_write.RunLock`).
     ``progress``: keep a progress line on stderr (default: when stderr is a terminal). ``quiet``: print only the
     progress (as ``label``), not the epoch lines and the summary. ``then`` runs after the run, still inside its lock
     (``--compare``'s baselines: :func:`hypersparse.compare.train`), and prints the summary itself.

@@ -56,12 +56,12 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
     (a batch size), also the test accuracy and latency of :func:`hypersparse.sparse_inference`'s model.
 
     ``dataset``, ``model_name`` and ``plugin`` are what the user typed: code the run's files name is imported only
-    if they repeat it (:func:`hypersparse.runs.run_settings`)."""
+    if they repeat it (:func:`hypersparse.run_read.run_settings`)."""
     from hypersparse.data import load_dataset
     from hypersparse.errors import UserError
     from hypersparse.models import check_fit
     from hypersparse.plugins import CODE_FLAGS
-    from hypersparse.runs import model_from_run, run_settings
+    from hypersparse.run_read import model_from_run, run_settings
 
     onnx = Path(path).suffix == ".onnx"  # the graph is the model: only the data's code must be typed
     settings = run_settings(path, dataset, data_dir, model_name, plugin,

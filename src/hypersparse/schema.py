@@ -9,7 +9,7 @@ or a device, which would hang or never end), decode strict UTF-8 and bound integ
 
 The schemas of ``metrics.jsonl``, ``stats.jsonl``, the parts of ``checkpoint.pt`` and the sparse file's metadata
 live here. The files that hold a run's settings (``config.json``, ``summary.json``, ``checkpoint.pt``) are checked
-against the settings dataclasses themselves, one layer up (:mod:`hypersparse.runs`).
+against the settings dataclasses themselves, one layer up (:mod:`hypersparse.run_read`).
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ SUMMARY_SPEC = schema.Dict({
     "input": schema.INPUT,
     "compare": schema.Map(schema.SCORES, schema.NAME, 16),
     "distributed": schema.JSON(3),
-    "art": schema.Optional(schema.JSON(2)),  # ART's course (runio.art_course), for the end summary
+    "art": schema.Optional(schema.JSON(2)),  # ART's course (run_write.art_course), for the end summary
     "threads": schema.JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
 }, required=("config", "sparse", "epochs", "arch"))
 CHECKPOINT_SPEC = schema.Dict({

@@ -13,7 +13,7 @@ from hypersparse.checkpoint import atomic_write, remove_temporaries, save_checkp
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
 from hypersparse.progress import ProgressLine, where
-from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
+from hypersparse.run_read import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
 
 
 def _slug(name: str) -> str:
