@@ -56,17 +56,31 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout,
                  quiet: bool = False, label: str = ""):
         self.cfg = cfg.validate()
-        # under torchrun: one process per rank; only rank 0 prints and writes
-        self.dist, self.device = init_distributed(pick_device(cfg.run.device))
-        if self.dist.active and cfg.schedule.batch_size % self.dist.world:
-            raise UserError(f"--batch-size {cfg.schedule.batch_size} must be divisible by the {self.dist.world} "
-                            "processes; each rank trains on an equal share of every batch")
-        self.progress = self.dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-        self.files = RunFiles(Path(run_dir), self.dist.is_main, out, self.progress, quiet, label)
+        self._join_processes(Path(run_dir), progress, out, quiet, label)
         torch.manual_seed(cfg.run.seed)
         load_plugins(cfg.run.plugin)
         self.data: Splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.run.seed, cfg.data.download)
-        d = self.data
+        channels_last = self._build_model()
+        self._build_loaders(channels_last)
+        self._build_method()
+        self._start_records()
+        if self.dist.is_main:
+            check_tracker(self.cfg.run.log)  # before the run folder exists; the tracker opens in run()
+
+    # -- setting up (in this order) ---------------------------------------------
+    def _join_processes(self, run_dir: Path, progress: bool | None, out, quiet: bool, label: str) -> None:
+        """Under torchrun: one process per rank; only rank 0 prints and writes."""
+        self.dist, self.device = init_distributed(pick_device(self.cfg.run.device))
+        batch_size = self.cfg.schedule.batch_size
+        if self.dist.active and batch_size % self.dist.world:
+            raise UserError(f"--batch-size {batch_size} must be divisible by the {self.dist.world} processes; each "
+                            "rank trains on an equal share of every batch")
+        self.progress = self.dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+        self.files = RunFiles(run_dir, self.dist.is_main, out, self.progress, quiet, label)
+
+    def _build_model(self) -> bool:
+        """The model on the device, its prunable weights checked; returns whether it runs channels-last."""
+        cfg, d = self.cfg, self.data
         self.model = create_model(cfg.model.model, d.num_classes, d.in_channels, d.image_size)
         if cfg.model.model.startswith("hf:"):
             self.cfg = cfg = transformer_defaults(cfg, self.model)
@@ -84,7 +98,11 @@ class Trainer:
         self.model.to(self.device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        s = cfg.schedule
+        return channels_last
+
+    def _build_loaders(self, channels_last: bool) -> None:
+        """The training batches (this rank's share), the thread count, and the subset that scores pruned copies."""
+        cfg, d, s = self.cfg, self.data, self.cfg.schedule
         self.train_loader = DeviceLoader(d.train_x, d.train_y, s.batch_size, d.mean, d.std, self.device, d.augment,
                                          True, cfg.run.seed, channels_last, s.epoch_fraction)
         # before the run folder exists: a model that cannot take the data fails here, with nothing written
@@ -95,18 +113,26 @@ class Trainer:
         if self.dist.active:
             self.shard_loader = copy.copy(self.train_loader)
             self.shard_loader.rank, self.shard_loader.world = self.dist.rank, self.dist.world
-        self.ddp: nn.Module | None = None
-        self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
         # the fixed training subset that scores pruned copies (and, with the matched criterion, the dense model)
         n = len(d.train_x) if cfg.art.pruned_eval_size == 0 else min(cfg.art.pruned_eval_size, len(d.train_x))
         subset = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.run.seed + 1))[:n]
         self.subset = (d.train_x[subset].to(self.device), d.train_y[subset].to(self.device))
+
+    def _build_method(self) -> None:
+        """The method, the driver that runs it, and the optimizer."""
+        cfg, s = self.cfg, self.cfg.schedule
         self.method = make_method(cfg, self.model, len(self.train_loader),
                                   lambda: next(iter(self.train_loader.batches(epoch=-1))))
         criterion = cfg.art.criterion if cfg.sparsity.method == "art" else "matched"
         self.driver = Driver(self.method, criterion)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
                                          weight_decay=s.weight_decay)
+        self.ddp: nn.Module | None = None
+        self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
+
+    def _start_records(self) -> None:
+        """What the run keeps as it goes (all of it checkpointed) and the statistics collector."""
+        cfg = self.cfg
         self.metrics: list[dict] = []
         self.best: dict | None = None  # best validation accuracy among sparse epochs
         self.dense: dict | None = None
@@ -119,8 +145,6 @@ class Trainer:
         self._compile_said = False
         self.show_summary = True  # False when the caller's step after the run shows it (engine.train's ``then``)
         self.files.expected = lambda: expected_epochs(self.cfg, self.metrics, self.method.phase)
-        if self.dist.is_main:
-            check_tracker(cfg.run.log)  # before the run folder exists; the tracker opens in run()
 
     # -- pieces ---------------------------------------------------------------
     def _lr(self) -> float:
