@@ -122,16 +122,16 @@ def test_pruned_copy_is_scored_at_target_and_model_restored():
     assert art.history[-1]["pruned_mass"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_art_validates_settings():
-    reg = hs.L1(make_mlp())
-    with pytest.raises(ValueError, match="sparsity="):
-        hs.ARTSchedule(reg)
-    with pytest.raises(ValueError, match="sparsity"):
-        hs.ARTSchedule(reg, sparsity=1.0)
-    with pytest.raises(ValueError, match="one value"):
-        hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.9), sparsity=0.8)
-    with pytest.raises(ValueError, match="positive"):
-        hs.ARTSchedule(reg, sparsity=0.9, lambda_init=-1)
+@pytest.mark.parametrize("regularizer,kwargs,match", [
+    ("l1", {}, "sparsity="),
+    ("l1", {"sparsity": 1.0}, "sparsity"),
+    ("hs", {"sparsity": 0.8}, "one value"),
+    ("l1", {"sparsity": 0.9, "lambda_init": -1}, "positive"),
+])
+def test_art_validates_settings(regularizer, kwargs, match):
+    reg = hs.L1(make_mlp()) if regularizer == "l1" else hs.HyperSparse(make_mlp(), 0.9)
+    with pytest.raises(ValueError, match=match):
+        hs.ARTSchedule(reg, **kwargs)
 
 
 def feed(art, model, pruned, dense=0.9):
