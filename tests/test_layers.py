@@ -3,6 +3,7 @@
 The layers are drawn in docs/architecture.md; :data:`LAYERS` below is the same drawing, bottom first.
 """
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,22 @@ LAYERS = {
     "runs": ["engine", "evaluate", "run_read", "run_write", "report", "integrations"],
     "front": ["compare", "tune", "cli", "command", "__main__", ""],  # "": the package itself, its lazy facade
 }
+
+
+def test_docs_architecture_draws_the_same_layers():
+    """Each layer's line in the page's drawing names the same modules (``a/b`` for ``a.b``, ``pkg/*`` for ``pkg``)."""
+    block = re.search(r"```\n(.*?)```", (ROOT / "docs" / "architecture.md").read_text(), re.S).group(1)
+    drawn: dict[str, set[str]] = {}
+    layer = None
+    for line in block.splitlines():
+        words = re.sub(r"\(.*?\)", "", line).split()
+        if not words or words[0] == "|":
+            continue
+        if not line.startswith(" "):
+            layer, words = words[0], words[1:]
+        drawn.setdefault(layer, set()).update("" if w == "hypersparse" else w.removesuffix("/*").replace("/", ".")
+                                              for w in words)
+    assert drawn == {name: set(modules) for name, modules in LAYERS.items()}
 
 
 def _module_name(path: Path) -> str:
