@@ -30,15 +30,15 @@ def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConf
                    run=replace(cfg.run, compare=None, run_dir=None), given=frozenset())
 
 
-def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout) -> dict:
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None) -> dict:
     """:func:`hypersparse.engine.train`, then the baselines ``cfg.run.compare`` names (``hypersparse train``)."""
-    return engine.train(cfg, run_dir, progress, out, then=_comparison(progress))
+    return engine.train(cfg, run_dir, progress, out or sys.stdout, then=_comparison(progress))  # stdout as it is now
 
 
-def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
+def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_code: bool = False,
            confirmed: dict | None = None) -> dict:
     """:func:`hypersparse.engine.resume`, then the baselines the run's ``run.compare`` names (``--resume``)."""
-    return engine.resume(run_dir, progress, out, trust_code, confirmed, then=_comparison(progress))
+    return engine.resume(run_dir, progress, out or sys.stdout, trust_code, confirmed, then=_comparison(progress))
 
 
 def _comparison(progress: bool | None) -> engine.Then:
