@@ -96,7 +96,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from hypersparse.config import TrainConfig
     from hypersparse.engine import train
-    from hypersparse.runs import METRICS, read_jsonl
+    from hypersparse.run_read import METRICS, read_jsonl
     from hypersparse.schedule import ARTDidNotConverge
 
     cfg = TrainConfig.from_dict(job["config"])

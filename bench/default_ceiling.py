@@ -36,7 +36,7 @@ def run_one(job: dict) -> dict:
     from hypersparse.config import TrainConfig
     from hypersparse.engine import train
     from hypersparse.masks import sparsity_report
-    from hypersparse.runs import model_from_run
+    from hypersparse.run_read import model_from_run
 
     t0 = time.perf_counter()
     summary = train(TrainConfig.from_dict(job["config"]), job["run_dir"], progress=False, out=open(os.devnull, "w"))

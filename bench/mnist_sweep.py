@@ -44,7 +44,7 @@ ANCHORS = {  # cited, not rerun: (source, sparsity, test error %)
 
 
 def key(method, reg):
-    from hypersparse.runs import run_label
+    from hypersparse.run_read import run_label
 
     return run_label({"sparsity": {"method": method}, "art": {"reg": reg}})
 

@@ -1,5 +1,10 @@
 import contextlib
+import json
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,12 +122,45 @@ def run_cli(argv: list[str], capsys, seconds: float = 60) -> tuple[int, list[str
     return code, err.strip().splitlines()
 
 
+def cli(*args, cwd=None, timeout=300):
+    """``python -m hypersparse *args`` in a fresh process, its output captured."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "hypersparse", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
+    )
+
+
+def run_metrics(run_dir):
+    """A run's metrics rows and summary without their timings (which differ between identical runs)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds"), r.pop("measure_seconds"), r.pop("stats_seconds")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.pop("phase_seconds")
+    return rows, summary
+
+
+def image_folder(root: Path, layout: str = "split", sizes=(8, 8)) -> Path:
+    """Three classes of 8x8 grey images (bright left, top or right half) as train/ and test/ folders or flat."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)) if layout == "split" else ((".", 50),):
+        for c, name in enumerate(("left", "top", "right")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = (rng.random(sizes) * 60).astype(np.uint8)
+                (a[:, :4] if c == 0 else a[:4] if c == 1 else a[:, 4:])[...] += 150
+                Image.fromarray(a, mode="L").save(folder / f"{i}.png")
+    return root
+
+
 def snapshot(root) -> dict[str, str]:
     """Every file and folder under ``root``: its SHA-256, or what it is."""
     import hashlib
-    import os
     import stat
-    from pathlib import Path
 
     out = {}
     for p in sorted(Path(root).rglob("*")):
@@ -137,13 +175,10 @@ def snapshot(root) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """A finished digits run (MLP, 90 %, a few epochs) with its sparse export beside it; copy it before changing it."""
-    import json
-    import os
-
     from hypersparse.config import TrainConfig
     from hypersparse.engine import train
     from hypersparse.export import save_sparse
-    from hypersparse.runs import model_from_run
+    from hypersparse.run_read import model_from_run
 
     run = tmp_path_factory.mktemp("finished") / "run"
     cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 1, "lr_steps": "1",

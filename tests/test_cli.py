@@ -12,15 +12,10 @@ import torch
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 
+from conftest import cli, run_metrics
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 QUICK = ["--epochs-scale", "0.05", "--lambda-init", "1e-3", "--seed", "1"]
-
-
-def cli(*args, cwd=None, timeout=300):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "hypersparse", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
-    )
 
 
 def test_digits_pipeline_exact_sparsity_and_accuracy(tmp_path):
@@ -43,15 +38,6 @@ def test_digits_pipeline_exact_sparsity_and_accuracy(tmp_path):
     out = cli("eval", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr
     assert "sparsity 90.00%" in out.stdout
-
-
-def run_metrics(run_dir):
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds"), r.pop("measure_seconds"), r.pop("stats_seconds")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary.pop("phase_seconds")
-    return rows, summary
 
 
 def test_sigkill_during_regularization_then_resume_is_bit_exact(tmp_path):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import cli, run_metrics
+from conftest import cli, run_metrics
 
 ARGS = ["train", "--model", "mlp", "--sparsity", "0.9", "--epochs-scale", "0.05", "--lambda-init", "1e-3", "--seed", "2"]
 
 # runs the command with one write cut in half and the process SIGKILLed right there
 KILL_DURING = r"""
 import os, signal, sys
-from hypersparse import checkpoint, runio
+from hypersparse import checkpoint, run_write
 target, kind = sys.argv[1], sys.argv[2]
 if kind.startswith("atomic"):
     original = checkpoint.atomic_write
@@ -36,9 +36,9 @@ if kind.startswith("atomic"):
             os.kill(os.getpid(), signal.SIGKILL)
         original(path, write, mode)
     checkpoint.atomic_write = cut
-    runio.atomic_write = cut
+    run_write.atomic_write = cut
 else:  # a stats line cut in half, at the third epoch's record
-    original = runio.RunFiles.record_epoch
+    original = run_write.RunFiles.record_epoch
     calls = [0]
     def record(self, row, stats, state):
         calls[0] += 1
@@ -50,7 +50,7 @@ else:  # a stats line cut in half, at the third epoch's record
                 f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         original(self, row, stats, state)
-    runio.RunFiles.record_epoch = record
+    run_write.RunFiles.record_epoch = record
 from hypersparse.cli import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -211,14 +211,14 @@ def test_report_reads_a_run_whose_logs_end_in_a_cut_line(reference, tmp_path):
 def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
     import errno
 
-    from hypersparse import checkpoint, runio
+    from hypersparse import checkpoint, run_write
     from hypersparse.cli import main
 
     def full(path, write, mode="wb"):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(checkpoint, "atomic_write", full)
-    monkeypatch.setattr(runio, "atomic_write", full)
+    monkeypatch.setattr(run_write, "atomic_write", full)
     code = main([*ARGS, "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "disk is full" in err and len(err.strip().splitlines()) == 1, err

@@ -74,7 +74,7 @@ def test_arts_pruned_copy_and_mask_keep_a_small_layer_alive():
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
     with torch.no_grad():
         model[2].weight.mul_(1e-3)
-    art = hs.ART(hs.HyperSparse(model, 0.95), warmup_epochs=0, buffer_k=0)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.95), warmup_epochs=0, buffer_k=0)
     seen = {}
 
     def score(m):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_cli import cli, run_metrics
+from conftest import cli, run_metrics
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs gloo")
 

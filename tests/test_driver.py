@@ -85,7 +85,7 @@ def _optimizer(model):
 
 def test_the_engine_lightning_and_a_hand_written_loop_stop_at_the_same_epoch_with_the_same_mask(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
     init, batches, scoring, cli_stop, cli_masks = _engine_run(tmp_path)
     assert cli_stop > ART_SETTINGS["warmup_epochs"] + 2  # regularization ran a few epochs before the rule held
@@ -129,7 +129,7 @@ def test_the_engine_lightning_and_a_hand_written_loop_stop_at_the_same_epoch_wit
         def configure_optimizers(self):
             return _optimizer(self)
 
-    callback = ART(0.9, score_batches=scoring, refresh_every=32, **ART_SETTINGS)
+    callback = ARTLightningCallback(0.9, score_batches=scoring, refresh_every=32, **ART_SETTINGS)
     trainer = L.Trainer(max_epochs=40, accelerator="cpu", callbacks=[callback], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
                         default_root_dir=tmp_path)
@@ -144,7 +144,7 @@ def test_the_engine_lightning_and_a_hand_written_loop_stop_at_the_same_epoch_wit
 
 def test_auto_lambda_works_in_the_lightning_callback(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
     from hypersparse.schedule import lambda_for_push
 
     x = torch.randn(256, 16)
@@ -165,11 +165,12 @@ def test_auto_lambda_works_in_the_lightning_callback(tmp_path):
             return _optimizer(self)
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
-    callback = ART(0.8, warmup_epochs=1, lambda_init="auto:0.05", eta=2.0, finetune_epochs=1, score_batches=2)
+    callback = ARTLightningCallback(0.8, warmup_epochs=1, lambda_init="auto:0.05", eta=2.0, finetune_epochs=1,
+                                    score_batches=2)
     module = Net()
     seen = {}
 
-    class Peek(L.Callback):  # the weights as regularization starts, to recompute lambda_0 independently
+    class Peek(L.Callback):  # the weights as regularization starts, to recompute lambda_init independently
         def on_train_epoch_start(self, trainer, pl_module):
             if trainer.current_epoch == 1:
                 seen["lambda"] = lambda_for_push(callback.art.regularizer, 0.8, 0.05, 0.1, 0.9, len(loader))

@@ -1,4 +1,4 @@
-"""The CLI engine: which dense accuracy the stop rule compares with, lambda_0 'auto' in a run, and the deadline."""
+"""The CLI engine: which dense accuracy the stop rule compares with, lambda_init 'auto' in a run, and the deadline."""
 import os
 
 import pytest

@@ -23,6 +23,14 @@ def problems(recwarn) -> list[str]:
             str(w.message)]
 
 
+@pytest.mark.parametrize("module,new,old", [("lightning", "ARTLightningCallback", "ART"),
+                                             ("transformers", "ARTTransformersCallback", "ARTCallback")])
+def test_the_callbacks_old_names_are_the_new_classes(module, new, old):
+    pytest.importorskip(module)
+    mod = __import__(f"hypersparse.integrations.{module}", fromlist=[new])
+    assert getattr(mod, old) is getattr(mod, new)
+
+
 def zeros_and_numel(model, exclude=()):
     params = [p for _, p in prunable_parameters(model, Exclude(exclude))]
     return sum(int((p == 0).sum()) for p in params), sum(p.numel() for p in params)
@@ -55,13 +63,13 @@ def lightning_net(L, log_acc: bool):
 @pytest.mark.parametrize("criterion", ["paper", "matched"])
 def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
     L = pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
     torch.manual_seed(0)
     x, y = blobs()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
-    callback = ART(sparsity=0.9, criterion=criterion, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
-                   score_batches=4)
+    callback = ARTLightningCallback(sparsity=0.9, criterion=criterion, warmup_epochs=2, lambda_init=1e-3, eta=2.0,
+                                    finetune_epochs=3, score_batches=4)
     module = lightning_net(L, log_acc=True)
     trainer = L.Trainer(max_epochs=50, accelerator="cpu", callbacks=[callback], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -81,13 +89,13 @@ def test_lightning_callback_reaches_exact_sparsity(tmp_path, criterion):
 def test_lightning_paper_rule_needs_logged_accuracy(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
     from hypersparse.errors import UserError
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
     x, y = blobs(64)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[ART(sparsity=0.5, warmup_epochs=1, criterion="paper")])
+                        callbacks=[ARTLightningCallback(sparsity=0.5, warmup_epochs=1, criterion="paper")])
     with pytest.raises(UserError, match="self.log\\('train_acc'"):
         trainer.fit(lightning_net(L, log_acc=False), loader)
 
@@ -95,7 +103,7 @@ def test_lightning_paper_rule_needs_logged_accuracy(tmp_path):
 def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from hypersparse.integrations.transformers import ARTCallback
+    from hypersparse.integrations.transformers import ARTTransformersCallback
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -105,8 +113,8 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     ids = torch.randint(1, 32, (256, 8), generator=g)
     labels = (ids[:, 0] < 16).long()  # learnable from the first token
     data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": l} for i, l in zip(ids, labels)]
-    callback = ARTCallback(sparsity=0.8, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=2,
-                           score_batches=4)
+    callback = ARTTransformersCallback(sparsity=0.8, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=2,
+                                       score_batches=4)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=16,
                                           learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
                                           logging_strategy="no", disable_tqdm=True, seed=0)
@@ -123,14 +131,14 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
 
 def test_lightning_resume_keeps_art_state(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
     def fit(max_epochs, ckpt_path=None):
         torch.manual_seed(0)
         x, y = blobs()
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
-        callback = ART(sparsity=0.9, criterion="matched", warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
-                       score_batches=4)
+        callback = ARTLightningCallback(sparsity=0.9, criterion="matched", warmup_epochs=2, lambda_init=1e-3, eta=2.0,
+                                        finetune_epochs=3, score_batches=4)
         saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
         module = lightning_net(L, log_acc=False)
         trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", callbacks=[callback, saver], logger=False,
@@ -164,9 +172,9 @@ def _fit_lightning(tmp_path, callback, max_epochs, accumulate=1, max_steps=-1):
 
 def test_lightning_under_gradient_accumulation_steps_once_per_optimizer_step(tmp_path):
     pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
-    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
+    callback = ARTLightningCallback(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
     calls = []
     after = callback.driver.after_step
     callback.driver.after_step = lambda model: (calls.append(1), after(model))
@@ -179,9 +187,9 @@ def test_lightning_under_gradient_accumulation_steps_once_per_optimizer_step(tmp
 
 def test_lightning_with_too_few_epochs_warns_at_start_and_end(tmp_path):
     pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
-    callback = ART(sparsity=0.98, warmup_epochs=60, finetune_epochs=160)  # the authors' phases, 5 epochs to run
+    callback = ARTLightningCallback(sparsity=0.98, warmup_epochs=60, finetune_epochs=160)  # the authors'; 5 to run
     with pytest.warns(UserWarning) as caught:
         module = _fit_lightning(tmp_path, callback, max_epochs=5)
     said = [str(w.message) for w in caught if "hypersparse ART" in str(w.message)]
@@ -192,9 +200,9 @@ def test_lightning_with_too_few_epochs_warns_at_start_and_end(tmp_path):
 
 def test_lightning_phases_from_max_epochs_reach_the_target_and_finish(tmp_path, recwarn):
     pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
-    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)  # no phase lengths given
+    callback = ARTLightningCallback(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)  # no phase lengths given
     module = _fit_lightning(tmp_path, callback, max_epochs=30)
     assert callback.driver.options["warmup_epochs"] == 4 and callback.driver.options["finetune_epochs"] == 12
     assert callback.finished is True and callback.art.done
@@ -205,9 +213,9 @@ def test_lightning_phases_from_max_epochs_reach_the_target_and_finish(tmp_path, 
 
 def test_lightning_phases_from_max_steps(tmp_path, recwarn):
     pytest.importorskip("lightning.pytorch")
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
-    callback = ART(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
+    callback = ARTLightningCallback(sparsity=0.9, lambda_init=1e-3, eta=2.0, score_batches=4)
     module = _fit_lightning(tmp_path, callback, max_epochs=-1, max_steps=30 * 16)  # 16 batches an epoch: 30 epochs
     assert callback.driver.options["warmup_epochs"] == 4 and callback.driver.options["finetune_epochs"] == 12
     assert callback.finished is True
@@ -217,11 +225,11 @@ def test_lightning_phases_from_max_steps(tmp_path, recwarn):
 
 
 def test_transformers_callback_with_the_readme_arguments(tmp_path, recwarn):
-    """ARTCallback(sparsity=0.9) in a Trainer with its own epoch budget: phases derived, target reached, no warning;
-    with a budget too small for the fine-tuning asked for, a warning at the start and at the end."""
+    """ARTTransformersCallback(sparsity=0.9) in a Trainer with its own epoch budget: phases derived, target reached, no
+    warning; with a budget too small for the fine-tuning asked for, a warning at the start and at the end."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from hypersparse.integrations.transformers import ARTCallback
+    from hypersparse.integrations.transformers import ARTTransformersCallback
 
     def run(callback, epochs):
         torch.manual_seed(0)
@@ -240,7 +248,7 @@ def test_transformers_callback_with_the_readme_arguments(tmp_path, recwarn):
         transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
         return model
 
-    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    callback = ARTTransformersCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
     model = run(callback, 12)
     assert callback.finished is True, [str(w.message) for w in recwarn]
     zeros, numel = zeros_and_numel(model, exclude=["classifier"])
@@ -248,13 +256,13 @@ def test_transformers_callback_with_the_readme_arguments(tmp_path, recwarn):
     assert not problems(recwarn)
     # a budget of 3 epochs: ART decides every max_steps / 20 optimizer steps instead. From scratch the dense score
     # climbs to 0.97 and falls back to 0.77 at round 9, where the pruned copy catches up: no mask on that model
-    short = ARTCallback(sparsity=0.9, lambda_init="auto", finetune_epochs=3, score_batches=4)
+    short = ARTTransformersCallback(sparsity=0.9, lambda_init="auto", finetune_epochs=3, score_batches=4)
     model = run(short, 3)
     assert short.steps == (256 // 16 * 3) // 20
     said = problems(recwarn)
     assert any("dense score fell from" in s and "lower lambda_init" in s for s in said), said
     assert short.finished is False and not short.art.mask_fixed and zeros_and_numel(model)[0] == 0
-    per_epoch = ARTCallback(sparsity=0.9, finetune_epochs=3, score_batches=4, period="epoch")
+    per_epoch = ARTTransformersCallback(sparsity=0.9, finetune_epochs=3, score_batches=4, period="epoch")
     with pytest.warns(UserWarning, match="hypersparse ART"):
         run(per_epoch, 3)
     assert per_epoch.finished is False
@@ -304,20 +312,21 @@ def _bert_case(tmp_path, transformers, shrink_qk=False):
 
 def test_transformers_defaults_keep_every_attention_tensor_and_the_head_alive(tmp_path, recwarn):
     """A small trained BERT whose Q and K weights are a tenth of the others' scale: global pruning at 90 % removes
-    every weight of Q and K (the control, with no ceiling and no exclusion); ARTCallback's defaults keep a share of
+    every weight of Q and K (the control, with no ceiling and no exclusion); the callback's defaults keep a share of
     each tensor (max_layer_sparsity 0.99) and the classifier dense, and still reach the target on the rest."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from hypersparse import sparsity_report
-    from hypersparse.integrations.transformers import ARTCallback
+    from hypersparse.integrations.transformers import ARTTransformersCallback
 
     _, run, accuracy, pretrained = _bert_case(tmp_path, transformers, shrink_qk=True)
     control = pretrained()
-    run(control, [ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4, exclude=[], max_layer_sparsity=1.0)])
+    run(control, [ARTTransformersCallback(sparsity=0.9, lambda_init="auto", score_batches=4, exclude=[],
+                                          max_layer_sparsity=1.0)])
     dead = sparsity_report(control).dead_layers
     assert len(dead) == 4 and all(n.endswith(("query.weight", "key.weight")) for n in dead)
     model = pretrained()
-    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    callback = ARTTransformersCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
     run(model, [callback])
     assert callback.finished is True, problems(recwarn)
     report = sparsity_report(model)
@@ -329,15 +338,15 @@ def test_transformers_defaults_keep_every_attention_tensor_and_the_head_alive(tm
 
 
 def test_transformers_from_scratch_warns_instead_of_ending_on_a_chance_level_model(tmp_path, recwarn):
-    """The issue's case: ARTCallback(sparsity=0.9, lambda_init="auto") on a BERT trained from scratch for the usual 3
-    epochs. Without the guard the pruned copy "caught up" with a dense model at chance (both 0.5) at round 2, the
-    mask was fixed and the Trainer ended early with finished=True. Now: a warning that says the model is near chance
+    """The issue's case: ARTTransformersCallback(sparsity=0.9, lambda_init="auto") on a BERT trained from scratch for
+    the usual 3 epochs. Without the guard the pruned copy "caught up" with a dense model at chance (both 0.5) at round
+    2, the mask was fixed and the Trainer ended early with finished=True. Now: a warning that says the model is near chance
     and what to do, no mask fixed on a chance-level model, the Trainer's whole budget, and finished False."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from hypersparse.integrations.transformers import ARTCallback
+    from hypersparse.integrations.transformers import ARTTransformersCallback
 
-    class Unguarded(ARTCallback):  # the callback as it was: the stop rule alone
+    class Unguarded(ARTTransformersCallback):  # the callback as it was: the stop rule alone
         def on_train_begin(self, *args, **kwargs):
             super().on_train_begin(*args, **kwargs)
             self.driver.method.hold = None
@@ -349,7 +358,7 @@ def test_transformers_from_scratch_warns_instead_of_ending_on_a_chance_level_mod
     assert stop["dense_acc"] <= 0.55 and trainer.state.global_step < trainer.state.max_steps  # the failure, shown
 
     model, run, accuracy, _ = _bert_case(tmp_path, transformers)
-    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    callback = ARTTransformersCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
     trainer = run(model, [callback])
     said = problems(recwarn)
     assert any("near chance" in s and "meant for trained models" in s for s in said), said
@@ -372,12 +381,12 @@ def test_transformers_on_a_trained_model_finishes_and_logs_through_the_trainer(t
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hypersparse.integrations.transformers import ARTCallback
+    from hypersparse.integrations.transformers import ARTTransformersCallback
 
     _, run, accuracy, pretrained = _bert_case(tmp_path, transformers)
     model = pretrained()
     dense = accuracy(model)
-    callback = ARTCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
+    callback = ARTTransformersCallback(sparsity=0.9, lambda_init="auto", score_batches=4)
     trainer = run(model, [callback], report_to=["tensorboard"])
     assert callback.finished is True, problems(recwarn)
     assert callback.result["sparse_acc"] >= callback.result["dense_acc"] - 0.05
@@ -400,12 +409,13 @@ def test_lightning_logs_through_the_trainers_logger_and_says_when_it_ends_early(
     L = pytest.importorskip("lightning.pytorch")
     import csv
 
-    from hypersparse.integrations.lightning import ART
+    from hypersparse.integrations.lightning import ARTLightningCallback
 
     torch.manual_seed(0)
     x, y = blobs()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
-    callback = ART(sparsity=0.9, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3, score_batches=4)
+    callback = ARTLightningCallback(sparsity=0.9, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=3,
+                                    score_batches=4)
     trainer = L.Trainer(max_epochs=50, accelerator="cpu", callbacks=[callback], enable_checkpointing=False,
                         logger=L.loggers.CSVLogger(tmp_path), enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import image_folder
+
 Image = pytest.importorskip("PIL.Image")
 
 SHORT = ["--method", "gmp", "--sparsity", "0.8", "--warmup-epochs", "3", "--prune-epochs", "2", "--finetune-epochs",
@@ -54,20 +56,6 @@ register_dataset("plugged-stripes", lambda data_dir, seed, download: __import__(
 def cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "hypersparse", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300, env={**os.environ, **(env or {})})
-
-
-def image_folder(root: Path, layout: str = "split", sizes=(8, 8)) -> Path:
-    """Three classes of 8x8 grey images (bright left, top or right half) as train/ and test/ folders or flat."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 10)) if layout == "split" else ((".", 50),):
-        for c, name in enumerate(("left", "top", "right")):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                a = (rng.random(sizes) * 60).astype(np.uint8)
-                (a[:, :4] if c == 0 else a[:4] if c == 1 else a[:, 4:])[...] += 150
-                Image.fromarray(a, mode="L").save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture

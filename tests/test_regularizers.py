@@ -290,13 +290,13 @@ def test_an_embedding_with_exact_zero_rows_is_regularized_without_nan():
 
 
 def test_lambda_auto_and_art_run_on_a_model_that_is_already_sparse():
-    """ART from a 90 %-sparse model at 0.8: lambda_0 auto is set from the live weight at the cut, and a few
+    """ART from a 90 %-sparse model at 0.8: lambda_init auto is set from the live weight at the cut, and a few
     regularization epochs train without NaN."""
     x, y = torch.randn(256, 60), torch.randint(0, 10, (256,))
     for kappa in (0.8, 0.9, 0.95):
         model = hs.keep_pruned.strip_masks_(sparse_mlp(0.9))  # as a loaded checkpoint: its zeros, no mask installed
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        art = hs.ART(hs.HyperSparse(model, kappa), warmup_epochs=0, lambda_init="auto", finetune_epochs=1)
+        art = hs.ARTSchedule(hs.HyperSparse(model, kappa), warmup_epochs=0, lambda_init="auto", finetune_epochs=1)
         assert art.begin_epoch(0.1, 0.9, 4) is not None and 0 < art.lam < math.inf
         for _ in range(3):
             for xb, yb in zip(x.split(64), y.split(64)):

@@ -50,7 +50,7 @@ def setup(seed=0):
     model = make_mlp((10, 64, 64, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     reg = hs.HyperSparse(model, 0.9)
-    art = hs.ART(reg, warmup_epochs=3, lambda_init=1e-3, eta=1.3, max_reg_epochs=40, finetune_epochs=3)
+    art = hs.ARTSchedule(reg, warmup_epochs=3, lambda_init=1e-3, eta=1.3, max_reg_epochs=40, finetune_epochs=3)
     return x, y, model, opt, reg, art
 
 
@@ -96,7 +96,7 @@ def test_resume_mid_regularization_gives_the_same_decisions():
 
 def test_art_raises_when_it_never_converges():
     x, y, model, opt, reg, art = setup()
-    art = hs.ART(reg, warmup_epochs=0, lambda_init=1e-12, eta=1.0, max_reg_epochs=3)
+    art = hs.ARTSchedule(reg, warmup_epochs=0, lambda_init=1e-12, eta=1.0, max_reg_epochs=3)
     with pytest.raises(hs.ARTDidNotConverge, match="raise lambda_init or eta, or allow more epochs with max_reg_epochs, or set a deadline"):
         for _ in range(5):
             art.end_epoch(model, dense_acc=1.01, pruned_acc=lambda m: 0.5)
@@ -105,7 +105,7 @@ def test_art_raises_when_it_never_converges():
 def test_pruned_copy_is_scored_at_target_and_model_restored():
     model = make_mlp((10, 20, 3))
     reg = hs.HyperSparse(model, 0.8)
-    art = hs.ART(reg, warmup_epochs=0, max_layer_sparsity=1.0)  # no ceiling: the k smallest over all go
+    art = hs.ARTSchedule(reg, warmup_epochs=0, max_layer_sparsity=1.0)  # no ceiling: the k smallest over all go
     before = copy.deepcopy(model.state_dict())
     seen = {}
 
@@ -122,16 +122,16 @@ def test_pruned_copy_is_scored_at_target_and_model_restored():
     assert art.history[-1]["pruned_mass"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_art_validates_settings():
-    reg = hs.L1(make_mlp())
-    with pytest.raises(ValueError, match="sparsity="):
-        hs.ART(reg)
-    with pytest.raises(ValueError, match="sparsity"):
-        hs.ART(reg, sparsity=1.0)
-    with pytest.raises(ValueError, match="one value"):
-        hs.ART(hs.HyperSparse(make_mlp(), 0.9), sparsity=0.8)
-    with pytest.raises(ValueError, match="positive"):
-        hs.ART(reg, sparsity=0.9, lambda_init=-1)
+@pytest.mark.parametrize("regularizer,kwargs,match", [
+    ("l1", {}, "sparsity="),
+    ("l1", {"sparsity": 1.0}, "sparsity"),
+    ("hs", {"sparsity": 0.8}, "one value"),
+    ("l1", {"sparsity": 0.9, "lambda_init": -1}, "positive"),
+])
+def test_art_validates_settings(regularizer, kwargs, match):
+    reg = hs.L1(make_mlp()) if regularizer == "l1" else hs.HyperSparse(make_mlp(), 0.9)
+    with pytest.raises(ValueError, match=match):
+        hs.ARTSchedule(reg, **kwargs)
 
 
 def feed(art, model, pruned, dense=0.9):
@@ -145,12 +145,12 @@ def feed(art, model, pruned, dense=0.9):
 
 def test_eta_rises_only_when_progress_would_miss_the_target():
     model = make_mlp((10, 20, 3))
-    # fixed eta (no target): the authors' lambda_0 * eta**e, bit for bit
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05)
+    # fixed eta (no target): the authors' lambda_init * eta**e, bit for bit
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05)
     assert feed(art, model, [0.1] * 6) == [1e-3 * 1.05**e for e in range(6)]
     # a flat gap never closes: once target // 2 = 4 epochs and four gaps are known, the growth is multiplied by
     # eta each epoch
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8)
     lams = feed(art, model, [0.1] * 7)
     growths = [1.05, 1.05, 1.05, 1.05**2, 1.05**3, 1.05**4, 1.05**5]
     assert lams == pytest.approx([1e-3 * math.prod(growths[:e]) for e in range(7)], rel=1e-12)
@@ -158,27 +158,27 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
     # a gap closing 0.05 a epoch (0.8 ... 0.65) needs 0.65 / 4 epochs left = 0.1625 a epoch: the log-growth is scaled
     # by 0.1625 / 0.05; closing 0.2 a epoch (0.8 ... 0.2) is on time, so eta stays at its floor
     for pruned, last in (([0.1, 0.15, 0.2, 0.25], 1.05 ** 3.25), ([0.1, 0.3, 0.5, 0.7], 1.05)):
-        art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
-                     buffer_k=0)
+        art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05,
+                             reg_epochs_target=8, buffer_k=0)
         feed(art, model, pruned, dense=0.9)
         assert [h["eta"] for h in art.history] == pytest.approx([1.05, 1.05, 1.05, last], rel=1e-12)
     # the growth comes back down once the gap closes fast enough (no wind-up)
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
-                 buffer_k=0)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
+                         buffer_k=0)
     feed(art, model, [0.1, 0.1, 0.1, 0.1, 0.1, 0.4, 0.7], dense=0.9)
     etas = [h["eta"] for h in art.history]
     assert etas[3:5] == pytest.approx([1.05**2, 1.05**3]) and etas[6] < etas[5]
     # and the growth is capped: from target // 2 = 5 epochs on, 1.2**2, then 1.5 instead of 1.2**3
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=10)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.2, reg_epochs_target=10)
     feed(art, model, [0.1] * 9)
     assert [h["eta"] for h in art.history] == pytest.approx([1.2] * 4 + [1.44] + [hs.schedule.ETA_MAX] * 4)
     # a gap that closes by a hair asks for a growth of 1.05**(~1e13): capped, not an OverflowError
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
-                 buffer_k=0)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=8,
+                         buffer_k=0)
     feed(art, model, [0.1, 0.1 + 1e-14, 0.1 + 2e-14, 0.1 + 3e-14], dense=0.9)
     assert art.history[-1]["eta"] == hs.schedule.ETA_MAX
     # a base eta above the cap (e.g. from --epochs-scale) is never lowered
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=10)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=2.0, reg_epochs_target=10)
     feed(art, model, [0.1] * 9)
     assert [h["eta"] for h in art.history] == [2.0] * 9
 
@@ -186,8 +186,8 @@ def test_eta_rises_only_when_progress_would_miss_the_target():
 def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
     torch.manual_seed(0)
     model = make_mlp((10, 20, 3))
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=5,
-                 finetune_epochs=2)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05, reg_epochs_target=5,
+                         finetune_epochs=2)
     states, events = [], []
     # buffer mean at the deadline (0.5 + 0.55 + 0.6) / 3 = 0.55: (0.55 - 0.1) / (0.9 - 0.1) = 56 % of the way
     for acc in (0.1, 0.3, 0.5, 0.55, 0.6):
@@ -208,23 +208,23 @@ def test_deadline_keeps_the_buffers_middle_model_when_the_rule_has_not_held():
         assert torch.equal(p, states[3][name] * art.masks[name] if name in art.masks else states[3][name])
     # the rule still wins when it holds first
     model = make_mlp((10, 20, 3))
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
     assert [art.end_epoch(model, 0.9, lambda m: 0.95) for _ in range(3)] == ["regularize", "regularize", "stop"]
     assert art.stop_reason == "rule" and art.history[-1]["stop_reason"] == "rule"
     # a pruned copy that has not come half-way is not cut at the deadline: regularization goes on until it has
     assert hs.schedule.DEADLINE_PROGRESS == 0.5
     model = make_mlp((10, 20, 3))
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, reg_epochs_target=5)
     feed(art, model, [0.1, 0.1, 0.1, 0.1, 0.1, 0.5, 0.5])
     assert art.phase == "regularize" and [h.get("past_deadline") for h in art.history[:4]] == [None] * 4
     assert [h["past_deadline"] for h in art.history[4:]] == pytest.approx([0.0, 1 / 6, 1 / 3], abs=1e-12)
     assert art.end_epoch(model, 0.9, lambda m: 0.5) == "stop" and art.stop_reason == "deadline"  # (0.5 - 0.1) / 0.8
     # without a target there is no deadline
-    art = hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3)
+    art = hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3)
     feed(art, model, [0.1] * 40)
     assert art.phase == "regularize" and art.stop_reason is None
     with pytest.raises(ValueError, match="buffer size 3"):
-        hs.ART(hs.HyperSparse(make_mlp(), 0.8), warmup_epochs=0, reg_epochs_target=2)
+        hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.8), warmup_epochs=0, reg_epochs_target=2)
 
 
 def test_adapted_eta_resumes_exactly():
@@ -235,8 +235,8 @@ def test_adapted_eta_resumes_exactly():
 
     def make():
         model = copy.deepcopy(first)  # the deadline prunes the model: each run gets its own copy
-        return model, hs.ART(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05,
-                             reg_epochs_target=6)
+        return model, hs.ARTSchedule(hs.HyperSparse(model, 0.8), warmup_epochs=0, lambda_init=1e-3, eta=1.05,
+                                     reg_epochs_target=6)
 
     model, whole = make()
     want = feed(whole, model, pruned)
@@ -282,14 +282,14 @@ def test_auto_lambda_is_set_by_begin_epoch_and_refuses_bad_forms_and_an_already_
     from hypersparse.schedule import lambda_for_push
 
     model = torch.nn.Linear(10, 10)
-    art = hs.ART(HyperSparse(model, 0.5), warmup_epochs=0, lambda_init="auto:0.04")
+    art = hs.ARTSchedule(HyperSparse(model, 0.5), warmup_epochs=0, lambda_init="auto:0.04")
     with pytest.raises(RuntimeError, match="call begin_epoch"):
         art.lam
     note = art.begin_epoch(lr=0.1, momentum=0.9, steps_per_epoch=10)
     assert art.lam == lambda_for_push(art.regularizer, 0.5, 0.04, 0.1, 0.9, 10) and "0.04 per epoch" in note
     for bad in ("auto:1", "auto:-0.1", "auto:x", "automatic"):
         with pytest.raises(ValueError, match="lambda_init must be"):
-            hs.ART(HyperSparse(model, 0.5), lambda_init=bad)
+            hs.ARTSchedule(HyperSparse(model, 0.5), lambda_init=bad)
     with torch.no_grad():
         model.weight[:, :5] = 0  # half the weights are zero: the k-th smallest magnitude at 0.3 is a zero
     # the cut moves to the smallest weight still alive, so auto works on a model that is sparse already
@@ -302,3 +302,21 @@ def test_auto_lambda_is_set_by_begin_epoch_and_refuses_bad_forms_and_an_already_
         model.weight.zero_()
     with pytest.raises(UserError, match="every prunable weight is zero.*--lambda-init"):
         lambda_for_push(HyperSparse(model, 0.3), 0.3, 0.02, 0.1, 0.9, 10)
+
+
+def test_lambdas_start_has_one_name_and_one_default_and_the_old_names_still_work():
+    from hypersparse.config import ARTConfig
+    from hypersparse.schedule import LAMBDA_INIT
+
+    art = hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.9))
+    driver = hs.ARTDriver(0.9)
+    assert art.lambda_init == ARTConfig().lambda_init == driver.options["lambda_init"] == LAMBDA_INIT == 5e-6
+    with pytest.warns(DeprecationWarning, match="lambda_init"):
+        assert art.lambda_0 == art.lambda_init
+    assert hs.ART is hs.ARTSchedule
+    # the checkpoint keeps its key: a state written before the rename loads
+    state = art.state_dict()
+    assert state["lambda_0"] == LAMBDA_INIT and "lambda_init" not in state
+    other = hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.9), lambda_init="auto")
+    other.load_state_dict(state)
+    assert other.lambda_init == LAMBDA_INIT

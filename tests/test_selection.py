@@ -14,7 +14,7 @@ from hypersparse import magnitude_masks, sparsity_report
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.params import Exclude, head_layers, prunable_parameters
-from hypersparse.runs import model_from_run
+from hypersparse.run_read import model_from_run
 
 
 def test_patterns_name_consecutive_parts_of_a_layer_name():

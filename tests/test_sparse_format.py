@@ -13,7 +13,7 @@ from hypersparse.config import TrainConfig
 from hypersparse.data import load_dataset
 from hypersparse.engine import train
 from hypersparse.export import load_sparse_state, save_sparse
-from hypersparse.runs import model_from_run
+from hypersparse.run_read import model_from_run
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sparse-format.md"
 

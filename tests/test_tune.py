@@ -1,11 +1,11 @@
-"""hypersparse tune: Optuna over lambda_0 and eta, on the validation split, continued from its SQLite study."""
+"""hypersparse tune: Optuna over lambda_init and eta, on the validation split, continued from its SQLite study."""
 import json
 import math
 from urllib.parse import quote
 
 import pytest
 
-from test_cli import cli
+from conftest import cli
 
 optuna = pytest.importorskip("optuna")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_plugins import image_folder
+from conftest import image_folder
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "use-your-own.md"
 

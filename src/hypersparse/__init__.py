@@ -14,7 +14,7 @@ _HOME = {
     "hypersparse.keep_pruned": ["MaskHandle", "apply_masks_"],
     "hypersparse.params": ["Exclude", "NoPrunableParametersError", "prunable_parameters"],
     "hypersparse.regularizers": ["L1", "L2", "HyperSparse", "Regularizer"],
-    "hypersparse.schedule": ["ART", "ARTDidNotConverge"],
+    "hypersparse.schedule": ["ART", "ARTDidNotConverge", "ARTSchedule"],
     "hypersparse.driver": ["ARTDriver", "Driver"],
     "hypersparse.method": ["EpochResult", "Method"],
     "hypersparse.export": ["load_sparse", "save_sparse"],
@@ -32,7 +32,7 @@ if typing.TYPE_CHECKING:
     from hypersparse.method import EpochResult, Method
     from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
     from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
-    from hypersparse.schedule import ART, ARTDidNotConverge
+    from hypersparse.schedule import ART, ARTDidNotConverge, ARTSchedule
 
 
 def __getattr__(name: str):

@@ -185,22 +185,5 @@ def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
         raise UserError(f"cannot read {what} {path} ({_torch_reason(exc)[:300]}); is it complete?") from None
 
 
-def load_run_checkpoint(path: str | Path) -> dict:
-    """A run's ``checkpoint.pt``, checked to be of this version's layout and against its schema."""
-    from hypersparse.schema import CHECKPOINT, METHOD_STATE, check
-
-    ckpt = load_checkpoint(path, "checkpoint")
-    version = ckpt.get("version") if isinstance(ckpt, dict) else None
-    if version != VERSION:
-        raise UserError(f"checkpoint {path} has layout version {version!r}; this hypersparse reads version {VERSION}: "
-                        "start the run again (or resume it with the hypersparse that wrote it)")
-    fix = "the checkpoint is damaged; start the run again"
-    ckpt = check(ckpt, CHECKPOINT, f"checkpoint {path}", fix)
-    method = ckpt["config"].get("sparsity", {}).get("method", "art")
-    if method in METHOD_STATE:  # a method registered elsewhere checks its own state when it loads it
-        check(ckpt["method"], METHOD_STATE[method], f"checkpoint {path}: method", fix)
-    return ckpt
-
-
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")

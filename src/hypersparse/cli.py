@@ -120,15 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the settings it started with (a run that names code needs its --plugin, --model or "
                        "--dataset typed again, as it started, if you trust it)")
     tune = sub.add_parser(
-        "tune", help="search lambda_0 and eta with Optuna on the validation split (needs the [tune] extra)",
-        description="Search ART's lambda_0 and eta; every other setting is the base run's, as for train. Running the "
-        "same command again continues the study.")
+        "tune", help="search lambda_init and eta with Optuna on the validation split (needs the [tune] extra)",
+        description="Search ART's lambda_init and eta; every other setting is the base run's, as for train. Running "
+        "the same command again continues the study.")
     _add_config_flags(tune, skip=TUNED)
     tune.add_argument("--trials", type=int, default=20, help="finished trials to reach (earlier calls count)")
     tune.add_argument("--study-dir", help="trial runs, study.db and best.json (default: runs/tune-<dataset>-<model>-"
                       "<sparsity>)")
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db)")
-    tune.add_argument("--lambda-range", default="1e-7,1e-3", help="log-uniform range of lambda_0")
+    tune.add_argument("--lambda-range", default="1e-7,1e-3", help="log-uniform range of lambda_init")
     tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
     ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or "
                         "checkpoint.")
@@ -180,7 +180,7 @@ def _export(args) -> int:
 
     from hypersparse.checkpoint import output_file
     from hypersparse.export import export_onnx, save_dense, save_sparse
-    from hypersparse.runs import SUMMARY, model_from_run, read_json, run_settings
+    from hypersparse.run_read import SUMMARY, model_from_run, read_json, run_settings
 
     path = Path(args.run)
     if not path.exists():
@@ -221,7 +221,7 @@ RESUME_CONFIRMS = ("run.plugin", "model.model", "data.dataset")  # beside --resu
 
 
 def _train(args) -> int:
-    from hypersparse import engine
+    from hypersparse import compare
 
     if args.resume:
         given = sorted(k for k in vars(args) if "." in k and k not in RESUME_CONFIRMS) + \
@@ -229,9 +229,9 @@ def _train(args) -> int:
         if given:
             shown = given[0] if given[0].startswith("--") else flag(given[0])
             raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
-        engine.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
+        compare.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
         return 0
-    engine.train(_config_from(args))
+    compare.train(_config_from(args))
     return 0
 
 

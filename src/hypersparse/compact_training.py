@@ -1,28 +1,11 @@
 """Fine-tuning on the compacted network: once the mask is fixed, train only the units and channels that reach the output.
 
-At 98-99.5 % sparsity most hidden units (and most channels) of a pruned network have no kept weight to any unit that
-reaches the output: nothing they compute can change the loss, so their incoming weights and biases get a zero
-gradient. :class:`CompactTraining` trains a smaller copy without them (and, for an MLP, without the input features no
-kept weight reads), with its own optimizer of the same kind and settings, and writes the weights and the optimizer
-state back into the full-size model when asked (the engine does at every epoch's end, before scoring and
-checkpointing), so ``model.pt``, checkpoints, exports, ``eval`` and ``--resume`` see the full model as before.
-
-Exactness:
-
-* a unit or channel with no kept outgoing weight to a live unit is removed: exact, it changes no output;
-* a unit with no kept incoming weight but a live bias is a constant that still trains (its bias and its outgoing
-  weights get gradients): it is kept, since folding it into the next layer's bias would merge two trained parameters
-  into one;
-* what the removed units hold (the kept incoming weights and biases of dead units, the BatchNorm affine parameters
-  of dead channels) gets a zero gradient in the full model too, so weight decay and momentum alone move it: it is
-  kept as an "orphan" parameter per tensor, with a zero gradient at every step, so the same optimizer moves it the
-  same way; pruned weights stay exactly zero;
-* BatchNorm's running statistics of a removed channel stop updating (the channel feeds nothing, so no output
-  changes; they are the one difference in the saved state);
-* the compacted matrix products add the same nonzero terms in another order, so results agree to float rounding.
-
-Handled: ``nn.Sequential`` pipelines of Flatten / Linear / Conv2d / BatchNorm / pooling / dropout / elementwise
-activations (the MLPs and LeNets, and VGG-style stacks). Anything else is left to train at full size.
+:class:`CompactTraining` trains a smaller copy without the units no kept weight connects to the output (and, for an
+MLP, without the input features no kept weight reads), with its own optimizer of the same kind and settings, and
+writes the weights and the optimizer state back into the full-size model when asked (the engine does at every
+epoch's end), so ``model.pt``, checkpoints, exports, ``eval`` and ``--resume`` see the full model. Why it is exact
+(constant units kept, "orphan" parameters, BatchNorm's statistics) and what it handles: docs/methods.md, "Fine-tuning
+on the compacted network".
 """
 from __future__ import annotations
 

@@ -3,17 +3,22 @@
 Each baseline trains in ``<run>/compare-<method>/`` with ART's warm-up, as many pruning-phase epochs as ART
 regularized, and ART's fine-tuning (so every model gets the same number of epochs), and is added to the run's
 final table and ``summary.json``. A stopped comparison resumes with the run's ``--resume``.
+
+:func:`train` and :func:`resume` are the engine's, with the comparison after the run (inside its lock); the engine
+itself knows nothing of baselines.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+from hypersparse import engine
 from hypersparse.checkpoint import write_json
 from hypersparse.config import TrainConfig
-from hypersparse.runio import RunFiles, format_summary
-from hypersparse.runs import CHECKPOINT, SUMMARY, read_json
+from hypersparse.run_read import CHECKPOINT, SUMMARY, read_json
+from hypersparse.run_write import RunFiles, format_summary
 
 
 def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConfig:
@@ -25,10 +30,29 @@ def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConf
                    run=replace(cfg.run, compare=None, run_dir=None), given=frozenset())
 
 
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None) -> dict:
+    """:func:`hypersparse.engine.train`, then the baselines ``cfg.run.compare`` names (``hypersparse train``)."""
+    return engine.train(cfg, run_dir, progress, out or sys.stdout, then=_comparison(progress))  # stdout as it is now
+
+
+def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_code: bool = False,
+           confirmed: dict | None = None) -> dict:
+    """:func:`hypersparse.engine.resume`, then the baselines the run's ``run.compare`` names (``--resume``)."""
+    return engine.resume(run_dir, progress, out or sys.stdout, trust_code, confirmed, then=_comparison(progress))
+
+
+def _comparison(progress: bool | None) -> engine.Then:
+    def then(cfg: TrainConfig, files: RunFiles, summary: dict) -> dict:
+        if not cfg.run.compare:
+            files.say(format_summary(summary))
+            return summary
+        return compare_baselines(cfg, files, summary, progress)
+
+    return then
+
+
 def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress: bool | None) -> dict:
     """Train (or resume, or read back) each baseline of ``cfg.run.compare``; return ``summary`` with ``compare``."""
-    from hypersparse.engine import resume, train
-
     run_dir = files.path
     reg_epochs = summary["epochs"].get("regularize", 0)
     results = {}
@@ -39,9 +63,9 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
             files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} "
                       f"pruning-phase + {cfg.finetune} fine-tuning epochs) in {folder}")
             out = files.out if files.main else open(os.devnull, "w")
-            done = resume(folder, progress, out, trust_code=True, quiet=True, label=method) \
+            done = engine.resume(folder, progress, out, trust_code=True, quiet=True, label=method) \
                 if (folder / CHECKPOINT).exists() else \
-                train(baseline_config(cfg, method, reg_epochs), folder, progress, out, quiet=True, label=method)
+                engine.train(baseline_config(cfg, method, reg_epochs), folder, progress, out, quiet=True, label=method)
         results[method] = {"run_dir": folder.name, **done["sparse"]}
     summary = {**summary, "compare": results}
     if files.main:

@@ -21,7 +21,7 @@ from typing import Any
 from hypersparse.errors import UserError, did_you_mean
 from hypersparse.masks import check_ceiling
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
-from hypersparse.schedule import DEFAULT_PUSH, parse_auto
+from hypersparse.schedule import DEFAULT_PUSH, LAMBDA_INIT, parse_auto
 from hypersparse.schema import (MAX_JSON_BYTES, Bool, Float, Int, Optional, SchemaError, Spec, Str, parse_json,
                                 read_bytes)
 
@@ -98,7 +98,7 @@ class ARTConfig:
     """ART: the regularizer, lambda's start and growth, and the stop rule (--method art only)."""
 
     reg: str = _f("hs", "regularizer: hs (HyperSparse), l1, l2", Str(16, ("hs", "l1", "l2")))
-    lambda_init: float | str = _f(5e-6, "initial strength lambda_0: a number, or auto[:P] to set it from the weights "
+    lambda_init: float | str = _f(LAMBDA_INIT, "lambda's start: a number, or auto[:P] to set it from the weights "
                                   f"so the regularizer alone shrinks the weight at the pruning cut by P per epoch "
                                   f"(default P {DEFAULT_PUSH})", Lambda())
     eta: float = _f(1.05, "growth of lambda per regularization epoch", Float(1, 100))

@@ -19,7 +19,7 @@ from hypersparse.masks import MaskHandle, apply_masks_
 from hypersparse.method import EpochResult, Method, Score
 from hypersparse.params import Exclude, ModuleFilter
 from hypersparse.regularizers import make_regularizer
-from hypersparse.schedule import ART
+from hypersparse.schedule import LAMBDA_INIT, ARTSchedule
 
 CRITERIA = ("matched", "paper")
 
@@ -100,7 +100,7 @@ class Driver:
         return self.method is not None and self.method.done
 
     def begin_epoch(self, optimizer, steps_per_epoch: int) -> str | None:
-        """Before an epoch's training: the method may set itself up from the optimizer (ART's ``auto`` lambda_0)."""
+        """Before an epoch's training: the method may set itself up from the optimizer (ART's ``auto`` lambda_init)."""
         group = _inner(optimizer).param_groups[0]
         return self.method.begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
 
@@ -156,7 +156,7 @@ class ARTDriver(Driver):
         reg: ``"hs"`` (HyperSparse), ``"l1"`` or ``"l2"``.
         criterion, reset_optimizer: as in :class:`Driver`.
         warmup_epochs, lambda_init, eta, buffer_k, max_reg_epochs, reg_epochs_target, finetune_epochs,
-            max_layer_sparsity: as in :class:`~hypersparse.ART` (``lambda_init="auto"`` works here too);
+            max_layer_sparsity: as in :class:`~hypersparse.ARTSchedule` (``lambda_init="auto"`` works here too);
             ``finetune_epochs`` None leaves the end to the framework.
         exclude: layers to keep dense: glob patterns over their dotted names (:class:`~hypersparse.Exclude`), or a
             filter ``(name, module) -> bool`` that selects the prunable modules; None prunes every Linear/Conv.
@@ -164,7 +164,7 @@ class ARTDriver(Driver):
     """
 
     def __init__(self, sparsity: float, reg: str = "hs", criterion: str = "matched", reset_optimizer: bool = True,
-                 warmup_epochs: int = 60, lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1,
+                 warmup_epochs: int = 60, lambda_init: float | str = LAMBDA_INIT, eta: float = 1.05, buffer_k: int = 1,
                  max_reg_epochs: int = 300, finetune_epochs: int | None = None, reg_epochs_target: int | None = None,
                  exclude: Sequence[str] | ModuleFilter | None = None, max_layer_sparsity: float | None = None,
                  **reg_kwargs):
@@ -174,15 +174,15 @@ class ARTDriver(Driver):
                             reg_epochs_target=reg_epochs_target, max_layer_sparsity=max_layer_sparsity)
         self.exclude = exclude  # a callback may set it from the model before it is attached
 
-        def build(model: nn.Module) -> ART:
+        def build(model: nn.Module) -> ARTSchedule:
             filter = self.filter_for(model)
-            return ART(make_regularizer(reg, model, sparsity, filter=filter, **reg_kwargs), **self.options)
+            return ARTSchedule(make_regularizer(reg, model, sparsity, filter=filter, **reg_kwargs), **self.options)
 
         super().__init__(build, criterion, reset_optimizer)
 
     @property
-    def art(self) -> ART | None:
-        """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history), once attached."""
+    def art(self) -> ARTSchedule | None:
+        """The :class:`~hypersparse.ARTSchedule` (phase, lam, masks, history), once attached."""
         return self.method
 
     def filter_for(self, model: nn.Module) -> ModuleFilter | None:

@@ -3,7 +3,7 @@
 Each epoch: train (the driver adds the regularizer's gradient before every
 step), score on the validation split, let the method decide
 (:meth:`Driver.end_epoch`), log a row, checkpoint. What the rows and files look
-like is :mod:`hypersparse.runio`'s business; what a method does is its own.
+like is :mod:`hypersparse.run_write`'s business; what a method does is its own.
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hypersparse.checkpoint import VERSION, load_run_checkpoint, remove_temporaries
+from hypersparse.checkpoint import VERSION, remove_temporaries
 from hypersparse.compact_training import CompactTraining
 from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
@@ -36,8 +37,9 @@ from hypersparse.models import check_fit, create_model
 from hypersparse.params import prunable_parameters
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
 from hypersparse.progress import MARK, expected_epochs, plan_text
-from hypersparse.runio import RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir, remove_created
-from hypersparse.runs import CHECKPOINT, CONFIG, load_weights, read_json
+from hypersparse.run_read import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
+from hypersparse.run_write import (RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir,
+                                   remove_created)
 from hypersparse.stats import StatsCollector
 from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
 from hypersparse.tracking import check_tracker, open_tracker
@@ -54,17 +56,31 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout,
                  quiet: bool = False, label: str = ""):
         self.cfg = cfg.validate()
-        # under torchrun: one process per rank; only rank 0 prints and writes
-        self.dist, self.device = init_distributed(pick_device(cfg.run.device))
-        if self.dist.active and cfg.schedule.batch_size % self.dist.world:
-            raise UserError(f"--batch-size {cfg.schedule.batch_size} must be divisible by the {self.dist.world} "
-                            "processes; each rank trains on an equal share of every batch")
-        self.progress = self.dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-        self.files = RunFiles(Path(run_dir), self.dist.is_main, out, self.progress, quiet, label)
+        self._join_processes(Path(run_dir), progress, out, quiet, label)
         torch.manual_seed(cfg.run.seed)
         load_plugins(cfg.run.plugin)
         self.data: Splits = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.run.seed, cfg.data.download)
-        d = self.data
+        channels_last = self._build_model()
+        self._build_loaders(channels_last)
+        self._build_method()
+        self._start_records()
+        if self.dist.is_main:
+            check_tracker(self.cfg.run.log)  # before the run folder exists; the tracker opens in run()
+
+    # -- setting up (in this order) ---------------------------------------------
+    def _join_processes(self, run_dir: Path, progress: bool | None, out, quiet: bool, label: str) -> None:
+        """Under torchrun: one process per rank; only rank 0 prints and writes."""
+        self.dist, self.device = init_distributed(pick_device(self.cfg.run.device))
+        batch_size = self.cfg.schedule.batch_size
+        if self.dist.active and batch_size % self.dist.world:
+            raise UserError(f"--batch-size {batch_size} must be divisible by the {self.dist.world} processes; each "
+                            "rank trains on an equal share of every batch")
+        self.progress = self.dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+        self.files = RunFiles(run_dir, self.dist.is_main, out, self.progress, quiet, label)
+
+    def _build_model(self) -> bool:
+        """The model on the device, its prunable weights checked; returns whether it runs channels-last."""
+        cfg, d = self.cfg, self.data
         self.model = create_model(cfg.model.model, d.num_classes, d.in_channels, d.image_size)
         if cfg.model.model.startswith("hf:"):
             self.cfg = cfg = transformer_defaults(cfg, self.model)
@@ -82,7 +98,11 @@ class Trainer:
         self.model.to(self.device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        s = cfg.schedule
+        return channels_last
+
+    def _build_loaders(self, channels_last: bool) -> None:
+        """The training batches (this rank's share), the thread count, and the subset that scores pruned copies."""
+        cfg, d, s = self.cfg, self.data, self.cfg.schedule
         self.train_loader = DeviceLoader(d.train_x, d.train_y, s.batch_size, d.mean, d.std, self.device, d.augment,
                                          True, cfg.run.seed, channels_last, s.epoch_fraction)
         # before the run folder exists: a model that cannot take the data fails here, with nothing written
@@ -93,18 +113,26 @@ class Trainer:
         if self.dist.active:
             self.shard_loader = copy.copy(self.train_loader)
             self.shard_loader.rank, self.shard_loader.world = self.dist.rank, self.dist.world
-        self.ddp: nn.Module | None = None
-        self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
         # the fixed training subset that scores pruned copies (and, with the matched criterion, the dense model)
         n = len(d.train_x) if cfg.art.pruned_eval_size == 0 else min(cfg.art.pruned_eval_size, len(d.train_x))
         subset = torch.randperm(len(d.train_x), generator=torch.Generator().manual_seed(cfg.run.seed + 1))[:n]
         self.subset = (d.train_x[subset].to(self.device), d.train_y[subset].to(self.device))
+
+    def _build_method(self) -> None:
+        """The method, the driver that runs it, and the optimizer."""
+        cfg, s = self.cfg, self.cfg.schedule
         self.method = make_method(cfg, self.model, len(self.train_loader),
                                   lambda: next(iter(self.train_loader.batches(epoch=-1))))
         criterion = cfg.art.criterion if cfg.sparsity.method == "art" else "matched"
         self.driver = Driver(self.method, criterion)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
                                          weight_decay=s.weight_decay)
+        self.ddp: nn.Module | None = None
+        self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
+
+    def _start_records(self) -> None:
+        """What the run keeps as it goes (all of it checkpointed) and the statistics collector."""
+        cfg = self.cfg
         self.metrics: list[dict] = []
         self.best: dict | None = None  # best validation accuracy among sparse epochs
         self.dense: dict | None = None
@@ -115,9 +143,8 @@ class Trainer:
                                     max_layer_sparsity=self.selection["max_layer_sparsity"]) \
             if cfg.run.stats and self.dist.is_main else None
         self._compile_said = False
+        self.show_summary = True  # False when the caller's step after the run shows it (engine.train's ``then``)
         self.files.expected = lambda: expected_epochs(self.cfg, self.metrics, self.method.phase)
-        if self.dist.is_main:
-            check_tracker(cfg.run.log)  # before the run folder exists; the tracker opens in run()
 
     # -- pieces ---------------------------------------------------------------
     def _lr(self) -> float:
@@ -335,18 +362,23 @@ class Trainer:
             digests = self.dist.gather(state_digest(self.model, self.method.masks))
             summary["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend,
                                       "rank_digests": digests, "ranks_identical": len(set(digests)) == 1}
-        self.files.write_result(summary, self.model.state_dict(), show=not self.cfg.run.compare)  # shown after those
+        self.files.write_result(summary, self.model.state_dict(), show=self.show_summary)
         return summary
 
 
+#: what a caller runs after the run, inside its lock: (the run's config, its files, its summary) -> the summary
+Then = Callable[[TrainConfig, RunFiles, dict], dict]
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout,
-          quiet: bool = False, label: str = "") -> dict:
+          quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
 
     The data and the model are built, and one batch goes through the model, before the run folder is created, so a
-    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.runio.RunLock`).
+    run that cannot start leaves nothing behind; the folder is then locked (:class:`~hypersparse.run_write.RunLock`).
     ``progress``: keep a progress line on stderr (default: when stderr is a terminal). ``quiet``: print only the
-    progress (as ``label``), not the epoch lines and the summary.
+    progress (as ``label``), not the epoch lines and the summary. ``then`` runs after the run, still inside its lock
+    (``--compare``'s baselines: :func:`hypersparse.compare.train`), and prints the summary itself.
     """
     dist, _ = init_distributed(pick_device(cfg.validate().run.device))
     target = Path(run_dir) if run_dir else Path(cfg.run.run_dir) if cfg.run.run_dir else default_run_dir(cfg)
@@ -381,7 +413,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
                                                                 if dist.active else ""))
                 trainer.files.say(plan_text(trainer.cfg))
                 trainer.files.say(describe(trainer.threads))
-                return _with_comparison(trainer, trainer.run(), progress)
+                return _then(trainer, then)
         finally:
             trainer.files.close()
             if lock is not None:
@@ -404,13 +436,13 @@ def stopped_cleanly(run_dir: Path):
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
-           confirmed: dict | None = None, quiet: bool = False, label: str = "") -> dict:
+           confirmed: dict | None = None, quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with.
 
     The checkpoint must be this run's (its identity, a hash of the settings, matches ``config.json``'s). A run whose
     settings name code (a plugin, a model or dataset by import path) resumes only if ``confirmed`` (setting ->
-    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``. ``quiet`` and
-    ``label`` as for :func:`train`.
+    value, what the user typed beside ``--resume``) repeats each one, or with ``trust_code=True``. ``quiet``,
+    ``label`` and ``then`` as for :func:`train`.
     """
     path = Path(run_dir)
     if not (path / CHECKPOINT).exists():
@@ -434,7 +466,7 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, tr
                     trainer.files.say(f"resuming {path} after epoch "
                                       f"{trainer.metrics[-1]['epoch'] if trainer.metrics else -1}")
                     trainer.files.say(describe(trainer.threads))
-                    return _with_comparison(trainer, trainer.run(), progress)
+                    return _then(trainer, then)
             finally:
                 trainer.files.close()
     finally:
@@ -458,10 +490,8 @@ def _require_confirmed(config: dict, confirmed: dict, trust_code: bool, path: Pa
         raise UserError(trust_line(missing, f"the run in {path}"))
 
 
-def _with_comparison(trainer: Trainer, summary: dict, progress: bool | None) -> dict:
-    """The baselines ``--compare`` names, trained at the run's budget after it (see :mod:`hypersparse.compare`)."""
-    if not trainer.cfg.run.compare:
-        return summary
-    from hypersparse.compare import compare_baselines
-
-    return compare_baselines(trainer.cfg, trainer.files, summary, progress)
+def _then(trainer: Trainer, then: Then | None) -> dict:
+    """The run, then what the caller asked for after it (which shows the summary)."""
+    trainer.show_summary = then is None
+    summary = trainer.run()
+    return summary if then is None else then(trainer.cfg, trainer.files, summary)

@@ -1,41 +1,20 @@
-"""Accuracy of a model on uint8 images: the normalisation a run trained with, and ``hypersparse eval``.
+"""Accuracy of a model on uint8 images, normalised as its run trained (:class:`~hypersparse.data.loader.Normalizer`,
+also importable from here), and ``hypersparse eval``.
 
 Nothing here imports the training engine: ``eval``, ``export``, ``report`` and
 the benchmarks score models with these alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from hypersparse.data.loader import Normalizer
 from hypersparse.device import autocast, pick_device
 from hypersparse.masks import sparsity_report
 from hypersparse.params import exclude_filter
-
-
-@dataclass
-class Normalizer:
-    """uint8 images -> the float inputs a model was trained on: ``(x - 255 mean) / (255 std)`` per channel."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    device: torch.device = torch.device("cpu")
-    channels_last: bool = False
-
-    def __post_init__(self):
-        self.device = torch.device(self.device)
-        shape = (1, -1, 1, 1)
-        self._mean = torch.tensor(self.mean, device=self.device).view(shape) * 255
-        self._std = torch.tensor(self.std, device=self.device).view(shape) * 255
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.device).float() - self._mean) / self._std
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
 
 
 def input_record(data) -> dict:
@@ -77,12 +56,12 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
     (a batch size), also the test accuracy and latency of :func:`hypersparse.sparse_inference`'s model.
 
     ``dataset``, ``model_name`` and ``plugin`` are what the user typed: code the run's files name is imported only
-    if they repeat it (:func:`hypersparse.runs.run_settings`)."""
+    if they repeat it (:func:`hypersparse.run_read.run_settings`)."""
     from hypersparse.data import load_dataset
     from hypersparse.errors import UserError
     from hypersparse.models import check_fit
     from hypersparse.plugins import CODE_FLAGS
-    from hypersparse.runs import model_from_run, run_settings
+    from hypersparse.run_read import model_from_run, run_settings
 
     onnx = Path(path).suffix == ".onnx"  # the graph is the model: only the data's code must be typed
     settings = run_settings(path, dataset, data_dir, model_name, plugin,

@@ -1,21 +1,11 @@
 """Sparse models that are really faster on the CPU: dead units removed, small kernels chosen by measurement.
 
-At 99 % sparsity and above, most units of a pruned MLP no longer matter: an
-input that no kept weight reads, a hidden unit that no kept weight reads from,
-or one whose every incoming weight is zero (its output is then the constant
-``relu(bias)``, which folds into the next layer's bias). :class:`CompactMLP`
-removes them all, so a chain ``Flatten → Linear → ReLU → … → Linear`` runs as a
-few small products in one module. At batch 1 the time goes to dispatching
-operations, not to multiplications, so fewer and smaller calls win there, and
-fewest of all is one: where a C compiler is found, the whole chain runs as a
-single C call over its CSR rows (:mod:`hypersparse.native`). At larger
-batches the compacted weights can also run as PyTorch's CSR products.
-
-CNNs lose their empty channels first (:mod:`hypersparse.compaction`); each
-convolution that remains can then run as a direct sparse convolution
-(:class:`~hypersparse.sparse_conv.SparseConv2d`), whose work is proportional
-to its kept weights. :func:`sparse_inference` measures every choice on the
-input each layer sees and keeps only what is faster.
+:class:`CompactMLP` runs a chain ``Flatten → Linear → ReLU → … → Linear`` without the units that no longer matter
+(inputs no kept weight reads, hidden units nothing reads from, constant units folded into the next bias), as small
+dense or CSR products or one C call (:mod:`hypersparse.native`). CNNs lose their empty channels first
+(:mod:`hypersparse.compaction`) and keep convolutions as :class:`~hypersparse.sparse_conv.SparseConv2d` where that
+is faster. :func:`sparse_inference` measures every choice on the input each layer sees and keeps only what is
+faster; why and how: docs/methods.md, "Sparse inference".
 """
 from __future__ import annotations
 
@@ -410,24 +400,12 @@ def _choose_chains(model: nn.Module, example: torch.Tensor, reps: int, native: b
 def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode, CPU) whose layers run compacted or sparse, where measured faster.
 
-    ``example`` is an input of the batch size you will use. First a CNN is
-    channel-compacted (:func:`~hypersparse.compaction.compact_channels`:
-    BatchNorm folded, channels no kept weight produces or reads removed) where
-    that is 3 % faster on ``example``. Then, if ``native`` and a C compiler is
-    found, each convolution is timed on the input it sees there, dense and as
-    a :class:`~hypersparse.sparse_conv.SparseConv2d` (direct sparse
-    convolution, the batch split across threads or not). Each chain of Linear
-    layers (see :func:`find_chains`) is timed as it is, and as a
-    :class:`CompactMLP` with each kernel: dense, CSR and the one-call C kernel.
-    A replacement is kept only if it is at least 3 % faster. If the whole
-    model is then not 3 % faster than before the swaps, or the layers'
-    timings save less than 3 % of its time, every layer goes back to dense;
-    if the model is a single chain, the :class:`CompactMLP` alone is returned.
-    Outputs equal the dense model's within 1e-5 (1e-4 relative after
-    compaction or with sparse convolutions). ``.hypersparse_choices`` on the
-    result records each layer's decision by name (``layer``: ``conv`` or
-    ``chain``), ``.hypersparse_compaction`` the compaction's (None for a model
-    without convolutions).
+    ``example`` is an input of the batch size you will use; ``native=False`` keeps PyTorch's kernels. Channel
+    compaction, each convolution and each chain of Linear layers (:func:`find_chains`) is timed on ``example`` and
+    kept only if at least 3 % faster (the rules: docs/methods.md, "Sparse inference"). A model that is a single
+    chain comes back as its :class:`CompactMLP`. Outputs equal the dense model's within 1e-5 (1e-4 relative after
+    compaction or with sparse convolutions). ``.hypersparse_choices`` on the result records each layer's decision by
+    name (``layer``: ``conv`` or ``chain``), ``.hypersparse_compaction`` the compaction's (None without convolutions).
     """
     # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
     original, compaction = _compacted_if_faster(strip_masks_(copy.deepcopy(model)).eval().cpu(), example, reps)

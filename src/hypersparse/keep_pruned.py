@@ -1,22 +1,12 @@
 """Keeping pruned weights at exactly zero: the one mask mechanism that training, copies and exports share.
 
-:func:`apply_masks_` installs a mask and returns the :class:`MaskHandle` that owns everything it installed:
-
-* with an optimizer, one step pre-hook that multiplies the masked gradients by the mask (the optimizer's state is
-  masked once): for torch's elementwise optimizers (:data:`ZERO_STAYS_ZERO`) a pruned weight then stays +0.0, so the
-  mask costs one pass over the masked weights per optimizer step, whatever the number of forward and backward
-  calls; for any other optimizer a step post-hook also multiplies the weights by the mask;
-* on a model, each mask as a non-persistent bool buffer ``<name>_mask`` beside its tensor and one :class:`Keeper`
-  per module (a forward pre-hook and a ``load_state_dict`` post-hook), so that a ``copy.deepcopy`` or a pickled copy
-  keeps its pruned weights at zero without an optimizer: the copy's first forward zeroes them and masks their
-  gradients with one tensor hook each;
-* without an optimizer, that tensor hook on the model's own weights (call :meth:`MaskHandle.reapply_` after each
-  step then, or momentum and weight decay may revive a pruned weight).
-
-:meth:`MaskHandle.update_` changes the mask in place (GMP, RigL), :meth:`MaskHandle.remove` takes out all of it,
-and applying masks to a module that has some replaces them: one installation per module, so masking n times costs
-what masking once does. :func:`strip_masks_` takes the buffers and hooks out of a copy that has no handle (the
-consumers that rebuild layers, such as channel compaction, call it on their copies).
+:func:`apply_masks_` installs a mask and returns the :class:`MaskHandle` that owns everything it installed: with an
+optimizer, a step pre-hook that masks the gradients (and a post-hook on the weights for optimizers outside
+:data:`ZERO_STAYS_ZERO`); on the model, a bool buffer ``<name>_mask`` and one :class:`Keeper` per module, so copies
+keep their zeros; without an optimizer, a tensor hook (then call :meth:`MaskHandle.reapply_` after each step).
+:meth:`MaskHandle.update_` changes the mask in place, :meth:`MaskHandle.remove` takes out all of it, and masks applied
+again replace the old ones. :func:`strip_masks_` cleans a copy that has no handle. How each part works and what it
+costs: docs/methods.md, "Keeping pruned weights at zero".
 """
 from __future__ import annotations
 

@@ -246,16 +246,11 @@ class HyperSparse(Regularizer):
     ``k = floor(kappa N)`` over all prunable weights. Weights below the cut are
     pushed to zero like L1; weights above it are released smoothly.
 
-    ``refresh_every=1`` (default) computes the exact threshold (a selection,
-    ``kthvalue``) and the exact normalisation at every call. ``refresh_every=K``
-    is the fast mode: the threshold is recomputed every K calls, or at once when
-    the stale threshold's rank has drifted by more than ``max_rank_drift * N``
-    (checked every call, exactly), and ``||w||_1`` and ``sum tanh`` come from
-    the previous call's single fused pass. On the CPU, float32 weights take that
-    pass in C (:mod:`hypersparse.native`, split across torch's threads; tanh to a
-    few ulp), where a C compiler is found; elsewhere ``compile`` (default: auto,
-    on for at least 200,000 weights) fuses it with ``torch.compile``;
-    ``compile=False`` keeps PyTorch's eager kernels everywhere.
+    ``refresh_every=1`` (default) computes the exact threshold (``kthvalue``) and normalisation at every call.
+    ``refresh_every=K`` is the fast mode: the threshold is recomputed every K calls, or at once when its rank has
+    drifted by more than ``max_rank_drift * N`` (checked exactly every call), and ``||w||_1`` and ``sum tanh`` come
+    from the previous call's fused pass: in C for float32 on the CPU (:mod:`hypersparse.native`), elsewhere through
+    ``torch.compile`` (``compile``: auto, on from 200,000 weights; False keeps PyTorch's eager kernels).
     """
 
     name = "hs"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hypersparse.checkpoint import atomic_write, output_file, output_folder
 from hypersparse.errors import UserError
-from hypersparse.runs import load_run
+from hypersparse.run_read import load_run
 from hypersparse.stats import HIST_EDGES
 
 PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff", "finetune": "#d6f0d6"}

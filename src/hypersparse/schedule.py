@@ -1,15 +1,16 @@
-"""ART (Adaptive Regularized Training) as a framework-agnostic schedule.
+"""ART (Adaptive Regularized Training) as a framework-agnostic schedule: :class:`ARTSchedule` (also ``hs.ART``).
 
 The training loop asks the schedule for the phase and the regularization
 strength of each epoch, and reports each epoch's end with
-:meth:`ART.end_epoch`. The schedule decides when regularization has done its
-work, restores the chosen model, and hands back its mask.
+:meth:`ARTSchedule.end_epoch`. The schedule decides when regularization has done
+its work, restores the chosen model, and hands back its mask.
 """
 from __future__ import annotations
 
 import copy
 import math
 import numbers
+import warnings
 from typing import Callable
 
 import torch
@@ -25,6 +26,7 @@ WARMUP, REGULARIZE, FINETUNE = "warmup", "regularize", "finetune"
 WINDOW = 4  # epochs over which the gap's slope is measured
 ETA_MAX = 1.5  # with reg_epochs_target, lambda never grows by more than x1.5 per epoch
 DEADLINE_PROGRESS = 0.5  # the deadline fixes the mask only once the pruned copy has come this far to the dense accuracy
+LAMBDA_INIT = 5e-6  # lambda's start, the authors' (the default of ARTSchedule, ARTDriver and --lambda-init)
 DEFAULT_PUSH = 0.03  # lambda_init "auto": the weight at the pruning cut loses this share of itself per epoch
 
 
@@ -59,7 +61,7 @@ def parse_auto(lambda_init: float | str) -> float | None:
 @torch.no_grad()
 def lambda_for_push(regularizer: Regularizer, sparsity: float, push: float, lr: float, momentum: float,
                     steps_per_epoch: int) -> float:
-    """lambda_0 at which the regularizer alone shrinks a weight at the pruning cut by ``push`` of itself per epoch.
+    """lambda_init at which the regularizer alone shrinks a weight at the pruning cut by ``push`` of itself per epoch.
 
     The cut is the k-th smallest magnitude, k = floor(sparsity N): the weight
     global magnitude pruning at ``sparsity`` removes last. Per SGD step the
@@ -76,62 +78,35 @@ def lambda_for_push(regularizer: Regularizer, sparsity: float, push: float, lr: 
     ratio = float(grads[index]) / float(cut) if 0 < float(cut) < math.inf else 0.0
     if not (ratio > 0 and math.isfinite(ratio)):
         raise UserError(
-            "cannot set lambda_0 by push: every prunable weight is zero, so no weight sits at the "
+            "cannot set lambda_init by push: every prunable weight is zero, so no weight sits at the "
             f"{sparsity:g} pruning cut; pass a number to --lambda-init"
             if not float(mags.max()) > 0 else
-            f"cannot set lambda_0 by push: the weight at the {sparsity:g} pruning cut is {float(cut):g} and its "
+            f"cannot set lambda_init by push: the weight at the {sparsity:g} pruning cut is {float(cut):g} and its "
             "regularizer gradient is 0; pass a number to --lambda-init"
         )
     return push * (1.0 - momentum) / (lr * steps_per_epoch * ratio)
 
 
-class ART:
-    """Warm-up, then regularization with ``lambda_e = lambda_init * eta**e``, then fine-tuning.
+class ARTSchedule:
+    """ART's phases: dense warm-up, regularization with ``lambda_e = lambda_init * eta**e``, then fine-tuning.
 
-    After each regularization epoch a pruned version of the model (global
-    magnitude pruning at ``sparsity``) is scored by the caller's ``pruned_acc``
-    callable; the last ``2 * buffer_k + 1`` scores form a buffer. Once the buffer
-    is full and its mean reaches the dense accuracy the caller reports, the
-    buffer's middle model is restored into ``model``, pruned, and its mask is
-    kept in :attr:`masks`; the phase becomes ``"finetune"`` for good.
-    :attr:`stop_reason` says why regularization ended: ``"rule"`` (the stop
-    rule held) or ``"deadline"`` (``reg_epochs_target`` was reached first).
+    After each regularization epoch a copy pruned at ``sparsity`` is scored by the caller's ``pruned_acc``. Once the
+    mean of the last ``2 * buffer_k + 1`` scores reaches the dense accuracy, the buffer's middle model is restored
+    into the model, pruned, and its mask kept in :attr:`masks`; :attr:`stop_reason` is ``"rule"`` (or ``"deadline"``
+    with ``reg_epochs_target``). The rule, ``auto`` and the deadline: docs/methods.md, "ART's schedule".
 
-    Args:
-        regularizer: the :class:`~hypersparse.Regularizer` the loop applies.
-        sparsity: target fraction of zero weights (defaults to the HyperSparse regularizer's).
-        warmup_epochs: dense epochs before regularization (0 for a pretrained model).
-        lambda_init: initial strength, or ``"auto"`` / ``"auto:P"``: set at the first regularization epoch (by
-            :meth:`begin_epoch`, which needs the optimizer's learning rate and momentum and the steps per epoch)
-            so that the regularizer alone would shrink the weight at the pruning cut by P of itself per epoch
-            (:func:`lambda_for_push`; P defaults to 0.03).
-        eta: growth of lambda per regularization epoch.
-        buffer_k: buffer of ``2k+1`` epochs; the middle one is chosen.
-        max_reg_epochs: raise :class:`ARTDidNotConverge` after this many regularization epochs.
-        finetune_epochs: after this many fine-tuning epochs :attr:`done` is True (None: never).
-        reg_epochs_target: adapt eta to end regularization in about this many epochs (None: fixed eta). Once
-            half of them are spent, after each regularization epoch the gap between the dense accuracy and the
-            buffer mean is compared with the pace it needs (gap / epochs left). The gap's slope over the last
-            ``WINDOW`` epochs gives its pace; the log-growth per epoch is scaled by needed / measured pace, between
-            ``eta`` and ``ETA_MAX`` (or ``eta`` itself if larger). A gap that does not close multiplies the growth
-            by ``eta``. Because the growth is recomputed each epoch rather than accumulated, it comes back down
-            once the gap closes fast enough. Early epochs are left alone: the pruned copy's accuracy often stays
-            flat for a while before it climbs, and accelerating then overshoots lambda. The target is also a
-            deadline: if the stop rule still does not hold after ``reg_epochs_target`` epochs, the buffer's middle
-            model is chosen anyway (:attr:`stop_reason` ``"deadline"``) and fine-tuning closes what is left of
-            the gap, provided the buffer mean has come at least ``DEADLINE_PROGRESS`` of the way from its first
-            value to the dense accuracy. Before that the pruned copy has hardly begun to sparsify (lambda_0 far
-            too small) and its mask would leave a network fine-tuning cannot revive, so regularization goes on
-            until it has (each such epoch's record has ``"past_deadline": progress``). It must be at least the buffer
-            size ``2 * buffer_k + 1``.
-        max_layer_sparsity: ceiling on one tensor's share of zeros in the masks ART scores and keeps (default
-            ``1 - (1 - sparsity) / 10``, see :func:`~hypersparse.masks.global_keep`; 1 = none; the regularizer itself
-            still sees the global vector).
+    Args: ``regularizer`` (:class:`~hypersparse.Regularizer`); ``sparsity`` (default: the HyperSparse
+    regularizer's); ``warmup_epochs`` (0 for a pretrained model); ``lambda_init``: a number, or ``"auto"`` /
+    ``"auto:P"`` (set by :meth:`begin_epoch` so the regularizer alone shrinks the weight at the cut by P per epoch;
+    P defaults to 0.03); ``eta``: lambda's growth per epoch; ``buffer_k``; ``max_reg_epochs`` (then
+    :class:`ARTDidNotConverge`); ``finetune_epochs`` (None: never :attr:`done`); ``reg_epochs_target``: adapt eta to
+    end regularization in about this many epochs, then a deadline (None: fixed eta); ``max_layer_sparsity``: one
+    tensor's ceiling in the masks (default ``1 - (1 - sparsity) / 10``; 1 = none).
     """
 
     def __init__(self, regularizer: Regularizer, sparsity: float | None = None, warmup_epochs: int = 60,
-                 lambda_init: float | str = 5e-6, eta: float = 1.05, buffer_k: int = 1, max_reg_epochs: int = 300,
-                 finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
+                 lambda_init: float | str = LAMBDA_INIT, eta: float = 1.05, buffer_k: int = 1,
+                 max_reg_epochs: int = 300, finetune_epochs: int | None = 160, reg_epochs_target: int | None = None,
                  max_layer_sparsity: float | None = None):
         if not isinstance(regularizer, Regularizer):
             raise TypeError(f"ART needs a regularizer (hs.HyperSparse, hs.L1 or hs.L2 over your model), got "
@@ -152,15 +127,14 @@ class ART:
                         max_reg_epochs, reg_epochs_target)
         self.regularizer = regularizer
         self.warmup_epochs = int(warmup_epochs)
-        self.lambda_init = lambda_init
-        self.lambda_0: float | None = None if self.lambda_auto is not None else float(lambda_init)
+        self.lambda_init: float | None = None if self.lambda_auto is not None else float(lambda_init)  # auto: later
         self.eta = float(eta)
         self.buffer_k = int(buffer_k)
         self.max_reg_epochs = int(max_reg_epochs)
         self.finetune_epochs = finetune_epochs
         self.reg_epochs_target = None if reg_epochs_target is None else int(reg_epochs_target)
         self.eta_now = self.eta  # the growth per epoch; rises only with reg_epochs_target
-        self.growth = 1.0  # lambda / lambda_0, the product of the growths so far (reg_epochs_target only)
+        self.growth = 1.0  # lambda / lambda_init, the product of the growths so far (reg_epochs_target only)
         self.epoch = 0  # epochs completed
         self.reg_epochs = 0
         self.finetune_done = 0
@@ -179,12 +153,18 @@ class ART:
         """The regularization strength for the current epoch (0 outside regularization)."""
         if self.phase != REGULARIZE:
             return 0.0
-        if self.lambda_0 is None:
+        if self.lambda_init is None:
             raise RuntimeError("lambda_init is 'auto': call begin_epoch(lr, momentum, steps_per_epoch) before training "
                                "the first regularization epoch")
         if self.reg_epochs_target is None:
-            return self.lambda_0 * self.eta**self.reg_epochs  # the authors' schedule, to the bit
-        return self.lambda_0 * self.growth
+            return self.lambda_init * self.eta**self.reg_epochs  # the authors' schedule, to the bit
+        return self.lambda_init * self.growth
+
+    @property
+    def lambda_0(self) -> float | None:
+        """Deprecated name of :attr:`lambda_init`."""
+        warnings.warn("ARTSchedule.lambda_0 is now lambda_init", DeprecationWarning, stacklevel=2)
+        return self.lambda_init
 
     @property
     def warmup_ends(self) -> bool:
@@ -219,11 +199,13 @@ class ART:
         """Nothing per step: the loop applies the regularizer with :attr:`lam`."""
 
     def begin_epoch(self, lr: float, momentum: float, steps_per_epoch: int) -> str | None:
-        """Before an epoch's training: sets an ``auto`` lambda_0 at the first regularization epoch; returns a note."""
-        if self.phase != REGULARIZE or self.lambda_0 is not None:
+        """Before an epoch's training: sets an ``auto`` lambda_init at the first regularization epoch; returns a
+        note."""
+        if self.phase != REGULARIZE or self.lambda_init is not None:
             return None
-        self.lambda_0 = lambda_for_push(self.regularizer, self.sparsity, self.lambda_auto, lr, momentum, steps_per_epoch)
-        return (f"lambda_init auto: {self.lambda_0:.3g} (the regularizer shrinks the weight at the cut by "
+        self.lambda_init = lambda_for_push(self.regularizer, self.sparsity, self.lambda_auto, lr, momentum,
+                                           steps_per_epoch)
+        return (f"lambda_init auto: {self.lambda_init:.3g} (the regularizer shrinks the weight at the cut by "
                 f"{self.lambda_auto:g} per epoch of {steps_per_epoch} steps)")
 
     def end_epoch(self, model: nn.Module, dense_acc: float | None = None,
@@ -248,7 +230,7 @@ class ART:
             if pruned_acc is None or dense_acc is None or not callable(pruned_acc):
                 raise ValueError("during regularization end_epoch needs dense_acc and pruned_acc, a callable scoring "
                                  "the pruned model")
-            record.update(lambda_init=self.lambda_0, dense_acc=_accuracy(dense_acc, "dense_acc"))
+            record.update(lambda_init=self.lambda_init, dense_acc=_accuracy(dense_acc, "dense_acc"))
             event = self._end_regularize(model, record["dense_acc"], pruned_acc, record)
         else:
             self.finetune_done += 1
@@ -343,19 +325,22 @@ class ART:
 
     def state_dict(self) -> dict:
         """Everything needed to resume mid-phase (the buffer's model states included)."""
-        keys = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_0",
-                "eta_now", "growth", "stop_reason")
-        state = {k: copy.deepcopy(getattr(self, k)) for k in keys}
+        state = {k: copy.deepcopy(getattr(self, k)) for k in _STATE}
+        state["lambda_0"] = state.pop("lambda_init")  # the checkpoint key stays as it was (layout unchanged)
         state["buffer"] = [dict(b) for b in self.buffer]
         state["regularizer"] = self.regularizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_0",
-                  "eta_now", "growth", "stop_reason"):
-            setattr(self, k, copy.deepcopy(state[k]))
+        for k in _STATE:
+            setattr(self, k, copy.deepcopy(state["lambda_0" if k == "lambda_init" else k]))
         self.buffer = [dict(b) for b in state["buffer"]]
         self.regularizer.load_state_dict(state["regularizer"])
+
+
+ART = ARTSchedule  # the name the README and the first releases use
+_STATE = ("epoch", "reg_epochs", "finetune_done", "phase", "history", "masks", "chosen_epoch", "lambda_init", "eta_now",
+          "growth", "stop_reason")
 
 
 def _accuracy(value, name: str) -> float:

@@ -7,9 +7,9 @@ naming the field (``arch.num_classes``, ``layout['0.weight'].shape``); the reade
 names the file too. :func:`read_json` and :func:`read_jsonl` read only regular files of bounded size (never a FIFO
 or a device, which would hang or never end), decode strict UTF-8 and bound integer literals and nesting.
 
-The schemas of the run folder's files (``summary.json``, ``metrics.jsonl``, ``stats.jsonl``, ``checkpoint.pt``)
-and of the sparse file's metadata live here; ``config.json``'s is the settings dataclasses' own
-(:mod:`hypersparse.config`), reached through :data:`SETTINGS`.
+The schemas of ``metrics.jsonl``, ``stats.jsonl``, the parts of ``checkpoint.pt`` and the sparse file's metadata
+live here. The files that hold a run's settings (``config.json``, ``summary.json``, ``checkpoint.pt``) are checked
+against the settings dataclasses themselves, one layer up (:mod:`hypersparse.run_read`).
 """
 from __future__ import annotations
 
@@ -384,20 +384,6 @@ def read_jsonl(path: str | Path, spec: Spec, what: str, fix: str, limit: int = M
 
 
 # -- the run folder's files ---------------------------------------------------------------------------------------
-def _settings(value, where):
-    """config.json's schema is the settings dataclasses' (types, ranges, known keys)."""
-    from hypersparse.config import TrainConfig
-
-    try:
-        TrainConfig.from_dict(value, check=False) if isinstance(value, dict) else None
-    except UserError as exc:
-        raise SchemaError(where, f"holds a bad setting: {exc}") from None
-    if not isinstance(value, dict):
-        raise SchemaError(where, f"must be an object of settings by section, got {_shown(value)}")
-    return value
-
-
-SETTINGS = Custom(_settings, "an object of settings by section")
 UNIT = Float(0, 1)  # accuracies, sparsities, shares
 COUNT = Int(0, 2**62)
 EPOCH = Int(0, 10**8)
@@ -410,20 +396,6 @@ INPUT = Dict({"layout": Str(16, choices=("NCHW",)), "pixel_range": List(Float(),
               "classes": Optional(List(Str(1024), MAX_CLASSES))})
 SCORES = Dict({"epoch": Optional(EPOCH), "val_acc": UNIT, "test_acc": UNIT, "sparsity": UNIT, "kept": COUNT,
                "numel": COUNT, "run_dir": Str(1024)}, required=("val_acc", "test_acc"))
-SUMMARY = Dict({
-    "config": SETTINGS,
-    "dense": Optional(Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT}, required="all")),
-    "sparse": SCORES,
-    "epochs": Map(EPOCH, NAME, 16),
-    "phase_seconds": Map(Float(0), NAME, 16),
-    "device": Str(64),
-    "arch": Dict(ARCH.fields, required="all"),
-    "input": INPUT,
-    "compare": Map(SCORES, NAME, 16),
-    "distributed": JSON(3),
-    "art": Optional(JSON(2)),  # ART's course (runio.art_course), for the end summary
-    "threads": JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
-}, required=("config", "sparse", "epochs", "arch"))
 METRICS_ROW = Dict({
     "epoch": EPOCH, "phase": NAME, "event": NAME, "lr": Float(0), "loss": Float(0), "train_acc": UNIT,
     "val_acc": UNIT, "sparsity": UNIT, "seconds": Float(0), "measure_seconds": Float(0), "stats_seconds": Float(0),
@@ -499,20 +471,6 @@ METHOD_STATE = {
     "snip": Dict(_BASELINE, required="all"),
     "gmp": Dict({**_BASELINE, "step": Int(0, 2**62)}, required="all"),
 }
-CHECKPOINT = Dict({
-    "version": Int(), "identity": Str(64), "config": SETTINGS, "model": STATE, "optimizer": OPTIMIZER,
-    "method": Custom(lambda v, w: v if isinstance(v, dict) else _raise(SchemaError(w, "must be a dict")),
-                     "the method's state (checked against --method's schema)"),
-    "metrics": List(METRICS_ROW, 10**7), "best": Optional(BEST),
-    "dense": Optional(Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT}, required="all")),
-    "phase_seconds": Map(Float(0), NAME, 16), "stats": Optional(STATS_STATE),
-}, required="all")
-
-
-def _raise(exc: Exception):
-    raise exc
-
-
 # the sparse file's metadata (JSON strings in the safetensors header)
 LAYOUT_ENTRY = Dict({
     "enc": Str(16, choices=("dense", "bitmask", "csr")),

@@ -1,7 +1,7 @@
-"""``hypersparse tune``: search lambda_0 and eta with Optuna, scored on the validation split, resumable.
+"""``hypersparse tune``: search lambda_init and eta with Optuna, scored on the validation split, resumable.
 
 The authors tuned these with SMAC; here a seeded TPE sampler proposes
-``(lambda_0, eta)`` on log scales, each trial is a full ``hypersparse train``
+``(lambda_init, eta)`` on log scales, each trial is a full ``hypersparse train``
 run in ``STUDY_DIR/trial-<n>``, and its score is the final sparse model's
 validation accuracy (the test set is never looked at). The study lives in
 SQLite (``STUDY_DIR/study.db`` by default): running the same command again
@@ -96,7 +96,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
             raise optuna.TrialPruned() from None  # not counted as finished, and not logged as a failure
         trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
         trial.set_user_attr("epochs", summary["epochs"])
-        print(f"trial {trial.number}: lambda_0 {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
+        print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
               f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
         return summary["sparse"]["val_acc"]
 
@@ -114,7 +114,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
               "trial": best.number, "run_dir": best.user_attrs.get("run_dir"), "trials": len(study.trials),
               "storage": storage, "base_config": base.to_dict()}
     write_json(study_dir / "best.json", result)
-    print(f"best of {len(done)} finished trials: trial {best.number}, lambda_0 {result['lambda_init']:.3g}, "
+    print(f"best of {len(done)} finished trials: trial {best.number}, lambda_init {result['lambda_init']:.3g}, "
           f"eta {result['eta']:.4g}, validation {best.value:.2%} -> {study_dir / 'best.json'}", file=out)
     return result
 

@@ -1,12 +1,33 @@
 """Batches from uint8 tensors that live on the training device, with batched augmentation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch.nn import functional as F
 
-from hypersparse.evaluate import Normalizer
+
+@dataclass
+class Normalizer:
+    """uint8 images -> the float inputs a model was trained on: ``(x - 255 mean) / (255 std)`` per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device = torch.device("cpu")
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        shape = (1, -1, 1, 1)
+        self._mean = torch.tensor(self.mean, device=self.device).view(shape) * 255
+        self._std = torch.tensor(self.std, device=self.device).view(shape) * 255
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.device).float() - self._mean) / self._std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,

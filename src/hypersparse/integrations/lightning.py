@@ -1,4 +1,4 @@
-"""ART as a Lightning callback: ``Trainer(callbacks=[hypersparse.integrations.lightning.ART(sparsity=0.98)])``.
+"""ART as a Lightning callback: ``Trainer(callbacks=[ARTLightningCallback(sparsity=0.98)])`` (also named ``ART``).
 
 Needs ``pip install "hypersparse[lightning]"``. The LightningModule's forward
 must return logits and training batches must be ``(inputs, labels)``. The
@@ -38,23 +38,17 @@ ADVICE = {
 }
 
 
-class ART(Callback):
-    """Warm-up, HyperSparse (or L1/L2) regularization with growing lambda, ART's stop, mask kept through fine-tuning.
+class ARTLightningCallback(Callback):
+    """ART in a Lightning ``Trainer``: warm-up, regularization with growing lambda, ART's stop, mask kept after.
 
     Args:
         sparsity: target fraction of zero Conv/Linear weights.
         criterion: ``"matched"`` (default) or ``"paper"`` (the logged ``train_acc_key`` against the pruned copy).
         train_acc_key: the name under which the module logs its training accuracy (``paper`` only).
-        score_batches: how many training batches score the models (kept from the first regularization epoch on),
-            or a list of ``(inputs, labels)`` batches to score on instead.
-        **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
-            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...). Phase lengths not given come from the
-            Trainer's ``max_epochs`` (or ``max_steps``, if it ends training sooner): 15 % warm-up, 40 % fine-tuning,
-            the rest as the regularization deadline (``reg_epochs_target``). A budget they cannot fit in is warned
-            about when training starts; a run that ends before the mask is fixed or fine-tuning is done, when it
-            ends (and :attr:`finished` is False).
-        max_dense_drop: how far the dense score may fall below its best during regularization before the mask waits.
-        accuracy_margin: :attr:`finished` needs the sparse model within this of the dense model's best score.
+        score_batches: how many training batches score the models, or a list of ``(inputs, labels)`` batches.
+        max_dense_drop, accuracy_margin: when the mask waits, and how close to dense :attr:`finished` needs.
+        **kwargs: :class:`~hypersparse.driver.ARTDriver` options; phase lengths not given come from the Trainer's
+            budget. Both: docs/methods.md, "ART in other training loops".
 
     After fit, :attr:`finished` is True only for a model that is sparse, fine-tuned and within ``accuracy_margin`` of
     the dense score on the scoring batches; :attr:`result` holds the scores it was judged on.
@@ -76,7 +70,7 @@ class ART(Callback):
 
     @property
     def art(self):
-        """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history)."""
+        """The :class:`~hypersparse.ARTSchedule` (phase, lam, masks, history)."""
         return self.driver.art
 
     @staticmethod
@@ -148,7 +142,7 @@ class ART(Callback):
                 raise UserError(
                     f"ART's paper criterion needs the training accuracy, logged as {self.train_acc_key!r}: add "
                     f"self.log({self.train_acc_key!r}, acc, on_step=False, on_epoch=True) to training_step, "
-                    "or use ART(..., criterion='matched')")
+                    "or use ARTLightningCallback(..., criterion='matched')")
             train_acc = float(value)
         score = self._score(trainer, pl_module) if self.driver.method.needs_scores else None
         result = self.driver.end_epoch(pl_module, score, self._optimizer(trainer), train_acc)
@@ -169,3 +163,6 @@ class ART(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.driver.load_state_dict(state_dict)
+
+
+ART = ARTLightningCallback  # the name the README and the first releases use

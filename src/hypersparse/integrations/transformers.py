@@ -1,20 +1,12 @@
-"""ART as a Hugging Face ``Trainer`` callback: ``Trainer(..., callbacks=[ARTCallback(sparsity=0.9)])``.
+"""ART as a Hugging Face ``Trainer`` callback: ``Trainer(..., callbacks=[ARTTransformersCallback(sparsity=0.9)])``
+(also named ``ARTCallback``).
 
-Needs ``pip install "hypersparse[transformers]"``. ``Trainer`` does not
-compute a training accuracy, so the stop rule is the ``matched`` one: the
-dense model and the pruned copy are both scored on the first
-``score_batches`` training batches; the model's output must carry ``logits``
-and its batches ``labels``. ART's decisions come at the end of each
-``Trainer`` epoch or, for the usual short fine-tuning budgets (a few epochs),
-every ``period`` optimizer steps: ART's "epochs" are then those periods.
-With ``finetune_epochs`` set, training stops after them (and the callback says so).
-
-The callback is meant for a trained model being made sparse (fine-tuning a checkpoint). A model trained from
-scratch scores near chance for a while, and a pruned copy of it "catches up" at once: the callback then warns and
-does not fix the mask until the dense model has learned something (:class:`~hypersparse.integrations.budget.Guard`).
-To train from scratch, train the dense model first and run the callback on it, or give it warm-up rounds and a
-budget to match (``warmup_epochs=N``). Its values (``art/lambda``, ``art/pruned_acc``, ``art/dense_acc``,
-``art/sparsity``) go through ``Trainer.log``, so to every logger the Trainer reports to.
+Needs ``pip install "hypersparse[transformers]"``. ``Trainer`` computes no training accuracy, so the stop rule is the
+``matched`` one: the dense model and the pruned copy are both scored on the first ``score_batches`` training batches;
+the model's output must carry ``logits`` and its batches ``labels``. ART's decisions come at the end of each round
+(a ``Trainer`` epoch, or ``period`` optimizer steps). The callback is meant for a trained model being made sparse;
+from scratch, see docs/methods.md, "ART in other training loops". Its values (``art/lambda``, ``art/pruned_acc``,
+``art/dense_acc``, ``art/sparsity``) go through ``Trainer.log``, so to every logger the Trainer reports to.
 """
 from __future__ import annotations
 
@@ -38,8 +30,8 @@ MIN_EPOCHS = 10
 
 
 ADVICE = {
-    "chance": "ARTCallback is meant for trained models: train the dense model first and make it sparse in a second "
-              "Trainer run, or give the callback warm-up rounds and the epochs to match (warmup_epochs=N)",
+    "chance": "ARTTransformersCallback is meant for trained models: train the dense model first and make it sparse in "
+              "a second Trainer run, or give the callback warm-up rounds and the epochs to match (warmup_epochs=N)",
     "drop": "If lambda grew too strong, lower lambda_init (e.g. lambda_init='auto:0.01' instead of 'auto') or eta; if "
             "the dense model is unstable without it, lower the learning rate",
 }
@@ -50,29 +42,19 @@ def _call(model, batch):
     return model(**inputs), batch["labels"]
 
 
-class ARTCallback(TrainerCallback):
+class ARTTransformersCallback(TrainerCallback):
     """ART inside ``transformers.Trainer``: regularize before each optimizer step, decide at each round's end.
 
     Args:
         sparsity: target fraction of zero Linear/Conv weights (embeddings and norms stay dense).
         score_batches: how many training batches score the models (kept from the first regularization round on).
-        period: what one ART round ("epoch" in :class:`~hypersparse.ART`'s terms) is: ``"epoch"`` (a Trainer
-            epoch), a number of optimizer steps, or ``"auto"``: epochs when the Trainer runs at least 10 of them,
-            else a twentieth of its ``max_steps`` (a 3-epoch fine-tuning then still has 20 rounds to decide in).
-        exclude: layers to keep dense (glob patterns over dotted names, or a filter). By default the model's
-            output layers (:func:`~hypersparse.params.head_layers`: the task head and the output embeddings).
-        max_layer_sparsity: ceiling on one tensor's share of zeros. By default ``1 - (1 - sparsity) / 10``, so that
-            global pruning cannot empty a layer (in a small BERT it would remove every weight of Q and K).
-        max_dense_drop: how far the dense score may fall below its best during regularization before the mask waits
-            (see the module's notes); it is never fixed while the dense model scores near chance either.
-        accuracy_margin: :attr:`finished` needs the sparse model within this of the dense model's best score (on the
-            scoring batches).
-        **kwargs: :class:`~hypersparse.driver.ARTDriver` options (``reg``, ``warmup_epochs``, ``lambda_init``
-            (a number or ``"auto"``), ``eta``, ``finetune_epochs``, ...), counted in rounds. Phase lengths not given
-            come from the Trainer's budget (``num_train_epochs`` or ``max_steps``): no warm-up (the model is a trained
-            one being made sparse), 40 % fine-tuning, the rest as the regularization deadline. A budget they cannot
-            fit in is warned about at the start; a run that ends before the mask is fixed or fine-tuning is done, at
-            the end (and :attr:`finished` is False).
+        period: one ART round: ``"epoch"``, a number of optimizer steps, or ``"auto"`` (Trainer epochs when it runs at
+            least 10, else a twentieth of its ``max_steps``).
+        exclude: layers to keep dense; by default the output layers (:func:`~hypersparse.params.head_layers`).
+        max_layer_sparsity: ceiling on one tensor's share of zeros (default ``1 - (1 - sparsity) / 10``).
+        max_dense_drop, accuracy_margin: when the mask waits, and how close to dense :attr:`finished` needs.
+        **kwargs: :class:`~hypersparse.driver.ARTDriver` options, counted in rounds; phase lengths not given come
+            from the Trainer's budget. All of it: docs/methods.md, "ART in other training loops".
 
     After training, :attr:`finished` is True only for a model that is sparse, fine-tuned and within
     ``accuracy_margin`` of the dense score; :attr:`result` holds the scores it was judged on.
@@ -81,7 +63,8 @@ class ARTCallback(TrainerCallback):
     def __init__(self, sparsity: float, score_batches: int = 20, period: str | int = "auto",
                  max_dense_drop: float = MAX_DENSE_DROP, accuracy_margin: float = ACCURACY_MARGIN, **kwargs):
         if kwargs.get("criterion", "matched") != "matched":
-            raise ValueError("Trainer computes no training accuracy: ARTCallback uses the matched criterion only")
+            raise ValueError("Trainer computes no training accuracy: ARTTransformersCallback uses the matched criterion "
+                             "only")
         if not (period in ("auto", "epoch") or isinstance(period, int) and not isinstance(period, bool) and period > 0):
             raise ValueError(f"period must be 'auto', 'epoch' or a positive number of steps, got {period!r}")
         self.given = set(kwargs)  # phase lengths not given here come from the Trainer's budget
@@ -99,7 +82,7 @@ class ARTCallback(TrainerCallback):
 
     @property
     def art(self):
-        """The :class:`~hypersparse.ART` schedule (phase, lam, masks, history)."""
+        """The :class:`~hypersparse.ARTSchedule` (phase, lam, masks, history)."""
         return self.driver.art
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
@@ -204,3 +187,6 @@ def _calling_trainer():
         return None
     finally:
         del frame
+
+
+ARTCallback = ARTTransformersCallback  # the name the README and the first releases use

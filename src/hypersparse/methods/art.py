@@ -1,11 +1,11 @@
-"""ART from a run's config: the :class:`~hypersparse.ART` schedule with the regularizer the config names."""
+"""ART from a run's config: the :class:`~hypersparse.ARTSchedule` with the regularizer the config names."""
 from __future__ import annotations
 
 from torch import nn
 
 from hypersparse.config import TrainConfig
 from hypersparse.regularizers import make_regularizer
-from hypersparse.schedule import ART
+from hypersparse.schedule import ARTSchedule
 
 
 def art_from_config(cfg: TrainConfig, model: nn.Module) -> ART:
@@ -16,7 +16,7 @@ def art_from_config(cfg: TrainConfig, model: nn.Module) -> ART:
         kwargs = {"refresh_every": cfg.hs.hs_refresh_every, "compile": compile}
     selection = cfg.selection
     reg = make_regularizer(cfg.art.reg, model, cfg.sparsity.sparsity, filter=selection["filter"], **kwargs)
-    return ART(reg, sparsity=cfg.sparsity.sparsity, warmup_epochs=cfg.warmup, lambda_init=cfg.art.lambda_init,
+    return ARTSchedule(reg, sparsity=cfg.sparsity.sparsity, warmup_epochs=cfg.warmup, lambda_init=cfg.art.lambda_init,
                eta=cfg.eta_scaled, buffer_k=cfg.art.buffer_k, max_reg_epochs=cfg.max_reg,
                finetune_epochs=cfg.finetune, reg_epochs_target=cfg.reg_target,
                max_layer_sparsity=selection["max_layer_sparsity"])

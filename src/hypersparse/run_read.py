@@ -15,15 +15,61 @@ from pathlib import Path
 from torch import nn
 
 from hypersparse import schema
-from hypersparse.checkpoint import load_checkpoint
+from hypersparse.checkpoint import VERSION, load_checkpoint
+from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, names_code, trust_line
 
 CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY = (
     "config.json", "metrics.jsonl", "stats.jsonl", "checkpoint.pt", "model.pt", "summary.json")
 DAMAGED = "the run's files are damaged (or were not written by this hypersparse)"
+
+
+# the schemas of the files that hold a run's settings (the others are in hypersparse.schema, below the settings)
+def _settings(value, where):
+    """config.json's schema is the settings dataclasses' (types, ranges, known keys)."""
+    if not isinstance(value, dict):
+        raise schema.SchemaError(where, f"must be an object of settings by section, got {type(value).__name__}")
+    try:
+        TrainConfig.from_dict(value, check=False)
+    except UserError as exc:
+        raise schema.SchemaError(where, f"holds a bad setting: {exc}") from None
+    return value
+
+
+def _a_dict(value, where):
+    if not isinstance(value, dict):
+        raise schema.SchemaError(where, "must be a dict")
+    return value
+
+
+SETTINGS = schema.Custom(_settings, "an object of settings by section")
+SUMMARY_SPEC = schema.Dict({
+    "config": SETTINGS,
+    "dense": schema.Optional(schema.Dict({"epoch": schema.EPOCH, "val_acc": schema.UNIT, "test_acc": schema.UNIT},
+                                         required="all")),
+    "sparse": schema.SCORES,
+    "epochs": schema.Map(schema.EPOCH, schema.NAME, 16),
+    "phase_seconds": schema.Map(schema.Float(0), schema.NAME, 16),
+    "device": schema.Str(64),
+    "arch": schema.Dict(schema.ARCH.fields, required="all"),
+    "input": schema.INPUT,
+    "compare": schema.Map(schema.SCORES, schema.NAME, 16),
+    "distributed": schema.JSON(3),
+    "art": schema.Optional(schema.JSON(2)),  # ART's course (run_write.art_course), for the end summary
+    "threads": schema.JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
+}, required=("config", "sparse", "epochs", "arch"))
+CHECKPOINT_SPEC = schema.Dict({
+    "version": schema.Int(), "identity": schema.Str(64), "config": SETTINGS, "model": schema.STATE,
+    "optimizer": schema.OPTIMIZER,
+    "method": schema.Custom(_a_dict, "the method's state (checked against --method's schema)"),
+    "metrics": schema.List(schema.METRICS_ROW, 10**7), "best": schema.Optional(schema.BEST),
+    "dense": schema.Optional(schema.Dict({"epoch": schema.EPOCH, "val_acc": schema.UNIT, "test_acc": schema.UNIT},
+                                         required="all")),
+    "phase_seconds": schema.Map(schema.Float(0), schema.NAME, 16), "stats": schema.Optional(schema.STATS_STATE),
+}, required="all")
 #: file name -> (schema, JSON lines?)
-SCHEMAS = {CONFIG: (schema.SETTINGS, False), SUMMARY: (schema.SUMMARY, False), METRICS: (schema.METRICS_ROW, True),
+SCHEMAS = {CONFIG: (SETTINGS, False), SUMMARY: (SUMMARY_SPEC, False), METRICS: (schema.METRICS_ROW, True),
            STATS: (schema.STATS_ROW, True)}
 
 
@@ -54,6 +100,21 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def read_json(path: str | Path) -> dict | None:
     """A run's ``config.json`` or ``summary.json`` (schema-checked), or None if it does not exist."""
     return read_run_file(path)
+
+
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A run's ``checkpoint.pt``, checked to be of this version's layout and against its schema."""
+    ckpt = load_checkpoint(path, "checkpoint")
+    version = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if version != VERSION:
+        raise UserError(f"checkpoint {path} has layout version {version!r}; this hypersparse reads version {VERSION}: "
+                        "start the run again (or resume it with the hypersparse that wrote it)")
+    fix = "the checkpoint is damaged; start the run again"
+    ckpt = schema.check(ckpt, CHECKPOINT_SPEC, f"checkpoint {path}", fix)
+    method = ckpt["config"].get("sparsity", {}).get("method", "art")
+    if method in schema.METHOD_STATE:  # a method registered elsewhere checks its own state when it loads it
+        schema.check(ckpt["method"], schema.METHOD_STATE[method], f"checkpoint {path}: method", fix)
+    return ckpt
 
 
 @dataclass

@@ -13,7 +13,7 @@ from hypersparse.checkpoint import atomic_write, remove_temporaries, save_checkp
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
 from hypersparse.progress import ProgressLine, where
-from hypersparse.runs import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
+from hypersparse.run_read import CHECKPOINT, CONFIG, METRICS, MODEL, STATS, SUMMARY, read_jsonl, run_label
 
 
 def _slug(name: str) -> str:
@@ -284,7 +284,7 @@ def epoch_line(row: dict, at: str = "") -> str:
     parts = [line + (f"  {at}" if at else "")]
     if "past_deadline" in row:
         parts.append(f"-> past --reg-epochs-target: the pruned copy has come {max(row['past_deadline'], 0):.0%} of "
-                     "its way to the dense accuracy, too little for a mask (lambda_0 too small?); regularizing on")
+                     "its way to the dense accuracy, too little for a mask (lambda_init too small?); regularizing on")
     if row["event"] == "stop":
         why = ", deadline reached before the stop rule held" if row.get("stop_reason") == "deadline" else ""
         chosen = f"epoch {row['chosen_epoch']} chosen" if row.get("chosen_epoch") is not None else "pruned"
