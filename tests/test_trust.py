@@ -81,15 +81,37 @@ def test_a_plugin_named_in_config_json_is_not_imported_even_from_the_run_folder(
     assert "" not in sys.path and os.getcwd() not in sys.path  # the current folder was never put on the path
 
 
-def test_a_module_planted_in_the_run_folder_shadows_nothing_under_python_m(run, tmp_path):
+@pytest.mark.parametrize("module", ["safetensors", "__future__"])
+def test_a_module_planted_in_the_run_folder_shadows_nothing_under_python_m(module, run, tmp_path):
     """`cd run && python -m hypersparse export .`: python -m puts the current folder first on the path, where a
-    planted safetensors.py would replace the real one when export imports it."""
+    planted safetensors.py would replace the real one when export imports it, and a __future__.py would run while
+    Python imports the package itself."""
     marker = tmp_path / "ran"
-    (run / "safetensors.py").write_text(PLANTED.format(marker=str(marker)))
+    (run / f"{module}.py").write_text(PLANTED.format(marker=str(marker)))
     done = subprocess.run([sys.executable, "-m", "hypersparse", "export", "."], cwd=run, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not marker.exists()
+
+
+def test_a_planted_hypersparse_package_runs_only_under_plain_python_m(tmp_path):
+    """What the README says Python alone decides: `python -m` finds a planted hypersparse/ first; the installed
+    command and `python -P -m` do not."""
+    marker = tmp_path / "ran"
+    (tmp_path / "hypersparse").mkdir()
+    (tmp_path / "hypersparse" / "__init__.py").write_text(PLANTED.format(marker=str(marker)))
+    (tmp_path / "hypersparse" / "__main__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    ways = [[sys.executable, "-P", "-m", "hypersparse", "--help"]]
+    if shutil.which("hypersparse"):
+        ways.append([shutil.which("hypersparse"), "--help"])
+    for argv in ways:
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0 and "usage" in done.stdout, (argv, done.stderr)
+        assert not marker.exists(), argv
+    subprocess.run([sys.executable, "-m", "hypersparse", "--help"], cwd=tmp_path, capture_output=True, timeout=120,
+                   env=env)
+    assert marker.exists()  # Python's own rule, stated in the README: the test shows it is still so
 
 
 @pytest.mark.parametrize("command", ["eval", "export"])
@@ -386,6 +408,21 @@ def test_a_deep_resnet_name_is_refused_at_once_from_a_flag_or_a_file(run, tmp_pa
     assert time.perf_counter() - started < 20
 
 
+def test_eval_of_an_onnx_fifo_is_refused_without_waiting(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    code, err = run_cli(["eval", str(fifo), "--dataset", "digits"], capsys, 10)
+    _one_line(code, err, "not a regular file")
+
+
+def test_exclude_that_leaves_nothing_to_prune_is_one_line_and_no_run_folder(tmp_path, capsys):
+    code, err = run_cli(["train", "--exclude", "*", "--epochs-scale", "0.02", "--run-dir", str(tmp_path / "r")],
+                        capsys)
+    _one_line(code, err, "exclude fewer layers")
+    assert not (tmp_path / "r").exists()
+
+
 def test_config_from_a_fifo_is_refused_without_waiting(tmp_path, capsys):
     fifo = tmp_path / "c.json"
     os.mkfifo(fifo)
@@ -584,6 +621,22 @@ def test_eval_of_an_onnx_file_is_one_whole_line_that_does_not_cry_wolf(run, tmp_
     code, err = run_cli(["eval", str(run / "model.onnx")], capsys)
     _one_line(code, err, "model.onnx")
     assert "could run code" not in err[0] and " fr)" not in err[0]
+
+
+def test_an_onnx_file_away_from_its_run_needs_only_the_dataset_typed(run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "alone" / "model.onnx"
+    out.parent.mkdir()
+    code, err = run_cli(["export", str(run), "--format", "onnx", "--out", str(out)], capsys)
+    assert code == 0, err
+    code, err = run_cli(["eval", str(out)], capsys)  # no config.json beside it: the data must be named
+    _one_line(code, err, "pass --dataset")
+    assert "--model" not in err[0]  # the graph is the model; --model would be refused
+    from hypersparse.evaluate import evaluate_run
+
+    scores = evaluate_run(out, dataset="digits")  # what `eval model.onnx --dataset digits` prints
+    summary = json.loads((run / "summary.json").read_text())
+    assert scores["test_acc"] == pytest.approx(summary["sparse"]["test_acc"], abs=0.005)
 
 
 # -- 7. the API: misuse fails at the call -----------------------------------------------------------------------------

@@ -2,10 +2,21 @@
 
 The names below load on first use, so ``import hypersparse`` (and the command line's start) stays fast.
 """
-from __future__ import annotations
+import os as _os
+import sys as _sys
 
-import importlib
-import typing
+# `python -m hypersparse` imports this package with the current folder first on sys.path (sys.argv[0] is "-m" while
+# Python looks for the module). Drop it before importing anything, so that no module planted in a run folder (a
+# __future__.py, say) is found; __main__ would drop it only after this file's imports.
+if _sys.argv[:1] == ["-m"] and _sys.path:
+    try:
+        if _sys.path[0] in ("", _os.getcwd()):
+            del _sys.path[0]
+    except OSError:  # the current folder was removed: nothing can be found in it
+        pass
+
+import importlib  # noqa: E402
+import typing  # noqa: E402
 
 __version__ = "0.1.0"
 

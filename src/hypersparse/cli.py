@@ -291,6 +291,7 @@ def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
     from hypersparse.plugins import UserCodeError, typed_names_from
+    from hypersparse.params import NoPrunableParametersError
 
     try:
         here = os.getcwd()
@@ -306,6 +307,9 @@ def _dispatch(args) -> int:
         return _say(f"error: {exc}", 2)
     except UserError as exc:
         return _say(f"error: {exc}", 2)
+    except NoPrunableParametersError:
+        return _say("error: no Linear or Conv weight is left to prune (the model has none, or --exclude / "
+                    "sparsity.exclude names them all); exclude fewer layers or pick another model", 2)
     except (RunDiverged, ARTDidNotConverge) as exc:
         return _say(f"error: {exc}", 1)
     except RunStopped as exc:

@@ -71,6 +71,9 @@ def evaluate_run(path: str | Path, dataset: str | None = None, data_dir: str | N
             given = "--fast" if fast is not None else "--model" if model_name else "--device"
             raise UserError(f"{given} does not apply to an ONNX file, which onnxruntime runs on the CPU as exported; "
                             "drop it")
+        from hypersparse.schema import regular_file
+
+        regular_file(path, "ONNX file")  # before the data loads: a FIFO would block onnxruntime's read
         return evaluate_onnx(path, load_dataset(settings["dataset"], settings["data_dir"], settings["seed"]))
     dev = torch.device("cpu") if fast is not None and device == "auto" else pick_device(device)
     if fast is not None and dev.type != "cpu":
@@ -126,6 +129,9 @@ def compaction_text(compaction: dict | None) -> str:
             "uncompacted model runs")
 
 
+ONNX_MAX_BYTES = 2**31  # protobuf's own limit on one message
+
+
 def evaluate_onnx(path: str | Path, data) -> dict:
     """``hypersparse eval model.onnx``: the exported graph run by onnxruntime on the raw pixels of ``data``'s
     validation and test splits (the graph normalises them itself), and its weights' sparsity."""
@@ -137,8 +143,11 @@ def evaluate_onnx(path: str | Path, data) -> dict:
         import onnxruntime
     except ImportError:
         raise UserError("evaluating an ONNX file needs onnxruntime: pip install 'hypersparse[onnx]'") from None
+    from hypersparse.schema import read_bytes
+
+    graph = read_bytes(path, "ONNX file", ONNX_MAX_BYTES)  # a FIFO or a device would block onnxruntime's read
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own classes for unreadable files
         raise UserError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from None
     if "hypersparse.input" not in session.get_modelmeta().custom_metadata_map:

@@ -168,8 +168,9 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
                 "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0),
                 "exclude": config.get("sparsity", {}).get("exclude")}
-    if not settings["dataset"] or not settings["model"]:
-        raise UserError(f"{p} has no config.json beside it; pass --dataset and --model")
+    needs_model = "model.model" in uses  # an ONNX graph is its own model
+    if not settings["dataset"] or (needs_model and not settings["model"]):
+        raise UserError(f"{p} has no config.json beside it; pass --dataset" + (" and --model" if needs_model else ""))
     return settings
 
 
