@@ -16,7 +16,7 @@ _HOME = {
     "hypersparse.regularizers": ["L1", "L2", "HyperSparse", "Regularizer"],
     "hypersparse.schedule": ["ART", "ARTDidNotConverge"],
     "hypersparse.driver": ["ARTDriver", "Driver"],
-    "hypersparse.method": ["EpochResult", "Method"],
+    "hypersparse.method": ["EpochResult", "Method", "Setup", "register_method"],
     "hypersparse.export": ["load_sparse", "save_sparse"],
     "hypersparse.inference": ["CompactMLP", "sparse_inference"],
 }
@@ -29,7 +29,7 @@ if typing.TYPE_CHECKING:
     from hypersparse.inference import CompactMLP, sparse_inference
     from hypersparse.keep_pruned import MaskHandle, apply_masks_
     from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report
-    from hypersparse.method import EpochResult, Method
+    from hypersparse.method import EpochResult, Method, Setup, register_method
     from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
     from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
     from hypersparse.schedule import ART, ARTDidNotConverge

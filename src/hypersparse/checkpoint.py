@@ -187,6 +187,7 @@ def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
 
 def load_run_checkpoint(path: str | Path) -> dict:
     """A run's ``checkpoint.pt``, checked to be of this version's layout and against its schema."""
+    from hypersparse.method import method_entry
     from hypersparse.schema import CHECKPOINT, METHOD_STATE, check
 
     ckpt = load_checkpoint(path, "checkpoint")
@@ -197,8 +198,10 @@ def load_run_checkpoint(path: str | Path) -> dict:
     fix = "the checkpoint is damaged; start the run again"
     ckpt = check(ckpt, CHECKPOINT, f"checkpoint {path}", fix)
     method = ckpt["config"].get("sparsity", {}).get("method", "art")
-    if method in METHOD_STATE:  # a method registered elsewhere checks its own state when it loads it
-        check(ckpt["method"], METHOD_STATE[method], f"checkpoint {path}: method", fix)
+    entry = method_entry(method)
+    spec = entry.state if entry is not None and entry.state is not None else METHOD_STATE.get(method)
+    if spec is not None:  # a method registered without a schema checks its own state when it loads it
+        check(ckpt["method"], spec, f"checkpoint {path}: method", fix)
     return ckpt
 
 

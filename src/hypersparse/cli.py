@@ -18,7 +18,7 @@ import typing
 from dataclasses import fields
 
 from hypersparse import __version__
-from hypersparse.config import SECTIONS, TrainConfig, canonical, flag
+from hypersparse.config import TrainConfig, canonical, flag, sections, setting_flag, setting_help, type_name
 from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
 from hypersparse.schedule import ARTDidNotConverge
@@ -41,7 +41,7 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
                           for p in a.choices.values()]
     flags = {o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")}
     settings = {"--" + f.name.replace("_", "-"): f"--set {section}.{f.name}=VALUE"
-                for section, cls in SECTIONS.items() for f in fields(cls) if not f.metadata["flag"]}
+                for section, cls in sections().items() for f in fields(cls) if not setting_flag(f)}
     close = did_you_mean(wrong, sorted(flags | set(settings)))
     if not close:
         return ""
@@ -58,22 +58,22 @@ _TYPES = {"int": int, "float": float}
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One argument group per config section, one flag per setting marked as a flag; the rest in the epilog."""
     hidden = []
-    for section, cls in SECTIONS.items():
+    for section, cls in sections().items():
         group = None
         for f in fields(cls):
             if f.name in skip:
                 continue
-            if not f.metadata["flag"]:
+            if not setting_flag(f):
                 hidden.append(f"{section}.{f.name} ({f.default})")
                 continue
             if group is None:
                 group = parser.add_argument_group(section, cls.__doc__)
-            dest, help = f"{section}.{f.name}", f.metadata["help"] + (f" (default: {f.default})" if f.default else "")
+            dest, help = f"{section}.{f.name}", setting_help(f) + (f" (default: {f.default})" if f.default else "")
             flag = "--" + f.name.replace("_", "-")
-            if str(f.type) == "bool":
+            if type_name(f) == "bool":
                 group.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=help)
             else:
-                group.add_argument(flag, dest=dest, type=_TYPES.get(str(f.type), str), default=argparse.SUPPRESS,
+                group.add_argument(flag, dest=dest, type=_TYPES.get(type_name(f), str), default=argparse.SUPPRESS,
                                    metavar=f.name.split("_")[-1].upper(), help=help)
     files = parser.add_argument_group("settings from a file")
     files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (a run's config.json is one);"

@@ -1,8 +1,9 @@
-"""``--compare oneshot,gmp,snip``: after an ART run, the standard baselines at the same seed and epoch budget.
+"""``--compare oneshot,gmp,snip,rigl``: after a run, other methods at the same seed and epoch budget.
 
-Each baseline trains in ``<run>/compare-<method>/`` with ART's warm-up, as many pruning-phase epochs as ART
-regularized, and ART's fine-tuning (so every model gets the same number of epochs), and is added to the run's
-final table and ``summary.json``. A stopped comparison resumes with the run's ``--resume``.
+Each trains in ``<run>/compare-<method>/`` with the run's warm-up, as many epochs between warm-up and fine-tuning as
+the run had (ART: as many as it regularized), and the run's fine-tuning (so every model gets the same number of
+epochs), and is added to the run's final table and ``summary.json``. A stopped comparison resumes with the run's
+``--resume``.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from hypersparse.runs import CHECKPOINT, SUMMARY, read_json
 
 
 def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConfig:
-    """The baseline ``method`` with the ART run ``cfg``'s phases, in epochs as they ran (no further scaling)."""
+    """``method`` with the run ``cfg``'s phases, in epochs as they ran (no further scaling); ``reg_epochs``: the run's
+    epochs between warm-up and fine-tuning."""
     schedule = replace(cfg.schedule, epochs_scale=1.0, warmup_epochs=cfg.warmup, finetune_epochs=cfg.finetune,
                        lr_steps=",".join(str(m) for m in cfg.milestones) or "0")
-    return replace(cfg, sparsity=replace(cfg.sparsity, method=method), schedule=schedule,
-                   baseline=replace(cfg.baseline, prune_epochs=max(1, reg_epochs)),
-                   run=replace(cfg.run, compare=None, run_dir=None), given=frozenset())
+    cfg = cfg.with_sections(sparsity=replace(cfg.sparsity, method=method), schedule=schedule,
+                            baseline=replace(cfg.baseline, prune_epochs=max(1, reg_epochs)),
+                            run=replace(cfg.run, compare=None, run_dir=None))
+    return replace(cfg, given=frozenset())
 
 
 def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress: bool | None) -> dict:
@@ -30,7 +33,7 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
     from hypersparse.engine import resume, train
 
     run_dir = files.path
-    reg_epochs = summary["epochs"].get("regularize", 0)
+    reg_epochs = max(0, sum(summary["epochs"].values()) - cfg.warmup - cfg.finetune)  # ART's: its regularization
     results = {}
     for method in [m.strip() for m in cfg.run.compare.split(",") if m.strip()]:
         folder = run_dir / f"compare-{method}"

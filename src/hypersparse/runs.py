@@ -17,6 +17,7 @@ from torch import nn
 from hypersparse import schema
 from hypersparse.checkpoint import load_checkpoint
 from hypersparse.errors import UserError
+from hypersparse.method import method_entry
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, names_code, trust_line
 
 CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY = (
@@ -28,9 +29,11 @@ SCHEMAS = {CONFIG: (schema.SETTINGS, False), SUMMARY: (schema.SUMMARY, False), M
 
 
 def run_label(config: dict) -> str:
-    """``art-hs``, ``art-l1``, ... for ART runs, the method's name otherwise (config as in ``config.json``)."""
+    """The run's label in tables and figures (config as in ``config.json``): its method's (``art-hs``, ``art-l1``
+    for ART runs), else the method's name."""
     method = config.get("sparsity", {}).get("method", "?")
-    return f"art-{config.get('art', {}).get('reg', 'hs')}" if method == "art" else method
+    entry = method_entry(method) if isinstance(method, str) else None
+    return entry.label(config) if entry is not None and entry.label is not None else str(method)
 
 
 def read_run_file(path: str | Path):
