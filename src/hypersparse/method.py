@@ -229,7 +229,7 @@ class Setup:
 
     @property
     def budget(self) -> dict:
-        """:class:`Method`'s arguments for this run, so that ``Mine(**setup.budget)`` runs on its phases."""
+        """:class:`Method`'s arguments for this run, so that ``MyMethod(**setup.budget)`` runs on its phases."""
         return {"sparsity": self.sparsity, "dense_epochs": self.dense_epochs, "sparse_epochs": self.sparse_epochs,
                 "finetune_epochs": self.finetune_epochs, "steps_per_epoch": self.steps_per_epoch,
                 "filter": self.filter, "max_layer_sparsity": self.max_layer_sparsity}
@@ -283,6 +283,7 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
         state: a :mod:`hypersparse.schema` spec of its ``state_dict()``, checked when a checkpoint is read.
         plan: what its middle phase does, for the plan line (``"12 pruning epochs"``).
     """
+    _load_builtins()  # the built-in methods come first, in --help and in the sections' order
     if not isinstance(name, str) or not re.fullmatch(_NAME, name):
         raise ValueError(f"a method's name is lower-case letters, digits, - and _ (at most 32), got {name!r}")
     if settings is not None and not (dataclasses.is_dataclass(settings) and isinstance(settings, type)):
@@ -299,6 +300,7 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
 
 def register_section(name: str, settings: type) -> None:
     """A settings section that several methods share (``uses=``), such as ``baseline``."""
+    _load_builtins()
     if not re.fullmatch(_NAME, name) or not dataclasses.is_dataclass(settings):
         raise ValueError(f"register_section needs a lower-case name and a dataclass, got {name!r}, {settings!r}")
     _SECTIONS[name] = settings

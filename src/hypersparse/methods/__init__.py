@@ -12,6 +12,7 @@ from hypersparse.config import ARTConfig, BaselineConfig, HyperSparseConfig, Tra
 from hypersparse.method import Method, Setup, method_entry, register_method, register_section
 from hypersparse.methods.art import art_from_config
 from hypersparse.methods.baselines import GMP, SNIP, OneShot
+from hypersparse.plugins import user_code
 from hypersparse.schema import METHOD_STATE
 
 __all__ = ["make_method", "register_method", "register_section", "Method", "Setup"]
@@ -43,6 +44,8 @@ register_method("snip", None, lambda s: SNIP(s.sparsity, s.dense_epochs + s.spar
 
 from hypersparse.methods import rigl  # noqa: E402,F401 - registers itself through the public API, as a plugin would
 
+BUILTIN = frozenset(("art", "oneshot", "gmp", "snip", "rigl"))
+
 
 def make_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, first_batch):
     """Build the method ``cfg.sparsity.method`` for ``model``; ``first_batch()`` gives one training batch."""
@@ -50,4 +53,7 @@ def make_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, first_
     setup = Setup(cfg, model, getattr(cfg, entry.name) if entry.settings is not None else None,
                   cfg.sparsity.sparsity, cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs), cfg.finetune,
                   steps_per_epoch, first_batch, **cfg.selection)
-    return entry.build(setup)
+    if entry.name in BUILTIN:
+        return entry.build(setup)
+    with user_code(f"your method {entry.name}"):
+        return entry.build(setup)
