@@ -17,7 +17,7 @@ _HOME = {
     "hypersparse.schedule": ["ART", "ARTDidNotConverge"],
     "hypersparse.driver": ["ARTDriver", "Driver"],
     "hypersparse.method": ["EpochResult", "Method", "Setup", "register_method"],
-    "hypersparse.export": ["load_sparse", "save_sparse"],
+    "hypersparse.export": ["load_sparse", "register_export", "save_sparse"],
     "hypersparse.inference": ["CompactMLP", "sparse_inference"],
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names}
@@ -25,7 +25,7 @@ __all__ = sorted(_WHERE)
 
 if typing.TYPE_CHECKING:
     from hypersparse.driver import ARTDriver, Driver
-    from hypersparse.export import load_sparse, save_sparse
+    from hypersparse.export import load_sparse, register_export, save_sparse
     from hypersparse.inference import CompactMLP, sparse_inference
     from hypersparse.keep_pruned import MaskHandle, apply_masks_
     from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report

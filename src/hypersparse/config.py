@@ -251,8 +251,8 @@ def sections() -> dict[str, type]:
         for section, cls in out.items():
             for f in fields(cls):
                 if f.name in owner:  # keys may be written without their section, so each name is one setting
-                    raise ValueError(f"setting {section}.{f.name} has the name of {owner[f.name]}.{f.name}; "
-                                     "rename it (every setting's name is unique across the sections)")
+                    raise UserError(f"setting {section}.{f.name} (a plugin's?) has the name of "
+                                    f"{owner[f.name]}.{f.name}; rename it (a setting's name is unique across sections)")
                 owner[f.name] = section
                 setting_spec(f)
         _cache.update(key=tuple(extra.items()), sections=out, keys=owner)
