@@ -14,8 +14,8 @@ import sys
 import threading
 import traceback
 import typing
-
 from dataclasses import fields
+from pathlib import Path
 
 from hypersparse import __version__
 from hypersparse.config import TrainConfig, canonical, flag, sections, setting_flag, setting_help, type_name
@@ -291,6 +291,17 @@ def _typed_plugins(argv: list[str]) -> list[str]:
     return found
 
 
+def _resumed_plugin(argv: list[str]) -> str | None:
+    """The ``--plugin`` the run that ``--resume`` names was started with (None if unreadable: the resume says why)."""
+    import json
+
+    folder = argv[argv.index("--resume") + 1] if argv.index("--resume") + 1 < len(argv) else None
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())["run"]["plugin"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
 def _preload(argv: list[str]) -> int | None:
     """For train, tune and export: import the installed plugins (entry points) and the typed ``--plugin`` modules
     first, so the methods, settings and export formats they register are flags and choices; an exit code if one
@@ -303,10 +314,13 @@ def _preload(argv: list[str]) -> int | None:
         here = os.getcwd()
     except OSError:
         here = None
+    typed = ",".join(_typed_plugins(argv))
+    if "--resume" in argv and typed != _resumed_plugin(argv):
+        typed = ""  # beside --resume, --plugin confirms the run's; a different one is refused by the resume itself
     try:
         with typed_names_from(here) if here else contextlib.nullcontext():
             load_entry_points()
-            load_plugins(",".join(_typed_plugins(argv)))
+            load_plugins(typed)
     except UserCodeError as exc:
         if _rank0():
             print(exc.frames, end="", file=sys.stderr, flush=True)
