@@ -161,13 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
     rep.add_argument("--out", help="output folder (default: the first run directory)")
+    rep.add_argument("--plugin", help="modules to import first, comma-separated (runs of a method a --plugin "
+                     "registered need it again)")
     return parser
 
 
 def _report(args) -> int:
     from hypersparse.report import build_report
 
-    print(f"wrote {build_report(args.runs, args.out)}")
+    print(f"wrote {build_report(args.runs, args.out, args.plugin)}")
     return 0
 
 
@@ -183,12 +185,13 @@ def _export(args) -> int:
 
     from hypersparse.checkpoint import output_file
     from hypersparse.export import EXPORTS
-    from hypersparse.runs import SUMMARY, model_from_run, read_json, run_settings
+    from hypersparse.runs import SUMMARY, model_from_run, plugins_first, read_json, run_settings
 
     path = Path(args.run)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run directory or its model.pt")
     run_dir = path if path.is_dir() else path.parent
+    plugins_first(run_dir, args.plugin)  # before summary.json, whose settings may name a plugin's method
     summary = read_json(run_dir / SUMMARY)
     if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")

@@ -74,13 +74,32 @@ class Run:
         return run_label(self.config) if self.config else self.dir.name
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (it must hold ``metrics.jsonl``)."""
+def plugins_first(folder: Path, plugin: str | None) -> None:
+    """Import the typed ``--plugin`` modules before the run's ``config.json`` is read through the settings (whose
+    method or sections a plugin may register); a run that used a plugin not typed is refused, naming it."""
+    require_trusted(_raw_config(folder), {"run.plugin": plugin}, f"the run in {folder}", ("run.plugin",))
+    load_plugins(plugin)
+
+
+def _raw_config(folder: Path) -> dict:
+    """``config.json`` as JSON, not yet read through the settings."""
+    path = folder / CONFIG
+    raw = schema.read_json(path, schema.JSON(4), "run file", DAMAGED) if path.exists() else {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def load_run(run_dir: str | Path, plugin: str | None = None) -> Run:
+    """Read a run directory (it must hold ``metrics.jsonl``); ``plugin``: the modules the user typed, imported first."""
     run_dir = Path(run_dir)
     if not (run_dir / METRICS).exists():
         raise UserError(f"{run_dir} is not a run directory (no {METRICS}); pass the folder 'hypersparse train' wrote")
-    return Run(run_dir, read_json(run_dir / CONFIG) or {}, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS),
-               read_json(run_dir / SUMMARY))
+    load_plugins(plugin)
+    try:
+        config = read_json(run_dir / CONFIG) or {}
+    except UserError:  # a method or settings its plugin registers: name the plugin rather than call the file damaged
+        require_trusted(_raw_config(run_dir), {"run.plugin": plugin}, f"the run in {run_dir}", ("run.plugin",))
+        raise
+    return Run(run_dir, config, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS), read_json(run_dir / SUMMARY))
 
 
 def require_trusted(config: dict, typed: dict, source: str, uses=tuple(CODE_FLAGS)) -> None:
@@ -102,10 +121,10 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory or a model file")
+    plugins_first(p if p.is_dir() else p.parent, plugin)
     config = read_json((p if p.is_dir() else p.parent) / CONFIG) or {}
     require_trusted(config, {"run.plugin": plugin, "model.model": model, "data.dataset": dataset},
                     f"the run in {p if p.is_dir() else p.parent}", uses)
-    load_plugins(plugin)
     settings = {"dataset": dataset or config.get("data", {}).get("dataset"),
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
                 "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0),
