@@ -137,3 +137,16 @@ def test_every_file_and_command_of_the_extending_page_works(tmp_path):
     zeros = sum(int((arrays[k] == 0).sum()) for k in arrays.files if k.endswith("weight"))
     total = sum(arrays[k].size for k in arrays.files if k.endswith("weight"))
     assert zeros >= int(0.9 * total)
+
+
+def test_a_method_from_a_typed_plugin_needs_it_typed_again_to_read_its_runs(tmp_path):
+    files = dict(re.findall(r"```\w+ file=(\S+)\n(.*?)```", DOC.read_text(), re.S))
+    (tmp_path / "my_methods.py").write_text(files["my_methods.py"])
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    out = cli("train", "--plugin", "my_methods", "--method", "random", "--draw-seed", "1", *SHORT, "--run-dir", "r",
+              cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    for command in (["eval", "r"], ["export", "r"], ["report", "r"]):
+        refused = cli(*command, cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "the run in r needs --plugin my_methods" in refused.stderr, refused.stderr
+        assert cli(*command, "--plugin", "my_methods", cwd=tmp_path, env=env).returncode == 0, command

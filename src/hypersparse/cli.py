@@ -181,8 +181,6 @@ def _takes(option: str) -> list[str]:
 
 
 def _export(args) -> int:
-    from pathlib import Path
-
     from hypersparse.checkpoint import output_file
     from hypersparse.export import EXPORTS
     from hypersparse.runs import SUMMARY, model_from_run, plugins_first, read_json, run_settings
