@@ -96,6 +96,10 @@ def setting_flag(f) -> bool:
 class MethodName(Spec):
     """A registered method's name (installed plugins are looked in when it is not one yet)."""
 
+    @property
+    def choices(self) -> tuple[str, ...]:  # for the did-you-mean hint
+        return tuple(method_entries())
+
     def describe(self) -> str:
         return "one of " + ", ".join(method_entries())
 
