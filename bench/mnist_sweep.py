@@ -1,4 +1,4 @@
-"""MNIST results: ART (HyperSparse, L1, L2) against one-shot, GMP and SNIP, LeNet-300-100 and LeNet-5.
+"""MNIST results: ART (HyperSparse, L1, L2) against one-shot, GMP, SNIP and RigL, LeNet-300-100 and LeNet-5.
 
 Regenerates docs/results.md (MNIST section), docs/mnist_error_vs_sparsity.png and
 docs/runs/mnist-sweep.json. Every run uses the same shortened schedule
@@ -10,10 +10,13 @@ budget: each baseline (and the dense reference) gets exactly as many epochs betw
 same model, sparsity and seed spent regularizing. Models are chosen on the
 validation split; test error is reported as mean +- std over seeds.
 
-    python bench/mnist_sweep.py             # the full sweep (2 models x 4 sparsities x 6 methods x 3 seeds)
+    python bench/mnist_sweep.py             # the full sweep (2 models x 4 sparsities x 7 methods x 3 seeds)
     python bench/mnist_sweep.py --quick     # one seed of lenet300 at two sparsities, a few minutes
     python bench/mnist_sweep.py --models lenet300   # what fits in ~1 hour on 2 CPU cores
     python bench/mnist_sweep.py --models lenet5 --merge docs/runs/mnist-sweep.json   # add a model to a published sweep
+    python bench/mnist_sweep.py --methods rigl --merge docs/runs/mnist-sweep.json    # add a method to it (its budgets
+                                            # are the published ART + HyperSparse runs'; runs of the same cells are replaced)
+    python bench/mnist_sweep.py --quick --methods rigl --sparsities 0.98 --dry-run  # list the runs, train nothing
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import mean_std, provenance, rerun_note  # noqa: E402
 
-METHODS = [("art", "hs"), ("art", "l1"), ("art", "l2"), ("oneshot", None), ("gmp", None), ("snip", None)]
+METHODS = [("art", "hs"), ("art", "l1"), ("art", "l2"), ("oneshot", None), ("gmp", None), ("snip", None),
+           ("rigl", None)]
 LABELS = {"art-hs": "ART + HyperSparse", "art-l1": "ART + L1", "art-l2": "ART + L2", "oneshot": "one-shot magnitude",
-          "gmp": "GMP (Zhu & Gupta)", "snip": "SNIP (Lee et al.)"}
+          "gmp": "GMP (Zhu & Gupta)", "snip": "SNIP (Lee et al.)", "rigl": "RigL (Evci et al.)"}
+DENSE = "dense"  # the dense reference: one-shot at sparsity 0, at the median ART + HyperSparse budget
 # per-model departures from the schedule, stated on the page: a full MNIST epoch of LeNet-5 costs ~23 s on one
 # core, and at lr 0.1 (no batch norm) its loss became nan in the first epoch for seeds 0 and 1
 OVERRIDES = {"lenet300": {}, "lenet5": {"epoch_fraction": 0.1, "lr": 0.01}}
@@ -90,6 +95,10 @@ def fmt(values):
     return mean_std(values) + (f" ({failed} of {len(values)} n/c)" if 0 < failed < len(values) else "")
 
 
+def cell_key(r: dict) -> tuple:
+    return r["model"], r["sparsity"], r["method"], r["seed"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -99,38 +108,62 @@ def main():
     ap.add_argument("--models", default="lenet300,lenet5", help="comma-separated; lenet5 costs ~19 s per epoch on 2 cores")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--from-json", help="rebuild the page and plot from a saved runs JSON, without training")
-    ap.add_argument("--merge", help="a sweep JSON whose runs (other models) are kept beside the new ones")
+    ap.add_argument("--merge", help="a sweep JSON whose runs are kept beside the new ones (those of the cells run "
+                    "again are replaced)")
+    ap.add_argument("--methods", help="comma-separated, of " + ", ".join([*LABELS, DENSE]) + " (default: all); without "
+                    "art-hs the budgets come from the --merge JSON's art-hs runs")
+    ap.add_argument("--sparsities", help="comma-separated (default: 0.9,0.98,0.995,0.998; --quick: 0.98,0.998)")
+    ap.add_argument("--seeds", help="comma-separated (default: 0,1,2; --quick: 0)")
+    ap.add_argument("--dry-run", action="store_true", help="list the runs it would train, and train nothing")
     args = ap.parse_args()
     if args.from_json:
         payload = json.loads(Path(args.from_json).read_text())
         return publish(payload, Path(args.out))
     models = ["lenet300"] if args.quick else args.models.split(",")
-    sparsities = [0.98, 0.998] if args.quick else [0.9, 0.98, 0.995, 0.998]
-    seeds = [0] if args.quick else [0, 1, 2]
+    sparsities = [float(k) for k in args.sparsities.split(",")] if args.sparsities else \
+        [0.98, 0.998] if args.quick else [0.9, 0.98, 0.995, 0.998]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [0] if args.quick else [0, 1, 2]
+    methods = args.methods.split(",") if args.methods else [*LABELS, DENSE]
+    unknown = [m for m in methods if m not in [*LABELS, DENSE]]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)}; choose among {', '.join([*LABELS, DENSE])}")
     started = time.time()
     args.provenance = provenance(seed=seeds[0])  # at the start: the code that ran
     args.previous = json.loads(Path(args.merge).read_text()) if args.merge else None
-    if args.previous and set(models) & {r["model"] for r in args.previous["runs"]}:
-        ap.error(f"--merge: {args.merge} already holds runs of {', '.join(models)}; merge other models only")
+    new = {(m, k, meth, s) for m in models for s in seeds
+           for k, meth in [(k, x) for k in sparsities for x in methods if x != DENSE] + [(0.0, DENSE)] * (DENSE in methods)}
+    kept = [r for r in (args.previous["runs"] if args.previous else []) if cell_key(r) not in new]
+    args.planned = len(new) + len(kept)
+    args.replaced = len(args.previous["runs"]) - len(kept) if args.previous else 0
+    budgets = {(r["model"], r["sparsity"], r["seed"]) for r in kept if r["method"] == "art-hs"}
+    if "art-hs" not in methods:
+        missing = [(m, k, s) for m in models for k in sparsities for s in seeds if (m, k, s) not in budgets]
+        if missing:
+            ap.error(f"--methods without art-hs takes the budgets of the --merge JSON's art-hs runs; it has none for "
+                     f"{', '.join(f'{m} {k} seed {s}' for m, k, s in missing[:4])}")
+    if args.dry_run:
+        for m, k, meth, s in sorted(new, key=str):
+            print(f"{m} {k} {meth} seed {s}" + (" (budget: the art-hs run)" if meth not in ("art-hs",) else ""))
+        print(f"{len(new)} runs to train; {len(kept)} kept from {args.merge or 'nothing'}, {args.replaced} replaced")
+        return
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         first = [make_job(m, k, s, "art", "hs", root, args.epochs_scale, args.data_dir)
-                 for m in models for k in sparsities for s in seeds]
-        results = []
+                 for m in models for k in sparsities for s in seeds] if "art-hs" in methods else []
+        results = kept
         for r in pool.map(run_one, first):
             results.append(r)
-            report(r, len(results), len(first))
-        results = (args.previous["runs"] if args.previous else []) + results
+            report(r, len(results), args.planned)
         reg_epochs = {(r["model"], r["sparsity"], r["seed"]): r["epochs"].get("regularize", 0) if r.get("epochs") else 20
-                      for r in results}
+                      for r in results if r["method"] == "art-hs"}
         rest = [make_job(m, k, s, meth, reg, root, args.epochs_scale, args.data_dir, reg_epochs[(m, k, s)])
-                for m in models for k in sparsities for s in seeds for meth, reg in METHODS[1:]]
+                for m in models for k in sparsities for s in seeds for meth, reg in METHODS[1:]
+                if key(meth, reg) in methods]
         rest += [make_job(m, 0.0, s, "oneshot", None, root, args.epochs_scale, args.data_dir,
                           round(statistics.median(reg_epochs[(m, k, s)] for k in sparsities)))
-                 for m in models for s in seeds]
-        planned = payload_of(results, args, seeds, 0)["planned_runs"]
+                 for m in models for s in seeds if DENSE in methods]
         for r in pool.map(run_one, rest):
             results.append(r)
-            report(r, len(results), planned)
+            report(r, len(results), args.planned)
             save(payload_of(results, args, seeds, time.time() - started), Path(args.out))  # progress survives a crash
     publish(payload_of(results, args, seeds, time.time() - started), Path(args.out))
 
@@ -141,12 +174,11 @@ def report(r: dict, done: int, planned: int) -> None:
 
 
 def payload_of(results, args, seeds, wall):
-    planned = len(args.models.split(",")) * (4 * 3 * len(METHODS) + 3) if not args.quick else 2 * len(METHODS) + 1
     payload = {"provenance": args.provenance, "epochs_scale": args.epochs_scale, "quick": args.quick,
-               "wall_seconds": wall, "planned_runs": planned, "runs": results}
+               "wall_seconds": wall, "planned_runs": args.planned, "runs": results}
     if args.previous:  # the merged sweep's runs, provenance and time stay on record
         prev = args.previous
-        payload["planned_runs"] += prev.get("planned_runs", len(prev["runs"]))
+        payload["planned_runs"] += max(0, prev.get("planned_runs", len(prev["runs"])) - len(prev["runs"]))
         payload["wall_seconds"] += prev["wall_seconds"]
         payload["merged_from"] = prev.get("merged_from", []) + [dict(prev["provenance"], wall_seconds=prev["wall_seconds"])]
     return payload
@@ -198,7 +230,7 @@ def plot(results, models, sparsities, path):
 
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for method in LABELS:
+        for method in shown_methods(results):
             xs, ys, es = [], [], []
             for k in sparsities:
                 vals = [v for v in cell(results, model, k, method) if v is not None]
@@ -223,6 +255,11 @@ def plot(results, models, sparsities, path):
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def shown_methods(runs) -> list[str]:
+    """The methods with runs in the sweep, in LABELS' order (a method added later shows once it has run)."""
+    return [m for m in LABELS if any(r["method"] == m for r in runs)]
 
 
 def overrides_text(runs, models) -> str:
@@ -263,20 +300,25 @@ def page(payload, models, sparsities, png, name):
         "wd 1e-4, batch 64, the authors' stop rule (`--criterion paper`). "
         + overrides_text(runs, models) + "**Fair budget**: every baseline gets as many epochs between warm-up and fine-tuning as the "
         "ART + HyperSparse run of the same model, sparsity and seed spent regularizing (GMP prunes over them; one-shot "
-        "trains densely through them; SNIP trains its at-initialization mask through them). ART + L1/L2 stop by their "
+        "trains densely through them; SNIP trains its at-initialization mask through them"
+        + ("; RigL sparse-trains through them from an ERK mask of the warm-up's largest weights, dropping the smallest "
+           "kept weights and growing as many where the dense gradient is largest every 100 steps, drop fraction 0.3 "
+           "decaying by a cosine to 0 at 75 % of those steps" if "rigl" in shown_methods(runs) else "")
+        + "). ART + L1/L2 stop by their "
         "own criterion. 'n/c': ART did not meet its criterion within its epoch limit; 'not run': no run finished.\n",
         f"![test error against sparsity]({png})\n",
     ]
+    shown = shown_methods(runs)
     for model in models:
         dense = cell(runs, model, 0.0, "dense")
         lines += [f"### {model}\n",
                   f"Dense reference, same budget and schedule: **{fmt(dense)} %** test error.\n",
-                  "| sparsity | " + " | ".join(LABELS.values()) + " | epochs (ART-HS) |",
-                  "|---|" + "---:|" * (len(LABELS) + 1)]
+                  "| sparsity | " + " | ".join(LABELS[m] for m in shown) + " | epochs (ART-HS) |",
+                  "|---|" + "---:|" * (len(shown) + 1)]
         for k in sparsities:
             row = [f"{100 * k:g} %"]
-            best = min((statistics.mean([v for v in cell(runs, model, k, m) if v is not None] or [1e9]), m) for m in LABELS)
-            for m in LABELS:
+            best = min((statistics.mean([v for v in cell(runs, model, k, m) if v is not None] or [1e9]), m) for m in shown)
+            for m in shown:
                 text = fmt(cell(runs, model, k, m))
                 row.append(f"**{text}**" if m == best[1] else text)
             ep = [sum(r["epochs"].values()) for r in runs

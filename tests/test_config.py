@@ -18,7 +18,7 @@ IGNORED = [
     (["--method", "gmp", "--reg-epochs-target", "30"], "--reg-epochs-target applies to --method art only"),
     (["--method", "gmp", "--set", "art.buffer_k=2"], "--set art.buffer_k applies to --method art only"),
     (["--method", "gmp", "--set", "hs.hs_refresh_every=1"], "--set hs.hs_refresh_every applies to --method art only"),
-    (["--prune-epochs", "10"], "--prune-epochs applies to the baselines"),
+    (["--prune-epochs", "10"], "--prune-epochs applies to --method oneshot, gmp, snip or rigl only"),
     (["--reg", "l1", "--set", "hs.hs_compile=off"], "--set hs.hs_compile applies to --reg hs only"),
     (["--reg", "l2", "--set", "hs_refresh_every=4"], "--set hs.hs_refresh_every applies to --reg hs only"),
     (["--download"], "--download works for mnist, fashion-mnist, cifar10, cifar100 only, not dataset 'digits'"),
@@ -80,7 +80,7 @@ def test_flags_override_set_which_overrides_the_file(tmp_path):
 def test_a_baseline_run_writes_no_art_settings_and_rejects_them_when_read_with_art_ones(tmp_path):
     cfg = TrainConfig.from_dict({"method": "gmp", "prune_epochs": 4})
     assert "art" not in cfg.to_dict() and cfg.to_dict()["baseline"] == {"prune_epochs": 4}
-    with pytest.raises(UserError, match="--prune-epochs applies to the baselines"):
+    with pytest.raises(UserError, match="--prune-epochs applies to --method oneshot, gmp, snip or rigl only"):
         TrainConfig.from_dict({**cfg.to_dict(), "sparsity": {"method": "art", "sparsity": 0.9}})
 
 

@@ -27,8 +27,8 @@ _HOME = {
     "hypersparse.regularizers": ["L1", "L2", "HyperSparse", "Regularizer"],
     "hypersparse.schedule": ["ART", "ARTDidNotConverge", "ARTSchedule"],
     "hypersparse.driver": ["ARTDriver", "Driver"],
-    "hypersparse.method": ["EpochResult", "Method"],
-    "hypersparse.export": ["load_sparse", "save_sparse"],
+    "hypersparse.method": ["EpochResult", "Method", "Setup", "register_method"],
+    "hypersparse.export": ["load_sparse", "register_export", "save_sparse"],
     "hypersparse.inference": ["CompactMLP", "sparse_inference"],
 }
 _WHERE = {name: module for module, names in _HOME.items() for name in names}
@@ -36,11 +36,11 @@ __all__ = sorted(_WHERE)
 
 if typing.TYPE_CHECKING:
     from hypersparse.driver import ARTDriver, Driver
-    from hypersparse.export import load_sparse, save_sparse
+    from hypersparse.export import load_sparse, register_export, save_sparse
     from hypersparse.inference import CompactMLP, sparse_inference
     from hypersparse.keep_pruned import MaskHandle, apply_masks_
     from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report
-    from hypersparse.method import EpochResult, Method
+    from hypersparse.method import EpochResult, Method, Setup, register_method
     from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
     from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
     from hypersparse.schedule import ART, ARTDidNotConverge, ARTSchedule

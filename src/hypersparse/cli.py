@@ -14,11 +14,11 @@ import sys
 import threading
 import traceback
 import typing
-
 from dataclasses import fields
+from pathlib import Path
 
 from hypersparse import __version__
-from hypersparse.config import SECTIONS, TrainConfig, canonical, flag
+from hypersparse.config import TrainConfig, canonical, flag, sections, setting_flag, setting_help, type_name
 from hypersparse.distributed import close_distributed
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
 from hypersparse.schedule import ARTDidNotConverge
@@ -41,7 +41,7 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
                           for p in a.choices.values()]
     flags = {o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")}
     settings = {"--" + f.name.replace("_", "-"): f"--set {section}.{f.name}=VALUE"
-                for section, cls in SECTIONS.items() for f in fields(cls) if not f.metadata["flag"]}
+                for section, cls in sections().items() for f in fields(cls) if not setting_flag(f)}
     close = did_you_mean(wrong, sorted(flags | set(settings)))
     if not close:
         return ""
@@ -50,30 +50,28 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial
-EXPORTS = {"sparse": "model.sparse.safetensors", "onnx": "model.onnx", "dense": "model.dense.pt"}  # default names
-COMPACT_ONNX = "model.compact.onnx"  # --format onnx --compact: beside the plain export, not over it
 _TYPES = {"int": int, "float": float}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One argument group per config section, one flag per setting marked as a flag; the rest in the epilog."""
     hidden = []
-    for section, cls in SECTIONS.items():
+    for section, cls in sections().items():
         group = None
         for f in fields(cls):
             if f.name in skip:
                 continue
-            if not f.metadata["flag"]:
+            if not setting_flag(f):
                 hidden.append(f"{section}.{f.name} ({f.default})")
                 continue
             if group is None:
                 group = parser.add_argument_group(section, cls.__doc__)
-            dest, help = f"{section}.{f.name}", f.metadata["help"] + (f" (default: {f.default})" if f.default else "")
+            dest, help = f"{section}.{f.name}", setting_help(f) + (f" (default: {f.default})" if f.default else "")
             flag = "--" + f.name.replace("_", "-")
-            if str(f.type) == "bool":
+            if type_name(f) == "bool":
                 group.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=help)
             else:
-                group.add_argument(flag, dest=dest, type=_TYPES.get(str(f.type), str), default=argparse.SUPPRESS,
+                group.add_argument(flag, dest=dest, type=_TYPES.get(type_name(f), str), default=argparse.SUPPRESS,
                                    metavar=f.name.split("_")[-1].upper(), help=help)
     files = parser.add_argument_group("settings from a file")
     files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (a run's config.json is one);"
@@ -105,6 +103,7 @@ def _config_from(args) -> TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     from hypersparse.data import DATASETS
+    from hypersparse.export import EXPORTS
     from hypersparse.models import MODELS
 
     parser = _Parser(prog="hypersparse", description="Make dense PyTorch networks extremely sparse with HyperSparse "
@@ -151,69 +150,61 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--plugin", help="modules to import first, comma-separated (a run that used --plugin needs it "
                     "again)")
     ex.add_argument("--format", choices=tuple(EXPORTS), default="sparse",
-                    help="sparse: safetensors with CSR or bitmask tensors; onnx: takes raw pixels (needs the [onnx] "
-                    "extra); dense: a plain state_dict that load_state_dict accepts without hypersparse, and a JSON "
-                    "of its architecture and input normalisation")
-    ex.add_argument("--out", help="output file (default: " + ", ".join(EXPORTS.values()) + f", {COMPACT_ONNX} with "
-                    "--compact, in the run directory)")
+                    help="; ".join(f.help for f in EXPORTS.values()))
+    ex.add_argument("--out", help="output file (default: " + ", ".join(f"model{f.extension}" for f in EXPORTS.values())
+                    + ", " + ", ".join(f"model.compact{EXPORTS[n].extension}" for n in _takes("compact"))
+                    + " with --compact, in the run directory)")
     ex.add_argument("--compact", action="store_true",
-                    help="--format onnx: export the channel-compacted model (BatchNorm folded, channels no kept weight "
-                    "produces or reads removed; same outputs, faster in any runtime)")
+                    help=f"--format {' or '.join(_takes('compact'))}: export the channel-compacted model (BatchNorm "
+                    "folded, channels no kept weight produces or reads removed; same outputs, faster in any runtime)")
     rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
     rep.add_argument("--out", help="output folder (default: the first run directory)")
+    rep.add_argument("--plugin", help="modules to import first, comma-separated (runs of a method a --plugin "
+                     "registered need it again)")
     return parser
 
 
 def _report(args) -> int:
     from hypersparse.report import build_report
 
-    print(f"wrote {build_report(args.runs, args.out)}")
+    print(f"wrote {build_report(args.runs, args.out, args.plugin)}")
     return 0
 
 
+def _takes(option: str) -> list[str]:
+    """The export formats that take ``option`` (``compact``)."""
+    from hypersparse.export import EXPORTS
+
+    return [name for name, f in EXPORTS.items() if option in f.options]
+
+
 def _export(args) -> int:
-    from pathlib import Path
-
-    import torch
-
     from hypersparse.checkpoint import output_file
-    from hypersparse.export import export_onnx, save_dense, save_sparse
-    from hypersparse.run_read import SUMMARY, model_from_run, read_json, run_settings
+    from hypersparse.export import EXPORTS
+    from hypersparse.run_read import SUMMARY, model_from_run, plugins_first, read_json, run_settings
 
     path = Path(args.run)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run directory or its model.pt")
     run_dir = path if path.is_dir() else path.parent
+    plugins_first(run_dir, args.plugin)  # before summary.json, whose settings may name a plugin's method
     summary = read_json(run_dir / SUMMARY)
     if summary is None:
         raise UserError(f"{run_dir} holds no finished run (no summary.json); train it to the end first")
-    if args.compact and args.format != "onnx":
-        raise UserError(f"--compact applies to --format onnx only (a {args.format} file keeps the run's architecture, "
-                        "which loaders rebuild); drop --compact or use --format onnx")
-    default = COMPACT_ONNX if args.compact else EXPORTS[args.format]
+    fmt = EXPORTS[args.format]
+    options = {"compact": True} if args.compact else {}
+    if set(options) - set(fmt.options):
+        takes = " or ".join(_takes("compact"))
+        raise UserError(f"--compact applies to --format {takes} only (a {args.format} file keeps the run's "
+                        f"architecture, which loaders rebuild); drop --compact or use --format {takes}")
+    default = f"model{'.compact' if args.compact else ''}{fmt.extension}"  # beside the plain export, not over it
     out = output_file(args.out or run_dir / default, "--out")
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
-    if args.format == "sparse":
-        info = save_sparse(model, out, arch, inputs)
-        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32")
-    elif args.format == "dense":
-        output_file(out.with_suffix(".json"), "--out")
-        info = save_dense(model, out, arch, inputs)
-        print(f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}")
-    else:
-        example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
-        removed = 0
-        if args.compact:
-            from hypersparse.compaction import compact_channels
-
-            model, removed = compact_channels(model.eval())
-        info = export_onnx(model, example, out, inputs)
-        print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers"
-              + (f", {removed} channels removed by compaction" if args.compact else ""))
+    print(fmt.writer(model, out, arch, inputs, **options))
     return 0
 
 
@@ -285,6 +276,59 @@ def _stopped(exc: KeyboardInterrupt) -> int:
     if isinstance(exc, Terminated):
         return _say(STOPPED.format(what="terminated"), 143)
     return _say(STOPPED.format(what="interrupted"), 130)
+
+
+PRELOAD = ("train", "tune", "export")  # commands whose flags and choices list what plugins register
+
+
+def _typed_plugins(argv: list[str]) -> list[str]:
+    """The modules typed after ``--plugin`` (before the arguments are parsed: they may add flags and choices)."""
+    found = []
+    for i, word in enumerate(argv):
+        if word == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif word.startswith("--plugin="):
+            found.append(word.split("=", 1)[1])
+    return found
+
+
+def _resumed_plugin(argv: list[str]) -> str | None:
+    """The ``--plugin`` the run that ``--resume`` names was started with (None if unreadable: the resume says why)."""
+    import json
+
+    folder = argv[argv.index("--resume") + 1] if argv.index("--resume") + 1 < len(argv) else None
+    try:
+        return json.loads((Path(folder) / "config.json").read_text())["run"]["plugin"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def _preload(argv: list[str]) -> int | None:
+    """For train, tune and export: import the installed plugins (entry points) and the typed ``--plugin`` modules
+    first, so the methods, settings and export formats they register are flags and choices; an exit code if one
+    fails."""
+    from hypersparse.plugins import UserCodeError, load_entry_points, load_plugins, typed_names_from
+
+    if not argv or argv[0] not in PRELOAD:
+        return None
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = None
+    typed = ",".join(_typed_plugins(argv))
+    if "--resume" in argv and typed != _resumed_plugin(argv):
+        typed = ""  # beside --resume, --plugin confirms the run's; a different one is refused by the resume itself
+    try:
+        with typed_names_from(here) if here else contextlib.nullcontext():
+            load_entry_points()
+            load_plugins(typed)
+    except UserCodeError as exc:
+        if _rank0():
+            print(exc.frames, end="", file=sys.stderr, flush=True)
+        return _say(f"error: {exc}", 2)
+    except UserError as exc:
+        return _say(f"error: {exc}", 2)
+    return None
 
 
 def _dispatch(args) -> int:
@@ -366,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, _terminate)  # stop like Ctrl-C: the write in progress finishes or is undone
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        early = _preload(argv)
+        if early is not None:
+            return early
         args = build_parser().parse_args(argv)
         if main_thread and args.command in STOP_AT_ONCE:
             for sig in saved:

@@ -1,8 +1,9 @@
-"""``--compare oneshot,gmp,snip``: after an ART run, the standard baselines at the same seed and epoch budget.
+"""``--compare oneshot,gmp,snip,rigl``: after a run, other methods at the same seed and epoch budget.
 
-Each baseline trains in ``<run>/compare-<method>/`` with ART's warm-up, as many pruning-phase epochs as ART
-regularized, and ART's fine-tuning (so every model gets the same number of epochs), and is added to the run's
-final table and ``summary.json``. A stopped comparison resumes with the run's ``--resume``.
+Each trains in ``<run>/compare-<method>/`` with the run's warm-up, as many epochs between warm-up and fine-tuning as
+the run had (ART: as many as it regularized), and the run's fine-tuning (so every model gets the same number of
+epochs), and is added to the run's final table and ``summary.json``. A stopped comparison resumes with the run's
+``--resume``.
 
 :func:`train` and :func:`resume` are the engine's, with the comparison after the run (inside its lock); the engine
 itself knows nothing of baselines.
@@ -22,12 +23,14 @@ from hypersparse.run_write import RunFiles, format_summary
 
 
 def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConfig:
-    """The baseline ``method`` with the ART run ``cfg``'s phases, in epochs as they ran (no further scaling)."""
+    """``method`` with the run ``cfg``'s phases, in epochs as they ran (no further scaling); ``reg_epochs``: the run's
+    epochs between warm-up and fine-tuning."""
     schedule = replace(cfg.schedule, epochs_scale=1.0, warmup_epochs=cfg.warmup, finetune_epochs=cfg.finetune,
                        lr_steps=",".join(str(m) for m in cfg.milestones) or "0")
-    return replace(cfg, sparsity=replace(cfg.sparsity, method=method), schedule=schedule,
-                   baseline=replace(cfg.baseline, prune_epochs=max(1, reg_epochs)),
-                   run=replace(cfg.run, compare=None, run_dir=None), given=frozenset())
+    cfg = cfg.with_sections(sparsity=replace(cfg.sparsity, method=method), schedule=schedule,
+                            baseline=replace(cfg.baseline, prune_epochs=max(1, reg_epochs)),
+                            run=replace(cfg.run, compare=None, run_dir=None))
+    return replace(cfg, given=frozenset())
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None) -> dict:
@@ -54,7 +57,7 @@ def _comparison(progress: bool | None) -> engine.Then:
 def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress: bool | None) -> dict:
     """Train (or resume, or read back) each baseline of ``cfg.run.compare``; return ``summary`` with ``compare``."""
     run_dir = files.path
-    reg_epochs = summary["epochs"].get("regularize", 0)
+    reg_epochs = max(0, sum(summary["epochs"].values()) - cfg.warmup - cfg.finetune)  # ART's: its regularization
     results = {}
     for method in [m.strip() for m in cfg.run.compare.split(",") if m.strip()]:
         folder = run_dir / f"compare-{method}"

@@ -8,6 +8,10 @@ alike and ``config.json`` is read back through the same declaration. A setting
 that does not apply to the chosen method, regularizer or dataset is an error,
 never silently ignored (:func:`not_applicable`). Keys may be written with their
 section (``art.eta``) or alone (``eta``): every key name is unique across the sections.
+
+The sections ``data``, ``model``, ``sparsity``, ``schedule`` and ``run`` are every run's; the others come with the
+methods (:func:`hypersparse.method.register_method`): ``art`` and ``hs`` with ART, ``baseline`` with the methods
+that prune between warm-up and fine-tuning, and a plugin's own. :func:`sections` lists them all.
 """
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hypersparse.errors import UserError, did_you_mean
 from hypersparse.masks import check_ceiling
+from hypersparse.method import method_entries, method_entry, method_sections
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, LAMBDA_INIT, parse_auto
 from hypersparse.schema import (MAX_JSON_BYTES, Bool, Float, Int, Optional, SchemaError, Spec, Str, parse_json,
@@ -52,9 +57,66 @@ class Lambda(Spec):
         return Float(0, lo_open=True, what=self.describe()).check(number, where)
 
 
-def _f(default, help: str, spec: Spec, flag: bool = True):
-    """A setting of type and range ``spec``; ``flag=False`` keeps it out of ``--help`` (config file or ``--set``)."""
+def setting(default, help: str | Callable[[], str], spec: Spec, flag: bool = True):
+    """A setting of type and range ``spec``; ``flag=False`` keeps it out of ``--help`` (config file or ``--set``).
+    ``help`` may be a function, for text that lists what is registered."""
     return field(default=default, metadata={"help": help, "flag": flag, "spec": spec})
+
+
+_f = setting
+_PLAIN = {"int": Int(), "float": Float(), "str": Str(), "bool": Bool()}
+
+
+def type_name(f) -> str:
+    """A field's type as written (``"int"``, ``"str | None"``), whether or not its module defers annotations."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def setting_spec(f) -> Spec:
+    """A field's spec: declared with :func:`setting`, else from a plain field's type (int, float, str, bool)."""
+    if "spec" in f.metadata:
+        return f.metadata["spec"]
+    name = type_name(f).replace(" ", "")
+    optional = name.endswith("|None") or name.startswith("Optional[")
+    base = name.removesuffix("|None").removeprefix("Optional[").removesuffix("]") if optional else name
+    if base not in _PLAIN:
+        raise TypeError(f"setting {f.name} has type {type_name(f)}; declare it with hypersparse.config.setting")
+    return Optional(_PLAIN[base]) if optional else _PLAIN[base]
+
+
+def setting_help(f) -> str:
+    text = f.metadata.get("help", "")
+    return text() if callable(text) else text
+
+
+def setting_flag(f) -> bool:
+    return f.metadata.get("flag", True)
+
+
+class MethodName(Spec):
+    """A registered method's name (installed plugins are looked in when it is not one yet)."""
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # for the did-you-mean hint
+        return tuple(method_entries())
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(method_entries())
+
+    def check(self, value, where=""):
+        if not isinstance(value, str) or len(value) > 32 or method_entry(value) is None:
+            raise self.fail(value, where)
+        return value
+
+
+def _method_help() -> str:
+    helps = [e.help for e in method_entries().values()]
+    return ", ".join(helps[:-1]) + " or " + helps[-1] if len(helps) > 1 else helps[0]
+
+
+def comparable() -> list[str]:
+    """The methods ``--compare`` may name."""
+    return [name for name, e in method_entries().items() if e.compare]
 
 
 @dataclass(frozen=True)
@@ -82,7 +144,7 @@ class ModelConfig:
 class SparsityConfig:
     """How sparse, and by which method."""
 
-    method: str = _f("art", "art (the paper's), oneshot, gmp or snip", Str(16, ("art", "oneshot", "gmp", "snip")))
+    method: str = _f("art", _method_help, MethodName())
     sparsity: float = _f(0.9, "target fraction of prunable weights that are exactly zero, in [0, 1)",
                          Float(0, 1, hi_open=True, what="in [0, 1) (the fraction of weights set to zero, e.g. 0.9)"))
     exclude: str | None = _f(None, "layers to keep dense, comma-separated globs over their dotted names "
@@ -126,7 +188,7 @@ class HyperSparseConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """The baselines' pruning phase (oneshot, gmp, snip)."""
+    """The phase between warm-up and fine-tuning, for the methods that use it (all but art)."""
 
     prune_epochs: int = _f(20, "epochs between warm-up and fine-tuning (gmp prunes over them), to match ART's budget",
                            EPOCHS)
@@ -164,10 +226,11 @@ class RunConfig:
     stats: bool = _f(True, "log per-epoch weight statistics (stats.jsonl, for hypersparse report)", Bool(), flag=False)
     compact_finetune: bool = _f(True, "once the mask is fixed, train only the units and channels that reach the "
                                 "output (exact; written back into the full model every epoch)", Bool(), flag=False)
-    plugin: str | None = _f(None, "modules to import first, comma-separated (they register models and datasets)",
+    plugin: str | None = _f(None, "modules to import first, comma-separated (they register models, datasets, "
+                            "methods and export formats)",
                             Optional(Str(1024, pattern=MODULES, what="module names, comma-separated")))
-    compare: str | None = _f(None, "after the run, train these baselines at its seed and epoch budget and compare: "
-                             "oneshot, gmp, snip (comma-separated; --method art only)", Optional(Str(64)))
+    compare: str | None = _f(None, lambda: "after the run, train these methods at its seed and epoch budget and "
+                             f"compare: {', '.join(comparable())} (comma-separated)", Optional(Str(256)))
     threads: int = _f(0, "CPU threads for training; 0 = auto: 1 for a model under 100 M multiply-adds per step "
                       "(faster on a busy machine, and the same numbers on any machine), torch's default above; "
                       "OMP_NUM_THREADS or torch.set_num_threads also choose", Int(0, 4096), flag=False)
@@ -175,16 +238,51 @@ class RunConfig:
                          Optional(Str(16, LOGGERS)), flag=False)
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig, "art": ARTConfig, "hs": HyperSparseConfig,
-    "baseline": BaselineConfig, "schedule": ScheduleConfig, "run": RunConfig,
-}
-#: key -> its section, for keys written without one
-KEYS: dict[str, str] = {f.name: s for s, cls in SECTIONS.items() for f in fields(cls)}
+#: every run's sections; the methods bring theirs (art, hs, baseline, ...) through the registry
+CORE: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "sparsity": SparsityConfig,
+                         "schedule": ScheduleConfig, "run": RunConfig}
+_cache: dict = {}
+
+
+def sections() -> dict[str, type]:
+    """Every settings section by name, in ``--help``'s order: data, model, sparsity, the methods', schedule, run."""
+    extra = method_sections()
+    if _cache.get("key") != tuple(extra.items()):
+        out = {k: CORE[k] for k in ("data", "model", "sparsity")}
+        out.update({k: v for k, v in extra.items() if k not in CORE})
+        out.update({k: CORE[k] for k in ("schedule", "run")})
+        owner: dict[str, str] = {}
+        for section, cls in out.items():
+            for f in fields(cls):
+                if f.name in owner:  # keys may be written without their section, so each name is one setting
+                    raise UserError(f"setting {section}.{f.name} (a plugin's?) has the name of "
+                                    f"{owner[f.name]}.{f.name}; rename it (a setting's name is unique across sections)")
+                owner[f.name] = section
+                setting_spec(f)
+        _cache.update(key=tuple(extra.items()), sections=out, keys=owner)
+    return _cache["sections"]
+
+
+def keys() -> dict[str, str]:
+    """Each setting's name -> its section, for keys written without one."""
+    sections()
+    return _cache["keys"]
+
+
+def __getattr__(name: str):  # SECTIONS and KEYS, as they were before methods brought sections
+    if name == "SECTIONS":
+        return sections()
+    if name == "KEYS":
+        return keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _field(section: str, name: str):
+    return next(f for f in fields(sections()[section]) if f.name == name)
 
 
 def _spec(section: str, name: str) -> Spec:
-    return next(f.metadata["spec"] for f in fields(SECTIONS[section]) if f.name == name)
+    return setting_spec(_field(section, name))
 
 
 def _from_text(spec: Spec, text: str, booleans: bool) -> Any:
@@ -216,17 +314,34 @@ def _convert(section: str, name: str, value: Any, text: bool) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run: one section per concern. Build it with :meth:`from_dict`; ``given`` lists what was set."""
+    """A training run: one section per concern. Build it with :meth:`from_dict`; ``given`` lists what was set.
+
+    The methods' sections are attributes too (``cfg.art.eta``, ``cfg.baseline.prune_epochs``): ``method_settings``
+    holds those that differ from their defaults.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
-    art: ARTConfig = field(default_factory=ARTConfig)
-    hs: HyperSparseConfig = field(default_factory=HyperSparseConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    method_settings: tuple = ()  # ((section, settings), ...), sorted by section
     given: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name not in method_sections():
+            raise AttributeError(f"{type(self).__name__!r} has no section {name!r}")
+        return dict(self.method_settings).get(name) or method_sections()[name]()
+
+    def with_sections(self, **updates) -> "TrainConfig":
+        """This config with some sections replaced (``cfg.with_sections(baseline=...)``), core or a method's."""
+        core = {k: v for k, v in updates.items() if k in CORE}
+        own = dict(self.method_settings)
+        for section, value in updates.items():
+            if section not in CORE:
+                own[section] = value
+        kept = tuple(sorted((k, v) for k, v in own.items() if v != method_sections()[k]()))
+        return replace(self, **core, method_settings=kept)
 
     @classmethod
     def from_dict(cls, settings: dict, base: "TrainConfig | None" = None, check: bool = True,
@@ -241,25 +356,25 @@ class TrainConfig:
             raise UserError(f"settings must be a table of sections, not {type(settings).__name__}")
         flat: dict[str, Any] = {}
         for key, value in settings.items():
-            if key in SECTIONS and isinstance(value, dict):
+            if isinstance(value, dict):  # a section's table (no setting's value is a table)
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 flat[key] = value
         cfg = base or cls()
         updates: dict[str, dict] = {}
         for key, value in flat.items():
-            section, _, name = str(key).rpartition(".")
-            section = section or KEYS.get(name, "")
-            if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
+            if not _known(str(key)):
                 shown = key if len(str(key)) <= 60 else str(key)[:57] + "..."
-                known = [f"{KEYS[k]}.{k}" for k in KEYS]
-                hint = did_you_mean(key, known if "." in str(key) else KEYS)
+                known = [f"{s}.{k}" for k, s in keys().items()]
+                hint = did_you_mean(key, known if "." in str(key) else keys())
                 listed = "see hypersparse train --help for them" if hint else f"the settings are: {', '.join(known)}"
                 raise UserError(f"unknown setting {shown!r}{hint}; {listed}")
+            section, _, name = str(key).rpartition(".")
+            section = section or keys()[name]
             updates.setdefault(section, {})[name] = _convert(section, name, value, text)
-        sections = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
+        new = {s: replace(getattr(cfg, s), **u) for s, u in updates.items()}
         given = cfg.given | {f"{s}.{k}" for s, u in updates.items() for k in u}
-        cfg = replace(cfg, **sections, given=frozenset(given))
+        cfg = replace(cfg.with_sections(**new), given=frozenset(given))
         return cfg.validate() if check else cfg
 
     @classmethod
@@ -298,7 +413,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """The settings that apply to this run, by section (what ``config.json`` holds; :meth:`from_dict` reads it)."""
         out: dict[str, dict] = {}
-        for section in SECTIONS:
+        for section in sections():
             for key, value in asdict(getattr(self, section)).items():
                 if value is not None and not_applicable(self, f"{section}.{key}") is None:
                     out.setdefault(section, {})[key] = value
@@ -368,37 +483,51 @@ def transformer_defaults(cfg: TrainConfig, model) -> TrainConfig:
     return replace(cfg, sparsity=replace(cfg.sparsity, **updates))
 
 
+def _known(key: str) -> bool:
+    """Whether ``key`` names a setting; a section no method has registered yet may be an installed plugin's."""
+    section, _, name = key.rpartition(".")
+    for attempt in range(2):
+        if (section or keys().get(name)) in sections() and \
+                name in {f.name for f in fields(sections()[section or keys()[name]])}:
+            return True
+        if attempt == 0:
+            from hypersparse.plugins import load_entry_points
+
+            if not load_entry_points():
+                return False
+    return False
+
+
 def canonical(key: str) -> str:
     """``section.name`` for a key written with or without its section (``eta`` -> ``art.eta``)."""
     section, _, name = key.rpartition(".")
-    return f"{section or KEYS.get(name, '')}.{name}"
+    return f"{section or keys().get(name, '')}.{name}"
 
 
 def flag(key: str) -> str:
     """How a setting is written on the command line: ``--lr`` for a flag, ``--set art.buffer_k=...`` otherwise."""
     section, _, name = key.rpartition(".")
-    shown = next(f.metadata["flag"] for f in fields(SECTIONS[section]) if f.name == name)
-    return "--" + name.replace("_", "-") if shown else f"--set {key}"
+    return "--" + name.replace("_", "-") if setting_flag(_field(section, name)) else f"--set {key}"
 
 
 def not_applicable(cfg: TrainConfig, key: str) -> str | None:
     """Why setting ``key`` (``section.name``) has no effect in ``cfg``, or None if it applies."""
     section, _, name = key.rpartition(".")
     method, dataset = cfg.sparsity.method, cfg.data.dataset
-    if section in ("art", "hs") and method != "art":
-        return f"applies to --method art only (this run is --method {method})"
-    if section == "hs" and cfg.art.reg != "hs":
-        return f"applies to --reg hs only (this run regularizes with {cfg.art.reg})"
-    if section == "baseline" and method == "art":
-        return "applies to the baselines (oneshot, gmp, snip), not --method art"
+    if section not in CORE:
+        entry = method_entry(method)
+        if entry is None or section not in entry.sections:
+            owners = [e.name for e in method_entries().values() if section in e.sections]
+            shown = ", ".join(owners[:-1]) + " or " + owners[-1] if len(owners) > 1 else "".join(owners)
+            return f"applies to --method {shown} only (this run is --method {method})"
+        if entry.rules is not None:
+            return entry.rules(cfg, key)
     if key == "data.data_dir" and dataset.startswith("folder:"):
         return "is not read by a folder:<path> dataset, whose path is its name"
     if key == "data.data_dir" and dataset in NO_FILES:
         return f"is not read by dataset {dataset!r}, which needs no files"
     if key == "data.download" and dataset not in DOWNLOADS:
         return f"works for {', '.join(DOWNLOADS)} only, not dataset {dataset!r}"
-    if key == "run.compare" and method != "art":
-        return f"compares baselines with --method art only (this run is --method {method})"
     if key == "schedule.warmup_epochs" and cfg.model.pretrained:
         return "does not apply with --pretrained, which starts from a trained dense model (no warm-up)"
     return None
@@ -407,10 +536,12 @@ def not_applicable(cfg: TrainConfig, key: str) -> str | None:
 def _check_values(cfg: TrainConfig) -> None:
     """The checks that involve more than one setting (each setting's own range is its spec's)."""
     compared = [m.strip() for m in (cfg.run.compare or "").split(",")]
-    if cfg.run.compare is not None and (not all(compared) or not set(compared) <= {"oneshot", "gmp", "snip"}):
-        wrong = next((m for m in compared if m not in ("oneshot", "gmp", "snip")), "")
-        raise UserError(f"--compare takes oneshot, gmp and/or snip, comma-separated, got {cfg.run.compare!r}"
-                        + did_you_mean(wrong, ("oneshot", "gmp", "snip")))
+    allowed = [m for m in comparable() if m != cfg.sparsity.method]
+    if cfg.run.compare is not None and (not all(compared) or not set(compared) <= set(allowed)):
+        wrong = next((m for m in compared if m not in allowed), "")
+        same = f" (this run is --method {wrong} already)" if wrong == cfg.sparsity.method else ""
+        raise UserError(f"--compare takes {', '.join(allowed)}, comma-separated, got {cfg.run.compare!r}{same}"
+                        + did_you_mean(wrong, allowed))
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
                         f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")

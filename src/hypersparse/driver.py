@@ -105,7 +105,11 @@ class Driver:
         return self.method.begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
 
     def before_step(self) -> None:
-        """Add ``lam * grad(regularizer)`` to the gradients (after backward and any gradient reduction)."""
+        """After backward and any gradient reduction: the method reads the dense gradients (RigL, on its update
+        steps), then ``lam * grad(regularizer)`` is added to them."""
+        hook = getattr(self.method, "before_step", None)
+        if hook is not None:
+            hook()
         lam = self.lam
         if lam and self.method.regularizer is not None:
             self.method.regularizer.add_grad_(lam)

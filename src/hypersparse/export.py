@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -306,3 +308,64 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     data = proto.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": len(sparse)}
+
+
+# -- the formats of ``hypersparse export --format`` ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportFormat:
+    """One ``--format``: ``writer(model, out, arch, inputs, **options) -> str`` writes ``out`` and returns the line
+    to print; ``extension`` names the default file (``model<extension>`` in the run folder); ``options``: the
+    ``export`` flags it takes (``compact``)."""
+
+    name: str
+    writer: Callable[..., str]
+    extension: str
+    help: str
+    options: tuple[str, ...]
+
+
+EXPORTS: dict[str, ExportFormat] = {}
+
+
+def register_export(name: str, writer: Callable[..., str], extension: str, help: str = "",
+                    options: tuple[str, ...] = ()) -> None:
+    """Make ``hypersparse export --format name`` write with ``writer(model, out, arch, inputs, **options)``.
+
+    ``model`` is the run's trained model (pruned weights are zeros), ``out`` the output path, ``arch`` the run's
+    architecture (``model``, ``num_classes``, ``in_channels``, ``image_size``) and ``inputs`` its input record
+    (normalisation, class names) or None. It returns the line the command prints.
+    """
+    if not callable(writer) or not isinstance(extension, str) or not extension.startswith("."):
+        raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
+    EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options))
+
+
+def _write_sparse(model: nn.Module, out: Path, arch: dict, inputs: dict | None) -> str:
+    info = save_sparse(model, out, arch, inputs)
+    return f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ratio']:.1f}x smaller than dense fp32"
+
+
+def _write_dense(model: nn.Module, out: Path, arch: dict, inputs: dict | None) -> str:
+    from hypersparse.checkpoint import output_file
+
+    output_file(out.with_suffix(".json"), "--out")  # the JSON beside it is an output too
+    info = save_dense(model, out, arch, inputs)
+    return f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}"
+
+
+def _write_onnx(model: nn.Module, out: Path, arch: dict, inputs: dict | None, compact: bool = False) -> str:
+    example = torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"])
+    removed = 0
+    if compact:
+        from hypersparse.compaction import compact_channels
+
+        model, removed = compact_channels(model.eval())
+    info = export_onnx(model, example, out, inputs)
+    return (f"wrote {info['path']}: {info['bytes']:,} bytes, {info['sparse_initializers']} sparse initializers"
+            + (f", {removed} channels removed by compaction" if compact else ""))
+
+
+register_export("sparse", _write_sparse, ".sparse.safetensors", "sparse: safetensors with CSR or bitmask tensors")
+register_export("onnx", _write_onnx, ".onnx", "onnx: takes raw pixels (needs the [onnx] extra)", options=("compact",))
+register_export("dense", _write_dense, ".dense.pt", "dense: a plain state_dict that load_state_dict accepts without "
+                "hypersparse, and a JSON of its architecture and input normalisation")

@@ -8,9 +8,12 @@ says which flag to type (:func:`require_typed`, :func:`trust_line`) and imports 
 line are looked up in the current folder too, as ``python -m`` would (:func:`typed_names_from`); nothing else is, and
 the current folder is never left on ``sys.path``.
 
-A plugin is any importable module that calls :func:`hypersparse.models.register_model` or
-:func:`hypersparse.data.register_dataset` when imported. An installed package may list one in the
-``hypersparse.plugins`` entry-point group, which hypersparse imports the first time a name is not found.
+A plugin is any importable module that calls :func:`hypersparse.models.register_model`,
+:func:`hypersparse.data.register_dataset`, :func:`hypersparse.register_method` or
+:func:`hypersparse.export.register_export` when imported. An installed package may list one in the
+``hypersparse.plugins`` entry-point group (a module, or a ``module:function`` that registers when called), which
+hypersparse imports when a command starts whose flags list what is registered, and otherwise the first time a name
+is not found.
 
 When the user's own code raises (their model, dataset, plugin, or a syntax error in it), :class:`UserCodeError`
 carries their frames only, and the command line prints those and one line saying which of their objects failed.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import inspect
 import os
 import sys
 import sysconfig
@@ -171,7 +175,8 @@ def load_plugins(modules: str | None) -> None:
 
 
 def load_entry_points() -> bool:
-    """Import every installed ``hypersparse.plugins`` entry point once; True if this call imported any."""
+    """Import every installed ``hypersparse.plugins`` entry point once (one naming a function is called: it
+    registers); True if this call imported any."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return False
@@ -179,7 +184,9 @@ def load_entry_points() -> bool:
     found = list(entry_points(group=GROUP))
     for ep in found:
         try:
-            ep.load()
+            loaded = ep.load()
+            if inspect.isfunction(loaded):
+                loaded()
         except Exception as exc:  # a broken third-party plugin: name it, do not crash on someone else's bug
             raise UserError(f"plugin {ep.name} ({ep.value}) of entry-point group {GROUP} failed to import: {exc}") \
                 from None

@@ -11,6 +11,8 @@ import shutil
 import sys
 import time
 
+from hypersparse.method import method_entry
+
 WINDOW = 4  # regularization epochs over which the gap's closing pace is measured
 MARK = {"exact": "", "estimate": "~", "at least": ">="}
 
@@ -115,9 +117,8 @@ def plan_text(cfg) -> str:
                "epochs)")
         phases = ([_epochs(cfg.warmup, "dense warm-up")] if cfg.warmup else []) + [reg]
     else:
-        middle = {"oneshot": "more dense epochs, then one pruning", "gmp": "gradual pruning epochs",
-                  "snip": "sparse training epochs (pruned at initialization)"}.get(cfg.sparsity.method,
-                                                                                   "pruning epochs")
+        entry = method_entry(cfg.sparsity.method)
+        middle = entry.plan if entry is not None else "pruning epochs"
         phases = ([_epochs(cfg.warmup, "dense warm-up")] if cfg.warmup else []) + \
             [f"{cfg.scaled(cfg.baseline.prune_epochs)} {middle}"]
     return "plan: " + ", then ".join(phases + [_epochs(cfg.finetune, "fine-tuning") + " with the mask fixed"])

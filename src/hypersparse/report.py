@@ -169,7 +169,7 @@ def _fig_per_class(plt, runs, path):
     fig.savefig(path, dpi=100, format="png")
 
 
-def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
+def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, plugin: str | None = None) -> Path:
     """Write the PNGs and ``report.html`` into ``out_dir`` (default: the first run's folder); returns the HTML path.
 
     The runs' files are read through their schemas, every figure is drawn in memory, and only then is anything
@@ -181,7 +181,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise UserError("the report needs matplotlib: pip install 'hypersparse[cli]'") from exc
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, plugin) for d in run_dirs]
     for run in runs:
         if not run.metrics:
             raise UserError(f"{run.dir} has no finished epoch in metrics.jsonl; train it for an epoch first")

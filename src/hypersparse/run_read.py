@@ -18,6 +18,7 @@ from hypersparse import schema
 from hypersparse.checkpoint import VERSION, load_checkpoint
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
+from hypersparse.method import method_entry
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, names_code, trust_line
 
 CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY = (
@@ -74,9 +75,11 @@ SCHEMAS = {CONFIG: (SETTINGS, False), SUMMARY: (SUMMARY_SPEC, False), METRICS: (
 
 
 def run_label(config: dict) -> str:
-    """``art-hs``, ``art-l1``, ... for ART runs, the method's name otherwise (config as in ``config.json``)."""
+    """The run's label in tables and figures (config as in ``config.json``): its method's (``art-hs``, ``art-l1``
+    for ART runs), else the method's name."""
     method = config.get("sparsity", {}).get("method", "?")
-    return f"art-{config.get('art', {}).get('reg', 'hs')}" if method == "art" else method
+    entry = method_entry(method) if isinstance(method, str) else None
+    return entry.label(config) if entry is not None and entry.label is not None else str(method)
 
 
 def read_run_file(path: str | Path):
@@ -111,9 +114,13 @@ def load_run_checkpoint(path: str | Path) -> dict:
                         "start the run again (or resume it with the hypersparse that wrote it)")
     fix = "the checkpoint is damaged; start the run again"
     ckpt = schema.check(ckpt, CHECKPOINT_SPEC, f"checkpoint {path}", fix)
+    from hypersparse.method import method_entry
+
     method = ckpt["config"].get("sparsity", {}).get("method", "art")
-    if method in schema.METHOD_STATE:  # a method registered elsewhere checks its own state when it loads it
-        schema.check(ckpt["method"], schema.METHOD_STATE[method], f"checkpoint {path}: method", fix)
+    entry = method_entry(method)
+    spec = entry.state if entry is not None and entry.state is not None else schema.METHOD_STATE.get(method)
+    if spec is not None:  # a method registered without a schema checks its own state when it loads it
+        schema.check(ckpt["method"], spec, f"checkpoint {path}: method", fix)
     return ckpt
 
 
@@ -132,13 +139,32 @@ class Run:
         return run_label(self.config) if self.config else self.dir.name
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (it must hold ``metrics.jsonl``)."""
+def plugins_first(folder: Path, plugin: str | None) -> None:
+    """Import the typed ``--plugin`` modules before the run's ``config.json`` is read through the settings (whose
+    method or sections a plugin may register); a run that used a plugin not typed is refused, naming it."""
+    require_trusted(_raw_config(folder), {"run.plugin": plugin}, f"the run in {folder}", ("run.plugin",))
+    load_plugins(plugin)
+
+
+def _raw_config(folder: Path) -> dict:
+    """``config.json`` as JSON, not yet read through the settings."""
+    path = folder / CONFIG
+    raw = schema.read_json(path, schema.JSON(4), "run file", DAMAGED) if path.exists() else {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def load_run(run_dir: str | Path, plugin: str | None = None) -> Run:
+    """Read a run directory (it must hold ``metrics.jsonl``); ``plugin``: the modules the user typed, imported first."""
     run_dir = Path(run_dir)
     if not (run_dir / METRICS).exists():
         raise UserError(f"{run_dir} is not a run directory (no {METRICS}); pass the folder 'hypersparse train' wrote")
-    return Run(run_dir, read_json(run_dir / CONFIG) or {}, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS),
-               read_json(run_dir / SUMMARY))
+    load_plugins(plugin)
+    try:
+        config = read_json(run_dir / CONFIG) or {}
+    except UserError:  # a method or settings its plugin registers: name the plugin rather than call the file damaged
+        require_trusted(_raw_config(run_dir), {"run.plugin": plugin}, f"the run in {run_dir}", ("run.plugin",))
+        raise
+    return Run(run_dir, config, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS), read_json(run_dir / SUMMARY))
 
 
 def require_trusted(config: dict, typed: dict, source: str, uses=tuple(CODE_FLAGS)) -> None:
@@ -160,10 +186,10 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; pass a run directory or a model file")
+    plugins_first(p if p.is_dir() else p.parent, plugin)
     config = read_json((p if p.is_dir() else p.parent) / CONFIG) or {}
     require_trusted(config, {"run.plugin": plugin, "model.model": model, "data.dataset": dataset},
                     f"the run in {p if p.is_dir() else p.parent}", uses)
-    load_plugins(plugin)
     settings = {"dataset": dataset or config.get("data", {}).get("dataset"),
                 "data_dir": data_dir or config.get("data", {}).get("data_dir"),
                 "model": model or config.get("model", {}).get("model"), "seed": config.get("run", {}).get("seed", 0),

@@ -362,7 +362,8 @@ def summary_scalars(summary: dict) -> dict[str, float]:
 
 
 def comparison_rows(summary: dict) -> tuple[list[str], str | None]:
-    """Table rows for the baselines ``--compare`` trained, and the line comparing them with ART and the dense model."""
+    """Table rows for the methods ``--compare`` trained, and the line comparing them with the run and the dense
+    model."""
     compare = summary.get("compare") or {}
     if not compare:
         return [], None
@@ -371,5 +372,7 @@ def comparison_rows(summary: dict) -> tuple[list[str], str | None]:
     s, d = summary["sparse"], summary["dense"]
     others = ", ".join(f"{m} {r['test_acc']:.2%}" for m, r in compare.items())
     dense = f"; dense {d['test_acc']:.2%}" if d else ""
-    return rows, (f"at {s['sparsity']:.2%} sparsity, test accuracy: ART {s['test_acc']:.2%}, {others}{dense} "
+    label = run_label(summary["config"])
+    main = "ART" if label.startswith("art-") else label
+    return rows, (f"at {s['sparsity']:.2%} sparsity, test accuracy: {main} {s['test_acc']:.2%}, {others}{dense} "
                   "(same seed and epochs; each model chosen on validation)")

@@ -454,7 +454,9 @@ OPTIMIZER = Dict({  # torch.optim.SGD's state_dict; torch itself checks that the
 BEST = Dict({"epoch": EPOCH, "val_acc": UNIT, "state": STATE}, required="all")
 STATS_STATE = Dict({"prev_keep": TENSOR, "budget": Float(), "cost": Float(0)}, required="all")
 _BASELINE = {"epoch": EPOCH, "finetune_done": EPOCH, "phase": NAME, "masks": Optional(MASKS),
-             "chosen_epoch": Optional(EPOCH)}
+             "chosen_epoch": Optional(EPOCH), "step": Int(0, 2**62)}
+#: what hypersparse.method.Method keeps of every method; "step" is absent from older oneshot and snip checkpoints
+METHOD_BASE = Dict(_BASELINE, required=tuple(k for k in _BASELINE if k != "step"), extra=JSON(3, finite=False))
 #: the state each method's state_dict() writes, by --method (a method reads back only what it wrote)
 METHOD_STATE = {
     "art": Dict({
@@ -467,9 +469,9 @@ METHOD_STATE = {
         "regularizer": Dict({"t": TENSOR, "s": TENSOR, "coef": TENSOR, "since": Int(0), "refreshes": Int(0),
                              "rank": TENSOR}),
     }, required="all"),
-    "oneshot": Dict(_BASELINE, required="all"),
-    "snip": Dict(_BASELINE, required="all"),
-    "gmp": Dict({**_BASELINE, "step": Int(0, 2**62)}, required="all"),
+    "oneshot": Dict(_BASELINE, required=METHOD_BASE.required),
+    "snip": Dict(_BASELINE, required=METHOD_BASE.required),
+    "gmp": Dict(_BASELINE, required="all"),
 }
 # the sparse file's metadata (JSON strings in the safetensors header)
 LAYOUT_ENTRY = Dict({

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from hypersparse.checkpoint import output_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
+from hypersparse.method import method_entry
 from hypersparse.schedule import ARTDidNotConverge
 
 
@@ -58,7 +59,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     optuna = _optuna()
     from hypersparse.engine import train
 
-    if base.sparsity.method != "art":
+    entry = method_entry(base.sparsity.method)
+    if entry is None or not entry.tune:
         raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.sparsity.method} has neither")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")

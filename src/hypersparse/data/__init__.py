@@ -289,8 +289,10 @@ _FILE_BASED = {mnist, fashion_mnist, cifar10, cifar100, cifar10_jpeg75, tinyimag
 
 
 def register_dataset(name: str, loader: Callable[..., Splits], description: str = "") -> None:
-    """Make ``loader(data_dir, seed, download) -> Splits`` available by ``name``; the command line sees it when the
-    registering module is imported by ``--plugin`` or a ``hypersparse.plugins`` entry point."""
+    """Make ``loader(data_dir, seed, download)`` available by ``name``: it returns Splits, or ``(train_x, train_y,
+    test_x, test_y)`` as uint8 (N, C, H, W) images and integer labels (the validation split is then carved by the
+    seed). The command line sees it when the registering module is imported by ``--plugin`` or a
+    ``hypersparse.plugins`` entry point."""
     DATASETS[name] = (loader, description)
 
 
@@ -338,6 +340,12 @@ def _from_callable(spec: str, data_dir: str | Path | None, seed: int, download: 
     build = import_object(spec, "--dataset")
     with user_code(f"your dataset {spec}"):
         got = build(None if data_dir is None else Path(data_dir), seed, download) if callable(build) else build
+    return _as_splits(got, spec, seed)
+
+
+def _as_splits(got, spec: str, seed: int) -> Splits:
+    """What a dataset function returned: Splits, or ``(train_x, train_y, test_x, test_y)`` with the validation split
+    then carved by the seed."""
     if isinstance(got, Splits):
         return got
     if not (isinstance(got, (tuple, list)) and len(got) == 4):
@@ -427,5 +435,6 @@ def _load(name: str, data_dir: str | Path | None, seed: int, download: bool) -> 
             raise DataError(f"data directory {data_dir} does not exist; pass the folder that holds the {name} files")
     if name not in BUILTIN:
         with user_code(f"your dataset {name}"):
-            return DATASETS[name][0](data_dir, seed, download)
+            got = DATASETS[name][0](data_dir, seed, download)
+        return _as_splits(got, name, seed)
     return DATASETS[name][0](data_dir, seed, download)

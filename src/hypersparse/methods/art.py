@@ -4,8 +4,11 @@ from __future__ import annotations
 from torch import nn
 
 from hypersparse.config import TrainConfig
+from hypersparse.method import Method
 from hypersparse.regularizers import make_regularizer
 from hypersparse.schedule import ARTSchedule
+
+Method.register(ART)  # ART keeps its own schedule and implements the members the driver calls itself
 
 
 def art_from_config(cfg: TrainConfig, model: nn.Module) -> ART:
