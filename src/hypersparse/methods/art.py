@@ -8,10 +8,10 @@ from hypersparse.method import Method
 from hypersparse.regularizers import make_regularizer
 from hypersparse.schedule import ARTSchedule
 
-Method.register(ART)  # ART keeps its own schedule and implements the members the driver calls itself
+Method.register(ARTSchedule)  # ART keeps its own schedule and implements the members the driver calls itself
 
 
-def art_from_config(cfg: TrainConfig, model: nn.Module) -> ART:
+def art_from_config(cfg: TrainConfig, model: nn.Module) -> ARTSchedule:
     """The ART schedule of ``cfg`` (phases scaled by ``epochs_scale``) on ``model``'s prunable weights."""
     kwargs = {}
     if cfg.art.reg == "hs":
