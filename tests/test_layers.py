@@ -13,11 +13,11 @@ SRC = ROOT / "src" / "hypersparse"
 
 #: bottom first; a module may import from its own layer and the ones below. A name covers a package's submodules.
 LAYERS = {
-    "base": ["errors", "schema", "checkpoint", "native", "params", "progress", "threads", "device", "distributed",
+    "base": ["errors", "schema", "checkpoint", "native", "params", "threads", "device", "distributed",
              "plugins", "tracking", "integrations.budget"],
     "parts": ["models", "data", "masks", "keep_pruned", "regularizers", "sparse_conv"],
     "mechanisms": ["method", "schedule", "config", "methods", "driver", "stats", "compaction", "compact_training",
-                   "inference", "export"],
+                   "inference", "export", "progress"],
     "runs": ["engine", "evaluate", "run_read", "run_write", "report", "integrations"],
     "front": ["compare", "tune", "cli", "command", "__main__", ""],  # "": the package itself, its lazy facade
 }
