@@ -61,10 +61,11 @@ def check_ranges(base: TrainConfig, lambda_range: tuple[float, float], eta_range
 def _shown(url: str) -> str:
     """The URL with its password hidden, as messages show it."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given; make_url says why elsewhere
+    except (ArgumentError, ValueError):  # an unparsable URL is shown as given
         return url
 
 
