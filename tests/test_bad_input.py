@@ -225,6 +225,13 @@ CASES = [
     ("tune-eta-range-reversed", lambda t, r: ["tune", "--eta-range", "1.5,1.1", "--study-dir", str(t / "s")],
      "--eta-range"),
     ("tune-trials-zero", lambda t, r: ["tune", "--trials", "0", "--study-dir", str(t / "s")], "--trials"),
+    ("tune-trials-huge", lambda t, r: ["tune", "--trials", str(10**30), "--study-dir", str(t / "s")], "--trials"),
+    ("tune-eta-range-below-eta", lambda t, r: ["tune", "--eta-range", "0.5,2", "--study-dir", str(t / "s")],
+     "--eta-range 0.5,2"),
+    ("tune-storage-a-text-file", lambda t, r: ["tune", "--storage", f"sqlite:///{_write(t / 'notes.txt', 'mine')}",
+                                               "--study-dir", str(t / "s"), "--trials", "1"], "notes.txt"),
+    ("tune-study-db-garbage", lambda t, r: ["tune", "--study-dir", str(_write(t / "s" / "study.db", "x").parent),
+                                            "--trials", "1"], "study.db"),
     ("tune-not-art", lambda t, r: ["tune", "--method", "gmp", "--study-dir", str(t / "s")], "--method gmp"),
 ]
 
@@ -328,3 +335,63 @@ def test_any_damaged_pt_file_is_one_refusal(tmp_path):
             warnings.simplefilter("error")  # a warning would be a second line on stderr
             with pytest.raises(UserError, match="w.pt"):
                 load_checkpoint(path)
+
+
+def test_snip_from_an_all_zero_pretrained_model_is_defined(finished, tmp_path, capsys):
+    """Every product |dL/dw * w| is zero: SNIP's scores are zero, not 0/0 = NaN read as a diverged run."""
+    from conftest import run_cli
+
+    zero = _save(tmp_path / "zero.pt", {k: torch.zeros_like(v) for k, v in
+                                        torch.load(finished / "model.pt", weights_only=True).items()})
+    code, err = run_cli(["train", "--pretrained", str(zero), "--method", "snip", "--run-dir", str(tmp_path / "r"),
+                         "--set", "run.stats=false", *QUICK], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["sparse"]["val_acc"] == summary["sparse"]["val_acc"]  # a number, not NaN
+
+
+def _hf_config(folder: Path, **sizes) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 8, "num_hidden_layers": 1,
+                                                    "num_attention_heads": 1, "intermediate_size": 8,
+                                                    "image_size": 8, "patch_size": 4, "num_channels": 1, **sizes}))
+    return folder
+
+
+@pytest.mark.parametrize("sizes,needle", [
+    ({"hidden_size": 10**8, "num_hidden_layers": 1000, "intermediate_size": 10**6}, "GiB of weights, more than"),
+    ({"num_hidden_layers": 10**6}, "num_hidden_layers 1000000, more than the 1000 layers"),
+])
+def test_hf_config_asking_for_a_huge_model_is_one_line(tmp_path, capsys, monkeypatch, sizes, needle):
+    """Counted on the meta device before anything is allocated (trial31 H001: a 45-line allocation traceback)."""
+    from conftest import run_cli
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    _hf_config(tmp_path / "big", **sizes)
+    code, err = run_cli(["train", "--model", "hf:big", "--run-dir", "r", *QUICK], capsys, seconds=120)
+    assert (code, len(err)) == (2, 1) and needle in err[0] and "hf:big" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """Weights within the count's bound can still fail to allocate (other memory in use): one line, exit 2."""
+    from conftest import run_cli
+
+    transformers = pytest.importorskip("transformers")
+    from hypersparse.models import hf
+
+    build = transformers.AutoModelForImageClassification.from_config
+
+    def fails_off_meta(*args, **kwargs):
+        if torch.empty(0).device.type != "meta":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageClassification, "from_config", fails_off_meta)
+    monkeypatch.setattr(hf, "_memory_bytes", lambda: 2**40)
+    monkeypatch.chdir(tmp_path)
+    _hf_config(tmp_path / "cfg")
+    code, err = run_cli(["train", "--model", "hf:cfg", "--run-dir", "r", *QUICK], capsys, seconds=120)
+    assert (code, len(err)) == (2, 1) and "hf:cfg: not enough memory to build" in err[0], err
+    assert not (tmp_path / "r").exists()

@@ -1,11 +1,13 @@
 """hypersparse tune: Optuna over lambda_init and eta, on the validation split, continued from its SQLite study."""
+import importlib.util
 import json
 import math
+import sqlite3
 from urllib.parse import quote
 
 import pytest
 
-from conftest import cli
+from conftest import cli, run_cli
 
 optuna = pytest.importorskip("optuna")
 
@@ -47,9 +49,76 @@ def test_tune_continues_study_and_retries_interrupted_trial(tmp_path):
     (["--method", "gmp"], "--method gmp has neither"),
     (["--lambda-range", "1e-3,1e-5"], "--lambda-range needs 0 < low < high"),
     (["--eta-range", "fast"], "--eta-range must be two numbers"),
-    (["--trials", "0"], "--trials must be at least 1"),
+    (["--trials", "0"], "--trials must be in 1..1000"),
 ])
 def test_tune_bad_input(tmp_path, args, needle):
     out = cli("tune", *args, "--study-dir", str(tmp_path / "s"))
     assert out.returncode == 2
     assert needle in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_tune_failed_trials_are_one_line_each_and_count_as_finished(tmp_path):
+    # at --epochs-scale 0.02 eta becomes eta**50 and every trial diverges: an outcome, not Optuna's traceback
+    study_dir = tmp_path / "s"
+    args = ["tune", "--trials", "2", "--epochs-scale", "0.02", "--set", "run.stats=false",
+            "--study-dir", str(study_dir)]
+    out = cli(*args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "no trial finished" in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout.count("-> ART diverged") == 2
+    trials = load(study_dir).trials
+    assert [(t.state.name, t.user_attrs.get("failed")) for t in trials] == [("PRUNED", "diverged")] * 2
+    out = cli(*args)  # both count as finished: nothing more is run
+    assert out.returncode == 2 and "-> ART" not in out.stdout and len(load(study_dir).trials) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--eta-range", "0.5,2"], "--eta-range 0.5,2 is outside the setting's range: --eta must be a number in [1, 100]"),
+    (["--eta-range", "1.01,1000"], "--eta-range 1.01,1000 is outside the setting's range: --eta must be"),
+    (["--trials", str(10**30)], "--trials must be in 1..1000"),
+])
+def test_tune_ranges_and_trials_bounded(tmp_path, capsys, args, needle):
+    code, err = run_cli(["tune", *args, "--study-dir", str(tmp_path / "s")], capsys)
+    assert (code, len(err)) == (2, 1) and needle in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def _planted(tmp_path, kind):
+    """The file a --storage URL (or the study folder) will name: a user's text file, another program's database,
+    garbage where study.db goes; None for a URL with no file."""
+    if kind == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("mine\n")
+    elif kind == "other-db":
+        path = tmp_path / "app.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE notes (text)")
+        db.close()
+    elif kind == "study.db":
+        path = tmp_path / "s" / "study.db"
+        path.parent.mkdir()
+        path.write_text("garbage")
+    else:
+        path = None
+    return path
+
+
+@pytest.mark.parametrize("kind,storage,needle", [
+    ("text", "sqlite:///{}", "notes.txt is not a SQLite database (it was not changed)"),
+    ("other-db", "sqlite:///{}", "app.db holds another program's database, not an Optuna study"),
+    ("study.db", None, "study.db is not a SQLite database (it was not changed); move study.db away"),
+    ("driver", "mysql+pymysql://u:secret@127.0.0.1:1/db", "is not a usable database URL"),
+])
+def test_tune_storage_that_cannot_be_opened(tmp_path, capsys, kind, storage, needle):
+    if kind == "driver" and importlib.util.find_spec("pymysql"):
+        pytest.skip("pymysql is installed: the URL would be tried")
+    path = _planted(tmp_path, kind)
+    before = path.read_bytes() if path else None
+    argv = ["tune", "--trials", "1", "--study-dir", str(tmp_path / "s")]
+    code, err = run_cli(argv + (["--storage", storage.format(path)] if storage else []), capsys)
+    assert (code, len(err)) == (2, 1) and needle in err[0], err
+    assert "secret" not in err[0]  # a password in the URL is not shown
+    if path:
+        assert path.read_bytes() == before  # left as it was
+    # refused before anything is created
+    assert sorted(p.name for p in (tmp_path / "s").glob("*")) == (["study.db"] if kind == "study.db" else [])

@@ -42,15 +42,93 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
     return low, high
 
 
+MAX_TRIALS = 1000  # each trial is a full training run; a TPE search of two values settles long before this
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_ranges(base: TrainConfig, lambda_range: tuple[float, float], eta_range: tuple[float, float]) -> None:
+    """UserError unless both ends of each range are values ``--lambda-init`` and ``--eta`` accept in ``base``
+    (the settings' own rules, the one that ties eta to ``--epochs-scale`` included)."""
+    for flag, key, bounds in (("--lambda-range", "art.lambda_init", lambda_range),
+                              ("--eta-range", "art.eta", eta_range)):
+        for value in bounds:
+            try:
+                TrainConfig.from_dict({key: value}, base=base)
+            except UserError as exc:
+                raise UserError(f"{flag} {bounds[0]:g},{bounds[1]:g} is outside the setting's range: {exc}") from None
+
+
+def _shown(url: str) -> str:
+    """The URL with its password hidden, as messages show it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # an unparsable URL is shown as given
+        return url
+
+
 def _check_storage(url: str) -> None:
     """UserError unless ``url`` is a database URL whose driver is installed."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
-        make_url(url).get_dialect()
+        dialect = make_url(url).get_dialect()
+        # the driver (psycopg2, pymysql...) is imported only on connecting: import it now, before any file is made
+        load = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)  # SQLAlchemy 2 or 1.x
+        if callable(load):
+            load()
     except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as exc:
-        raise UserError(f"--storage {url!r} is not a usable database URL ({exc}); e.g. sqlite:///study.db") from None
+        raise UserError(f"--storage {_shown(url)!r} is not a usable database URL ({exc}); install its database "
+                        "driver, or give e.g. sqlite:///study.db") from None
+
+
+def _check_sqlite_file(url: str, what: str, fix: str) -> None:
+    """UserError unless the SQLite file ``url`` names is absent, empty, or an Optuna study's database: a user's
+    text file or another program's database is refused before SQLite or Optuna write anything into it."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    url_ = make_url(url)
+    if url_.get_backend_name() != "sqlite" or not url_.database or url_.database.startswith(("file:", ":memory:")):
+        return
+    path = Path(url_.database)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise UserError(f"{what}: {path} is not a regular file; {fix}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+        if not head:
+            return  # SQLite takes an empty file as a new database
+        if head != SQLITE_MAGIC:
+            raise UserError(f"{what}: {path} is not a SQLite database (it was not changed); {fix}")
+        with sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except OSError as exc:
+        raise UserError(f"{what}: cannot read {path} ({exc.strerror or exc}); check its permissions") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"{what}: {path} is not a readable SQLite database ({exc}); {fix}") from None
+    if tables and "studies" not in tables:
+        raise UserError(f"{what}: {path} holds another program's database, not an Optuna study (it was not "
+                        f"changed); {fix}")
+
+
+def _open_study(optuna, storage: str, what: str, fix: str):
+    """The study in ``storage`` (checked by :func:`_check_sqlite_file` first); one UserError for a database that cannot
+    be opened or used."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True,
+                                   direction="maximize")
+    except (ImportError, SQLAlchemyError, RuntimeError) as exc:  # no driver, no server, a schema Optuna cannot read
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UserError(f"{what}: cannot open the Optuna study ({first}); {fix}") from None
 
 
 def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_range=(1e-7, 1e-3), eta_range=(1.01, 1.5),
@@ -62,16 +140,20 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     entry = method_entry(base.sparsity.method)
     if entry is None or not entry.tune:
         raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.sparsity.method} has neither")
-    if trials < 1:
-        raise UserError(f"--trials must be at least 1, got {trials}")
+    if not 1 <= trials <= MAX_TRIALS:
+        raise UserError(f"--trials must be in 1..{MAX_TRIALS} (each trial is a full training run), got {trials}")
     base.validate()
+    check_ranges(base, lambda_range, eta_range)
     if storage:
         _check_storage(storage)
-    study_dir = output_folder(study_dir, "--study-dir")
+    what, fix = (f"--storage {_shown(storage)}", "give another (e.g. sqlite:///study.db)") if storage else \
+        (f"--study-dir {study_dir}", "move study.db away or choose another --study-dir")
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
-    storage = storage or f"sqlite:///{quote(str((study_dir / 'study.db').resolve()))}"
+    storage = storage or f"sqlite:///{quote(str((Path(study_dir) / 'study.db').resolve()))}"
+    _check_sqlite_file(storage, what, fix)  # before anything is created
+    study_dir = output_folder(study_dir, "--study-dir")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True, direction="maximize")
+    study = _open_study(optuna, storage, what, fix)
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
     study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
     state = optuna.trial.TrialState
@@ -81,7 +163,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         study.enqueue_trial(t.params)
         print(f"trial {t.number} was interrupted; its values are tried again", file=out)
 
-    stopped: list[RunStopped] = []
+    stopped: list[Exception] = []  # what ended the study early: re-raised once Optuna has returned
 
     def objective(trial) -> float:
         cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
@@ -91,7 +173,17 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         try:
             with open(os.devnull, "w") as quiet:
                 summary = train(cfg, run_dir, progress=False, out=quiet)
-        except RunStopped as exc:  # Ctrl-C or SIGTERM: the same values are tried again when the study continues
+        except (ARTDidNotConverge, RunDiverged) as exc:
+            # an outcome, not an error: Optuna would log a failed trial with its traceback, so it is pruned instead
+            # (quiet, and TPE takes it as a poor result) and marked, so that it counts as finished
+            outcome = "diverged" if isinstance(exc, RunDiverged) else "did not converge"
+            trial.set_user_attr("failed", outcome)
+            print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> ART "
+                  f"{outcome}", file=out, flush=True)
+            raise optuna.TrialPruned() from None
+        except (RunStopped, UserError, OSError) as exc:
+            # Ctrl-C, SIGTERM, or a problem every trial would meet: stop, say it in one line once Optuna has
+            # returned (not through its failed-trial traceback); the same values are tried again on continuing
             stopped.append(exc)
             study.enqueue_trial(trial.params)
             study.stop()
@@ -102,11 +194,15 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
               f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
         return summary["sparse"]["val_acc"]
 
-    finished = sum(not t.user_attrs.get("interrupted")
-                   for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL)))
+    ended = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL, state.PRUNED))
+    # FAIL: a trial that diverged in a study of an earlier version (PRUNED and marked now)
+    finished = sum((t.state != state.PRUNED or "failed" in t.user_attrs) and not t.user_attrs.get("interrupted")
+                   for t in ended)
     if finished < trials:
-        study.optimize(objective, n_trials=trials - finished, catch=(ARTDidNotConverge, RunDiverged))
+        study.optimize(objective, n_trials=trials - finished)
     if stopped:  # one line, as for any command: running it again continues the study
+        if not isinstance(stopped[0], RunStopped):
+            raise stopped[0]
         raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
     if not done:

@@ -88,10 +88,12 @@ def _grad_times_weight(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def snip_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 filter: ModuleFilter | None = None) -> dict[str, torch.Tensor]:
-    """Connection sensitivity ``|dL/dw_j * w_j| / sum_k |dL/dw_k * w_k|`` on the batch (x, y)."""
+    """Connection sensitivity ``|dL/dw_j * w_j| / sum_k |dL/dw_k * w_k|`` on the batch (x, y); all zero where every
+    product is (an all-zero model: no connection is more sensitive than another, and 0/0 would be NaN)."""
     raw = _grad_times_weight(model, x, y, filter)
     total = sum(r.sum() for r in raw)
     model.zero_grad(set_to_none=True)
+    total = total if total != 0 else 1.0
     return {name: r / total for (name, _), r in zip(prunable_parameters(model, filter), raw)}
 
 

@@ -6,6 +6,8 @@ and returns logits, as the training loop and the exports expect.
 """
 from __future__ import annotations
 
+import os
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ from torch import nn
 
 from hypersparse.errors import UserError
 
+MAX_HF_LAYERS = 1000  # the deepest published image classifiers have a few hundred; a config's number is not trusted
 
 class PixelsToLogits(nn.Module):
     """A transformers image classifier called as ``model(pixels) -> logits``."""
@@ -23,6 +26,45 @@ class PixelsToLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits
+
+
+def _memory_bytes() -> int | None:
+    """The memory this process may use: the machine's, or less under an address-space limit (``ulimit -v``)."""
+    try:
+        limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no bound from here
+        return None
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits)
+
+
+def _check_size(spec: str, config, auto) -> None:
+    """UserError when ``config`` asks for more layers than any real model has, or for more bytes of weights than
+    this process may allocate: counted on the meta device, so nothing is allocated to find out."""
+    for key, value in config.to_dict().items():
+        depth = sum(value) if isinstance(value, list) and all(type(v) is int for v in value) else value
+        if (key.endswith("layers") or key.rstrip("s").endswith("depth")) and type(depth) is int \
+                and depth > MAX_HF_LAYERS:
+            raise UserError(f"--model hf:{spec}: its config asks for {key} {depth}, more than the {MAX_HF_LAYERS} "
+                            "layers hypersparse builds; check its config.json")
+    try:
+        with torch.device("meta"):
+            shell = auto.from_config(config)
+    except (RuntimeError, NotImplementedError):  # a model that cannot be built on meta: the real build decides
+        return
+    need = sum(t.numel() * t.element_size() for t in chain(shell.parameters(), shell.buffers()))
+    memory = _memory_bytes()
+    if memory is not None and need > memory:
+        raise UserError(f"--model hf:{spec}: its config asks for {need / 2**30:,.1f} GiB of weights, more than the "
+                        f"{memory / 2**30:,.1f} GiB of memory this process may use; check its config.json "
+                        "(hidden_size, num_hidden_layers)")
 
 
 def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -42,9 +84,15 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
             if hasattr(config, key):
                 setattr(config, key, value)
         auto = transformers.AutoModelForImageClassification
+        _check_size(spec, config, auto)
         weights = path.is_dir() and any((path / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
         model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True) if weights \
             else auto.from_config(config)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
+                        "config.json (hidden_size, num_hidden_layers)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--model hf:{spec}: transformers cannot build an image classifier from it ({first})") from None
