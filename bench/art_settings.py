@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std as fmt, provenance  # noqa: E402
+from common import mean_std as fmt  # noqa: E402
+from common import provenance  # noqa: E402
 
 # lambda settings: the stored "lambda" of a run -> its label and the config it sets (5e-6 = the authors' fixed value)
 ADAPT_TARGET, LOW_FRACTION, PUSH = 30, 0.02, 0.02

@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import provenance, write_results
 import hypersparse as hs
 from hypersparse import native
 from hypersparse.compaction import compact_channels
 from hypersparse.errors import UserError
-from hypersparse.export import export_onnx, save_sparse
-from hypersparse.export import load_sparse_state
+from hypersparse.export import export_onnx, load_sparse_state, save_sparse
 from hypersparse.inference import interleaved_latency, sparse_inference
 from hypersparse.models import create_model
+
+from common import provenance, write_results
 
 MASKS = Path(__file__).resolve().parent / "masks"
 UNIFORM = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28),

@@ -15,10 +15,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import provenance, write_results
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.run_read import METRICS, read_jsonl
+
+from common import provenance, write_results
 
 PROBLEMS = {
     "synthetic": dict(dataset="synthetic", model="mlp", sparsity=0.9, epochs_scale=0.1, lambda_init=1e-4),

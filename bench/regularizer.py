@@ -20,10 +20,11 @@ import time
 import torch
 from torch.nn import functional as F
 
-from common import provenance, write_results
 from hypersparse import HyperSparse
 from hypersparse.models import create_model
 from hypersparse.params import prunable_parameters
+
+from common import provenance, write_results
 
 
 def authors_hypersparse_loss(model, prune_rate):

@@ -10,6 +10,7 @@ import hypersparse as hs
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.methods.baselines import GMP, OneShot, gmp_sparsity, snip_masks, snip_scores
+
 from conftest import make_mlp
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from hypersparse.compaction import compact_channels
 from hypersparse.inference import sparse_inference
 from hypersparse.models import create_model
+
 from conftest import SHAPES, assert_same_outputs, sparse_model
 
 

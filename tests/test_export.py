@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import hypersparse as hs
+from hypersparse import native
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
-from hypersparse.export import load_sparse, load_sparse_state, save_sparse
-from hypersparse import native
-from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.errors import UserError
+from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.models import create_model
 
 ARCH = {"model": "resnet32", "num_classes": 10, "in_channels": 3, "image_size": 32}

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 import hypersparse as hs
-from conftest import make_convnet, make_mlp
 from hypersparse import apply_masks_, magnitude_masks
 from hypersparse.models import create_model
+
+from conftest import make_convnet, make_mlp
 
 SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
 

@@ -6,6 +6,7 @@ from torch import nn
 
 import hypersparse as hs
 from hypersparse.regularizers import INFLECTION
+
 from conftest import make_convnet, make_mlp
 
 

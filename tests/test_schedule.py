@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import hypersparse as hs
+
 from conftest import make_mlp, synthetic_problem
 
 

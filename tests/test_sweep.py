@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import sweep  # noqa: E402
 from hypersparse.errors import RunStopped  # noqa: E402
 from hypersparse.run_write import RunFiles  # noqa: E402
+
+import sweep  # noqa: E402
 
 TINY = {"dataset": "digits", "model": "mlp", "sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 2,
         "lr_steps": "1", "stats": False}

@@ -334,8 +334,8 @@ def _preload(argv: list[str]) -> int | None:
 def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
-    from hypersparse.plugins import UserCodeError, typed_names_from
     from hypersparse.params import NoPrunableParametersError
+    from hypersparse.plugins import UserCodeError, typed_names_from
 
     try:
         here = os.getcwd()

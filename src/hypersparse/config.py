@@ -27,8 +27,18 @@ from hypersparse.masks import check_ceiling
 from hypersparse.method import method_entries, method_entry, method_sections
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, LAMBDA_INIT, parse_auto
-from hypersparse.schema import (MAX_JSON_BYTES, Bool, Float, Int, Optional, SchemaError, Spec, Str, parse_json,
-                                read_bytes)
+from hypersparse.schema import (
+    MAX_JSON_BYTES,
+    Bool,
+    Float,
+    Int,
+    Optional,
+    SchemaError,
+    Spec,
+    Str,
+    parse_json,
+    read_bytes,
+)
 
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files

@@ -38,8 +38,15 @@ from hypersparse.params import prunable_parameters
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
 from hypersparse.progress import MARK, expected_epochs, plan_text
 from hypersparse.run_read import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
-from hypersparse.run_write import (RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir,
-                                   remove_created)
+from hypersparse.run_write import (
+    RunFiles,
+    RunLock,
+    art_course,
+    default_run_dir,
+    in_use,
+    prepare_run_dir,
+    remove_created,
+)
 from hypersparse.stats import StatsCollector
 from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
 from hypersparse.tracking import check_tracker, open_tracker

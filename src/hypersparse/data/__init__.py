@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.checkpoint import atomic_write
+from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.errors import DataError, UserError, did_you_mean
 from hypersparse.plugins import user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file

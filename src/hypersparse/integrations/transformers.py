@@ -21,8 +21,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from hypersparse.distributed import all_sum
 from hypersparse.driver import ARTDriver, batch_accuracy
-from hypersparse.integrations.budget import (ACCURACY_MARGIN, MAX_DENSE_DROP, Guard, chance_level, early_end,
-                                             end_problem, fit_phases, result_problem, warn)
+from hypersparse.integrations.budget import (
+    ACCURACY_MARGIN,
+    MAX_DENSE_DROP,
+    Guard,
+    chance_level,
+    early_end,
+    end_problem,
+    fit_phases,
+    result_problem,
+    warn,
+)
 from hypersparse.params import head_layers, transformer_ceiling
 
 ROUNDS = 20  # ART rounds in a budget of too few epochs (period="auto"); fewer than MIN_EPOCHS epochs counts as too few

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from hypersparse.errors import UserError, did_you_mean
-from hypersparse.plugins import user_code
-from hypersparse.models.lenet import LeNet5, LeNet300, MLP
+from hypersparse.models.lenet import MLP, LeNet5, LeNet300
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
+from hypersparse.plugins import user_code
 
 #: name -> (constructor(num_classes, in_channels, image_size), one-line description)
 MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
