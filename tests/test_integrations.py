@@ -112,7 +112,7 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 32, (256, 8), generator=g)
     labels = (ids[:, 0] < 16).long()  # learnable from the first token
-    data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": l} for i, l in zip(ids, labels)]
+    data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": y} for i, y in zip(ids, labels)]
     callback = ARTTransformersCallback(sparsity=0.8, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=2,
                                        score_batches=4)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=16,
