@@ -554,7 +554,8 @@ def _check_values(cfg: TrainConfig) -> None:
                         + did_you_mean(wrong, allowed))
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
-                        f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")
+                        f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); "
+                        "use a factor of at least 0.001")
     longest = max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, cfg.baseline.prune_epochs,
                   cfg.art.max_reg_epochs, 1)
     if cfg.schedule.epochs_scale * longest > 1e7:

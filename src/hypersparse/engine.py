@@ -313,7 +313,8 @@ class Trainer:
         t2 = time.perf_counter()
         stats = None
         if self.stats:  # always at the epochs the report needs; elsewhere within the collector's time budget
-            stats = self.stats.maybe_collect(method.regularizer, t2 - t0, scored or method.phase != phase or method.done)
+            stats = self.stats.maybe_collect(method.regularizer, t2 - t0,
+                                             scored or method.phase != phase or method.done)
         if stats is not None:
             stats = {"epoch": epoch, "phase": phase, "event": result.event, **stats,
                      **({"pruned_per_class": list(self.pruned_per_class)} if scored else {})}

@@ -61,7 +61,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
 
     entry = method_entry(base.sparsity.method)
     if entry is None or not entry.tune:
-        raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.sparsity.method} has neither")
+        raise UserError("hypersparse tune searches ART's lambda_0 and eta; "
+                        f"--method {base.sparsity.method} has neither")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     base.validate()

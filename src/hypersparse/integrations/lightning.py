@@ -22,7 +22,8 @@ import torch
 try:
     from lightning.pytorch import Callback
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError('hypersparse.integrations.lightning needs Lightning: pip install "hypersparse[lightning]"') from exc
+    raise ImportError('hypersparse.integrations.lightning needs Lightning: '
+                      'pip install "hypersparse[lightning]"') from exc
 
 from hypersparse.driver import ARTDriver, batch_accuracy
 from hypersparse.errors import UserError
