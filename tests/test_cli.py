@@ -30,7 +30,8 @@ def test_digits_pipeline_exact_sparsity_and_accuracy(tmp_path):
     for key in ("phase", "lambda", "val_acc", "sparsity", "seconds"):
         assert key in lines[0]
     reg = [row for row in lines if row["phase"] == "regularize"]
-    assert reg and all(row["pruned_acc"] is not None and row["dense_acc"] is not None and row["lambda"] > 0 for row in reg)
+    assert reg and all(row["pruned_acc"] is not None and row["dense_acc"] is not None and row["lambda"] > 0
+                       for row in reg)
     # the regularizer concentrates the L1 norm in the kept weights, so the share the cut drops falls
     assert all(0 < row["pruned_mass"] < 1 for row in reg) and reg[-1]["pruned_mass"] < reg[0]["pruned_mass"]
     assert all("pruned_mass" not in row for row in lines if row["phase"] != "regularize")

@@ -313,7 +313,7 @@ def test_lambda_auto_and_art_run_on_a_model_that_is_already_sparse():
             art.end_epoch(model, dense_acc=acc(model), pruned_acc=acc)
 
 
-# -- the C pass (hypersparse.native) against PyTorch's ------------------------------------------------------------------
+# -- the C pass (hypersparse.native) against PyTorch's -----------------------------------------------------------------
 def _run_fast_path(reg, params, steps=40):
     for p in params:
         p.grad = torch.zeros_like(p)

@@ -73,6 +73,7 @@ def test_a_changed_plan_is_refused_not_mixed(tmp_path):
 
 def test_merge_refuses_conflicting_runs():
     a = {"runs": [{"name": "x", "test_error": 1.0}]}
-    assert sweep.merge(a, {"runs": [{"name": "y", "test_error": 2.0}]}) == a["runs"] + [{"name": "y", "test_error": 2.0}]
+    y = {"name": "y", "test_error": 2.0}
+    assert sweep.merge(a, {"runs": [y]}) == a["runs"] + [y]
     with pytest.raises(sweep.SweepError, match="twice"):
         sweep.merge(a, {"runs": [{"name": "x", "test_error": 3.0}]})
