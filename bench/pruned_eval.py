@@ -59,7 +59,8 @@ def main():
                 print(rows[-1], flush=True)
     md = [
         "# Scoring the pruned copy on a training subset (5,000 images) vs the whole training set\n",
-        "| problem | seed | stop epoch (subset) | stop epoch (full) | difference | measuring share of epoch (subset) | (full) | test acc (subset) | (full) |",
+        "| problem | seed | stop epoch (subset) | stop epoch (full) | difference "
+        "| measuring share of epoch (subset) | (full) | test acc (subset) | (full) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
