@@ -198,8 +198,7 @@ def main() -> None:
                     help="rerun the auto settings among --settings at the fixed runs' total epochs: with fine-tuning "
                     "lengthened (LR x0.1 at 1/2 and 3/4 of it), or with 'warmup' the warm-up (η-adapted settings "
                     f"only: the deadline bounds the phase at {ADAPT_TARGET} epochs, so the total is at most the fixed "
-                    "run's); "
-                    "needs --merge with the first sweep's JSON")
+                    "run's); needs --merge with the first sweep's JSON")
     ap.add_argument("--from-json", help="rebuild the docs section from saved runs JSON, without training; several "
                     "comma-separated files (sweeps run side by side) are combined, each run counted once")
     ap.add_argument("--out", default=str(ROOT / "docs"))
@@ -280,8 +279,7 @@ def section(payload: dict) -> str:
         f"ART + HyperSparse, λ × 1.05 per regularization epoch (the authors' η, not shortened); warm-up "
         f"{sched['warmup_epochs']} and fine-tuning {sched['finetune_epochs']} epochs (LR ×0.1 after "
         f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every "
-        "row; "
-        f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
+        f"row; at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
         "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto --lambda-auto-push 0` (regularizer gradient "
         "norm = 0.1 × task gradient norm at the first regularization step; auto's calibration before the push one). "
         "Test error in % of the model chosen on the validation split, "
