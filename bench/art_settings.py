@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std as fmt, provenance  # noqa: E402
+from common import mean_std as fmt  # noqa: E402
+from common import provenance  # noqa: E402
 
 # lambda settings: the stored "lambda" of a run -> its label and the config it sets (5e-6 = the authors' fixed value)
 ADAPT_TARGET, LOW_FRACTION, PUSH = 30, 0.02, 0.02
@@ -57,7 +58,8 @@ VARIANTS = {
     "auto-epoch-adapt-64": (f"auto per epoch on 64 batches, η adapted (target {ADAPT_TARGET})",
                             {"lambda_init": "auto", **RATIO, "lambda_auto_per": "epoch", "lambda_auto_batches": 64,
                              "reg_epochs_target": ADAPT_TARGET}),
-    # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by P per epoch (--lambda-auto-push P)
+    # lambda_0 from the weights: the regularizer alone shrinks the weight at the cut by P per epoch
+    # (--lambda-auto-push P)
     **{f"auto-push{'' if p == PUSH else f'-{p:g}'}{'-adapt' if t else ''}":
        (f"auto push {p:g}" + (f", η adapted (target {t})" if t else ""),
         {"lambda_init": f"auto:{p:g}", **({"reg_epochs_target": t} if t else {})})
@@ -66,10 +68,12 @@ VARIANTS = {
 AUTO = [v for v in VARIANTS if v != 5e-6]
 # with --equal-epochs: an auto setting again, fine-tuning lengthened to the fixed-lambda run's total epochs
 EQUAL = "-equal"
-# with --equal-epochs warmup: the spare epochs go to warm-up instead (for settings with a deadline, which bounds the phase)
+# with --equal-epochs warmup: the spare epochs go to warm-up instead (for settings with a deadline, which bounds the
+# phase)
 EQUAL_WARMUP = "-equal-warmup"
 SETTINGS = [("paper", 5e-6), ("paper", "auto"), ("matched", 5e-6), ("matched", "auto")]  # the default sweep
-ORDER = [(c, lam) for c in ("paper", "matched") for lam in [5e-6] + [x for v in AUTO for x in (v, v + EQUAL, v + EQUAL_WARMUP)]]
+ORDER = [(c, lam) for c in ("paper", "matched")
+         for lam in [5e-6] + [x for v in AUTO for x in (v, v + EQUAL, v + EQUAL_WARMUP)]]
 SCHEDULE = dict(warmup_epochs=3, finetune_epochs=8, lr_steps="4,6", max_reg_epochs=150)
 MODEL_LR = {"lenet5": 0.01}  # no batch norm: at the default 0.1 its MNIST warm-up diverges (bench/mnist_sweep.py)
 BEGIN, END = "<!-- art-settings:begin -->", "<!-- art-settings:end -->"
@@ -187,13 +191,14 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--quick", action="store_true", help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
+    ap.add_argument("--quick", action="store_true",
+                    help="digits, seed 0, kappa 0.98 only; writes docs/art-settings-quick.md")
     ap.add_argument("--merge", help="a runs JSON whose runs are kept beside the new ones (another model, more seeds)")
     ap.add_argument("--equal-epochs", nargs="?", const="finetune", choices=("finetune", "warmup"),
                     help="rerun the auto settings among --settings at the fixed runs' total epochs: with fine-tuning "
-                    "lengthened (LR x0.1 at 1/2 and 3/4 of it), or with 'warmup' the warm-up (η-adapted settings only: "
-                    f"the deadline bounds the phase at {ADAPT_TARGET} epochs, so the total is at most the fixed run's); "
-                    "needs --merge with the first sweep's JSON")
+                    "lengthened (LR x0.1 at 1/2 and 3/4 of it), or with 'warmup' the warm-up (η-adapted settings "
+                    f"only: the deadline bounds the phase at {ADAPT_TARGET} epochs, so the total is at most the fixed "
+                    "run's); needs --merge with the first sweep's JSON")
     ap.add_argument("--from-json", help="rebuild the docs section from saved runs JSON, without training; several "
                     "comma-separated files (sweeps run side by side) are combined, each run counted once")
     ap.add_argument("--out", default=str(ROOT / "docs"))
@@ -273,8 +278,8 @@ def section(payload: dict) -> str:
         "(the machines are named above).\n",
         f"ART + HyperSparse, λ × 1.05 per regularization epoch (the authors' η, not shortened); warm-up "
         f"{sched['warmup_epochs']} and fine-tuning {sched['finetune_epochs']} epochs (LR ×0.1 after "
-        f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every row; "
-        f"at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
+        f"{sched['lr_steps'].replace(',', ' and ')}), shortened from the authors' 60 and 160 and the same for every "
+        f"row; at most {sched['max_reg_epochs']} regularization epochs ('n/c' = not converged). "
         "*fixed* is the authors' λ_0 = 5e-6; *auto* is `--lambda-init auto --lambda-auto-push 0` (regularizer gradient "
         "norm = 0.1 × task gradient norm at the first regularization step; auto's calibration before the push one). "
         "Test error in % of the model chosen on the validation split, "
@@ -282,9 +287,10 @@ def section(payload: dict) -> str:
         "auto setting with fine-tuning lengthened so that each run trains as many epochs in all as the fixed-λ run of "
         "the same seed and rule (LR ×0.1 at 1/2 and 3/4 of fine-tuning); *equal epochs by a longer warm-up* instead "
         f"lengthens warm-up to the fixed run's total minus {ADAPT_TARGET} (the deadline) minus fine-tuning, so the "
-        "run trains at most as many epochs as the fixed one unless its phase runs past the deadline. The dense column is the model at the end of "
-        "warm-up, the point where ART starts, not a fully trained dense network. *η adapted* adds "
-        f"`--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after each epoch λ's log-growth is "
+        "run trains at most as many epochs as the fixed one unless its phase runs past the deadline. "
+        "The dense column is the model at the end of warm-up, the point where ART starts, not a fully trained dense "
+        f"network. *η adapted* adds `--reg-epochs-target {ADAPT_TARGET}`: once half of those epochs are spent, after "
+        "each epoch λ's log-growth is "
         "scaled by the pace the gap between dense accuracy and buffer mean needs (gap / epochs left) over the pace it "
         "had (its slope over the last 4 epochs), between ×1.05 and ×1.5 per epoch; and if the stop rule has not held "
         f"by epoch {ADAPT_TARGET}, the buffer's middle model is kept anyway once the pruned copy has come half-way to "
@@ -300,7 +306,8 @@ def section(payload: dict) -> str:
                   if any(r.get("model") == m for r in runs)) + "\n",
     ]
     groups = sorted({(r["dataset"], r["model"], r["kappa"]) for r in runs}, key=lambda g: (g[0] != "digits", g))
-    lines += ["| data | model | κ | setting | reg. epochs | total epochs | λ_0 | test error % | dense after warm-up, test error % | seeds |",
+    lines += ["| data | model | κ | setting | reg. epochs | total epochs | λ_0 | test error % "
+              "| dense after warm-up, test error % | seeds |",
               "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for dataset, model, kappa in groups:
         for criterion, lam in ORDER:
@@ -314,7 +321,8 @@ def section(payload: dict) -> str:
             reg += f" ({deadline} deadline)" if deadline else ""
             total = fmt([sum(r["epochs"].values()) for r in ok], 1)
             lam0 = "5e-6" if not str(lam).startswith("auto") else (
-                " – ".join(f"{v:.2g}" for v in sorted({min(r["lambda_init"] for r in ok), max(r["lambda_init"] for r in ok)}))
+                " – ".join(f"{v:.2g}"
+                           for v in sorted({min(r["lambda_init"] for r in ok), max(r["lambda_init"] for r in ok)}))
                 if ok else "-")
             dense = fmt([100 * (1 - r["dense"]["test_acc"]) for r in ok if r.get("dense")])
             failed = len(cell) - len(ok)
@@ -324,13 +332,14 @@ def section(payload: dict) -> str:
     lines += ["", "<details><summary>every run</summary>\n",
               "| data | model | κ | seed | setting | reg. epochs | λ_0 | λ at stop | test error % | wall s |",
               "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(runs, key=lambda r: (r["dataset"], r["model"], r["kappa"], r["criterion"], str(r["lambda"]), r["seed"])):
+    for r in sorted(runs, key=lambda r: (r["dataset"], r["model"], r["kappa"], r["criterion"], str(r["lambda"]),
+                                         r["seed"])):
         ok = r["test_error"] is not None
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
-                     f"{r['epochs'].get('regularize') if ok else 'n/c'}{' †' if ok and at_deadline(r) else ''} | "
+        head = (f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | "
+                f"{label(r['criterion'], r['lambda'])} | ")
+        lines.append(head + f"{r['epochs'].get('regularize')}{' †' if at_deadline(r) else ''} | "
                      f"{r['lambda_init']:.2g} | {r['lambda_end']:.2g} | " if ok else
-                     f"| {r['dataset']} | {r['model']} | {r['kappa']:g} | {r['seed']} | {label(r['criterion'], r['lambda'])} | "
-                     "n/c | - | - | ")
+                     head + "n/c | - | - | ")
         lines[-1] += f"{r['test_error']:.2f} | {r['wall_seconds']:.0f} |" if ok else f"n/c | {r['wall_seconds']:.0f} |"
     lines += ["\n</details>\n", "Raw results: [runs/art-settings.json](runs/art-settings.json).\n"]
     return "\n".join(lines)

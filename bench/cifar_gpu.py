@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import provenance, write_results
 from hypersparse.config import TrainConfig
 from hypersparse.data import load_dataset
 from hypersparse.data.loader import DeviceLoader
 from hypersparse.engine import train
 from hypersparse.models import create_model
+
+from common import provenance, write_results
 
 PAPER = {  # the authors' accuracies on CIFAR-10 (not JPEG75): dense, then 90 / 98 / 99.5 %
     "resnet32": {0.0: 94.70, 0.9: 94.22, 0.98: 92.69, 0.995: 89.35},

@@ -60,7 +60,8 @@ def page(payload: dict) -> str:
         "",
         "| | test | validation |",
         "|---|---|---|",
-        f"| dense (end of warm-up) | {pct(lambda r: r['dense']['test_acc'])} | {pct(lambda r: r['dense']['val_acc'])} |",
+        f"| dense (end of warm-up) | {pct(lambda r: r['dense']['test_acc'])} | "
+        f"{pct(lambda r: r['dense']['val_acc'])} |",
         f"| ART (HyperSparse) | {pct(lambda r: r['art']['test_acc'])} | {pct(lambda r: r['art']['val_acc'])} |",
         f"| one-shot magnitude | {pct(lambda r: r['compare']['oneshot']['test_acc'])} | "
         f"{pct(lambda r: r['compare']['oneshot']['val_acc'])} |",

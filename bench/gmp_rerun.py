@@ -101,10 +101,10 @@ def publish(store: Path, pages: list[str], prov: dict) -> None:
 
 def page_text(rows: list[dict], prov: dict) -> str:
     lines = ["# GMP cells rerun after the mask mechanism was rewritten\n",
-             f"Every GMP run of docs/results.md, rerun with its own config at the commit each row names (one thread "
-             f"per run). Old: the published run; new: this rerun. Wall time is the sum of the run's epoch times on a "
-             f"shared 2-core machine. *last/first*: the last pruning epoch's seconds over the first's (each GMP mask "
-             f"update used to leave one more hook behind, so this grew with every epoch).\n",
+             "Every GMP run of docs/results.md, rerun with its own config at the commit each row names (one thread "
+             "per run). Old: the published run; new: this rerun. Wall time is the sum of the run's epoch times on a "
+             "shared 2-core machine. *last/first*: the last pruning epoch's seconds over the first's (each GMP mask "
+             "update used to leave one more hook behind, so this grew with every epoch).\n",
              "| page | run | test error old → new (%) | wall min old → new | pruning epochs | last/first | "
              "median prune / warm-up epoch |", "|---|---|---|---|---:|---:|---:|"]
     for r in rows:

@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import provenance, write_results
 import hypersparse as hs
 from hypersparse import native
 from hypersparse.compaction import compact_channels
 from hypersparse.errors import UserError
-from hypersparse.export import export_onnx, save_sparse
-from hypersparse.export import load_sparse_state
+from hypersparse.export import export_onnx, load_sparse_state, save_sparse
 from hypersparse.inference import interleaved_latency, sparse_inference
 from hypersparse.models import create_model
+
+from common import provenance, write_results
 
 MASKS = Path(__file__).resolve().parent / "masks"
 UNIFORM = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28),
@@ -73,7 +73,8 @@ def channels_per_layer(model: nn.Module, compacted: nn.Module) -> list[list[int]
 def sizes(model: nn.Module, ch: int, size: int, tmp: str) -> dict:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    out = {"dense_pt_bytes": len(buf.getvalue()), "sparse_bytes": save_sparse(model, Path(tmp) / "m.safetensors")["bytes"]}
+    out = {"dense_pt_bytes": len(buf.getvalue()),
+           "sparse_bytes": save_sparse(model, Path(tmp) / "m.safetensors")["bytes"]}
     try:
         out["onnx_bytes"] = export_onnx(model, torch.zeros(1, ch, size, size), Path(tmp) / "m.onnx")["bytes"]
     except UserError:  # the [onnx] extra is not installed
@@ -227,10 +228,12 @@ def publish(prov: dict, rows: list[dict]) -> None:
                   f"{b64['speedup']:.1f}x | {_kept(b1)} | {_kept(b64)} |")
     md += ["\n## Targets\n", "| model | sparsity | batch | target | measured | met |", "|---|---:|---:|---:|---:|---|"]
     for (name, sparsity, batch), least in TARGETS.items():
-        found = [r for r in rows if r["model"] == name and r["sparsity"] == sparsity and r["mask"].startswith("uniform")]
+        found = [r for r in rows
+                 if r["model"] == name and r["sparsity"] == sparsity and r["mask"].startswith("uniform")]
         if found:
             got = found[0][f"b{batch}"]["speedup"]
-            md.append(f"| {name} | {sparsity:.1%} | {batch} | {least}x | {got:.1f}x | {'yes' if got >= least else 'no'} |")
+            md.append(f"| {name} | {sparsity:.1%} | {batch} | {least}x | {got:.1f}x | "
+                      f"{'yes' if got >= least else 'no'} |")
     md += ["\n## CNNs: channel compaction and onnxruntime\n",
            "| model | mask | sparsity | channels removed | onnxruntime batch 1 dense / compacted ms | "
            "batch 64 dense / compacted ms | output channels kept / before, per convolution |",

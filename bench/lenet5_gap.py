@@ -14,7 +14,8 @@ regularizing (the sweep's fair budget):
   may regularize for up to 30 epochs instead of 15);
 * ``warm``: the published settings with a warm-up of 15 epochs instead of 3 (a better-trained dense model to start
   from, and a higher dense accuracy for the stop rule to reach);
-* ``tune``: the published settings with 24 fine-tuning epochs instead of 8 (LR ×0.1 after 12 and 18, where 80/120 of 160 fall);
+* ``tune``: the published settings with 24 fine-tuning epochs instead of 8 (LR ×0.1 after 12 and 18, where 80/120
+  of 160 fall);
 * ``lr``: the published settings at lr 0.03 instead of 0.01 (0.1, the authors' rate, diverges in LeNet-5's warm-up).
 
 Everything else is the sweep's: ``--epochs-scale 0.05`` (3 warm-up, 8 fine-tuning epochs), lr 0.01, SGD momentum

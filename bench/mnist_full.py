@@ -85,7 +85,8 @@ def main() -> None:
     plan = plan_for(sparsities, seeds, args.data_dir)
     results = run_sweep(lambda r: [], Path(args.store)) if args.publish_only else \
         run_sweep(plan, Path(args.store), args.workers)
-    planned = [name(k, v, s) for s in seeds for k in sparsities for v in LABELS] + [name(0.0, "dense", s) for s in seeds]
+    planned = ([name(k, v, s) for s in seeds for k in sparsities for v in LABELS]
+               + [name(0.0, "dense", s) for s in seeds])
     runs = merge({"runs": list(results.values())}, *(json.loads(Path(p).read_text()) for p in args.merge))
     publish({"provenance": prov, "planned": planned, "runs": runs}, Path(args.out))
 
@@ -192,7 +193,8 @@ def page(payload: dict, sparsities: list[float]) -> str:
     lines.append(("; ".join(behind) + ".") if behind else "nowhere in this table.")
     dense = cell(runs, 0.0, "dense")
     lines += ["", f"Dense, same total epochs: **{mean_std(dense) if dense else 'not run'} %** test error.\n",
-              "Anchors (cited, not rerun), against ART + HyperSparse with defaults at the nearest sparsity at or above:\n"]
+              "Anchors (cited, not rerun), against ART + HyperSparse with defaults at the nearest sparsity at or "
+              "above:\n"]
     for src, k_ref, err in ANCHORS["lenet300"]:
         ours_k = min([k for k in sparsities if k >= k_ref - 1e-9], default=None)
         vals = [v for v in cell(runs, ours_k, "art-hs") if v is not None] if ours_k else []

@@ -6,7 +6,8 @@ docs/runs/mnist-sweep.json. Every run uses the same shortened schedule
 epoch). LeNet-5 differs in two settings (OVERRIDES): its epochs visit a fresh
 random tenth of the training set, so that the whole sweep fits in about 2 hours
 on 2 cores, and its learning rate is 0.01 (at 0.1 its warm-up diverges). Fair
-budget: each baseline (and the dense reference) gets exactly as many epochs between warm-up and fine-tuning as the ART-HyperSparse run of the
+budget: each baseline (and the dense reference) gets exactly as many epochs
+between warm-up and fine-tuning as the ART-HyperSparse run of the
 same model, sparsity and seed spent regularizing. Models are chosen on the
 validation split; test error is reported as mean +- std over seeds.
 
@@ -14,8 +15,8 @@ validation split; test error is reported as mean +- std over seeds.
     python bench/mnist_sweep.py --quick     # one seed of lenet300 at two sparsities, a few minutes
     python bench/mnist_sweep.py --models lenet300   # what fits in ~1 hour on 2 CPU cores
     python bench/mnist_sweep.py --models lenet5 --merge docs/runs/mnist-sweep.json   # add a model to a published sweep
-    python bench/mnist_sweep.py --methods rigl --merge docs/runs/mnist-sweep.json    # add a method to it (its budgets
-                                            # are the published ART + HyperSparse runs'; runs of the same cells are replaced)
+    python bench/mnist_sweep.py --methods rigl --merge docs/runs/mnist-sweep.json    # add a method to it (its
+                      # budgets are the published ART + HyperSparse runs'; runs of the same cells are replaced)
     python bench/mnist_sweep.py --quick --methods rigl --sparsities 0.98 --dry-run  # list the runs, train nothing
 """
 from __future__ import annotations
@@ -105,7 +106,8 @@ def main():
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--epochs-scale", type=float, default=0.05)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--models", default="lenet300,lenet5", help="comma-separated; lenet5 costs ~19 s per epoch on 2 cores")
+    ap.add_argument("--models", default="lenet300,lenet5",
+                    help="comma-separated; lenet5 costs ~19 s per epoch on 2 cores")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--from-json", help="rebuild the page and plot from a saved runs JSON, without training")
     ap.add_argument("--merge", help="a sweep JSON whose runs are kept beside the new ones (those of the cells run "
@@ -131,7 +133,8 @@ def main():
     args.provenance = provenance(seed=seeds[0])  # at the start: the code that ran
     args.previous = json.loads(Path(args.merge).read_text()) if args.merge else None
     new = {(m, k, meth, s) for m in models for s in seeds
-           for k, meth in [(k, x) for k in sparsities for x in methods if x != DENSE] + [(0.0, DENSE)] * (DENSE in methods)}
+           for k, meth in [(k, x) for k in sparsities for x in methods if x != DENSE]
+           + [(0.0, DENSE)] * (DENSE in methods)}
     kept = [r for r in (args.previous["runs"] if args.previous else []) if cell_key(r) not in new]
     args.planned = len(new) + len(kept)
     args.replaced = len(args.previous["runs"]) - len(kept) if args.previous else 0
@@ -153,7 +156,8 @@ def main():
         for r in pool.map(run_one, first):
             results.append(r)
             report(r, len(results), args.planned)
-        reg_epochs = {(r["model"], r["sparsity"], r["seed"]): r["epochs"].get("regularize", 0) if r.get("epochs") else 20
+        reg_epochs = {(r["model"], r["sparsity"], r["seed"]):
+                      r["epochs"].get("regularize", 0) if r.get("epochs") else 20
                       for r in results if r["method"] == "art-hs"}
         rest = [make_job(m, k, s, meth, reg, root, args.epochs_scale, args.data_dir, reg_epochs[(m, k, s)])
                 for m in models for k in sparsities for s in seeds for meth, reg in METHODS[1:]
@@ -180,7 +184,8 @@ def payload_of(results, args, seeds, wall):
         prev = args.previous
         payload["planned_runs"] += max(0, prev.get("planned_runs", len(prev["runs"])) - len(prev["runs"]))
         payload["wall_seconds"] += prev["wall_seconds"]
-        payload["merged_from"] = prev.get("merged_from", []) + [dict(prev["provenance"], wall_seconds=prev["wall_seconds"])]
+        payload["merged_from"] = (prev.get("merged_from", [])
+                                  + [dict(prev["provenance"], wall_seconds=prev["wall_seconds"])])
     return payload
 
 
@@ -270,7 +275,8 @@ def overrides_text(runs, models) -> str:
     for m in models:
         over = next((r.get("overrides", {}) for r in runs if r["model"] == m), {})
         if over:
-            parts.append(f"{m}: " + "; ".join(why[k].format(v) + f" (`--{k.replace('_', '-')} {v}`)" for k, v in over.items()))
+            parts.append(f"{m}: " + "; ".join(why[k].format(v) + f" (`--{k.replace('_', '-')} {v}`)"
+                                              for k, v in over.items()))
     if not parts:
         return ""
     return "**Per model**, for every method of that model: " + ". ".join(parts) + ". "
@@ -291,14 +297,17 @@ def page(payload, models, sparsities, png, name):
         + "".join(f"\nMerged with the runs of `{p['command']}` (commit `{p['commit']}`, {p['date']}, "
                   f"{p['wall_seconds'] / 60:.0f} min){': ' + p['note'].rstrip('.') if p.get('note') else ''}.\n"
                   for p in payload.get("merged_from", [])),
-        f"Test error in % (mean ± std over seeds {', '.join(map(str, seeds))}), each model chosen on the validation split "
+        f"Test error in % (mean ± std over seeds {', '.join(map(str, seeds))}), each model chosen on the validation "
+        "split "
         "(5,000 training images set aside by the seed); the test set is only reported.\n",
         f"**Shortened schedule, the same for every method**: `--epochs-scale {payload['epochs_scale']}`, i.e. "
         f"{max(1, round(60 * payload['epochs_scale']))} warm-up epochs, {max(1, round(160 * payload['epochs_scale']))} "
         f"fine-tuning epochs (LR ×0.1 after {max(1, round(80 * payload['epochs_scale']))} and "
-        f"{max(1, round(120 * payload['epochs_scale']))}), η = 1.05^(1/scale) per epoch, λ_0 = 5e-6, SGD 0.1, momentum 0.9, "
+        f"{max(1, round(120 * payload['epochs_scale']))}), η = 1.05^(1/scale) per epoch, λ_0 = 5e-6, SGD 0.1, "
+        "momentum 0.9, "
         "wd 1e-4, batch 64, the authors' stop rule (`--criterion paper`). "
-        + overrides_text(runs, models) + "**Fair budget**: every baseline gets as many epochs between warm-up and fine-tuning as the "
+        + overrides_text(runs, models)
+        + "**Fair budget**: every baseline gets as many epochs between warm-up and fine-tuning as the "
         "ART + HyperSparse run of the same model, sparsity and seed spent regularizing (GMP prunes over them; one-shot "
         "trains densely through them; SNIP trains its at-initialization mask through them"
         + ("; RigL sparse-trains through them from an ERK mask of the warm-up's largest weights, dropping the smallest "
@@ -317,7 +326,8 @@ def page(payload, models, sparsities, png, name):
                   "|---|" + "---:|" * (len(shown) + 1)]
         for k in sparsities:
             row = [f"{100 * k:g} %"]
-            best = min((statistics.mean([v for v in cell(runs, model, k, m) if v is not None] or [1e9]), m) for m in shown)
+            best = min((statistics.mean([v for v in cell(runs, model, k, m) if v is not None] or [1e9]), m)
+                       for m in shown)
             for m in shown:
                 text = fmt(cell(runs, model, k, m))
                 row.append(f"**{text}**" if m == best[1] else text)
@@ -325,7 +335,8 @@ def page(payload, models, sparsities, png, name):
                   if r["model"] == model and r["sparsity"] == k and r["method"] == "art-hs" and r.get("epochs")]
             row.append(f"{statistics.mean(ep):.0f}" if ep else "-")
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("\nAnchors (cited, not rerun), against our ART + HyperSparse at the nearest sparsity at or above:\n")
+        lines.append("\nAnchors (cited, not rerun), against our ART + HyperSparse at the nearest sparsity at or "
+                     "above:\n")
         for src, k_ref, err in ANCHORS[model]:
             ours_k = min([k for k in sparsities if k >= k_ref - 1e-9], default=None)
             vals = [v for v in cell(runs, model, ours_k, "art-hs") if v is not None] if ours_k else []
@@ -337,8 +348,10 @@ def page(payload, models, sparsities, png, name):
             lines.append(f"- {src}: {err:.2f} % at {100 * k_ref:g} % sparsity; ours {mean:.2f} % at {100 * ours_k:g} % "
                          f"— {verdict} (with our shortened schedule).")
         lines.append("")
-    lines += ["### Every run\n", "<details><summary>model, sparsity, method, seed, test error, epochs, wall time</summary>\n",
-              "| model | sparsity | method | seed | test error % | epochs | wall s |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines += ["### Every run\n",
+              "<details><summary>model, sparsity, method, seed, test error, epochs, wall time</summary>\n",
+              "| model | sparsity | method | seed | test error % | epochs | wall s |",
+              "|---|---:|---|---:|---:|---:|---:|"]
     for r in sorted(runs, key=lambda r: (r["model"], r["sparsity"], r["method"], r["seed"])):
         err = f"{r['test_error']:.2f}" if r["test_error"] is not None else "n/c"
         ep = sum(r["epochs"].values()) if r.get("epochs") else "-"

@@ -15,10 +15,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import provenance, write_results
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.run_read import METRICS, read_jsonl
+
+from common import provenance, write_results
 
 PROBLEMS = {
     "synthetic": dict(dataset="synthetic", model="mlp", sparsity=0.9, epochs_scale=0.1, lambda_init=1e-4),
@@ -58,7 +59,8 @@ def main():
                 print(rows[-1], flush=True)
     md = [
         "# Scoring the pruned copy on a training subset (5,000 images) vs the whole training set\n",
-        "| problem | seed | stop epoch (subset) | stop epoch (full) | difference | measuring share of epoch (subset) | (full) | test acc (subset) | (full) |",
+        "| problem | seed | stop epoch (subset) | stop epoch (full) | difference "
+        "| measuring share of epoch (subset) | (full) | test acc (subset) | (full) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -201,7 +201,8 @@ def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_di
     torch.manual_seed(0)
     loops = {"plain": PlainLoop(create_model(model_name, 10, 1, 28), data, lr),
              "authors": AuthorsLoop(create_model(model_name, 10, 1, 28), data, lr, sparsity, mask_model)}
-    seconds: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PHASES} for name in ("plain", "ours", "authors")}
+    seconds: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PHASES}
+                                                  for name in ("plain", "ours", "authors")}
     with tempfile.TemporaryDirectory() as tmp:
         loops["ours"] = OurLoop(model_name, data_dir, sparsity, mask_model, lr, Path(tmp), epochs + 1, fraction)
         for phase in PHASES:
@@ -291,7 +292,8 @@ def page(p: dict) -> str:
             lines.append(f"| {r['threads']} | {name} | {shares} | **{total / 60:.1f} min** |")
     if p.get("full_run"):
         f = p["full_run"]
-        lines += ["", f"Measured as one real run (`hypersparse train --dataset mnist --model lenet300 --sparsity 0.985`, "
+        lines += ["", "Measured as one real run "
+                  "(`hypersparse train --dataset mnist --model lenet300 --sparsity 0.985`, "
                   f"the authors' full schedule, {f['threads']} threads): **{f['wall_seconds'] / 60:.1f} min** wall "
                   f"({', '.join(f'{k} {v} epochs' for k, v in f['epochs'].items())}; test accuracy "
                   f"{f['test_acc']:.2%}); target ≤ 5 min: **{'met' if f['wall_seconds'] <= 300 else 'missed'}**."]

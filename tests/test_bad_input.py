@@ -55,7 +55,8 @@ def _write(path: Path, data: bytes | str) -> Path:
 
 
 def _idx_gz(path: Path, magic: int, dims: tuple[int, ...]) -> None:
-    body = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + bytes(int(torch.tensor(dims).prod()))
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    body = header + bytes(int(torch.tensor(dims).prod()))
     _write(path, gzip.compress(body))
 
 
@@ -134,7 +135,8 @@ CASES = [
     ("data-mnist-wrong-count", lambda t, r: ["train", "--dataset", "mnist", "--data-dir",
                                              str(_mnist_folder(t / "m", 100))], "train-images-idx3-ubyte.gz"),
     ("data-not-gzip", lambda t, r: ["train", "--dataset", "fashion-mnist", "--data-dir",
-                                    str(_write(t / "f" / "train-images-idx3-ubyte.gz", b"junk").parent)], "train-images"),
+                                    str(_write(t / "f" / "train-images-idx3-ubyte.gz", b"junk").parent)],
+     "train-images"),
     ("data-cifar-junk", lambda t, r: ["train", "--dataset", "cifar10", "--data-dir", str(
         _write(t / "c" / "cifar-10-batches-py" / "data_batch_1", b"\x80\x04junk").parent.parent)], "cifar"),
     ("data-tinyimagenet-bad-wnids", lambda t, r: ["train", "--dataset", "tinyimagenet", "--data-dir",
@@ -168,7 +170,8 @@ CASES = [
     ("eval-pt-a-list", lambda t, r: ["eval", str(_save(t / "m.pt", [1, 2])), "--dataset", "digits", "--model", "mlp"],
      "m.pt"),
     ("eval-pt-truncated", lambda t, r: ["eval", str(_truncate(r, "model.pt"))], "model.pt"),
-    ("eval-safetensors-random", lambda t, r: ["eval", str(_write(t / "m.safetensors", os.urandom(300))), "--dataset", "digits", "--model", "mlp"],
+    ("eval-safetensors-random", lambda t, r: ["eval", str(_write(t / "m.safetensors", os.urandom(300))),
+                                              "--dataset", "digits", "--model", "mlp"],
      "m.safetensors"),
     ("eval-safetensors-header-huge", lambda t, r: ["eval", str(_write(t / "m.safetensors", struct.pack(
         "<Q", 2**40) + b"{}")), "--dataset", "digits", "--model", "mlp"], "m.safetensors"),

@@ -10,6 +10,7 @@ import hypersparse as hs
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.methods.baselines import GMP, OneShot, gmp_sparsity, snip_masks, snip_scores
+
 from conftest import make_mlp
 
 
@@ -96,7 +97,7 @@ def test_each_method_runs_end_to_end_at_exact_sparsity(method, tmp_path):
     numel = summary["sparse"]["numel"]
     assert summary["sparse"]["kept"] == numel - math.floor(0.95 * numel)
     if method != "snip":  # the dense baseline is the model at the end of warm-up, before any pruning
-        rows = [json.loads(l) for l in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
         warmup = [r for r in rows if r["phase"] == "warmup"]
         assert len(warmup) == (5 if method == "oneshot" else 3)  # oneshot trains densely through the prune epochs
         assert summary["dense"]["epoch"] == len(warmup) and summary["dense"]["val_acc"] == warmup[-1]["val_acc"]

@@ -33,12 +33,14 @@ def test_augment_is_a_crop_and_flip_of_the_padded_image():
 
 def test_tiny_cifar_resnet_run_exact_sparsity(tmp_path):
     register_dataset("tiny-cifar", tiny_cifar, "test data")
-    cfg = TrainConfig.from_dict(dict(dataset="tiny-cifar", model="resnet8", sparsity=0.9, epochs_scale=0.05, finetune_epochs=40, max_reg_epochs=200,
-                      lambda_init=1e-3, batch_size=50, pruned_eval_size=100, hs_compile="off", seed=0))
+    cfg = TrainConfig.from_dict(dict(dataset="tiny-cifar", model="resnet8", sparsity=0.9, epochs_scale=0.05,
+                                     finetune_epochs=40, max_reg_epochs=200, lambda_init=1e-3, batch_size=50,
+                                     pruned_eval_size=100, hs_compile="off", seed=0))
     summary = train(cfg, tmp_path / "run", progress=False, out=open(os.devnull, "w"))
     s = summary["sparse"]
     assert s["kept"] == s["numel"] - math.floor(0.9 * s["numel"])
-    assert s["numel"] == 32 * 3 * 9 + 32 * 32 * 9 * 2 + (32 * 64 * 9 + 64 * 64 * 9 + 32 * 64) + (64 * 128 * 9 + 128 * 128 * 9 + 64 * 128) + 128 * 10
+    assert s["numel"] == (32 * 3 * 9 + 32 * 32 * 9 * 2 + (32 * 64 * 9 + 64 * 64 * 9 + 32 * 64)
+                          + (64 * 128 * 9 + 128 * 128 * 9 + 64 * 128) + 128 * 10)
     loader = DeviceLoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4), 2, (0.5,) * 3, (0.25,) * 3,
                           "cpu", augment=True, channels_last=True)
     xb, _ = next(iter(loader))

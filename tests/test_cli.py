@@ -25,15 +25,16 @@ def test_digits_pipeline_exact_sparsity_and_accuracy(tmp_path):
     assert summary["sparse"]["kept"] == numel - math.floor(0.9 * numel)
     assert summary["sparse"]["test_acc"] >= 0.85
     assert summary["epochs"]["warmup"] == 6 and summary["epochs"]["finetune"] == 16
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == sum(summary["epochs"].values())
     for key in ("phase", "lambda", "val_acc", "sparsity", "seconds"):
         assert key in lines[0]
-    reg = [l for l in lines if l["phase"] == "regularize"]
-    assert reg and all(l["pruned_acc"] is not None and l["dense_acc"] is not None and l["lambda"] > 0 for l in reg)
+    reg = [row for row in lines if row["phase"] == "regularize"]
+    assert reg and all(row["pruned_acc"] is not None and row["dense_acc"] is not None and row["lambda"] > 0
+                       for row in reg)
     # the regularizer concentrates the L1 norm in the kept weights, so the share the cut drops falls
-    assert all(0 < l["pruned_mass"] < 1 for l in reg) and reg[-1]["pruned_mass"] < reg[0]["pruned_mass"]
-    assert all("pruned_mass" not in l for l in lines if l["phase"] != "regularize")
+    assert all(0 < row["pruned_mass"] < 1 for row in reg) and reg[-1]["pruned_mass"] < reg[0]["pruned_mass"]
+    assert all("pruned_mass" not in row for row in lines if row["phase"] != "regularize")
     # the saved model reloads through `eval` at the same sparsity
     out = cli("eval", str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr

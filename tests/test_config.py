@@ -46,7 +46,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,needle", IGNORED + BAD, ids=[" ".join(a) for a, _ in IGNORED + BAD])
-def test_a_setting_that_would_do_nothing_or_is_wrong_is_one_line_and_exit_2(args, needle, tmp_path, capsys, monkeypatch):
+def test_a_setting_that_would_do_nothing_or_is_wrong_is_one_line_and_exit_2(args, needle, tmp_path, capsys,
+                                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
         code = main(["train", *args, "--run-dir", str(tmp_path / "r")] if "--resume" not in args else ["train", *args])

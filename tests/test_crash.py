@@ -13,7 +13,8 @@ import pytest
 
 from conftest import cli, run_metrics
 
-ARGS = ["train", "--model", "mlp", "--sparsity", "0.9", "--epochs-scale", "0.05", "--lambda-init", "1e-3", "--seed", "2"]
+ARGS = ["train", "--model", "mlp", "--sparsity", "0.9", "--epochs-scale", "0.05", "--lambda-init", "1e-3",
+        "--seed", "2"]
 
 # runs the command with one write cut in half and the process SIGKILLed right there
 KILL_DURING = r"""
@@ -77,7 +78,8 @@ def reference(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("target,kind", [("model.pt", "atomic:1"), ("checkpoint.pt", "atomic:3"), ("stats.jsonl", "line")])
+@pytest.mark.parametrize("target,kind",
+                         [("model.pt", "atomic:1"), ("checkpoint.pt", "atomic:3"), ("stats.jsonl", "line")])
 def test_killed_mid_write_then_resumed_is_bit_exact(target, kind, reference, tmp_path):
     run = _killed_then_resumed(tmp_path, target, kind)
     (rows, summary), (ref_rows, ref_summary) = run_metrics(run), run_metrics(reference)

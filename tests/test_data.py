@@ -50,7 +50,8 @@ def test_tinyimagenet_folder_layout(tmp_path):
     (root / "val" / "images").mkdir(parents=True)
     lines = []
     for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
+        image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        image.save(root / "val" / "images" / f"val_{i}.JPEG")
         lines.append(f"val_{i}.JPEG\t{wnids[i % 2]}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     data = load_dataset("tinyimagenet", tmp_path, 0)
@@ -66,8 +67,10 @@ def test_dataset_needs_data_dir():
 
 def test_pretrained_skips_warmup_and_is_the_dense_baseline(tmp_path):
     devnull = open(os.devnull, "w")
-    first = train(TrainConfig.from_dict(dict(method="oneshot", sparsity=0.0, epochs_scale=0.05)), tmp_path / "dense", False, devnull)
-    cfg = TrainConfig.from_dict(dict(pretrained=str(tmp_path / "dense" / "model.pt"), epochs_scale=0.05, lambda_init=1e-3))
+    first = train(TrainConfig.from_dict(dict(method="oneshot", sparsity=0.0, epochs_scale=0.05)), tmp_path / "dense",
+                  False, devnull)
+    cfg = TrainConfig.from_dict(dict(pretrained=str(tmp_path / "dense" / "model.pt"), epochs_scale=0.05,
+                                     lambda_init=1e-3))
     summary = train(cfg, tmp_path / "sparse", False, devnull)
     assert "warmup" not in summary["epochs"]
     assert summary["dense"]["epoch"] == 0

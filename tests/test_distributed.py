@@ -39,7 +39,8 @@ def test_two_ranks_identical_and_exact_sparsity(tmp_path):
     single = cli(*ARGS, "--run-dir", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     ref = json.loads((tmp_path / "single" / "summary.json").read_text())
-    assert (ref["sparse"]["kept"], ref["sparse"]["sparsity"]) == (summary["sparse"]["kept"], summary["sparse"]["sparsity"])
+    assert ((ref["sparse"]["kept"], ref["sparse"]["sparsity"])
+            == (summary["sparse"]["kept"], summary["sparse"]["sparsity"]))
     # only rank 0 wrote: one line per epoch
     rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == sum(summary["epochs"].values())

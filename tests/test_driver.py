@@ -130,9 +130,9 @@ def test_the_engine_lightning_and_a_hand_written_loop_stop_at_the_same_epoch_wit
             return _optimizer(self)
 
     callback = ARTLightningCallback(0.9, score_batches=scoring, refresh_every=32, **ART_SETTINGS)
-    trainer = L.Trainer(max_epochs=40, accelerator="cpu", callbacks=[callback], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, reload_dataloaders_every_n_epochs=1,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=40, accelerator="cpu", callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        reload_dataloaders_every_n_epochs=1, default_root_dir=tmp_path)
     trainer.fit(Net())
     lightning_stop = next(h["epoch"] for h in callback.art.history if h.get("chosen_epoch") is not None)
 

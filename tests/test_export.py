@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import hypersparse as hs
+from hypersparse import native
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
-from hypersparse.export import load_sparse, load_sparse_state, save_sparse
-from hypersparse import native
-from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.errors import UserError
+from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.models import create_model
 
 ARCH = {"model": "resnet32", "num_classes": 10, "in_channels": 3, "image_size": 32}
@@ -90,7 +90,8 @@ KERNELS = ["dense", "csr", pytest.param("native", marks=pytest.mark.skipif(bool(
 def test_compact_mlp_drops_every_dead_unit_and_keeps_outputs(kernel):
     model = hand_mlp()
     chains = find_chains(model)
-    assert [(c["name"], c["flatten"], [relu for _, relu in c["layers"]]) for c in chains] == [("0..6", True, [True, True, False])]
+    assert ([(c["name"], c["flatten"], [relu for _, relu in c["layers"]]) for c in chains]
+            == [("0..6", True, [True, True, False])])
     compact = CompactMLP(chains[0]["layers"], flatten=True, kernel=kernel)
     assert compact.index.tolist() == [0, 1, 2]
     assert compact.shapes == [(2, 3), (2, 2), (2, 2)]  # hidden units 2, 3 and 2 gone, their constants in the biases
@@ -201,7 +202,8 @@ def test_export_cli_and_onnx(tmp_path):
         ref = model((pixels - mean) / std).numpy()
     assert np.abs(session.run(None, {"input": pixels.numpy()})[0] - ref).max() <= 1e-4
     # eval reads the sparse file too
-    out = subprocess.run([sys.executable, "-m", "hypersparse", "eval", str(tmp_path / "run" / "model.sparse.safetensors")],
+    out = subprocess.run([sys.executable, "-m", "hypersparse", "eval",
+                          str(tmp_path / "run" / "model.sparse.safetensors")],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "sparsity 95.00%" in out.stdout, out.stderr
 

@@ -72,7 +72,8 @@ def test_a_method_from_an_entry_point_trains_compares_and_its_run_is_read_back(t
     help = cli("train", "--help", cwd=tmp_path, env=env)
     shown = " ".join(help.stdout.split())  # argparse wraps the lines
     assert help.returncode == 0 and "or mine (layer-wise magnitude in rounds)" in shown
-    assert "--mine-rounds ROUNDS rounds of pruning over the phase" in shown and "compare: oneshot, gmp, snip, rigl, mine" in shown
+    assert "--mine-rounds ROUNDS rounds of pruning over the phase" in shown
+    assert "compare: oneshot, gmp, snip, rigl, mine" in shown
 
     out = cli("train", "--method", "mine", "--mine-rounds", "3", "--compare", "gmp", *SHORT, "--run-dir", "run",
               cwd=tmp_path, env=env)

@@ -112,7 +112,8 @@ def test_transformers_callback_reaches_exact_sparsity(tmp_path):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 32, (256, 8), generator=g)
     labels = (ids[:, 0] < 16).long()  # learnable from the first token
-    data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": l} for i, l in zip(ids, labels)]
+    data = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": y}
+            for i, y in zip(ids, labels)]
     callback = ARTTransformersCallback(sparsity=0.8, warmup_epochs=2, lambda_init=1e-3, eta=2.0, finetune_epochs=2,
                                        score_batches=4)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=40, per_device_train_batch_size=16,
@@ -340,8 +341,8 @@ def test_transformers_defaults_keep_every_attention_tensor_and_the_head_alive(tm
 def test_transformers_from_scratch_warns_instead_of_ending_on_a_chance_level_model(tmp_path, recwarn):
     """The issue's case: ARTTransformersCallback(sparsity=0.9, lambda_init="auto") on a BERT trained from scratch for
     the usual 3 epochs. Without the guard the pruned copy "caught up" with a dense model at chance (both 0.5) at round
-    2, the mask was fixed and the Trainer ended early with finished=True. Now: a warning that says the model is near chance
-    and what to do, no mask fixed on a chance-level model, the Trainer's whole budget, and finished False."""
+    2, the mask was fixed and the Trainer ended early with finished=True. Now: a warning that says the model is near
+    chance and what to do, no mask fixed on a chance-level model, the Trainer's whole budget, and finished False."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from hypersparse.integrations.transformers import ARTTransformersCallback

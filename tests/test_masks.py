@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 import hypersparse as hs
-from conftest import make_convnet, make_mlp
 from hypersparse import apply_masks_, magnitude_masks
 from hypersparse.models import create_model
+
+from conftest import make_convnet, make_mlp
 
 SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
 
@@ -170,8 +171,8 @@ def test_masks_travel_with_the_model(how, tmp_path):
     from hypersparse.masks import masks_from_zeros
 
     model, masks = _masked_mlp()
-    assert _revived(torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5)).requires_grad_(),
-                    masks) > 0  # the check can fail: an unmasked model does revive them
+    unmasked = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5)).requires_grad_()
+    assert _revived(unmasked, masks) > 0  # the check can fail: an unmasked model does revive them
     if how == "deepcopy":
         other = copy.deepcopy(model)
     elif how == "pickle":
@@ -282,7 +283,8 @@ def test_masks_on_a_masked_module_replace_the_old_ones_and_the_old_handle_lets_g
     second = hs.apply_masks_(model, second_masks, opt)
     assert first.masks == {} and set(second.masks) == set(second_masks)
     first.remove()  # owns nothing any more: the second installation stays
-    assert hooks_on(model, opt)["optimizer"] == 1 and zeros(model) == sum(int((~m).sum()) for m in second_masks.values())
+    assert hooks_on(model, opt)["optimizer"] == 1
+    assert zeros(model) == sum(int((~m).sum()) for m in second_masks.values())
 
 
 @pytest.mark.parametrize("name", ["resnet32", "vgg19"])

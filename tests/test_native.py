@@ -1,4 +1,5 @@
-"""The C kernel's cache: only a library this user built, unchanged, is ever loaded; anything else is rebuilt or refused."""
+"""The C kernel's cache: only a library this user built, unchanged, is ever loaded; anything else is rebuilt or
+refused."""
 from __future__ import annotations
 
 import os
@@ -42,7 +43,8 @@ def _in_new_process(cache) -> str:
             "if why is None:\n"
             "    x = torch.randn(4, 5)\n"
             "    with torch.no_grad():\n"
-            "        ok = torch.allclose(CompactMLP(find_chains(m)[0]['layers'], kernel='native')(x), m(x), atol=1e-6)\n"
+            "        y = CompactMLP(find_chains(m)[0]['layers'], kernel='native')(x)\n"
+            "        ok = torch.allclose(y, m(x), atol=1e-6)\n"
             "    why = 'works' if ok else 'wrong outputs'\n"
             "print(why)")
     env = dict(os.environ, HYPERSPARSE_CACHE=str(cache))

@@ -21,9 +21,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import deadline, snapshot
 from hypersparse.cli import main
 from hypersparse.config import SECTIONS
+
+from conftest import deadline, snapshot
 
 PROFILE = dict(derandomize=True, deadline=None, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

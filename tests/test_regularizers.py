@@ -6,6 +6,7 @@ from torch import nn
 
 import hypersparse as hs
 from hypersparse.regularizers import INFLECTION
+
 from conftest import make_convnet, make_mlp
 
 
@@ -158,9 +159,9 @@ def test_lazy_threshold_difference_is_bounded():
         drift = max(float((a - b).abs().max()) for a, b in zip(now, at_refresh))
         assert abs(float(lazy._t) - float(exact.threshold())) <= drift + 1e-7
         with torch.no_grad():
-            for e, l in zip(exact.params, lazy.params):
-                e -= 0.5 * e.grad
-                l.copy_(e)
+            for exact_p, lazy_p in zip(exact.params, lazy.params):
+                exact_p -= 0.5 * exact_p.grad
+                lazy_p.copy_(exact_p)
     assert lazy.refreshes < exact.refreshes == 25
 
 
@@ -293,6 +294,10 @@ def test_lambda_auto_and_art_run_on_a_model_that_is_already_sparse():
     """ART from a 90 %-sparse model at 0.8: lambda_init auto is set from the live weight at the cut, and a few
     regularization epochs train without NaN."""
     x, y = torch.randn(256, 60), torch.randint(0, 10, (256,))
+
+    def acc(m):
+        return float((m(x).argmax(1) == y).float().mean())
+
     for kappa in (0.8, 0.9, 0.95):
         model = hs.keep_pruned.strip_masks_(sparse_mlp(0.9))  # as a loaded checkpoint: its zeros, no mask installed
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -305,11 +310,10 @@ def test_lambda_auto_and_art_run_on_a_model_that_is_already_sparse():
                 art.regularizer.add_grad_(art.lam)
                 opt.step()
             assert all(torch.isfinite(p).all() for p in model.parameters())
-            acc = lambda m: float((m(x).argmax(1) == y).float().mean())
             art.end_epoch(model, dense_acc=acc(model), pruned_acc=acc)
 
 
-# -- the C pass (hypersparse.native) against PyTorch's ------------------------------------------------------------------
+# -- the C pass (hypersparse.native) against PyTorch's -----------------------------------------------------------------
 def _run_fast_path(reg, params, steps=40):
     for p in params:
         p.grad = torch.zeros_like(p)

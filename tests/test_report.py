@@ -14,9 +14,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_report_from_tiny_runs_has_every_figure(tmp_path):
     devnull = open(os.devnull, "w")
     for reg in ("hs", "l1"):
-        train(TrainConfig.from_dict(dict(reg=reg, sparsity=0.9, epochs_scale=0.03, lambda_init=1e-3)), tmp_path / reg, False, devnull)
-    logged = [json.loads(l) for l in (tmp_path / "hs" / "stats.jsonl").read_text().splitlines()]
-    metrics = [json.loads(l) for l in (tmp_path / "hs" / "metrics.jsonl").read_text().splitlines()]
+        train(TrainConfig.from_dict(dict(reg=reg, sparsity=0.9, epochs_scale=0.03, lambda_init=1e-3)), tmp_path / reg,
+              False, devnull)
+    logged = [json.loads(line) for line in (tmp_path / "hs" / "stats.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (tmp_path / "hs" / "metrics.jsonl").read_text().splitlines()]
     epochs = {r["epoch"] for r in logged}
     # always logged: every regularization epoch, the last warm-up epoch, and the last epoch
     assert {m["epoch"] for m in metrics if m["phase"] == "regularize"} <= epochs

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import hypersparse as hs
+
 from conftest import make_mlp, synthetic_problem
 
 
@@ -97,7 +98,8 @@ def test_resume_mid_regularization_gives_the_same_decisions():
 def test_art_raises_when_it_never_converges():
     x, y, model, opt, reg, art = setup()
     art = hs.ARTSchedule(reg, warmup_epochs=0, lambda_init=1e-12, eta=1.0, max_reg_epochs=3)
-    with pytest.raises(hs.ARTDidNotConverge, match="raise lambda_init or eta, or allow more epochs with max_reg_epochs, or set a deadline"):
+    with pytest.raises(hs.ARTDidNotConverge,
+                       match="raise lambda_init or eta, or allow more epochs with max_reg_epochs, or set a deadline"):
         for _ in range(5):
             art.end_epoch(model, dense_acc=1.01, pruned_acc=lambda m: 0.5)
 

@@ -15,6 +15,7 @@ from hypersparse import native
 from hypersparse.compaction import compact_channels
 from hypersparse.inference import sparse_inference, swap_convs
 from hypersparse.sparse_conv import SparseConv2d
+
 from conftest import SHAPES, assert_same_outputs, sparse_model
 
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc").split()[0]) is None, reason="no C compiler")

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import sweep  # noqa: E402
 from hypersparse.errors import RunStopped  # noqa: E402
 from hypersparse.run_write import RunFiles  # noqa: E402
+
+import sweep  # noqa: E402
 
 TINY = {"dataset": "digits", "model": "mlp", "sparsity": 0.9, "warmup_epochs": 1, "finetune_epochs": 2,
         "lr_steps": "1", "stats": False}
@@ -72,6 +73,7 @@ def test_a_changed_plan_is_refused_not_mixed(tmp_path):
 
 def test_merge_refuses_conflicting_runs():
     a = {"runs": [{"name": "x", "test_error": 1.0}]}
-    assert sweep.merge(a, {"runs": [{"name": "y", "test_error": 2.0}]}) == a["runs"] + [{"name": "y", "test_error": 2.0}]
+    y = {"name": "y", "test_error": 2.0}
+    assert sweep.merge(a, {"runs": [y]}) == a["runs"] + [y]
     with pytest.raises(sweep.SweepError, match="twice"):
         sweep.merge(a, {"runs": [{"name": "x", "test_error": 3.0}]})

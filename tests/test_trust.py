@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import hypersparse as hs
+
 from conftest import run_cli, snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -34,16 +34,18 @@ _HOME = {
 _WHERE = {name: module for module, names in _HOME.items() for name in names}
 __all__ = sorted(_WHERE)
 
+# For type checkers and editors only (__all__ is built from _HOME, which pyflakes cannot read): at run time
+# __getattr__ imports each name on first use.
 if typing.TYPE_CHECKING:
-    from hypersparse.driver import ARTDriver, Driver
-    from hypersparse.export import load_sparse, register_export, save_sparse
-    from hypersparse.inference import CompactMLP, sparse_inference
-    from hypersparse.keep_pruned import MaskHandle, apply_masks_
-    from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report
-    from hypersparse.method import EpochResult, Method, Setup, register_method
-    from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters
-    from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer
-    from hypersparse.schedule import ART, ARTDidNotConverge, ARTSchedule
+    from hypersparse.driver import ARTDriver, Driver  # noqa: F401
+    from hypersparse.export import load_sparse, register_export, save_sparse  # noqa: F401
+    from hypersparse.inference import CompactMLP, sparse_inference  # noqa: F401
+    from hypersparse.keep_pruned import MaskHandle, apply_masks_  # noqa: F401
+    from hypersparse.masks import SparsityReport, magnitude_masks, masks_from_zeros, sparsity_report  # noqa: F401
+    from hypersparse.method import EpochResult, Method, Setup, register_method  # noqa: F401
+    from hypersparse.params import Exclude, NoPrunableParametersError, prunable_parameters  # noqa: F401
+    from hypersparse.regularizers import L1, L2, HyperSparse, Regularizer  # noqa: F401
+    from hypersparse.schedule import ART, ARTDidNotConverge, ARTSchedule  # noqa: F401
 
 
 def __getattr__(name: str):

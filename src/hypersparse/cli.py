@@ -74,8 +74,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                 group.add_argument(flag, dest=dest, type=_TYPES.get(type_name(f), str), default=argparse.SUPPRESS,
                                    metavar=f.name.split("_")[-1].upper(), help=help)
     files = parser.add_argument_group("settings from a file")
-    files.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (a run's config.json is one);"
-                       " flags and --set override it")
+    files.add_argument("--config", metavar="FILE",
+                       help="settings from a TOML or JSON file (a run's config.json is one); "
+                       "flags and --set override it")
     files.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any setting, e.g. --set schedule.momentum=0.95")
     parser.epilog = "Settings without a flag (--set or --config): " + ", ".join(hidden) + "."
@@ -334,8 +335,8 @@ def _preload(argv: list[str]) -> int | None:
 def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
-    from hypersparse.plugins import UserCodeError, typed_names_from
     from hypersparse.params import NoPrunableParametersError
+    from hypersparse.plugins import UserCodeError, typed_names_from
 
     try:
         here = os.getcwd()

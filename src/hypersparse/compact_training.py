@@ -1,4 +1,5 @@
-"""Fine-tuning on the compacted network: once the mask is fixed, train only the units and channels that reach the output.
+"""Fine-tuning on the compacted network: once the mask is fixed, train only the units and channels that reach the
+output.
 
 :class:`CompactTraining` trains a smaller copy without the units no kept weight connects to the output (and, for an
 MLP, without the input features no kept weight reads), with its own optimizer of the same kind and settings, and

@@ -127,7 +127,8 @@ def _pairs(layers: list[nn.Module]) -> list[tuple[int, int]]:
             n = layers[j]
             if isinstance(n, (nn.Conv2d, nn.Linear)):
                 flat = any(isinstance(x, nn.Flatten) for x in layers[i + 1 : j])
-                if not (flat and isinstance(n, nn.Conv2d)) and not (isinstance(m, nn.Linear) and isinstance(n, nn.Conv2d)):
+                linear_to_conv = isinstance(m, nn.Linear) and isinstance(n, nn.Conv2d)
+                if not (flat and isinstance(n, nn.Conv2d)) and not linear_to_conv:
                     pairs.append((i, j))
                 break
             if not isinstance(n, PASSTHROUGH + (nn.Flatten,)):

@@ -27,8 +27,18 @@ from hypersparse.masks import check_ceiling
 from hypersparse.method import method_entries, method_entry, method_sections
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
 from hypersparse.schedule import DEFAULT_PUSH, LAMBDA_INIT, parse_auto
-from hypersparse.schema import (MAX_JSON_BYTES, Bool, Float, Int, Optional, SchemaError, Spec, Str, parse_json,
-                                read_bytes)
+from hypersparse.schema import (
+    MAX_JSON_BYTES,
+    Bool,
+    Float,
+    Int,
+    Optional,
+    SchemaError,
+    Spec,
+    Str,
+    parse_json,
+    read_bytes,
+)
 
 NO_FILES = ("digits", "synthetic")  # datasets that read no --data-dir
 DOWNLOADS = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose loader can fetch its files
@@ -544,7 +554,8 @@ def _check_values(cfg: TrainConfig) -> None:
                         + did_you_mean(wrong, allowed))
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
-                        f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); use a factor of at least 0.001")
+                        f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); "
+                        "use a factor of at least 0.001")
     longest = max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, cfg.baseline.prune_epochs,
                   cfg.art.max_reg_epochs, 1)
     if cfg.schedule.epochs_scale * longest > 1e7:

@@ -190,7 +190,8 @@ class ARTDriver(Driver):
         return self.method
 
     def filter_for(self, model: nn.Module) -> ModuleFilter | None:
-        """The prunable-module filter ``exclude`` stands for, checked against ``model`` (a pattern must name a layer)."""
+        """The prunable-module filter ``exclude`` stands for, checked against ``model`` (a pattern must name a
+        layer)."""
         if self.exclude is None or callable(self.exclude):
             return self.exclude
         filter = Exclude(self.exclude)
@@ -199,7 +200,8 @@ class ARTDriver(Driver):
 
 
 def batch_accuracy(model: nn.Module, batches, call: Callable, reduce: Callable) -> float:
-    """Accuracy in eval mode over ``batches``; ``call(model, batch)`` gives (logits, labels); ``reduce`` sums over ranks."""
+    """Accuracy in eval mode over ``batches``; ``call(model, batch)`` gives (logits, labels); ``reduce`` sums over
+    ranks."""
     was = model.training
     model.eval()
     correct, total = 0.0, 0.0
@@ -223,4 +225,5 @@ def logits_of(output) -> torch.Tensor:
         return output["logits"]
     if hasattr(output, "logits"):
         return output.logits
-    raise TypeError("cannot find logits in the model's output; the model must return a tensor or an object with .logits")
+    raise TypeError("cannot find logits in the model's output; "
+                    "the model must return a tensor or an object with .logits")

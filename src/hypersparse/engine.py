@@ -38,8 +38,15 @@ from hypersparse.params import prunable_parameters
 from hypersparse.plugins import CODE_FLAGS, code_settings, load_plugins, trust_line
 from hypersparse.progress import MARK, expected_epochs, plan_text
 from hypersparse.run_read import CHECKPOINT, CONFIG, load_run_checkpoint, load_weights, read_json
-from hypersparse.run_write import (RunFiles, RunLock, art_course, default_run_dir, in_use, prepare_run_dir,
-                                   remove_created)
+from hypersparse.run_write import (
+    RunFiles,
+    RunLock,
+    art_course,
+    default_run_dir,
+    in_use,
+    prepare_run_dir,
+    remove_created,
+)
 from hypersparse.stats import StatsCollector
 from hypersparse.threads import choose_threads, describe, step_macs, thread_scope
 from hypersparse.tracking import check_tracker, open_tracker
@@ -306,7 +313,8 @@ class Trainer:
         t2 = time.perf_counter()
         stats = None
         if self.stats:  # always at the epochs the report needs; elsewhere within the collector's time budget
-            stats = self.stats.maybe_collect(method.regularizer, t2 - t0, scored or method.phase != phase or method.done)
+            stats = self.stats.maybe_collect(method.regularizer, t2 - t0,
+                                             scored or method.phase != phase or method.done)
         if stats is not None:
             stats = {"epoch": epoch, "phase": phase, "event": result.event, **stats,
                      **({"pruned_per_class": list(self.pruned_per_class)} if scored else {})}

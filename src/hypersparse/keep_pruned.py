@@ -148,7 +148,8 @@ def _uninstall(module: nn.Module) -> None:
 
 
 def strip_masks_(model: nn.Module) -> nn.Module:
-    """Remove the mask buffers and hooks from ``model`` and its submodules (e.g. a copy); the weights stay as they are."""
+    """Remove the mask buffers and hooks from ``model`` and its submodules (e.g. a copy); the weights stay as they
+    are."""
     for module in model.modules():
         _uninstall(module)
     return model
@@ -181,7 +182,8 @@ class _Entry:
 
 
 class MaskHandle:
-    """Everything one :func:`apply_masks_` call installed; :meth:`update_` changes the masks, :meth:`remove` undoes it."""
+    """Everything one :func:`apply_masks_` call installed; :meth:`update_` changes the masks, :meth:`remove` undoes
+    it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer | None = None):
         self.optimizer = optimizer

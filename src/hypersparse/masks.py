@@ -7,8 +7,14 @@ from dataclasses import dataclass, field
 import torch
 
 from hypersparse.keep_pruned import MaskHandle, Masks, apply_masks_, strip_masks_, zero_pruned_  # noqa: F401
-from hypersparse.params import (ModelOrParams, ModuleFilter, check_sparsity, default_ceiling, num_pruned,
-                                prunable_parameters)
+from hypersparse.params import (
+    ModelOrParams,
+    ModuleFilter,
+    check_sparsity,
+    default_ceiling,
+    num_pruned,
+    prunable_parameters,
+)
 
 
 def _prune_lowest(magnitudes: torch.Tensor, k: int) -> torch.Tensor:

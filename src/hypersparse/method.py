@@ -277,7 +277,7 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
         uses: other sections it reads; ``baseline`` gives it ``--prune-epochs``, the epochs between warm-up and
             fine-tuning (its ``sparse_epochs``). A setting of a section the chosen method neither owns nor uses is
             an error.
-        compare: ``--compare`` may name it. tune: ``hypersparse tune`` applies (it searches ART's lambda_0 and eta).
+        compare: ``--compare`` may name it. tune: ``hypersparse tune`` applies (it searches ART's lambda_init and eta).
         label: ``config.json``'s settings -> the run's label in tables and figures (default: ``name``).
         rules: ``(cfg, "section.key") -> why the setting does not apply``, or None, for its own sections' settings.
         state: a :mod:`hypersparse.schema` spec of its ``state_dict()``, checked when a checkpoint is read.

@@ -21,7 +21,8 @@ from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_
 
 #: s * |w|_(k) sits on the inflection point of sech^2: artanh(1/sqrt(3)) ~= 0.6585.
 INFLECTION = math.atanh(1.0 / math.sqrt(3.0))
-#: Below this many prunable weights the ~10 s compile costs more than it saves (measured on LeNet-300: 4.4 -> 1.1 ms per step).
+#: Below this many prunable weights the ~10 s compile costs more than it saves
+#: (measured on LeNet-300: 4.4 -> 1.1 ms per step).
 COMPILE_MIN_NUMEL = 200_000
 
 

@@ -25,7 +25,8 @@ from hypersparse.errors import UserError
 from hypersparse.run_read import load_run
 from hypersparse.stats import HIST_EDGES
 
-PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff", "finetune": "#d6f0d6"}
+PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff",
+                 "finetune": "#d6f0d6"}
 FIGURES = ["gradient", "exploration", "layers", "histograms", "curves", "per_class"]
 
 

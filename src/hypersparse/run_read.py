@@ -164,7 +164,8 @@ def load_run(run_dir: str | Path, plugin: str | None = None) -> Run:
     except UserError:  # a method or settings its plugin registers: name the plugin rather than call the file damaged
         require_trusted(_raw_config(run_dir), {"run.plugin": plugin}, f"the run in {run_dir}", ("run.plugin",))
         raise
-    return Run(run_dir, config, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS), read_json(run_dir / SUMMARY))
+    return Run(run_dir, config, read_jsonl(run_dir / METRICS), read_jsonl(run_dir / STATS),
+               read_json(run_dir / SUMMARY))
 
 
 def require_trusted(config: dict, typed: dict, source: str, uses=tuple(CODE_FLAGS)) -> None:

@@ -54,7 +54,8 @@ def parse_auto(lambda_init: float | str) -> float | None:
                 push = -1.0
             if 0 < push < 1:
                 return push
-        raise ValueError(f"lambda_init must be a positive number, 'auto' or 'auto:P' with P in (0, 1), got {lambda_init!r}")
+        raise ValueError("lambda_init must be a positive number, 'auto' or 'auto:P' with P in (0, 1), "
+                         f"got {lambda_init!r}")
     return None
 
 
@@ -118,7 +119,8 @@ class ARTSchedule:
         self.sparsity = check_sparsity(sparsity)
         if isinstance(regularizer, HyperSparse) and regularizer.sparsity != self.sparsity:
             raise ValueError(
-                f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: use one value"
+                f"the HyperSparse regularizer targets sparsity {regularizer.sparsity}, ART {self.sparsity}: "
+                "use one value"
             )
         self.max_layer_sparsity = None if max_layer_sparsity is None else check_ceiling(max_layer_sparsity,
                                                                                          self.sparsity)

@@ -139,7 +139,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
 
     entry = method_entry(base.sparsity.method)
     if entry is None or not entry.tune:
-        raise UserError(f"hypersparse tune searches ART's lambda_0 and eta; --method {base.sparsity.method} has neither")
+        raise UserError("hypersparse tune searches ART's lambda_init and eta; "
+                        f"--method {base.sparsity.method} has neither")
     if not 1 <= trials <= MAX_TRIALS:
         raise UserError(f"--trials must be in 1..{MAX_TRIALS} (each trial is a full training run), got {trials}")
     base.validate()

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.checkpoint import atomic_write
+from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.errors import DataError, UserError, did_you_mean
 from hypersparse.plugins import user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
@@ -56,7 +56,8 @@ def _split(name, x, y, test_x, test_y, val_size, seed, num_classes, augment) -> 
     mean = tuple(xf.mean(dim=(0, 2, 3)).tolist())
     std = tuple(xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
     return Splits(
-        name, x[train], y[train], x[val], y[val], torch.tensor(np.asarray(test_x)), torch.tensor(np.asarray(test_y)).long(),
+        name, x[train], y[train], x[val], y[val],
+        torch.tensor(np.asarray(test_x)), torch.tensor(np.asarray(test_y)).long(),
         num_classes, mean, std, augment,
     )
 
@@ -78,7 +79,8 @@ FASHION_FILES = {
 
 
 def _idx_dataset(name, files, url, data_dir, seed, val_size, download):
-    paths = {f: verified(data_dir / f, size, md5, url=(url + f) if download else None) for f, (size, md5) in files.items()}
+    paths = {f: verified(data_dir / f, size, md5, url=(url + f) if download else None)
+             for f, (size, md5) in files.items()}
     x = read_idx(paths["train-images-idx3-ubyte.gz"])[:, None]
     y = read_idx(paths["train-labels-idx1-ubyte.gz"]).astype(np.int64)
     tx = read_idx(paths["t10k-images-idx3-ubyte.gz"])[:, None]
@@ -429,8 +431,8 @@ def _load(name: str, data_dir: str | Path | None, seed: int, download: bool) -> 
             try:
                 data_dir.mkdir(parents=True)  # --download fills a new folder
             except OSError as exc:
-                raise DataError(f"cannot create data directory {data_dir} ({exc.strerror}); choose another --data-dir") \
-                    from None
+                raise DataError(f"cannot create data directory {data_dir} ({exc.strerror}); "
+                                "choose another --data-dir") from None
         if not data_dir.is_dir():
             raise DataError(f"data directory {data_dir} does not exist; pass the folder that holds the {name} files")
     if name not in BUILTIN:

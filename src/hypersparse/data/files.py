@@ -105,7 +105,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 # what an official CIFAR batch may name: numpy's array reconstruction, nothing that can run code
-_DATA_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+_DATA_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                 for n in ("_reconstruct", "scalar")}
 _DATA_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
 
 

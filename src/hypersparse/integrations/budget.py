@@ -38,8 +38,9 @@ def fit_phases(options: dict, given: set[str], budget: int | None, warmup_share:
     if "reg_epochs_target" not in given:
         options["reg_epochs_target"] = max(buffer, budget - warmup - finetune)
     if warmup + buffer + finetune > budget:
+        end = "dense" if warmup + buffer > budget else "half fine-tuned"
         return (f"ART needs {warmup} warm-up + at least {buffer} regularization + {finetune} fine-tuning epochs, but "
-                f"the trainer runs {budget}: the model would end {'dense' if warmup + buffer > budget else 'half fine-tuned'}"
+                f"the trainer runs {budget}: the model would end {end}"
                 "; raise the trainer's epochs or lower warmup_epochs / finetune_epochs")
     return None
 

@@ -22,12 +22,22 @@ import torch
 try:
     from lightning.pytorch import Callback
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError('hypersparse.integrations.lightning needs Lightning: pip install "hypersparse[lightning]"') from exc
+    raise ImportError('hypersparse.integrations.lightning needs Lightning: '
+                      'pip install "hypersparse[lightning]"') from exc
 
 from hypersparse.driver import ARTDriver, batch_accuracy
 from hypersparse.errors import UserError
-from hypersparse.integrations.budget import (ACCURACY_MARGIN, MAX_DENSE_DROP, Guard, chance_level, early_end,
-                                             end_problem, fit_phases, result_problem, warn)
+from hypersparse.integrations.budget import (
+    ACCURACY_MARGIN,
+    MAX_DENSE_DROP,
+    Guard,
+    chance_level,
+    early_end,
+    end_problem,
+    fit_phases,
+    result_problem,
+    warn,
+)
 
 WARMUP_SHARE = 0.15  # of max_epochs when warmup_epochs is not given (the authors: 60 of about 380)
 ADVICE = {

@@ -16,13 +16,22 @@ from itertools import islice
 try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError('hypersparse.integrations.transformers needs transformers: pip install "hypersparse[transformers]"') \
-        from exc
+    raise ImportError('hypersparse.integrations.transformers needs transformers: '
+                      'pip install "hypersparse[transformers]"') from exc
 
 from hypersparse.distributed import all_sum
 from hypersparse.driver import ARTDriver, batch_accuracy
-from hypersparse.integrations.budget import (ACCURACY_MARGIN, MAX_DENSE_DROP, Guard, chance_level, early_end,
-                                             end_problem, fit_phases, result_problem, warn)
+from hypersparse.integrations.budget import (
+    ACCURACY_MARGIN,
+    MAX_DENSE_DROP,
+    Guard,
+    chance_level,
+    early_end,
+    end_problem,
+    fit_phases,
+    result_problem,
+    warn,
+)
 from hypersparse.params import head_layers, transformer_ceiling
 
 ROUNDS = 20  # ART rounds in a budget of too few epochs (period="auto"); fewer than MIN_EPOCHS epochs counts as too few
@@ -63,8 +72,8 @@ class ARTTransformersCallback(TrainerCallback):
     def __init__(self, sparsity: float, score_batches: int = 20, period: str | int = "auto",
                  max_dense_drop: float = MAX_DENSE_DROP, accuracy_margin: float = ACCURACY_MARGIN, **kwargs):
         if kwargs.get("criterion", "matched") != "matched":
-            raise ValueError("Trainer computes no training accuracy: ARTTransformersCallback uses the matched criterion "
-                             "only")
+            raise ValueError("Trainer computes no training accuracy: "
+                             "ARTTransformersCallback uses the matched criterion only")
         if not (period in ("auto", "epoch") or isinstance(period, int) and not isinstance(period, bool) and period > 0):
             raise ValueError(f"period must be 'auto', 'epoch' or a positive number of steps, got {period!r}")
         self.given = set(kwargs)  # phase lengths not given here come from the Trainer's budget
@@ -98,7 +107,8 @@ class ARTTransformersCallback(TrainerCallback):
             if "exclude" not in self.given:
                 self.driver.exclude = head_layers(model) or None
             rounds = (total // self.steps if total else None) if self.steps else epochs
-            problem = fit_phases(self.driver.options, self.given, rounds, warmup_share=0.0)  # fine-tunes a trained model
+            # warmup_share 0: the callback fine-tunes a trained model
+            problem = fit_phases(self.driver.options, self.given, rounds, warmup_share=0.0)
             if problem:
                 warn(problem.replace("epochs", "rounds") if self.steps else problem)
         self.driver.start(model, optimizer)

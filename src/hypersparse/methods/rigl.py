@@ -26,11 +26,11 @@ Masks = dict[str, torch.Tensor]
 class RigLConfig:
     """RigL: how the sparsity is spread over the layers and how the mask moves (--method rigl only; --set rigl.KEY)."""
 
-    distribution: str = setting("erk", "each layer's share of the kept weights: erk (Erdos-Renyi-Kernel, the paper's: "
-                                "density proportional to the sum of a layer's dimensions over their product) or uniform",
-                                Str(16, ("erk", "uniform")), flag=False)
-    drop_fraction: float = setting(0.3, "fraction of each layer's kept weights dropped and regrown at the first update; "
-                                   "decays to 0 by a cosine", Float(0, 1, hi_open=True), flag=False)
+    distribution: str = setting("erk", "each layer's share of the kept weights: erk (Erdos-Renyi-Kernel, the "
+                                "paper's: density proportional to the sum of a layer's dimensions over their product) "
+                                "or uniform", Str(16, ("erk", "uniform")), flag=False)
+    drop_fraction: float = setting(0.3, "fraction of each layer's kept weights dropped and regrown at the first "
+                                   "update; decays to 0 by a cosine", Float(0, 1, hi_open=True), flag=False)
     update_every: int = setting(100, "optimizer steps between mask updates (Delta T)", Int(1, 10**9), flag=False)
     drop_until: float = setting(0.75, "mask updates stop at this fraction of the sparse-training steps",
                                 Float(0, 1, lo_open=True), flag=False)

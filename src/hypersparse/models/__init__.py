@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from hypersparse.errors import UserError, did_you_mean
-from hypersparse.plugins import user_code
-from hypersparse.models.lenet import LeNet5, LeNet300, MLP
+from hypersparse.models.lenet import MLP, LeNet5, LeNet300
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
+from hypersparse.plugins import user_code
 
 #: name -> (constructor(num_classes, in_channels, image_size), one-line description)
 MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
@@ -21,7 +21,8 @@ MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
     "lenet300": (lambda c, ch, s: LeNet300(ch * s * s, c), "LeNet-300-100, for 28x28 inputs"),
     "lenet5": (lambda c, ch, s: LeNet5(ch, s, c), "LeNet-5, Caffe variant (20-50-500), for 28x28 inputs"),
     "resnet20": (lambda c, ch, s: CifarResNet(20, c, ch), "CIFAR ResNet-20, widths 32/64/128"),
-    "resnet32": (lambda c, ch, s: CifarResNet(32, c, ch), "CIFAR ResNet-32, widths 32/64/128 (the authors'), ~1.86M weights"),
+    "resnet32": (lambda c, ch, s: CifarResNet(32, c, ch),
+                 "CIFAR ResNet-32, widths 32/64/128 (the authors'), ~1.86M weights"),
     "resnet56": (lambda c, ch, s: CifarResNet(56, c, ch), "CIFAR ResNet-56, widths 32/64/128"),
     "vgg11": (lambda c, ch, s: CifarVGG(11, c, ch), "VGG-11 with batch norm, for 32x32 inputs"),
     "vgg13": (lambda c, ch, s: CifarVGG(13, c, ch), "VGG-13 with batch norm, for 32x32 inputs"),
@@ -108,8 +109,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
 
         if not (load_entry_points() and name in MODELS):
             shown = name if len(name) <= 60 else name[:57] + "..."
-            raise UserError(f"unknown model {shown!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, torchvision:<name>, "
-                            "timm:<name>, hf:<path>, or module.path:callable (a function returning an nn.Module)")
+            raise UserError(f"unknown model {shown!r}{did_you_mean(name, MODELS)}; choose one of: {', '.join(MODELS)}, "
+                            "torchvision:<name>, timm:<name>, hf:<path>, "
+                            "or module.path:callable (a function returning an nn.Module)")
     if name not in BUILTIN:
         with user_code(f"your model {name}"):
             model = MODELS[name][0](num_classes, in_channels, image_size)
