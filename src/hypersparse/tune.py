@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from hypersparse.checkpoint import output_folder, write_json
+from hypersparse.checkpoint import output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.method import method_entry
@@ -68,6 +68,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     if storage:
         _check_storage(storage)
     study_dir = output_folder(study_dir, "--study-dir")
+    for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
+        own_folder(folder, "a trial's run folder")
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
     storage = storage or f"sqlite:///{quote(str((study_dir / 'study.db').resolve()))}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,12 +84,20 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         print(f"trial {t.number} was interrupted; its values are tried again", file=out)
 
     stopped: list[RunStopped] = []
+    refused: list[UserError] = []
 
     def objective(trial) -> float:
         cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
                                      "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
         run_dir = study_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            own_folder(run_dir, "a trial's run folder")  # checked above; again now: one planted since then
+        except UserError as exc:  # one line, as any bad input (raised here, Optuna would print a traceback)
+            refused.append(exc)
+            study.enqueue_trial(trial.params)  # its values are tried when the study continues, as a stopped one's
+            study.stop()
+            raise optuna.TrialPruned() from None
         try:
             with open(os.devnull, "w") as quiet:
                 summary = train(cfg, run_dir, progress=False, out=quiet)
@@ -106,6 +116,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
                    for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL)))
     if finished < trials:
         study.optimize(objective, n_trials=trials - finished, catch=(ARTDidNotConverge, RunDiverged))
+    if refused:
+        raise refused[0]
     if stopped:  # one line, as for any command: running it again continues the study
         raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
