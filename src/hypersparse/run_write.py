@@ -152,11 +152,12 @@ def check_fresh(path: Path, config: dict) -> bool:
     held = [name for name in RUN_FILES if os.path.lexists(path / name)]
     if not held:
         return False
-    restart = held[0] == CONFIG and set(held) <= {CONFIG, METRICS, STATS} and _same_settings(path / CONFIG, config) \
-        and all(_regular(path / name) for name in held)
-    if restart:
+    same = held[0] == CONFIG and _same_settings(path / CONFIG, config)
+    # what this run would replace that is not its own (the first of it): all, unless config.json is this run's
+    name = next((n for n in held if n not in (CONFIG, METRICS, STATS) or not _regular(path / n)), None) if same \
+        else held[0]
+    if name is None:
         return True
-    name = next((n for n in held if n not in (CONFIG, METRICS, STATS)), held[0])
     raise UserError(f"run directory {path} already holds {name}, which this run would replace; pick a new or empty "
                     "folder, or --resume a run")
 
