@@ -146,7 +146,7 @@ def check_fresh(path: Path, config: dict) -> bool:
     Returns True in that second case (the caller removes those logs once the folder is locked). Anything else, a
     user's own ``config.json`` or ``model.pt`` above all, is never written over.
     """
-    if os.path.lexists(path / CHECKPOINT):
+    if (path / CHECKPOINT).exists():
         raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
                         "--run-dir")
     held = [name for name in RUN_FILES if os.path.lexists(path / name)]
