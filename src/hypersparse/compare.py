@@ -46,7 +46,8 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_co
            confirmed: dict | None = None) -> dict:
     """:func:`hypersparse.engine.resume`, then the baselines the run's ``run.compare`` names (``--resume``)."""
     for folder in Path(run_dir).glob("compare-*"):  # every baseline's folder, before the run goes on
-        _folder(Path(run_dir), folder.name.removeprefix("compare-"))
+        if folder.is_symlink():  # (a user's compare-notes.txt is none of ours: left alone)
+            _folder(Path(run_dir), folder.name.removeprefix("compare-"))
     return engine.resume(run_dir, progress, out or sys.stdout, trust_code, confirmed, then=_comparison(progress))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -69,7 +70,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         _check_storage(storage)
     study_dir = output_folder(study_dir, "--study-dir")
     for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
-        own_folder(folder, "a trial's run folder")
+        if re.fullmatch(r"trial-\d+", folder.name):
+            own_folder(folder, "a trial's run folder")
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
     storage = storage or f"sqlite:///{quote(str((study_dir / 'study.db').resolve()))}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
