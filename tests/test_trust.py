@@ -708,3 +708,151 @@ def test_a_stopped_tune_is_one_line_and_retries_the_stopped_trial(tmp_path, caps
     study = optuna.load_study(study_name="hypersparse", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
     first, retry = study.trials[0], study.trials[-1]
     assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["fixed_params"] == first.params
+
+
+# -- 9. trial 31: a run never writes through what a folder it was given holds ---------------------------------------
+@pytest.mark.parametrize("files,named", [
+    ({"config.json": '{"my": "precious"}', "model.pt": "keep", "notes.txt": "hello"}, "config.json"),  # R001
+    ({"metrics.jsonl": "my metrics\n", "summary.json": "x"}, "metrics.jsonl"),  # R002
+    ({"model.pt": "keep"}, "model.pt"),
+    ({"stats.jsonl": "mine\n"}, "stats.jsonl"),
+])
+def test_train_into_a_folder_of_the_users_own_files_writes_nothing(files, named, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    before = snapshot(folder)
+    code, err = run_cli(["train", "--run-dir", str(folder), *QUICK], capsys)
+    _one_line(code, err, f"already holds {named}, which this run would replace; pick a new or empty folder")
+    assert snapshot(folder) == before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder_and_only_the_same_run(tmp_path, capsys,
+                                                                                                    monkeypatch):
+    from hypersparse import run_write
+
+    folder, args = tmp_path / "r", ["train", "--run-dir", str(tmp_path / "r"), "--seed", "4", *QUICK]
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt()
+
+    with monkeypatch.context() as m:  # Ctrl-C after the first epoch's logs, before its checkpoint
+        m.setattr(run_write, "save_checkpoint", stop)
+        code, err = run_cli(args, capsys)
+    _one_line(code, err, "no checkpoint yet", exit_code=130)
+    assert "start the run again" in err[0] and (folder / "metrics.jsonl").read_text()
+    before = snapshot(folder)
+    code, err = run_cli([*args[:3], "--seed", "5", *QUICK], capsys)  # another run: its config.json is not ours
+    _one_line(code, err, "already holds config.json")
+    assert snapshot(folder) == before
+    code, err = run_cli(args, capsys)  # the same run again: it starts over, its logs with it
+    assert code == 0, err
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(len(epochs)))
+    code, err = run_cli(args, capsys)  # a run that has a checkpoint: as before
+    _one_line(code, err, f"already holds a run; continue it with --resume {folder}")
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "hardlink", "a users file"])
+@pytest.mark.parametrize("command", ["train", "resume"])  # L005, L001
+def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(plant, command, run, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim")
+    folder = run if command == "resume" else tmp_path / "fresh"
+    folder.mkdir(exist_ok=True)
+    lock = folder / ".hypersparse.lock"
+    if plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "fifo":
+        os.mkfifo(lock)
+    elif plant == "hardlink":
+        os.link(victim, lock)
+    else:
+        lock.write_text("my own notes, under an odd name\n")
+    before = snapshot(folder)
+    argv = ["train", "--resume", str(run)] if command == "resume" else ["train", "--run-dir", str(folder), *QUICK]
+    code, err = run_cli(argv, capsys, seconds=30)
+    _one_line(code, err, str(lock))
+    assert "not the lock file hypersparse makes" in err[0]
+    assert victim.read_text() == "victim" and snapshot(folder) == before
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A folder of the user's, outside the run folder, that a planted link points to."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.json").write_text('{"mine": 1}')
+    (victim / "model.pt").write_text("mine")
+    return victim
+
+
+def test_a_planted_compare_folder_link_is_refused_before_training(tmp_path, capsys):  # CS02
+    victim, folder = _victim(tmp_path), tmp_path / "r"
+    folder.mkdir()
+    (folder / "compare-gmp").symlink_to(victim)
+    before, theirs = snapshot(folder), snapshot(victim)
+    code, err = run_cli(["train", "--run-dir", str(folder), "--compare", "gmp", *QUICK], capsys)
+    _one_line(code, err, f"{folder / 'compare-gmp'} (the folder of --compare gmp) is a symbolic link")
+    assert snapshot(folder) == before and snapshot(victim) == theirs
+
+
+def test_resume_refuses_a_compare_folder_replaced_by_a_link(tmp_path, capsys):  # CS01
+    folder = tmp_path / "r"
+    code, err = run_cli(["train", "--run-dir", str(folder), "--compare", "oneshot", *QUICK], capsys, seconds=120)
+    assert code == 0, err
+    shutil.rmtree(folder / "compare-oneshot")
+    victim = _victim(tmp_path)
+    (folder / "compare-oneshot").symlink_to(victim)
+    before, theirs = snapshot(folder), snapshot(victim)
+    code, err = run_cli(["train", "--resume", str(folder)], capsys)
+    _one_line(code, err, "compare-oneshot (the folder of --compare oneshot) is a symbolic link")
+    assert snapshot(folder) == before and snapshot(victim) == theirs
+
+
+def test_tune_refuses_a_planted_trial_folder_link(tmp_path, capsys):  # TS01
+    pytest.importorskip("optuna")
+    victim, study = _victim(tmp_path), tmp_path / "s"
+    study.mkdir()
+    (study / "trial-0").symlink_to(victim)
+    theirs = snapshot(victim)
+    code, err = run_cli(["tune", "--study-dir", str(study), "--trials", "1", *QUICK[:2]], capsys)
+    _one_line(code, err, f"{study / 'trial-0'} (a trial's run folder) is a symbolic link")
+    assert snapshot(victim) == theirs and not (study / "best.json").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "resume"])
+def test_a_planted_tensorboard_folder_link_is_refused(command, run, tmp_path, capsys):  # TS02
+    from hypersparse.config import TrainConfig
+
+    victim = _victim(tmp_path)
+    if command == "resume":  # a run that logs to TensorBoard, as it would be after its first epochs
+        _edit_json(run / "config.json", lambda c: c["run"].update(log="tensorboard"))
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+        ckpt["config"]["run"]["log"] = "tensorboard"
+        ckpt["identity"] = TrainConfig.from_dict(ckpt["config"], check=False).identity
+        torch.save(ckpt, run / "checkpoint.pt")
+        folder, argv = run, ["train", "--resume", str(run)]
+    else:
+        folder = tmp_path / "r"
+        folder.mkdir()
+        argv = ["train", "--run-dir", str(folder), "--set", "run.log=tensorboard", *QUICK]
+    (folder / "tensorboard").symlink_to(victim)
+    before, theirs = snapshot(folder), snapshot(victim)
+    code, err = run_cli(argv, capsys)
+    _one_line(code, err, "tensorboard (the folder of --set run.log=tensorboard) is a symbolic link")
+    assert snapshot(folder) == before and snapshot(victim) == theirs
+
+
+@pytest.mark.parametrize("where", ["metrics", "history"])
+def test_a_checkpoint_with_a_list_longer_than_any_run_is_refused_at_once(where, run, capsys):  # Q011
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    rows = ckpt["metrics"] if where == "metrics" else ckpt["method"]["history"]
+    rows *= 2_000_000 // len(rows) + 1  # the same few rows, referenced 2 M times (a small file): no run has as many
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = snapshot(run)
+    started = time.perf_counter()
+    code, err = run_cli(["train", "--resume", str(run)], capsys, seconds=20)
+    _one_line(code, err, f"got {len(rows)}")
+    assert "checkpoint.pt" in err[0] and time.perf_counter() - started < 10
+    assert snapshot(run) == before

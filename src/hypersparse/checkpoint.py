@@ -97,6 +97,25 @@ def replaceable(path: Path, flag: str = "output") -> None:
     raise UserError(f"{flag} {path} is {kind}; hypersparse replaces only regular files, give a file name")
 
 
+def own_folder(path: str | Path, what: str) -> Path:
+    """``path`` (``what``: whose folder it is), a folder hypersparse makes inside a run or study folder
+    (``compare-gmp``, ``trial-3``, ``tensorboard``), if it is absent or a real folder; else UserError. A symbolic
+    link planted there is refused, never followed: a run written through it would land (and replace files) outside
+    the folder."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise UserError(f"{path} ({what}): {exc.strerror or exc}; pick another folder") from None
+    if stat.S_ISDIR(st.st_mode):
+        return path
+    kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+    raise UserError(f"{path} ({what}) is {kind}; hypersparse writes there only into a folder it makes itself: remove "
+                    "it, or pick another folder")
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename over it.
 

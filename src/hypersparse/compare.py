@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hypersparse import engine
-from hypersparse.checkpoint import write_json
+from hypersparse.checkpoint import own_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.run_read import CHECKPOINT, SUMMARY, read_json
 from hypersparse.run_write import RunFiles, format_summary
@@ -35,13 +35,29 @@ def baseline_config(cfg: TrainConfig, method: str, reg_epochs: int) -> TrainConf
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None) -> dict:
     """:func:`hypersparse.engine.train`, then the baselines ``cfg.run.compare`` names (``hypersparse train``)."""
+    target = run_dir or cfg.run.run_dir
+    if target:  # before the run, not after it: a planted link is refused before anything is trained or written
+        for method in _methods(cfg):
+            _folder(Path(target), method)
     return engine.train(cfg, run_dir, progress, out or sys.stdout, then=_comparison(progress))  # stdout as it is now
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_code: bool = False,
            confirmed: dict | None = None) -> dict:
     """:func:`hypersparse.engine.resume`, then the baselines the run's ``run.compare`` names (``--resume``)."""
+    for folder in Path(run_dir).glob("compare-*"):  # every baseline's folder, before the run goes on
+        if folder.is_symlink():  # (a user's compare-notes.txt is none of ours: left alone)
+            _folder(Path(run_dir), folder.name.removeprefix("compare-"))
     return engine.resume(run_dir, progress, out or sys.stdout, trust_code, confirmed, then=_comparison(progress))
+
+
+def _methods(cfg: TrainConfig) -> list[str]:
+    return [m.strip() for m in (cfg.run.compare or "").split(",") if m.strip()]
+
+
+def _folder(run_dir: Path, method: str) -> Path:
+    """``<run>/compare-<method>``, where that baseline runs: UserError if it is a symbolic link (or not a folder)."""
+    return own_folder(run_dir / f"compare-{method}", f"the folder of --compare {method}")
 
 
 def _comparison(progress: bool | None) -> engine.Then:
@@ -59,8 +75,8 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
     run_dir = files.path
     reg_epochs = max(0, sum(summary["epochs"].values()) - cfg.warmup - cfg.finetune)  # ART's: its regularization
     results = {}
-    for method in [m.strip() for m in cfg.run.compare.split(",") if m.strip()]:
-        folder = run_dir / f"compare-{method}"
+    for method in _methods(cfg):
+        folder = _folder(run_dir, method)
         done = read_json(folder / SUMMARY)
         if done is None:
             files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} "

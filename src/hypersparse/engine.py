@@ -72,7 +72,7 @@ class Trainer:
         self._build_method()
         self._start_records()
         if self.dist.is_main:
-            check_tracker(self.cfg.run.log)  # before the run folder exists; the tracker opens in run()
+            check_tracker(self.cfg.run.log, run_dir)  # before the run folder is made; the tracker opens in run()
 
     # -- setting up (in this order) ---------------------------------------------
     def _join_processes(self, run_dir: Path, progress: bool | None, out, quiet: bool, label: str) -> None:
@@ -402,7 +402,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
         created, lock, error = None, None, None
         if dist.is_main:
             try:
-                created, lock = prepare_run_dir(target)
+                created, lock = prepare_run_dir(target, trainer.cfg.to_dict())
             except UserError as exc:
                 error = str(exc)
         error = dist.broadcast(error)

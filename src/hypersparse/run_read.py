@@ -64,7 +64,7 @@ CHECKPOINT_SPEC = schema.Dict({
     "version": schema.Int(), "identity": schema.Str(64), "config": SETTINGS, "model": schema.STATE,
     "optimizer": schema.OPTIMIZER,
     "method": schema.Custom(_a_dict, "the method's state (checked against --method's schema)"),
-    "metrics": schema.List(schema.METRICS_ROW, 10**7), "best": schema.Optional(schema.BEST),
+    "metrics": schema.List(schema.METRICS_ROW, schema.MAX_RUN_EPOCHS), "best": schema.Optional(schema.BEST),
     "dense": schema.Optional(schema.Dict({"epoch": schema.EPOCH, "val_acc": schema.UNIT, "test_acc": schema.UNIT},
                                          required="all")),
     "phase_seconds": schema.Map(schema.Float(0), schema.NAME, 16), "stats": schema.Optional(schema.STATS_STATE),

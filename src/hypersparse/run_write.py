@@ -2,13 +2,16 @@
 the console lines, and the truncation of the logs on resume. Only rank 0 writes or prints."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
 
+from hypersparse import schema
 from hypersparse.checkpoint import atomic_write, remove_temporaries, save_checkpoint, temporary_name, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import UserError
@@ -49,7 +52,7 @@ class RunLock:
         import fcntl
 
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -57,14 +60,18 @@ class RunLock:
                 os.close(fd)
                 raise UserError(in_use(self.path.parent, holder)) from None
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
             if same:
                 break
             os.close(fd)  # the holder removed it while we waited: lock the file that is there now
+        if not re.fullmatch(rb"\d{0,10}\n?", os.read(fd, 64)):  # a file of the user's under our name: not truncated
+            os.close(fd)
+            raise UserError(_not_a_lock(self.path, "a file hypersparse did not write (it holds more than a process "
+                                                   "id)"))
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
         return self
 
@@ -74,9 +81,9 @@ class RunLock:
         import fcntl
 
         try:
-            fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
-        except OSError:
-            return None
+            fd = _open_lock(Path(folder) / LOCK, os.O_RDONLY)
+        except (OSError, UserError):
+            return None  # no lock, or not one: taking it says which
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,20 +105,89 @@ class RunLock:
         self.release()
 
 
+def _open_lock(path: Path, flags: int) -> int:
+    """A descriptor of lock file ``path``, or UserError if it is anything but a regular file with one name: the lock
+    is never opened through a planted symbolic link (the process id would be written into the link's target), nor
+    a FIFO (which would block) or a hard link."""
+    try:
+        # 0o666: the user's umask decides its mode; O_NONBLOCK: a FIFO planted there must not block the open
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(_not_a_lock(path, "a symbolic link")) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise UserError(_not_a_lock(path, "a hard link to another file" if stat.S_ISREG(st.st_mode) else
+                                    "not a regular file"))
+    return fd
+
+
+def _not_a_lock(path: Path, kind: str) -> str:
+    return (f"{path} is {kind}, not the lock file hypersparse makes; it writes its process id only into its own "
+            "file: remove it, or pick another folder")
+
+
 def in_use(folder: Path, holder: str) -> str:
     return (f"run directory {folder} is in use by process {holder} (another hypersparse train or --resume writes "
             "it); wait for it to end, or pick another --run-dir")
 
 
-def prepare_run_dir(path: Path) -> tuple[Path | None, RunLock]:
-    """Create the run directory, take its lock and prove it is writable, or raise UserError.
+#: the files a run writes in its folder (besides its lock and the folders of its tracker and --compare baselines)
+RUN_FILES = (CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY)
 
-    Returns the outermost folder this call created (None if ``path`` existed), so that a run that cannot start
-    can remove what it made (:func:`remove_created`), and the held lock.
+
+def check_fresh(path: Path, config: dict) -> bool:
+    """UserError unless a new run with settings ``config`` (as ``config.json`` holds them) may start in ``path``.
+
+    It may if the folder holds none of the files a run writes, or only what this same run left when it was stopped
+    before its first checkpoint: its ``config.json`` (the same settings) and the logs of an epoch it never finished.
+    Returns True in that second case (the caller removes those logs once the folder is locked). Anything else, a
+    user's own ``config.json`` or ``model.pt`` above all, is never written over.
     """
     if (path / CHECKPOINT).exists():
         raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
                         "--run-dir")
+    held = [name for name in RUN_FILES if os.path.lexists(path / name)]
+    if not held:
+        return False
+    same = held[0] == CONFIG and _same_settings(path / CONFIG, config)
+    # what this run would replace that is not its own (the first of it): all, unless config.json is this run's
+    name = next((n for n in held if n not in (CONFIG, METRICS, STATS) or not _regular(path / n)), None) if same \
+        else held[0]
+    if name is None:
+        return True
+    raise UserError(f"run directory {path} already holds {name}, which this run would replace; pick a new or empty "
+                    "folder, or --resume a run")
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _same_settings(path: Path, config: dict) -> bool:
+    """Whether ``path`` is a regular file holding exactly the settings ``config`` (as write_config writes them)."""
+    try:
+        if not _regular(path):
+            return False
+        return schema.parse_json(schema.read_bytes(path, "run file", schema.MAX_JSON_BYTES), allow_nan=True) == \
+            json.loads(json.dumps(config))
+    except (OSError, ValueError, UserError):
+        return False
+
+
+def prepare_run_dir(path: Path, config: dict) -> tuple[Path | None, RunLock]:
+    """Create the run directory, take its lock and prove it is writable, or raise UserError.
+
+    ``config``: the run's settings, as ``config.json`` will hold them (:func:`check_fresh`). Returns the outermost
+    folder this call created (None if ``path`` existed), so that a run that cannot start can remove what it made
+    (:func:`remove_created`), and the held lock.
+    """
+    check_fresh(path, config)  # before anything is made
     created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     lock = None
     try:
@@ -129,10 +205,14 @@ def prepare_run_dir(path: Path) -> tuple[Path | None, RunLock]:
     except UserError:
         remove_created(path, created)
         raise
-    if (path / CHECKPOINT).exists():  # another run finished a first epoch there while we were starting
+    try:  # again under the lock: another run may have finished a first epoch there while we were starting
+        restart = check_fresh(path, config)
+    except UserError:
         lock.release()
-        raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
-                        "--run-dir")
+        raise
+    if restart:  # the same run stopped before its first checkpoint: its logs start again from nothing
+        for name in (METRICS, STATS):
+            (path / name).unlink(missing_ok=True)
     remove_temporaries(path)
     return created, lock
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import stat
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,9 @@ MAX_INT_DIGITS = 20  # every integer a run records fits in 64 bits
 MAX_DEPTH = 32  # our files nest 4 deep
 MAX_STR = 4096
 MAX_LIST = 1 << 20
+#: the rows a run's per-epoch lists may hold (a checkpoint's metrics, ART's history): far beyond any budget, and
+#: small enough that a file claiming more is refused at once, not checked row by row for minutes
+MAX_RUN_EPOCHS = 1_000_000
 MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 4096, 64, 1_000_000
 
 
@@ -48,8 +52,12 @@ def _at(where: str, key: Any) -> str:
     return f"{where}[{key!r}]"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 64
+
+
 def _shown(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # a few items of a huge list, not the whole list written out to be cut to 60
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -198,8 +206,10 @@ class List(Spec):
         return f"a list of {self.min_len}..{self.max_len} items, each {self.item.describe()}"
 
     def check(self, value, where=""):
-        if not isinstance(value, list) or not self.min_len <= len(value) <= self.max_len:
+        if not isinstance(value, list):
             raise self.fail(value, where)
+        if not self.min_len <= len(value) <= self.max_len:  # before any item is looked at
+            raise SchemaError(where, f"must be a list of {self.min_len}..{self.max_len} items, got {len(value)}")
         return [self.item.check(v, _at(where, i)) for i, v in enumerate(value)]
 
 
@@ -242,8 +252,10 @@ class Map(Spec):
         return f"an object of at most {self.max_len} keys"
 
     def check(self, value, where=""):
-        if not isinstance(value, dict) or len(value) > self.max_len:
+        if not isinstance(value, dict):
             raise self.fail(value, where)
+        if len(value) > self.max_len:
+            raise SchemaError(where, f"must be {self.describe()}, got {len(value)}")
         for key in value:
             self.key.check(key, f"{where} key" if where else "key")
         return {k: self.value.check(v, _at(where, k)) for k, v in value.items()}
@@ -368,6 +380,9 @@ def read_jsonl(path: str | Path, spec: Spec, what: str, fix: str, limit: int = M
     """The rows of a JSON-lines file, each checked against ``spec``; a last line cut short by a crash is dropped."""
     data = read_bytes(path, what, limit)
     lines = data.split(b"\n")
+    if len(lines) > MAX_RUN_EPOCHS + 1:  # one row per epoch: refused at once, not checked row by row for minutes
+        raise UserError(f"{what} {path} holds {len(lines) - 1} lines, more than the {MAX_RUN_EPOCHS} epochs a run may "
+                        f"have; {fix}")
     rows = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -461,7 +476,8 @@ METHOD_BASE = Dict(_BASELINE, required=tuple(k for k in _BASELINE if k != "step"
 METHOD_STATE = {
     "art": Dict({
         "epoch": EPOCH, "reg_epochs": EPOCH, "finetune_done": EPOCH,
-        "phase": Str(16, ("warmup", "regularize", "finetune")), "history": List(JSON(3, finite=False), 10**7),
+        "phase": Str(16, ("warmup", "regularize", "finetune")),
+        "history": List(JSON(3, finite=False), MAX_RUN_EPOCHS),
         "masks": Optional(MASKS), "chosen_epoch": Optional(EPOCH), "lambda_0": Optional(Float(0, lo_open=True)),
         "eta_now": Float(1), "growth": Float(0, lo_open=True, finite=False), "stop_reason": Optional(NAME),
         "buffer": List(Dict({"epoch": EPOCH, "pruned_acc": UNIT, "state": STATE, "masks": MASKS},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypersparse.checkpoint import own_folder
 from hypersparse.errors import UserError
 
 #: metrics-row field -> tracked name; fields not listed go under "other/"
@@ -129,8 +130,23 @@ def _run_id(folder: Path) -> str:
 KINDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
 
 
-def check_tracker(kind: str | None) -> None:
-    """UserError if the package ``run.log`` needs is missing: checked before the run folder is made."""
+#: the trackers that write into a folder of their own inside the run folder (``<run>/<kind>``)
+IN_RUN_FOLDER = ("tensorboard", "wandb")
+
+
+def tracker_folder(kind: str | None, run_dir: Path) -> Path | None:
+    """``<run_dir>/<kind>`` for a tracker that writes there, checked (UserError if it is a symbolic link or not a
+    folder: the event files would land where it points); None for the others."""
+    if kind not in IN_RUN_FOLDER:
+        return None
+    return own_folder(Path(run_dir) / kind, f"the folder of --set run.log={kind}")
+
+
+def check_tracker(kind: str | None, run_dir: Path | None = None) -> None:
+    """UserError if the package ``run.log`` needs is missing, or its folder in ``run_dir`` is not one it can write
+    (:func:`tracker_folder`): checked before the run folder is made."""
+    if run_dir is not None:
+        tracker_folder(kind, run_dir)
     if kind == "tensorboard":
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -153,4 +169,4 @@ def open_tracker(kind: str | None, run_dir: Path, config: dict) -> Tracker | Non
 
         if importlib.util.find_spec(PACKAGES[kind]) is None:
             raise UserError(f"--set run.log={kind} needs {kind}: pip install {PACKAGES[kind]}")
-    return KINDS[kind](Path(run_dir) / kind, config)
+    return KINDS[kind](tracker_folder(kind, run_dir) or Path(run_dir) / kind, config)

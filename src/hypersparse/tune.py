@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from hypersparse.checkpoint import output_folder, write_json
+from hypersparse.checkpoint import output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.method import method_entry
@@ -153,6 +154,9 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     storage = storage or f"sqlite:///{quote(str((Path(study_dir) / 'study.db').resolve()))}"
     _check_sqlite_file(storage, what, fix)  # before anything is created
     study_dir = output_folder(study_dir, "--study-dir")
+    for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
+        if re.fullmatch(r"trial-\d+", folder.name):
+            own_folder(folder, "a trial's run folder")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, storage, what, fix)
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
@@ -171,6 +175,13 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
                                      "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
         run_dir = study_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            own_folder(run_dir, "a trial's run folder")  # checked above; again now: one planted since then
+        except UserError as exc:  # one line, as any bad input (raised here, Optuna would print a traceback)
+            stopped.append(exc)
+            study.enqueue_trial(trial.params)  # its values are tried when the study continues, as a stopped one's
+            study.stop()
+            raise optuna.TrialPruned() from None
         try:
             with open(os.devnull, "w") as quiet:
                 summary = train(cfg, run_dir, progress=False, out=quiet)
