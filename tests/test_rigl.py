@@ -126,6 +126,16 @@ def test_a_short_digits_run_reaches_the_target_with_accuracy_well_above_chance(t
     assert summary["dense"]["epoch"] == 3
 
 
+@pytest.mark.parametrize("method", ["rigl", "gmp", "oneshot", "snip"])
+def test_with_no_pruning_epochs_every_method_still_reaches_the_target(method, tmp_path):
+    """--prune-epochs 0 (a new user's check): fine-tuning must start from a mask at the target, not a dense model."""
+    cfg = TrainConfig.from_dict({"method": method, "sparsity": 0.9, "epochs_scale": 0.02, "prune_epochs": 0,
+                                 "seed": 0})
+    summary = train(cfg, tmp_path / "r", progress=False, out=open(os.devnull, "w"))
+    numel = summary["sparse"]["numel"]
+    assert summary["sparse"]["kept"] == numel - math.floor(0.9 * numel)
+
+
 def test_resume_in_the_middle_of_the_sparse_phase_is_bit_exact(tmp_path, monkeypatch):
     def cfg():
         return TrainConfig.from_dict({"method": "rigl", "sparsity": 0.9, "epochs_scale": 0.05, "prune_epochs": 80,

@@ -187,6 +187,8 @@ class Method(ABC):
         event = self.phase
         if self.mask_moves or self.masks is None:
             self._set(model, self.final_mask(model))
+            if self.masks is None:  # fine-tuning would train a dense model and call it sparse
+                raise RuntimeError(f"{type(self).__name__}.final_mask gave no mask; it must return one")
             self.chosen_epoch, event = self.epoch, "stop"
         self.phase = "finetune"
         return event

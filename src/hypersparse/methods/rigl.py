@@ -148,7 +148,8 @@ class RigL(Method):
         return new
 
     def final_mask(self, model: nn.Module) -> Masks:
-        return self.masks  # the mask RigL arrived at is the one fine-tuning keeps
+        """The mask RigL arrived at is the one fine-tuning keeps; with no sparse-training epoch, its first mask."""
+        return self.masks if self.masks is not None else self.init_mask(model)
 
     def record(self, event: str) -> dict:
         return {"drop_fraction": self.drop_fraction(self.sparse_step)} if event in (self.sparse_phase, "stop") else {}
