@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from hypersparse import Method, register_method
 from hypersparse.config import setting
 from hypersparse.masks import magnitude_masks
@@ -151,3 +153,42 @@ def test_a_method_from_a_typed_plugin_needs_it_typed_again_to_read_its_runs(tmp_
         refused = cli(*command, cwd=tmp_path, env=env)
         assert refused.returncode == 2 and "the run in r needs --plugin my_methods" in refused.stderr, refused.stderr
         assert cli(*command, "--plugin", "my_methods", cwd=tmp_path, env=env).returncode == 0, command
+    # --resume without it, or eval with another plugin typed: the plugin is named as missing, the files not blamed
+    for command in (["train", "--resume", "r"], ["eval", "r", "--plugin", "my_methods_other"]):
+        if command[-1] == "my_methods_other":
+            (tmp_path / "my_methods_other.py").write_text("")
+        refused = cli(*command, cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "--plugin" in refused.stderr, refused.stderr
+        assert "damaged" not in refused.stderr, refused.stderr
+
+
+def test_a_plugin_cannot_replace_a_built_in_method_model_dataset_or_export_format():
+    import hypersparse as hs
+    from hypersparse.data import register_dataset
+    from hypersparse.models import register_model
+
+    def mine(*args, **kwargs):
+        return None
+
+    for register, name in ((lambda n: hs.register_method(n, None, mine), "gmp"),
+                           (lambda n: hs.register_export(n, mine, ".txt"), "onnx"),
+                           (lambda n: register_model(n, mine), "mlp"), (lambda n: register_dataset(n, mine), "digits")):
+        with pytest.raises(ValueError, match="built into hypersparse"):
+            register(name)
+
+
+def test_a_plugin_whose_setting_or_section_clashes_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    for name, section, field in (("clashy", "clashy", "seed"), ("schedule", "schedule", "foo")):
+        (tmp_path / f"plug_{name}.py").write_text(
+            "from dataclasses import dataclass\n"
+            "from hypersparse import register_method\n"
+            "from hypersparse.config import setting\n"
+            "from hypersparse.schema import Int\n\n\n"
+            "@dataclass(frozen=True)\n"
+            f"class S:\n    {field}: int = setting(0, 'mine', Int(0, 10))\n\n\n"
+            f"register_method({name!r}, S, lambda setup: None)\n")
+        out = cli("train", "--plugin", f"plug_{name}", "--help", cwd=tmp_path, env=env)
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert section in out.stderr

@@ -415,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         early = _preload(argv)
         if early is not None:
             return early
-        args = build_parser().parse_args(argv)
+        try:
+            parser = build_parser()
+        except UserError as exc:  # a plugin's setting that clashes with another shows when the flags are built
+            return _say(f"error: {exc}", 2)
+        args = parser.parse_args(argv)
         if main_thread and args.command in STOP_AT_ONCE:
             for sig in saved:
                 signal.signal(sig, _quit)

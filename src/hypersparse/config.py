@@ -258,8 +258,12 @@ def sections() -> dict[str, type]:
     """Every settings section by name, in ``--help``'s order: data, model, sparsity, the methods', schedule, run."""
     extra = method_sections()
     if _cache.get("key") != tuple(extra.items()):
+        clash = sorted(set(extra) & set(CORE))
+        if clash:  # its settings would hide behind the core section's
+            raise UserError(f"a method's settings section is named {clash[0]!r}, a section every run has; "
+                            "register the method (or its section) under another name")
         out = {k: CORE[k] for k in ("data", "model", "sparsity")}
-        out.update({k: v for k, v in extra.items() if k not in CORE})
+        out.update(extra)
         out.update({k: CORE[k] for k in ("schedule", "run")})
         owner: dict[str, str] = {}
         for section, cls in out.items():

@@ -31,3 +31,13 @@ def did_you_mean(name: object, choices) -> str:
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def refuse_builtin_override(kind: str, name: str, old: object, new: object) -> None:
+    """A plugin may add a method, model, dataset or export format, but not replace a built-in one: its runs would go
+    by the built-in's name. ValueError if ``old`` (what ``name`` holds now) is hypersparse's and ``new`` is not."""
+    def ours(obj: object) -> bool:
+        return (getattr(obj, "__module__", None) or "").startswith("hypersparse.")
+
+    if old is not None and old is not new and ours(old) and not ours(new):
+        raise ValueError(f"{kind} {name!r} is built into hypersparse; register yours under another name")

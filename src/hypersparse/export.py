@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hypersparse.checkpoint import atomic_write, temporary, temporary_name
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, refuse_builtin_override
 from hypersparse.keep_pruned import strip_masks_
 from hypersparse.schema import SPARSE_META, check, parse_json, regular_file
 
@@ -337,6 +337,8 @@ def register_export(name: str, writer: Callable[..., str], extension: str, help:
     """
     if not callable(writer) or not isinstance(extension, str) or not extension.startswith("."):
         raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
+    old = EXPORTS.get(name)
+    refuse_builtin_override("export format", name, old.writer if old is not None else None, writer)
     EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options))
 
 

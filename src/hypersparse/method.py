@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from hypersparse.errors import refuse_builtin_override
 from hypersparse.masks import Masks, check_ceiling, magnitude_masks, zero_pruned_
 from hypersparse.params import ModuleFilter, check_sparsity, prunable_parameters
 from hypersparse.regularizers import Regularizer
@@ -294,6 +295,8 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
         raise ValueError(f"register_method({name!r}): section {name!r} already holds {_SECTIONS[name].__name__}")
     if not callable(build):
         raise TypeError(f"register_method({name!r}): build must be callable, got {build!r}")
+    old = _METHODS.get(name)
+    refuse_builtin_override("method", name, old.build if old is not None else None, build)
     if settings is not None:
         _SECTIONS[name] = settings
     _METHODS[name] = MethodEntry(name, settings, build, help or name, tuple(uses), compare, tune, label, rules, state,

@@ -31,6 +31,10 @@ def _settings(value, where):
     """config.json's schema is the settings dataclasses' (types, ranges, known keys)."""
     if not isinstance(value, dict):
         raise schema.SchemaError(where, f"must be an object of settings by section, got {type(value).__name__}")
+    method = value.get("sparsity", {}).get("method") if isinstance(value.get("sparsity"), dict) else None
+    if isinstance(method, str) and method_entry(method) is None:  # a plugin's method, its plugin not typed
+        raise UserError(f"the run uses --method {method!r}, which no loaded plugin registers; type the "
+                        "--plugin that registers it, as the run was started with")
     try:
         TrainConfig.from_dict(value, check=False)
     except UserError as exc:

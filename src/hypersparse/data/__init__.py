@@ -19,7 +19,7 @@ import torch
 
 from hypersparse.checkpoint import atomic_write
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
-from hypersparse.errors import DataError, UserError, did_you_mean
+from hypersparse.errors import DataError, UserError, did_you_mean, refuse_builtin_override
 from hypersparse.plugins import user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
 
@@ -295,6 +295,7 @@ def register_dataset(name: str, loader: Callable[..., Splits], description: str 
     test_x, test_y)`` as uint8 (N, C, H, W) images and integer labels (the validation split is then carved by the
     seed). The command line sees it when the registering module is imported by ``--plugin`` or a
     ``hypersparse.plugins`` entry point."""
+    refuse_builtin_override("dataset", name, DATASETS[name][0] if name in DATASETS else None, loader)
     DATASETS[name] = (loader, description)
 
 

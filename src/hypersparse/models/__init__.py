@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hypersparse.errors import UserError, did_you_mean
+from hypersparse.errors import UserError, did_you_mean, refuse_builtin_override
 from hypersparse.models.lenet import MLP, LeNet5, LeNet300
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
@@ -37,6 +37,7 @@ MAX_RESNET_DEPTH = 1202  # He et al.'s deepest CIFAR ResNet; deeper names are re
 
 def register_model(name: str, build: Callable[[int, int, int], nn.Module], description: str = "") -> None:
     """Make ``build(num_classes, in_channels, image_size) -> nn.Module`` available as ``--model name``."""
+    refuse_builtin_override("model", name, MODELS[name][0] if name in MODELS else None, build)
     MODELS[name] = (build, description)
 
 
