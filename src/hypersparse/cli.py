@@ -304,29 +304,41 @@ def _resumed_plugin(argv: list[str]) -> str | None:
         return None
 
 
+def _typed_names_here():
+    """Names the user types (``--plugin``, ``--model mod:fn``) are found in the current folder, for their import only;
+    if the folder was removed, they are looked up as Python does."""
+    from hypersparse.plugins import typed_names_from
+
+    try:
+        return typed_names_from(os.getcwd())
+    except OSError:
+        return contextlib.nullcontext()
+
+
+def _user_code_failed(exc) -> int:
+    """The user's own code raised: its frames, then one line."""
+    if _rank0():
+        print(exc.frames, end="", file=sys.stderr, flush=True)
+    return _say(f"error: {exc}", 2)
+
+
 def _preload(argv: list[str]) -> int | None:
     """For train, tune and export: import the installed plugins (entry points) and the typed ``--plugin`` modules
     first, so the methods, settings and export formats they register are flags and choices; an exit code if one
     fails."""
-    from hypersparse.plugins import UserCodeError, load_entry_points, load_plugins, typed_names_from
+    from hypersparse.plugins import UserCodeError, load_entry_points, load_plugins
 
     if not argv or argv[0] not in PRELOAD:
         return None
-    try:
-        here = os.getcwd()
-    except OSError:
-        here = None
     typed = ",".join(_typed_plugins(argv))
     if "--resume" in argv and typed != _resumed_plugin(argv):
         typed = ""  # beside --resume, --plugin confirms the run's; a different one is refused by the resume itself
     try:
-        with typed_names_from(here) if here else contextlib.nullcontext():
+        with _typed_names_here():
             load_entry_points()
             load_plugins(typed)
     except UserCodeError as exc:
-        if _rank0():
-            print(exc.frames, end="", file=sys.stderr, flush=True)
-        return _say(f"error: {exc}", 2)
+        return _user_code_failed(exc)
     except UserError as exc:
         return _say(f"error: {exc}", 2)
     return None
@@ -336,20 +348,14 @@ def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
     from hypersparse.params import NoPrunableParametersError
-    from hypersparse.plugins import UserCodeError, typed_names_from
+    from hypersparse.plugins import UserCodeError
 
     try:
-        here = os.getcwd()
-    except OSError:  # the current folder was removed: typed names are then looked up as Python does
-        here = None
-    try:
-        with typed_names_from(here) if here else contextlib.nullcontext():
+        with _typed_names_here():
             return {"train": _train, "tune": _tune, "eval": _eval, "export": _export,
                     "report": _report}[args.command](args)
     except UserCodeError as exc:
-        if _rank0():
-            print(exc.frames, end="", file=sys.stderr, flush=True)
-        return _say(f"error: {exc}", 2)
+        return _user_code_failed(exc)
     except UserError as exc:
         return _say(f"error: {exc}", 2)
     except NoPrunableParametersError:
