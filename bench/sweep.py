@@ -81,11 +81,36 @@ def run_job(job: dict) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint: start over
             summary = train(TrainConfig.from_dict(job["config"]), run_dir, progress=False, out=quiet)
         result = _outcome(summary)
+        if job.get("diagnose"):
+            result.update(_diagnostics(run_dir))
     except ARTDidNotConverge as exc:
         result = {"test_error": None, "failed": str(exc)}
     result.update(job["meta"], name=name, config=job["config"], commit=job["commit"], resumed=resumed)
     _write_json(store / "results" / f"{name}.json", result)
     return result
+
+
+TRACE_KEYS = ("epoch", "phase", "event", "lr", "train_acc", "val_acc", "lambda", "dense_acc", "pruned_acc",
+              "buffer_mean", "stop_reason", "chosen_epoch", "past_deadline", "val_acc_after_stop")
+
+
+def _diagnostics(run_dir: Path) -> dict:
+    """The run's epoch trace (ART's lambda, pruned and dense accuracy, the stop) and, per prunable layer of the chosen
+    model, its weights kept and its live output units (rows or filters with a kept weight)."""
+    import torch
+
+    trace = [{k: row[k] for k in TRACE_KEYS if k in row}
+             for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    layers = []
+    for layer, w in state.items():
+        if not (layer.endswith("weight") and w.dim() >= 2):  # Conv and Linear weights: the prunable ones
+            continue
+        nz = w != 0
+        layers.append({"name": layer, "shape": list(w.shape), "numel": w.numel(), "kept": int(nz.sum()),
+                       "alive_out": int(nz.flatten(1).any(1).sum()), "alive_in": int(nz.transpose(0, 1).flatten(1)
+                                                                                     .any(1).sum())})
+    return {"trace": trace, "layers": layers}
 
 
 def load_results(store: Path) -> dict[str, dict]:
