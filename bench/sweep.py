@@ -64,6 +64,7 @@ def run_job(job: dict) -> dict:
     torch.set_num_threads(job.get("threads", 1))
     from hypersparse.config import TrainConfig
     from hypersparse.engine import resume, train
+    from hypersparse.errors import RunDiverged
     from hypersparse.schedule import ARTDidNotConverge
 
     store, name = Path(job["store"]), job["name"]
@@ -83,7 +84,7 @@ def run_job(job: dict) -> dict:
         result = _outcome(summary)
         if job.get("diagnose"):
             result.update(_diagnostics(run_dir))
-    except ARTDidNotConverge as exc:
+    except (ARTDidNotConverge, RunDiverged) as exc:  # an outcome to report, not a reason to stop the sweep
         result = {"test_error": None, "failed": str(exc)}
     result.update(job["meta"], name=name, config=job["config"], commit=job["commit"], resumed=resumed)
     _write_json(store / "results" / f"{name}.json", result)
