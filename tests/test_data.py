@@ -80,6 +80,23 @@ def test_pretrained_skips_warmup_and_is_the_dense_baseline(tmp_path):
         train(bad, tmp_path / "bad", False, devnull)
 
 
+def test_batches_normalised_once_are_bit_identical_to_batches_normalised_one_by_one():
+    """On the CPU without augmentation the loader normalises the split once; every batch of every epoch is the
+    batch the per-batch path gives, bit for bit (runs, resumes and published results do not move)."""
+    from hypersparse.data.loader import DeviceLoader
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (203, 1, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (203,), generator=g)
+    once = DeviceLoader(x, y, 64, (0.1307,), (0.3081,), "cpu", seed=3)
+    each = DeviceLoader(x, y, 64, (0.1307,), (0.3081,), "cpu", seed=3)
+    each._normalized = None  # the path augmented data and other devices take
+    assert once._normalized is not None
+    for epoch in (0, 1):
+        for (xa, ya), (xb, yb) in zip(once.batches(epoch), each.batches(epoch), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_epoch_fraction_visits_a_fresh_part_in_whole_batches():
     from hypersparse.data.loader import DeviceLoader
 

@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import hypersparse as hs
@@ -347,3 +349,97 @@ def test_the_c_pass_gives_the_torch_pass_and_does_not_depend_on_the_thread_count
         torch.set_num_threads(before)
     assert rel_err(grads["c", 1], grads["torch", 1]) <= 1e-5
     assert all(torch.equal(a, b) for a, b in zip(grads["c", 1], grads["c", 2]))
+
+
+def _train_steps(fused: bool, optimizer_cls, steps: int = 12, **opt_kwargs):
+    """A LeNet-300 (fresh, seed 0) trained ``steps`` steps with HyperSparse through the driver-style call: the fused
+    pass when ``fused`` (and it applies), else ``add_grad_`` then the step. Returns the model, what step_sgd_ said and
+    the optimizer."""
+    from hypersparse.models.lenet import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300()
+    opt = optimizer_cls(model.parameters(), **opt_kwargs)
+    reg = hs.HyperSparse(model, 0.98, refresh_every=4)
+    g = torch.Generator().manual_seed(1)
+    said = []
+    for _ in range(steps):
+        x, y = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        took = reg.step_sgd_(opt, 1e-4) if fused else False
+        said.append(took)
+        if not took:
+            reg.add_grad_(1e-4)
+        opt.step()
+    return model, said, opt
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-4), (0.0, 1e-4), (0.9, 0.0)])
+def test_the_fused_sgd_pass_takes_the_same_steps_as_add_grad_then_sgd(momentum, weight_decay):
+    """HyperSparse's pass fused with SGD's step (the engine's regularization step) moves every parameter, biases
+    included, as add_grad_ followed by optimizer.step() does, from the first step (no momentum buffer yet) on, with
+    refreshes of the cut between. Tolerance: 12 steps of float32 rounding differences (the C pass and torch's SGD
+    round a * b + c differently), far below one step's size (lr * |gradient| ~ 1e-3)."""
+    from hypersparse import native
+
+    if native.hypersparse_sgd_kernel() is None:
+        pytest.skip("no C compiler")
+    kwargs = dict(lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    fused, said, opt = _train_steps(True, torch.optim.SGD, **kwargs)
+    plain, _, plain_opt = _train_steps(False, torch.optim.SGD, **kwargs)
+    assert all(said)
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+        assert (a - b).abs().max() <= 1e-6, name
+    if momentum:
+        for a, b in zip(fused.parameters(), plain.parameters()):
+            buf_a, buf_b = opt.state[a]["momentum_buffer"], plain_opt.state[b]["momentum_buffer"]
+            assert (buf_a - buf_b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("case", ["adam", "nesterov", "hook", "subclass"])
+def test_the_fused_pass_declines_an_optimizer_it_does_not_write_out_and_changes_nothing(case):
+    """Adam, Nesterov momentum, an optimizer with a step hook (a mask's), or an SGD subclass: step_sgd_ returns False
+    and leaves weights and gradients as they were, so the caller's add_grad_ + step runs as before."""
+    from hypersparse.models.lenet import LeNet300
+
+    torch.manual_seed(0)
+    model = LeNet300()
+    params = list(model.parameters())
+
+    class MySGD(torch.optim.SGD):
+        pass
+
+    opt = {"adam": lambda: torch.optim.Adam(params, lr=1e-3),
+           "nesterov": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True),
+           "hook": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+           "subclass": lambda: MySGD(params, lr=0.1, momentum=0.9)}[case]()
+    if case == "hook":
+        opt.register_step_pre_hook(lambda *a: None)
+    nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.randint(0, 10, (8,))).backward()
+    before = [(p.detach().clone(), p.grad.clone()) for p in params]
+    assert hs.HyperSparse(model, 0.98).step_sgd_(opt, 1e-4) is False
+    assert all(torch.equal(p, w) and torch.equal(p.grad, g) for p, (w, g) in zip(params, before))
+
+
+def test_adam_through_the_driver_step_still_gets_the_hypersparse_gradient():
+    """The fallback: with Adam the fused pass declines, and the regularized run equals add_grad_ then Adam's step."""
+    a, said, _ = _train_steps(True, torch.optim.Adam, steps=4, lr=1e-3)
+    b, _, _ = _train_steps(False, torch.optim.Adam, steps=4, lr=1e-3)
+    assert not any(said)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(values=st.lists(st.floats(0, 4, width=32), min_size=1, max_size=300), frac=st.floats(0, 1),
+       near=st.one_of(st.floats(0, 5, width=32), st.just(float("inf"))), zeros=st.integers(0, 50))
+def test_the_cut_found_near_the_last_one_is_the_exact_kth_smallest(values, frac, near, zeros):
+    """The refresh looks for the new cut in a band around the last one; wherever that is (the band missing it, empty,
+    or a model already sparse), the cut and its rank are those of a selection over every magnitude."""
+    from hypersparse.regularizers import cut_magnitude
+
+    flat = torch.tensor([0.0] * zeros + values, dtype=torch.float32)
+    k = max(1, min(flat.numel(), round(frac * flat.numel())))
+    exact, rank = cut_magnitude(flat, k)
+    near_cut, near_rank = cut_magnitude(flat, k, near)
+    assert torch.equal(exact, near_cut) and int(rank) == int(near_rank)

@@ -104,15 +104,22 @@ class Driver:
         group = _inner(optimizer).param_groups[0]
         return self.method.begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
 
-    def before_step(self) -> None:
+    def before_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After backward and any gradient reduction: the method reads the dense gradients (RigL, on its update
-        steps), then ``lam * grad(regularizer)`` is added to them."""
+        steps), then ``lam * grad(regularizer)`` is added to them.
+
+        A loop that owns a plain ``torch.optim.SGD`` passes it: HyperSparse then takes that optimizer's step for the
+        prunable weights in the same pass (:meth:`~hypersparse.HyperSparse.step_sgd_`, their ``.grad`` left None),
+        and the ``optimizer.step()`` the loop calls next moves the other parameters."""
         hook = getattr(self.method, "before_step", None)
         if hook is not None:
             hook()
         lam = self.lam
-        if lam and self.method.regularizer is not None:
-            self.method.regularizer.add_grad_(lam)
+        regularizer = self.method.regularizer
+        if lam and regularizer is not None:
+            fused = getattr(regularizer, "step_sgd_", None)
+            if optimizer is None or fused is None or not fused(optimizer, lam):
+                regularizer.add_grad_(lam)
 
     def after_step(self, model: nn.Module) -> None:
         self.method.after_step(model)

@@ -201,6 +201,39 @@ void hs_hypersparse(const float *restrict w, float *restrict g, int64_t n, float
         out[0] = l1; out[1] = total; out[2] = below;
     }
 }
+
+/* The same pass fused with SGD's step (weight decay wd, momentum mom with dampening 0, no Nesterov), in the order
+   torch.optim.SGD applies them: d = g + coef sign(w) sech^2(s|w|) + wd w; buf = d on the first step, else
+   mom buf + d; w -= lr buf (buf is NULL without momentum: w -= lr d). g is read, not written. The sums are those
+   of the weights before the step, as hs_hypersparse's. One pass instead of the HyperSparse pass and the optimizer's
+   four. The three cases are three loops: a branch inside one would keep it from being vectorized. */
+#define HS_SGD_LOOP(STEP)                                                                          \
+    _Pragma("omp simd reduction(+:l1, total, below)")                                              \
+    for (int64_t i = b; i < e; ++i) {                                                              \
+        const float x = w[i], a = fabsf(x), th = hs_tanh(s * a);                                   \
+        l1 += a; total += th; below += a < t;                                                      \
+        const float d = (g[i] + coef * (float)((x > 0.0f) - (x < 0.0f)) * (1.0f - th * th)) + wd * x; \
+        STEP                                                                                       \
+    }
+
+void hs_hypersparse_sgd(float *restrict w, const float *restrict g, float *restrict buf, int64_t n, float s, float t,
+                        float coef, float lr, float wd, float mom, int32_t first, double *out)
+{
+    const int64_t block = 4096;
+    for (int64_t b = 0; b < n; b += block, out += 3) {
+        const int64_t e = b + block < n ? b + block : n;
+        float l1 = 0.0f, total = 0.0f;
+        int32_t below = 0;
+        if (!buf) {
+            HS_SGD_LOOP(w[i] = x - lr * d;)
+        } else if (first) {
+            HS_SGD_LOOP(buf[i] = d; w[i] = x - lr * d;)
+        } else {
+            HS_SGD_LOOP(const float m = mom * buf[i] + d; buf[i] = m; w[i] = x - lr * m;)
+        }
+        out[0] = l1; out[1] = total; out[2] = below;
+    }
+}
 """
 
 
@@ -230,7 +263,10 @@ SYMBOLS = {"hs_chain_forward": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
            "hs_conv_backward_weight": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                               ctypes.c_void_p]),
            "hs_hypersparse": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
-                                     ctypes.c_float, ctypes.c_void_p])}
+                                     ctypes.c_float, ctypes.c_void_p]),
+           "hs_hypersparse_sgd": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                                         ctypes.c_float, ctypes.c_int32, ctypes.c_void_p])}
 
 
 def _cache_dir() -> Path:
@@ -397,6 +433,13 @@ def hypersparse_kernel():
     """The compiled ``hs_hypersparse(w, g, n, s, t, coef, out)`` (see :class:`hypersparse.HyperSparse`), or None."""
     lib = _library()
     return lib.hs_hypersparse if lib is not None else None
+
+
+def hypersparse_sgd_kernel():
+    """The compiled ``hs_hypersparse_sgd(w, g, buf, n, s, t, coef, lr, wd, momentum, first, out)``: the HyperSparse
+    pass fused with SGD's step (:meth:`hypersparse.HyperSparse.step_sgd_`), or None."""
+    lib = _library()
+    return lib.hs_hypersparse_sgd if lib is not None else None
 
 
 def unavailable() -> str | None:

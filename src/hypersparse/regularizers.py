@@ -13,7 +13,7 @@ import math
 import numbers
 import shutil
 import warnings
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -36,7 +36,21 @@ def _as_tensor(x: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float32, device=like.device)
 
 
-def cut_magnitude(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _kth_near(flat: torch.Tensor, k: int, near: float, width: float = 0.05) -> torch.Tensor | None:
+    """The k-th smallest of ``flat`` (CPU) if it lies within ``width`` of ``near`` (relative), found among the
+    magnitudes of that band only: a few elementwise passes instead of a selection over all of them. None when the
+    band misses it (or is empty), for the caller to select over everything."""
+    lo, hi = near * (1 - width), near * (1 + width)
+    n_lo = int((flat < lo).sum())
+    if n_lo >= k:
+        return None
+    band = flat[(flat >= lo) & (flat < hi)]
+    if k - n_lo > band.numel():
+        return None
+    return torch.kthvalue(band, k - n_lo).values
+
+
+def cut_magnitude(flat: torch.Tensor, k: int, near: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The magnitude HyperSparse puts on the inflection point, and how many magnitudes lie below it.
 
     ``flat`` holds the magnitudes. Normally the cut is the k-th smallest, ``|w|_(k)``. A model that already has at
@@ -45,8 +59,10 @@ def cut_magnitude(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     smallest nonzero magnitude (docs/methods.md, "Weights that are already zero"). With no nonzero weight the cut is
     infinite and the gradient zero. The cut is never below float32's smallest normal number, so s stays finite.
     """
-    source = flat if flat.device.type in ("cpu", "cuda") else flat.cpu()  # MPS lacks kthvalue
-    t = torch.kthvalue(source, k).values.to(flat.device)
+    t = _kth_near(flat, k, near) if near and flat.device.type == "cpu" else None  # the last cut, a step ago
+    if t is None:
+        source = flat if flat.device.type in ("cpu", "cuda") else flat.cpu()  # MPS lacks kthvalue
+        t = torch.kthvalue(source, k).values.to(flat.device)
     if flat.device.type == "cpu" and t > 0:  # the usual case, decided without two more passes (no sync on the CPU)
         return t.clamp_min(torch.finfo(torch.float32).tiny), torch.as_tensor(k)
     zeros = flat == 0
@@ -60,6 +76,52 @@ _TINY = torch.finfo(torch.float32).tiny
 _BLOCK = 4096  # entries per partial sum of the C kernel (hs_hypersparse in hypersparse.native)
 
 
+class _SGDStep(NamedTuple):
+    """SGD's settings and momentum buffers for each prunable tensor, for the fused pass."""
+
+    lrs: list[float]
+    wds: list[float]
+    momenta: list[float]
+    bufs: list[torch.Tensor | None]
+    first: list[int]
+
+
+def _sgd_step(optimizer, params: list[torch.Tensor]) -> _SGDStep | None:
+    """What ``optimizer.step()`` would do to ``params``, if it is a plain ``torch.optim.SGD`` step the fused C pass
+    takes exactly (float32 CPU tensors, dampening 0, no Nesterov, not maximize, float settings); None otherwise.
+    A missing momentum buffer is created here and filled by the pass (torch's first step: the buffer is the
+    gradient)."""
+    from torch.optim import optimizer as torch_optimizer
+
+    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
+             torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks) \
+        if type(optimizer) is torch.optim.SGD else (True,)
+    if any(hooks):
+        return None  # a subclass or a hook may do more than the step written out in C
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    step = _SGDStep([], [], [], [], [])
+    for p in params:
+        group = group_of.get(id(p))
+        if group is None or group.get("nesterov") or group.get("dampening", 0) != 0 or group.get("maximize") \
+                or group.get("differentiable") or p.grad is None or not p.is_contiguous() \
+                or not all(isinstance(group[k], float | int) for k in ("lr", "weight_decay", "momentum")):
+            return None
+        momentum = float(group["momentum"])
+        state = optimizer.state[p]
+        buf = state.get("momentum_buffer") if momentum else None
+        first = momentum != 0 and buf is None
+        if first:
+            buf = torch.empty_like(p, memory_format=torch.contiguous_format)
+        if buf is not None and not (buf.dtype == torch.float32 and buf.is_contiguous() and buf.device.type == "cpu"):
+            return None
+        step.lrs.append(float(group["lr"]))
+        step.wds.append(float(group["weight_decay"]))
+        step.momenta.append(momentum)
+        step.bufs.append(buf)
+        step.first.append(int(first))
+    return step
+
+
 class _NativePass:
     """HyperSparse's pass in C over float32 CPU tensors, its blocks split across torch's threads (ctypes lets go of
     the GIL). The partial sums of every block are added in one fixed order, so the result does not depend on the
@@ -69,6 +131,7 @@ class _NativePass:
         from hypersparse import native
 
         self.kernel = native.hypersparse_kernel()
+        self.sgd_kernel = native.hypersparse_sgd_kernel()
         self.sizes = [p.numel() for p in params]
         starts = [0]
         for n in self.sizes:
@@ -105,7 +168,10 @@ class _NativePass:
             self._parts[threads] = parts + ([current] if current else [])
         return self._parts[threads]
 
-    def __call__(self, params, grads, s: float, t: float, coef: float) -> tuple[float, float, int]:
+    def __call__(self, params, grads, s: float, t: float, coef: float,
+                 sgd: _SGDStep | None = None) -> tuple[float, float, int]:
+        """The sums of ``params`` (before any step); with ``grads``, ``grads += coef * gradient``, or with ``sgd``
+        as well, SGD's step on ``params`` taken with ``grads + coef * gradient`` (``grads`` unchanged)."""
         ws = [p.detach() if p.is_contiguous() else p.detach().contiguous() for p in params]
         out, stride = self.out.data_ptr(), 3 * 8  # bytes per block's three doubles
 
@@ -114,7 +180,13 @@ class _NativePass:
                 at = first * _BLOCK
                 n = min(blocks * _BLOCK, self.sizes[i] - at)
                 g = grads[i].data_ptr() + 4 * at if grads is not None else None
-                self.kernel(ws[i].data_ptr() + 4 * at, g, n, s, t, coef, out + stride * (self.starts[i] + first))
+                sums = out + stride * (self.starts[i] + first)
+                if sgd is None:
+                    self.kernel(ws[i].data_ptr() + 4 * at, g, n, s, t, coef, sums)
+                else:
+                    buf = sgd.bufs[i].data_ptr() + 4 * at if sgd.bufs[i] is not None else None
+                    self.sgd_kernel(ws[i].data_ptr() + 4 * at, g, buf, n, s, t, coef, sgd.lrs[i], sgd.wds[i],
+                                    sgd.momenta[i], sgd.first[i], sums)
 
         threads = torch.get_num_threads() if self.starts[-1] >= 32 else 1  # below ~128k weights one thread wins
         parts = self.parts(max(1, threads))
@@ -350,23 +422,51 @@ class HyperSparse(Regularizer):
         if abs(int(below) - int(self._rank)) > self.max_rank_drift * self.numel:
             self._since = self.refresh_every  # the stale cut drifted too far: refresh on the next call
 
-    def _accumulate_native(self, grads: list[torch.Tensor], strength: float) -> None:
-        """The fast path in C, with the scalars as Python floats: the same steps as the torch path's."""
+    @torch.no_grad()
+    def step_sgd_(self, optimizer: torch.optim.Optimizer, strength: float) -> bool:
+        """``add_grad_(strength)`` and ``optimizer.step()`` for the prunable weights, in one pass in C.
+
+        Their ``.grad`` is set to None afterwards, so the ``optimizer.step()`` that follows moves only the other
+        parameters (biases, norms). The weights and momentum buffers equal those of the two calls to float
+        rounding (the order of operations is SGD's). Returns False, having changed nothing, unless ``optimizer`` is
+        a plain ``torch.optim.SGD`` (dampening 0, no Nesterov, no step hooks) over float32 CPU tensors and the C
+        kernel is available: then call the two instead."""
+        if self._native is None or self._native.sgd_kernel is None or isinstance(strength, torch.Tensor) \
+                or not math.isfinite(strength) or strength < 0:
+            return False
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads) or not self._native.fits(grads) \
+                or not all(p.is_contiguous() for p in self.params):
+            return False
+        sgd = _sgd_step(optimizer, self.params)
+        if sgd is None:
+            return False
+        self._accumulate_native(grads, float(strength), sgd)
+        for p, buf, first in zip(self.params, sgd.bufs, sgd.first):
+            if first:
+                optimizer.state[p]["momentum_buffer"] = buf
+            p.grad = None
+        return True
+
+    def _accumulate_native(self, grads: list[torch.Tensor], strength: float, sgd: _SGDStep | None = None) -> None:
+        """The fast path in C, with the scalars as Python floats: the same steps as the torch path's (with ``sgd``,
+        the optimizer's step taken in the same pass)."""
         native, big = self._native, torch.finfo(torch.float32).max
         refresh = self.refresh_every == 1 or self._t is None or self._since >= self.refresh_every
         if refresh:
             ws = [p.detach() for p in self.params]
-            t, self._rank = cut_magnitude(torch.cat([w.abs().flatten().float() for w in ws]), self.k)
+            near = float(self._t) if self._t is not None else None
+            t, self._rank = cut_magnitude(torch.cat([w.abs().flatten().float() for w in ws]), self.k, near)
             t = float(t)
             s = INFLECTION / t
             l1, total, _ = native(self.params, None, s, t, 0.0)
             coef = min(s * l1 / max(total, _TINY), big)
-            native(self.params, grads, s, t, min(strength * coef, big))
+            native(self.params, grads, s, t, min(strength * coef, big), sgd)
             self._t, self._s, self._coef, self._since = t, s, coef, 1
             self.refreshes += 1
             return
         s, t = float(self._s), float(self._t)
-        l1, total, below = native(self.params, grads, s, t, min(strength * float(self._coef), big))
+        l1, total, below = native(self.params, grads, s, t, min(strength * float(self._coef), big), sgd)
         self._coef = min(s * l1 / max(total, _TINY), big)
         self._since += 1
         if abs(below - int(self._rank)) > self.max_rank_drift * self.numel:

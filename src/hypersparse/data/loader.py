@@ -86,6 +86,13 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world = 0, 1
         self.size = len(self.x)  # images per epoch
+        # Without augmentation a batch is a gather of normalised images: on the CPU, normalise once (bit-identical,
+        # the same elementwise arithmetic) rather than convert and normalise every batch again, which costs a fine-
+        # tuning epoch of a compacted LeNet-300 about a fifth of its time. Not for augmented data (crops pad uint8
+        # zeros before normalising) or above 1 GiB of floats.
+        self._normalized = None
+        if not augment and not channels_last and self.device.type == "cpu" and 4 * self.x.numel() <= 2**30:
+            self._normalized = self.normalize(self.x)
         if fraction < 1:  # whole batches only, so that every shortened epoch has the same number of full steps
             self.size = min(len(self.x), max(1, round(fraction * len(self.x)) // self.batch_size) * self.batch_size)
 
@@ -104,6 +111,9 @@ class DeviceLoader:
                 if len(pick) == 0:
                     break
                 idx = idx[pick]
+            if self._normalized is not None:
+                yield self._normalized[idx], self.y[idx]
+                continue
             xb, yb = self.x[idx], self.y[idx]
             xb = xb.float()
             if self.augment:
