@@ -161,6 +161,16 @@ CASES = [
     ("resume-no-checkpoint", lambda t, r: ["train", "--resume", str(_readonly(t / "empty"))], "no checkpoint"),
     ("resume-random-checkpoint", lambda t, r: ["train", "--resume", str(_corrupt(r, "checkpoint.pt"))],
      "checkpoint.pt"),
+    ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
+    ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
+    ("config-nul-in-a-path", lambda t, r: ["train", "--config", str(_write(
+        t / "c.json", '{"model": {"pretrained": "a\\u0000b"}}'))], "NUL"),
+    ("eval-wrapped-state-dict", lambda t, r: ["eval", str(_state_dict_file(t / "w.pt", lambda sd: {"state_dict": sd})),
+                                              "--model", "mlp", "--dataset", "digits"], "wraps a state_dict"),
+    ("eval-ddp-prefixed-state-dict", lambda t, r: ["eval", str(_state_dict_file(
+        t / "d.pt", lambda sd: {"module." + k: v for k, v in sd.items()})), "--model", "mlp", "--dataset", "digits"],
+     "'module.' prefix"),
     ("resume-checkpoint-a-list", lambda t, r: ["train", "--resume", str(_replace_pt(r, "checkpoint.pt", [1]))],
      "checkpoint.pt"),
     ("resume-with-flag", lambda t, r: ["train", "--resume", str(r), "--sparsity", "0.5"], "--sparsity"),
@@ -258,6 +268,31 @@ def _truncate(run: Path, name: str) -> Path:
 def _replace_pt(run: Path, name: str, obj) -> Path:
     torch.save(obj, run / name)
     return run
+
+
+def _edit_checkpoint(run: Path, edit) -> Path:
+    """The run's checkpoint with ``edit(checkpoint)`` applied (a damaged or forged one, still weights-only)."""
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    return run
+
+
+def _momentum_of_wrong_shape(ckpt) -> None:
+    state = ckpt["optimizer"]["state"]
+    state[next(iter(state))]["momentum_buffer"] = torch.zeros(3, 3)
+
+
+def _weights_inf(ckpt) -> None:
+    ckpt["model"][next(k for k in ckpt["model"] if k.endswith("weight"))].fill_(float("inf"))
+
+
+def _state_dict_file(path: Path, wrap) -> Path:
+    """A state_dict of the digits MLP, saved the way ``wrap`` changes it (nested, prefixed)."""
+    from hypersparse.models import create_model
+
+    torch.save(wrap(create_model("mlp", 10, 1, 8).state_dict()), path)
+    return path
 
 
 def _remove(run: Path, name: str) -> Path:
@@ -398,3 +433,34 @@ def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     code, err = run_cli(["train", "--model", "hf:cfg", "--run-dir", "r", *QUICK], capsys, seconds=120)
     assert (code, len(err)) == (2, 1) and "hf:cfg: not enough memory to build" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def _masked_mlp():
+    from conftest import make_mlp
+
+    import hypersparse as hs
+
+    model = make_mlp((64, 32, 10))
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    return model
+
+
+@pytest.mark.parametrize("call,error,needle", [
+    (lambda hs, m: hs.sparse_inference(m.half(), torch.randn(4, 64).half()), ValueError, "float32"),
+    (lambda hs, m: hs.sparse_inference(m, torch.randn(4, 64), reps=0), ValueError, "reps"),
+    (lambda hs, m: hs.apply_masks_(m, {**hs.magnitude_masks(m, 0.9), "nope.weight": torch.ones(3, dtype=torch.bool)}),
+     ValueError, "nope.weight"),
+    (lambda hs, m: hs.L2(m, 0.9), TypeError, "take no sparsity"),
+    (lambda hs, m: hs.apply_masks_(m, hs.magnitude_masks(m, 0.9), torch.optim.SGD([torch.zeros(2, requires_grad=True)],
+                                                                                  lr=0.1)), ValueError, "none of"),
+    (lambda hs, m: hs.magnitude_masks(m, 0.9, scope="layer", max_layer_sparsity=0.5), ValueError,
+     "max_layer_sparsity"),
+])
+def test_api_misuse_is_a_clear_exception_naming_the_argument(call, error, needle):
+    """Misuse found by the adversarial trial of issue 31 (trial 31b): each is one clear ValueError or TypeError
+    naming what is wrong, raised at the call, never a crash later (a wrong dtype deep in a kernel, an optimizer that
+    quietly revives pruned weights, a ceiling ignored)."""
+    import hypersparse as hs
+
+    with pytest.raises(error, match=needle):
+        call(hs, _masked_mlp())

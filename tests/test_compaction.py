@@ -121,3 +121,25 @@ def test_compacted_onnx_export_and_eval_fast_score_the_runs_accuracy(tmp_path):
     said = cli("eval", str(run / "model.compact.onnx"))  # run by onnxruntime, the run's accuracy
     onnx_acc = float(said.split("test ")[1].split("%")[0]) / 100
     assert abs(onnx_acc - summary["sparse"]["test_acc"]) <= 1 / len(data.test_y)
+
+
+def test_a_grouped_dilated_convolution_with_batchnorm_keeps_its_channels_and_outputs():
+    """Trial 31b, NA02: a masked CNN with a grouped (groups=4), dilated convolution between BatchNorms. Its channels
+    belong to their groups, so none is removed around it; compaction and sparse_inference give its outputs."""
+    import hypersparse as hs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(-2, 2)
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.95))
+    model.eval()
+    x = torch.randn(8, 1, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        compacted, _ = compact_channels(model, align=1)
+        assert_same_outputs(compacted(x), ref)
+        assert_same_outputs(sparse_inference(model, x[:2], reps=3)(x), ref)

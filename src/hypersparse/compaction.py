@@ -121,11 +121,13 @@ def _pairs(layers: list[nn.Module]) -> list[tuple[int, int]]:
     """(producer, consumer) positions joined only by per-channel layers (and at most one Flatten before a Linear)."""
     pairs = []
     for i, m in enumerate(layers):
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            continue
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, "groups", 1) != 1:
+            continue  # a grouped convolution's channels belong to their group: none is removed around it
         for j in range(i + 1, len(layers)):
             n = layers[j]
             if isinstance(n, (nn.Conv2d, nn.Linear)):
+                if getattr(n, "groups", 1) != 1:
+                    break
                 flat = any(isinstance(x, nn.Flatten) for x in layers[i + 1 : j])
                 linear_to_conv = isinstance(m, nn.Linear) and isinstance(n, nn.Conv2d)
                 if not (flat and isinstance(n, nn.Conv2d)) and not linear_to_conv:

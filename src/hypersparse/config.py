@@ -559,7 +559,8 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
                         f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); "
-                        "use a factor of at least 0.001")
+                        "use a factor of at least 0.001; the docs' short runs use 0.05 or 0.1 (near 0.001 lambda "
+                        "grows so fast that training diverges)")
     longest = max(cfg.schedule.warmup_epochs, cfg.schedule.finetune_epochs, cfg.baseline.prune_epochs,
                   cfg.art.max_reg_epochs, 1)
     if cfg.schedule.epochs_scale * longest > 1e7:

@@ -57,6 +57,20 @@ THREADS_NOTE = ("results can differ in the last digits, and ART's stop epoch wit
                 "machine")
 
 
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless every tensor of the optimizer's per-parameter state (momentum, moments) has its parameter's
+    shape and holds finite numbers: torch loads any, and a wrong one would fail or poison the first step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    if value.shape != p.shape:
+                        raise ValueError(f"the optimizer's {key} has shape {tuple(value.shape)} for a parameter of "
+                                         f"shape {tuple(p.shape)}")
+                    if value.is_floating_point() and not torch.isfinite(value).all():
+                        raise ValueError(f"the optimizer's {key} holds NaN or inf")
+
+
 class Trainer:
     """One run from a config; :meth:`run` trains to the end and returns the summary."""
 
@@ -269,6 +283,9 @@ class Trainer:
             self.method.load_state_dict(ckpt["method"])
             self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            _check_optimizer_state(self.optimizer)
+            if not all(torch.isfinite(v).all() for v in reference.values() if v.is_floating_point()):
+                raise ValueError("its model holds NaN or inf, which no finished epoch writes")
             if self.stats and ckpt["stats"]:
                 self.stats.load_state_dict(ckpt["stats"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

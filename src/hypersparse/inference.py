@@ -407,6 +407,14 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     compaction or with sparse convolutions). ``.hypersparse_choices`` on the result records each layer's decision by
     name (``layer``: ``conv`` or ``chain``), ``.hypersparse_compaction`` the compaction's (None without convolutions).
     """
+    if int(reps) < 1:
+        raise ValueError(f"reps must be at least 1 (timed calls per candidate), got {reps!r}")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} \
+        | ({example.dtype} if example.is_floating_point() else set())  # token ids stay integers
+    if dtypes != {torch.float32}:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        raise ValueError(f"sparse_inference runs float32 models and inputs on the CPU, got {names}; pass "
+                         "model.float() and example.float()")
     # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
     original, compaction = _compacted_if_faster(strip_masks_(copy.deepcopy(model)).eval().cpu(), example, reps)
     model = copy.deepcopy(original)  # swapped in place; original stays as it is, the fallback

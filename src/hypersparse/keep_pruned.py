@@ -321,13 +321,13 @@ def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter 
             except AttributeError:
                 t = None
             if not isinstance(t, torch.Tensor):
-                raise KeyError(f"masks name tensors the model does not have: {name!r}")
+                raise ValueError(f"masks name tensors the model does not have: {name!r}")
             out[name] = t
         return out
     named = dict(prunable_parameters(model_or_params, filter))
     unknown = sorted(set(masks) - set(named))
     if unknown:
-        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+        raise ValueError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
     return {n: named[n] for n in masks}
 
 
@@ -349,6 +349,11 @@ def apply_masks_(
     if not isinstance(masks, dict):
         raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
     targets = _targets(model_or_params, masks, filter)
+    if optimizer is not None and targets:
+        held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+        if not any(id(t) in held for t in targets.values()):  # it would enforce the mask on nothing it trains
+            raise ValueError("the optimizer holds none of the masked tensors; pass the optimizer that trains this "
+                             "model (built on its parameters), or none")
     keeps = {n: _as_keep(n, masks[n], t) for n, t in targets.items()}
     handle = MaskHandle(optimizer)
     model = model_or_params if isinstance(model_or_params, nn.Module) else None

@@ -116,6 +116,9 @@ def magnitude_masks(
     sparsity = check_sparsity(sparsity)
     named = prunable_parameters(model_or_params, filter)
     if scope == "layer":
+        if max_layer_sparsity is not None:  # a flag that does not apply is an error, not ignored
+            raise ValueError("max_layer_sparsity applies to scope='global' only (scope='layer' prunes each layer at "
+                             "the sparsity itself); leave it out")
         return {
             name: _prune_lowest(p.detach().abs().flatten(), num_pruned(sparsity, p.numel())).view_as(p)
             for name, p in named
@@ -133,7 +136,7 @@ def _masked_tensors(
     named = dict(prunable_parameters(model_or_params, filter))
     unknown = sorted(set(masks) - set(named))
     if unknown:
-        raise KeyError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
+        raise ValueError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
     return named
 
 

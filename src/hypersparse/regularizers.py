@@ -209,6 +209,10 @@ class Regularizer:
     name = "regularizer"
 
     def __init__(self, model_or_params: ModelOrParams, filter: ModuleFilter | None = None):
+        if filter is not None and not callable(filter):
+            raise TypeError(f"filter must be a callable (name, module) -> bool or None, got {filter!r}"
+                            + ("; L1 and L2 take no sparsity (their strength is add_grad_'s)"
+                               if isinstance(filter, numbers.Real) else ""))
         named = prunable_parameters(model_or_params, filter)
         self.names: list[str] = [n for n, _ in named]
         self.params: list[torch.Tensor] = [p for _, p in named]

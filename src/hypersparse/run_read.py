@@ -256,7 +256,18 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{label} holds a {type(state).__name__}, not a state_dict or a run checkpoint")
+    expected = set(model.state_dict())
+    if set(state) != expected:  # say which names differ: the first line of torch's message names none
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        shown = "; ".join(f"{what_} {', '.join(repr(k) for k in keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                          for what_, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+        if unexpected and all(k.startswith("module.") for k in unexpected):
+            hint = "; its names carry DistributedDataParallel's 'module.' prefix: save model.module.state_dict()"
+        elif len(state) == 1 and isinstance(next(iter(state.values())), dict):
+            hint = f"; it wraps a state_dict in {next(iter(state))!r}: save the state_dict itself"
+        raise UserError(f"{label} does not fit model {name!r} ({shown}){hint}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise UserError(f"{label} does not fit model {name!r}: {str(exc).splitlines()[0][:200]}{hint}") from None
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).strip())
+        raise UserError(f"{label} does not fit model {name!r}: {detail[:200]}{hint}") from None

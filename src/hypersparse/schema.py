@@ -158,6 +158,8 @@ class Str(Spec):
     def check(self, value, where=""):
         if not isinstance(value, str) or len(value) > self.max_len:
             raise self.fail(value, where)
+        if "\x00" in value:  # no name, path or setting holds a NUL (the OS refuses it in a path)
+            raise SchemaError(where, f"must not contain a NUL character, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise self.fail(value, where)
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
