@@ -464,3 +464,29 @@ def test_api_misuse_is_a_clear_exception_naming_the_argument(call, error, needle
 
     with pytest.raises(error, match=needle):
         call(hs, _masked_mlp())
+
+
+def test_a_sparse_file_whose_row_repeats_a_column_is_refused(finished, tmp_path, capsys):
+    """Trial 31b, N179: a CSR tensor whose row names one column twice would load with one weight lost; the file is
+    refused as not holding the tensor it declares."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = finished / "model.sparse.safetensors"
+    with safe_open(str(src), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    layout = json.loads(meta["layout"])
+    name = next(n for n, m in layout.items() if m["enc"] == "csr")
+    col = tensors[f"{name}::col"].numpy().view(np.dtype(layout[name]["col"])).copy()
+    rowptr = tensors[f"{name}::rowptr"].numpy().view(np.dtype(layout[name]["rowptr"])).astype(np.int64)
+    row = next(r for r in range(len(rowptr) - 1) if rowptr[r + 1] - rowptr[r] >= 2)
+    col[rowptr[row] + 1] = col[rowptr[row]]
+    tensors[f"{name}::col"] = torch.from_numpy(col.view(np.uint8).copy())
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    bad = run / "dup.sparse.safetensors"  # beside the run's config.json, which names the data
+    save_file(tensors, str(bad), metadata=meta)
+    code = main(["eval", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and name in err[0], err

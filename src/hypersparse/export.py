@@ -190,7 +190,13 @@ def _check_entry(name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> Non
             col = buffers["col"].numpy().view(index["col"]) if n["col"] % index["col"].itemsize == 0 else None
             ok = (n["values"] % dtype.itemsize == 0 and rowptr[0] == 0 and rowptr[-1] == nnz
                   and bool(np.all(np.diff(rowptr) >= 0)) and col is not None and col.size == nnz
-                  and (nnz == 0 or int(col.max()) < cols))
+                  and (nnz == 0 or (int(col.max()) < cols and int(col.min()) >= 0)))
+        if ok and nnz > 1:  # each row's columns strictly ascending: a repeated column would drop a weight unseen
+            step = np.diff(col.astype(np.int64))
+            within = np.ones(nnz - 1, dtype=bool)
+            starts = rowptr[1:-1]
+            within[starts[(starts > 0) & (starts < nnz)] - 1] = False
+            ok = bool(np.all(step[within] > 0))
     if not ok:
         raise ValueError(f"{name}: its buffers do not hold the {meta['enc']} tensor of shape {shape} it declares")
 
