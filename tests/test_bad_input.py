@@ -436,9 +436,9 @@ def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def _masked_mlp():
-    from conftest import make_mlp
-
     import hypersparse as hs
+
+    from conftest import make_mlp
 
     model = make_mlp((64, 32, 10))
     hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
