@@ -37,3 +37,15 @@ def test_the_training_speed_bench_runs_end_to_end_in_its_dry_run():
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| lenet300 | 99.5% | 1 | finetune |" in out.stdout and "→ [(" in out.stdout
+
+
+def test_the_gmp_flatness_bench_runs_end_to_end_in_its_dry_run():
+    """bench/gmp_flat.py --dry-run: a GMP run's pruning epochs timed one by one and compared (no page written)."""
+    root = Path(__file__).resolve().parents[1]
+    data = root.parent / "shared" / "data" / "mnist"
+    if not data.exists():
+        pytest.skip("../shared/data not beside the checkout")
+    out = subprocess.run([sys.executable, str(root / "bench" / "gmp_flat.py"), "--dry-run", "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "over 6 pruning epochs" in out.stdout and "Every pruning epoch, in seconds:" in out.stdout
