@@ -115,6 +115,7 @@ CASES = [
     ("lr-steps-words", lambda t, r: ["train", "--set", "schedule.lr_steps=a,b"], "lr_steps"),
     ("epoch-fraction-zero", lambda t, r: ["train", "--set", "schedule.epoch_fraction=0"], "epoch_fraction"),
     ("download-digits", lambda t, r: ["train", "--download"], "--download"),
+    ("compare-twice", lambda t, r: ["train", "--compare", "gmp,oneshot,gmp"], "twice"),
     ("flag-not-applicable", lambda t, r: ["train", "--method", "gmp", "--eta", "1.1"], "--eta"),
     # train: --set and --config
     ("set-without-equals", lambda t, r: ["train", "--set", "foo"], "--set"),

@@ -556,6 +556,9 @@ def _check_values(cfg: TrainConfig) -> None:
         same = f" (this run is --method {wrong} already)" if wrong == cfg.sparsity.method else ""
         raise UserError(f"--compare takes {', '.join(allowed)}, comma-separated, got {cfg.run.compare!r}{same}"
                         + did_you_mean(wrong, allowed))
+    twice = sorted({m for m in compared if compared.count(m) > 1})
+    if cfg.run.compare is not None and twice:
+        raise UserError(f"--compare names {', '.join(twice)} twice; name each method once")
     if cfg.schedule.epochs_scale < 1e-3 or math.log(cfg.art.eta) / cfg.schedule.epochs_scale > 700:
         raise UserError(f"--epochs-scale {cfg.schedule.epochs_scale:g} is too small (lambda would grow by "
                         f"{cfg.art.eta:g}**{1 / cfg.schedule.epochs_scale:g} per epoch); "
