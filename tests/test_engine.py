@@ -112,3 +112,17 @@ def test_pretrained_from_a_finished_sparse_run_trains_without_diverging(tmp_path
     summary = train(again, tmp_path / "again", progress=False, out=quiet)
     assert summary["sparse"]["sparsity"] >= sparsity and summary["epochs"]["regularize"] >= 3
     assert summary["sparse"]["test_acc"] > 0.5
+
+
+def test_keeping_the_momentum_at_the_stop_changes_only_what_follows_the_stop(tmp_path):
+    """``art.reset_optimizer=false`` (issue 35's test of whether the authors' reset costs accuracy): the same run up to
+    the stop, and from the first fine-tuning epoch on, training that starts with the momentum the run had."""
+    rows = {}
+    for reset in (True, False):
+        (tmp_path / str(reset)).mkdir()
+        trainer = trainer_for(tmp_path / str(reset), reset_optimizer=reset)
+        trainer.run()
+        rows[reset] = [(r["phase"], r["loss"]) for r in trainer.metrics]
+    stop = next(i for i, (phase, _) in enumerate(rows[True]) if phase == "finetune")
+    assert rows[True][:stop] == rows[False][:stop]
+    assert rows[True][stop][1] != rows[False][stop][1]

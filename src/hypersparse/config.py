@@ -184,6 +184,8 @@ class ARTConfig:
     max_reg_epochs: int = _f(300, "give up after this many regularization epochs", Int(1, 10**6), flag=False)
     pruned_eval_size: int = _f(5000, "training images (fixed by the seed) that score the pruned copy; 0 = all",
                                Int(0, 10**9), flag=False)
+    reset_optimizer: bool = _f(True, "clear the optimizer's momentum when the mask is fixed, as the authors do",
+                               Bool(), flag=False)
 
 
 @dataclass(frozen=True)

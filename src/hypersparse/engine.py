@@ -144,8 +144,9 @@ class Trainer:
         cfg, s = self.cfg, self.cfg.schedule
         self.method = make_method(cfg, self.model, len(self.train_loader),
                                   lambda: next(iter(self.train_loader.batches(epoch=-1))))
-        criterion = cfg.art.criterion if cfg.sparsity.method == "art" else "matched"
-        self.driver = Driver(self.method, criterion)
+        art = cfg.sparsity.method == "art"
+        self.driver = Driver(self.method, cfg.art.criterion if art else "matched",
+                             reset_optimizer=cfg.art.reset_optimizer if art else True)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
                                          weight_decay=s.weight_decay)
         self.ddp: nn.Module | None = None
