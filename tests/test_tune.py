@@ -122,3 +122,17 @@ def test_tune_storage_that_cannot_be_opened(tmp_path, capsys, kind, storage, nee
         assert path.read_bytes() == before  # left as it was
     # refused before anything is created
     assert sorted(p.name for p in (tmp_path / "s").glob("*")) == (["study.db"] if kind == "study.db" else [])
+
+
+def test_a_second_tune_on_a_study_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
+    """Trial 31b, N222: a tune started on a study folder another tune is running in took that tune's running trial
+    for an interrupted one and both failed. The study folder has one writer: the second gets one line naming the
+    process, exit 2, and the study is untouched."""
+    from hypersparse.run_write import RunLock
+
+    study = tmp_path / "s"
+    study.mkdir()
+    with RunLock(study, study=True):  # the first tune, as the second sees it
+        code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(study)], capsys)
+        assert (code, len(err)) == (2, 1) and "study folder" in err[0] and "in use by process" in err[0], err
+        assert sorted(p.name for p in study.iterdir()) == [".hypersparse.lock"]

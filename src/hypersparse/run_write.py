@@ -44,9 +44,10 @@ class RunLock:
     file it locked is still the one at the path, so two writers can never each hold a different file).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, study: bool = False):
         self.path = Path(folder) / LOCK
         self.fd: int | None = None
+        self.study = study  # a tune study's folder: its one writer is a hypersparse tune
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -58,7 +59,7 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise UserError(in_use(self.path.parent, holder)) from None
+                raise UserError(in_use(self.path.parent, holder, self.study)) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
@@ -129,7 +130,10 @@ def _not_a_lock(path: Path, kind: str) -> str:
             "file: remove it, or pick another folder")
 
 
-def in_use(folder: Path, holder: str) -> str:
+def in_use(folder: Path, holder: str, study: bool = False) -> str:
+    if study:
+        return (f"study folder {folder} is in use by process {holder} (another hypersparse tune runs its trials); "
+                "wait for it to end, or pick another --study-dir")
     return (f"run directory {folder} is in use by process {holder} (another hypersparse train or --resume writes "
             "it); wait for it to end, or pick another --run-dir")
 

@@ -21,6 +21,7 @@ from hypersparse.checkpoint import output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.method import method_entry
+from hypersparse.run_write import RunLock
 from hypersparse.schedule import ARTDidNotConverge
 
 
@@ -136,8 +137,6 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
          storage: str | None = None, out=sys.stdout) -> dict:
     """Run trials until ``trials`` have finished (counting those of earlier calls); returns the best one."""
     optuna = _optuna()
-    from hypersparse.engine import train
-
     entry = method_entry(base.sparsity.method)
     if entry is None or not entry.tune:
         raise UserError("hypersparse tune searches ART's lambda_init and eta; "
@@ -154,6 +153,17 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     storage = storage or f"sqlite:///{quote(str((Path(study_dir) / 'study.db').resolve()))}"
     _check_sqlite_file(storage, what, fix)  # before anything is created
     study_dir = output_folder(study_dir, "--study-dir")
+    with RunLock(study_dir, study=True):  # one tune per study: a second would take the first's running trial for an interrupted one
+        return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
+
+
+def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range, eta_range, storage: str,
+           what_fix: tuple[str, str], out) -> dict:
+    """The study in its (locked) folder: continue or start it, run trials until ``trials`` have finished, write
+    best.json."""
+    from hypersparse.engine import train
+
+    what, fix = what_fix
     for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
         if re.fullmatch(r"trial-\d+", folder.name):
             own_folder(folder, "a trial's run folder")
