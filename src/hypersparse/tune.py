@@ -153,7 +153,8 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     storage = storage or f"sqlite:///{quote(str((Path(study_dir) / 'study.db').resolve()))}"
     _check_sqlite_file(storage, what, fix)  # before anything is created
     study_dir = output_folder(study_dir, "--study-dir")
-    with RunLock(study_dir, study=True):  # one tune per study: a second would take the first's running trial for an interrupted one
+    # one tune per study: a second would take the first's running trial for an interrupted one
+    with RunLock(study_dir, study=True):
         return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
 
 
