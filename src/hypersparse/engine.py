@@ -147,8 +147,11 @@ class Trainer:
         art = cfg.sparsity.method == "art"
         self.driver = Driver(self.method, cfg.art.criterion if art else "matched",
                              reset_optimizer=cfg.art.reset_optimizer if art else True)
+        # foreach: one call per operation for all tensors rather than one per tensor, the same arithmetic (on the CPU
+        # torch's default is per tensor; compacted fine-tuning's small tensors pay its per-call cost)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=s.lr, momentum=s.momentum,
-                                         weight_decay=s.weight_decay)
+                                         weight_decay=s.weight_decay,
+                                         foreach=True if self.device.type == "cpu" else None)
         self.ddp: nn.Module | None = None
         self.compact: CompactTraining | None = None  # the compacted network fine-tuning trains, once the mask is fixed
 
