@@ -14,6 +14,7 @@ CASES = [
     (["train", "--sparsty", "0.9"], "(did you mean --sparsity?)"),
     (["train", "--momentum", "0.95"], "(did you mean --set schedule.momentum=VALUE?)"),  # a setting without a flag
     (["train", "--set", "run.log=tensorbord"], "(did you mean 'tensorboard'?)"),
+    (["train", "--draw-frequency", "3"], "(if a plugin defines it, load the plugin first: --plugin NAME)"),
 ]
 
 

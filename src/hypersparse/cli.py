@@ -43,8 +43,8 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
     settings = {"--" + f.name.replace("_", "-"): f"--set {section}.{f.name}=VALUE"
                 for section, cls in sections().items() for f in fields(cls) if not setting_flag(f)}
     close = did_you_mean(wrong, sorted(flags | set(settings)))
-    if not close:
-        return ""
+    if not close:  # perhaps a plugin's own flag: plugins are loaded by --plugin before the flags are read
+        return " (if a plugin defines it, load the plugin first: --plugin NAME)"
     name = close.split("'")[1]
     return f" (did you mean {settings.get(name, name)}?)"
 
