@@ -115,6 +115,8 @@ CASES = [
     ("lr-steps-words", lambda t, r: ["train", "--set", "schedule.lr_steps=a,b"], "lr_steps"),
     ("epoch-fraction-zero", lambda t, r: ["train", "--set", "schedule.epoch_fraction=0"], "epoch_fraction"),
     ("download-digits", lambda t, r: ["train", "--download"], "--download"),
+    ("export-dense-json-name", lambda t, r: ["export", str(r), "--format", "dense", "--out", str(t / "x.json")],
+     "name the state_dict .pt"),
     ("compare-twice", lambda t, r: ["train", "--compare", "gmp,oneshot,gmp"], "twice"),
     ("flag-not-applicable", lambda t, r: ["train", "--method", "gmp", "--eta", "1.1"], "--eta"),
     # train: --set and --config
@@ -491,3 +493,77 @@ def test_a_sparse_file_whose_row_repeats_a_column_is_refused(finished, tmp_path,
     code = main(["eval", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and name in err[0], err
+
+
+def _foreign_onnx(run: Path, kind: str) -> Path:
+    """An ONNX file written by someone else into a copy of the digits run (with hypersparse's input record, so eval
+    takes it): ``argmax`` gives class ids instead of scores, ``half`` takes float16 input, ``loop`` runs a Loop of
+    10**15 iterations before its scores."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    record = json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
+                         "classes": None})
+    dtype = TensorProto.FLOAT16 if kind == "half" else TensorProto.FLOAT
+    w = helper.make_tensor("W", dtype, [64, 10], [0.01] * 640)
+    nodes = [helper.make_node("Flatten", ["input"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["lin"])]
+    out = helper.make_tensor_value_info("logits", dtype, None)
+    if kind == "argmax":
+        nodes.append(helper.make_node("ArgMax", ["lin"], ["logits"], axis=1, keepdims=0))
+        out = helper.make_tensor_value_info("logits", TensorProto.INT64, None)
+    elif kind == "loop":
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Identity", ["v_in"], ["v_out"])],
+            "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                     helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+        trips = helper.make_tensor("n", TensorProto.INT64, [], [10**15])
+        nodes += [helper.make_node("Constant", [], ["n"], value=trips),
+                  helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+                  helper.make_node("Loop", ["n", "c", "lin"], ["logits"], body=body)]
+    else:
+        nodes[-1] = helper.make_node("MatMul", ["f", "W"], ["logits"])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", dtype, ["N", 1, 8, 8])], [out], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"hypersparse.input": record})
+    path = run / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind,needle", [("argmax", "not one row of class scores"),
+                                         ("half", "does not run on this data in onnxruntime")])
+def test_a_foreign_onnx_graph_that_gives_no_scores_is_one_line(kind, needle, finished, tmp_path, capsys):
+    """Trial 31b, N270/N274: an ONNX file that takes another input type, or gives class ids, is one line (exit 2),
+    not onnxruntime's or numpy's traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    code = main(["eval", str(_foreign_onnx(run, kind))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_a_foreign_onnx_graph_that_loops_for_ever_stops_on_sigterm(finished, tmp_path):
+    """Trial 31b, N267: a graph whose Loop runs 10**15 times kept eval in onnxruntime's C call, where neither SIGTERM
+    nor Ctrl-C reached it. The run is now a worker thread's, and a signal stops it at once: exit 143, one line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    path = _foreign_onnx(run, "loop")
+    proc = subprocess.Popen([sys.executable, "-m", "hypersparse", "eval", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # past the start, inside the loop
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and err.strip().splitlines() == [
+        "hypersparse: terminated; files written so far are complete (run the command again to continue)"], err

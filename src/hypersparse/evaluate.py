@@ -158,7 +158,11 @@ def evaluate_onnx(path: str | Path, data) -> dict:
     def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
         right = 0
         for start in range(0, len(x), 512):
-            logits = session.run(None, {name: x[start : start + 512].float().numpy()})[0]
+            feeds = {name: x[start : start + 512].float().numpy()}
+            logits = _run_interruptibly(session, onnxruntime.RunOptions(), feeds, path)
+            if logits.ndim != 2 or logits.shape[0] != len(y[start : start + 512]) or logits.dtype.kind != "f":
+                raise UserError(f"{path} gives outputs of shape {logits.shape} ({logits.dtype}), not one row of class "
+                                "scores per image; export the run again")
             right += int((np.argmax(logits, 1) == y[start : start + 512].numpy()).sum())
         return right / max(1, len(x))
 
@@ -170,6 +174,37 @@ def evaluate_onnx(path: str | Path, data) -> dict:
           + (f"  sparsity {result['sparsity']:.2%} (of the graph's weight matrices and kernels)" if numel else "")
           + " (onnxruntime, CPU)")
     return result
+
+
+def _run_interruptibly(session, options, feeds: dict, path):
+    """``session.run`` in a worker thread, so that Ctrl-C or SIGTERM (whose handlers run in the main thread, between
+    its waits) stop it through onnxruntime's ``terminate``: a graph can loop for as long as it likes. An error the
+    graph raises on this data is one line."""
+    import threading
+
+    from hypersparse.errors import UserError
+
+    done: dict = {}
+
+    def run() -> None:
+        try:
+            done["out"] = session.run(None, feeds, options)[0]
+        except Exception as exc:  # onnxruntime's own classes: a graph that does not run on this input
+            done["error"] = exc
+
+    worker = threading.Thread(target=run, name="hypersparse-onnx", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except BaseException:
+        options.terminate = True  # the run returns with an error at its next check; the signal's exit goes on
+        worker.join(5)
+        raise
+    if "error" in done:
+        first = (str(done["error"]).strip().splitlines() or [type(done["error"]).__name__])[0][:200]
+        raise UserError(f"{path} does not run on this data in onnxruntime ({first}); export the run again")
+    return done["out"]
 
 
 def _onnx_weight_zeros(path: str | Path) -> tuple[int, int]:

@@ -262,6 +262,9 @@ def save_dense(model: nn.Module, path: str | Path, arch: dict, inputs: dict | No
     from hypersparse.checkpoint import save_checkpoint, write_json
 
     path = Path(path)
+    if path.suffix == ".json":  # the JSON beside it would take its name and replace the weights just written
+        raise ValueError(f"{path} ends in .json, the name of the JSON file written beside the state_dict; name the "
+                         "state_dict .pt")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(state, path)
     write_json(path.with_suffix(".json"), {"arch": arch, "input": inputs or {}})
@@ -356,6 +359,9 @@ def _write_sparse(model: nn.Module, out: Path, arch: dict, inputs: dict | None) 
 def _write_dense(model: nn.Module, out: Path, arch: dict, inputs: dict | None) -> str:
     from hypersparse.checkpoint import output_file
 
+    if out.suffix == ".json":
+        raise UserError(f"--out {out}: the dense format writes a state_dict and, beside it, a JSON file of the same "
+                        "name ending in .json; name the state_dict .pt")
     output_file(out.with_suffix(".json"), "--out")  # the JSON beside it is an output too
     info = save_dense(model, out, arch, inputs)
     return f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}"
