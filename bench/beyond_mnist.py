@@ -58,7 +58,7 @@ VARIANTS = {"art-hs": {"method": "art", "reg": "hs"},
             "gmp": {"method": "gmp"}, "rigl": {"method": "rigl"}, "oneshot": {"method": "oneshot"}}
 BASELINES = ("gmp", "rigl", "oneshot")
 MAX_REG = 75  # ART's limit at this schedule (300 x 0.25): a run that never met its criterion spent this many
-PUBLISHED = ROOT / "docs" / "runs" / "beyond"
+DOCS = ROOT / "docs"
 
 
 def name(exp: str, sparsity: float, variant: str, seed: int) -> str:
@@ -97,9 +97,10 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
     return plan
 
 
-def published() -> dict[str, dict]:
+def published(docs: Path = DOCS) -> dict[str, dict]:
     """The results already committed under docs/runs/beyond/."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(PUBLISHED.glob("*.json"))} if PUBLISHED.exists() else {}
+    folder = docs / "runs" / "beyond"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
 
 
 def main() -> None:
@@ -110,7 +111,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--store", default=str(ROOT / "bench" / "store" / "beyond"),
                     help="the sweep's state (results and run folders); keep it to continue later")
-    ap.add_argument("--publish-only", action="store_true", help="write the page from what is finished, train nothing")
+    ap.add_argument("--docs", default=str(DOCS), help="the docs folder: runs/beyond/ holds the finished results")
+    ap.add_argument("--publish-only", action="store_true",
+                    help="write the pages from docs/runs/beyond/ alone (train nothing, read no store)")
     ap.add_argument("--dry-run", action="store_true", help="list the runs that are ready, train nothing")
     args = ap.parse_args()
     experiments = [e for e in args.experiments.split(",") if e]
@@ -120,29 +123,32 @@ def main() -> None:
     sparsities = [float(k) for k in args.sparsities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = plan_for(experiments, sparsities, seeds)
-    store = Path(args.store)
+    store, docs = Path(args.store), Path(args.docs)
     if args.dry_run:
-        done = {**published(), **load_results(store)}
+        done = {**published(docs), **load_results(store)}
         for job in plan(done):
             print(("done  " if job["name"] in done else "ready ") + job["name"])
         return
     if not args.publish_only:
         # results committed by an earlier session count as finished: seed the store with them
         (store / "results").mkdir(parents=True, exist_ok=True)
-        for run, result in published().items():
+        for run, result in published(docs).items():
             target = store / "results" / f"{run}.json"
             if not target.exists():
                 target.write_text(json.dumps(result, indent=2) + "\n")
-        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store)))
-    copy_out(store)
-    publish(experiments, sparsities, seeds)
+        record = docs / "runs" / "beyond-provenance.json"  # the machine the sweep runs on, for the pages
+        record.write_text(json.dumps(provenance(seed=seeds[0]), indent=2) + "\n")
+        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store, docs)))
+        copy_out(store, docs)
+    publish(docs, experiments, sparsities, seeds)
 
 
-def copy_out(store: Path) -> None:
+def copy_out(store: Path, docs: Path) -> None:
     """Every finished result of the store into docs/runs/beyond/ (for the next commit)."""
-    PUBLISHED.mkdir(parents=True, exist_ok=True)
+    folder = docs / "runs" / "beyond"
+    folder.mkdir(parents=True, exist_ok=True)
     for run, result in load_results(store).items():
-        target = PUBLISHED / f"{run}.json"
+        target = folder / f"{run}.json"
         if not target.exists():
             target.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -152,10 +158,13 @@ def cell(runs: list[dict], exp: str, sparsity: float, method: str) -> list[float
             and r["method"] == method and r["test_error"] is not None]
 
 
-def publish(experiments: list[str], sparsities: list[float], seeds: list[int]) -> None:
-    """One section of docs/results.md per experiment, from docs/runs/beyond/."""
-    runs = list(published().values())
-    results_md = ROOT / "docs" / "results.md"
+def publish(docs: Path, experiments: list[str], sparsities: list[float], seeds: list[int]) -> None:
+    """One section of docs/results.md per experiment, from docs/runs/beyond/ alone (so the page regenerates
+    byte-identical from what is committed)."""
+    runs = list(published(docs).values())
+    record = docs / "runs" / "beyond-provenance.json"
+    machine = json.loads(record.read_text()) if record.exists() else {"machine": "?", "torch": "?"}
+    results_md = docs / "results.md"
     text = results_md.read_text()
     for exp in experiments:
         begin, end = f"<!-- beyond-{exp}:begin -->", f"<!-- beyond-{exp}:end -->"
@@ -163,14 +172,18 @@ def publish(experiments: list[str], sparsities: list[float], seeds: list[int]) -
             text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
-        body = section(exp, [r for r in runs if r["experiment"] == exp], sparsities, seeds)
+        body = section(exp, [r for r in runs if r["experiment"] == exp], sparsities, seeds, machine)
         text = f"{head}{begin}\n{body}\n{end}{tail}"
     results_md.write_text(text)
     print(f"wrote {len(experiments)} section(s) of {results_md} from {len(runs)} runs")
 
 
-def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int]) -> str:
-    prov = provenance(seed=seeds[0])
+def shown_config(exp: str) -> dict:
+    """The experiment's settings, without this machine's data path."""
+    return {k: v for k, v in (EXPERIMENTS[exp]["config"] | SCHEDULE).items() if k != "data_dir"}
+
+
+def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int], machine: dict) -> str:
     commits = sorted({r["commit"] for r in runs}) or ["-"]
     planned = [name(exp, k, v, s) for s in seeds for k in sparsities for v in LABELS] + \
         [name(exp, 0.0, "dense", s) for s in seeds]
@@ -178,11 +191,11 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
     walls = [r["wall_seconds"] for r in runs if "wall_seconds" in r]
     lines = [f"## {EXPERIMENTS[exp]['title']}\n",
              f"Made by `python bench/beyond_mnist.py` (runs at commit{'s' if len(commits) > 1 else ''} "
-             f"{', '.join(f'`{c}`' for c in commits)}; page written at `{prov['commit']}`) on {prov['machine']}, "
-             f"torch {prov['torch']}, two runs side by side, one thread each. "
+             f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, two runs "
+             "side by side, one thread each. "
              + (f"**{len(missing)} of {len(planned)} planned runs have not finished yet** (cells 'not run').\n"
                 if missing else "Every planned run finished.\n"),
-             f"Config: `{json.dumps(EXPERIMENTS[exp]['config'] | SCHEDULE)}` — 15 warm-up epochs, ART with η = 1.05⁴ "
+             f"Config: `{json.dumps(shown_config(exp))}` — 15 warm-up epochs, ART with η = 1.05⁴ "
              "per epoch (at most 75 regularization epochs), 40 fine-tuning epochs (LR ×0.1 after 20 and 30), SGD "
              "momentum 0.9, wd 1e-4, batch 64. Test error in % (mean ± std over seeds; the model is chosen on the "
              "validation split). **Budget**: GMP, RigL and one-shot get as many epochs between warm-up and "
@@ -205,7 +218,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
         row.append(" ; ".join(reg))
         lines.append("| " + " | ".join(row) + " |")
     dense = cell(runs, exp, 0.0, "dense")
-    lines += ["", f"Dense, same total epochs: **{mean_std(dense) if dense else 'not run'} %** test error.\n",
+    lines += ["", "Dense, same total epochs: " + (f"**{mean_std(dense)} %** test error.\n" if dense else "not run.\n"),
               "**Where ART + HyperSparse (defaults) is behind** a baseline by more than one standard deviation (of the "
               "two cells, the larger): " + behind(runs, exp, sparsities) + "\n",
               *diagnosis(runs, exp, sparsities),

@@ -49,3 +49,16 @@ def test_the_gmp_flatness_bench_runs_end_to_end_in_its_dry_run():
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "over 6 pruning epochs" in out.stdout and "Every pruning epoch, in seconds:" in out.stdout
+
+
+def test_the_beyond_mnist_sections_regenerate_byte_identical_from_their_results():
+    """docs/results.md's LeNet-5 and CIFAR-10-JPEG75 sections come from docs/runs/beyond/ alone."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = Path(tmp) / "docs"
+        shutil.copytree(ROOT / "docs", docs)
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "beyond_mnist.py"), "--publish-only", "--docs",
+                              str(docs)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert (docs / "results.md").read_bytes() == (ROOT / "docs" / "results.md").read_bytes()
