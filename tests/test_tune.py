@@ -136,3 +136,18 @@ def test_a_second_tune_on_a_study_in_use_is_one_line_and_changes_nothing(tmp_pat
         code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(study)], capsys)
         assert (code, len(err)) == (2, 1) and "study folder" in err[0] and "in use by process" in err[0], err
         assert sorted(p.name for p in study.iterdir()) == [".hypersparse.lock"]
+
+
+def test_continuing_a_study_with_other_settings_is_one_line_and_changes_nothing(tmp_path):
+    """Trial 31b, N309: a study continued with another --lr chose its best trial across both learning rates and wrote
+    it as the best for the new one. A study records its settings; other settings are one line, and no trial runs."""
+    study_dir = tmp_path / "s"
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    assert out.returncode == 0, out.stderr
+    best = (study_dir / "best.json").read_bytes()
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir), "--lr", "0.001")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "schedule.lr=0.1, not 0.001" in out.stderr
+    assert len(load(study_dir).trials) == 1 and (study_dir / "best.json").read_bytes() == best
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir), "--set", "run.stats=false")  # stats: allowed
+    assert out.returncode == 0, out.stderr

@@ -158,6 +158,29 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
 
 
+#: settings a study's trials may differ in: what it searches, and what only records or places the run
+NOT_COMPARED = {("art", "lambda_init"), ("art", "eta"), ("run", "run_dir"), ("run", "stats"), ("run", "log"),
+                ("run", "threads"), ("run", "device")}
+
+
+def _same_settings(study, base: TrainConfig, what: str) -> None:
+    """A continued study must train its trials as before: its best trial is chosen across all of them. The first
+    call records the settings in the study; a later one with other settings is one line naming the first that
+    differs."""
+    ours = {f"{section}.{key}": value for section, values in base.to_dict().items() for key, value in values.items()
+            if (section, key) not in NOT_COMPARED}
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        study.set_user_attr("settings", ours)
+        return
+    differ = sorted(k for k in set(stored) | set(ours) if stored.get(k) != ours.get(k))
+    if differ:
+        k = differ[0]
+        raise UserError(f"{what} holds a study whose trials ran with {k}={stored.get(k)!r}, not {ours.get(k)!r}"
+                        f"{f' (and {len(differ) - 1} more)' if len(differ) > 1 else ''}; its best trial would mix "
+                        "them: continue it with the same settings, or choose another --study-dir")
+
+
 def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range, eta_range, storage: str,
            what_fix: tuple[str, str], out) -> dict:
     """The study in its (locked) folder: continue or start it, run trials until ``trials`` have finished, write
@@ -170,6 +193,7 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
             own_folder(folder, "a trial's run folder")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, storage, what, fix)
+    _same_settings(study, base, what)
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
     study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
     state = optuna.trial.TrialState
