@@ -167,6 +167,8 @@ CASES = [
     ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
+    ("resume-weights-complex", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_complex))],
+     "complex64, the model's is torch.float32"),
     ("config-nul-in-a-path", lambda t, r: ["train", "--config", str(_write(
         t / "c.json", '{"model": {"pretrained": "a\\u0000b"}}'))], "NUL"),
     ("eval-wrapped-state-dict", lambda t, r: ["eval", str(_state_dict_file(t / "w.pt", lambda sd: {"state_dict": sd})),
@@ -288,6 +290,11 @@ def _momentum_of_wrong_shape(ckpt) -> None:
 
 def _weights_inf(ckpt) -> None:
     ckpt["model"][next(k for k in ckpt["model"] if k.endswith("weight"))].fill_(float("inf"))
+
+
+def _weights_complex(ckpt) -> None:
+    name = next(k for k in ckpt["model"] if k.endswith("weight"))
+    ckpt["model"][name] = ckpt["model"][name].to(torch.complex64)
 
 
 def _state_dict_file(path: Path, wrap) -> Path:

@@ -275,6 +275,10 @@ class Trainer:
     def load_state(self, ckpt: dict) -> None:
         """Restore a checkpoint (schema-checked); one line if its tensors do not fit this run's model and method."""
         try:
+            own = self.model.state_dict()
+            for k, v in ckpt["model"].items():  # load_state_dict would cast (complex to real, with a warning)
+                if k in own and isinstance(v, torch.Tensor) and v.dtype != own[k].dtype:
+                    raise ValueError(f"its {k} is {v.dtype}, the model's is {own[k].dtype}")
             self.model.load_state_dict(ckpt["model"])
             reference = self.model.state_dict()
             # model states held for later (the best sparse model; ART's buffer) must fit this model too
