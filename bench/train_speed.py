@@ -260,9 +260,11 @@ TARGETS = {  # (model, phase, sparsity or None): bound on ours / plain, from iss
 
 
 def page(p: dict) -> str:
+    timed = sorted({r.get("epochs_timed", p["epochs"]) for r in p["results"]})
     lines = ["# CPU training speed per phase: plain loop, hypersparse, the authors' loop\n",
              f"MNIST, batch 64, SGD momentum 0.9, wd 1e-4; {p['images_per_epoch']:,} training images per epoch; "
-             f"medians over {p['epochs']} timed epochs per phase and loop, the loops taking turns epoch by epoch. "
+             f"medians over {' or '.join(str(n) for n in timed)} timed epochs per phase and loop (each row's count "
+             "is in the JSON), the loops taking turns epoch by epoch. "
              "Seconds per epoch; in brackets, the ratio to the plain dense loop's epoch in the same run. *ours* "
              "includes everything the engine does per epoch (validation, the pruned copy's score, statistics, "
              "checkpoint); *plain* trains only. Fine-tuning starts from the mask of a real ART run "
@@ -344,6 +346,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per phase and loop (one more is run first)")
     ap.add_argument("--full-run", action="store_true",
                     help="also time one real full-schedule run, with the engine's thread choice")
+    ap.add_argument("--from-json", help="write the page again from a JSON this script saved")
     ap.add_argument("--only-full-run", action="store_true",
                     help="time the real run again and put it on the existing page (its per-epoch rows kept)")
     ap.add_argument("--dry-run", action="store_true", help="a tiny version of everything; writes no page")
@@ -351,6 +354,10 @@ def main() -> None:
     ap.add_argument("--keep", help="an earlier page's JSON: its rows for models not measured now stay on the page, "
                                    "each with the commit that made it")
     args = ap.parse_args()
+    if args.from_json:
+        payload = json.loads(Path(args.from_json).read_text())
+        write_results("train-speed-cpu", payload, page(payload))
+        return
     prov = provenance(seed=0)
     if args.only_full_run:
         payload = json.loads((ROOT / "bench" / "results" / "train-speed-cpu.json").read_text())
@@ -374,13 +381,18 @@ def main() -> None:
                       flush=True)
     for r in results:
         r["commit"] = prov["commit"]
+    full_kept = None
     if args.keep:
         kept = json.loads(Path(args.keep).read_text())
         measured = {(r["model"], r["threads"], r["sparsity"]) for r in results}
         results += [dict(r, commit=r.get("commit", kept["provenance"]["commit"])) for r in kept["results"]
                     if (r["model"], r["threads"], r["sparsity"]) not in measured]
+        if kept.get("full_run") and not args.full_run:  # the real run stays on the page unless timed again
+            full_kept = kept["full_run"]
     payload = {"provenance": prov, "results": results, "epochs": epochs, "images_per_epoch":
                results[0]["images_per_epoch"], "full_schedule_reg_epochs": sweep_reg_epochs(), "note": args.note}
+    if full_kept is not None:
+        payload["full_run"] = full_kept
     if args.full_run and not args.dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             payload["full_run"] = dict(full_run(args.data_dir, None, Path(tmp)), commit=prov["commit"],
