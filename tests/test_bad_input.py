@@ -117,6 +117,9 @@ CASES = [
     ("download-digits", lambda t, r: ["train", "--download"], "--download"),
     ("export-dense-json-name", lambda t, r: ["export", str(r), "--format", "dense", "--out", str(t / "x.json")],
      "name the state_dict .pt"),
+    ("report-out-holds-a-user-figure", lambda t, r: ["report", str(r), "--out", str(_write(t / "mine" / "curves.png",
+                                                                                         b"my own figure").parent)],
+     "curves.png, which no hypersparse report wrote"),
     ("compare-twice", lambda t, r: ["train", "--compare", "gmp,oneshot,gmp"], "twice"),
     ("flag-not-applicable", lambda t, r: ["train", "--method", "gmp", "--eta", "1.1"], "--eta"),
     # train: --set and --config
@@ -513,7 +516,8 @@ def _foreign_onnx(run: Path, kind: str) -> Path:
     record = json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
                          "classes": None})
     dtype = TensorProto.FLOAT16 if kind == "half" else TensorProto.FLOAT
-    w = helper.make_tensor("W", dtype, [64, 10], [0.01] * 640)
+    classes = 3 if kind == "three" else 10
+    w = helper.make_tensor("W", dtype, [64, classes], [0.01] * 64 * classes)
     nodes = [helper.make_node("Flatten", ["input"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["lin"])]
     out = helper.make_tensor_value_info("logits", dtype, None)
     if kind == "argmax":
@@ -544,7 +548,8 @@ def _foreign_onnx(run: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind,needle", [("argmax", "not one row of class scores"),
-                                         ("half", "does not run on this data in onnxruntime")])
+                                         ("half", "does not run on this data in onnxruntime"),
+                                         ("three", "scores 3 classes, the data has 10")])
 def test_a_foreign_onnx_graph_that_gives_no_scores_is_one_line(kind, needle, finished, tmp_path, capsys):
     """Trial 31b, N270/N274: an ONNX file that takes another input type, or gives class ids, is one line (exit 2),
     not onnxruntime's or numpy's traceback."""
@@ -574,3 +579,23 @@ def test_a_foreign_onnx_graph_that_loops_for_ever_stops_on_sigterm(finished, tmp
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 143 and err.strip().splitlines() == [
         "hypersparse: terminated; files written so far are complete (run the command again to continue)"], err
+
+
+def test_ctrl_c_during_a_comparison_names_the_run_whose_resume_finishes_it(finished, tmp_path, monkeypatch, capsys):
+    """Trial 31b, N216: Ctrl-C while a --compare baseline trained advised resuming the baseline's own folder, after
+    which the run's comparison stayed missing. The advice names the run, whose --resume finishes the comparison."""
+    from hypersparse.engine import Trainer
+
+    real = Trainer.epoch
+
+    def epoch(self):  # Ctrl-C in the baseline's first epoch
+        if self.files.path.name.startswith("compare-"):
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "epoch", epoch)
+    run = tmp_path / "r"
+    code = main(["train", *QUICK, "--set", "run.stats=false", "--compare", "oneshot", "--run-dir", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1, err
+    assert f"--resume {run}" in err[0] and "while comparing with oneshot" in err[0], err

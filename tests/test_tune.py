@@ -76,6 +76,7 @@ def test_tune_failed_trials_are_one_line_each_and_count_as_finished(tmp_path):
     (["--eta-range", "0.5,2"], "--eta-range 0.5,2 is outside the setting's range: --eta must be a number in [1, 100]"),
     (["--eta-range", "1.01,1000"], "--eta-range 1.01,1000 is outside the setting's range: --eta must be"),
     (["--trials", str(10**30)], "--trials must be in 1..1000"),
+    (["--compare", "gmp"], "--compare does not apply to tune"),
 ])
 def test_tune_ranges_and_trials_bounded(tmp_path, capsys, args, needle):
     code, err = run_cli(["tune", *args, "--study-dir", str(tmp_path / "s")], capsys)
@@ -151,3 +152,23 @@ def test_continuing_a_study_with_other_settings_is_one_line_and_changes_nothing(
     assert len(load(study_dir).trials) == 1 and (study_dir / "best.json").read_bytes() == best
     out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir), "--set", "run.stats=false")  # stats: allowed
     assert out.returncode == 0, out.stderr
+
+
+def test_sigterm_while_a_trial_sets_up_is_one_line_and_the_trial_is_tried_again(tmp_path, capsys, monkeypatch):
+    """Trial 31b, N333: SIGTERM before a trial's run had its own handlers (while it loads data) was Optuna's
+    traceback, and the trial was marked failed, so continuing never tried its values. It is the run's one line
+    (exit 143), and the next tune tries the same values first."""
+    import hypersparse.engine as engine
+    from hypersparse.errors import Terminated
+
+    real = engine.train
+    monkeypatch.setattr(engine, "train", lambda *a, **k: (_ for _ in ()).throw(Terminated()))
+    study_dir = tmp_path / "s"
+    code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(study_dir)], capsys)
+    assert code == 143 and len(err) == 1 and "terminated" in err[0], err
+    stopped = load(study_dir).trials[0]
+    monkeypatch.setattr(engine, "train", real)
+    code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(study_dir)], capsys)
+    assert code == 0, err
+    finished = [t for t in load(study_dir).trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 1 and finished[0].params == stopped.params

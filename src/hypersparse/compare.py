@@ -11,6 +11,7 @@ itself knows nothing of baselines.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from hypersparse import engine
 from hypersparse.checkpoint import own_folder, write_json
 from hypersparse.config import TrainConfig
+from hypersparse.errors import RunStopped
 from hypersparse.run_read import CHECKPOINT, SUMMARY, read_json
 from hypersparse.run_write import RunFiles, format_summary
 
@@ -82,9 +84,15 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
             files.say(f"comparing with {method} at the same seed and budget ({cfg.warmup} warm-up + {reg_epochs} "
                       f"pruning-phase + {cfg.finetune} fine-tuning epochs) in {folder}")
             out = files.out if files.main else open(os.devnull, "w")
-            done = engine.resume(folder, progress, out, trust_code=True, quiet=True, label=method) \
-                if (folder / CHECKPOINT).exists() else \
-                engine.train(baseline_config(cfg, method, reg_epochs), folder, progress, out, quiet=True, label=method)
+            try:
+                done = engine.resume(folder, progress, out, trust_code=True, quiet=True, label=method) \
+                    if (folder / CHECKPOINT).exists() else \
+                    engine.train(baseline_config(cfg, method, reg_epochs), folder, progress, out, quiet=True,
+                                 label=method)
+            except RunStopped as exc:  # the advice names the run, whose --resume finishes every comparison
+                what = str(exc).split(";")[0]
+                raise RunStopped(f"{what} while comparing with {method}; continue with hypersparse train --resume "
+                                 f"{shlex.quote(str(run_dir))} (it finishes the comparison)", exc.code) from None
         results[method] = {"run_dir": folder.name, **done["sparse"]}
     summary = {**summary, "compare": results}
     if files.main:

@@ -163,6 +163,9 @@ def evaluate_onnx(path: str | Path, data) -> dict:
             if logits.ndim != 2 or logits.shape[0] != len(y[start : start + 512]) or logits.dtype.kind != "f":
                 raise UserError(f"{path} gives outputs of shape {logits.shape} ({logits.dtype}), not one row of class "
                                 "scores per image; export the run again")
+            if logits.shape[1] != data.num_classes:
+                raise UserError(f"{path} scores {logits.shape[1]} classes, the data has {data.num_classes}; give the "
+                                "--dataset it was trained on")
             right += int((np.argmax(logits, 1) == y[start : start + 512].numpy()).sum())
         return right / max(1, len(x))
 

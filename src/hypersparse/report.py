@@ -207,7 +207,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         finally:
             plt.close("all")
         images[name] = buffer.getvalue()
-    parts = ["<!doctype html><meta charset='utf-8'><title>hypersparse report</title>",
+    parts = [f"<!doctype html><meta charset='utf-8'>{GENERATOR}",
              "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
              "<h1>hypersparse run report</h1>", "<h2>Summary</h2>",
@@ -229,6 +229,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     for run in runs:
         parts.append(f"<h3>{html.escape(run.dir.name)}</h3><pre>{html.escape(json.dumps(run.config, indent=1))}</pre>")
     out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
+    _check_ours(out)
     for name in FIGURES:
         output_file(out / f"{name}.png", "--out")
     page = output_file(out / "report.html", "--out")
@@ -238,6 +239,27 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     atomic_write(page, lambda f: f.write(text), mode="w")
     _to_trackers(runs, out)
     return page
+
+
+GENERATOR = "<title>hypersparse report</title>"  # every report.html begins with it: the mark of one
+
+
+def _check_ours(out: Path) -> None:
+    """UserError if ``out`` holds a file under a report's names (report.html, the figures) that no report wrote:
+    a report replaces its own files, never a user's ``curves.png``. A report.html that begins as a report does
+    vouches for the figures beside it."""
+    page = out / "report.html"
+    names = [page] + [out / f"{name}.png" for name in FIGURES]
+    present = [p for p in names if p.exists() or p.is_symlink()]
+    if not present:
+        return
+    try:
+        ours = page.is_file() and not page.is_symlink() and GENERATOR.encode() in page.read_bytes()[:4096]
+    except OSError:
+        ours = False
+    if not ours:
+        raise UserError(f"--out {out} holds {present[0].name}, which no hypersparse report wrote; choose an empty "
+                        "folder or another --out (a report writes report.html and its figures there)")
 
 
 def _epochs(epochs) -> str:

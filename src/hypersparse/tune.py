@@ -143,6 +143,9 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
                         f"--method {base.sparsity.method} has neither")
     if not 1 <= trials <= MAX_TRIALS:
         raise UserError(f"--trials must be in 1..{MAX_TRIALS} (each trial is a full training run), got {trials}")
+    if base.run.compare:  # a flag that does not apply is an error, not ignored
+        raise UserError("--compare does not apply to tune (its trials are ART runs scored on validation); run "
+                        "hypersparse train --compare with the best.json values instead")
     base.validate()
     check_ranges(base, lambda_range, eta_range)
     if storage:
@@ -228,9 +231,10 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
             print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> ART "
                   f"{outcome}", file=out, flush=True)
             raise optuna.TrialPruned() from None
-        except (RunStopped, UserError, OSError) as exc:
-            # Ctrl-C, SIGTERM, or a problem every trial would meet: stop, say it in one line once Optuna has
-            # returned (not through its failed-trial traceback); the same values are tried again on continuing
+        except (RunStopped, UserError, OSError, KeyboardInterrupt) as exc:
+            # Ctrl-C, SIGTERM (a KeyboardInterrupt when it comes while the run sets up, before its own handlers), or
+            # a problem every trial would meet: stop, say it in one line once Optuna has returned (not through its
+            # failed-trial traceback); the same values are tried again on continuing
             stopped.append(exc)
             study.enqueue_trial(trial.params)
             study.stop()
@@ -249,7 +253,7 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
         study.optimize(objective, n_trials=trials - finished)
     if stopped:  # one line, as for any command: running it again continues the study
         if not isinstance(stopped[0], RunStopped):
-            raise stopped[0]
+            raise stopped[0]  # (a KeyboardInterrupt or Terminated is the CLI's one line, with its exit code)
         raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
     if not done:
