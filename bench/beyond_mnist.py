@@ -69,6 +69,12 @@ def reg_epochs(result: dict) -> int:
     return result["epochs"].get("regularize", 0) if result.get("epochs") else MAX_REG
 
 
+def budget(epochs: int) -> int:
+    """``prune_epochs`` for a baseline that should train ``epochs`` epochs between warm-up and fine-tuning: the
+    engine scales every phase by ``epochs_scale``, so the setting is the unscaled count (exact: 0.25 x 4n = n)."""
+    return round(epochs / SCHEDULE["epochs_scale"])
+
+
 def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
     """For each seed and experiment: each sparsity's ART runs, then its baselines, then the seed's dense model."""
 
@@ -85,15 +91,15 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
                     yield job(exp, k, "art-hs", seed)
                     art = results.get(name(exp, k, "art-hs", seed))
                     if art is not None:
-                        yield job(exp, k, "gmp", seed, prune_epochs=reg_epochs(art))
+                        yield job(exp, k, "gmp", seed, prune_epochs=budget(reg_epochs(art)))
                     yield job(exp, k, "art-hs-auto", seed)
                     if art is not None:
-                        yield job(exp, k, "rigl", seed, prune_epochs=reg_epochs(art))
-                        yield job(exp, k, "oneshot", seed, prune_epochs=reg_epochs(art))
+                        yield job(exp, k, "rigl", seed, prune_epochs=budget(reg_epochs(art)))
+                        yield job(exp, k, "oneshot", seed, prune_epochs=budget(reg_epochs(art)))
                 arts = [results.get(name(exp, k, "art-hs", seed)) for k in sparsities]
                 if all(arts):
                     epochs = round(statistics.median(reg_epochs(a) for a in arts))
-                    yield job(exp, 0.0, "dense", seed, method="oneshot", prune_epochs=epochs)
+                    yield job(exp, 0.0, "dense", seed, method="oneshot", prune_epochs=budget(epochs))
     return plan
 
 

@@ -77,3 +77,17 @@ def test_merge_refuses_conflicting_runs():
     assert sweep.merge(a, {"runs": [y]}) == a["runs"] + [y]
     with pytest.raises(sweep.SweepError, match="twice"):
         sweep.merge(a, {"runs": [{"name": "x", "test_error": 3.0}]})
+
+
+def test_the_beyond_mnist_baselines_get_as_many_epochs_as_art_regularized():
+    """bench/beyond_mnist.py runs at --epochs-scale 0.25, which scales every phase: a baseline given ART's 24
+    regularization epochs must train 24 epochs between warm-up and fine-tuning, not 6 (its first GMP run did)."""
+    import beyond_mnist
+    from hypersparse.config import TrainConfig
+
+    art = {"epochs": {"warmup": 15, "regularize": 24, "finetune": 40}}
+    plan = beyond_mnist.plan_for(["mlp-cifar10jpeg75"], [0.98], [0])
+    jobs = {j["name"]: j for j in plan({beyond_mnist.name("mlp-cifar10jpeg75", 0.98, "art-hs", 0): art})}
+    for method in ("gmp", "rigl", "oneshot"):
+        cfg = TrainConfig.from_dict(jobs[beyond_mnist.name("mlp-cifar10jpeg75", 0.98, method, 0)]["config"])
+        assert (cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs), cfg.finetune) == (15, 24, 40), method
