@@ -74,8 +74,9 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 class Trainer:
     """One run from a config; :meth:`run` trains to the end and returns the summary."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=sys.stdout,
+    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool | None = None, out=None,
                  quiet: bool = False, label: str = ""):
+        out = sys.stdout if out is None else out  # the stream at call time (a caller may redirect it)
         self.cfg = cfg.validate()
         self._join_processes(Path(run_dir), progress, out, quiet, label)
         torch.manual_seed(cfg.run.seed)
@@ -403,7 +404,7 @@ class Trainer:
 Then = Callable[[TrainConfig, RunFiles, dict], dict]
 
 
-def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=sys.stdout,
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None,
           quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Run ``cfg`` from scratch in ``run_dir`` (default: ``cfg.run.run_dir``, else a new folder under ``runs/``).
 
@@ -468,7 +469,7 @@ def stopped_cleanly(run_dir: Path):
                          "again", code) from None
 
 
-def resume(run_dir: str | Path, progress: bool | None = None, out=sys.stdout, trust_code: bool = False,
+def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_code: bool = False,
            confirmed: dict | None = None, quiet: bool = False, label: str = "", then: Then | None = None) -> dict:
     """Continue the run in ``run_dir`` from its last checkpoint, with the settings it was started with.
 

@@ -242,11 +242,11 @@ class RunFiles:
     one line per tenth of the run.
     """
 
-    def __init__(self, path: Path, main: bool = True, out=sys.stdout, progress: bool = False, quiet: bool = False,
+    def __init__(self, path: Path, main: bool = True, out=None, progress: bool = False, quiet: bool = False,
                  label: str = ""):
         self.path = Path(path)
         self.main = main
-        self.out = out if main else open(os.devnull, "w")
+        self.out = (sys.stdout if out is None else out) if main else open(os.devnull, "w")
         self.quiet = quiet
         self.label = label
         self.line = ProgressLine() if progress and main else None

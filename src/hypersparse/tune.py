@@ -134,8 +134,9 @@ def _open_study(optuna, storage: str, what: str, fix: str):
 
 
 def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_range=(1e-7, 1e-3), eta_range=(1.01, 1.5),
-         storage: str | None = None, out=sys.stdout) -> dict:
+         storage: str | None = None, out=None) -> dict:
     """Run trials until ``trials`` have finished (counting those of earlier calls); returns the best one."""
+    out = sys.stdout if out is None else out  # the stream at call time (a caller may redirect it)
     optuna = _optuna()
     entry = method_entry(base.sparsity.method)
     if entry is None or not entry.tune:
