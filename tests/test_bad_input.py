@@ -448,6 +448,17 @@ def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+def _weight_normed(_masked):
+    """A fresh MLP with weight_norm on its first Linear: its ``weight`` is recomputed at each forward."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from conftest import make_mlp
+
+    model = make_mlp((64, 32, 10))
+    weight_norm(model[0] if isinstance(model[0], torch.nn.Linear) else model[1])
+    return model
+
+
 def _masked_mlp():
     import hypersparse as hs
 
@@ -468,6 +479,9 @@ def _masked_mlp():
                                                                                   lr=0.1)), ValueError, "none of"),
     (lambda hs, m: hs.magnitude_masks(m, 0.9, scope="layer", max_layer_sparsity=0.5), ValueError,
      "max_layer_sparsity"),
+    (lambda hs, m: hs.apply_masks_(_weight_normed(m), hs.magnitude_masks(m, 0.9)), ValueError,
+     "computed from other tensors"),
+    (lambda hs, m: hs.HyperSparse(_weight_normed(m), 0.9), ValueError, "computed from other tensors"),
 ])
 def test_api_misuse_is_a_clear_exception_naming_the_argument(call, error, needle):
     """Misuse found by the adversarial trial of issue 31 (trial 31b): each is one clear ValueError or TypeError

@@ -443,3 +443,25 @@ def test_the_cut_found_near_the_last_one_is_the_exact_kth_smallest(values, frac,
     exact, rank = cut_magnitude(flat, k)
     near_cut, near_rank = cut_magnitude(flat, k, near)
     assert torch.equal(exact, near_cut) and int(rank) == int(near_rank)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_frozen_layer_stays_where_it_is(momentum):
+    """Trial 31c, N095: add_grad_ gave a frozen weight (requires_grad False) a .grad, so an optimizer over all
+    parameters moved it. A frozen tensor still counts in the cut but gets no gradient, by either path."""
+    from conftest import make_mlp
+
+    torch.manual_seed(0)
+    model = make_mlp((64, 32, 10))
+    frozen = next(p for p in model.parameters() if p.dim() == 2)
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    reg = hs.HyperSparse(model, 0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(8, 64)).sum().backward()
+        if not reg.step_sgd_(opt, 0.1):
+            reg.add_grad_(0.1)
+        opt.step()
+    assert torch.equal(frozen, before) and frozen.grad is None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from hypersparse.params import ModelOrParams, ModuleFilter, prunable_parameters
+from hypersparse.params import ModelOrParams, ModuleFilter, check_leaves, prunable_parameters
 
 Masks = dict[str, torch.Tensor]
 
@@ -349,6 +349,7 @@ def apply_masks_(
     if not isinstance(masks, dict):
         raise TypeError(f"masks must be a dict of name -> bool tensor, got {type(masks).__name__}")
     targets = _targets(model_or_params, masks, filter)
+    check_leaves(targets)
     if optimizer is not None and targets:
         held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
         if not any(id(t) in held for t in targets.values()):  # it would enforce the mask on nothing it trains

@@ -104,6 +104,18 @@ def exclude_filter(text: str | None) -> Exclude | None:
     return Exclude(patterns) if patterns else None
 
 
+def check_leaves(named: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> None:
+    """ValueError if a tensor to keep at zero or regularize is computed from others rather than a parameter: a
+    parametrization (weight_norm, spectral_norm) or ``torch.nn.utils.prune`` recompute ``weight`` at every forward,
+    so a mask or a gradient put on it would not last."""
+    for name, t in (named.items() if isinstance(named, dict) else named):
+        if not t.is_leaf:
+            raise ValueError(f"{name} is computed from other tensors (a parametrization such as weight_norm, or "
+                             "torch.nn.utils.prune), not a parameter hypersparse can keep at zero; remove the "
+                             "parametrization first (torch.nn.utils.parametrize.remove_parametrizations, "
+                             "torch.nn.utils.prune.remove), or leave the layer out with filter=hs.Exclude([...])")
+
+
 def prunable_parameters(
     model_or_params: ModelOrParams, filter: ModuleFilter | None = None
 ) -> list[tuple[str, torch.Tensor]]:

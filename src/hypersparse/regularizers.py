@@ -17,7 +17,14 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from hypersparse.params import ModelOrParams, ModuleFilter, check_sparsity, num_pruned, prunable_parameters
+from hypersparse.params import (
+    ModelOrParams,
+    ModuleFilter,
+    check_leaves,
+    check_sparsity,
+    num_pruned,
+    prunable_parameters,
+)
 
 #: s * |w|_(k) sits on the inflection point of sech^2: artanh(1/sqrt(3)) ~= 0.6585.
 INFLECTION = math.atanh(1.0 / math.sqrt(3.0))
@@ -214,6 +221,7 @@ class Regularizer:
                             + ("; L1 and L2 take no sparsity (their strength is add_grad_'s)"
                                if isinstance(filter, numbers.Real) else ""))
         named = prunable_parameters(model_or_params, filter)
+        check_leaves(named)
         self.names: list[str] = [n for n, _ in named]
         self.params: list[torch.Tensor] = [p for _, p in named]
         self.numel: int = sum(p.numel() for p in self.params)
@@ -238,10 +246,13 @@ class Regularizer:
         elif isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
                 or strength < 0:
             raise ValueError(f"add_grad_ takes a finite strength >= 0 (lambda), got {strength!r}")
-        for p in self.params:
-            if p.grad is None:
+        # a frozen parameter (requires_grad False) gets no .grad, which an optimizer would use to move it; its share
+        # goes nowhere. A plain tensor passed in a list gets one, as it asked for.
+        frozen = [isinstance(p, torch.nn.Parameter) and not p.requires_grad for p in self.params]
+        for p, f in zip(self.params, frozen):
+            if p.grad is None and not f:
                 p.grad = torch.zeros_like(p)
-        self._accumulate([p.grad for p in self.params], strength)
+        self._accumulate([torch.zeros_like(p) if f else p.grad for p, f in zip(self.params, frozen)], strength)
 
     def _accumulate(self, grads: list[torch.Tensor], strength: float | torch.Tensor) -> None:
         raise NotImplementedError
