@@ -172,3 +172,19 @@ def test_sigterm_while_a_trial_sets_up_is_one_line_and_the_trial_is_tried_again(
     assert code == 0, err
     finished = [t for t in load(study_dir).trials if t.state.name == "COMPLETE"]
     assert len(finished) == 1 and finished[0].params == stopped.params
+
+
+def test_a_study_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    """Trial 31c, N175: a study.db made immutable (chattr +i) was a 113-line Optuna traceback. Any write the storage
+    refuses mid-study is one line naming the study (simulated: the storage raises as it does for a read-only file)."""
+    study_dir = tmp_path / "s"
+    code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(study_dir)], capsys)
+    assert code == 0, err
+
+    def refuse(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", refuse)
+    monkeypatch.setattr(optuna.study.Study, "user_attrs", property(lambda self: {}))
+    code, err = run_cli([*BASE, "--trials", "2", "--study-dir", str(study_dir)], capsys)
+    assert (code, len(err)) == (2, 1) and "the study cannot be written" in err[0], err

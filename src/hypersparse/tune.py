@@ -159,7 +159,12 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     study_dir = output_folder(study_dir, "--study-dir")
     # one tune per study: a second would take the first's running trial for an interrupted one
     with RunLock(study_dir, study=True):
-        return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
+        try:
+            return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
+        except optuna.exceptions.StorageInternalError as exc:  # a read-only or full database file, mid-study
+            cause = str(exc.__cause__ or exc).strip().splitlines()[0][:160]
+            raise UserError(f"{what}: the study cannot be written ({cause}); make it writable, or "
+                            f"{fix.split('; ')[-1] if '; ' in fix else fix}") from None
 
 
 #: settings a study's trials may differ in: what it searches, and what only records or places the run
