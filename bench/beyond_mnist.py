@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std, provenance  # noqa: E402
+from common import every_run, mean_std, provenance  # noqa: E402
 from sweep import load_results, run_sweep  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -228,14 +228,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
               "**Where ART + HyperSparse (defaults) is behind** a baseline by more than one standard deviation (of the "
               "two cells, the larger): " + behind(runs, exp, sparsities) + "\n",
               *diagnosis(runs, exp, sparsities),
-              "<details><summary>every run</summary>\n",
-              "| sparsity | method | seed | test error % | epochs (warm-up/middle/fine-tune) | wall min | commit |",
-              "|---:|---|---:|---:|---|---:|---|"]
-    for r in sorted(runs, key=lambda r: (r["sparsity"], r["method"], r["seed"])):
-        err = f"{r['test_error']:.2f}" if r["test_error"] is not None else "n/c"
-        ep = "/".join(str(v) for v in r["epochs"].values()) if r.get("epochs") else "-"
-        wall = f"{r['wall_seconds'] / 60:.1f}" if "wall_seconds" in r else "-"
-        lines.append(f"| {r['sparsity']} | {r['method']} | {r['seed']} | {err} | {ep} | {wall} | `{r['commit']}` |")
+              *every_run(runs)]
     lines += ["\n</details>\n", f"Raw results: [runs/beyond/](runs/beyond/) (`{exp}-*.json`).\n"]
     return "\n".join(lines)
 

@@ -78,3 +78,16 @@ def rerun_note(payload: dict) -> list[str]:
             "update); old and new results and timings side by side: "
             "[bench/results/gmp-rerun.md](../bench/results/gmp-rerun.md).\n"]
 
+
+def every_run(runs: list[dict]) -> list[str]:
+    """The collapsed "every run" table of a sweep's page: sparsity, method, seed, test error, epochs per phase, wall
+    minutes and commit of each run (up to the closing ``</details>``, which the caller adds after its notes)."""
+    lines = ["<details><summary>every run</summary>\n",
+             "| sparsity | method | seed | test error % | epochs (warm-up/middle/fine-tune) | wall min | commit |",
+             "|---:|---|---:|---:|---|---:|---|"]
+    for r in sorted(runs, key=lambda r: (r["sparsity"], r["method"], r["seed"])):
+        err = f"{r['test_error']:.2f}" if r["test_error"] is not None else "n/c"
+        ep = "/".join(str(v) for v in r["epochs"].values()) if r.get("epochs") else "-"
+        wall = f"{r['wall_seconds'] / 60:.1f}" if "wall_seconds" in r else "-"
+        lines.append(f"| {r['sparsity']} | {r['method']} | {r['seed']} | {err} | {ep} | {wall} | `{r['commit']}` |")
+    return lines

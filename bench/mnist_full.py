@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import mean_std, provenance, rerun_note  # noqa: E402
+from common import every_run, mean_std, provenance, rerun_note  # noqa: E402
 from mnist_sweep import ANCHORS  # noqa: E402
 from sweep import add_grid_arguments, grid, merge, run_sweep  # noqa: E402
 
@@ -203,14 +203,7 @@ def page(payload: dict, sparsities: list[float]) -> str:
     lines += ["- The authors' own code has not been run on this data yet.\n",
               "Wall times are of runs that shared the 2 cores with another run and, at times, with the test suite; "
               "the [training-speed page](../bench/results/train-speed-cpu.md) measures an epoch on an idle machine.\n",
-              "<details><summary>every run</summary>\n",
-              "| sparsity | method | seed | test error % | epochs (warm-up/middle/fine-tune) | wall min | commit |",
-              "|---:|---|---:|---:|---|---:|---|"]
-    for r in sorted(runs, key=lambda r: (r["sparsity"], r["method"], r["seed"])):
-        err = f"{r['test_error']:.2f}" if r["test_error"] is not None else "n/c"
-        ep = "/".join(str(v) for v in r["epochs"].values()) if r.get("epochs") else "-"
-        wall = f"{r['wall_seconds'] / 60:.1f}" if "wall_seconds" in r else "-"
-        lines.append(f"| {r['sparsity']} | {r['method']} | {r['seed']} | {err} | {ep} | {wall} | `{r['commit']}` |")
+              *every_run(runs)]
     lines += ["\n</details>\n", *rerun_note(payload), "Raw results: [runs/mnist-full.json](runs/mnist-full.json).\n"]
     return "\n".join(lines)
 
