@@ -57,6 +57,9 @@ VARIANTS = {"art-hs": {"method": "art", "reg": "hs"},
             "art-hs-auto": {"method": "art", "reg": "hs", "lambda_init": "auto"},
             "gmp": {"method": "gmp"}, "rigl": {"method": "rigl"}, "oneshot": {"method": "oneshot"}}
 BASELINES = ("gmp", "rigl", "oneshot")
+# suspected causes of ART's loss, each changed alone from the defaults (seed 0 only; read on validation)
+CAUSES = {"art-hs-keep-momentum": ("the optimizer reset at the stop", {"reset_optimizer": False}),
+          "art-hs-slow-lambda": ("lambda's growth: η = 1.05² per epoch instead of 1.05⁴", {"eta": 1.05 ** 0.5})}
 MAX_REG = 75  # ART's limit at this schedule (300 x 0.25): a run that never met its criterion spent this many
 DOCS = ROOT / "docs"
 
@@ -85,6 +88,11 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
                 "meta": {"experiment": exp, "sparsity": sparsity, "method": variant, "seed": seed}}
 
     def plan(results: dict):
+        if 0 in seeds:
+            for exp in experiments:
+                for k in sparsities:
+                    for variant, (_, change) in CAUSES.items():
+                        yield job(exp, k, variant, 0, **VARIANTS["art-hs"], **change)
         for seed in seeds:
             for exp in experiments:
                 for k in sparsities:
