@@ -6,7 +6,8 @@ After every operation:
 * the weights the current mask prunes are exactly zero (when a mask is in force);
 * the model's outputs equal those of the same weights in a copy without masks, and every consumer's outputs
   (sparse_inference, channel compaction, a sparse file loaded into a fresh model) equal the model's;
-* no tensor carries more than one hook, no module more than one mask hook, no optimizer more than two.
+* no tensor carries more than one hook, no module more than one mask hook, no optimizer more than two, and one
+  global step hook at most.
 Nothing may raise. The examples are derandomized and few, so the suite runs in well under a minute.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 import hypersparse as hs
 from hypersparse.compaction import compact_channels
@@ -68,6 +70,7 @@ ops = st.one_of(
     st.tuples(st.just("state_dict")),
     st.tuples(st.just("half")),
     st.tuples(st.just("steps"), st.integers(1, 3), st.booleans()),
+    st.tuples(st.just("new_optimizer"), st.sampled_from(["sgd", "adam", "other"])),
     st.tuples(st.just("sparse_inference")),
     st.tuples(st.just("compact")),
     st.tuples(st.just("export")),
@@ -126,6 +129,8 @@ class World:
                 self.model.eval(), ref.eval()
                 assert torch.equal(self.model(self.x.half()), ref(self.x.half()))
             self.model.float()
+        elif name == "new_optimizer":  # e.g. fine-tuning's own: it steps the masked weights, no handle names it
+            self.opt = OPTIMIZERS[op[1]](self.model.parameters())
         elif name == "steps":
             if self.opt is None:
                 self.opt = OPTIMIZERS["sgd"](self.model.parameters())
@@ -144,8 +149,6 @@ class World:
                 else:
                     closure()
                     self.opt.step()
-                if self.handle is not None and self.handle.optimizer is None:
-                    self.handle.reapply_()  # the documented contract without an optimizer
         elif name == "sparse_inference":
             fast = hs.sparse_inference(self.model, self.x, reps=1)
             close(fast(self.x), self.outputs())
@@ -171,6 +174,7 @@ class World:
                    for m in self.model.modules())
         if self.opt is not None:
             assert len(self.opt._optimizer_step_pre_hooks) + len(self.opt._optimizer_step_post_hooks) <= 2
+        assert len(torch_optimizer._global_optimizer_post_hooks) <= 1
 
 
 def close(out: torch.Tensor, ref: torch.Tensor) -> None:

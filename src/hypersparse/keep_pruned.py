@@ -3,7 +3,8 @@
 :func:`apply_masks_` installs a mask and returns the :class:`MaskHandle` that owns everything it installed: with an
 optimizer, a step pre-hook that masks the gradients (and a post-hook on the weights for optimizers outside
 :data:`ZERO_STAYS_ZERO`); on the model, a bool buffer ``<name>_mask`` and one :class:`Keeper` per module, so copies
-keep their zeros; without an optimizer, a tensor hook (then call :meth:`MaskHandle.reapply_` after each step).
+keep their zeros; without an optimizer, a tensor hook. While any mask exists, one global step post-hook zeroes the
+pruned weights that any other optimizer steps (a new one made for fine-tuning, an earlier one, a copy's).
 :meth:`MaskHandle.update_` changes the mask in place, :meth:`MaskHandle.remove` takes out all of it, and masks applied
 again replace the old ones. :func:`strip_masks_` cleans a copy that has no handle. How each part works and what it
 costs: docs/methods.md, "Keeping pruned weights at zero".
@@ -15,6 +16,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
 from hypersparse.params import ModelOrParams, ModuleFilter, check_leaves, prunable_parameters
@@ -94,6 +96,8 @@ class Keeper:
             if t.requires_grad:
                 hook = t.register_hook(self._gradient_hook(module, name))
             self._seen[name] = (weakref.ref(t), hook)
+            _COVERED[id(t)] = (weakref.ref(t), weakref.ref(module), name)
+            _changed()
 
     def _gradient_hook(self, module: nn.Module, name: str):
         derived = _Derived()
@@ -105,8 +109,14 @@ class Keeper:
 
     def _forget(self, name: str) -> None:
         old = self._seen.pop(name, None)
-        if old is not None and old[1] is not None:
-            old[1].remove()
+        if old is not None:
+            if old[1] is not None:
+                old[1].remove()
+            t = old[0]()
+            covered = _COVERED.get(id(t), (None,))[0] if t is not None else None
+            if covered is not None and covered() is t:
+                del _COVERED[id(t)]
+                _changed()
 
     def release(self) -> None:
         """Remove the tensor hooks this keeper registered."""
@@ -272,6 +282,7 @@ class MaskHandle:
             if owner is not None and owner() is self:
                 del _OWNERS[id(e.tensor)]
         self._entries = [e for e in self._entries if id(e) not in gone]
+        _changed()
         if not self._entries:
             for h in self._hooks:
                 h.remove()
@@ -288,6 +299,61 @@ class MaskHandle:
 
 #: id(tensor) -> (the tensor, its handle), both weakly: a tensor has one handle, the last apply_masks_ that named it
 _OWNERS: dict[int, tuple] = {}
+#: id(tensor) -> (the tensor, its module, its name there), the first two weakly: a copy's tensors, which its Keeper
+#: covers (they have no handle)
+_COVERED: dict[int, tuple] = {}
+#: optimizer -> ((mask generation, its parameter count) when read, the entries it steps but does not enforce)
+_FOREIGN: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+_GENERATION = [0]
+_GLOBAL_HOOK: list[RemovableHandle] = []
+
+
+def _changed() -> None:
+    """Which tensors are masked, or by whom, has changed: forget what each optimizer was found to step, and have
+    the global step hook in place exactly while masks exist."""
+    _GENERATION[0] += 1
+    _FOREIGN.clear()
+    if (_OWNERS or _COVERED) and not _GLOBAL_HOOK:
+        _GLOBAL_HOOK.append(torch_optimizer.register_optimizer_step_post_hook(_after_any_step))
+    elif not (_OWNERS or _COVERED):
+        for hook in _GLOBAL_HOOK:
+            hook.remove()
+        _GLOBAL_HOOK.clear()
+
+
+def _foreign(optimizer: torch.optim.Optimizer) -> list[_Entry]:
+    """The masked tensors ``optimizer`` steps without enforcing their mask itself: another handle's (a new
+    optimizer for fine-tuning, an earlier one), a handle's without an optimizer, or a copy's."""
+    found = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            ref, owner = _OWNERS.get(id(p), (None, None))
+            if ref is not None and ref() is p:
+                handle = owner()
+                if handle is not None and handle.optimizer is not optimizer:
+                    found.extend(e for e in handle._entries if e.tensor is p)
+                continue
+            ref, module, attr = _COVERED.get(id(p), (None, None, None))
+            module = module() if module is not None else None
+            if ref is not None and ref() is p and module is not None and hasattr(module, _suffix(attr)):
+                found.append(_Entry(attr, module, attr, p, None))
+    return found
+
+
+@torch.no_grad()
+def _after_any_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """After any optimizer's step: zero the pruned weights it moved without enforcing their mask (one multiply over
+    those tensors; nothing for the optimizer a handle enforces at, nor for one that steps no masked tensor)."""
+    key = (_GENERATION[0], sum(len(g["params"]) for g in optimizer.param_groups))
+    cached = _FOREIGN.get(optimizer)
+    if cached is None or cached[0] != key:
+        cached = _FOREIGN[optimizer] = (key, _foreign(optimizer))
+    entries = cached[1]
+    if entries:
+        torch._foreach_mul_([e.tensor for e in entries], [e.scale(e.tensor) for e in entries])
+
+
+_after_any_step.keeps_pruned_zero = True  # it only zeroes masked weights: the fused SGD step may run beside it
 
 
 def _take_over(tensors: Iterable[torch.Tensor]) -> None:
@@ -299,6 +365,9 @@ def _take_over(tensors: Iterable[torch.Tensor]) -> None:
             owner._drop([e for e in owner._entries if e.tensor is t])
     for key in [k for k, (ref, owner) in _OWNERS.items() if ref() is None or owner() is None]:  # gone since
         del _OWNERS[key]
+    for key in [k for k, (ref, module, _) in _COVERED.items() if ref() is None or module() is None]:
+        del _COVERED[key]
+    _changed()
 
 
 def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
@@ -342,7 +411,9 @@ def apply_masks_(
     ``masks`` maps tensor names (``"0.weight"``: any parameter of a model, by dotted name) to bool keep-masks of the
     same shape. With ``optimizer``, its state is masked once and the mask is enforced once per ``optimizer.step()``
     (gradients before it, weights after it), so momentum, weight decay and Adam cannot revive a pruned weight.
-    Without one, a gradient hook zeroes the pruned weights' gradients; call ``handle.reapply_()`` after each step.
+    Without one, a gradient hook zeroes the pruned weights' gradients. Any other optimizer that steps the masked
+    weights (one made later, one a second ``apply_masks_`` displaced) has them multiplied by the mask after its step;
+    a weight changed by hand outside an optimizer needs ``handle.reapply_()``.
     On a model the masks also travel with it as ``<name>_mask`` buffers, so a ``copy.deepcopy``, a pickled copy or
     ``load_state_dict`` keeps the pruned weights at zero. Masks on a module that has some replace them.
     """
@@ -388,6 +459,7 @@ def apply_masks_(
                 keeper.cover(module)
     for e in handle._entries:
         _OWNERS[id(e.tensor)] = (weakref.ref(e.tensor), weakref.ref(handle))
+    _changed()
     handle.reapply_()
     if optimizer is not None:
         handle._mask_state(handle._entries)

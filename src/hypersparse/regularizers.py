@@ -100,10 +100,11 @@ def _sgd_step(optimizer, params: list[torch.Tensor]) -> _SGDStep | None:
     gradient)."""
     from torch.optim import optimizer as torch_optimizer
 
-    hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
-             torch_optimizer._global_optimizer_pre_hooks, torch_optimizer._global_optimizer_post_hooks) \
+    hooks = (*optimizer._optimizer_step_pre_hooks.values(), *optimizer._optimizer_step_post_hooks.values(),
+             *torch_optimizer._global_optimizer_pre_hooks.values(),
+             *torch_optimizer._global_optimizer_post_hooks.values()) \
         if type(optimizer) is torch.optim.SGD else (True,)
-    if any(hooks):
+    if any(not getattr(h, "keeps_pruned_zero", False) for h in hooks):  # the masks' global hook only zeroes
         return None  # a subclass or a hook may do more than the step written out in C
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     step = _SGDStep([], [], [], [], [])
