@@ -184,6 +184,13 @@ class OurLoop:
             raise RuntimeError(f"the ART run is in {trainer.method.phase}, not {phase}")
         trainer.epoch()
 
+    def parts(self, phase: str) -> dict[str, float]:
+        """Where the last epoch of ``phase`` went, from the engine's own row: the training pass, the scores of the
+        pruned copy and the dense model, statistics, and the rest of the row's time (validation)."""
+        row = (self.ft if phase == "finetune" else self.art).metrics[-1]
+        train, scores, stats = row["train_seconds"], row["measure_seconds"], row["stats_seconds"]
+        return {"train": train, "scores": scores, "stats": stats, "validation": row["seconds"] - train - scores - stats}
+
 
 # -- one measurement ----------------------------------------------------------------------------------------------
 def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_dir: str, subset: int | None,
@@ -203,6 +210,7 @@ def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_di
              "authors": AuthorsLoop(create_model(model_name, 10, 1, 28), data, lr, sparsity, mask_model)}
     seconds: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PHASES}
                                                   for name in ("plain", "ours", "authors")}
+    parts: dict[str, list[dict]] = {p: [] for p in PHASES}  # ours' epochs, part by part
     with tempfile.TemporaryDirectory() as tmp:
         loops["ours"] = OurLoop(model_name, data_dir, sparsity, mask_model, lr, Path(tmp), epochs + 1, fraction)
         for phase in PHASES:
@@ -211,6 +219,8 @@ def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_di
                     t = time.perf_counter()
                     loops[name].epoch("warmup" if name == "plain" else phase)
                     seconds[name][phase].append(time.perf_counter() - t)
+                    if name == "ours":
+                        parts[phase].append(dict(loops["ours"].parts(phase), whole=seconds["ours"][phase][-1]))
         ours = loops["ours"]
         loading = []
         for epoch in range(epochs):  # what the fine-tuning epoch spends on batches alone (gather, normalise)
@@ -223,6 +233,8 @@ def measure(model_name: str, sparsity: float, threads: int, epochs: int, data_di
     median = {name: {p: statistics.median(v[1:]) for p, v in by.items()} for name, by in seconds.items()}
     return {"model": model_name, "sparsity": sparsity, "threads": threads, "epochs_timed": epochs,
             "images_per_epoch": len(data[0]), "seconds": seconds, "median": median,
+            "ours_parts": {phase: {k: statistics.median(e[k] for e in rows[1:]) for k in rows[0]}
+                           for phase, rows in parts.items()},
             "loading_seconds": statistics.median(loading), "compacted_layers": shapes,
             "full_layers": [tuple(m.weight.shape) for m in prunable(mask_model)]}
 
@@ -259,6 +271,19 @@ TARGETS = {  # (model, phase, sparsity or None): bound on ours / plain, from iss
 }
 
 
+def _verdict(ratio: float, bound: float, r: dict, phase: str) -> str:
+    """Met, or missed by how much and what the plain loop does not do that ours does (when the row measured it)."""
+    if ratio <= bound:
+        return "**met**"
+    q = r.get("ours_parts", {}).get(phase)
+    why = ""
+    if q:
+        base = r["median"]["plain"][phase]
+        why = (f"; the training pass alone is {q['train'] / base:.2f}x, and scoring for the stop rule, statistics and "
+               f"validation add {(q['whole'] - q['train']) / base:.2f}x (table below)")
+    return f"**missed** by {ratio - bound:.3f}x{why}"
+
+
 def page(p: dict) -> str:
     timed = sorted({r.get("epochs_timed", p["epochs"]) for r in p["results"]})
     lines = ["# CPU training speed per phase: plain loop, hypersparse, the authors' loop\n",
@@ -284,17 +309,32 @@ def page(p: dict) -> str:
                 if model == r["model"] and ph == phase and (k is None or k == r["sparsity"]):
                     ratio = ours / base
                     verdicts.append(f"- {model}, {phase}, {r['sparsity']:.1%}, {r['threads']} thread"
-                                    f"{'s' if r['threads'] > 1 else ''}: {ratio:.2f}x the plain epoch, target "
-                                    f"≤ {bound}x: **{'met' if ratio <= bound else 'missed'}**")
+                                    f"{'s' if r['threads'] > 1 else ''}: {ratio:.3f}x the plain epoch, target "
+                                    f"≤ {bound}x: {_verdict(ratio, bound, r, phase)}")
     for r in p["results"]:  # issue 30's bound, for LeNet-300's sparse phases
         if r["model"] == "lenet300":
             for phase in ("regularize", "finetune"):
                 ratio = r["median"]["ours"][phase] / r["median"]["plain"][phase]
                 verdicts.append(f"- issue 30: lenet300, {phase}, {r['sparsity']:.1%}, {r['threads']} thread"
-                                f"{'s' if r['threads'] > 1 else ''}: {ratio:.2f}x, target ≤ 1.15x: "
-                                f"**{'met' if ratio <= 1.15 else 'missed'}**")
+                                f"{'s' if r['threads'] > 1 else ''}: {ratio:.3f}x, target ≤ 1.15x: "
+                                f"{_verdict(ratio, 1.15, r, phase)}")
     lines += ["", "Targets (issue 34, then issue 30's ≤ 1.15x for LeNet-300's regularization and fine-tuning):",
               *verdicts]
+    broken = [r for r in p["results"] if "ours_parts" in r and r["model"] == "lenet300"]
+    if broken:
+        lines += ["", "Where *ours*' epoch goes (medians, from the engine's own timings of the same epochs): the "
+                  "training pass, which the plain loop also runs, and the work the plain loop does not do: scoring "
+                  "the pruned copy and the dense model on 5,000 training images (ART's stop rule), statistics, and "
+                  "scoring the validation split. Ratios are to the plain epoch:", "",
+                  "| model | sparsity | threads | phase | training pass | scores (stop rule) | statistics | "
+                  "validation | checkpoint and logs |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for r in broken:
+            for phase in ("regularize", "finetune"):
+                q, base = r["ours_parts"][phase], r["median"]["plain"][phase]
+                rest = q["whole"] - q["train"] - q["scores"] - q["stats"] - q["validation"]
+                cells = " | ".join(f"{v:.3f} s ({v / base:.2f}x)" for v in
+                                   (q["train"], q["scores"], q["stats"], q["validation"], rest))
+                lines.append(f"| {r['model']} | {r['sparsity']:.1%} | {r['threads']} | {phase} | {cells} |")
     loading = [r for r in p["results"] if "loading_seconds" in r and r["sparsity"] == 0.995]
     if loading:
         lines += ["", "Data loading inside *ours*' fine-tuning epoch at 99.5 % (the batches alone: gather and, for "
@@ -331,7 +371,10 @@ def page(p: dict) -> str:
                   f"**{f['wall_seconds'] / 60:.1f} min** wall "
                   f"({', '.join(f'{k} {v} epochs' for k, v in f['epochs'].items())}; test accuracy "
                   f"{f['test_acc']:.2%}{'; made at ' + f['commit'][:7] if 'commit' in f else ''}); target ≤ 5 min: "
-                  f"**{'met' if f['wall_seconds'] <= 300 else 'missed'}**."]
+                  + ("**met**." if f["wall_seconds"] <= 300 else
+                     f"**missed** by {(f['wall_seconds'] - 300) / 60:.1f} min. Its phases: "
+                     + ", ".join(f"{k} {v / 60:.1f} min ({v / sum(f['phase_seconds'].values()):.0%})"
+                                 for k, v in f["phase_seconds"].items()) + ".")]
     if p.get("note"):
         lines += ["", p["note"]]
     return "\n".join(lines)

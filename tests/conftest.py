@@ -134,7 +134,7 @@ def run_metrics(run_dir):
     """A run's metrics rows and summary without their timings (which differ between identical runs)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("seconds"), r.pop("measure_seconds"), r.pop("stats_seconds")
+        r.pop("seconds"), r.pop("train_seconds"), r.pop("measure_seconds"), r.pop("stats_seconds")
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.pop("phase_seconds")
     return rows, summary

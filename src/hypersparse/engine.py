@@ -332,6 +332,7 @@ class Trainer:
         scored, was_fine_tuning = method.needs_scores, method.fine_tuning
         t0 = time.perf_counter()
         loss, train_acc = self.train_epoch(epoch)
+        t_train = time.perf_counter()
         val_acc = self.accuracy("val")
         dense_now = self._dense_record(val_acc) if method.warmup_ends else None  # before end_epoch, which may prune
         t1 = time.perf_counter()
@@ -349,7 +350,7 @@ class Trainer:
             self.dense = dense_now
         row = {"epoch": epoch, "phase": phase, "event": result.event, "lr": lr, "loss": loss, "train_acc": train_acc,
                "val_acc": val_acc, "sparsity": sparsity_report(self.model, self.prunable).sparsity, "seconds": t3 - t0,
-               "measure_seconds": t2 - t1, "stats_seconds": t3 - t2, **result.record}
+               "train_seconds": t_train - t0, "measure_seconds": t2 - t1, "stats_seconds": t3 - t2, **result.record}
         if was_fine_tuning or (result == "stop" and method.fine_tuning):
             self._select(row, epoch, val_acc, result == "stop")
         self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + row["seconds"]

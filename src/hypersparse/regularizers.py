@@ -13,9 +13,11 @@ import math
 import numbers
 import shutil
 import warnings
+import weakref
 from typing import NamedTuple, Sequence
 
 import torch
+from torch.optim import optimizer as torch_optimizer
 
 from hypersparse.params import (
     ModelOrParams,
@@ -93,41 +95,63 @@ class _SGDStep(NamedTuple):
     first: list[int]
 
 
+#: optimizer -> ((its parameter count, id of each group list), the group of each prunable tensor): built once
+_GROUPS: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _groups_of(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[dict | None]:
+    """The param group holding each of ``params`` (None where none does), looked up again only when the groups
+    change (``add_param_group``, a group's list replaced)."""
+    groups = optimizer.param_groups
+    key = tuple((id(g["params"]), len(g["params"])) for g in groups)
+    cached = _GROUPS.get(optimizer)
+    if cached is None or cached[0] != key or len(cached[1]) != len(params):
+        group_of = {id(p): g for g in groups for p in g["params"]}
+        cached = _GROUPS[optimizer] = (key, [group_of.get(id(p)) for p in params])
+    return cached[1]
+
+
+def _only_zeroing_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the step hooks ``optimizer.step()`` would run are at most the masks' global one, which only zeroes
+    masked weights after the step (the fused pass leaves the rest of the step to ``optimizer.step()``)."""
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks \
+            or torch_optimizer._global_optimizer_pre_hooks:
+        return False
+    return all(getattr(h, "keeps_pruned_zero", False) for h in torch_optimizer._global_optimizer_post_hooks.values())
+
+
 def _sgd_step(optimizer, params: list[torch.Tensor]) -> _SGDStep | None:
     """What ``optimizer.step()`` would do to ``params``, if it is a plain ``torch.optim.SGD`` step the fused C pass
     takes exactly (float32 CPU tensors, dampening 0, no Nesterov, not maximize, float settings); None otherwise.
     A missing momentum buffer is created here and filled by the pass (torch's first step: the buffer is the
     gradient)."""
-    from torch.optim import optimizer as torch_optimizer
-
-    hooks = (*optimizer._optimizer_step_pre_hooks.values(), *optimizer._optimizer_step_post_hooks.values(),
-             *torch_optimizer._global_optimizer_pre_hooks.values(),
-             *torch_optimizer._global_optimizer_post_hooks.values()) \
-        if type(optimizer) is torch.optim.SGD else (True,)
-    if any(not getattr(h, "keeps_pruned_zero", False) for h in hooks):  # the masks' global hook only zeroes
+    if type(optimizer) is not torch.optim.SGD or not _only_zeroing_hooks(optimizer):
         return None  # a subclass or a hook may do more than the step written out in C
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     step = _SGDStep([], [], [], [], [])
-    for p in params:
-        group = group_of.get(id(p))
+    state = optimizer.state
+    for p, group in zip(params, _groups_of(optimizer, params)):
         if group is None or group.get("nesterov") or group.get("dampening", 0) != 0 or group.get("maximize") \
-                or group.get("differentiable") or p.grad is None or not p.is_contiguous() \
-                or not all(isinstance(group[k], float | int) for k in ("lr", "weight_decay", "momentum")):
+                or group.get("differentiable") or p.grad is None or not p.is_contiguous():
             return None
-        momentum = float(group["momentum"])
-        state = optimizer.state[p]
-        buf = state.get("momentum_buffer") if momentum else None
+        lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        if type(lr) not in _NUMBERS or type(wd) not in _NUMBERS or type(momentum) not in _NUMBERS:
+            return None  # a tensor learning rate (capturable schedules) is not the C pass's float
+        momentum = float(momentum)
+        buf = state[p].get("momentum_buffer") if momentum else None
         first = momentum != 0 and buf is None
         if first:
             buf = torch.empty_like(p, memory_format=torch.contiguous_format)
         if buf is not None and not (buf.dtype == torch.float32 and buf.is_contiguous() and buf.device.type == "cpu"):
             return None
-        step.lrs.append(float(group["lr"]))
-        step.wds.append(float(group["weight_decay"]))
+        step.lrs.append(float(lr))
+        step.wds.append(float(wd))
         step.momenta.append(momentum)
         step.bufs.append(buf)
         step.first.append(int(first))
     return step
+
+
+_NUMBERS = (float, int)
 
 
 class _NativePass:

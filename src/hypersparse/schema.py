@@ -415,8 +415,9 @@ SCORES = Dict({"epoch": Optional(EPOCH), "val_acc": UNIT, "test_acc": UNIT, "spa
                "numel": COUNT, "run_dir": Str(1024)}, required=("val_acc", "test_acc"))
 METRICS_ROW = Dict({
     "epoch": EPOCH, "phase": NAME, "event": NAME, "lr": Float(0), "loss": Float(0), "train_acc": UNIT,
-    "val_acc": UNIT, "sparsity": UNIT, "seconds": Float(0), "measure_seconds": Float(0), "stats_seconds": Float(0),
-    "lambda": Float(0), "pruned_acc": Optional(UNIT), "dense_acc": Optional(UNIT), "pruned_mass": Optional(UNIT),
+    "val_acc": UNIT, "sparsity": UNIT, "seconds": Float(0), "train_seconds": Float(0), "measure_seconds": Float(0),
+    "stats_seconds": Float(0), "lambda": Float(0), "pruned_acc": Optional(UNIT), "dense_acc": Optional(UNIT),
+    "pruned_mass": Optional(UNIT),
     "val_acc_after_stop": UNIT, "chosen_epoch": Optional(EPOCH),
 }, required=("epoch", "phase", "event", "train_acc", "val_acc", "sparsity"), extra=JSON(3, finite=False))
 FLOATS = List(Float(finite=False), 1 << 16)

@@ -17,7 +17,8 @@ NAMES = {"loss": "loss/train", "train_acc": "acc/train", "val_acc": "acc/val", "
          "target_sparsity": "sparsity/target", "lr": "schedule/lr", "lambda": "art/lambda",
          "pruned_acc": "art/pruned_acc", "dense_acc": "art/dense_acc", "buffer_mean": "art/buffer_mean",
          "pruned_mass": "art/pruned_mass", "eta": "art/eta", "seconds": "time/epoch_seconds"}
-SKIP = ("epoch", "measure_seconds", "stats_seconds", "val_acc_after_stop", "chosen_epoch", "lambda_init")
+SKIP = ("epoch", "train_seconds", "measure_seconds", "stats_seconds", "val_acc_after_stop", "chosen_epoch",
+        "lambda_init")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
