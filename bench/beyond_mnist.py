@@ -236,6 +236,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
               "**Where ART + HyperSparse (defaults) is behind** a baseline by more than one standard deviation (of the "
               "two cells, the larger): " + behind(runs, exp, sparsities) + "\n",
               *diagnosis(runs, exp, sparsities),
+              *causes(runs, exp, sparsities),
               *every_run(runs)]
     lines += ["\n</details>\n", f"Raw results: [runs/beyond/](runs/beyond/) (`{exp}-*.json`).\n"]
     return "\n".join(lines)
@@ -253,6 +254,28 @@ def behind(runs: list[dict], exp: str, sparsities: list[float]) -> str:
                     found.append(f"{LABELS[m]} at {100 * k:g} % ({statistics.mean(theirs):.2f} against "
                                  f"{statistics.mean(ours):.2f})")
     return ("; ".join(found) + ".") if found else "nowhere in this table (cells with at least two seeds)."
+
+
+def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
+    """Each suspected cause changed alone from ART's defaults (seed 0), beside the defaults and GMP: validation
+    accuracy (what decides) first, test error after it."""
+    if not any(r["experiment"] == exp and r["method"] in CAUSES for r in runs):
+        return []
+    lines = ["Suspected causes, each changed alone from ART's defaults (seed 0; validation accuracy decides, test "
+             "error is shown after it):\n",
+             "| sparsity | run | what changed | val. acc. % | test error % | regularization epochs |",
+             "|---|---|---|---:|---:|---:|"]
+    for k in sparsities:
+        here = {r["method"]: r for r in runs if r["seed"] == 0 and r["sparsity"] == k}
+        for m, what in [("art-hs", "nothing (defaults)"), *((c, CAUSES[c][0]) for c in CAUSES),
+                        ("gmp", "GMP at the defaults' budget")]:
+            r = here.get(m)
+            if r is None or r["test_error"] is None:
+                continue
+            label = LABELS.get(m, f"`{m}`")
+            lines.append(f"| {100 * k:g} % | {label} | {what} | {100 * r['val_acc']:.2f} | {r['test_error']:.2f} | "
+                         f"{reg_epochs(r) if m != 'gmp' else r['epochs'].get('prune', '-')} |")
+    return lines + [""]
 
 
 def art_story(r: dict) -> dict:
