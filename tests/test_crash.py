@@ -213,9 +213,11 @@ def test_report_reads_a_run_whose_logs_end_in_a_cut_line(reference, tmp_path):
 def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
     import errno
 
-    from hypersparse import checkpoint, run_write
+    from hypersparse import checkpoint, export, report, run_write  # noqa: F401
     from hypersparse.cli import main
 
+    # export and report bind atomic_write when first imported: imported here, before the patch, a module the run
+    # loads lazily cannot keep the patched function for the rest of the session
     def full(path, write, mode="wb"):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

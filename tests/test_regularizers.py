@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 import hypersparse as hs
 from hypersparse.regularizers import INFLECTION
@@ -420,6 +421,29 @@ def test_the_fused_pass_declines_an_optimizer_it_does_not_write_out_and_changes_
     before = [(p.detach().clone(), p.grad.clone()) for p in params]
     assert hs.HyperSparse(model, 0.98).step_sgd_(opt, 1e-4) is False
     assert all(torch.equal(p, w) and torch.equal(p.grad, g) for p, (w, g) in zip(params, before))
+
+
+def test_the_fused_pass_runs_beside_masks_on_another_model_and_a_global_hook_of_the_users_stops_it():
+    """Masks anywhere in the process install the masks' global step hook, which only zeroes masked weights: the
+    fused pass still runs for an unmasked model (the regularization step stays fast). A global hook of the user's
+    may do anything, so the pass declines then."""
+    from hypersparse import native
+
+    if native.hypersparse_sgd_kernel() is None:
+        pytest.skip("no C compiler")
+    other = nn.Linear(8, 8)
+    handle = hs.apply_masks_(other, hs.magnitude_masks(other, 0.5), torch.optim.SGD(other.parameters(), lr=0.1))
+    try:
+        _, said, _ = _train_steps(True, torch.optim.SGD, steps=3, lr=0.1, momentum=0.9)
+        assert all(said)
+        users = torch_optimizer.register_optimizer_step_post_hook(lambda *a: None)
+        try:
+            _, said, _ = _train_steps(True, torch.optim.SGD, steps=2, lr=0.1, momentum=0.9)
+            assert not any(said)
+        finally:
+            users.remove()
+    finally:
+        handle.remove()
 
 
 def test_adam_through_the_driver_step_still_gets_the_hypersparse_gradient():
