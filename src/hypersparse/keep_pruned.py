@@ -422,41 +422,14 @@ def apply_masks_(
     targets = _targets(model_or_params, masks, filter)
     check_leaves(targets)
     if optimizer is not None and targets:
-        held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
-        if not any(id(t) in held for t in targets.values()):  # it would enforce the mask on nothing it trains
-            raise ValueError("the optimizer holds none of the masked tensors; pass the optimizer that trains this "
-                             "model (built on its parameters), or none")
+        _check_holds(optimizer, targets)
     keeps = {n: _as_keep(n, masks[n], t) for n, t in targets.items()}
     handle = MaskHandle(optimizer)
-    model = model_or_params if isinstance(model_or_params, nn.Module) else None
     _take_over(targets.values())
-    if model is None:
-        handle._entries = [_Entry(n, None, None, t, keeps[n]) for n, t in targets.items()]
-        if optimizer is None:
-            for e in handle._entries:
-                if e.tensor.requires_grad:
-                    e.hook = e.tensor.register_hook(
-                        lambda g, e=e, derived=_Derived(): g.masked_fill(derived.get(e.keep, None, g.device), 0))
+    if isinstance(model_or_params, nn.Module):
+        _install_on_model(handle, model_or_params, targets, keeps)
     else:
-        by_module: dict[str, list[str]] = {}
-        for name in targets:
-            prefix, _, attr = name.rpartition(".")
-            by_module.setdefault(prefix, []).append(attr)
-        for prefix, attrs in by_module.items():
-            module = model.get_submodule(prefix)
-            _uninstall(module)  # masks installed earlier on this module are replaced, not stacked
-            for attr in attrs:
-                name = f"{prefix}.{attr}" if prefix else attr
-                module.register_buffer(_suffix(attr), keeps[name], persistent=False)
-                handle._entries.append(_Entry(name, module, attr, targets[name], keeps[name]))
-            keeper = Keeper(attrs, handle)
-            module.register_forward_pre_hook(keeper.before_forward)
-            module.register_load_state_dict_post_hook(keeper.after_load)
-            handle._modules[id(module)] = module
-            if optimizer is not None:
-                keeper.adopt(module)  # the optimizer's hooks enforce this module's own tensors
-            else:
-                keeper.cover(module)
+        _install_on_tensors(handle, targets, keeps)
     for e in handle._entries:
         _OWNERS[id(e.tensor)] = (weakref.ref(e.tensor), weakref.ref(handle))
     _changed()
@@ -467,3 +440,44 @@ def apply_masks_(
         if type(optimizer) not in ZERO_STAYS_ZERO:
             handle._hooks.append(optimizer.register_step_post_hook(handle._mask_weights))
     return handle
+
+
+def _check_holds(optimizer: torch.optim.Optimizer, targets: dict[str, torch.Tensor]) -> None:
+    """An optimizer that trains none of the masked tensors would enforce the mask on nothing: a wrong argument."""
+    held = {id(p) for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+    if not any(id(t) in held for t in targets.values()):
+        raise ValueError("the optimizer holds none of the masked tensors; pass the optimizer that trains this "
+                         "model (built on its parameters), or none")
+
+
+def _install_on_tensors(handle: MaskHandle, targets: dict[str, torch.Tensor], keeps: Masks) -> None:
+    """A list of tensors: the handle keeps the masks; without an optimizer, a gradient hook per tensor."""
+    handle._entries = [_Entry(n, None, None, t, keeps[n]) for n, t in targets.items()]
+    if handle.optimizer is None:
+        for e in handle._entries:
+            if e.tensor.requires_grad:
+                e.hook = e.tensor.register_hook(
+                    lambda g, e=e, derived=_Derived(): g.masked_fill(derived.get(e.keep, None, g.device), 0))
+
+
+def _install_on_model(handle: MaskHandle, model: nn.Module, targets: dict[str, torch.Tensor], keeps: Masks) -> None:
+    """On each module: the masks as buffers and one Keeper (replacing any earlier one), so copies keep them too."""
+    by_module: dict[str, list[str]] = {}
+    for name in targets:
+        prefix, _, attr = name.rpartition(".")
+        by_module.setdefault(prefix, []).append(attr)
+    for prefix, attrs in by_module.items():
+        module = model.get_submodule(prefix)
+        _uninstall(module)  # masks installed earlier on this module are replaced, not stacked
+        for attr in attrs:
+            name = f"{prefix}.{attr}" if prefix else attr
+            module.register_buffer(_suffix(attr), keeps[name], persistent=False)
+            handle._entries.append(_Entry(name, module, attr, targets[name], keeps[name]))
+        keeper = Keeper(attrs, handle)
+        module.register_forward_pre_hook(keeper.before_forward)
+        module.register_load_state_dict_post_hook(keeper.after_load)
+        handle._modules[id(module)] = module
+        if handle.optimizer is not None:
+            keeper.adopt(module)  # the optimizer's hooks enforce this module's own tensors
+        else:
+            keeper.cover(module)
