@@ -446,6 +446,69 @@ def test_the_fused_pass_runs_beside_masks_on_another_model_and_a_global_hook_of_
         handle.remove()
 
 
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-4), (0.0, 1e-4), (0.9, 0.0)])
+def test_sgd_in_c_takes_the_steps_torch_takes(momentum, weight_decay):
+    """A dense epoch's step in C (the driver's, when no regularizer acts) moves every parameter as
+    ``optimizer.step()`` does, over param groups of their own learning rates and a frozen layer, first step
+    included; the same float tolerance as the fused pass's."""
+    from hypersparse import native
+    from hypersparse.models.lenet import LeNet300
+    from hypersparse.regularizers import native_sgd_step_
+
+    if native.sgd_kernel() is None:
+        pytest.skip("no C compiler")
+
+    def run(in_c: bool):
+        torch.manual_seed(0)
+        model = LeNet300()
+        model[-1].weight.requires_grad_(False)  # frozen: no gradient, not stepped by either
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD([{"params": params[:2], "lr": 0.05}, {"params": params[2:]}], lr=0.1,
+                              momentum=momentum, weight_decay=weight_decay)
+        g = torch.Generator().manual_seed(1)
+        took = []
+        for _ in range(12):
+            x, y = torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            took.append(native_sgd_step_(opt) if in_c else False)
+            opt.step()
+        return model, opt, took
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread's work: above 128k entries, more threads leave the step to torch
+    try:
+        (a, opt_a, took), (b, opt_b, _) = run(True), run(False)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(took)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p - q).abs().max() <= 1e-6, name
+        if momentum and p.requires_grad:
+            assert (opt_a.state[p]["momentum_buffer"] - opt_b.state[q]["momentum_buffer"]).abs().max() <= 1e-5
+
+
+def test_sgd_in_c_declines_what_it_does_not_write_out():
+    """Adam, Nesterov, a step hook, a float64 parameter: native_sgd_step_ changes nothing and says so."""
+    from hypersparse.regularizers import native_sgd_step_
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    cases = [torch.optim.Adam(model.parameters()), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                                                    nesterov=True)]
+    hooked = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooked.register_step_pre_hook(lambda *a: None)
+    cases.append(hooked)
+    double = nn.Linear(4, 3).double()
+    cases.append(torch.optim.SGD(double.parameters(), lr=0.1))
+    for opt in cases:
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            p.grad = torch.ones_like(p)
+        before = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        assert native_sgd_step_(opt) is False
+        after = [p for g in opt.param_groups for p in g["params"]]
+        assert all(torch.equal(p, q) and p.grad is not None for p, q in zip(after, before))
+
+
 def test_adam_through_the_driver_step_still_gets_the_hypersparse_gradient():
     """The fallback: with Adam the fused pass declines, and the regularized run equals add_grad_ then Adam's step."""
     a, said, _ = _train_steps(True, torch.optim.Adam, steps=4, lr=1e-3)

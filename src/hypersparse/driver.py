@@ -18,7 +18,7 @@ from hypersparse.compact_training import CompactTraining
 from hypersparse.masks import MaskHandle, apply_masks_
 from hypersparse.method import EpochResult, Method, Score
 from hypersparse.params import Exclude, ModuleFilter
-from hypersparse.regularizers import make_regularizer
+from hypersparse.regularizers import make_regularizer, native_sgd_step_
 from hypersparse.schedule import LAMBDA_INIT, ARTSchedule
 
 CRITERIA = ("matched", "paper")
@@ -109,8 +109,10 @@ class Driver:
         steps), then ``lam * grad(regularizer)`` is added to them.
 
         A loop that owns a plain ``torch.optim.SGD`` passes it: HyperSparse then takes that optimizer's step for the
-        prunable weights in the same pass (:meth:`~hypersparse.HyperSparse.step_sgd_`, their ``.grad`` left None),
-        and the ``optimizer.step()`` the loop calls next moves the other parameters."""
+        prunable weights in the same pass (:meth:`~hypersparse.HyperSparse.step_sgd_`), and the other parameters'
+        step in C too; without a regularizer at work (warm-up, dense epochs) the whole step is taken in C
+        (:func:`~hypersparse.regularizers.native_sgd_step_`). Each ``.grad`` stepped is left None, so the
+        ``optimizer.step()`` the loop calls next moves only what is left."""
         hook = getattr(self.method, "before_step", None)
         if hook is not None:
             hook()
@@ -120,6 +122,8 @@ class Driver:
             fused = getattr(regularizer, "step_sgd_", None)
             if optimizer is None or fused is None or not fused(optimizer, lam):
                 regularizer.add_grad_(lam)
+        elif optimizer is not None:
+            native_sgd_step_(optimizer)
 
     def after_step(self, model: nn.Module) -> None:
         self.method.after_step(model)

@@ -237,7 +237,7 @@ class Trainer:
                 loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under DDP the task gradients are averaged over the ranks here
-            driver.before_step(opt)  # HyperSparse may take SGD's step for the prunable weights here, in one pass
+            driver.before_step(opt)  # SGD's step may be taken here, in C (fused with HyperSparse while it acts)
             opt.step()
             driver.after_step(model)
             total_loss += loss.detach().float() * len(yb)

@@ -234,6 +234,27 @@ void hs_hypersparse_sgd(float *restrict w, const float *restrict g, float *restr
         out[0] = l1; out[1] = total; out[2] = below;
     }
 }
+
+/* SGD's step alone, for the tensors HyperSparse does not regularize and for dense epochs: d = g + wd w, then
+   momentum and update as above. One pass instead of torch's four (and its calls). */
+#define HS_PLAIN_LOOP(STEP)                                                                        \
+    _Pragma("omp simd")                                                                            \
+    for (int64_t i = 0; i < n; ++i) {                                                              \
+        const float x = w[i], d = g[i] + wd * x;                                                   \
+        STEP                                                                                       \
+    }
+
+void hs_sgd(float *restrict w, const float *restrict g, float *restrict buf, int64_t n, float lr, float wd,
+            float mom, int32_t first)
+{
+    if (!buf) {
+        HS_PLAIN_LOOP(w[i] = x - lr * d;)
+    } else if (first) {
+        HS_PLAIN_LOOP(buf[i] = d; w[i] = x - lr * d;)
+    } else {
+        HS_PLAIN_LOOP(const float m = mom * buf[i] + d; buf[i] = m; w[i] = x - lr * m;)
+    }
+}
 """
 
 
@@ -266,7 +287,9 @@ SYMBOLS = {"hs_chain_forward": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_float, ctypes.c_void_p]),
            "hs_hypersparse_sgd": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                          ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
-                                         ctypes.c_float, ctypes.c_int32, ctypes.c_void_p])}
+                                         ctypes.c_float, ctypes.c_int32, ctypes.c_void_p]),
+           "hs_sgd": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+                             ctypes.c_float, ctypes.c_float, ctypes.c_int32])}
 
 
 def _cache_dir() -> Path:
@@ -440,6 +463,13 @@ def hypersparse_sgd_kernel():
     pass fused with SGD's step (:meth:`hypersparse.HyperSparse.step_sgd_`), or None."""
     lib = _library()
     return lib.hs_hypersparse_sgd if lib is not None else None
+
+
+def sgd_kernel():
+    """The compiled ``hs_sgd(w, g, buf, n, lr, weight_decay, momentum, first)``: SGD's step for one float32 tensor
+    (:func:`hypersparse.regularizers.native_sgd_step_`), or None."""
+    lib = _library()
+    return lib.hs_sgd if lib is not None else None
 
 
 def unavailable() -> str | None:
