@@ -179,6 +179,8 @@ CASES = [
     ("eval-ddp-prefixed-state-dict", lambda t, r: ["eval", str(_state_dict_file(
         t / "d.pt", lambda sd: {"module." + k: v for k, v in sd.items()})), "--model", "mlp", "--dataset", "digits"],
      "'module.' prefix"),
+    ("resume-version-a-str", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c.update(version=str(c["version"]))))], "a str, where an integer"),  # trial 31d K_ver_str
     ("resume-checkpoint-a-list", lambda t, r: ["train", "--resume", str(_replace_pt(r, "checkpoint.pt", [1]))],
      "checkpoint.pt"),
     ("resume-with-flag", lambda t, r: ["train", "--resume", str(r), "--sparsity", "0.5"], "--sparsity"),
@@ -230,6 +232,10 @@ CASES = [
     ("report-out-a-file", lambda t, r: ["report", str(r), "--out", str(_write(t / "f.txt", "x"))], "f.txt"),
     ("report-metrics-garbage", lambda t, r: ["report", str(_garble(r, "metrics.jsonl"))], "metrics.jsonl"),
     ("report-config-corrupt", lambda t, r: ["report", str(_corrupt(r, "config.json"))], "config.json"),
+    ("report-stats-empty", lambda t, r: ["report", str(_write(r / "stats.jsonl", "").parent)],
+     "stats.jsonl is empty or damaged"),  # trial 31d R005: was "has no stats.jsonl"
+    ("report-stats-cut-mid-line", lambda t, r: ["report", str(_write(r / "stats.jsonl", '{"epoch": 1, "ph').parent)],
+     "stats.jsonl is empty or damaged"),
     # tune
     ("tune-study-dir-a-file", lambda t, r: ["tune", "--study-dir", str(_write(t / "afile", "x")), "--trials", "1"],
      "afile"),

@@ -113,6 +113,9 @@ def load_run_checkpoint(path: str | Path) -> dict:
     """A run's ``checkpoint.pt``, checked to be of this version's layout and against its schema."""
     ckpt = load_checkpoint(path, "checkpoint")
     version = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if version is not None and type(version) is not int:  # '3' would read as "version '3'; this reads version 3"
+        raise UserError(f"checkpoint {path} has layout version {version!r}, a {type(version).__name__}, where an "
+                        f"integer ({VERSION}) belongs: the checkpoint is damaged; start the run again")
     if version != VERSION:
         raise UserError(f"checkpoint {path} has layout version {version!r}; this hypersparse reads version {VERSION}: "
                         "start the run again (or resume it with the hypersparse that wrote it)")
