@@ -132,6 +132,10 @@ CASES = [
     ("config-unknown-key", lambda t, r: ["train", "--config", str(_write(t / "c.json", '{"art": {"nosuch": 1}}'))],
      "nosuch"),
     ("config-not-utf8", lambda t, r: ["train", "--config", str(_write(t / "c.toml", b"eta = \xff\xfe"))], "c.toml"),
+    ("config-json-key-twice", lambda t, r: ["train", "--config", str(_write(
+        t / "c.json", '{"sparsity": {"sparsity": 0.9, "sparsity": 0.5}}'))], "key 'sparsity' appears twice"),  # G014
+    ("config-toml-key-twice", lambda t, r: ["train", "--config", str(_write(
+        t / "c.toml", "[sparsity]\nsparsity = 0.9\nsparsity = 0.5\n"))], "c.toml"),
     ("config-is-a-list", lambda t, r: ["train", "--config", str(_write(t / "c.json", "[1, 2]"))], "c.json"),
     ("config-a-directory", lambda t, r: ["train", "--config", str(t)], "work"),
     # train: data

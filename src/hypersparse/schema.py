@@ -355,6 +355,16 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique: with a key twice, json.loads would keep the last one silently."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice; keep one")
+    return out
+
+
 def parse_json(text: str | bytes, allow_nan: bool = False) -> Any:
     """JSON with bounded integers and nesting; ValueError (with the reason) otherwise."""
     if isinstance(text, bytes):
@@ -363,7 +373,8 @@ def parse_json(text: str | bytes, allow_nan: bool = False) -> Any:
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_int=_bounded_int, **({} if allow_nan else {"parse_constant": _no_constant}))
+        return json.loads(text, parse_int=_bounded_int, object_pairs_hook=_unique_keys,
+                          **({} if allow_nan else {"parse_constant": _no_constant}))
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
