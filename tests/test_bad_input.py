@@ -229,6 +229,9 @@ CASES = [
     ("export-summary-corrupt", lambda t, r: ["export", str(_corrupt(r, "summary.json"))], "summary.json"),
     ("export-no-summary", lambda t, r: ["export", str(_remove(r, "summary.json"))], "summary.json"),
     ("export-model-truncated", lambda t, r: ["export", str(_truncate(r, "model.pt"))], "model.pt"),
+    ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
+     "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
+    ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
