@@ -232,6 +232,9 @@ CASES = [
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),
+    ("export-summary-3-class-names", lambda t, r: ["export", str(_edit_summary(r, lambda s: s.update(
+        input=dict(s["input"], classes=["a", "b", "c"])))), "--format", "sparse"],
+     "input.classes names 3 classes, but arch.num_classes (the model's outputs) is 10"),  # trial 31d X006
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
@@ -319,6 +322,13 @@ def _state_dict_file(path: Path, wrap) -> Path:
 
     torch.save(wrap(create_model("mlp", 10, 1, 8).state_dict()), path)
     return path
+
+
+def _edit_summary(run: Path, edit) -> Path:
+    summary = json.loads((run / "summary.json").read_text())
+    edit(summary)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
 
 
 def _remove(run: Path, name: str) -> Path:

@@ -251,3 +251,29 @@ def test_raw_pixels_into_every_export_give_the_runs_accuracy(tmp_path):
     for fmt, acc in scores.items():
         assert abs(acc - summary["sparse"]["test_acc"]) <= 1 / len(labels), (fmt, acc, summary["sparse"]["test_acc"])
     assert summary["sparse"]["test_acc"] > 0.5 and np.isfinite(list(scores.values())).all()
+
+
+def test_save_sparse_refuses_what_load_sparse_would_reject_and_writes_nothing(tmp_path):
+    """Trial 31d A121: inputs std=[0] was written, then refused as damaged by load_sparse and eval."""
+    model = create_model("mlp", 10, 1, 8)
+    arch = {"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    path = tmp_path / "m.sparse.safetensors"
+    with pytest.raises(ValueError, match=r"input.std\[0\] must be a number > 0, got 0; a file with it would not load"):
+        save_sparse(model, path, arch, {"mean": [0.0], "std": [0]})
+    with pytest.raises(ValueError, match="input.classes names 3 classes, but arch.num_classes"):
+        save_sparse(model, path, arch, {"classes": ["a", "b", "c"]})
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda p, m: save_sparse(None, p), "save_sparse expects model to be a torch.nn.Module, got NoneType"),
+    (lambda p, m: load_sparse(p, model="mlp"), "load_sparse expects model to be a torch.nn.Module, got str"),
+    (lambda p, m: load_sparse(p, trust_code="yes"), "trust_code must be True or False, got 'yes'"),
+])
+def test_sparse_files_api_wrong_types_are_type_errors(tmp_path, call, needle):
+    """Trial 31d A124/A130/A305: AttributeError from deep inside, and a str taken as trust_code=True."""
+    model = create_model("mlp", 10, 1, 8)
+    path = tmp_path / "m.sparse.safetensors"
+    save_sparse(model, path, {"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 8})
+    with pytest.raises(TypeError, match=needle):
+        call(path, model)

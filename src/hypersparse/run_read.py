@@ -63,7 +63,7 @@ SUMMARY_SPEC = schema.Dict({
     "distributed": schema.JSON(3),
     "art": schema.Optional(schema.JSON(2)),  # ART's course (run_write.art_course), for the end summary
     "threads": schema.JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
-}, required=("config", "sparse", "epochs", "arch"))
+}, required=("config", "sparse", "epochs", "arch"), then=schema.classes_fit)
 CHECKPOINT_SPEC = schema.Dict({
     "version": schema.Int(), "identity": schema.Str(64), "config": SETTINGS, "model": schema.STATE,
     "optimizer": schema.OPTIMIZER,
