@@ -277,3 +277,14 @@ def test_sparse_files_api_wrong_types_are_type_errors(tmp_path, call, needle):
     save_sparse(model, path, {"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 8})
     with pytest.raises(TypeError, match=needle):
         call(path, model)
+
+
+@pytest.mark.parametrize("example,error,needle", [
+    ([torch.zeros(4, 8)], TypeError, "sparse_inference expects example to be a tensor .one input batch., got list"),
+    (torch.zeros(4, 9), ValueError, r"the example \(shape \(4, 9\)\) does not fit the model: mat1 and mat2 shapes"),
+], ids=["a-list", "wrong-shape"])
+def test_sparse_inference_example_that_is_no_input_of_the_model(example, error, needle):
+    """Trial 31d A104/A108: an AttributeError for a list, the model's raw RuntimeError for a wrong shape."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(error, match=needle):
+        sparse_inference(model, example, reps=1)
