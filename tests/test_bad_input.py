@@ -542,7 +542,7 @@ def test_a_sparse_file_whose_row_repeats_a_column_is_refused(finished, tmp_path,
     assert code == 2 and len(err) == 1 and name in err[0], err
 
 
-def _foreign_onnx(run: Path, kind: str) -> Path:
+def _foreign_onnx(run: Path, kind: str, record: str | None = None) -> Path:
     """An ONNX file written by someone else into a copy of the digits run (with hypersparse's input record, so eval
     takes it): ``argmax`` gives class ids instead of scores, ``half`` takes float16 input, ``loop`` runs a Loop of
     10**15 iterations before its scores."""
@@ -550,8 +550,8 @@ def _foreign_onnx(run: Path, kind: str) -> Path:
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    record = json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
-                         "classes": None})
+    record = record or json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
+                                   "classes": None})
     dtype = TensorProto.FLOAT16 if kind == "half" else TensorProto.FLOAT
     classes = 3 if kind == "three" else 10
     w = helper.make_tensor("W", dtype, [64, classes], [0.01] * 64 * classes)
@@ -593,6 +593,22 @@ def test_a_foreign_onnx_graph_that_gives_no_scores_is_one_line(kind, needle, fin
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     code = main(["eval", str(_foreign_onnx(run, kind))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("record,needle", [
+    ("{not json", "its metadata record hypersparse.input is not valid JSON"),
+    ("[1, 2]", "its metadata record hypersparse.input must be an object, got"),
+    (json.dumps({"mean": [78.0], "std": [0.0]}), "its metadata record hypersparse.input.std[0] must be a number > 0"),
+    (json.dumps({"mean": [78.0], "std": [96.0], "classes": ["a", "b", "c"]}),
+     "scores 10 classes but its hypersparse.input record names 3"),
+], ids=["not-json", "an-array", "std-zero", "3-class-names-for-10"])
+def test_an_onnx_input_record_that_is_damaged_is_one_line(record, needle, finished, tmp_path, capsys):
+    """Trial 31d O_notjson/O_array: the record was read unchecked ("{not json" and an array passed silently)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    code = main(["eval", str(_foreign_onnx(run, "plain", record))])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
 

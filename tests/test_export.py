@@ -12,7 +12,7 @@ from hypersparse import native
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.errors import UserError
-from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse.export import export_onnx, load_sparse, load_sparse_state, save_sparse
 from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.models import create_model
 
@@ -288,3 +288,16 @@ def test_sparse_inference_example_that_is_no_input_of_the_model(example, error, 
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     with pytest.raises(error, match=needle):
         sparse_inference(model, example, reps=1)
+
+
+@pytest.mark.parametrize("inputs,needle", [
+    ({"mean": [78.0], "std": [0.0]}, r"inputs.std\[0\] must be a number > 0"),
+    ({"classes": ["a", "b", "c"]}, "inputs names 3 classes but the model scores 10"),
+], ids=["std-zero", "3-class-names-for-10"])
+def test_export_onnx_refuses_an_input_record_eval_would_refuse(tmp_path, inputs, needle):
+    """Writers do not accept what readers reject (trial 31d O_notjson/O_array, X006, from the writer's side)."""
+    pytest.importorskip("onnx")
+    model = create_model("mlp", 10, 1, 8)
+    with pytest.raises(ValueError, match=needle):
+        export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx", inputs)
+    assert not (tmp_path / "m.onnx").exists()

@@ -23,7 +23,7 @@ from torch import nn
 from hypersparse.checkpoint import atomic_write, temporary, temporary_name
 from hypersparse.errors import UserError, refuse_builtin_override
 from hypersparse.keep_pruned import strip_masks_
-from hypersparse.schema import SPARSE_META, SchemaError, parse_json, regular_file
+from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
 _INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
@@ -305,10 +305,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
         from onnx import helper, numpy_helper
     except ImportError as exc:
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
+    _require_module(model, "export_onnx")
+    if inputs:  # checked as eval checks the record it reads back
+        try:
+            INPUT.check(parse_json(json.dumps(inputs)), "inputs")
+        except ValueError as exc:
+            raise ValueError(f"export_onnx: {exc}; eval would refuse the file, so none was written") from None
     path = Path(path)
     model = strip_masks_(copy.deepcopy(model)).eval().cpu()  # the graph holds the zeros, not the mask's hooks
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
+    classes = (inputs or {}).get("classes")
+    if classes is not None:
+        with torch.no_grad():
+            scores = model(example)
+        if scores.shape[-1] != len(classes):
+            raise ValueError(f"export_onnx: inputs names {len(classes)} classes but the model scores "
+                             f"{scores.shape[-1]}: give one name per output (nothing was written)")
     tmp_dir = temporary_name(path)  # a folder: torch writes large models as several files
     with temporary(tmp_dir):
         try:
