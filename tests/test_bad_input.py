@@ -132,6 +132,10 @@ CASES = [
     ("config-unknown-key", lambda t, r: ["train", "--config", str(_write(t / "c.json", '{"art": {"nosuch": 1}}'))],
      "nosuch"),
     ("config-not-utf8", lambda t, r: ["train", "--config", str(_write(t / "c.toml", b"eta = \xff\xfe"))], "c.toml"),
+    ("config-json-key-twice", lambda t, r: ["train", "--config", str(_write(
+        t / "c.json", '{"sparsity": {"sparsity": 0.9, "sparsity": 0.5}}'))], "key 'sparsity' appears twice"),  # G014
+    ("config-toml-key-twice", lambda t, r: ["train", "--config", str(_write(
+        t / "c.toml", "[sparsity]\nsparsity = 0.9\nsparsity = 0.5\n"))], "c.toml"),
     ("config-is-a-list", lambda t, r: ["train", "--config", str(_write(t / "c.json", "[1, 2]"))], "c.json"),
     ("config-a-directory", lambda t, r: ["train", "--config", str(t)], "work"),
     # train: data
@@ -179,6 +183,8 @@ CASES = [
     ("eval-ddp-prefixed-state-dict", lambda t, r: ["eval", str(_state_dict_file(
         t / "d.pt", lambda sd: {"module." + k: v for k, v in sd.items()})), "--model", "mlp", "--dataset", "digits"],
      "'module.' prefix"),
+    ("resume-version-a-str", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c.update(version=str(c["version"]))))], "a str, where an integer"),  # trial 31d K_ver_str
     ("resume-checkpoint-a-list", lambda t, r: ["train", "--resume", str(_replace_pt(r, "checkpoint.pt", [1]))],
      "checkpoint.pt"),
     ("resume-with-flag", lambda t, r: ["train", "--resume", str(r), "--sparsity", "0.5"], "--sparsity"),
@@ -223,6 +229,12 @@ CASES = [
     ("export-summary-corrupt", lambda t, r: ["export", str(_corrupt(r, "summary.json"))], "summary.json"),
     ("export-no-summary", lambda t, r: ["export", str(_remove(r, "summary.json"))], "summary.json"),
     ("export-model-truncated", lambda t, r: ["export", str(_truncate(r, "model.pt"))], "model.pt"),
+    ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
+     "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
+    ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),
+    ("export-summary-3-class-names", lambda t, r: ["export", str(_edit_summary(r, lambda s: s.update(
+        input=dict(s["input"], classes=["a", "b", "c"])))), "--format", "sparse"],
+     "input.classes names 3 classes, but arch.num_classes (the model's outputs) is 10"),  # trial 31d X006
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
@@ -230,6 +242,10 @@ CASES = [
     ("report-out-a-file", lambda t, r: ["report", str(r), "--out", str(_write(t / "f.txt", "x"))], "f.txt"),
     ("report-metrics-garbage", lambda t, r: ["report", str(_garble(r, "metrics.jsonl"))], "metrics.jsonl"),
     ("report-config-corrupt", lambda t, r: ["report", str(_corrupt(r, "config.json"))], "config.json"),
+    ("report-stats-empty", lambda t, r: ["report", str(_write(r / "stats.jsonl", "").parent)],
+     "stats.jsonl is empty or damaged"),  # trial 31d R005: was "has no stats.jsonl"
+    ("report-stats-cut-mid-line", lambda t, r: ["report", str(_write(r / "stats.jsonl", '{"epoch": 1, "ph').parent)],
+     "stats.jsonl is empty or damaged"),
     # tune
     ("tune-study-dir-a-file", lambda t, r: ["tune", "--study-dir", str(_write(t / "afile", "x")), "--trials", "1"],
      "afile"),
@@ -306,6 +322,13 @@ def _state_dict_file(path: Path, wrap) -> Path:
 
     torch.save(wrap(create_model("mlp", 10, 1, 8).state_dict()), path)
     return path
+
+
+def _edit_summary(run: Path, edit) -> Path:
+    summary = json.loads((run / "summary.json").read_text())
+    edit(summary)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
 
 
 def _remove(run: Path, name: str) -> Path:
@@ -519,7 +542,7 @@ def test_a_sparse_file_whose_row_repeats_a_column_is_refused(finished, tmp_path,
     assert code == 2 and len(err) == 1 and name in err[0], err
 
 
-def _foreign_onnx(run: Path, kind: str) -> Path:
+def _foreign_onnx(run: Path, kind: str, record: str | None = None) -> Path:
     """An ONNX file written by someone else into a copy of the digits run (with hypersparse's input record, so eval
     takes it): ``argmax`` gives class ids instead of scores, ``half`` takes float16 input, ``loop`` runs a Loop of
     10**15 iterations before its scores."""
@@ -527,8 +550,8 @@ def _foreign_onnx(run: Path, kind: str) -> Path:
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
-    record = json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
-                         "classes": None})
+    record = record or json.dumps({"layout": "NCHW", "pixel_range": [0.0, 255.0], "mean": [78.0], "std": [96.0],
+                                   "classes": None})
     dtype = TensorProto.FLOAT16 if kind == "half" else TensorProto.FLOAT
     classes = 3 if kind == "three" else 10
     w = helper.make_tensor("W", dtype, [64, classes], [0.01] * 64 * classes)
@@ -570,6 +593,22 @@ def test_a_foreign_onnx_graph_that_gives_no_scores_is_one_line(kind, needle, fin
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     code = main(["eval", str(_foreign_onnx(run, kind))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("record,needle", [
+    ("{not json", "its metadata record hypersparse.input is not valid JSON"),
+    ("[1, 2]", "its metadata record hypersparse.input must be an object, got"),
+    (json.dumps({"mean": [78.0], "std": [0.0]}), "its metadata record hypersparse.input.std[0] must be a number > 0"),
+    (json.dumps({"mean": [78.0], "std": [96.0], "classes": ["a", "b", "c"]}),
+     "scores 10 classes but its hypersparse.input record names 3"),
+], ids=["not-json", "an-array", "std-zero", "3-class-names-for-10"])
+def test_an_onnx_input_record_that_is_damaged_is_one_line(record, needle, finished, tmp_path, capsys):
+    """Trial 31d O_notjson/O_array: the record was read unchecked ("{not json" and an array passed silently)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    code = main(["eval", str(_foreign_onnx(run, "plain", record))])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
 

@@ -34,3 +34,17 @@ def test_no_guess_for_a_name_like_nothing():
     from hypersparse.errors import did_you_mean
 
     assert did_you_mean("qqqq", ["mlp", "lenet300"]) == ""
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["tune", "--lambda-init", "1e-4"], "tune searches lambda_init itself: set its range with --lambda-range"),
+    (["tune", "--resume", "r"], "--resume is train's"),
+    (["eval", "r", "--sparsity", "0.5"], "--sparsity is not a flag of 'eval'"),
+])
+def test_a_flag_of_another_command_is_named_not_suggested_to_itself(args, needle, capsys):
+    """Trial 31d U016/U018: '--lambda-init (did you mean --lambda-init?)' went round in circles."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert "did you mean" not in err[0]

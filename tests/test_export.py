@@ -12,7 +12,7 @@ from hypersparse import native
 from hypersparse.config import TrainConfig
 from hypersparse.engine import train
 from hypersparse.errors import UserError
-from hypersparse.export import load_sparse, load_sparse_state, save_sparse
+from hypersparse.export import export_onnx, load_sparse, load_sparse_state, save_sparse
 from hypersparse.inference import CompactMLP, find_chains, sparse_inference
 from hypersparse.models import create_model
 
@@ -251,3 +251,53 @@ def test_raw_pixels_into_every_export_give_the_runs_accuracy(tmp_path):
     for fmt, acc in scores.items():
         assert abs(acc - summary["sparse"]["test_acc"]) <= 1 / len(labels), (fmt, acc, summary["sparse"]["test_acc"])
     assert summary["sparse"]["test_acc"] > 0.5 and np.isfinite(list(scores.values())).all()
+
+
+def test_save_sparse_refuses_what_load_sparse_would_reject_and_writes_nothing(tmp_path):
+    """Trial 31d A121: inputs std=[0] was written, then refused as damaged by load_sparse and eval."""
+    model = create_model("mlp", 10, 1, 8)
+    arch = {"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    path = tmp_path / "m.sparse.safetensors"
+    with pytest.raises(ValueError, match=r"input.std\[0\] must be a number > 0, got 0; a file with it would not load"):
+        save_sparse(model, path, arch, {"mean": [0.0], "std": [0]})
+    with pytest.raises(ValueError, match="input.classes names 3 classes, but arch.num_classes"):
+        save_sparse(model, path, arch, {"classes": ["a", "b", "c"]})
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda p, m: save_sparse(None, p), "save_sparse expects model to be a torch.nn.Module, got NoneType"),
+    (lambda p, m: load_sparse(p, model="mlp"), "load_sparse expects model to be a torch.nn.Module, got str"),
+    (lambda p, m: load_sparse(p, trust_code="yes"), "trust_code must be True or False, got 'yes'"),
+])
+def test_sparse_files_api_wrong_types_are_type_errors(tmp_path, call, needle):
+    """Trial 31d A124/A130/A305: AttributeError from deep inside, and a str taken as trust_code=True."""
+    model = create_model("mlp", 10, 1, 8)
+    path = tmp_path / "m.sparse.safetensors"
+    save_sparse(model, path, {"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 8})
+    with pytest.raises(TypeError, match=needle):
+        call(path, model)
+
+
+@pytest.mark.parametrize("example,error,needle", [
+    ([torch.zeros(4, 8)], TypeError, "sparse_inference expects example to be a tensor .one input batch., got list"),
+    (torch.zeros(4, 9), ValueError, r"the example \(shape \(4, 9\)\) does not fit the model: mat1 and mat2 shapes"),
+], ids=["a-list", "wrong-shape"])
+def test_sparse_inference_example_that_is_no_input_of_the_model(example, error, needle):
+    """Trial 31d A104/A108: an AttributeError for a list, the model's raw RuntimeError for a wrong shape."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(error, match=needle):
+        sparse_inference(model, example, reps=1)
+
+
+@pytest.mark.parametrize("inputs,needle", [
+    ({"mean": [78.0], "std": [0.0]}, r"inputs.std\[0\] must be a number > 0"),
+    ({"classes": ["a", "b", "c"]}, "inputs names 3 classes but the model scores 10"),
+], ids=["std-zero", "3-class-names-for-10"])
+def test_export_onnx_refuses_an_input_record_eval_would_refuse(tmp_path, inputs, needle):
+    """Writers do not accept what readers reject (trial 31d O_notjson/O_array, X006, from the writer's side)."""
+    pytest.importorskip("onnx")
+    model = create_model("mlp", 10, 1, 8)
+    with pytest.raises(ValueError, match=needle):
+        export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx", inputs)
+    assert not (tmp_path / "m.onnx").exists()

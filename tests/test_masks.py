@@ -443,3 +443,13 @@ def test_a_step_that_computes_its_gradients_in_a_closure_keeps_the_mask(how):
         opt.step(closure) if how == "positional" else opt.step(closure=closure)
     assert all(torch.all(p[~masks[n]] == 0) for n, p in hs.prunable_parameters(model))
     assert all(torch.all(opt.state[p]["momentum_buffer"][~masks[n]] == 0) for n, p in hs.prunable_parameters(model))
+
+
+@pytest.mark.parametrize("call", [lambda x: hs.sparsity_report(x), lambda x: magnitude_masks(x, 0.9),
+                                  lambda x: hs.HyperSparse(x, 0.9)], ids=["sparsity_report", "magnitude_masks",
+                                                                         "HyperSparse"])
+@pytest.mark.parametrize("wrong", [5, None, torch.zeros(3, 3)], ids=["int", "None", "a bare tensor"])
+def test_neither_a_model_nor_tensors_is_a_type_error_that_says_what_is_expected(call, wrong):
+    """Trial 31d A068/A069: "'int' object is not iterable" did not say what to pass."""
+    with pytest.raises(TypeError, match=r"expected a model \(an nn.Module\) or a list of tensors"):
+        call(wrong)

@@ -129,6 +129,9 @@ def test_pruned_copy_is_scored_at_target_and_model_restored():
     ("l1", {"sparsity": 1.0}, "sparsity"),
     ("hs", {"sparsity": 0.8}, "one value"),
     ("l1", {"sparsity": 0.9, "lambda_init": -1}, "positive"),
+    ("hs", {"finetune_epochs": 1.5}, r"finetune_epochs must be an integer >= 0, got 1.5"),  # trial 31d A217
+    ("hs", {"finetune_epochs": -1}, r"finetune_epochs must be an integer >= 0"),
+    ("hs", {"warmup_epochs": 2.5}, r"warmup_epochs must be an integer >= 0"),
 ])
 def test_art_validates_settings(regularizer, kwargs, match):
     reg = hs.L1(make_mlp()) if regularizer == "l1" else hs.HyperSparse(make_mlp(), 0.9)

@@ -561,8 +561,9 @@ def _first(meta):
     lambda m: m["arch"].update(model=5),
     lambda m: m.update(input={"mean": "grey", "std": [1.0]}),
     lambda m: m.update(arch=[1, 2]),
+    lambda m: m.update(input=dict(m["input"], classes=["a", "b", "c"])),  # trial 31d A301/T_st_classes3
 ], ids=["entry-a-list", "negative-size", "dtype-a-number", "rows-a-word", "classes-a-word", "model-a-number",
-        "input-mean-a-word", "arch-a-list"])
+        "input-mean-a-word", "arch-a-list", "3-class-names-for-10"])
 def test_sparse_metadata_of_wrong_types_or_negative_sizes_is_one_line(edit, run, tmp_path, capsys):
     path = _sparse_with_meta(run, tmp_path, edit)
     code, err = run_cli(["eval", str(path)], capsys)

@@ -140,9 +140,16 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             raise
 
 
+def _not_stdout(path: str | Path, flag: str, what: str = "file") -> None:
+    """Refuse ``-``: by Unix habit it means stdout, but a binary file or a folder named "-" would appear instead."""
+    if str(path) == "-":
+        raise UserError(f"{flag} - is not stdout here; name a {what}")
+
+
 def output_file(path: str | Path, flag: str) -> Path:
     """``path`` if a file can be written there (its folder exists, and it is absent or a regular file), else
     UserError."""
+    _not_stdout(path, flag)
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name inside it")
@@ -156,6 +163,7 @@ def output_file(path: str | Path, flag: str) -> Path:
 
 def output_folder(path: str | Path, flag: str) -> Path:
     """Create folder ``path`` if needed and return it, or raise UserError saying why it cannot be written."""
+    _not_stdout(path, flag, "folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")

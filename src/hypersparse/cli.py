@@ -25,6 +25,15 @@ from hypersparse.schedule import ARTDidNotConverge
 
 
 class _Parser(argparse.ArgumentParser):
+    command: str | None = None  # the subcommand typed, for a hint about a flag that belongs to another one
+
+    def parse_args(self, args=None, namespace=None):  # argparse's own, keeping the subcommand for the hint
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.command = getattr(namespace, "command", None)
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return namespace
+
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
         message += _flag_hint(self, message)
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
@@ -46,7 +55,22 @@ def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
     if not close:  # perhaps a plugin's own flag: plugins are loaded by --plugin before the flags are read
         return " (if a plugin defines it, load the plugin first: --plugin NAME)"
     name = close.split("'")[1]
+    if name == wrong and name not in settings:  # another subcommand's flag: not a typo of itself
+        return _elsewhere(wrong, getattr(parser, "command", None))
     return f" (did you mean {settings.get(name, name)}?)"
+
+
+_TUNE_OWN = {"--lambda-init": "tune searches lambda_init itself: set its range with --lambda-range",
+             "--eta": "tune searches eta itself: set its range with --eta-range",
+             "--run-dir": "tune names each trial's run itself: choose the folder with --study-dir",
+             "--resume": "--resume is train's; tune continues a study when you run the same command again"}
+
+
+def _elsewhere(flag: str, command: str | None) -> str:
+    """Why ``flag``, a flag of some other subcommand, is not ``command``'s."""
+    if command == "tune" and flag in _TUNE_OWN:
+        return f" ({_TUNE_OWN[flag]})"
+    return f" ({flag} is not a flag of '{command}')" if command else f" ({flag} is not a flag of this command)"
 
 
 TUNED = ("lambda_init", "eta", "run_dir")  # set by hypersparse tune for each trial

@@ -150,9 +150,11 @@ def evaluate_onnx(path: str | Path, data) -> dict:
         session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own classes for unreadable files
         raise UserError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from None
-    if "hypersparse.input" not in session.get_modelmeta().custom_metadata_map:
+    record = session.get_modelmeta().custom_metadata_map.get("hypersparse.input")
+    if record is None:
         raise UserError(f"{path} was not written by hypersparse export --format onnx (it does not say what input it "
                         "takes); export the run again")
+    classes = _onnx_input_record(record, path).get("classes")
     name = session.get_inputs()[0].name
 
     def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -163,6 +165,9 @@ def evaluate_onnx(path: str | Path, data) -> dict:
             if logits.ndim != 2 or logits.shape[0] != len(y[start : start + 512]) or logits.dtype.kind != "f":
                 raise UserError(f"{path} gives outputs of shape {logits.shape} ({logits.dtype}), not one row of class "
                                 "scores per image; export the run again")
+            if classes is not None and logits.shape[1] != len(classes):
+                raise UserError(f"{path} scores {logits.shape[1]} classes but its hypersparse.input record names "
+                                f"{len(classes)}; the file is damaged: export the run again")
             if logits.shape[1] != data.num_classes:
                 raise UserError(f"{path} scores {logits.shape[1]} classes, the data has {data.num_classes}; give the "
                                 "--dataset it was trained on")
@@ -177,6 +182,21 @@ def evaluate_onnx(path: str | Path, data) -> dict:
           + (f"  sparsity {result['sparsity']:.2%} (of the graph's weight matrices and kernels)" if numel else "")
           + " (onnxruntime, CPU)")
     return result
+
+
+def _onnx_input_record(record: str, path: str | Path) -> dict:
+    """An ONNX file's ``hypersparse.input`` metadata, checked with the schema of the same record in a run's
+    ``summary.json``; one UserError line if it is not that record."""
+    from hypersparse.errors import UserError
+    from hypersparse.schema import INPUT, SchemaError, parse_json
+
+    try:
+        return INPUT.check(parse_json(record), "hypersparse.input")
+    except SchemaError as exc:
+        raise UserError(f"{path}: its metadata record {exc}; export the run again") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: its metadata record hypersparse.input is not valid JSON ({exc}); export the run "
+                        "again") from None
 
 
 def _run_interruptibly(session, options, feeds: dict, path):

@@ -23,7 +23,7 @@ from torch import nn
 from hypersparse.checkpoint import atomic_write, temporary, temporary_name
 from hypersparse.errors import UserError, refuse_builtin_override
 from hypersparse.keep_pruned import strip_masks_
-from hypersparse.schema import SPARSE_META, check, parse_json, regular_file
+from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
 _INDEX_TYPES = [(np.uint8, 2**8), (np.uint16, 2**16), (np.uint32, 2**32), (np.uint64, 2**64)]
@@ -102,6 +102,7 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
     ``inputs`` (the run's normalisation and class names, see
     :func:`~hypersparse.evaluate.input_record`) so that it can be fed raw pixels.
     """
+    _require_module(model, "save_sparse")
     try:
         from safetensors.torch import save
     except ImportError as exc:
@@ -116,6 +117,10 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
         dense_bytes += t.numel() * t.element_size()
     metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {}),
                 "input": json.dumps(inputs or {})}
+    try:  # read back as load_sparse reads it: a file written here must load
+        check_meta(metadata)
+    except SchemaError as exc:
+        raise ValueError(f"save_sparse: {exc}; a file with it would not load, so none was written") from None
     path = Path(path)
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
@@ -144,12 +149,11 @@ def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path} was not written by hypersparse export --format sparse")
     fix = "export the run again"
     try:
-        meta = {k: parse_json(v) if k in ("layout", "arch", "input") else v for k, v in metadata.items()}
+        meta = check_meta(metadata)
+    except SchemaError as exc:
+        raise UserError(f"sparse file {path}: metadata: {exc}; {fix}") from None
     except ValueError as exc:
         raise UserError(f"{path} has damaged metadata ({exc}); {fix}") from None
-    meta.setdefault("arch", {})
-    meta.setdefault("input", {})
-    meta = check(meta, SPARSE_META, f"sparse file {path}: metadata", fix)
     layout, arch, inputs = meta["layout"], meta["arch"], meta["input"]
     try:
         for name, entry in layout.items():
@@ -158,6 +162,21 @@ def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path} has damaged metadata ({exc}); {fix}") from None
     state = {name: _decode(name, tensors, entry) for name, entry in layout.items()}
     return state, dict(arch, input=inputs) if inputs else arch
+
+
+def check_meta(metadata: dict[str, str]) -> dict:
+    """A sparse file's metadata (strings, JSON in some) parsed and checked against :data:`SPARSE_META`, for the
+    reader and the writer alike; SchemaError naming the field, or ValueError for text that is not JSON."""
+    meta = {k: parse_json(v) if k in ("layout", "arch", "input") else v for k, v in metadata.items()}
+    meta.setdefault("arch", {})
+    meta.setdefault("input", {})
+    return SPARSE_META.check(meta)
+
+
+def _require_module(model: object, caller: str, what: str = "model") -> None:
+    """TypeError unless ``model`` is an nn.Module: anything else fails deep inside with an AttributeError."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller} expects {what} to be a torch.nn.Module, got {type(model).__name__}")
 
 
 _ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("values", "col", "rowptr")}
@@ -240,6 +259,10 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, trust_code: bo
     ``(pixel - mean) / std`` per channel on NCHW images with pixels in 0..255, and its class names (``{}`` for files
     written before runs recorded it).
     """
+    if not isinstance(trust_code, bool):  # a security switch: "no" or "false" must not read as true
+        raise TypeError(f"load_sparse: trust_code must be True or False, got {trust_code!r}")
+    if model is not None:
+        _require_module(model, "load_sparse")
     state, arch = load_sparse_state(path)
     return fill(model if model is not None else model_for(arch, path, trust_code), state, arch, path)
 
@@ -282,10 +305,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
         from onnx import helper, numpy_helper
     except ImportError as exc:
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
+    _require_module(model, "export_onnx")
+    if inputs:  # checked as eval checks the record it reads back
+        try:
+            INPUT.check(parse_json(json.dumps(inputs)), "inputs")
+        except ValueError as exc:
+            raise ValueError(f"export_onnx: {exc}; eval would refuse the file, so none was written") from None
     path = Path(path)
     model = strip_masks_(copy.deepcopy(model)).eval().cpu()  # the graph holds the zeros, not the mask's hooks
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)
+    classes = (inputs or {}).get("classes")
+    if classes is not None:
+        with torch.no_grad():
+            scores = model(example)
+        if scores.shape[-1] != len(classes):
+            raise ValueError(f"export_onnx: inputs names {len(classes)} classes but the model scores "
+                             f"{scores.shape[-1]}: give one name per output (nothing was written)")
     tmp_dir = temporary_name(path)  # a folder: torch writes large models as several files
     with temporary(tmp_dir):
         try:

@@ -407,6 +407,11 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     compaction or with sparse convolutions). ``.hypersparse_choices`` on the result records each layer's decision by
     name (``layer``: ``conv`` or ``chain``), ``.hypersparse_compaction`` the compaction's (None without convolutions).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparse_inference expects model to be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"sparse_inference expects example to be a tensor (one input batch), got "
+                        f"{type(example).__name__}")
     if int(reps) < 1:
         raise ValueError(f"reps must be at least 1 (timed calls per candidate), got {reps!r}")
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} \
@@ -416,7 +421,15 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         raise ValueError(f"sparse_inference runs float32 models and inputs on the CPU, got {names}; pass "
                          "model.float() and example.float()")
     # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
-    original, compaction = _compacted_if_faster(strip_masks_(copy.deepcopy(model)).eval().cpu(), example, reps)
+    work = strip_masks_(copy.deepcopy(model)).eval().cpu()
+    try:  # once before any timing, so that the model's own error is not raised from deep inside the candidates
+        with torch.no_grad():
+            work(example)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"sparse_inference: the example (shape {tuple(example.shape)}) does not fit the model: "
+                         f"{first}") from exc
+    original, compaction = _compacted_if_faster(work, example, reps)
     model = copy.deepcopy(original)  # swapped in place; original stays as it is, the fallback
     if native and _native.unavailable() and (find_chains(model) or any(map(supported, model.modules()))):
         _say_once(f"sparse_inference uses PyTorch kernels only: {_native.unavailable()}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
-from typing import Callable, Iterable, Sequence, Union
+from collections.abc import Iterable
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -134,6 +135,11 @@ def prunable_parameters(
             if isinstance(weight, torch.Tensor) and accept(mname, module):
                 pairs.append((f"{mname}.weight" if mname else "weight", weight))
     else:
+        if isinstance(model_or_params, (torch.Tensor, str, bytes, dict)) or not isinstance(model_or_params, Iterable):
+            # each would be iterated into something else (a tensor's rows, a string's letters, a dict's keys)
+            raise TypeError("expected a model (an nn.Module) or a list of tensors or (name, tensor) pairs, got "
+                            f"{type(model_or_params).__name__}" + (" (wrap one tensor in a list: [t])" if isinstance(
+                                model_or_params, torch.Tensor) else ""))
         if filter is not None:
             raise ValueError("filter applies to an nn.Module; with a parameter list, pass only the tensors to prune")
         for i, item in enumerate(model_or_params):

@@ -186,6 +186,9 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     for run in runs:
         if not run.metrics:
             raise UserError(f"{run.dir} has no finished epoch in metrics.jsonl; train it for an epoch first")
+        if not run.stats and (run.dir / "stats.jsonl").exists():  # there, but not one complete row in it
+            raise UserError(f"{run.dir / 'stats.jsonl'} is empty or damaged (no complete line); rerun with statistics "
+                            "for a report")
         if not run.stats:
             raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with "
                             "statistics for a report")

@@ -63,7 +63,7 @@ SUMMARY_SPEC = schema.Dict({
     "distributed": schema.JSON(3),
     "art": schema.Optional(schema.JSON(2)),  # ART's course (run_write.art_course), for the end summary
     "threads": schema.JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
-}, required=("config", "sparse", "epochs", "arch"))
+}, required=("config", "sparse", "epochs", "arch"), then=schema.classes_fit)
 CHECKPOINT_SPEC = schema.Dict({
     "version": schema.Int(), "identity": schema.Str(64), "config": SETTINGS, "model": schema.STATE,
     "optimizer": schema.OPTIMIZER,
@@ -113,6 +113,9 @@ def load_run_checkpoint(path: str | Path) -> dict:
     """A run's ``checkpoint.pt``, checked to be of this version's layout and against its schema."""
     ckpt = load_checkpoint(path, "checkpoint")
     version = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if version is not None and type(version) is not int:  # '3' would read as "version '3'; this reads version 3"
+        raise UserError(f"checkpoint {path} has layout version {version!r}, a {type(version).__name__}, where an "
+                        f"integer ({VERSION}) belongs: the checkpoint is damaged; start the run again")
     if version != VERSION:
         raise UserError(f"checkpoint {path} has layout version {version!r}; this hypersparse reads version {VERSION}: "
                         "start the run again (or resume it with the hypersparse that wrote it)")

@@ -126,7 +126,7 @@ class ARTSchedule:
                                                                                          self.sparsity)
         self.lambda_auto = parse_auto(lambda_init)  # the push P, or None for a number
         _check_settings(lambda_init if self.lambda_auto is None else 1.0, eta, warmup_epochs, buffer_k,
-                        max_reg_epochs, reg_epochs_target)
+                        max_reg_epochs, reg_epochs_target, finetune_epochs)
         self.regularizer = regularizer
         self.warmup_epochs = int(warmup_epochs)
         self.lambda_init: float | None = None if self.lambda_auto is not None else float(lambda_init)  # auto: later
@@ -356,9 +356,10 @@ def _accuracy(value, name: str) -> float:
     return float(value)
 
 
-def _check_settings(lambda_init, eta, warmup_epochs, buffer_k, max_reg_epochs, reg_epochs_target) -> None:
+def _check_settings(lambda_init, eta, warmup_epochs, buffer_k, max_reg_epochs, reg_epochs_target,
+                    finetune_epochs=None) -> None:
     for name, value in (("warmup_epochs", warmup_epochs), ("buffer_k", buffer_k), ("max_reg_epochs", max_reg_epochs),
-                        ("reg_epochs_target", reg_epochs_target)):
+                        ("reg_epochs_target", reg_epochs_target), ("finetune_epochs", finetune_epochs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     for name, value in (("lambda_init", lambda_init), ("eta", eta)):

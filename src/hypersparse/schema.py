@@ -219,10 +219,12 @@ class Dict(Spec):
     """An object with the declared ``fields``: ``required`` ones must be there; others are refused unless
     ``extra`` (a spec for the values of any other key) is given."""
 
-    def __init__(self, fields: dict[str, Spec], required: tuple[str, ...] | str = (), extra: Spec | None = None):
+    def __init__(self, fields: dict[str, Spec], required: tuple[str, ...] | str = (), extra: Spec | None = None,
+                 then: Callable[[dict, str], None] | None = None):
         self.fields = fields
         self.required = tuple(fields) if required == "all" else tuple(required)
         self.extra = extra
+        self.then = then  # a check across fields, once each field has passed its own
 
     def describe(self) -> str:
         return "an object" + (f" with {', '.join(self.required)}" if self.required else "")
@@ -241,6 +243,8 @@ class Dict(Spec):
             if spec is None:
                 raise SchemaError(_at(where, key), "is not a known field")
             out[key] = spec.check(v, _at(where, key))
+        if self.then is not None:
+            self.then(out, where)
         return out
 
 
@@ -355,6 +359,16 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique: with a key twice, json.loads would keep the last one silently."""
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice; keep one")
+    return out
+
+
 def parse_json(text: str | bytes, allow_nan: bool = False) -> Any:
     """JSON with bounded integers and nesting; ValueError (with the reason) otherwise."""
     if isinstance(text, bytes):
@@ -363,7 +377,8 @@ def parse_json(text: str | bytes, allow_nan: bool = False) -> Any:
         except UnicodeDecodeError as exc:
             raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_int=_bounded_int, **({} if allow_nan else {"parse_constant": _no_constant}))
+        return json.loads(text, parse_int=_bounded_int, object_pairs_hook=_unique_keys,
+                          **({} if allow_nan else {"parse_constant": _no_constant}))
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -501,6 +516,16 @@ LAYOUT_ENTRY = Dict({
     "rowptr": Str(16, choices=("uint8", "uint16", "uint32", "uint64")),
 }, required=("enc", "dtype", "shape"))
 LAYOUT = Map(LAYOUT_ENTRY, Str(1024), 100_000)
+def classes_fit(record: dict, where: str = "") -> None:
+    """SchemaError unless a record's ``input.classes`` names as many classes as ``arch.num_classes`` says the model
+    scores: with fewer names, a prediction would be labelled by the wrong name or by none."""
+    classes = (record.get("input") or {}).get("classes")
+    count = (record.get("arch") or {}).get("num_classes")
+    if classes is not None and count is not None and len(classes) != count:
+        raise SchemaError(_at(_at(where, "input"), "classes"),
+                          f"names {len(classes)} classes, but arch.num_classes (the model's outputs) is {count}")
+
+
 SPARSE_ARCH = Dict(ARCH.fields)
 SPARSE_META = Dict({"format": Str(64), "layout": LAYOUT, "arch": SPARSE_ARCH, "input": Dict(INPUT.fields)},
-                   required=("format", "layout"))
+                   required=("format", "layout"), then=classes_fit)
