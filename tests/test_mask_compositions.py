@@ -71,6 +71,7 @@ ops = st.one_of(
     st.tuples(st.just("half")),
     st.tuples(st.just("steps"), st.integers(1, 3), st.booleans()),
     st.tuples(st.just("new_optimizer"), st.sampled_from(["sgd", "adam", "other"])),
+    st.tuples(st.just("drop_handle")),
     st.tuples(st.just("sparse_inference")),
     st.tuples(st.just("compact")),
     st.tuples(st.just("export")),
@@ -129,6 +130,9 @@ class World:
                 self.model.eval(), ref.eval()
                 assert torch.equal(self.model(self.x.half()), ref(self.x.half()))
             self.model.float()
+        elif name == "drop_handle":  # the caller keeps no handle (nor the optimizer): the model carries its mask
+            self.handle, self.opt = None, None
+            __import__("gc").collect()
         elif name == "new_optimizer":  # e.g. fine-tuning's own: it steps the masked weights, no handle names it
             self.opt = OPTIMIZERS[op[1]](self.model.parameters())
         elif name == "steps":

@@ -160,6 +160,127 @@ def test_an_optimizer_the_handle_does_not_name_keeps_the_zeros(other, with_optim
     handle.remove()
 
 
+def _steps(model, opt, n=3, x=None):
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(4, 8) if x is None else x).sum().backward()
+        opt.step()
+
+
+def test_a_handle_the_caller_drops_still_keeps_the_zeros():
+    """Trial 31e S1/S2: the returned handle not kept (as the README's masks_from_zeros line does), the first
+    optimizer replaced and collected: the model carries its handle, so a new optimizer, or one whose momentum predates
+    the mask, cannot revive a pruned weight."""
+    import gc
+
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9))
+    expected = zeros(model)
+    gc.collect()  # the first optimizer is gone
+    _steps(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    assert zeros(model) == expected
+
+    model = make_mlp((8, 16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _steps(model, opt)  # momentum of every weight, dense
+    with torch.no_grad():
+        for name, keep in hs.magnitude_masks(model, 0.9).items():
+            model.get_parameter(name).mul_(keep)
+    hs.apply_masks_(model, hs.masks_from_zeros(model))
+    gc.collect()
+    expected = zeros(model)
+    _steps(model, opt)
+    assert zeros(model) == expected
+
+
+@pytest.mark.parametrize("make_opt", [None, lambda ps: torch.optim.SGD(ps, lr=0.5),
+                                      lambda ps: torch.optim.Adagrad(ps, lr=0.5),
+                                      lambda ps: torch.optim.SparseAdam(ps, lr=0.5)])
+def test_sparse_gradients_cannot_revive_pruned_entries(make_opt):
+    """Trial 31e S3: an Embedding(sparse=True) gives sparse gradients; masked with its optimizer, with none, or
+    stepped by one the handle does not name, its pruned entries stay zero (and the gradient hook takes them)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True))
+    keep = torch.rand(20, 4) > 0.5
+    opt = make_opt(list(model.parameters())) if make_opt else None
+    hs.apply_masks_(model, {"0.weight": keep}, opt)
+    other = opt or torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        other.zero_grad()
+        model(torch.arange(20)).sum().backward()
+        other.step()
+    assert torch.all(model[0].weight.detach()[~keep] == 0) and bool(model[0].weight.detach()[keep].ne(0).all())
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_loading_the_optimizers_state_after_masking_keeps_the_zeros(kind):
+    """Trial 31e S4, the resume pattern: masks applied with an optimizer, then that optimizer's dense state loaded
+    (momentum or moments for pruned weights): the state is masked again, and no step revives a weight."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    make = {"sgd": lambda: torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9),
+            "adam": lambda: torch.optim.Adam(model.parameters(), lr=0.05)}[kind]
+    dense = make()
+    _steps(model, dense)
+    saved = dense.state_dict()
+    opt = make()
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt)
+    expected = zeros(model)
+    opt.load_state_dict(saved)
+    _steps(model, opt)
+    assert zeros(model) == expected
+
+
+def test_an_unhashable_optimizer_steps_while_masks_exist():
+    """Trial 31e E031: an optimizer class with __eq__ (so not hashable) on an unrelated model steps as it would
+    without masks anywhere."""
+
+    class EqSGD(torch.optim.SGD):
+        def __eq__(self, other):
+            return self is other
+
+    masked = make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(masked, hs.magnitude_masks(masked, 0.9))
+    model = make_mlp((8, 16, 4))
+    before = [p.detach().clone() for p in model.parameters()]
+    _steps(model, EqSGD(model.parameters(), lr=0.1), n=1)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    handle.remove()
+
+
+def test_functional_call_on_a_masked_model_leaves_the_callers_tensors_alone():
+    """Trial 31e S5: torch.func.functional_call(masked, other_params) ran the masks' keeper on the caller's
+    tensors, zeroing another model's weights in place. The masked model's own weights stay masked."""
+    torch.manual_seed(0)
+    student, teacher = make_mlp((8, 16, 4)), make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(student, hs.magnitude_masks(student, 0.9))
+    before = [p.detach().clone() for p in teacher.parameters()]
+    expected = zeros(student)
+    torch.func.functional_call(student, dict(teacher.named_parameters()), (torch.randn(2, 8),))
+    assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before))
+    assert zeros(student) == expected
+    handle.remove()
+
+
+def test_masks_applied_under_inference_mode_train_outside_it():
+    """Trial 31e E120: masks made under torch.inference_mode() could not be read by training outside it."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    with torch.inference_mode():
+        handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    expected = zeros(model)
+    _steps(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    assert zeros(model) == expected
+    handle.remove()
+
+
+def test_a_mask_on_the_meta_device_is_a_value_error():
+    model = make_mlp((8, 16, 4))
+    with pytest.raises(ValueError, match="meta device"):
+        hs.apply_masks_(model, {"0.weight": torch.ones(16, 8, dtype=torch.bool, device="meta")})
+
+
 def test_a_copys_zeros_survive_any_optimizer():
     """A deepcopy carries its masks without a handle; an unknown optimizer on the copy cannot revive them."""
     torch.manual_seed(0)

@@ -325,3 +325,12 @@ def test_lambdas_start_has_one_name_and_one_default_and_the_old_names_still_work
     other = hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.9), lambda_init="auto")
     other.load_state_dict(state)
     assert other.lambda_init == LAMBDA_INIT
+
+
+def test_load_state_dict_of_something_else_names_what_is_missing():
+    """Trial 31e E089: a state that is not an ARTSchedule's gave KeyError 'epoch' deep inside."""
+    art = hs.ARTSchedule(hs.HyperSparse(make_mlp(), 0.5), sparsity=0.5)
+    with pytest.raises(ValueError, match="lacks epoch"):
+        art.load_state_dict({"x": 1})
+    with pytest.raises(TypeError, match="state_dict"):
+        art.load_state_dict([1])

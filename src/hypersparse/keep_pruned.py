@@ -42,6 +42,14 @@ def zero_pruned_(tensors: Iterable[torch.Tensor], masks: Iterable[torch.Tensor])
         t.masked_fill_(~keep.to(device=t.device, dtype=torch.bool), 0.0)  # +0.0; a multiply leaves -0.0
 
 
+def _masked_sparse(g: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A sparse gradient (an ``Embedding(sparse=True)``'s) with its entries at pruned positions zeroed: each stored
+    value is multiplied by the mask at its index (rows of dense values for a hybrid tensor)."""
+    g = g.coalesce().clone()  # a copy: autograd may hold the tensor it passes
+    g.values().mul_(keep.to(g.device)[tuple(g.indices())].to(g.dtype))  # values() of a coalesced tensor is its own
+    return g
+
+
 class _Derived:
     """Forms of a mask (its complement, or a float copy) computed once and reused until the mask changes: a mask
     tensor that is replaced (``.to()``) or changed in place (``update_``, which bumps its version) is recomputed."""
@@ -68,7 +76,8 @@ class Keeper:
 
     def __init__(self, names: list[str], owner: "MaskHandle | None" = None):
         self.names = list(names)
-        self.owner = weakref.ref(owner) if owner is not None else None
+        # held, not weakly: a handle the caller drops keeps enforcing the mask for as long as the model carries it
+        self.owner = owner
         self._seen: dict[str, tuple[weakref.ref, RemovableHandle | None]] = {}
 
     def __getstate__(self) -> dict:
@@ -84,11 +93,15 @@ class Keeper:
             self._seen[name] = (weakref.ref(getattr(module, name)), None)
 
     def cover(self, module: nn.Module) -> None:
-        """Zero the masked entries and hook the gradient of every masked tensor not seen yet."""
+        """Zero the masked entries and hook the gradient of every masked tensor not seen yet (a copy's).
+
+        A tensor standing in for one this keeper has seen, which is still alive, is left as it is: that is
+        ``torch.func.functional_call`` (or another stateless call) passing the caller's own tensors for one forward,
+        and they are the caller's, not this model's to zero."""
         for name in self.names:
             t = getattr(module, name)
             seen = self._seen.get(name)
-            if seen is not None and seen[0]() is t:
+            if seen is not None and (seen[0]() is t or seen[0]() is not None):
                 continue
             self._forget(name)
             zero_pruned_([t], [getattr(module, _suffix(name))])
@@ -103,7 +116,8 @@ class Keeper:
         derived = _Derived()
 
         def hook(g: torch.Tensor) -> torch.Tensor:  # the mask as it is now (update_ may change it)
-            return g.masked_fill(derived.get(getattr(module, _suffix(name)), None, g.device), 0)
+            keep = getattr(module, _suffix(name))
+            return _masked_sparse(g, keep) if g.is_sparse else g.masked_fill(derived.get(keep, None, g.device), 0)
 
         return hook
 
@@ -149,9 +163,8 @@ def _uninstall(module: nn.Module) -> None:
         keepers[id(keeper)] = keeper
     for keeper in keepers.values():
         keeper.release()
-        owner = keeper.owner() if keeper.owner is not None else None
-        if owner is not None:
-            owner._forget(module)
+        if keeper.owner is not None:
+            keeper.owner._forget(module)
         for name in keeper.names:
             module._buffers.pop(_suffix(name), None)
             module._non_persistent_buffers_set.discard(_suffix(name))
@@ -196,10 +209,16 @@ class MaskHandle:
     it."""
 
     def __init__(self, optimizer: torch.optim.Optimizer | None = None):
-        self.optimizer = optimizer
+        # weakly: the model keeps its handle (through its keepers), and must not keep a replaced optimizer alive
+        self._optimizer = weakref.ref(optimizer) if optimizer is not None else None
         self._entries: list[_Entry] = []
         self._hooks: list[RemovableHandle] = []  # this handle's optimizer hooks
         self._modules: dict[int, nn.Module] = {}  # where this handle's keepers are
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer whose steps enforce the mask (None without one, or once it is gone)."""
+        return self._optimizer() if self._optimizer is not None else None
 
     @property
     def masks(self) -> Masks:
@@ -235,7 +254,9 @@ class MaskHandle:
         grads, scales = [], []
         for e in self._entries:
             g = e.tensor.grad
-            if g is not None and not g.is_sparse:
+            if g is not None and g.is_sparse:
+                e.tensor.grad = _masked_sparse(g, e.keep)
+            elif g is not None:
                 grads.append(g)
                 scales.append(e.scale(g))
         if grads:
@@ -250,12 +271,18 @@ class MaskHandle:
     @torch.no_grad()
     def _mask_state(self, entries: list[_Entry]) -> None:
         """Zero the optimizer's per-weight state (momentum, Adam's moments) where the mask prunes."""
-        if self.optimizer is None:
+        optimizer = self.optimizer
+        if optimizer is None:
             return
         for e in entries:
-            for value in self.optimizer.state.get(e.tensor, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == e.tensor.shape:
+            for value in optimizer.state.get(e.tensor, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == e.tensor.shape and not value.is_sparse:
                     value.masked_fill_(~e.keep.to(value.device), 0)
+
+    def _after_load(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's state was loaded (a resume): momentum saved before the mask would revive pruned
+        weights, so it is masked again."""
+        self._mask_state(self._entries)
 
     def update_(self, masks: Masks) -> None:
         """New masks for the same tensors, in place: newly pruned weights (and their optimizer state) become zero,
@@ -302,8 +329,9 @@ _OWNERS: dict[int, tuple] = {}
 #: id(tensor) -> (the tensor, its module, its name there), the first two weakly: a copy's tensors, which its Keeper
 #: covers (they have no handle)
 _COVERED: dict[int, tuple] = {}
-#: optimizer -> ((mask generation, its parameter count) when read, the entries it steps but does not enforce)
-_FOREIGN: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
+#: id(optimizer) -> (the optimizer weakly, (mask generation, its parameter count) when read, the entries it steps but
+#: does not enforce); by id, since an optimizer class may define __eq__ and so not be hashable
+_FOREIGN: dict[int, tuple] = {}
 _GENERATION = [0]
 _GLOBAL_HOOK: list[RemovableHandle] = []
 
@@ -328,9 +356,9 @@ def _foreign(optimizer: torch.optim.Optimizer) -> list[_Entry]:
     for group in optimizer.param_groups:
         for p in group["params"]:
             ref, owner = _OWNERS.get(id(p), (None, None))
-            if ref is not None and ref() is p:
-                handle = owner()
-                if handle is not None and handle.optimizer is not optimizer:
+            handle = owner() if ref is not None and ref() is p else None
+            if handle is not None:
+                if handle.optimizer is not optimizer:
                     found.extend(e for e in handle._entries if e.tensor is p)
                 continue
             ref, module, attr = _COVERED.get(id(p), (None, None, None))
@@ -345,10 +373,10 @@ def _after_any_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     """After any optimizer's step: zero the pruned weights it moved without enforcing their mask (one multiply over
     those tensors; nothing for the optimizer a handle enforces at, nor for one that steps no masked tensor)."""
     key = (_GENERATION[0], sum(len(g["params"]) for g in optimizer.param_groups))
-    cached = _FOREIGN.get(optimizer)
-    if cached is None or cached[0] != key:
-        cached = _FOREIGN[optimizer] = (key, _foreign(optimizer))
-    entries = cached[1]
+    cached = _FOREIGN.get(id(optimizer))
+    if cached is None or cached[0]() is not optimizer or cached[1] != key:
+        cached = _FOREIGN[id(optimizer)] = (weakref.ref(optimizer), key, _foreign(optimizer))
+    entries = cached[2]
     if entries:
         torch._foreach_mul_([e.tensor for e in entries], [e.scale(e.tensor) for e in entries])
 
@@ -376,7 +404,11 @@ def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
                         f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
     if mask.shape != tensor.shape:
         raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, the weight has {tuple(tensor.shape)}")
-    return mask.to(device=tensor.device, copy=True)  # the handle's own: update_ changes it, never the caller's
+    if mask.device.type == "meta" or tensor.device.type == "meta":
+        raise ValueError(f"mask for {name}: a tensor on the meta device holds no values to mask; materialise the "
+                         "model (and the mask) first")
+    with torch.inference_mode(False):  # a mask made under inference_mode would have no version for _Derived
+        return mask.to(device=tensor.device, copy=True)  # the handle's own: update_ changes it, never the caller's
 
 
 def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None) -> dict[str, torch.Tensor]:
@@ -437,6 +469,7 @@ def apply_masks_(
     if optimizer is not None:
         handle._mask_state(handle._entries)
         handle._hooks.append(optimizer.register_step_pre_hook(handle._before_step))
+        handle._hooks.append(optimizer.register_load_state_dict_post_hook(handle._after_load))
         if type(optimizer) not in ZERO_STAYS_ZERO:
             handle._hooks.append(optimizer.register_step_post_hook(handle._mask_weights))
     return handle
@@ -451,13 +484,15 @@ def _check_holds(optimizer: torch.optim.Optimizer, targets: dict[str, torch.Tens
 
 
 def _install_on_tensors(handle: MaskHandle, targets: dict[str, torch.Tensor], keeps: Masks) -> None:
-    """A list of tensors: the handle keeps the masks; without an optimizer, a gradient hook per tensor."""
+    """A list of tensors: the handle keeps the masks; without an optimizer, a gradient hook per tensor, which also
+    keeps the handle alive for as long as the tensor has it."""
     handle._entries = [_Entry(n, None, None, t, keeps[n]) for n, t in targets.items()]
     if handle.optimizer is None:
         for e in handle._entries:
             if e.tensor.requires_grad:
                 e.hook = e.tensor.register_hook(
-                    lambda g, e=e, derived=_Derived(): g.masked_fill(derived.get(e.keep, None, g.device), 0))
+                    lambda g, e=e, derived=_Derived(), owner=handle: _masked_sparse(g, e.keep) if g.is_sparse
+                    else g.masked_fill(derived.get(e.keep, None, g.device), 0))
 
 
 def _install_on_model(handle: MaskHandle, model: nn.Module, targets: dict[str, torch.Tensor], keeps: Masks) -> None:

@@ -334,6 +334,13 @@ class ARTSchedule:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved; ValueError naming what is missing from anything else."""
+        if not isinstance(state, dict):
+            raise TypeError(f"ARTSchedule.load_state_dict takes the dict state_dict() gave, got {type(state).__name__}")
+        missing = [k for k in (*_STATE, "buffer", "regularizer") if ("lambda_0" if k == "lambda_init" else k)
+                   not in state]
+        if missing:
+            raise ValueError(f"not an ARTSchedule state: it lacks {', '.join(missing)}; pass what state_dict() gave")
         for k in _STATE:
             setattr(self, k, copy.deepcopy(state["lambda_0" if k == "lambda_init" else k]))
         self.buffer = [dict(b) for b in state["buffer"]]
