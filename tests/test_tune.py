@@ -188,3 +188,50 @@ def test_a_study_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(optuna.study.Study, "user_attrs", property(lambda self: {}))
     code, err = run_cli([*BASE, "--trials", "2", "--study-dir", str(study_dir)], capsys)
     assert (code, len(err)) == (2, 1) and "the study cannot be written" in err[0], err
+
+
+def test_an_interrupted_trial_whose_stored_values_are_out_of_range_is_not_retried(tmp_path):
+    """Trial 31e T2: a study.db whose interrupted trial holds lambda_init -5 (an edited file, or other ranges) made
+    Optuna fail on the values with a traceback. New values are tried instead, and tune says so."""
+    study_dir = tmp_path / "s"
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    assert out.returncode == 0, out.stderr
+    stale = load(study_dir).ask({"lambda_init": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                                 "eta": optuna.distributions.FloatDistribution(1.5, 3, log=True)})
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute("update trial_params set param_value = -5 where trial_id = ? and param_name = 'lambda_init'",
+                   (stale._trial_id,))
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert f"trial {stale.number} was interrupted" in out.stdout and "not within" in out.stdout
+    assert [t.state.name for t in load(study_dir).trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT"])
+def test_a_signal_as_a_trial_finishes_is_one_line_and_the_study_continues(tmp_path, sig):
+    """Trial 31e T1: SIGTERM or Ctrl-C just after a trial's run wrote its summary (Optuna then records the trial)
+    printed Optuna's tracebacks and stored the trial as failed. Now it is one line with the signal's exit code, and
+    the same command finishes the study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study_dir = tmp_path / "s"
+    args = [sys.executable, "-m", "hypersparse", *BASE, "--trials", "2", "--study-dir", str(study_dir)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (study_dir / "trial-0" / "summary.json").exists() and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the first trial did not finish")
+        time.sleep(0.005)
+    os.kill(proc.pid, getattr(signal, f"SIG{sig}"))
+    err = proc.communicate(timeout=120)[1]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode in (143 if sig == "TERM" else 130, 0), err  # 0: the study had finished first
+    assert "Traceback" not in err and len(lines) <= 1, err
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    assert out.returncode == 0, out.stderr
+    assert sum(t.state.name == "COMPLETE" for t in load(study_dir).trials) == 2

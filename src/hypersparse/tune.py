@@ -10,10 +10,13 @@ killed is marked failed and tried again with the same values.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,6 +26,51 @@ from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.method import method_entry
 from hypersparse.run_write import RunLock
 from hypersparse.schedule import ARTDidNotConverge
+
+
+def _in_ranges(params: dict, lambda_range, eta_range) -> bool:
+    """Whether a stored trial's values can be proposed again: finite numbers within the ranges searched."""
+    values = [(params.get("lambda_init"), lambda_range), (params.get("eta"), eta_range)]
+    return all(isinstance(v, float) and math.isfinite(v) and lo <= v <= hi for v, (lo, hi) in values)
+
+
+class _Signals:
+    """Ctrl-C and SIGTERM while a study runs: inside a trial's training they raise (the run stops cleanly at its
+    checkpoint and the trial is tried again); anywhere else, in Optuna's bookkeeping of a trial, they are held until
+    the next trial would start, so that no trial is stored half-written and Optuna prints no traceback."""
+
+    def __init__(self):
+        self.pending: list[int] = []
+        self._raise = False
+
+    def _handle(self, signum, frame) -> None:
+        if self._raise:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.pending.append(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in saved:
+            signal.signal(sig, self._handle)
+        try:
+            yield
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def raising(self):
+        self._raise = True
+        try:
+            if self.pending:  # held since the trial began: stop before its run starts
+                raise Terminated() if self.pending[0] == signal.SIGTERM else KeyboardInterrupt()
+            yield
+        finally:
+            self._raise = False
 
 
 def _optuna():
@@ -209,15 +257,24 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # a process killed mid-trial
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, state.FAIL)
-        study.enqueue_trial(t.params)
-        print(f"trial {t.number} was interrupted; its values are tried again", file=out)
+        if _in_ranges(t.params, lambda_range, eta_range):
+            study.enqueue_trial(t.params)
+            print(f"trial {t.number} was interrupted; its values are tried again", file=out)
+        else:  # a study file edited, or of other ranges: Optuna would fail on the values with a traceback
+            print(f"trial {t.number} was interrupted; its values {t.params} are not within --lambda-range and "
+                  "--eta-range, so new ones are tried", file=out)
 
     stopped: list[Exception] = []  # what ended the study early: re-raised once Optuna has returned
+    signals = _Signals()  # Ctrl-C and SIGTERM raise inside a trial's run only; elsewhere they wait for a boundary
 
     def objective(trial) -> float:
         cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
                                      "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
         run_dir = study_dir / f"trial-{trial.number}"
+        if signals.pending:  # came between trials: this one does not start, and its values wait for the next run
+            study.enqueue_trial(trial.params)
+            study.stop()
+            raise optuna.TrialPruned()
         trial.set_user_attr("run_dir", str(run_dir))
         try:
             own_folder(run_dir, "a trial's run folder")  # checked above; again now: one planted since then
@@ -227,7 +284,7 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
             study.stop()
             raise optuna.TrialPruned() from None
         try:
-            with open(os.devnull, "w") as quiet:
+            with open(os.devnull, "w") as quiet, signals.raising():
                 summary = train(cfg, run_dir, progress=False, out=quiet)
         except (ARTDidNotConverge, RunDiverged) as exc:
             # an outcome, not an error: Optuna would log a failed trial with its traceback, so it is pruned instead
@@ -249,6 +306,8 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
         trial.set_user_attr("epochs", summary["epochs"])
         print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
               f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
+        if signals.pending:  # came once the run had finished: the trial counts, and the study stops after it
+            study.stop()
         return summary["sparse"]["val_acc"]
 
     ended = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL, state.PRUNED))
@@ -256,7 +315,10 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     finished = sum((t.state != state.PRUNED or "failed" in t.user_attrs) and not t.user_attrs.get("interrupted")
                    for t in ended)
     if finished < trials:
-        study.optimize(objective, n_trials=trials - finished)
+        with signals.deferred():
+            study.optimize(objective, n_trials=trials - finished)
+    if signals.pending and not stopped:  # one line, as for any command: running it again continues the study
+        raise Terminated() if signals.pending[0] == signal.SIGTERM else KeyboardInterrupt()
     if stopped:  # one line, as for any command: running it again continues the study
         if not isinstance(stopped[0], RunStopped):
             raise stopped[0]  # (a KeyboardInterrupt or Terminated is the CLI's one line, with its exit code)
