@@ -857,3 +857,24 @@ def test_a_checkpoint_with_a_list_longer_than_any_run_is_refused_at_once(where, 
     _one_line(code, err, f"got {len(rows)}")
     assert "checkpoint.pt" in err[0] and time.perf_counter() - started < 10
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("name,fmt", [("model.pt", "sparse"), ("config.json", "onnx"), ("summary.json", "sparse"),
+                                      ("checkpoint.pt", "dense")])
+def test_an_export_over_the_runs_own_files_is_refused(run, capsys, name, fmt):
+    """Trial 31e O001/O003/O004: ``export --out RUN/model.pt`` (or config.json, summary.json) replaced the run's own
+    file, leaving eval, report and --resume unable to read the run. One line, and the file stays."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = run / name
+    before = target.read_bytes() if target.exists() else None
+    code, err = run_cli(["export", str(run), "--format", fmt, "--out", str(target)], capsys)
+    assert code == 2 and len(err) == 1 and "the run's own" in err[0], err
+    assert (target.read_bytes() if target.exists() else None) == before
+
+
+def test_an_export_out_ending_in_a_slash_is_a_folder_not_a_file(run, tmp_path, capsys):
+    """Trial 31e O012: ``--out outdir/`` wrote a file named outdir."""
+    code, err = run_cli(["export", str(run), "--format", "sparse", "--out", str(tmp_path / "outdir") + "/"], capsys)
+    assert code == 2 and len(err) == 1 and "names a folder" in err[0], err
+    assert not (tmp_path / "outdir").exists()

@@ -225,12 +225,28 @@ def _export(args) -> int:
         raise UserError(f"--compact applies to --format {takes} only (a {args.format} file keeps the run's "
                         f"architecture, which loaders rebuild); drop --compact or use --format {takes}")
     default = f"model{'.compact' if args.compact else ''}{fmt.extension}"  # beside the plain export, not over it
+    if args.out is not None and str(args.out).endswith(("/", os.sep)):
+        raise UserError(f"--out {args.out} names a folder; give a file name inside it")
     out = output_file(args.out or run_dir / default, "--out")
+    _not_a_run_file(out, run_dir)
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
     print(fmt.writer(model, out, arch, inputs, **options))
     return 0
+
+
+def _not_a_run_file(out: Path, run_dir: Path) -> None:
+    """An export written over the run's own files (its model.pt, config.json...) would leave the run unreadable."""
+    from hypersparse.run_write import RUN_FILES
+
+    try:
+        same = out.resolve().parent == run_dir.resolve() and out.name in RUN_FILES
+    except OSError:
+        return
+    if same:
+        raise UserError(f"--out {out} is the run's own {out.name}, which eval, report and --resume read; write the "
+                        "export elsewhere (the default is model.<format> beside them)")
 
 
 RESUME_CONFIRMS = ("run.plugin", "model.model", "data.dataset")  # beside --resume: confirm the code a run names

@@ -341,6 +341,8 @@ def _changed() -> None:
     the global step hook in place exactly while masks exist."""
     _GENERATION[0] += 1
     _FOREIGN.clear()
+    if _GENERATION[0] % 256 == 0:  # short-lived copies (each registers its tensors) leave dead entries behind
+        _purge()
     if (_OWNERS or _COVERED) and not _GLOBAL_HOOK:
         _GLOBAL_HOOK.append(torch_optimizer.register_optimizer_step_post_hook(_after_any_step))
     elif not (_OWNERS or _COVERED):
@@ -391,11 +393,16 @@ def _take_over(tensors: Iterable[torch.Tensor]) -> None:
         owner = owner() if owner is not None else None
         if ref is not None and ref() is t and owner is not None:
             owner._drop([e for e in owner._entries if e.tensor is t])
-    for key in [k for k, (ref, owner) in _OWNERS.items() if ref() is None or owner() is None]:  # gone since
+    _purge()
+    _changed()
+
+
+def _purge() -> None:
+    """Forget the tensors, handles and modules that are gone."""
+    for key in [k for k, (ref, owner) in _OWNERS.items() if ref() is None or owner() is None]:
         del _OWNERS[key]
     for key in [k for k, (ref, module, _) in _COVERED.items() if ref() is None or module() is None]:
         del _COVERED[key]
-    _changed()
 
 
 def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
