@@ -171,9 +171,14 @@ def copy_out(store: Path, docs: Path) -> None:
             target.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def finished(runs: list[dict], exp: str, sparsity: float, method: str, seed: int | None = None) -> list[dict]:
+    """The runs of one cell (and seed) that finished with a result."""
+    return [r for r in runs if r["experiment"] == exp and r["sparsity"] == sparsity and r["method"] == method
+            and r["test_error"] is not None and (seed is None or r["seed"] == seed)]
+
+
 def cell(runs: list[dict], exp: str, sparsity: float, method: str) -> list[float]:
-    return [r["test_error"] for r in runs if r["experiment"] == exp and r["sparsity"] == sparsity
-            and r["method"] == method and r["test_error"] is not None]
+    return [r["test_error"] for r in finished(runs, exp, sparsity, method)]
 
 
 def publish(docs: Path, experiments: list[str], sparsities: list[float], seeds: list[int]) -> None:
@@ -303,8 +308,7 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
 
     lines = ["**Why ART trails where it does** (measured; training and validation data only):\n"]
     for k, m, provisional in cells:
-        arts = [r for r in runs if r["experiment"] == exp and r["sparsity"] == k and r["method"] == "art-hs"]
-        base = [r for r in runs if r["experiment"] == exp and r["sparsity"] == k and r["method"] == m]
+        arts, base = finished(runs, exp, k, "art-hs"), finished(runs, exp, k, m)
         stories = [s for s in map(art_story, arts) if s]
         gap_val = mean(base, lambda r: r["val_acc"]) - mean(arts, lambda r: r["val_acc"])
         ours, theirs = statistics.mean(cell(runs, exp, k, "art-hs")), statistics.mean(cell(runs, exp, k, m))
@@ -330,15 +334,12 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         if first is not None and theirs is not None:
             text += f" ART's mask keeps {first:.0f} of the first layer's units alive, {SHORT[m]}'s {theirs:.0f}."
         default = next((r for r in arts if r["seed"] == 0), None)
-        changed = [(CAUSES[c][0], r) for c in CAUSES for r in runs
-                   if r["experiment"] == exp and r["sparsity"] == k and r["method"] == c and r["seed"] == 0
-                   and r["test_error"] is not None]
+        changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, k, c, seed=0)]
         if default is not None and changed:
             moves = "; ".join(f"{what}: {100 * (r['val_acc'] - default['val_acc']):+.1f}" for what, r in changed)
             text += (f" Changed alone at seed 0, validation accuracy moved by ({moves}) points, against the "
                      f"{100 * gap_val:.1f}-point gap.")
-            longer = next((r for r in runs if r["experiment"] == exp and r["sparsity"] == k and r["seed"] == 0
-                           and r["method"] == "gmp-slow-budget" and r["test_error"] is not None), None)
+            longer = next(iter(finished(runs, exp, k, "gmp-slow-budget", seed=0)), None)
             slow = next((r for what, r in changed if r["method"] == "art-hs-slow-lambda"), None)
             if longer is not None and slow is not None:
                 text += (f" Given the slower growth's {reg_epochs(slow)} epochs too, GMP reaches "

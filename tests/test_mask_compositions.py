@@ -29,6 +29,8 @@ from hypersparse.compaction import compact_channels
 from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.models.resnet_cifar import CifarResNet
 
+from conftest import Nudge
+
 MODELS = {
     "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 24), nn.ReLU(), nn.Linear(24, 4)),
     "cnn": lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
@@ -44,18 +46,6 @@ OPTIMIZERS = {
     "other": lambda ps: Nudge(ps),  # not one torch's elementwise optimizers: the weights are masked after its step
 }
 
-
-class Nudge(torch.optim.Optimizer):
-    """An optimizer hypersparse does not know, which moves every weight, zero gradient or not."""
-
-    def __init__(self, params):
-        super().__init__(params, {"lr": 0.01})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.add_(0.01 if p.grad is None else -group["lr"] * p.grad + 0.001)
 
 
 EXAMPLES = int(__import__("os").environ.get("HS_EXAMPLES", "40"))

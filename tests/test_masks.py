@@ -9,7 +9,7 @@ import hypersparse as hs
 from hypersparse import apply_masks_, magnitude_masks
 from hypersparse.models import create_model
 
-from conftest import make_convnet, make_mlp
+from conftest import Nudge, make_convnet, make_mlp
 
 SPARSITIES = [0, 0.5, 0.9, 0.98, 0.995, 0.998]
 
@@ -107,19 +107,6 @@ def test_without_optimizer_reapply_keeps_zeros():
         handle.reapply_()
     assert zeros(model) == expected
     handle.remove()
-
-
-class Nudge(torch.optim.Optimizer):
-    """An optimizer hypersparse does not know: it moves every weight, zero gradient or not."""
-
-    def __init__(self, params):
-        super().__init__(params, {"lr": 0.01})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.add_(0.001 if p.grad is None else 0.001 - group["lr"] * p.grad)
 
 
 def _new_sgd(model, first):  # a new optimizer for fine-tuning, made after masking
@@ -288,11 +275,7 @@ def test_a_copys_zeros_survive_any_optimizer():
     handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
     twin = copy.deepcopy(model)
     expected = zeros(twin)
-    opt = Nudge(twin.parameters())
-    for _ in range(3):
-        opt.zero_grad()
-        twin(torch.randn(4, 8)).sum().backward()
-        opt.step()
+    _steps(twin, Nudge(twin.parameters()))
     assert zeros(twin) == expected
     handle.remove()
 

@@ -166,8 +166,8 @@ def native_sgd_step_(optimizer: torch.optim.Optimizer, skip: Sequence[torch.Tens
     threads."""
     from hypersparse import native
 
-    if type(optimizer) is not torch.optim.SGD:
-        return False
+    if type(optimizer) is not torch.optim.SGD or not _only_zeroing_hooks(optimizer):
+        return False  # first: a masked phase's optimizer (it has the mask's hooks) declines here at every step
     skipped = {id(p) for p in skip}
     params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in skipped and p.grad is not None]
     if not params or not all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous()

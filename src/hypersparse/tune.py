@@ -28,6 +28,20 @@ from hypersparse.run_write import RunLock
 from hypersparse.schedule import ARTDidNotConverge
 
 
+def _retry_interrupted(study, state, lambda_range, eta_range, out) -> None:
+    """Trials a killed process left RUNNING: marked failed (and interrupted), their values tried again first when
+    they are within the ranges searched."""
+    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, state.FAIL)
+        if _in_ranges(t.params, lambda_range, eta_range):
+            study.enqueue_trial(t.params)
+            print(f"trial {t.number} was interrupted; its values are tried again", file=out)
+        else:  # a study file edited, or of other ranges: Optuna would fail on the values with a traceback
+            print(f"trial {t.number} was interrupted; its values {t.params} are not within --lambda-range and "
+                  "--eta-range, so new ones are tried", file=out)
+
+
 def _in_ranges(params: dict, lambda_range, eta_range) -> bool:
     """Whether a stored trial's values can be proposed again: finite numbers within the ranges searched."""
     values = [(params.get("lambda_init"), lambda_range), (params.get("eta"), eta_range)]
@@ -254,15 +268,7 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
     study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
     state = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # a process killed mid-trial
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, state.FAIL)
-        if _in_ranges(t.params, lambda_range, eta_range):
-            study.enqueue_trial(t.params)
-            print(f"trial {t.number} was interrupted; its values are tried again", file=out)
-        else:  # a study file edited, or of other ranges: Optuna would fail on the values with a traceback
-            print(f"trial {t.number} was interrupted; its values {t.params} are not within --lambda-range and "
-                  "--eta-range, so new ones are tried", file=out)
+    _retry_interrupted(study, state, lambda_range, eta_range, out)
 
     stopped: list[Exception] = []  # what ended the study early: re-raised once Optuna has returned
     signals = _Signals()  # Ctrl-C and SIGTERM raise inside a trial's run only; elsewhere they wait for a boundary
