@@ -103,6 +103,10 @@ def reproducibility(seed: int, scale: float | None = None) -> dict:
     return {"seed": seed, "first_differing_epoch": first, "first_differing_phase": phase, **per_count}
 
 
+def _same_until(first_differing: int) -> str:
+    return f"are identical up to epoch {first_differing - 1} and " if first_differing > 0 else ""
+
+
 def page(payload: dict) -> str:
     from hypersparse.threads import LARGE_STEP_MACS
 
@@ -132,7 +136,7 @@ def page(payload: dict) -> str:
         total = {t: sum(r[f"art_epochs_{t}"].values()) for t in (1, 2)}
         lines += ["", "## Same seed, 1 and 2 threads", "",
                   f"The README's first command at seed {r['seed']}, OMP_NUM_THREADS=1 against 2. The ART runs' "
-                  + (f"metrics are identical up to epoch {r['first_differing_epoch'] - 1} and differ from epoch "
+                  + (f"metrics {_same_until(r['first_differing_epoch'])}differ from epoch "
                      f"{r['first_differing_epoch']} (a {r['first_differing_phase']} epoch) on: floating-point sums "
                      "split across threads round differently." if r["first_differing_epoch"] is not None else
                      "metrics are identical."), "",

@@ -217,6 +217,9 @@ CASES = [
     ("eval-unknown-dataset", lambda t, r: ["eval", str(r), "--dataset", "nosuch"], "nosuch"),
     ("eval-device-unknown", lambda t, r: ["eval", str(r), "--device", "tpu"], "tpu"),
     ("eval-fast-zero", lambda t, r: ["eval", str(r), "--fast", "0"], "--fast"),
+    # trial 31e Y003: a tune study's folder was taken for a model file ("pass --dataset and --model")
+    ("eval-a-study-folder", lambda t, r: ["eval", str(_write(t / "study" / "study.db", "x").parent)],
+     "is not a run directory (no config.json) (a tune study"),
     ("eval-fast-not-a-number", lambda t, r: ["eval", str(r), "--fast", "many"], "--fast"),
     # export
     ("export-missing", lambda t, r: ["export", str(t / "none")], "none"),

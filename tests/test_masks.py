@@ -286,6 +286,58 @@ def test_mask_name_mismatch_is_an_error():
         hs.apply_masks_(model, {"nope": torch.ones(3, dtype=torch.bool)})
 
 
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.out = nn.Embedding(10, 6), nn.Linear(6, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.out(self.embed(x))
+
+
+def test_a_tied_tensor_takes_one_mask_under_both_names():
+    """Trial 31e E044: two different masks for one tied tensor were silently combined."""
+    torch.manual_seed(0)
+    model = _Tied()
+    first = torch.rand(10, 6) > 0.5
+    with pytest.raises(ValueError, match="'embed.weight' and 'out.weight' differ, but they name one tied tensor"):
+        hs.apply_masks_(model, {"embed.weight": first, "out.weight": ~first})
+    handle = hs.apply_masks_(model, {"embed.weight": first, "out.weight": first.clone()})
+    assert torch.equal(model.embed.weight != 0, first)
+    handle.remove()
+
+
+def test_a_scripted_model_is_refused_with_what_to_do():
+    """Trial 31e E114: a TorchScript model was said to have no Linear or Conv layer."""
+    scripted = torch.jit.script(make_mlp((8, 16, 4)))
+    for call in (lambda: hs.magnitude_masks(scripted, 0.9),
+                 lambda: hs.apply_masks_(scripted, {"0.weight": torch.ones(16, 8, dtype=torch.bool)})):
+        with pytest.raises(TypeError, match="scripted model .* prune the eager model, then script it"):
+            call()
+
+
+def test_masks_for_a_layer_the_filter_leaves_out_say_so():
+    """Trial 31e E153: the error said the model lacked a layer it has; the filter had left it out."""
+    model = make_mlp((8, 16, 4))
+    masks = hs.magnitude_masks(model, 0.5)
+    with pytest.raises(ValueError, match=r"the filter leaves out: \['2.weight'\]"):
+        hs.apply_masks_(model, masks, filter=hs.Exclude(["2"]))
+
+
+def test_a_parametrization_added_after_masking_is_an_error_not_a_silent_revival():
+    """Trial 31e E136: weight_norm added after masking recomputed the weight from new tensors at every forward, and
+    31 of 109 pruned entries came back. Parametrized weights are refused when masked; added later, at the forward."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    nn.utils.parametrizations.weight_norm(model[0])
+    with pytest.raises(ValueError, match="has been parametrized since .* remove the parametrization"):
+        model(torch.randn(2, 8))
+    handle.remove()
+    model(torch.randn(2, 8))  # without masks, the parametrized model is the user's to train
+
+
 def test_sparsity_report_counts_and_prints():
     model = make_mlp((10, 10, 2), bias=False)
     with torch.no_grad():
@@ -371,6 +423,53 @@ def test_half_after_masking_trains():
     model(torch.randn(4, 20).half()).float().pow(2).mean().backward()
     assert model[0].weight.grad.dtype == torch.float16
     assert (model[0].weight.grad[~masks["0.weight"]] == 0).all()
+
+
+@pytest.fixture
+def swapping_conversions():
+    """torch's future behaviour, where ``.half()``/``.to()`` swap each tensor's contents in place (swap_tensors)."""
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    yield
+    torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+@pytest.mark.parametrize("holder", ["optimizer", "no optimizer", "copy"])
+def test_a_conversion_that_swaps_tensors_keeps_the_mask(swapping_conversions, holder):
+    """Trial 31e E105: swap_tensors refuses a tensor with a weak reference, and the masks held some. After the swap
+    the gradient hook of a tensor without an optimizer stays with its old contents, so it is hooked again."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt if holder == "optimizer" else None)
+    if holder == "copy":
+        model = copy.deepcopy(model)
+        model(torch.randn(2, 8))  # the copy's keeper covers its tensors (zeros and gradient hooks)
+    expected = zeros(model)
+    weight = model[0].weight
+    model.double()
+    assert model[0].weight is weight and weight.dtype == torch.float64  # swapped in place, not replaced
+    if holder != "optimizer":
+        model(torch.randn(4, 8, dtype=torch.float64)).sum().backward()
+        assert (weight.grad[weight == 0] == 0).all()
+        opt = Nudge(model.parameters())  # moves every weight its gradient does not hold at zero
+    _steps(model, opt, x=torch.randn(4, 8, dtype=torch.float64))
+    assert zeros(model) == expected
+    handle.remove()
+
+
+def test_a_replaced_weight_of_a_copy_is_masked_once_nothing_holds_the_old_one():
+    """The keeper tells a replaced weight (covered at the next forward) from functional_call's stand-in (left alone:
+    the original lives on) by whether anything but itself still holds the weight it saw."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    twin = copy.deepcopy(model)
+    twin(torch.randn(2, 8))
+    expected = zeros(twin)
+    twin[0].weight = nn.Parameter(torch.randn(16, 8))
+    twin(torch.randn(2, 8)).sum().backward()
+    assert zeros(twin) == expected and (twin[0].weight.grad[twin[0].weight == 0] == 0).all()
+    handle.remove()
 
 
 def test_sparsity_report_flags_layers_that_are_entirely_zero():

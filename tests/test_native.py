@@ -130,3 +130,20 @@ def test_without_the_kernel_sparse_inference_says_why_once(fresh, monkeypatch):
         sparse_inference(model, x, reps=2)
     said = [w for w in caught if "PyTorch kernels only" in str(w.message)]
     assert len(said) == 1 and "/no/such/cc" in str(said[0].message)
+
+
+def test_a_compiler_that_fails_is_one_warning_line_on_the_command_line(finished_run, tmp_path):
+    """Trial 31e F007/R005: a full or read-only cache disk printed a raw RuntimeWarning: a site-packages path, then
+    the linker's whole output. The command line says it in one line, with the compiler's verdict."""
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'collect2: note: many words' >&2\n"
+                    "echo '/usr/bin/ld: final link failed: No space left on device' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, HYPERSPARSE_CACHE=str(tmp_path / "cache"), CC=str(fake))
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "eval", str(finished_run), "--fast", "2"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "C kernel is unavailable" in line]
+    assert len(said) == 1 and said[0].startswith("hypersparse: warning: "), done.stderr
+    assert "final link failed: No space left on device" in said[0] and "many words" not in said[0]
+    assert ".py:" not in done.stderr and "Warning" not in done.stderr, done.stderr

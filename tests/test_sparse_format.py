@@ -84,3 +84,36 @@ def test_eval_of_an_onnx_file_without_onnxruntime_names_the_extra(tmp_path, monk
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"pip install 'hypersparse\[onnx\]'"):
         evaluate_onnx(tmp_path / "model.onnx", None)
+
+
+def test_a_bfloat16_model_round_trips_and_the_reference_decoder_reads_it(tmp_path):
+    """Trial 31e E058: save_sparse of a bfloat16 model failed inside numpy, which has no bfloat16."""
+    import torch
+
+    import hypersparse as hs
+
+    torch.manual_seed(0)
+
+    def mlp():
+        return torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.ReLU(), torch.nn.Linear(30, 4))
+
+    model = mlp()
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    model = model.bfloat16()
+    info = save_sparse(model, tmp_path / "m.safetensors")
+    assert set(info["encodings"].values()) >= {"csr", "dense"}  # the weights compressed, not stored whole
+    loaded = hs.load_sparse(tmp_path / "m.safetensors", model=mlp().bfloat16())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    script = WITHOUT + _blocks("## A reference decoder") + r'''
+import sys
+import numpy as np
+state, _, _ = read_sparse(sys.argv[1] + "/m.safetensors")
+np.savez(sys.argv[1] + "/decoded.npz", **state)
+'''
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    decoded = np.load(tmp_path / "decoded.npz")
+    for name, tensor in model.state_dict().items():
+        assert np.array_equal(decoded[name], tensor.float().numpy()), name

@@ -91,3 +91,17 @@ def test_the_beyond_mnist_baselines_get_as_many_epochs_as_art_regularized():
     for method in ("gmp", "rigl", "oneshot"):
         cfg = TrainConfig.from_dict(jobs[beyond_mnist.name("mlp-cifar10jpeg75", 0.98, method, 0)]["config"])
         assert (cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs), cfg.finetune) == (15, 24, 40), method
+
+
+def test_the_beyond_mnist_causes_run_only_where_art_trails_gmp():
+    """The suspected causes cost a run each: they are planned for a cell once seed 0 shows ART behind GMP."""
+    import beyond_mnist
+
+    def planned(art_val, gmp_val):
+        runs = {beyond_mnist.name("lenet5-mnist", 0.995, "art-hs", 0): {"val_acc": art_val, "epochs": {"regularize": 20}},
+                beyond_mnist.name("lenet5-mnist", 0.995, "gmp", 0): {"val_acc": gmp_val}}
+        jobs = beyond_mnist.plan_for(["lenet5-mnist"], [0.995], [0])(runs)
+        return {j["meta"]["method"] for j in jobs} & set(beyond_mnist.CAUSES)
+
+    assert planned(0.97, 0.98) == set(beyond_mnist.CAUSES)
+    assert planned(0.98, 0.97) == set()

@@ -125,6 +125,26 @@ def test_tune_storage_that_cannot_be_opened(tmp_path, capsys, kind, storage, nee
     assert sorted(p.name for p in (tmp_path / "s").glob("*")) == (["study.db"] if kind == "study.db" else [])
 
 
+def test_a_full_disk_says_so_and_removes_the_study_file_it_began(tmp_path, capsys, monkeypatch):
+    """Trial 31e F008: on a full disk, tune blamed study.db ("move study.db away") and left the 32 KiB it had begun.
+    SQLite's error is raised where a real full disk raises it: after the file is made."""
+    from sqlalchemy.exc import OperationalError
+
+    def full(*args, storage, **kwargs):
+        (tmp_path / "s" / "study.db").write_bytes(b"SQLite format 3\x00" + bytes(100))
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(optuna, "create_study", full)
+    code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(tmp_path / "s")], capsys)
+    assert (code, len(err)) == (2, 1) and "database or disk is full" in err[0] and "free some space" in err[0], err
+    assert "move study.db away" not in err[0]
+    assert not (tmp_path / "s" / "study.db").exists()
+    # a study.db that was there before is the user's: it stays
+    (tmp_path / "s" / "study.db").write_bytes(b"")
+    code, err = run_cli([*BASE, "--trials", "1", "--study-dir", str(tmp_path / "s")], capsys)
+    assert code == 2 and (tmp_path / "s" / "study.db").exists()
+
+
 def test_a_second_tune_on_a_study_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
     """Trial 31b, N222: a tune started on a study folder another tune is running in took that tune's running trial
     for an interrupted one and both failed. The study folder has one writer: the second gets one line naming the

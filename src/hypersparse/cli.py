@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 import typing
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -447,10 +448,21 @@ def _exit_worker(code: int) -> typing.NoReturn:
     os._exit(code)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line is one line, without the file and line of whichever library raised it."""
+    _say(f"warning: {' '.join(str(message).split())}", 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    with warnings.catch_warnings():  # the caller's (a test's, a notebook's) way of showing them comes back after
+        warnings.showwarning = _warning_line
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:

@@ -38,15 +38,22 @@ def _bytes(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array).view(np.uint8).reshape(-1).copy())
 
 
+def _storage_dtype(name: str) -> np.dtype:
+    """The numpy type that holds a stored dtype's bits: bfloat16, which numpy lacks, is kept as its 16-bit pattern."""
+    return np.dtype(np.int16) if name == "bfloat16" else np.dtype(name)
+
+
 def _encode(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
     """The smallest encoding of one tensor: {key: uint8 buffer}, and how to decode it."""
-    arr = t.detach().cpu().contiguous().numpy()
+    t = t.detach().cpu().contiguous()
+    bf16 = t.dtype == torch.bfloat16
+    arr = t.view(torch.int16).numpy() if bf16 else t.numpy()
     dense = ({f"{name}::dense": _bytes(arr)}, {"enc": "dense"})
-    if arr.ndim == 0 or arr.size == 0 or not np.issubdtype(arr.dtype, np.floating):
-        return _finish(dense, arr)
+    if arr.ndim == 0 or arr.size == 0 or not (bf16 or np.issubdtype(arr.dtype, np.floating)):
+        return _finish(dense, arr, bf16)
     flat = arr.reshape(-1)
     # -0.0 (a negative weight times a zero mask) is stored as +0.0: equal values, so outputs compare equal
-    nonzero = flat != 0
+    nonzero = (t.reshape(-1) != 0).numpy() if bf16 else flat != 0
     values = flat[nonzero]
     mat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
     rows, cols = mat.shape
@@ -60,17 +67,17 @@ def _encode(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
     )
     bitmask = ({f"{name}::values": _bytes(values), f"{name}::mask": _bytes(np.packbits(nonzero))}, {"enc": "bitmask"})
     best = min((dense, csr, bitmask), key=lambda e: sum(v.numel() for v in e[0].values()))
-    return _finish(best, arr)
+    return _finish(best, arr, bf16)
 
 
-def _finish(encoded, arr):
+def _finish(encoded, arr, bf16: bool = False):
     tensors, meta = encoded
-    meta.update(dtype=arr.dtype.name, shape=list(arr.shape))
+    meta.update(dtype="bfloat16" if bf16 else arr.dtype.name, shape=list(arr.shape))
     return tensors, meta
 
 
 def _decode(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> torch.Tensor:
-    dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
+    dtype, shape = _storage_dtype(meta["dtype"]), tuple(meta["shape"])
     size = int(np.prod(shape)) if shape else 1
 
     def arr(key, dt):
@@ -91,7 +98,8 @@ def _decode(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> torch.Te
         row_of = np.repeat(np.arange(rows), np.diff(rowptr))
         out[row_of, col] = arr("values", dtype)
         out = out.reshape(shape)
-    return torch.from_numpy(out.copy())
+    out = torch.from_numpy(out.copy())
+    return out.view(torch.bfloat16) if meta["dtype"] == "bfloat16" else out
 
 
 def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, inputs: dict | None = None) -> dict:
@@ -184,7 +192,7 @@ _ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("value
 
 def _check_entry(name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     """ValueError unless ``meta`` (schema-checked) describes buffers that exist and the sizes they hold."""
-    dtype = np.dtype(meta["dtype"])
+    dtype = _storage_dtype(meta["dtype"])
     shape = meta["shape"]
     size = int(np.prod(shape, dtype=object)) if shape else 1
     buffers = {key: tensors.get(f"{name}::{key}") for key in _ENCODINGS[meta["enc"]]}

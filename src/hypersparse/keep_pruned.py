@@ -11,15 +11,17 @@ costs: docs/methods.md, "Keeping pruned weights at zero".
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim import optimizer as torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from hypersparse.params import ModelOrParams, ModuleFilter, check_leaves, prunable_parameters
+from hypersparse.params import ModelOrParams, ModuleFilter, check_leaves, prunable_parameters, refuse_scripted
 
 Masks = dict[str, torch.Tensor]
 
@@ -72,13 +74,18 @@ class Keeper:
     It is the module's forward pre-hook and ``load_state_dict`` post-hook, so ``copy.deepcopy`` and pickling carry
     it. Before a forward it zeroes the masked entries of, and hooks the gradient of, each tensor it has not seen
     (a copy's tensors are new objects); the tensors an optimizer-backed handle enforces are marked as seen instead.
+
+    Nothing here holds a weak reference to a tensor: ``torch.utils.swap_tensors`` (``.half()`` or ``.to()`` under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``) refuses a tensor that has one. A swap keeps the
+    tensor object but gives it new contents, which its gradient hooks no longer reach, so a tensor whose ``_cdata``
+    changed is hooked again.
     """
 
     def __init__(self, names: list[str], owner: "MaskHandle | None" = None):
         self.names = list(names)
         # held, not weakly: a handle the caller drops keeps enforcing the mask for as long as the model carries it
         self.owner = owner
-        self._seen: dict[str, tuple[weakref.ref, RemovableHandle | None]] = {}
+        self._seen: dict[str, tuple[torch.Tensor, int, RemovableHandle | None]] = {}  # tensor, its impl, its hook
 
     def __getstate__(self) -> dict:
         return {"names": self.names}  # what this keeper saw and who owns it concern the original, not a copy
@@ -90,7 +97,8 @@ class Keeper:
         """Mark the module's current tensors as enforced elsewhere (by an optimizer's step hooks)."""
         for name in self.names:
             self._forget(name)
-            self._seen[name] = (weakref.ref(getattr(module, name)), None)
+            t = getattr(module, name)
+            self._seen[name] = (t, t._cdata, None)
 
     def cover(self, module: nn.Module) -> None:
         """Zero the masked entries and hook the gradient of every masked tensor not seen yet (a copy's).
@@ -99,17 +107,34 @@ class Keeper:
         ``torch.func.functional_call`` (or another stateless call) passing the caller's own tensors for one forward,
         and they are the caller's, not this model's to zero."""
         for name in self.names:
+            # weight_norm added after masking; the dict lookup first, since this runs at every forward
+            if "parametrizations" in module._modules and parametrize.is_parametrized(module, name):
+                raise ValueError(f"{type(module).__name__}.{name} is masked and has been parametrized since "
+                                 "(weight_norm or another parametrization), which computes it anew from other tensors "
+                                 "where the mask does not reach; remove the parametrization, or the masks "
+                                 "(handle.remove()) before adding it")
             t = getattr(module, name)
             seen = self._seen.get(name)
-            if seen is not None and (seen[0]() is t or seen[0]() is not None):
-                continue
+            if seen is not None:
+                old, impl, hook = seen
+                if old is t and (hook is None or t._cdata == impl):
+                    continue
+                # a count in place of a weak reference (swap_tensors refuses those): a tensor standing in for the one
+                # seen (functional_call) is left alone while the original lives on elsewhere, and a replaced tensor
+                # is covered once nothing but this keeper holds the one it replaced
+                if old is not t and _references(old) > _ONLY_KEEPER:
+                    continue
             self._forget(name)
+            if seen is not None and seen[0] is t and t._backward_hooks is not None:
+                # swapped: the tensor's hook dict stayed with the object but no longer reaches its new contents;
+                # assigning it again installs it there (the user's hooks in it, which the swap had silenced, too)
+                t._backward_hooks = t._backward_hooks
             zero_pruned_([t], [getattr(module, _suffix(name))])
             hook = None
             if t.requires_grad:
                 hook = t.register_hook(self._gradient_hook(module, name))
-            self._seen[name] = (weakref.ref(t), hook)
-            _COVERED[id(t)] = (weakref.ref(t), weakref.ref(module), name)
+            self._seen[name] = (t, t._cdata, hook)
+            _COVERED[id(t)] = (weakref.ref(module), name)
             _changed()
 
     def _gradient_hook(self, module: nn.Module, name: str):
@@ -124,12 +149,11 @@ class Keeper:
     def _forget(self, name: str) -> None:
         old = self._seen.pop(name, None)
         if old is not None:
-            if old[1] is not None:
-                old[1].remove()
-            t = old[0]()
-            covered = _COVERED.get(id(t), (None,))[0] if t is not None else None
-            if covered is not None and covered() is t:
-                del _COVERED[id(t)]
+            t, _, hook = old
+            if hook is not None:
+                hook.remove()
+            if id(t) in _COVERED:
+                del _COVERED[id(t)]  # t is alive (held here), so the entry under its id is its own
                 _changed()
 
     def release(self) -> None:
@@ -142,6 +166,23 @@ class Keeper:
 
     def after_load(self, module: nn.Module, incompatible_keys) -> None:
         zero_pruned_([getattr(module, n) for n in self.names], [getattr(module, _suffix(n)) for n in self.names])
+
+
+def _references(t: object) -> int:
+    return sys.getrefcount(t)
+
+
+def _baseline() -> int:
+    """What :func:`_references` counts for an object held only the way a Keeper holds a tensor it saw (in a tuple,
+    unpacked into a local name, as ``cover`` does), measured rather than assumed: it differs between Python
+    versions."""
+    seen = (object(),)
+    old = seen[0]
+    return _references(old)
+
+
+#: a tensor a Keeper saw, counted by cover() at this or below, is referenced by nothing but that Keeper
+_ONLY_KEEPER = _baseline()
 
 
 def _keepers(module: nn.Module) -> list[tuple[dict, int, Keeper]]:
@@ -305,7 +346,7 @@ class MaskHandle:
         for e in entries:
             if e.hook is not None:
                 e.hook.remove()
-            owner = _OWNERS.get(id(e.tensor), (None, None))[1]
+            owner = _OWNERS.get(id(e.tensor))
             if owner is not None and owner() is self:
                 del _OWNERS[id(e.tensor)]
         self._entries = [e for e in self._entries if id(e) not in gone]
@@ -324,10 +365,12 @@ class MaskHandle:
         self._drop(list(self._entries))
 
 
-#: id(tensor) -> (the tensor, its handle), both weakly: a tensor has one handle, the last apply_masks_ that named it
-_OWNERS: dict[int, tuple] = {}
-#: id(tensor) -> (the tensor, its module, its name there), the first two weakly: a copy's tensors, which its Keeper
-#: covers (they have no handle)
+#: id(tensor) -> its handle, weakly: a tensor has one handle, the last apply_masks_ that named it. The handle holds
+#: the tensor, so while the handle lives and has an entry for the tensor, the id is that tensor's (no weak reference
+#: to a tensor anywhere: swap_tensors refuses one)
+_OWNERS: dict[int, weakref.ref] = {}
+#: id(tensor) -> (its module weakly, its name there): a copy's tensors, which its Keeper covers (they have no
+#: handle); valid while the module's attribute of that name is the tensor of that id
 _COVERED: dict[int, tuple] = {}
 #: id(optimizer) -> (the optimizer weakly, (mask generation, its parameter count) when read, the entries it steps but
 #: does not enforce); by id, since an optimizer class may define __eq__ and so not be hashable
@@ -354,18 +397,17 @@ def _changed() -> None:
 def _foreign(optimizer: torch.optim.Optimizer) -> list[_Entry]:
     """The masked tensors ``optimizer`` steps without enforcing their mask itself: another handle's (a new
     optimizer for fine-tuning, an earlier one), a handle's without an optimizer, or a copy's."""
-    found = []
+    found, index = [], _Index()
     for group in optimizer.param_groups:
         for p in group["params"]:
-            ref, owner = _OWNERS.get(id(p), (None, None))
-            handle = owner() if ref is not None and ref() is p else None
-            if handle is not None:
+            handle, entry = index.owner(p)
+            if entry is not None:
                 if handle.optimizer is not optimizer:
-                    found.extend(e for e in handle._entries if e.tensor is p)
+                    found.append(entry)
                 continue
-            ref, module, attr = _COVERED.get(id(p), (None, None, None))
+            module, attr = _COVERED.get(id(p), (None, None))
             module = module() if module is not None else None
-            if ref is not None and ref() is p and module is not None and hasattr(module, _suffix(attr)):
+            if module is not None and getattr(module, attr, None) is p and hasattr(module, _suffix(attr)):
                 found.append(_Entry(attr, module, attr, p, None))
     return found
 
@@ -388,21 +430,45 @@ _after_any_step.keeps_pruned_zero = True  # it only zeroes masked weights: the f
 
 def _take_over(tensors: Iterable[torch.Tensor]) -> None:
     """Earlier handles stop enforcing ``tensors``: the new masks replace theirs, they do not stack."""
+    index = _Index()
     for t in tensors:
-        ref, owner = _OWNERS.pop(id(t), (None, None))
-        owner = owner() if owner is not None else None
-        if ref is not None and ref() is t and owner is not None:
-            owner._drop([e for e in owner._entries if e.tensor is t])
+        owner, entry = index.owner(t)
+        _OWNERS.pop(id(t), None)
+        if entry is not None:
+            owner._drop([entry])
     _purge()
     _changed()
 
 
 def _purge() -> None:
     """Forget the tensors, handles and modules that are gone."""
-    for key in [k for k, (ref, owner) in _OWNERS.items() if ref() is None or owner() is None]:
+    index = _Index()
+    for key in [k for k, owner in _OWNERS.items() if index.entry(owner(), k) is None]:
         del _OWNERS[key]
-    for key in [k for k, (ref, module, _) in _COVERED.items() if ref() is None or module() is None]:
+    for key in [k for k, (module, attr) in _COVERED.items() if id(getattr(module(), attr, None)) != k]:
         del _COVERED[key]
+
+
+class _Index:
+    """Each handle's entries by their tensor's id, built once per use (a lookup per tensor would scan them all)."""
+
+    def __init__(self):
+        self._by_handle: dict[int, dict[int, _Entry]] = {}
+
+    def entry(self, handle: MaskHandle | None, key: int) -> _Entry | None:
+        if handle is None:
+            return None
+        entries = self._by_handle.get(id(handle))
+        if entries is None:
+            entries = self._by_handle[id(handle)] = {id(e.tensor): e for e in handle._entries}
+        return entries.get(key)
+
+    def owner(self, t: torch.Tensor) -> tuple[MaskHandle | None, _Entry | None]:
+        """The live handle that masks ``t`` and its entry for it (None, None if none does)."""
+        ref = _OWNERS.get(id(t))
+        handle = ref() if ref is not None else None
+        entry = self.entry(handle, id(t))
+        return (handle, entry) if entry is not None and entry.tensor is t else (None, None)
 
 
 def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
@@ -420,6 +486,7 @@ def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
 
 def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None) -> dict[str, torch.Tensor]:
     """The tensors the masks name: on a model, any parameter by its dotted name; else the listed tensors."""
+    refuse_scripted(model_or_params)
     if isinstance(model_or_params, nn.Module) and filter is None:
         out = {}
         for name in masks:
@@ -434,6 +501,11 @@ def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter 
         return out
     named = dict(prunable_parameters(model_or_params, filter))
     unknown = sorted(set(masks) - set(named))
+    if unknown and filter is not None and isinstance(model_or_params, nn.Module):
+        excluded = [n for n in unknown if n in dict(prunable_parameters(model_or_params))]
+        if excluded:
+            raise ValueError(f"masks name tensors the filter leaves out: {excluded[:5]}; drop them from the masks "
+                             "or from the filter's exclusions")
     if unknown:
         raise ValueError(f"masks name tensors the model does not have as prunable: {unknown[:5]}")
     return {n: named[n] for n in masks}
@@ -463,6 +535,7 @@ def apply_masks_(
     if optimizer is not None and targets:
         _check_holds(optimizer, targets)
     keeps = {n: _as_keep(n, masks[n], t) for n, t in targets.items()}
+    _check_tied(targets, keeps)
     handle = MaskHandle(optimizer)
     _take_over(targets.values())
     if isinstance(model_or_params, nn.Module):
@@ -470,7 +543,7 @@ def apply_masks_(
     else:
         _install_on_tensors(handle, targets, keeps)
     for e in handle._entries:
-        _OWNERS[id(e.tensor)] = (weakref.ref(e.tensor), weakref.ref(handle))
+        _OWNERS[id(e.tensor)] = weakref.ref(handle)
     _changed()
     handle.reapply_()
     if optimizer is not None:
@@ -480,6 +553,16 @@ def apply_masks_(
         if type(optimizer) not in ZERO_STAYS_ZERO:
             handle._hooks.append(optimizer.register_step_post_hook(handle._mask_weights))
     return handle
+
+
+def _check_tied(targets: dict[str, torch.Tensor], keeps: Masks) -> None:
+    """A tensor reached under two names (tied weights: an embedding shared with the output layer) has one mask."""
+    first: dict[int, str] = {}
+    for name, t in targets.items():
+        other = first.setdefault(id(t), name)
+        if other != name and not torch.equal(keeps[other], keeps[name]):
+            raise ValueError(f"masks for {other!r} and {name!r} differ, but they name one tied tensor; give both the "
+                             "same mask (e.g. the first one's)")
 
 
 def _check_holds(optimizer: torch.optim.Optimizer, targets: dict[str, torch.Tensor]) -> None:

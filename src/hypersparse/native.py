@@ -344,7 +344,8 @@ def _compile(cc: list[str], cache: Path, record: Path) -> Path:
             if done.returncode == 0:
                 break
         if done.returncode != 0:
-            raise OSError(f"{' '.join(cc)} failed: {done.stderr.strip()[:300]}")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]  # the compiler's verdict; the rest is noise
+            raise OSError(f"{' '.join(cc)} failed: {last[:200]}")
         digest = _sha256(built)
         so = cache / f"{record.stem}-{digest[:16]}.so"
         os.chmod(built, 0o700)  # ours alone, whatever the umask: a library others may write is never loaded

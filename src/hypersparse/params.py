@@ -117,6 +117,14 @@ def check_leaves(named: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]
                              "torch.nn.utils.prune.remove), or leave the layer out with filter=hs.Exclude([...])")
 
 
+def refuse_scripted(model: object) -> None:
+    """A TorchScript module hides its layers' types (every submodule is a RecursiveScriptModule), so nothing in it
+    looks prunable and no hook of ours would run in its compiled forward."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("a scripted model (torch.jit.script or trace) cannot be pruned or masked; prune the eager "
+                        "model, then script it")
+
+
 def prunable_parameters(
     model_or_params: ModelOrParams, filter: ModuleFilter | None = None
 ) -> list[tuple[str, torch.Tensor]]:
@@ -128,6 +136,7 @@ def prunable_parameters(
     ``model.named_parameters()``. Tied weights appear once.
     """
     pairs: list[tuple[str, torch.Tensor]] = []
+    refuse_scripted(model_or_params)
     if isinstance(model_or_params, nn.Module):
         accept = filter or is_prunable_module
         for mname, module in model_or_params.named_modules():

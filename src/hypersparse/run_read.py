@@ -204,6 +204,10 @@ def run_settings(path: str | Path, dataset: str | None = None, data_dir: str | N
                 "exclude": config.get("sparsity", {}).get("exclude")}
     needs_model = "model.model" in uses  # an ONNX graph is its own model
     if not settings["dataset"] or (needs_model and not settings["model"]):
+        if p.is_dir() and not config:
+            study = " (a tune study: its trials' runs are its trial-N folders)" if (p / "study.db").exists() else ""
+            raise UserError(f"{p} is not a run directory (no {CONFIG}){study}; pass the folder 'hypersparse train' "
+                            "wrote")
         raise UserError(f"{p} has no config.json beside it; pass --dataset" + (" and --model" if needs_model else ""))
     return settings
 

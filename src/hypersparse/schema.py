@@ -510,7 +510,8 @@ METHOD_STATE = {
 # the sparse file's metadata (JSON strings in the safetensors header)
 LAYOUT_ENTRY = Dict({
     "enc": Str(16, choices=("dense", "bitmask", "csr")),
-    "dtype": Str(16, pattern=r"(float|int|uint)(8|16|32|64)|bool", what="a numeric dtype name such as float32"),
+    "dtype": Str(16, pattern=r"(float|int|uint)(8|16|32|64)|bool|bfloat16",
+                 what="a numeric dtype name such as float32"),
     "shape": List(Int(0, 2**40), 8), "rows": Int(0, 2**40), "cols": Int(0, 2**40),
     "col": Str(16, choices=("uint8", "uint16", "uint32", "uint64")),
     "rowptr": Str(16, choices=("uint8", "uint16", "uint32", "uint64")),

@@ -182,16 +182,20 @@ def _check_sqlite_file(url: str, what: str, fix: str) -> None:
                         f"changed); {fix}")
 
 
-def _open_study(optuna, storage: str, what: str, fix: str):
+def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None = None):
     """The study in ``storage`` (checked by :func:`_check_sqlite_file` first); one UserError for a database that cannot
-    be opened or used."""
+    be opened or used. ``new_file``: the SQLite file this call creates, removed again if the study cannot be made."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True,
                                    direction="maximize")
     except (ImportError, SQLAlchemyError, RuntimeError) as exc:  # no driver, no server, a schema Optuna cannot read
+        if new_file is not None:
+            new_file.unlink(missing_ok=True)  # ours, and without a study in it
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        if "disk is full" in first or "No space left" in first:
+            fix = "free some space, or " + ("choose another --study-dir" if new_file is not None else "give another")
         raise UserError(f"{what}: cannot open the Optuna study ({first}); {fix}") from None
 
 
@@ -215,14 +219,17 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         _check_storage(storage)
     what, fix = (f"--storage {_shown(storage)}", "give another (e.g. sqlite:///study.db)") if storage else \
         (f"--study-dir {study_dir}", "move study.db away or choose another --study-dir")
+    db = Path(study_dir) / "study.db"
+    new_file = None if storage or db.exists() else db  # what this call creates, and so may remove again
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
-    storage = storage or f"sqlite:///{quote(str((Path(study_dir) / 'study.db').resolve()))}"
+    storage = storage or f"sqlite:///{quote(str(db.resolve()))}"
     _check_sqlite_file(storage, what, fix)  # before anything is created
     study_dir = output_folder(study_dir, "--study-dir")
     # one tune per study: a second would take the first's running trial for an interrupted one
     with RunLock(study_dir, study=True):
         try:
-            return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix), out)
+            return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix, new_file),
+                          out)
         except optuna.exceptions.StorageInternalError as exc:  # a read-only or full database file, mid-study
             cause = str(exc.__cause__ or exc).strip().splitlines()[0][:160]
             raise UserError(f"{what}: the study cannot be written ({cause}); make it writable, or "
@@ -253,17 +260,17 @@ def _same_settings(study, base: TrainConfig, what: str) -> None:
 
 
 def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range, eta_range, storage: str,
-           what_fix: tuple[str, str], out) -> dict:
+           what_fix: tuple[str, str, Path | None], out) -> dict:
     """The study in its (locked) folder: continue or start it, run trials until ``trials`` have finished, write
     best.json."""
     from hypersparse.engine import train
 
-    what, fix = what_fix
+    what, fix, new_file = what_fix
     for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
         if re.fullmatch(r"trial-\d+", folder.name):
             own_folder(folder, "a trial's run folder")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _open_study(optuna, storage, what, fix)
+    study = _open_study(optuna, storage, what, fix, new_file)
     _same_settings(study, base, what)
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
     study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
