@@ -98,7 +98,8 @@ def test_the_beyond_mnist_causes_run_only_where_art_trails_gmp():
     import beyond_mnist
 
     def planned(art_val, gmp_val):
-        runs = {beyond_mnist.name("lenet5-mnist", 0.995, "art-hs", 0): {"val_acc": art_val, "epochs": {"regularize": 20}},
+        art = {"val_acc": art_val, "epochs": {"regularize": 20}}
+        runs = {beyond_mnist.name("lenet5-mnist", 0.995, "art-hs", 0): art,
                 beyond_mnist.name("lenet5-mnist", 0.995, "gmp", 0): {"val_acc": gmp_val}}
         jobs = beyond_mnist.plan_for(["lenet5-mnist"], [0.995], [0])(runs)
         return {j["meta"]["method"] for j in jobs} & set(beyond_mnist.CAUSES)
