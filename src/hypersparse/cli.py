@@ -448,18 +448,21 @@ def _exit_worker(code: int) -> typing.NoReturn:
     os._exit(code)
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning on the command line is one line, without the file and line of whichever library raised it."""
-    _say(f"warning: {' '.join(str(message).split())}", 0)
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning on the command line is one line, without the file and line of whichever library raised it (the
+    format, not the display: a caller recording warnings still records them)."""
+    return f"hypersparse: warning: {' '.join(str(message).split())}\n" if _rank0() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with warnings.catch_warnings():  # the caller's (a test's, a notebook's) way of showing them comes back after
-        warnings.showwarning = _warning_line
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
+    try:
         return _main(argv)
+    finally:  # the caller's (a test's, a notebook's) format comes back
+        warnings.formatwarning = formatwarning
 
 
 def _main(argv: list[str] | None) -> int:
