@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hypersparse.checkpoint import atomic_write, output_file, output_folder
 from hypersparse.errors import UserError
-from hypersparse.run_read import load_run
+from hypersparse.run_read import Run, load_run
 from hypersparse.stats import HIST_EDGES
 
 PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff",
@@ -184,32 +184,55 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         raise UserError("the report needs matplotlib: pip install 'hypersparse[cli]'") from exc
     runs = [load_run(d, plugin) for d in run_dirs]
     for run in runs:
-        if not run.metrics:
-            raise UserError(f"{run.dir} has no finished epoch in metrics.jsonl; train it for an epoch first")
-        if not run.stats and (run.dir / "stats.jsonl").exists():  # there, but not one complete row in it
-            raise UserError(f"{run.dir / 'stats.jsonl'} is empty or damaged (no complete line); rerun with statistics "
-                            "for a report")
-        if not run.stats:
-            raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with "
-                            "statistics for a report")
+        _check_drawable(run)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder")
+    images = {name: _draw(plt, name, runs) for name in FIGURES}
+    text = _html(runs, images)
+    out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
+    _check_ours(out)
+    for name in FIGURES:
+        output_file(out / f"{name}.png", "--out")
+    page = output_file(out / "report.html", "--out")
+    for name in FIGURES:
+        atomic_write(out / f"{name}.png", lambda f, data=images[name]: f.write(data))
+    atomic_write(page, lambda f: f.write(text), mode="w")
+    _to_trackers(runs, out)
+    return page
+
+
+def _check_drawable(run: Run) -> None:
+    """A run the figures can be drawn from: a finished epoch, and its statistics."""
+    if not run.metrics:
+        raise UserError(f"{run.dir} has no finished epoch in metrics.jsonl; train it for an epoch first")
+    if not run.stats and (run.dir / "stats.jsonl").exists():  # there, but not one complete row in it
+        raise UserError(f"{run.dir / 'stats.jsonl'} is empty or damaged (no complete line); rerun with statistics "
+                        "for a report")
+    if not run.stats:
+        raise UserError(f"{run.dir} has no stats.jsonl (trained with --set run.stats=false?); rerun with "
+                        "statistics for a report")
+
+
+def _draw(plt, name: str, runs: list[Run]) -> bytes:
+    """One figure as PNG bytes, drawn in memory; logs it cannot be drawn from are one line naming the figure."""
     makers = {"gradient": _fig_gradient, "exploration": _fig_exploration, "layers": _fig_layers,
               "histograms": _fig_histograms, "curves": _fig_curves, "per_class": _fig_per_class}
-    images = {}
-    for name in FIGURES:
-        buffer = io.BytesIO()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # matplotlib's notes (an empty log axis) would be lines on stderr
-                makers[name](plt, runs, buffer)
-        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
-            raise UserError(f"cannot draw {name}.png from the logs of {', '.join(str(r.dir) for r in runs)} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); the logs "
-                            "are damaged or of another version") from None
-        finally:
-            plt.close("all")
-        images[name] = buffer.getvalue()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # matplotlib's notes (an empty log axis) would be lines on stderr
+            makers[name](plt, runs, buffer)
+    except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+        raise UserError(f"cannot draw {name}.png from the logs of {', '.join(str(r.dir) for r in runs)} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); the logs "
+                        "are damaged or of another version") from None
+    finally:
+        plt.close("all")
+    return buffer.getvalue()
+
+
+def _html(runs: list[Run], images: dict[str, bytes]) -> str:
+    """The report page: a summary table, the figures inline, and each run's settings."""
     parts = [f"<!doctype html><meta charset='utf-8'>{GENERATOR}",
              "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>",
@@ -231,17 +254,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     parts.append("<h2>Settings</h2>")
     for run in runs:
         parts.append(f"<h3>{html.escape(run.dir.name)}</h3><pre>{html.escape(json.dumps(run.config, indent=1))}</pre>")
-    out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
-    _check_ours(out)
-    for name in FIGURES:
-        output_file(out / f"{name}.png", "--out")
-    page = output_file(out / "report.html", "--out")
-    for name in FIGURES:
-        atomic_write(out / f"{name}.png", lambda f, data=images[name]: f.write(data))
-    text = "\n".join(parts)
-    atomic_write(page, lambda f: f.write(text), mode="w")
-    _to_trackers(runs, out)
-    return page
+    return "\n".join(parts)
 
 
 GENERATOR = "<title>hypersparse report</title>"  # every report.html begins with it: the mark of one

@@ -259,12 +259,88 @@ def _same_settings(study, base: TrainConfig, what: str) -> None:
                         "them: continue it with the same settings, or choose another --study-dir")
 
 
+class _Objective:
+    """One trial: ART at the values Optuna proposes, trained into ``trial-N``; its validation accuracy is the score.
+    Whatever ends the study early (a signal, a problem every trial would meet) is kept in ``stopped`` and said in one
+    line once Optuna has returned, not through its failed-trial traceback."""
+
+    def __init__(self, optuna, study, base: TrainConfig, study_dir: Path, ranges: tuple, signals: "_Signals", out):
+        self.optuna, self.study, self.base, self.study_dir, self.out = optuna, study, base, study_dir, out
+        self.lambda_range, self.eta_range = ranges
+        self.signals = signals
+        self.stopped: list[Exception] = []
+
+    def _stop(self, trial, exc: Exception):
+        """End the study after this trial, whose values are tried again when the study continues."""
+        self.stopped.append(exc)
+        self.study.enqueue_trial(trial.params)
+        self.study.stop()
+        return self.optuna.TrialPruned()  # not counted as finished, and not logged as a failure
+
+    def __call__(self, trial) -> float:
+        from hypersparse.engine import train
+
+        proposed = {"art.lambda_init": trial.suggest_float("lambda_init", *self.lambda_range, log=True),
+                    "art.eta": trial.suggest_float("eta", *self.eta_range, log=True)}
+        cfg = TrainConfig.from_dict(proposed, base=self.base)
+        run_dir = self.study_dir / f"trial-{trial.number}"
+        if self.signals.pending:  # came between trials: this one does not start, and its values wait for the next run
+            self.study.enqueue_trial(trial.params)
+            self.study.stop()
+            raise self.optuna.TrialPruned()
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            own_folder(run_dir, "a trial's run folder")  # checked when the study opened; again now: one planted since
+        except UserError as exc:  # one line, as any bad input (raised here, Optuna would print a traceback)
+            raise self._stop(trial, exc) from None
+        try:
+            with open(os.devnull, "w") as quiet, self.signals.raising():
+                summary = train(cfg, run_dir, progress=False, out=quiet)
+        except (ARTDidNotConverge, RunDiverged) as exc:
+            # an outcome, not an error: Optuna would log a failed trial with its traceback, so it is pruned instead
+            # (quiet, and TPE takes it as a poor result) and marked, so that it counts as finished
+            outcome = "diverged" if isinstance(exc, RunDiverged) else "did not converge"
+            trial.set_user_attr("failed", outcome)
+            print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> ART "
+                  f"{outcome}", file=self.out, flush=True)
+            raise self.optuna.TrialPruned() from None
+        except (RunStopped, UserError, OSError, KeyboardInterrupt) as exc:
+            # Ctrl-C, SIGTERM (a KeyboardInterrupt when it comes while the run sets up, before its own handlers), or
+            # a problem every trial would meet
+            raise self._stop(trial, exc) from None
+        trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
+        trial.set_user_attr("epochs", summary["epochs"])
+        print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
+              f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=self.out,
+              flush=True)
+        if self.signals.pending:  # came once the run had finished: the trial counts, and the study stops after it
+            self.study.stop()
+        return summary["sparse"]["val_acc"]
+
+
+def _finished(study, state) -> int:
+    """Trials that count toward --trials: completed ones, and those that diverged or did not converge (an outcome);
+    not those a signal or a problem stopped, nor interrupted ones (tried again)."""
+    ended = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL, state.PRUNED))
+    # FAIL: a trial that diverged in a study of an earlier version (PRUNED and marked now)
+    return sum((t.state != state.PRUNED or "failed" in t.user_attrs) and not t.user_attrs.get("interrupted")
+               for t in ended)
+
+
+def _raise_stop(stopped: list[Exception], signals: "_Signals") -> None:
+    """What ended the study early, as the CLI's one line (running the command again continues the study)."""
+    if signals.pending and not stopped:
+        raise Terminated() if signals.pending[0] == signal.SIGTERM else KeyboardInterrupt()
+    if stopped:
+        if not isinstance(stopped[0], RunStopped):
+            raise stopped[0]  # (a KeyboardInterrupt or Terminated is the CLI's one line, with its exit code)
+        raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
+
+
 def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range, eta_range, storage: str,
            what_fix: tuple[str, str, Path | None], out) -> dict:
     """The study in its (locked) folder: continue or start it, run trials until ``trials`` have finished, write
     best.json."""
-    from hypersparse.engine import train
-
     what, fix, new_file = what_fix
     for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
         if re.fullmatch(r"trial-\d+", folder.name):
@@ -276,66 +352,13 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     study.sampler = optuna.samplers.TPESampler(seed=base.run.seed * 100_003 + len(study.trials))
     state = optuna.trial.TrialState
     _retry_interrupted(study, state, lambda_range, eta_range, out)
-
-    stopped: list[Exception] = []  # what ended the study early: re-raised once Optuna has returned
     signals = _Signals()  # Ctrl-C and SIGTERM raise inside a trial's run only; elsewhere they wait for a boundary
-
-    def objective(trial) -> float:
-        cfg = TrainConfig.from_dict({"art.lambda_init": trial.suggest_float("lambda_init", *lambda_range, log=True),
-                                     "art.eta": trial.suggest_float("eta", *eta_range, log=True)}, base=base)
-        run_dir = study_dir / f"trial-{trial.number}"
-        if signals.pending:  # came between trials: this one does not start, and its values wait for the next run
-            study.enqueue_trial(trial.params)
-            study.stop()
-            raise optuna.TrialPruned()
-        trial.set_user_attr("run_dir", str(run_dir))
-        try:
-            own_folder(run_dir, "a trial's run folder")  # checked above; again now: one planted since then
-        except UserError as exc:  # one line, as any bad input (raised here, Optuna would print a traceback)
-            stopped.append(exc)
-            study.enqueue_trial(trial.params)  # its values are tried when the study continues, as a stopped one's
-            study.stop()
-            raise optuna.TrialPruned() from None
-        try:
-            with open(os.devnull, "w") as quiet, signals.raising():
-                summary = train(cfg, run_dir, progress=False, out=quiet)
-        except (ARTDidNotConverge, RunDiverged) as exc:
-            # an outcome, not an error: Optuna would log a failed trial with its traceback, so it is pruned instead
-            # (quiet, and TPE takes it as a poor result) and marked, so that it counts as finished
-            outcome = "diverged" if isinstance(exc, RunDiverged) else "did not converge"
-            trial.set_user_attr("failed", outcome)
-            print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> ART "
-                  f"{outcome}", file=out, flush=True)
-            raise optuna.TrialPruned() from None
-        except (RunStopped, UserError, OSError, KeyboardInterrupt) as exc:
-            # Ctrl-C, SIGTERM (a KeyboardInterrupt when it comes while the run sets up, before its own handlers), or
-            # a problem every trial would meet: stop, say it in one line once Optuna has returned (not through its
-            # failed-trial traceback); the same values are tried again on continuing
-            stopped.append(exc)
-            study.enqueue_trial(trial.params)
-            study.stop()
-            raise optuna.TrialPruned() from None  # not counted as finished, and not logged as a failure
-        trial.set_user_attr("test_acc", summary["sparse"]["test_acc"])  # recorded, never used to choose
-        trial.set_user_attr("epochs", summary["epochs"])
-        print(f"trial {trial.number}: lambda_init {cfg.art.lambda_init:.3g}, eta {cfg.art.eta:.4g} -> validation "
-              f"{summary['sparse']['val_acc']:.2%} ({sum(summary['epochs'].values())} epochs)", file=out, flush=True)
-        if signals.pending:  # came once the run had finished: the trial counts, and the study stops after it
-            study.stop()
-        return summary["sparse"]["val_acc"]
-
-    ended = study.get_trials(deepcopy=False, states=(state.COMPLETE, state.FAIL, state.PRUNED))
-    # FAIL: a trial that diverged in a study of an earlier version (PRUNED and marked now)
-    finished = sum((t.state != state.PRUNED or "failed" in t.user_attrs) and not t.user_attrs.get("interrupted")
-                   for t in ended)
+    objective = _Objective(optuna, study, base, study_dir, (lambda_range, eta_range), signals, out)
+    finished = _finished(study, state)
     if finished < trials:
         with signals.deferred():
             study.optimize(objective, n_trials=trials - finished)
-    if signals.pending and not stopped:  # one line, as for any command: running it again continues the study
-        raise Terminated() if signals.pending[0] == signal.SIGTERM else KeyboardInterrupt()
-    if stopped:  # one line, as for any command: running it again continues the study
-        if not isinstance(stopped[0], RunStopped):
-            raise stopped[0]  # (a KeyboardInterrupt or Terminated is the CLI's one line, with its exit code)
-        raise Terminated() if stopped[0].code == 143 else KeyboardInterrupt()
+    _raise_stop(objective.stopped, signals)
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
     if not done:
         raise UserError("no trial finished (ART did not converge or diverged in all); widen --lambda-range/--eta-range")
