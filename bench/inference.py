@@ -36,7 +36,11 @@ MASKS = Path(__file__).resolve().parent / "masks"
 UNIFORM = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28),
            ("resnet32", 0.9, 3, 32), ("resnet32", 0.98, 3, 32), ("resnet32", 0.995, 3, 32),
            ("vgg19", 0.9, 3, 32), ("vgg19", 0.98, 3, 32), ("vgg19", 0.995, 3, 32)]
-ART = ["lenet5-mnist-art-0.98.sparse.safetensors", "lenet5-mnist-art-0.995.sparse.safetensors"]
+# masks from real runs (bench/masks/README.md): (label, file)
+RUNS = [("ART run (global)", "lenet5-mnist-art-0.98.sparse.safetensors"),
+        ("ART run (global)", "lenet5-mnist-art-0.995.sparse.safetensors"),
+        ("GMP run (global)", "lenet5-mnist-gmp-0.995.sparse.safetensors"),
+        ("RigL run (global)", "lenet5-mnist-rigl-0.995.sparse.safetensors")]
 BATCHES = (1, 64)
 # the issue's targets: (model, sparsity, batch) -> least speed-up over dense PyTorch
 TARGETS = {("resnet32", 0.995, 1): 5, ("vgg19", 0.995, 1): 5, ("resnet32", 0.995, 64): 2, ("vgg19", 0.995, 64): 2,
@@ -154,18 +158,41 @@ def measure(model: nn.Module, compacted: nn.Module, ch: int, size: int, reps: in
     return out
 
 
-def cases():
-    """(label, model, name, sparsity, channels, size) for every row, uniform masks first."""
+def cases(only: str | None = None):
+    """(label, model, name, sparsity, channels, size) for every row, uniform masks first; ``only``: the rows of the
+    models whose name holds it."""
     for name, sparsity, ch, size in UNIFORM:
+        if only and only not in name:
+            continue
         torch.manual_seed(0)
         model = create_model(name, 10, ch, size).eval()
         hs.apply_masks_(model, hs.magnitude_masks(model, sparsity, scope="layer")).remove()
         yield "uniform per layer", model, name, sparsity, ch, size
-    for file in ART:
-        model = hs.load_sparse(MASKS / file).eval()
+    for label, file in RUNS:
         arch = load_sparse_state(MASKS / file)[1]
-        yield ("ART run (global)", model, arch["model"], round(hs.sparsity_report(model).sparsity, 4),
-               arch["in_channels"], arch["image_size"])
+        if only and only not in arch["model"]:
+            continue
+        model = hs.load_sparse(MASKS / file).eval()
+        yield label, model, arch["model"], round(hs.sparsity_report(model).sparsity, 4), arch["in_channels"], \
+            arch["image_size"]
+
+
+def _order(row: dict) -> tuple:
+    """A row's place on the page: the uniform masks in UNIFORM's order, then the runs' in RUNS' order."""
+    uniform = [(n, k) for n, k, _, _ in UNIFORM]
+    if (row["model"], row["sparsity"]) in uniform and row["mask"].startswith("uniform"):
+        return (0, uniform.index((row["model"], row["sparsity"])), 0.0)
+    labels = list(dict.fromkeys(label for label, _ in RUNS))
+    return (1, labels.index(row["mask"]) if row["mask"] in labels else len(labels), row["sparsity"])
+
+
+def merged(kept: dict, rows: list[dict]) -> list[dict]:
+    """The rows measured now, and those of a saved page (``kept``) that were not measured again, each with the
+    commit it was measured at."""
+    fresh = {(r["model"], r["mask"], r["sparsity"]) for r in rows}
+    old = [dict(r, commit=r.get("commit", kept["provenance"]["commit"]), date=r.get("date", kept["provenance"]["date"]))
+           for r in kept["rows"] if (r["model"], r["mask"], r["sparsity"]) not in fresh]
+    return sorted(old + rows, key=_order)
 
 
 def main():
@@ -173,6 +200,8 @@ def main():
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--from-json", help="rebuild the page from a saved results JSON, without measuring")
+    ap.add_argument("--only", help="measure only the rows of models whose name holds this (e.g. lenet5)")
+    ap.add_argument("--keep", help="a saved results JSON whose other rows stay on the page (with their commit)")
     args = ap.parse_args()
     if args.from_json:
         payload = json.loads(Path(args.from_json).read_text())
@@ -181,7 +210,7 @@ def main():
     prov = provenance(seed=0)  # at the start: the code that ran
     prov["native"] = native.unavailable()  # None: the C kernels were candidates
     rows = []
-    for mask, model, name, sparsity, ch, size in cases():
+    for mask, model, name, sparsity, ch, size in cases(args.only):
         reps = args.reps if name.startswith("lenet") else max(20, args.reps // 10)
         compacted, removed = compact_channels(model)
         dense_macs, kept_macs = multiply_adds(model, torch.zeros(1, ch, size, size))
@@ -192,9 +221,23 @@ def main():
             if removed:
                 row["onnx_ms"] = onnx_latency(model, compacted, ch, size, tmp)
         row.update(measure(model, compacted, ch, size, reps))
+        row.update(commit=prov["commit"], date=prov["date"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    publish(prov, rows)
+    publish(prov, merged(json.loads(Path(args.keep).read_text()), rows) if args.keep else rows)
+
+
+def _commits(rows: list[dict]) -> str:
+    """Which commit measured which rows, where the page holds rows of more than one run."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        if "commit" in r:
+            by.setdefault(f"`{r['commit'][:7]}` ({r['date'][:10]})", []).append(
+                f"{r['model']} {r['mask']} {r['sparsity']:.1%}")
+    if len(by) < 2:
+        return ""
+    return " Rows measured at different commits: " + "; ".join(f"{c}: {', '.join(names)}" for c, names in by.items()) \
+        + "."
 
 
 def _kept(b: dict) -> str:
@@ -278,8 +321,9 @@ def publish(prov: dict, rows: list[dict]) -> None:
         + "; ".join(f"{r['model']} {r['sparsity']:.1%}: {r['b1']['shapes']}" for r in rows if r["model"] == "lenet300")
         + ". Masks 'uniform per layer': each layer pruned to the sparsity by magnitude from a seeded initialization "
         "(seed 0). Masks 'ART run (global)': LeNet-5 trained on MNIST by ART + HyperSparse on the CPU (shortened "
-        "schedule, bench/masks/README.md); ResNet-32 and VGG-19 CIFAR masks from ART need a GPU run, which none of "
-        "the sessions so far had.\n\nAnchors: " + ANCHORS)
+        "schedule, bench/masks/README.md); 'GMP run (global)' and 'RigL run (global)': the same schedule by GMP and "
+        "RigL, given as many pruning epochs as ART regularized at 99.5 %. ResNet-32 and VGG-19 CIFAR masks from ART "
+        "need a GPU run, which none of the sessions so far had." + _commits(rows) + "\n\nAnchors: " + ANCHORS)
     write_results("inference-cpu", {"provenance": prov, "rows": rows}, "\n".join(md))
     print("\n".join(md))
 
