@@ -232,6 +232,13 @@ CASES = [
     ("export-summary-corrupt", lambda t, r: ["export", str(_corrupt(r, "summary.json"))], "summary.json"),
     ("export-no-summary", lambda t, r: ["export", str(_remove(r, "summary.json"))], "summary.json"),
     ("export-model-truncated", lambda t, r: ["export", str(_truncate(r, "model.pt"))], "model.pt"),
+    # trial 31f S1/X010: the dense format's JSON beside --out replaced the run's summary.json or config.json
+    ("export-dense-json-over-summary", lambda t, r: ["export", str(r), "--format", "dense", "--out",
+                                                     str(r / "summary.pt")], "would write summary.json beside it"),
+    ("export-dense-json-over-config", lambda t, r: ["export", str(r), "--format", "dense", "--out",
+                                                    str(r / "config")], "would write config.json beside it"),
+    ("export-out-the-runs-lock", lambda t, r: ["export", str(r), "--out", str(r / ".hypersparse.lock")],
+     "the run's own .hypersparse.lock"),
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),

@@ -58,7 +58,7 @@ ops = st.one_of(
     st.tuples(st.just("deepcopy")),
     st.tuples(st.just("pickle")),
     st.tuples(st.just("state_dict")),
-    st.tuples(st.just("half")),
+    st.tuples(st.just("half"), st.booleans()),  # True: under torch's swap_tensors conversions
     st.tuples(st.just("steps"), st.integers(1, 3), st.booleans()),
     st.tuples(st.just("new_optimizer"), st.sampled_from(["sgd", "adam", "other"])),
     st.tuples(st.just("drop_handle")),
@@ -115,11 +115,15 @@ class World:
                 self.handle = hs.apply_masks_(self.model, self.masks)
         elif name == "half":
             ref = strip_masks_(copy.deepcopy(self.model)).half()
-            self.model.half()
-            with torch.no_grad():
-                self.model.eval(), ref.eval()
-                assert torch.equal(self.model(self.x.half()), ref(self.x.half()))
-            self.model.float()
+            torch.__future__.set_swap_module_params_on_conversion(op[1])
+            try:
+                self.model.half()
+                with torch.no_grad():
+                    self.model.eval(), ref.eval()
+                    assert torch.equal(self.model(self.x.half()), ref(self.x.half()))
+                self.model.float()
+            finally:
+                torch.__future__.set_swap_module_params_on_conversion(False)
         elif name == "drop_handle":  # the caller keeps no handle (nor the optimizer): the model carries its mask
             self.handle, self.opt = None, None
             __import__("gc").collect()

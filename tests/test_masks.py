@@ -7,6 +7,7 @@ from torch import nn
 
 import hypersparse as hs
 from hypersparse import apply_masks_, magnitude_masks
+from hypersparse.keep_pruned import has_masks
 from hypersparse.models import create_model
 
 from conftest import Nudge, make_convnet, make_mlp
@@ -332,10 +333,76 @@ def test_a_parametrization_added_after_masking_is_an_error_not_a_silent_revival(
     model = make_mlp((8, 16, 4))
     handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
     nn.utils.parametrizations.weight_norm(model[0])
-    with pytest.raises(ValueError, match="has been parametrized since .* remove the parametrization"):
+    with pytest.raises(ValueError, match="recomputed from other tensors since .* undo that"):
         model(torch.randn(2, 8))
     handle.remove()
     model(torch.randn(2, 8))  # without masks, the parametrized model is the user's to train
+
+
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_a_state_loaded_with_assign_keeps_the_zeros_under_a_new_optimizer(with_optimizer):
+    """Trial 31f S2: load_state_dict(assign=True) puts new tensors in the modules; the keeper took them for
+    functional_call's stand-ins and left them unmasked, so a new optimizer revived 160 of 172 pruned weights."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt if with_optimizer else None)
+    expected = zeros(model)
+    dense = {k: v + 1 for k, v in make_mlp((8, 16, 4)).state_dict().items()}
+    model.load_state_dict(dense, assign=True)
+    assert zeros(model) == expected
+    _steps(model, torch.optim.Adam(model.parameters(), lr=0.1), n=4)
+    assert zeros(model) == expected
+    handle.remove()
+    assert not has_masks(model)
+
+
+@pytest.mark.parametrize("recompute", ["weight_norm (hooks)", "torch prune"])
+def test_a_hook_that_recomputes_a_masked_weight_later_is_an_error(recompute):
+    """Trial 31f S3: torch.nn.utils.weight_norm (the hook form) added after masking revived every pruned weight of
+    the layer; torch.nn.utils.prune after masking replaced the mask's buffer, which remove() then took from prune."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the hook form is deprecated, and still shipped
+        if recompute == "torch prune":
+            nn.utils.prune.l1_unstructured(model[0], "weight", 0.3)
+        else:
+            nn.utils.weight_norm(model[0])
+    with pytest.raises(ValueError, match="recomputed from other tensors since"):
+        model(torch.randn(2, 8))
+    handle.remove()
+    model(torch.randn(2, 8)).sum().backward()  # torch's own machinery, and its buffers, as torch left them
+    if recompute == "torch prune":
+        assert hasattr(model[0], "weight_mask")
+
+
+def test_a_buffer_of_the_masks_name_that_is_not_ours_is_refused_and_left_alone():
+    """Trial 31f A060: a module's own persistent buffer 'weight_mask' was replaced without a word, and deleted by
+    remove()."""
+    model = make_mlp((8, 16, 4))
+    mine = torch.ones(16, 8)
+    model[0].register_buffer("weight_mask", mine)
+    with pytest.raises(ValueError, match="already has a 'weight_mask'"):
+        hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    assert model[0].weight_mask is mine and not has_masks(model)
+
+
+def test_load_sparse_into_a_masked_model_is_refused(tmp_path):
+    """Trial 31f S4: load_sparse promises the file's weights bit for bit; a model masked earlier zeroed 18 of them."""
+    torch.manual_seed(0)
+    source, target = make_mlp((8, 16, 4)), make_mlp((8, 16, 4))
+    hs.apply_masks_(source, hs.magnitude_masks(source, 0.5))
+    hs.save_sparse(source, tmp_path / "m.safetensors")
+    handle = hs.apply_masks_(target, hs.magnitude_masks(target, 0.9))
+    with pytest.raises(ValueError, match="carries masks"):
+        hs.load_sparse(tmp_path / "m.safetensors", model=target)
+    handle.remove()
+    loaded = hs.load_sparse(tmp_path / "m.safetensors", model=target)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
 
 
 def test_sparsity_report_counts_and_prints():

@@ -229,7 +229,8 @@ def _export(args) -> int:
     if args.out is not None and str(args.out).endswith(("/", os.sep)):
         raise UserError(f"--out {args.out} names a folder; give a file name inside it")
     out = output_file(args.out or run_dir / default, "--out")
-    _not_a_run_file(out, run_dir)
+    for written in (out, *fmt.also_writes(out)):  # the dense format's JSON beside it, say
+        _not_a_run_file(written, out, run_dir)
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
@@ -237,17 +238,19 @@ def _export(args) -> int:
     return 0
 
 
-def _not_a_run_file(out: Path, run_dir: Path) -> None:
-    """An export written over the run's own files (its model.pt, config.json...) would leave the run unreadable."""
-    from hypersparse.run_write import RUN_FILES
+def _not_a_run_file(written: Path, out: Path, run_dir: Path) -> None:
+    """An export written over the run's own files (its model.pt, config.json, its lock...) would leave the run
+    unreadable; ``written`` is ``out`` or a file the format writes beside it."""
+    from hypersparse.run_write import LOCK, RUN_FILES
 
     try:
-        same = out.resolve().parent == run_dir.resolve() and out.name in RUN_FILES
+        same = written.resolve().parent == run_dir.resolve() and written.name in (*RUN_FILES, LOCK)
     except OSError:
         return
     if same:
-        raise UserError(f"--out {out} is the run's own {out.name}, which eval, report and --resume read; write the "
-                        "export elsewhere (the default is model.<format> beside them)")
+        what = "is" if written == out else f"would write {written.name} beside it, which is"
+        raise UserError(f"--out {out} {what} the run's own {written.name}, which eval, report and --resume read; "
+                        "write the export elsewhere (the default is model.<format> beside them)")
 
 
 RESUME_CONFIRMS = ("run.plugin", "model.model", "data.dataset")  # beside --resume: confirm the code a run names

@@ -22,7 +22,7 @@ from torch import nn
 
 from hypersparse.checkpoint import atomic_write, temporary, temporary_name
 from hypersparse.errors import UserError, refuse_builtin_override
-from hypersparse.keep_pruned import strip_masks_
+from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
@@ -271,6 +271,9 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, trust_code: bo
         raise TypeError(f"load_sparse: trust_code must be True or False, got {trust_code!r}")
     if model is not None:
         _require_module(model, "load_sparse")
+        if has_masks(model):  # its keepers would zero the file's weights wherever the model's own mask prunes
+            raise ValueError("load_sparse: the model carries masks (apply_masks_), which would zero the file's weights "
+                             "where they prune; pass a model without them (a fresh one, or after handle.remove())")
     state, arch = load_sparse_state(path)
     return fill(model if model is not None else model_for(arch, path, trust_code), state, arch, path)
 
@@ -368,31 +371,35 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
 class ExportFormat:
     """One ``--format``: ``writer(model, out, arch, inputs, **options) -> str`` writes ``out`` and returns the line
     to print; ``extension`` names the default file (``model<extension>`` in the run folder); ``options``: the
-    ``export`` flags it takes (``compact``)."""
+    ``export`` flags it takes (``compact``); ``also_writes(out)``: the other files the writer makes beside ``out``."""
 
     name: str
     writer: Callable[..., str]
     extension: str
     help: str
     options: tuple[str, ...]
+    also_writes: Callable[[Path], tuple[Path, ...]] = lambda out: ()
 
 
 EXPORTS: dict[str, ExportFormat] = {}
 
 
 def register_export(name: str, writer: Callable[..., str], extension: str, help: str = "",
-                    options: tuple[str, ...] = ()) -> None:
+                    options: tuple[str, ...] = (),
+                    also_writes: Callable[[Path], tuple[Path, ...]] | None = None) -> None:
     """Make ``hypersparse export --format name`` write with ``writer(model, out, arch, inputs, **options)``.
 
     ``model`` is the run's trained model (pruned weights are zeros), ``out`` the output path, ``arch`` the run's
     architecture (``model``, ``num_classes``, ``in_channels``, ``image_size``) and ``inputs`` its input record
-    (normalisation, class names) or None. It returns the line the command prints.
+    (normalisation, class names) or None. It returns the line the command prints. A writer that makes other files
+    beside ``out`` names them with ``also_writes(out)``, so that the command checks them as it checks ``out``.
     """
     if not callable(writer) or not isinstance(extension, str) or not extension.startswith("."):
         raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
     old = EXPORTS.get(name)
     refuse_builtin_override("export format", name, old.writer if old is not None else None, writer)
-    EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options))
+    EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options),
+                                 also_writes or ExportFormat.also_writes)
 
 
 def _write_sparse(model: nn.Module, out: Path, arch: dict, inputs: dict | None) -> str:
@@ -426,4 +433,5 @@ def _write_onnx(model: nn.Module, out: Path, arch: dict, inputs: dict | None, co
 register_export("sparse", _write_sparse, ".sparse.safetensors", "sparse: safetensors with CSR or bitmask tensors")
 register_export("onnx", _write_onnx, ".onnx", "onnx: takes raw pixels (needs the [onnx] extra)", options=("compact",))
 register_export("dense", _write_dense, ".dense.pt", "dense: a plain state_dict that load_state_dict accepts without "
-                "hypersparse, and a JSON of its architecture and input normalisation")
+                "hypersparse, and a JSON of its architecture and input normalisation",
+                also_writes=lambda out: (out.with_suffix(".json"),))

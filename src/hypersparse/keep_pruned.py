@@ -107,12 +107,7 @@ class Keeper:
         ``torch.func.functional_call`` (or another stateless call) passing the caller's own tensors for one forward,
         and they are the caller's, not this model's to zero."""
         for name in self.names:
-            # weight_norm added after masking; the dict lookup first, since this runs at every forward
-            if "parametrizations" in module._modules and parametrize.is_parametrized(module, name):
-                raise ValueError(f"{type(module).__name__}.{name} is masked and has been parametrized since "
-                                 "(weight_norm or another parametrization), which computes it anew from other tensors "
-                                 "where the mask does not reach; remove the parametrization, or the masks "
-                                 "(handle.remove()) before adding it")
+            _refuse_recomputed(module, name)
             t = getattr(module, name)
             seen = self._seen.get(name)
             if seen is not None:
@@ -165,7 +160,39 @@ class Keeper:
         self.cover(module)
 
     def after_load(self, module: nn.Module, incompatible_keys) -> None:
+        """Zero the loaded weights where the mask prunes. ``load_state_dict(assign=True)`` puts new tensors in the
+        module: they are its own now (a stand-in never loads), so they are covered as a copy's are."""
+        for name in self.names:
+            seen = self._seen.get(name)
+            if seen is not None and seen[0] is not getattr(module, name):
+                self._forget(name)
+        self.cover(module)
         zero_pruned_([getattr(module, n) for n in self.names], [getattr(module, _suffix(n)) for n in self.names])
+
+
+def _refuse_recomputed(module: nn.Module, name: str) -> None:
+    """A masked weight that something recomputes at every forward since it was masked (weight_norm, a
+    parametrization, torch.nn.utils.prune) comes from other tensors, where the mask does not reach: an error, not a
+    silent revival. Cheap checks first: this runs at every forward."""
+    recomputed = "parametrizations" in module._modules and parametrize.is_parametrized(module, name)
+    if not recomputed and len(module._forward_pre_hooks) > 1:  # the keeper's own is one
+        recomputed = any(getattr(hook, "name", getattr(hook, "_tensor_name", None)) == name
+                         and isinstance(hook, _RECOMPUTING_HOOKS) for hook in module._forward_pre_hooks.values())
+    if recomputed:
+        raise ValueError(f"{type(module).__name__}.{name} is masked and has been recomputed from other tensors "
+                         "since (weight_norm, a parametrization or torch.nn.utils.prune), where the mask does not "
+                         "reach; undo that, or take the masks off (handle.remove()) before adding it")
+
+
+def _recomputing_hooks() -> tuple[type, ...]:
+    """torch's hook-based forms that replace a weight by one computed at every forward."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return (WeightNorm, BasePruningMethod)
+
+
+_RECOMPUTING_HOOKS = _recomputing_hooks()
 
 
 def _references(t: object) -> int:
@@ -207,8 +234,9 @@ def _uninstall(module: nn.Module) -> None:
         if keeper.owner is not None:
             keeper.owner._forget(module)
         for name in keeper.names:
-            module._buffers.pop(_suffix(name), None)
-            module._non_persistent_buffers_set.discard(_suffix(name))
+            if _suffix(name) in module._non_persistent_buffers_set:  # ours; a persistent one is someone else's
+                module._buffers.pop(_suffix(name), None)
+                module._non_persistent_buffers_set.discard(_suffix(name))
 
 
 def strip_masks_(model: nn.Module) -> nn.Module:
@@ -536,6 +564,8 @@ def apply_masks_(
         _check_holds(optimizer, targets)
     keeps = {n: _as_keep(n, masks[n], t) for n, t in targets.items()}
     _check_tied(targets, keeps)
+    if isinstance(model_or_params, nn.Module):
+        _check_names_free(model_or_params, targets)  # before anything changes
     handle = MaskHandle(optimizer)
     _take_over(targets.values())
     if isinstance(model_or_params, nn.Module):
@@ -563,6 +593,19 @@ def _check_tied(targets: dict[str, torch.Tensor], keeps: Masks) -> None:
         if other != name and not torch.equal(keeps[other], keeps[name]):
             raise ValueError(f"masks for {other!r} and {name!r} differ, but they name one tied tensor; give both the "
                              "same mask (e.g. the first one's)")
+
+
+def _check_names_free(model: nn.Module, targets: dict[str, torch.Tensor]) -> None:
+    """The mask of ``weight`` is the buffer ``weight_mask``: a module holding that name already, and not from masks
+    of ours (torch.nn.utils.prune's, or the user's own), would lose it."""
+    for name in targets:
+        prefix, _, attr = name.rpartition(".")
+        module = model.get_submodule(prefix)
+        ours = _suffix(attr) in module._non_persistent_buffers_set and any(
+            attr in keeper.names for _, _, keeper in _keepers(module))
+        if not ours and hasattr(module, _suffix(attr)):
+            raise ValueError(f"{name}: the module already has a '{_suffix(attr)}' (torch.nn.utils.prune's, or its "
+                             "own), the name the mask's buffer takes; remove it first (torch.nn.utils.prune.remove)")
 
 
 def _check_holds(optimizer: torch.optim.Optimizer, targets: dict[str, torch.Tensor]) -> None:
