@@ -174,6 +174,11 @@ CASES = [
     ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
+    # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection
+    ("resume-stats-keep-short", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, lambda c: c["stats"].update(
+        prev_keep=torch.ones(100, dtype=torch.bool))))], "stats.prev_keep"),
+    ("resume-stats-keep-float", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, lambda c: c["stats"].update(
+        prev_keep=c["stats"]["prev_keep"].float())))], "stats.prev_keep"),
     ("resume-weights-complex", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_complex))],
      "complex64, the model's is torch.float32"),
     ("config-nul-in-a-path", lambda t, r: ["train", "--config", str(_write(
@@ -662,3 +667,21 @@ def test_ctrl_c_during_a_comparison_names_the_run_whose_resume_finishes_it(finis
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and len(err) == 1, err
     assert f"--resume {run}" in err[0] and "while comparing with oneshot" in err[0], err
+
+
+def test_too_little_memory_to_load_torch_is_one_line(tmp_path):
+    """Trial 31f T4: under an address-space limit that torch's libraries do not fit, every command ended in a
+    MemoryError traceback from inside torch's import."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (600 * 2**20, 600 * 2**20))
+
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == ["hypersparse: error: out of memory while loading torch; raise the "
+                                                "memory limit (ulimit -v) to a few GB"]
+    assert not (tmp_path / "r").exists()

@@ -301,3 +301,15 @@ def test_export_onnx_refuses_an_input_record_eval_would_refuse(tmp_path, inputs,
     with pytest.raises(ValueError, match=needle):
         export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx", inputs)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_to_onnx_with_warnings_made_errors_is_not_a_traceback(finished_run, tmp_path):
+    """Trial 31f T2: under PYTHONWARNINGS=error, torch's deprecation note on its own ONNX exporter ended `export
+    --format onnx` in a traceback (exit 1)."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "m.onnx"
+    env = dict(os.environ, PYTHONWARNINGS="error")
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "export", str(finished_run), "--format", "onnx",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert out.stat().st_size > 0

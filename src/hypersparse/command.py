@@ -22,7 +22,12 @@ def main() -> int:
     if main_thread:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _quit_while_starting)
-    from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
+    try:
+        from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
+    except MemoryError:  # an address-space limit (ulimit -v) below what torch's libraries take to load
+        os.write(2, b"hypersparse: error: out of memory while loading torch; raise the memory limit (ulimit -v) "
+                    b"to a few GB\n")
+        return 2
 
     code = run()
     if main_thread:

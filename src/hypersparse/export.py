@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -338,8 +339,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
         try:
             tmp_dir.mkdir()
             tmp = tmp_dir / "model.onnx"
-            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            with warnings.catch_warnings():  # torch's notes on its own exporter (its deprecation), not on the
+                warnings.simplefilter("ignore")  # model: under -W error they would end the export in a traceback
+                torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
             proto = onnx.load(str(tmp))
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -86,4 +86,8 @@ class StatsCollector:
         return {"prev_keep": self.prev_keep, "budget": self.budget, "cost": self.cost}
 
     def load_state_dict(self, state: dict) -> None:
-        self.prev_keep, self.budget, self.cost = state["prev_keep"], state["budget"], state["cost"]
+        keep, n = state["prev_keep"], sum(p.numel() for p in self.params)
+        if keep is not None and (keep.dtype != torch.bool or tuple(keep.shape) != (n,)):
+            raise ValueError(f"its stats.prev_keep is a {keep.dtype} tensor of shape {tuple(keep.shape)}, not the "
+                             f"model's {n} weights as bool")
+        self.prev_keep, self.budget, self.cost = keep, state["budget"], state["cost"]
