@@ -486,6 +486,28 @@ def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+def test_hf_weights_in_a_pickle_that_names_code_are_one_line_and_nothing_runs(tmp_path, capsys, monkeypatch):
+    """Trial 31f T5: a pytorch_model.bin naming a global (os.system) was refused by torch's weights-only load, as it
+    should be, but the UnpicklingError escaped as a traceback."""
+    import pickle
+
+    from conftest import run_cli
+
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    folder = _hf_config(tmp_path / "planted")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    code, err = run_cli(["train", "--model", "hf:planted", "--run-dir", "r", *QUICK], capsys, seconds=120)
+    assert (code, len(err)) == (2, 1) and "pytorch_model.bin cannot be read as plain weights" in err[0], err
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
 def _weight_normed(_masked):
     """A fresh MLP with weight_norm on its first Linear: its ``weight`` is recomputed at each forward."""
     from torch.nn.utils.parametrizations import weight_norm
@@ -520,6 +542,8 @@ def _masked_mlp():
     (lambda hs, m: hs.apply_masks_(_weight_normed(m), hs.magnitude_masks(m, 0.9)), ValueError,
      "computed from other tensors"),
     (lambda hs, m: hs.HyperSparse(_weight_normed(m), 0.9), ValueError, "computed from other tensors"),
+    # trial 31f T7: a loop hook before start() was an AttributeError on None
+    (lambda hs, m: hs.ARTDriver(0.9).before_step(), RuntimeError, r"call start\(model, optimizer\) before"),
 ])
 def test_api_misuse_is_a_clear_exception_naming_the_argument(call, error, needle):
     """Misuse found by the adversarial trial of issue 31 (trial 31b): each is one clear ValueError or TypeError

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import hypersparse as hs
 from hypersparse import native
 from hypersparse.compaction import compact_channels
 from hypersparse.inference import sparse_inference, swap_convs
@@ -124,3 +125,29 @@ def test_without_a_c_compiler_a_cnn_runs_on_pytorch_kernels(tmp_path, monkeypatc
         assert_same_outputs(fast(x), model(x))
     with pytest.raises(RuntimeError, match="C kernel is unavailable"):
         SparseConv2d(nn.Conv2d(3, 4, 3))(x)
+
+
+class _ReadsItsWeight(torch.nn.Module):
+    """A forward that asks a convolution for its weight's dtype, as transformers' ViT patch embedding does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = self.conv(x.to(self.conv.weight.dtype)).relu()
+        return self.head(x.flatten(1))
+
+
+def test_a_forward_that_reads_a_convolutions_weight_runs_with_sparse_convolutions():
+    """Trial 31f T6: SparseConv2d had no .weight, so sparse_inference (which times each candidate in the model)
+    raised AttributeError on such a model, and `eval --fast` of a ViT run ended in a traceback."""
+    torch.manual_seed(0)
+    model = _ReadsItsWeight().eval()
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.99)).remove()
+    x = torch.randn(2, 3, 8, 8)
+    fast = hs.sparse_inference(model, x, reps=2)
+    assert torch.allclose(fast(x), model(x), atol=1e-4)
+    sparse = SparseConv2d(model.conv)
+    assert torch.equal(sparse.weight, model.conv.weight.detach())

@@ -878,3 +878,48 @@ def test_an_export_out_ending_in_a_slash_is_a_folder_not_a_file(run, tmp_path, c
     code, err = run_cli(["export", str(run), "--format", "sparse", "--out", str(tmp_path / "outdir") + "/"], capsys)
     assert code == 2 and len(err) == 1 and "names a folder" in err[0], err
     assert not (tmp_path / "outdir").exists()
+
+
+@pytest.mark.parametrize("how", ["train", "resume"])
+def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path, monkeypatch, how):
+    """Trial 31f S5: someone who can write the run folder's parent renames it once checkpoint.pt exists and puts a
+    link to another folder in its place; train went on writing through the link, over that folder's model.pt and
+    summary.json, and exited 0. Each write now checks that the folder is still the one whose lock the run holds."""
+    from hypersparse.config import TrainConfig
+    from hypersparse.engine import resume, train
+    from hypersparse.errors import UserError
+    from hypersparse.run_write import RunFiles
+
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    victim.mkdir()
+    for name in ("model.pt", "summary.json", "metrics.jsonl", "checkpoint.pt"):
+        (victim / name).write_text("the user's own\n")
+    before = snapshot(victim)
+    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 2, "finetune_epochs": 2, "lr_steps": "1",
+                                 "lambda_init": 1e-3})
+    if how == "resume":  # a run stopped after its first epoch, continued
+        original = RunFiles.record_epoch
+
+        def stop_after_one(self, row, stats, state):
+            original(self, row, stats, state)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(RunFiles, "record_epoch", stop_after_one)
+        with pytest.raises(BaseException):
+            train(cfg, run, progress=False, out=open(os.devnull, "w"))
+        monkeypatch.undo()
+    original = RunFiles.record_epoch
+
+    def swap_after_one(self, row, stats, state):
+        original(self, row, stats, state)
+        if not run.is_symlink():
+            run.rename(tmp_path / "moved")
+            run.symlink_to(victim, target_is_directory=True)
+
+    monkeypatch.setattr(RunFiles, "record_epoch", swap_after_one)
+    with pytest.raises(UserError, match="was moved or replaced while this run wrote it"):
+        if how == "train":
+            train(cfg, run, progress=False, out=open(os.devnull, "w"))
+        else:
+            resume(run, progress=False, out=open(os.devnull, "w"))
+    assert snapshot(victim) == before

@@ -96,6 +96,7 @@ def compare_baselines(cfg: TrainConfig, files: RunFiles, summary: dict, progress
         results[method] = {"run_dir": folder.name, **done["sparse"]}
     summary = {**summary, "compare": results}
     if files.main:
+        files.check_still_ours()
         write_json(run_dir / SUMMARY, summary)
     files.say(format_summary(summary))
     return summary

@@ -99,10 +99,17 @@ class Driver:
     def done(self) -> bool:
         return self.method is not None and self.method.done
 
+    def _started(self) -> Method:
+        """The method, once :meth:`start` (or :meth:`attach`) gave it its model: the loop's hooks need it."""
+        if self.method is None:
+            raise RuntimeError(f"{type(self).__name__}: call start(model, optimizer) before the training loop's "
+                               "hooks (begin_epoch, before_step, after_step, end_epoch)")
+        return self.method
+
     def begin_epoch(self, optimizer, steps_per_epoch: int) -> str | None:
         """Before an epoch's training: the method may set itself up from the optimizer (ART's ``auto`` lambda_init)."""
         group = _inner(optimizer).param_groups[0]
-        return self.method.begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
+        return self._started().begin_epoch(group["lr"], group.get("momentum", 0.0), steps_per_epoch)
 
     def before_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After backward and any gradient reduction: the method reads the dense gradients (RigL, on its update
@@ -113,11 +120,12 @@ class Driver:
         step in C too; without a regularizer at work (warm-up, dense epochs) the whole step is taken in C
         (:func:`~hypersparse.regularizers.native_sgd_step_`). Each ``.grad`` stepped is left None, so the
         ``optimizer.step()`` the loop calls next moves only what is left."""
-        hook = getattr(self.method, "before_step", None)
+        method = self._started()
+        hook = getattr(method, "before_step", None)
         if hook is not None:
             hook()
         lam = self.lam
-        regularizer = self.method.regularizer
+        regularizer = method.regularizer
         if lam and regularizer is not None:
             fused = getattr(regularizer, "step_sgd_", None)
             if optimizer is None or fused is None or not fused(optimizer, lam):
@@ -126,7 +134,7 @@ class Driver:
             native_sgd_step_(optimizer)
 
     def after_step(self, model: nn.Module) -> None:
-        self.method.after_step(model)
+        self._started().after_step(model)
         self.sync_masks(model)
 
     def end_epoch(self, model: nn.Module, score: Score | None, optimizer=None,
@@ -138,7 +146,7 @@ class Driver:
         training accuracy, which the ``paper`` criterion compares with.
         """
         dense_acc = None
-        if self.method.needs_scores:
+        if self._started().needs_scores:
             if self.criterion == "paper":
                 if train_acc is None:
                     raise ValueError("the paper criterion needs the epoch's running training accuracy (train_acc=)")

@@ -435,6 +435,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | 
         error = dist.broadcast(error)
         if error:
             raise UserError(error)
+        trainer.files.lock = lock
         try:
             try:
                 trainer.files.write_config(trainer.cfg)  # with the defaults the model chose (hf: models)
@@ -495,6 +496,7 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_co
         _require_confirmed(ckpt["config"], confirmed or {}, trust_code, path)
         with thread_scope():
             trainer = Trainer(TrainConfig.from_dict(ckpt["config"]), path, progress, out, quiet, label)
+            trainer.files.lock = lock
             try:
                 trainer.load_state(ckpt)
                 with stopped_cleanly(path):

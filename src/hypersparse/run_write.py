@@ -93,6 +93,18 @@ class RunLock:
             os.close(fd)  # closing drops a shared lock this call took
         return None
 
+    def still_held(self) -> bool:
+        """Whether the lock file this process holds is still the one at its path: not when the run folder was
+        renamed, or replaced by a link to another folder, while the run wrote it."""
+        if self.fd is None:
+            return False
+        try:
+            there = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        held = os.fstat(self.fd)
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)
@@ -251,6 +263,7 @@ class RunFiles:
         self.label = label
         self.line = ProgressLine() if progress and main else None
         self.tracker = None  # a hypersparse.tracking.Tracker, when run.log names one
+        self.lock: RunLock | None = None  # the folder's lock, once taken: each write checks the folder is still it
         self.expected = None  # () -> (expected epochs, how sure): hypersparse.progress.expected_epochs
         self._header = False
         self._ticked = -1  # the last tenth of the run a quiet run reported
@@ -276,8 +289,16 @@ class RunFiles:
             self.tracker.close()
             self.tracker = None
 
+    def check_still_ours(self) -> None:
+        """Before a write: the folder at the run's path is still the one this run locked. A folder swapped for a
+        link to another one mid-run would take the run's files over that one's."""
+        if self.lock is not None and not self.lock.still_held():
+            raise UserError(f"the run folder {self.path} was moved or replaced while this run wrote it (its lock file "
+                            "is no longer there); stopped without writing to what is there now")
+
     def write_config(self, cfg: TrainConfig) -> None:
         if self.main:
+            self.check_still_ours()
             write_json(self.path / CONFIG, cfg.to_dict())
 
     def record_epoch(self, row: dict, stats: dict | None, state: dict) -> None:
@@ -285,6 +306,7 @@ class RunFiles:
         middle of a line) leaves lines of an epoch that a resume drops and then trains and writes again."""
         if not self.main:
             return
+        self.check_still_ours()
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
         if stats is not None:
@@ -320,6 +342,7 @@ class RunFiles:
         """On resume: the logs may hold lines written after the checkpoint's epoch; keep only the checkpointed ones."""
         if not self.main:
             return
+        self.check_still_ours()
         lines = "".join(json.dumps(m) + "\n" for m in metrics)
         atomic_write(self.path / METRICS, lambda f: f.write(lines), mode="w")
         kept = [s for s in read_jsonl(self.path / STATS) if s["epoch"] < len(metrics)]
@@ -329,6 +352,7 @@ class RunFiles:
     def write_result(self, summary: dict, model_state: dict, show: bool = True) -> None:
         if not self.main:
             return
+        self.check_still_ours()
         save_checkpoint(model_state, self.path / MODEL)
         write_json(self.path / SUMMARY, summary)
         if self.tracker is not None:

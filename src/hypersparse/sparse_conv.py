@@ -84,18 +84,31 @@ class SparseConv2d(nn.Module):
         bias = conv.bias.detach().to("cpu", torch.float32) if conv.bias is not None else torch.zeros(self.out_channels)
         self.register_buffer("bias", bias.contiguous())
         self._specs: dict = {}
+        self._dense: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight (zeros where pruned), rebuilt from the stored nonzeros on first use and kept: for code
+        around the layer that reads a convolution's weight (a model's forward asking its dtype, say)."""
+        if self._dense is None:
+            w = torch.zeros(self.out_channels, self.in_channels, *self.kernel_size, dtype=self.vals.dtype,
+                            device=self.vals.device)
+            rows = torch.repeat_interleave(torch.arange(self.out_channels, device=self.vals.device), self.rowptr.diff())
+            w[rows, self.ic.long(), self.ky.long(), self.kx.long()] = self.vals
+            self._dense = w
+        return self._dense
 
     def _apply(self, fn, *args, **kwargs):
-        self._specs = {}  # .to() and friends replace the buffers the specs point at
+        self._specs, self._dense = {}, None  # .to() and friends replace the buffers the specs point at
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_specs"] = {}  # C pointers: rebuilt on the first call after copy or unpickling
+        state["_specs"], state["_dense"] = {}, None  # C pointers: rebuilt on the first call after copy or unpickling
         return state
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._specs = {}
+        self._specs, self._dense = {}, None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _check(self, kh: int, kw: int) -> None:

@@ -7,6 +7,8 @@ and returns logits, as the training loop and the exports expect.
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from itertools import chain
 from pathlib import Path
 
@@ -86,13 +88,19 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
         auto = transformers.AutoModelForImageClassification
         _check_size(spec, config, auto)
         weights = path.is_dir() and any((path / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
-        model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True) if weights \
-            else auto.from_config(config)
+        with warnings.catch_warnings():  # torch's note on a file's pickle protocol: the refusal below says enough
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True) if weights \
+                else auto.from_config(config)
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
             raise
         raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
                         "config.json (hidden_size, num_hidden_layers)") from None
+    except pickle.UnpicklingError:  # torch's weights-only load refused the file (its text is advice to unpickle)
+        raise UserError(f"--model hf:{spec}: its pytorch_model.bin cannot be read as plain weights (a pickle that "
+                        "names code, or a damaged file; nothing in it ran); give the weights as model.safetensors") \
+            from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--model hf:{spec}: transformers cannot build an image classifier from it ({first})") from None
