@@ -357,6 +357,20 @@ def test_a_state_loaded_with_assign_keeps_the_zeros_under_a_new_optimizer(with_o
     assert not has_masks(model)
 
 
+def test_a_weight_replaced_by_hand_is_masked_when_an_optimizer_steps_it():
+    """A new Parameter put in a masked module (here by hand; remove_parametrizations(leave_parametrized=True) does
+    the same) is in no registry while the handle's optimizer holds the old one; the module's mask is still its."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9), opt)
+    keep = model[0].weight_mask.clone()
+    model[0].weight = nn.Parameter(model[0].weight.detach() * keep)  # its zeros, as a new tensor
+    _steps(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), n=4)
+    assert (model[0].weight[~keep] == 0).all()
+    handle.remove()
+
+
 @pytest.mark.parametrize("recompute", ["weight_norm (hooks)", "torch prune"])
 def test_a_hook_that_recomputes_a_masked_weight_later_is_an_error(recompute):
     """Trial 31f S3: torch.nn.utils.weight_norm (the hook form) added after masking revived every pruned weight of

@@ -425,7 +425,7 @@ def _changed() -> None:
 def _foreign(optimizer: torch.optim.Optimizer) -> list[_Entry]:
     """The masked tensors ``optimizer`` steps without enforcing their mask itself: another handle's (a new
     optimizer for fine-tuning, an earlier one), a handle's without an optimizer, or a copy's."""
-    found, index = [], _Index()
+    found, index, live = [], _Index(), None
     for group in optimizer.param_groups:
         for p in group["params"]:
             handle, entry = index.owner(p)
@@ -435,9 +435,33 @@ def _foreign(optimizer: torch.optim.Optimizer) -> list[_Entry]:
                 continue
             module, attr = _COVERED.get(id(p), (None, None))
             module = module() if module is not None else None
+            if module is None or getattr(module, attr, None) is not p:
+                live = _live_attributes() if live is None else live
+                module, attr = live.get(id(p), (None, None))
             if module is not None and getattr(module, attr, None) is p and hasattr(module, _suffix(attr)):
                 found.append(_Entry(attr, module, attr, p, None))
     return found
+
+
+def _live_attributes() -> dict[int, tuple[nn.Module, str]]:
+    """What each masked module holds now under each masked name, by the tensor's id. A tensor put there by hand
+    since (a parametrization removed with ``leave_parametrized=True`` leaves a new Parameter) is in no registry,
+    yet the module's mask is its mask."""
+    modules: dict[int, nn.Module] = {}
+    for ref in list(_OWNERS.values()):
+        handle = ref()
+        if handle is not None:
+            modules.update(handle._modules)
+    for ref, _ in list(_COVERED.values()):
+        module = ref()
+        if module is not None:
+            modules[id(module)] = module
+    live = {}
+    for module in modules.values():
+        for _, _, keeper in _keepers(module):
+            for name in keeper.names:
+                live[id(getattr(module, name, None))] = (module, name)
+    return live
 
 
 @torch.no_grad()
