@@ -173,6 +173,7 @@ CASES = [
      "checkpoint.pt"),
     ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
+    ("resume-no-such-folder", lambda t, r: ["train", "--resume", str(t / "nosuchrun")], "is not a folder"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
     # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection
     ("resume-stats-keep-short", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, lambda c: c["stats"].update(
@@ -244,6 +245,10 @@ CASES = [
                                                     str(r / "config")], "would write config.json beside it"),
     ("export-out-the-runs-lock", lambda t, r: ["export", str(r), "--out", str(r / ".hypersparse.lock")],
      "the run's own .hypersparse.lock"),
+    # trial 31f X043: another run's files were not protected
+    ("export-out-another-runs-summary", lambda t, r: ["export", str(r), "--out", str(_copy_run(r, t / "other") /
+                                                                                    "summary.json")],
+     "is another run's"),
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),
@@ -307,6 +312,11 @@ def _truncate(run: Path, name: str) -> Path:
 def _replace_pt(run: Path, name: str, obj) -> Path:
     torch.save(obj, run / name)
     return run
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
 
 
 def _edit_checkpoint(run: Path, edit) -> Path:
@@ -508,6 +518,19 @@ def test_hf_weights_in_a_pickle_that_names_code_are_one_line_and_nothing_runs(tm
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
+def _started(hs, model):
+    """An ARTDriver past its warm-up on ``model``, as a loop would have it at the first regularization epoch."""
+    driver = hs.ARTDriver(0.9, warmup_epochs=0)
+    driver.start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    return driver
+
+
+def _mlp():
+    from conftest import make_mlp
+
+    return make_mlp((64, 32, 10))
+
+
 def _weight_normed(_masked):
     """A fresh MLP with weight_norm on its first Linear: its ``weight`` is recomputed at each forward."""
     from torch.nn.utils.parametrizations import weight_norm
@@ -542,6 +565,13 @@ def _masked_mlp():
     (lambda hs, m: hs.apply_masks_(_weight_normed(m), hs.magnitude_masks(m, 0.9)), ValueError,
      "computed from other tensors"),
     (lambda hs, m: hs.HyperSparse(_weight_normed(m), 0.9), ValueError, "computed from other tensors"),
+    # trial 31f A042, G112: a missing folder named the temporary file; a name ending in a slash wrote a file
+    (lambda hs, m: hs.save_sparse(m, "/nonexistent-folder-hs42/m.safetensors"), FileNotFoundError,
+     "no such folder to write into: '/nonexistent-folder-hs42'"),
+    (lambda hs, m: hs.save_sparse(m, "/nonexistent-folder-hs42/"), IsADirectoryError, "ends in a slash"),
+    # trial 31f C016, C017: an accuracy above 1 was taken; a driver started on a second model kept the first's method
+    (lambda hs, m: _started(hs, m).end_epoch(m, lambda _: 1.5), ValueError, "between 0 and 1"),
+    (lambda hs, m: _started(hs, m).start(_mlp(), None), ValueError, "started on another model"),
     # trial 31f T7: a loop hook before start() was an AttributeError on None
     (lambda hs, m: hs.ARTDriver(0.9).before_step(), RuntimeError, r"call start\(model, optimizer\) before"),
 ])
@@ -709,3 +739,23 @@ def test_too_little_memory_to_load_torch_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == ["hypersparse: error: out of memory while loading torch; raise the "
                                                 "memory limit (ulimit -v) to a few GB"]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_file_size_limit_is_one_line_that_says_which_limit(finished, tmp_path):
+    """Trial 31f E005/E007/F006: a write past `ulimit -f` said "File too large; check the path and its permissions",
+    and a full disk during export advised train --resume."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 2**10, 20 * 2**10))
+
+    out = tmp_path / "m.dense.pt"
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "export", str(finished), "--format", "dense", "--out",
+                           str(out)], capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "file-size limit (ulimit -f)" in lines[0] and "run the command again" in lines[0]
+    assert "--resume" not in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".hypersparse-*"))

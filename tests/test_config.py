@@ -69,6 +69,21 @@ def test_a_run_s_config_json_repeats_the_run(tmp_path, capsys):
     assert second["sparse"] == first["sparse"] and second["dense"] == first["dense"]
 
 
+def test_the_readmes_repeat_a_run_command_makes_a_new_run(tmp_path, capsys, monkeypatch):
+    """Trial 31f G002: `train --config runs/<run>/config.json --seed 1`, as the README shows it, was refused: the
+    file names the run's own folder, which holds a run. A run repeated from it goes to a new folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--sparsity", "0.9", "--epochs-scale", "0.05", "--lambda-init", "1e-3",
+                 "--run-dir", "runs/first"]) == 0
+    before = sorted(p.name for p in (tmp_path / "runs" / "first").iterdir())
+    assert main(["train", "--config", "runs/first/config.json", "--seed", "1"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and sorted(p.name for p in (tmp_path / "runs" / "first").iterdir()) == before
+    again = json.loads(next(p for p in (tmp_path / "runs").glob("*/config.json") if p.parent.name != "first")
+                       .read_text())
+    assert again["run"]["seed"] == 1
+
+
 def test_flags_override_set_which_overrides_the_file(tmp_path):
     (tmp_path / "run.toml").write_text('[art]\neta = 1.2\nlambda_init = "auto:0.05"\n[schedule]\nlr = 0.05\n'
                                        'momentum = 0.8\n')

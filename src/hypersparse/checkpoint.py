@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -116,11 +117,22 @@ def own_folder(path: str | Path, what: str) -> Path:
                     "it, or pick another folder")
 
 
+def file_path(path: str | Path) -> Path:
+    """``path`` as a Path, refused if given as a string ending in a slash (a folder: Path would drop the slash and
+    write a file of the folder's name)."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise IsADirectoryError(errno.EISDIR, "names a folder (it ends in a slash); give a file name", path)
+    return Path(path)
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write through ``write(file)`` into a temporary file beside ``path``, fsync, then rename over it.
 
-    ``path`` must be absent or a regular file (:func:`replaceable`), checked again right before the rename."""
-    path = Path(path)
+    ``path`` must be absent or a regular file (:func:`replaceable`), checked again right before the rename, in a
+    folder that exists; a ``path`` given as a string ending in a slash names a folder, not a file."""
+    path = file_path(path)
+    if not path.parent.is_dir():  # else the error would name the temporary file, not what the caller asked for
+        raise FileNotFoundError(errno.ENOENT, "no such folder to write into", str(path.parent))
     replaceable(path)
     # named (and registered) before it exists, so a Ctrl-C or SIGTERM at any moment after its creation still finds it
     tmp = temporary_name(path)

@@ -241,15 +241,18 @@ def _export(args) -> int:
 def _not_a_run_file(written: Path, out: Path, run_dir: Path) -> None:
     """An export written over the run's own files (its model.pt, config.json, its lock...) would leave the run
     unreadable; ``written`` is ``out`` or a file the format writes beside it."""
-    from hypersparse.run_write import LOCK, RUN_FILES
+    from hypersparse.run_write import CONFIG, LOCK, METRICS, RUN_FILES
 
     try:
-        same = written.resolve().parent == run_dir.resolve() and written.name in (*RUN_FILES, LOCK)
+        folder = written.resolve().parent
+        own = folder == run_dir.resolve()
+        a_run = own or (folder / CONFIG).exists() or (folder / METRICS).exists()  # this run's, or another's
     except OSError:
         return
-    if same:
+    if a_run and written.name in (*RUN_FILES, LOCK):
         what = "is" if written == out else f"would write {written.name} beside it, which is"
-        raise UserError(f"--out {out} {what} the run's own {written.name}, which eval, report and --resume read; "
+        whose = "the run's own" if own else f"another run's ({written.parent})"
+        raise UserError(f"--out {out} {what} {whose} {written.name}, which eval, report and --resume read; "
                         "write the export elsewhere (the default is model.<format> beside them)")
 
 
@@ -304,12 +307,15 @@ def _say(message: str, code: int) -> int:
     return code
 
 
-def _os_error(exc: OSError) -> str:
-    """One line for a failed read or write: what, which file, and what to do."""
+def _os_error(exc: OSError, command: str | None = None) -> str:
+    """One line for a failed read or write: what, which file, and what to do (for the command that failed)."""
     where = f" ({exc.filename})" if exc.filename else ""
+    again = "a stopped run continues with hypersparse train --resume RUN_DIR" if command in ("train", "tune") else \
+        "then run the command again"
     if exc.errno == errno.ENOSPC:
-        return (f"error: the disk is full{where}; free some space (a stopped run continues with hypersparse train "
-                "--resume RUN_DIR)")
+        return f"error: the disk is full{where}; free some space ({again})"
+    if exc.errno == errno.EFBIG:
+        return f"error: a file grew past this process's file-size limit (ulimit -f){where}; raise it ({again})"
     return f"error: {exc.strerror or exc}{where}; check the path and its permissions"
 
 
@@ -412,7 +418,7 @@ def _dispatch(args) -> int:
     except KeyboardInterrupt as exc:
         return _stopped(exc)
     except OSError as exc:
-        return _say(_os_error(exc), 2)
+        return _say(_os_error(exc, getattr(args, "command", None)), 2)
 
 
 def _terminate(signum, frame) -> typing.NoReturn:

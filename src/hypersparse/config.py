@@ -165,6 +165,21 @@ class SparsityConfig:
                                           Optional(Float(0, 1, lo_open=True)))
 
 
+def _without_own_folder(settings: dict, path: Path) -> dict:
+    """A run's own config.json names the folder it was written in: a run repeated from it (the README's
+    ``--config runs/<run>/config.json --seed 1``) is a new run, in a new folder, unless --run-dir names one."""
+    run = settings.get("run")
+    folder = run.get("run_dir") if isinstance(run, dict) else None
+    if not isinstance(folder, str):
+        return settings
+    try:
+        own = Path(folder).resolve() == path.resolve().parent or (
+            Path(folder).name == path.resolve().parent.name and path.name == "config.json")
+    except (OSError, ValueError):
+        return settings
+    return {**settings, "run": {k: v for k, v in run.items() if k != "run_dir"}} if own else settings
+
+
 @dataclass(frozen=True)
 class ARTConfig:
     """ART: the regularizer, lambda's start and growth, and the stop rule (--method art only)."""
@@ -413,6 +428,7 @@ class TrainConfig:
             raise UserError(f"--config {path} is not valid {kind} ({why})") from None
         if not isinstance(settings, dict):
             raise UserError(f"--config {path} must hold a table of settings, not {type(settings).__name__}")
+        settings = _without_own_folder(settings, path)
         try:
             return cls.from_dict(settings, check=False)
         except UserError as exc:

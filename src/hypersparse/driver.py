@@ -52,12 +52,17 @@ class Driver:
         self._installed: dict | None = None  # the masks dict the handle holds
         self.optimizer = None
         self._pending_state: dict | None = None
+        self._built_for: set[int] | None = None  # the ids of the parameters of the model the method was built on
 
     # -- set-up ------------------------------------------------------------------
     def attach(self, model: nn.Module) -> Method:
         """Build the method on ``model`` (once; later calls keep it) and restore a pending state."""
         if self.method is None:
             self.method = self._build(model)
+            self._built_for = {id(p) for p in model.parameters()}
+        elif self._built_for is not None and not self._built_for & {id(p) for p in model.parameters()}:
+            # a wrapper (DDP) shares its parameters; another model shares none
+            raise ValueError(f"{type(self).__name__} was started on another model; use one driver per model")
         if self._pending_state is not None:
             self.method.load_state_dict(self._pending_state)
             self._pending_state = None

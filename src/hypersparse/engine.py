@@ -481,6 +481,8 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_co
     ``label`` and ``then`` as for :func:`train`.
     """
     path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder (--resume takes the folder of a run hypersparse train wrote)")
     if not (path / CHECKPOINT).exists():
         raise UserError(f"{path} holds no checkpoint to resume (no epoch has finished yet); start a new run without "
                         "--resume")

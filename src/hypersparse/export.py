@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypersparse.checkpoint import atomic_write, temporary, temporary_name
+from hypersparse.checkpoint import atomic_write, file_path, temporary, temporary_name
 from hypersparse.errors import UserError, refuse_builtin_override
 from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
@@ -130,7 +130,7 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
         check_meta(metadata)
     except SchemaError as exc:
         raise ValueError(f"save_sparse: {exc}; a file with it would not load, so none was written") from None
-    path = Path(path)
+    path = file_path(path)
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
     size = path.stat().st_size
@@ -296,7 +296,7 @@ def save_dense(model: nn.Module, path: str | Path, arch: dict, inputs: dict | No
     with the architecture and the input record."""
     from hypersparse.checkpoint import save_checkpoint, write_json
 
-    path = Path(path)
+    path = file_path(path)
     if path.suffix == ".json":  # the JSON beside it would take its name and replace the weights just written
         raise ValueError(f"{path} ends in .json, the name of the JSON file written beside the state_dict; name the "
                          "state_dict .pt")
@@ -323,7 +323,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
             INPUT.check(parse_json(json.dumps(inputs)), "inputs")
         except ValueError as exc:
             raise ValueError(f"export_onnx: {exc}; eval would refuse the file, so none was written") from None
-    path = Path(path)
+    path = file_path(path)
     model = strip_masks_(copy.deepcopy(model)).eval().cpu()  # the graph holds the zeros, not the mask's hooks
     if inputs and inputs.get("mean"):
         model = nn.Sequential(Normalize(inputs["mean"], inputs["std"]), model)

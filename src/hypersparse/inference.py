@@ -450,4 +450,4 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     if isinstance(model, nn.Sequential) and len(model) == 1 and isinstance(model[0], CompactMLP):
         model = model[0]  # the whole model was one chain: one module call less per input
     model.hypersparse_choices, model.hypersparse_compaction = choices, compaction
-    return model
+    return model.eval()  # for inference, whatever mode the model came in (dropout off, BatchNorm's statistics fixed)

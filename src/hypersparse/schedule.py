@@ -360,6 +360,8 @@ def _accuracy(value, name: str) -> float:
         raise TypeError(f"{name} must be a number (an accuracy), got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number (an accuracy), got {value!r}; is the model diverging?")
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be an accuracy between 0 and 1, got {value!r} (a percentage? divide by 100)")
     return float(value)
 
 
