@@ -137,7 +137,12 @@ def test_models_it_does_not_handle_train_at_full_size():
         def forward(self, x):
             return self.b(self.a(x) + x)
 
-    for model in (Branchy(), nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))):
+    shared = nn.Linear(4, 4)  # trial 31f S6: one layer at two positions was compacted as two, and trained apart
+    tied = nn.Linear(4, 4)
+    tied.weight = shared.weight
+    for model in (Branchy(), nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)),
+                  nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2)),
+                  nn.Sequential(shared, nn.ReLU(), tied, nn.ReLU(), nn.Linear(4, 2))):
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         assert CompactTraining.build(model, hs.magnitude_masks(model, 0.9), opt) is None
 

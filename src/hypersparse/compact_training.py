@@ -62,6 +62,9 @@ def _plan(model: nn.Module) -> list[int] | None:
     weighted = [i for i, m in enumerate(layers) if isinstance(m, WEIGHTED)]
     if not weighted or not all(isinstance(m, WEIGHTED + CHANNELWISE) or _is_flatten(m) for m in layers):
         return None
+    params = [p for m in layers for p in m.parameters()]
+    if len({id(p) for p in params}) != len(params):  # a layer used twice, or tied weights: two positions, one tensor
+        return None
     for a, b in zip(weighted, weighted[1:]):
         if isinstance(layers[a], nn.Linear) and isinstance(layers[b], nn.Conv2d):
             return None
