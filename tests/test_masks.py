@@ -371,6 +371,22 @@ def test_a_weight_replaced_by_hand_is_masked_when_an_optimizer_steps_it():
     handle.remove()
 
 
+def test_an_optimizers_parameter_list_changed_in_place_is_read_again():
+    """Trial 31e E016, 31f V001: an optimizer whose list was filled in place with another masked model's tensors (as
+    many as before) kept its first lookup, and 160 pruned weights came back."""
+    torch.manual_seed(0)
+    a, b = make_mlp((8, 16, 4)), make_mlp((8, 16, 4))
+    handles = [hs.apply_masks_(m, hs.magnitude_masks(m, 0.9)) for m in (a, b)]
+    opt = Nudge(a.parameters())
+    _steps(a, opt, n=1)
+    expected = zeros(b)
+    opt.param_groups[0]["params"][:] = list(b.parameters())
+    _steps(b, opt, n=3)
+    assert zeros(b) == expected
+    for h in handles:
+        h.remove()
+
+
 @pytest.mark.parametrize("recompute", ["weight_norm (hooks)", "torch prune"])
 def test_a_hook_that_recomputes_a_masked_weight_later_is_an_error(recompute):
     """Trial 31f S3: torch.nn.utils.weight_norm (the hook form) added after masking revived every pruned weight of

@@ -400,8 +400,8 @@ _OWNERS: dict[int, weakref.ref] = {}
 #: id(tensor) -> (its module weakly, its name there): a copy's tensors, which its Keeper covers (they have no
 #: handle); valid while the module's attribute of that name is the tensor of that id
 _COVERED: dict[int, tuple] = {}
-#: id(optimizer) -> (the optimizer weakly, (mask generation, its parameter count) when read, the entries it steps but
-#: does not enforce); by id, since an optimizer class may define __eq__ and so not be hashable
+#: id(optimizer) -> (the optimizer weakly, (mask generation, the ids of its parameters) when read, the entries it
+#: steps but does not enforce); by id, since an optimizer class may define __eq__ and so not be hashable
 _FOREIGN: dict[int, tuple] = {}
 _GENERATION = [0]
 _GLOBAL_HOOK: list[RemovableHandle] = []
@@ -468,7 +468,8 @@ def _live_attributes() -> dict[int, tuple[nn.Module, str]]:
 def _after_any_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     """After any optimizer's step: zero the pruned weights it moved without enforcing their mask (one multiply over
     those tensors; nothing for the optimizer a handle enforces at, nor for one that steps no masked tensor)."""
-    key = (_GENERATION[0], sum(len(g["params"]) for g in optimizer.param_groups))
+    # which tensors it steps, exactly: a parameter list changed in place, even to as many others, is read again
+    key = (_GENERATION[0], tuple(id(p) for g in optimizer.param_groups for p in g["params"]))
     cached = _FOREIGN.get(id(optimizer))
     if cached is None or cached[0]() is not optimizer or cached[1] != key:
         cached = _FOREIGN[id(optimizer)] = (weakref.ref(optimizer), key, _foreign(optimizer))
