@@ -173,6 +173,13 @@ CASES = [
      "checkpoint.pt"),
     ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
+    # trial 31f Q013, Q014, Q019: a negative cut, a rank above the weights, an int32 momentum were taken
+    ("resume-regularizer-cut-negative", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c["method"]["regularizer"].update(t=torch.tensor(-1.0))))], "regularizer.t"),
+    ("resume-regularizer-rank-huge", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c["method"]["regularizer"].update(rank=torch.tensor(10**12))))], "regularizer.rank"),
+    ("resume-momentum-int32", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _momentum_int))],
+     "momentum_buffer is torch.int32, not a floating-point tensor"),
     ("resume-no-such-folder", lambda t, r: ["train", "--resume", str(t / "nosuchrun")], "is not a folder"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
     # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection
@@ -330,6 +337,12 @@ def _edit_checkpoint(run: Path, edit) -> Path:
 def _momentum_of_wrong_shape(ckpt) -> None:
     state = ckpt["optimizer"]["state"]
     state[next(iter(state))]["momentum_buffer"] = torch.zeros(3, 3)
+
+
+def _momentum_int(ckpt) -> None:
+    state = ckpt["optimizer"]["state"]
+    first = state[next(iter(state))]
+    first["momentum_buffer"] = first["momentum_buffer"].to(torch.int32)
 
 
 def _weights_inf(ckpt) -> None:

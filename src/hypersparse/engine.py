@@ -291,6 +291,10 @@ class Trainer:
                     raise ValueError("a model state it keeps for later has other tensors than the model")
             self.method.load_state_dict(ckpt["method"])
             self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
+            for state in ckpt["optimizer"]["state"].values():  # torch would cast these to the weights' type
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and not value.is_floating_point():
+                        raise ValueError(f"the optimizer's {key} is {value.dtype}, not a floating-point tensor")
             self.optimizer.load_state_dict(ckpt["optimizer"])
             _check_optimizer_state(self.optimizer)
             if not all(torch.isfinite(v).all() for v in reference.values() if v.is_floating_point()):

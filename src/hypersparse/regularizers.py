@@ -574,6 +574,16 @@ class HyperSparse(Regularizer):
                 "refreshes": self.refreshes, "rank": self._rank}
 
     def load_state_dict(self, state: dict) -> None:
+        # a checkpoint's numbers, checked before they steer the gradient: the cut is positive (infinite once no
+        # weight is left), s and the scale finite, and as many weights lie below the cut as there are, at most
+        for name, top in (("t", math.inf), ("s", math.nextafter(math.inf, 0)), ("coef", math.nextafter(math.inf, 0)),
+                          ("rank", self.numel)):
+            value = state.get(name)
+            if value is None:
+                continue
+            ok = isinstance(value, (torch.Tensor, float, int)) and torch.as_tensor(value).numel() == 1
+            if not ok or not (0 <= float(value) <= top) or (name == "t" and float(value) == 0):
+                raise ValueError(f"its regularizer.{name} is {value!r}, outside what a run writes")
         self._t, self._s, self._coef = state["t"], state["s"], state["coef"]
         if self._native is not None and self._s is not None:  # the C path computes with Python floats
             self._t, self._s, self._coef = float(self._t), float(self._s), float(self._coef)
