@@ -217,3 +217,20 @@ def test_cifar_archive_that_climbs_out_is_refused(tmp_path, monkeypatch):
         load_dataset("cifar10", target, 0, download=True)
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "a" / "escaped").exists()
     assert not (target / "cifar-10-batches-py").exists()
+
+
+def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
+    """Trial 31f I001, I005: 16-bit PNGs were clipped to 255 (every image blank white) and float TIFFs read as black;
+    the run trained on blank images without a word."""
+    from PIL import Image
+
+    from hypersparse.data.folder import _decode
+    from hypersparse.errors import DataError
+
+    ramp = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    x = _decode([tmp_path / "a.png"], "L")
+    assert x.shape == (1, 1, 8, 8) and x.max() == round(63000 / 257) and x.min() == 0
+    Image.fromarray(ramp.astype(np.float32) / 63000).save(tmp_path / "b.tiff")
+    with pytest.raises(DataError, match="floating-point pixels"):
+        _decode([tmp_path / "b.tiff"], "L")

@@ -481,6 +481,18 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path, capsys):
     _one_line(code, err, "9.png")
 
 
+def test_images_that_are_not_square_are_one_line(tmp_path, capsys):
+    """Trial 31f I014: 12x8 images gave the MLP a shape error, and the line said "mlp takes any size"."""
+    pytest.importorskip("PIL")
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(tmp_path / "pets" / c / f"{i}.png", 12, 8, 40 * i)
+    code, err = run_cli(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--run-dir", str(tmp_path / "r"),
+                         *QUICK], capsys)
+    _one_line(code, err, "are 12x8 pixels (width x height); hypersparse trains on square images")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_test_folder_of_another_image_size_is_one_line(tmp_path, capsys):
     pytest.importorskip("PIL")
     for split, size in (("train", 8), ("test", 9)):

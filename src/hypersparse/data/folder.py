@@ -44,7 +44,7 @@ def _decode(paths: list[Path], mode: str, first: tuple | None = None) -> np.ndar
                     if img.size[0] * img.size[1] > MAX_PIXELS:
                         raise DataError(f"image {p} is {img.size[0]}x{img.size[1]} pixels, more than the "
                                         f"{MAX_PIXELS:,} hypersparse reads; resize it")
-                    a = np.asarray(img.convert(mode))
+                    a = _eight_bits(img, mode, p)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
                 ValueError) as exc:
             raise DataError(f"image {p} cannot be read ({str(exc).splitlines()[0][:160]}); remove or replace it") \
@@ -57,6 +57,18 @@ def _decode(paths: list[Path], mode: str, first: tuple | None = None) -> np.ndar
         arrays.append(a)
     x = np.stack(arrays)
     return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2).copy()
+
+
+def _eight_bits(img, mode: str, path: Path) -> np.ndarray:
+    """The image's pixels as 8-bit ``mode`` (L or RGB). Pillow's convert clips 16-bit pixels to 255 instead of
+    scaling them, and float or 32-bit pixels have no range it could know: 16-bit grey is scaled (/257), and the
+    others are refused, not read as blank images."""
+    if img.mode.startswith("I;16"):
+        return (np.asarray(img, dtype=np.float64) / 257).round().astype(np.uint8)
+    if img.mode in ("I", "F"):
+        raise DataError(f"image {path} has {'32-bit integer' if img.mode == 'I' else 'floating-point'} pixels, whose "
+                        "range hypersparse cannot know; convert the images to 8 bits (grey or RGB) first")
+    return np.asarray(img.convert(mode))
 
 
 def _mode(paths: list[Path]) -> str:
@@ -90,6 +102,9 @@ def read_folder(root: Path) -> dict:
         raise DataError(f"{base} needs at least two class sub-folders holding images ({', '.join(sorted(SUFFIXES))})")
     mode = _mode(train[0])
     x = _decode(train[0], mode)
+    if x.shape[2] != x.shape[3]:  # the models, and the records runs and exports keep, take one image size
+        raise DataError(f"the images in {base} are {x.shape[3]}x{x.shape[2]} pixels (width x height); hypersparse "
+                        "trains on square images: crop or pad them to square first")
     out = {"classes": classes, "train": (x, np.array(train[1]))}
     first = (train[0][0], (x.shape[2], x.shape[3]) + ((x.shape[1],) if x.shape[1] > 1 else ()))
     for split in ("val", "test"):
