@@ -147,3 +147,21 @@ def test_a_compiler_that_fails_is_one_warning_line_on_the_command_line(finished_
     assert len(said) == 1 and said[0].startswith("hypersparse: warning: "), done.stderr
     assert "final link failed: No space left on device" in said[0] and "many words" not in said[0]
     assert ".py:" not in done.stderr and "Warning" not in done.stderr, done.stderr
+
+
+def test_a_build_folder_a_stopped_process_left_is_removed_by_the_next_build(fresh, tmp_path):
+    """Trial 31f S226: SIGTERM during the kernel's build ends the command at once and left its build folder (chain.c,
+    chain.so) in the cache for good. The build folder is a registered temporary now: the next build removes it."""
+    assert native.unavailable() is None  # the cache exists: built once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that is no longer running
+    left = fresh / f".hypersparse-{dead}-0123456789ab.build.tmp"
+    left.mkdir()
+    (left / "chain.c").write_text("int x;")
+    mine = fresh / ".my.notes.tmp"
+    mine.write_text("the user's")
+    for f in fresh.glob("chain-*"):
+        f.unlink()  # the next call builds again
+    native._lib = None
+    assert native.unavailable() is None and native.chain_kernel() is not None
+    assert not left.exists() and mine.read_text() == "the user's"

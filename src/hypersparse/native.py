@@ -21,9 +21,9 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 SOURCE = r"""
@@ -332,24 +332,32 @@ def _sha256(path: Path) -> str:
 
 
 def _compile(cc: list[str], cache: Path, record: Path) -> Path:
-    """Build the library into ``cache`` under a name holding its SHA-256, then record that digest."""
-    from hypersparse.checkpoint import temporary_name, temporary_prefix
+    """Build the library into ``cache`` under a name holding its SHA-256, then record that digest. The build folder
+    is a registered temporary: a signal that ends the process at once removes it, and one left by a process that
+    died is removed by the next build."""
+    from hypersparse.checkpoint import remove_temporaries, temporary, temporary_name
 
-    with tempfile.TemporaryDirectory(dir=cache, prefix=temporary_prefix()) as tmp:
-        src, built = Path(tmp) / "chain.c", Path(tmp) / "chain.so"
-        src.write_text(SOURCE)
-        for flags in (FLAGS + TUNED, FLAGS):  # a compiler without the tuning flags still builds the plain library
-            done = subprocess.run([*cc, *flags, str(src), "-o", str(built)], capture_output=True, text=True,
-                                  timeout=120)
-            if done.returncode == 0:
-                break
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]  # the compiler's verdict; the rest is noise
-            raise OSError(f"{' '.join(cc)} failed: {last[:200]}")
-        digest = _sha256(built)
-        so = cache / f"{record.stem}-{digest[:16]}.so"
-        os.chmod(built, 0o700)  # ours alone, whatever the umask: a library others may write is never loaded
-        os.replace(built, so)  # atomic: another process may be loading the same name
+    remove_temporaries(cache)
+    tmp = temporary_name(cache / "build")
+    with temporary(tmp):
+        try:
+            tmp.mkdir(mode=0o700)
+            src, built = tmp / "chain.c", tmp / "chain.so"
+            src.write_text(SOURCE)
+            for flags in (FLAGS + TUNED, FLAGS):  # a compiler without the tuning flags still builds the plain library
+                done = subprocess.run([*cc, *flags, str(src), "-o", str(built)], capture_output=True, text=True,
+                                      timeout=120)
+                if done.returncode == 0:
+                    break
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]  # the compiler's verdict
+                raise OSError(f"{' '.join(cc)} failed: {last[:200]}")
+            digest = _sha256(built)
+            so = cache / f"{record.stem}-{digest[:16]}.so"
+            os.chmod(built, 0o700)  # ours alone, whatever the umask: a library others may write is never loaded
+            os.replace(built, so)  # atomic: another process may be loading the same name
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     tmp_record = temporary_name(record)
     fd = os.open(tmp_record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
