@@ -180,6 +180,10 @@ CASES = [
         r, lambda c: c["method"]["regularizer"].update(rank=torch.tensor(10**12))))], "regularizer.rank"),
     ("resume-momentum-int32", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _momentum_int))],
      "momentum_buffer is torch.int32, not a floating-point tensor"),
+    # trial 31f Q006: a mask of another shape in ART's state was taken
+    ("resume-art-mask-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c["method"]["masks"].update({"1.weight": torch.ones(3, 3, dtype=torch.bool)})))],
+     "masks are not bool masks of this model's prunable weights"),
     ("resume-no-such-folder", lambda t, r: ["train", "--resume", str(t / "nosuchrun")], "is not a folder"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
     # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection

@@ -341,6 +341,15 @@ class ARTSchedule:
                    not in state]
         if missing:
             raise ValueError(f"not an ARTSchedule state: it lacks {', '.join(missing)}; pass what state_dict() gave")
+        shapes = [tuple(p.shape) for p in self.regularizer.params]  # masks are used in this order, by position
+        for where, masks in [("masks", state["masks"]), *((f"buffer[{i}].masks", b.get("masks"))
+                                                          for i, b in enumerate(state["buffer"]))]:
+            if masks is None:
+                continue
+            if not isinstance(masks, dict) or [tuple(getattr(m, "shape", ())) for m in masks.values()] != shapes \
+                    or not all(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks.values()):
+                raise ValueError(f"its {where} are not bool masks of this model's prunable weights ("
+                                 f"{', '.join(self.regularizer.names)})")
         for k in _STATE:
             setattr(self, k, copy.deepcopy(state["lambda_0" if k == "lambda_init" else k]))
         self.buffer = [dict(b) for b in state["buffer"]]
