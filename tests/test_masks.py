@@ -753,3 +753,16 @@ def test_neither_a_model_nor_tensors_is_a_type_error_that_says_what_is_expected(
     """Trial 31d A068/A069: "'int' object is not iterable" did not say what to pass."""
     with pytest.raises(TypeError, match=r"expected a model \(an nn.Module\) or a list of tensors"):
         call(wrong)
+
+
+def test_a_mask_buffer_removed_since_is_one_clear_error():
+    """Trial 31g T1: torch.nn.utils.prune after masking took the buffer's name, and prune.remove then deleted it; the
+    next backward died in the masks' gradient hook with an AttributeError."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    del model[0]._buffers["weight_mask"]
+    with pytest.raises(ValueError, match="its mask buffer 'weight_mask' was removed since"):
+        model(torch.randn(2, 8))
+    handle.remove()
+    model(torch.randn(2, 8)).sum().backward()

@@ -173,7 +173,12 @@ class Keeper:
 def _refuse_recomputed(module: nn.Module, name: str) -> None:
     """A masked weight that something recomputes at every forward since it was masked (weight_norm, a
     parametrization, torch.nn.utils.prune) comes from other tensors, where the mask does not reach: an error, not a
-    silent revival. Cheap checks first: this runs at every forward."""
+    silent revival; so is a mask buffer that something removed (torch.nn.utils.prune.remove takes the name). Cheap
+    checks first: this runs at every forward."""
+    if _suffix(name) not in module._buffers:
+        raise ValueError(f"{type(module).__name__}.{name} is masked, but its mask buffer '{_suffix(name)}' was "
+                         "removed since (torch.nn.utils.prune.remove takes that name); apply the masks again, or take "
+                         "them off (handle.remove())")
     recomputed = "parametrizations" in module._modules and parametrize.is_parametrized(module, name)
     if not recomputed and len(module._forward_pre_hooks) > 1:  # the keeper's own is one
         recomputed = any(getattr(hook, "name", getattr(hook, "_tensor_name", None)) == name
@@ -473,9 +478,8 @@ def _after_any_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
     cached = _FOREIGN.get(id(optimizer))
     if cached is None or cached[0]() is not optimizer or cached[1] != key:
         cached = _FOREIGN[id(optimizer)] = (weakref.ref(optimizer), key, _foreign(optimizer))
-    entries = cached[2]
-    if entries:
-        torch._foreach_mul_([e.tensor for e in entries], [e.scale(e.tensor) for e in entries])
+    for e in cached[2]:  # +0.0 where pruned, whatever the step left there (a NaN of a row weight_norm divided by 0)
+        e.tensor.masked_fill_(e._derived.get(e.keep, None, e.tensor.device), 0)
 
 
 _after_any_step.keeps_pruned_zero = True  # it only zeroes masked weights: the fused SGD step may run beside it
