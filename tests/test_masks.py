@@ -766,3 +766,23 @@ def test_a_mask_buffer_removed_since_is_one_clear_error():
         model(torch.randn(2, 8))
     handle.remove()
     model(torch.randn(2, 8)).sum().backward()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_whose_masked_layer_never_runs_its_own_forward_keeps_its_zeros(how):
+    """Trial 31g S3: a copy's masks were put to work by the masked module's forward, which MultiheadAttention's
+    out_proj never runs (its parent reads the weight): a new Adam on a copy revived 33 of 57 pruned weights."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = nn.MultiheadAttention(8, 2, batch_first=True)
+    handle = hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    expected = zeros(twin)
+    opt, x = torch.optim.Adam(twin.parameters(), lr=1e-2), torch.randn(2, 4, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        twin(x, x, x)[0].pow(2).mean().backward()
+        opt.step()
+    assert zeros(twin) == expected
+    handle.remove()

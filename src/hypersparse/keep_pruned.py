@@ -85,13 +85,20 @@ class Keeper:
         self.names = list(names)
         # held, not weakly: a handle the caller drops keeps enforcing the mask for as long as the model carries it
         self.owner = owner
+        self.module: nn.Module | None = None  # the module whose hooks it is (set when installed)
         self._seen: dict[str, tuple[torch.Tensor, int, RemovableHandle | None]] = {}  # tensor, its impl, its hook
 
     def __getstate__(self) -> dict:
-        return {"names": self.names}  # what this keeper saw and who owns it concern the original, not a copy
+        # what this keeper saw and who owns it concern the original, not a copy; its module is the copy's (a deepcopy
+        # or pickle maps it to the module being copied), so a copy whose masked module never runs its own forward
+        # (MultiheadAttention's out_proj, a parent calling F.linear with its weight) is still found at a step
+        return {"names": self.names, "module": self.module}
 
     def __setstate__(self, state: dict) -> None:
         self.names, self.owner, self._seen = state["names"], None, {}
+        self.module = state.get("module")
+        _COPIES.add(self)
+        _changed()
 
     def adopt(self, module: nn.Module) -> None:
         """Mark the module's current tensors as enforced elsewhere (by an optimizer's step hooks)."""
@@ -235,6 +242,7 @@ def _uninstall(module: nn.Module) -> None:
         del hooks[key]
         keepers[id(keeper)] = keeper
     for keeper in keepers.values():
+        _COPIES.discard(keeper)
         keeper.release()
         if keeper.owner is not None:
             keeper.owner._forget(module)
@@ -408,6 +416,9 @@ _COVERED: dict[int, tuple] = {}
 #: id(optimizer) -> (the optimizer weakly, (mask generation, the ids of its parameters) when read, the entries it
 #: steps but does not enforce); by id, since an optimizer class may define __eq__ and so not be hashable
 _FOREIGN: dict[int, tuple] = {}
+#: the keepers of copies (deepcopy, pickle), weakly: their modules' tensors are masked at any optimizer's step even
+#: when the module's own forward, which covers them, never runs
+_COPIES: "weakref.WeakSet[Keeper]" = weakref.WeakSet()
 _GENERATION = [0]
 _GLOBAL_HOOK: list[RemovableHandle] = []
 
@@ -419,9 +430,9 @@ def _changed() -> None:
     _FOREIGN.clear()
     if _GENERATION[0] % 256 == 0:  # short-lived copies (each registers its tensors) leave dead entries behind
         _purge()
-    if (_OWNERS or _COVERED) and not _GLOBAL_HOOK:
+    if (_OWNERS or _COVERED or _COPIES) and not _GLOBAL_HOOK:
         _GLOBAL_HOOK.append(torch_optimizer.register_optimizer_step_post_hook(_after_any_step))
-    elif not (_OWNERS or _COVERED):
+    elif not (_OWNERS or _COVERED or _COPIES):
         for hook in _GLOBAL_HOOK:
             hook.remove()
         _GLOBAL_HOOK.clear()
@@ -461,6 +472,9 @@ def _live_attributes() -> dict[int, tuple[nn.Module, str]]:
         module = ref()
         if module is not None:
             modules[id(module)] = module
+    for keeper in list(_COPIES):
+        if keeper.module is not None:
+            modules[id(keeper.module)] = keeper.module
     live = {}
     for module in modules.values():
         for _, _, keeper in _keepers(module):
@@ -671,6 +685,7 @@ def _install_on_model(handle: MaskHandle, model: nn.Module, targets: dict[str, t
             module.register_buffer(_suffix(attr), keeps[name], persistent=False)
             handle._entries.append(_Entry(name, module, attr, targets[name], keeps[name]))
         keeper = Keeper(attrs, handle)
+        keeper.module = module
         module.register_forward_pre_hook(keeper.before_forward)
         module.register_load_state_dict_post_hook(keeper.after_load)
         handle._modules[id(module)] = module
