@@ -786,3 +786,22 @@ def test_a_copy_whose_masked_layer_never_runs_its_own_forward_keeps_its_zeros(ho
         opt.step()
     assert zeros(twin) == expected
     handle.remove()
+
+
+def test_to_empty_then_a_load_keeps_the_mask():
+    """Trial 31g S2: Module.to_empty() leaves every buffer uninitialised, the masks too, and the state_dict loaded next
+    does not hold them: the mask became whatever was in memory, and Adam revived 27 of 216 pruned weights."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    masks = hs.magnitude_masks(model, 0.9)
+    handle = hs.apply_masks_(model, masks)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model[0].weight_mask.fill_(True)  # what uninitialised memory may hold
+    model.load_state_dict(state)
+    assert all(torch.equal(getattr(model.get_submodule(n.rpartition(".")[0]), "weight_mask"), m)
+               for n, m in masks.items())
+    _steps(model, torch.optim.Adam(model.parameters(), lr=1e-2), n=4)
+    assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(model))
+    handle.remove()

@@ -86,6 +86,7 @@ class Keeper:
         # held, not weakly: a handle the caller drops keeps enforcing the mask for as long as the model carries it
         self.owner = owner
         self.module: nn.Module | None = None  # the module whose hooks it is (set when installed)
+        self.entries: list[_Entry] = []  # the handle's entries for that module (none in a copy)
         self._seen: dict[str, tuple[torch.Tensor, int, RemovableHandle | None]] = {}  # tensor, its impl, its hook
 
     def __getstate__(self) -> dict:
@@ -95,7 +96,7 @@ class Keeper:
         return {"names": self.names, "module": self.module}
 
     def __setstate__(self, state: dict) -> None:
-        self.names, self.owner, self._seen = state["names"], None, {}
+        self.names, self.owner, self._seen, self.entries = state["names"], None, {}, []
         self.module = state.get("module")
         _COPIES.add(self)
         _changed()
@@ -164,11 +165,25 @@ class Keeper:
             self._forget(name)
 
     def before_forward(self, module: nn.Module, args) -> None:
+        self._check_masks()
         self.cover(module)
+
+    def _check_masks(self) -> None:
+        """A mask buffer replaced by one of other values (``Module.to_empty``, which leaves every buffer
+        uninitialised; the masks are not in the state_dict a load brings) gets the handle's mask back. One that only
+        moved (``.to()``) becomes the handle's record."""
+        for e in self.entries:
+            buf = e.module._buffers.get(_suffix(e.attr))
+            if buf is None or buf is e._keep:
+                continue
+            if buf.shape == e._keep.shape and not torch.equal(buf, e._keep.to(buf.device)):
+                buf.copy_(e._keep.to(buf.device))
+            e._keep = buf
 
     def after_load(self, module: nn.Module, incompatible_keys) -> None:
         """Zero the loaded weights where the mask prunes. ``load_state_dict(assign=True)`` puts new tensors in the
         module: they are its own now (a stand-in never loads), so they are covered as a copy's are."""
+        self._check_masks()
         for name in self.names:
             seen = self._seen.get(name)
             if seen is not None and seen[0] is not getattr(module, name):
@@ -373,6 +388,7 @@ class MaskHandle:
             raise ValueError("update_ takes masks for the same tensors this handle masks; call apply_masks_ for others")
         for e in self._entries:
             e.keep.copy_(_as_keep(e.name, masks[e.name], e.tensor))  # in place: a new version, derived forms renewed
+            e._keep = e.keep  # the record of the mask: a buffer moved by .to() is the mask now
         self.reapply_()
         self._mask_state(self._entries)
 
@@ -685,7 +701,7 @@ def _install_on_model(handle: MaskHandle, model: nn.Module, targets: dict[str, t
             module.register_buffer(_suffix(attr), keeps[name], persistent=False)
             handle._entries.append(_Entry(name, module, attr, targets[name], keeps[name]))
         keeper = Keeper(attrs, handle)
-        keeper.module = module
+        keeper.module, keeper.entries = module, [e for e in handle._entries if e.module is module]
         module.register_forward_pre_hook(keeper.before_forward)
         module.register_load_state_dict_post_hook(keeper.after_load)
         handle._modules[id(module)] = module
