@@ -184,6 +184,9 @@ CASES = [
     ("resume-art-mask-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, lambda c: c["method"]["masks"].update({"1.weight": torch.ones(3, 3, dtype=torch.bool)})))],
      "masks are not bool masks of this model's prunable weights"),
+    # trial 31g T4: a regularization count past the limit overflowed eta ** reg_epochs
+    ("resume-reg-epochs-huge", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c["method"].update(reg_epochs=10**6)))], "reg_epochs is 1000000"),
     ("resume-no-such-folder", lambda t, r: ["train", "--resume", str(t / "nosuchrun")], "is not a folder"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
     # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection

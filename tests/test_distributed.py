@@ -102,3 +102,30 @@ def test_rank_shards_are_slices_of_the_single_process_batches():
         for (fx, fy), (sx, sy) in zip(full, batches):
             n = len(fy) - len(fy) % 2  # the last batch (6 images) splits evenly; an odd one would lose its last image
             assert torch.equal(fx[rank:n:2], sx) and torch.equal(fy[rank:n:2], sy)  # same crops and flips
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""}, "asks for a process group, which cannot"),
+])
+def test_a_torchrun_environment_that_is_not_one_is_one_line(tmp_path, env, needle):
+    """Trial 31g T3: a malformed or partial torchrun environment ended in a traceback (int(), env:// rendezvous)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    full.update({k: v for k, v in env.items() if v})
+    done = subprocess.run([sys.executable, "-m", "hypersparse", *ARGS, "--epochs-scale", "0.05", "--run-dir",
+                           str(tmp_path / "r")], capture_output=True, text=True, env=full, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stray_rank_does_not_skip_the_run_folders_lock(tmp_path):
+    """Trial 31g S4: with RANK set and no WORLD_SIZE (no torchrun), --resume took no lock, so two resumes of one run
+    both wrote it. One process is rank 0, whatever RANK says: the second resume is refused."""
+    from hypersparse.run_write import RunLock
+
+    assert cli("train", "--epochs-scale", "0.05", "--run-dir", str(tmp_path / "r")).returncode == 0
+    with RunLock(tmp_path / "r"):  # a resume that runs now, as the second one sees it
+        done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--resume", str(tmp_path / "r")],
+                              capture_output=True, text=True, env=dict(os.environ, RANK="1"), timeout=120)
+    assert done.returncode == 2 and "in use by process" in done.stderr, done.stderr

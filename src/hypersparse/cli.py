@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hypersparse import __version__
 from hypersparse.config import TrainConfig, canonical, flag, sections, setting_flag, setting_help, type_name
-from hypersparse.distributed import close_distributed
+from hypersparse.distributed import close_distributed, is_rank0
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
 from hypersparse.schedule import ARTDidNotConverge
 
@@ -298,7 +298,10 @@ def _eval(args) -> int:
 
 def _rank0() -> bool:
     """Whether this process prints errors: always, except on the ranks other than 0 under torchrun."""
-    return os.environ.get("RANK", "0") == "0"
+    try:
+        return is_rank0()
+    except UserError:  # a malformed environment is itself the error to print
+        return True
 
 
 def _say(message: str, code: int) -> int:

@@ -69,15 +69,37 @@ def all_sum(*values: float) -> list[float]:
     return t.tolist()
 
 
+def _env_int(name: str, default: int) -> int:
+    """A whole number torchrun puts in the environment; one line if something else put another thing there."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or len(value) > 6:
+        raise UserError(f"the environment's {name}={value[:20]!r} is not a process count or index as torchrun sets "
+                        "it; unset it, or start the run with torchrun")
+    return int(value)
+
+
+def world_size() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def is_rank0() -> bool:
+    """Whether this process writes the run's files: the only one, or torchrun's rank 0. A RANK left in the
+    environment without a WORLD_SIZE above 1 is no process group, and does not make a process a silent worker."""
+    return world_size() <= 1 or _env_int("RANK", 0) == 0
+
+
 def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA).
 
     Returns the context and the device this rank trains on (``cuda:LOCAL_RANK`` on GPUs).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Dist(), device
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs; lower --nproc_per_node")
@@ -87,7 +109,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         raise UserError(f"distributed training runs on cuda or cpu, not {device.type}; pass --device cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        try:
+            dist.init_process_group(backend)
+        except ValueError as exc:  # env:// without MASTER_ADDR or MASTER_PORT: torchrun sets them
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"WORLD_SIZE={world} asks for a process group, which cannot start ({first}); start the "
+                            "run with torchrun, or unset WORLD_SIZE") from None
     return Dist(rank, world, local, backend), device
 
 

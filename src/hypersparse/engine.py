@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shlex
 import sys
 import time
@@ -27,7 +26,7 @@ from hypersparse.config import TrainConfig, transformer_defaults
 from hypersparse.data import Splits, load_dataset
 from hypersparse.data.loader import DeviceLoader
 from hypersparse.device import autocast, pick_device
-from hypersparse.distributed import init_distributed, state_digest
+from hypersparse.distributed import init_distributed, is_rank0, state_digest
 from hypersparse.driver import Driver
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
 from hypersparse.evaluate import evaluate, input_record
@@ -490,7 +489,7 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_co
     if not (path / CHECKPOINT).exists():
         raise UserError(f"{path} holds no checkpoint to resume (no epoch has finished yet); start a new run without "
                         "--resume")
-    lock = RunLock(path).acquire() if os.environ.get("RANK", "0") == "0" else None
+    lock = RunLock(path).acquire() if is_rank0() else None  # a stray RANK without torchrun locks too
     try:
         remove_temporaries(path)
         ckpt = load_run_checkpoint(path / CHECKPOINT)

@@ -341,6 +341,9 @@ class ARTSchedule:
                    not in state]
         if missing:
             raise ValueError(f"not an ARTSchedule state: it lacks {', '.join(missing)}; pass what state_dict() gave")
+        reg = state["reg_epochs"]
+        if isinstance(reg, bool) or not isinstance(reg, int) or not 0 <= reg <= self.max_reg_epochs:
+            raise ValueError(f"its reg_epochs is {reg!r}, outside 0..max_reg_epochs ({self.max_reg_epochs})")
         shapes = [tuple(p.shape) for p in self.regularizer.params]  # masks are used in this order, by position
         for where, masks in [("masks", state["masks"]), *((f"buffer[{i}].masks", b.get("masks"))
                                                           for i, b in enumerate(state["buffer"]))]:
