@@ -255,3 +255,16 @@ def test_a_signal_as_a_trial_finishes_is_one_line_and_the_study_continues(tmp_pa
     out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
     assert out.returncode == 0, out.stderr
     assert sum(t.state.name == "COMPLETE" for t in load(study_dir).trials) == 2
+
+
+def test_a_study_that_searched_another_kind_of_parameter_is_one_line(tmp_path):
+    """Trial 31g T2: a study.db whose eta was stored as a categorical parameter ended in Optuna's ValueError."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute("update trial_params set distribution_json='{\"name\": \"CategoricalDistribution\", "
+                   "\"attributes\": {\"choices\": [\"a\", 1]}}' where param_name='eta'")
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    said = ("searched lambda_init or eta as another kind", "Optuna cannot read the trials the study holds")
+    assert out.returncode == 2 and len(lines) == 1 and any(w in lines[0] for w in said), out.stderr

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from urllib.parse import quote
 
@@ -234,6 +235,18 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
             cause = str(exc.__cause__ or exc).strip().splitlines()[0][:160]
             raise UserError(f"{what}: the study cannot be written ({cause}); make it writable, or "
                             f"{fix.split('; ')[-1] if '; ' in fix else fix}") from None
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            if not _raised_in_optuna(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{what}: Optuna cannot read the trials the study holds ({type(exc).__name__}: {first}); "
+                            f"{fix}") from None
+
+
+def _raised_in_optuna(exc: BaseException) -> bool:
+    """Whether ``exc`` came from inside Optuna (a study.db whose stored trials it cannot read), not from ours."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}optuna{os.sep}" in frames[-1].filename
 
 
 #: settings a study's trials may differ in: what it searches, and what only records or places the run
@@ -280,8 +293,14 @@ class _Objective:
     def __call__(self, trial) -> float:
         from hypersparse.engine import train
 
-        proposed = {"art.lambda_init": trial.suggest_float("lambda_init", *self.lambda_range, log=True),
-                    "art.eta": trial.suggest_float("eta", *self.eta_range, log=True)}
+        try:
+            proposed = {"art.lambda_init": trial.suggest_float("lambda_init", *self.lambda_range, log=True),
+                        "art.eta": trial.suggest_float("eta", *self.eta_range, log=True)}
+        except ValueError as exc:  # the study's stored trials searched these names as another kind of parameter
+            self.stopped.append(UserError(f"the study in {self.study_dir} searched lambda_init or eta as another kind "
+                                          f"of parameter ({exc}); choose another --study-dir"))
+            self.study.stop()
+            raise self.optuna.TrialPruned() from None
         cfg = TrainConfig.from_dict(proposed, base=self.base)
         run_dir = self.study_dir / f"trial-{trial.number}"
         if self.signals.pending:  # came between trials: this one does not start, and its values wait for the next run
