@@ -493,6 +493,25 @@ def test_hf_config_asking_for_a_huge_model_is_one_line(tmp_path, capsys, monkeyp
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("sizes,needle", [
+    ({"hidden_size": -16}, "torch cannot build the model its config.json describes"),
+    ({"attn_implementation": "flash_attention_2"}, "asks for a package that is not installed"),
+])
+def test_hf_config_that_transformers_or_torch_refuse_is_one_line(tmp_path, capsys, monkeypatch, sizes, needle):
+    """Trial 31g T5: a config.json with a negative size, or one naming flash attention without its package, ended in
+    torch's RuntimeError or transformers' ImportError."""
+    from conftest import run_cli
+
+    pytest.importorskip("transformers")
+    if sizes.get("attn_implementation") and __import__("importlib").util.find_spec("flash_attn"):
+        pytest.skip("flash_attn is installed")
+    monkeypatch.chdir(tmp_path)
+    _hf_config(tmp_path / "cfg", **sizes)
+    code, err = run_cli(["train", "--model", "hf:cfg", "--run-dir", "r", *QUICK], capsys, seconds=120)
+    assert code == 2 and len(err) == 1 and "hf:cfg" in err[0] and needle in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_hf_build_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     """Weights within the count's bound can still fail to allocate (other memory in use): one line, exit 2."""
     from conftest import run_cli

@@ -93,10 +93,16 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
             model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True) if weights \
                 else auto.from_config(config)
     except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
-            raise
-        raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
-                        "config.json (hidden_size, num_hidden_layers)") from None
+        if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
+            raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
+                            "config.json (hidden_size, num_hidden_layers)") from None
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--model hf:{spec}: torch cannot build the model its config.json describes ({first}); "
+                        "check its sizes") from None
+    except ImportError as exc:  # a setting that needs a package (attn_implementation flash_attention_2, say)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--model hf:{spec}: its config.json asks for a package that is not installed ({first}); "
+                        "install it or change the setting") from None
     except pickle.UnpicklingError:  # torch's weights-only load refused the file (its text is advice to unpickle)
         raise UserError(f"--model hf:{spec}: its pytorch_model.bin cannot be read as plain weights (a pickle that "
                         "names code, or a damaged file; nothing in it ran); give the weights as model.safetensors") \
