@@ -187,6 +187,9 @@ CASES = [
     # trial 31g T4: a regularization count past the limit overflowed eta ** reg_epochs
     ("resume-reg-epochs-huge", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, lambda c: c["method"].update(reg_epochs=10**6)))], "reg_epochs is 1000000"),
+    # a checkpoint whose own settings hash otherwise now (a version's change) was said to be another run's
+    ("resume-another-version", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c.update(identity="0" * 16)))], "was written by another version of hypersparse"),
     ("resume-no-such-folder", lambda t, r: ["train", "--resume", str(t / "nosuchrun")], "is not a folder"),
     ("resume-weights-inf", lambda t, r: ["train", "--resume", str(_edit_checkpoint(r, _weights_inf))], "NaN or inf"),
     # trial 31f T1: a statistics state of the wrong length or type was a traceback at the next collection

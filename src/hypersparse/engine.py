@@ -494,8 +494,11 @@ def resume(run_dir: str | Path, progress: bool | None = None, out=None, trust_co
         remove_temporaries(path)
         ckpt = load_run_checkpoint(path / CHECKPOINT)
         config = read_json(path / CONFIG)
-        if config is None or TrainConfig.from_dict(config, check=False).identity != ckpt["identity"] or \
-                TrainConfig.from_dict(ckpt["config"], check=False).identity != ckpt["identity"]:
+        if TrainConfig.from_dict(ckpt["config"], check=False).identity != ckpt["identity"]:
+            # its own settings no longer hash to what it recorded: this version reads them otherwise
+            raise UserError(f"checkpoint {path / CHECKPOINT} was written by another version of hypersparse (its "
+                            "settings read differently now); start this run again")
+        if config is None or TrainConfig.from_dict(config, check=False).identity != ckpt["identity"]:
             raise UserError(f"checkpoint {path / CHECKPOINT} belongs to another run (its settings differ from "
                             f"{path / CONFIG}'s); resume the folder it was written in, or start this run again")
         _require_confirmed(ckpt["config"], confirmed or {}, trust_code, path)
