@@ -173,8 +173,10 @@ def _without_own_folder(settings: dict, path: Path) -> dict:
     if not isinstance(folder, str):
         return settings
     try:
-        own = Path(folder).resolve() == path.resolve().parent or (
-            Path(folder).name == path.resolve().parent.name and path.name == "config.json")
+        here = path.resolve().parent
+        # the file's own folder; or, as a relative run_dir resolves from where that run started, a run folder (it
+        # holds metrics.jsonl, which no hand-written config's folder does) of the same name
+        own = Path(folder).resolve() == here or (Path(folder).name == here.name and (here / "metrics.jsonl").exists())
     except (OSError, ValueError):
         return settings
     return {**settings, "run": {k: v for k, v in run.items() if k != "run_dir"}} if own else settings
