@@ -283,7 +283,22 @@ def _verdict(ratio: float, bound: float, r: dict, phase: str) -> str:
         rest = q["whole"] - q["train"] - extra
         why = (f"; the training pass alone is {q['train'] / base:.2f}x, scoring for the stop rule, statistics and "
                f"validation add {extra / base:.2f}x, the checkpoint and logs {rest / base:.2f}x (table below)")
-    return f"**missed** by {ratio - bound:.3f}x{why}"
+    return f"**missed** by {ratio - bound:.3f}x{why}{_noise(r, phase, bound)}"
+
+
+def _noise(r: dict, phase: str, bound: float) -> str:
+    """Whether a miss is inside the machine's noise: the loops take turns, so each epoch of ours has a plain epoch
+    run just before it; the spread of those paired ratios is how much the same work varies on this machine."""
+    secs = r.get("seconds")
+    if not secs:
+        return ""
+    pairs = sorted(o / b for o, b in zip(secs["ours"][phase][1:], secs["plain"][phase][1:]))
+    if len(pairs) < 2:
+        return ""
+    inside = pairs[0] <= bound
+    return (f". Paired epochs (ours, then the plain epoch run next to it) range {pairs[0]:.2f}x–{pairs[-1]:.2f}x"
+            + (", so the bound lies inside this machine's noise." if inside else
+               ", all above the bound: a real miss."))
 
 
 def _full_run_why(p: dict, f: dict) -> str:
