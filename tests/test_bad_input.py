@@ -187,6 +187,9 @@ CASES = [
     # trial 31g T4: a regularization count past the limit overflowed eta ** reg_epochs
     ("resume-reg-epochs-huge", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, lambda c: c["method"].update(reg_epochs=10**6)))], "reg_epochs is 1000000"),
+    # trial 31g Q124: a metrics list shorter than the method's epochs resumed, exit 0, the summary's counts wrong
+    ("resume-metrics-short", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c.update(metrics=c["metrics"][:-2])))], "but its method has run"),
     # a checkpoint whose own settings hash otherwise now (a version's change) was said to be another run's
     ("resume-another-version", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, lambda c: c.update(identity="0" * 16)))], "was written by another version of hypersparse"),

@@ -287,6 +287,15 @@ def test_mask_name_mismatch_is_an_error():
         hs.apply_masks_(model, {"nope": torch.ones(3, dtype=torch.bool)})
 
 
+def test_a_mask_on_a_buffer_is_refused_since_the_module_writes_it():
+    """Trial 31g A020: BatchNorm's running_mean was accepted as a mask target and came back nonzero after one forward
+    in train mode: a mask cannot hold what the module itself overwrites."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="'1.running_mean', a buffer"):
+        hs.apply_masks_(model, {"1.running_mean": torch.tensor([True, False, True, False])})
+    assert not hasattr(model[1], "running_mean_mask")
+
+
 class _Tied(nn.Module):
     def __init__(self):
         super().__init__()
@@ -512,6 +521,30 @@ def test_masks_travel_with_the_model(how, tmp_path):
             apply_masks_(other, masks)
             other.load_state_dict({k: v + 1 for k, v in state.items()})
     assert _revived(other, masks) == 0
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_model_that_keeps_its_handle_as_an_attribute_copies_and_the_original_stays_masked(how, tmp_path):
+    """Trial 31e B007: torch.save of a model holding its MaskHandle failed ("cannot pickle weakref"). The copy's
+    handle owns nothing (its masks travel as buffers), and removing it leaves the original's enforcement alone."""
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    masks = magnitude_masks(model, 0.8)
+    model.handle = apply_masks_(model, masks, optimizer)
+    if how == "deepcopy":
+        other = copy.deepcopy(model)
+    else:
+        torch.save(model, tmp_path / "m.pt")
+        other = torch.load(tmp_path / "m.pt", weights_only=False)  # our own file, in a test
+    assert other.handle.masks == {}
+    other.handle.remove()
+    for net, opt in ((model, optimizer), (other, torch.optim.SGD(other.parameters(), lr=0.5, momentum=0.9))):
+        for _ in range(3):
+            opt.zero_grad()
+            net(torch.randn(8, 8)).pow(2).mean().backward()
+            opt.step()
+        params = dict(net.named_parameters())
+        assert all(not params[n].detach()[~m].any() for n, m in masks.items())
 
 
 def test_half_after_masking_trains():

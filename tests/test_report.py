@@ -39,3 +39,27 @@ def test_report_from_tiny_runs_has_every_figure(tmp_path):
 def test_report_on_a_folder_that_is_not_a_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hypersparse", "report", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and "not a run directory" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_report_that_fills_the_disk_leaves_no_half_report(tmp_path, monkeypatch):
+    """Trial 31e F007: a full disk while writing left the figures already written in the new --out folder."""
+    import errno
+
+    import pytest
+
+    import hypersparse.report as report
+
+    train(TrainConfig.from_dict(dict(sparsity=0.9, epochs_scale=0.03, lambda_init=1e-3)), tmp_path / "run", False,
+          open(os.devnull, "w"))
+    real, calls = report.atomic_write, []
+
+    def fills_up(path, write, mode="wb"):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write, mode)
+
+    monkeypatch.setattr(report, "atomic_write", fills_up)
+    with pytest.raises(OSError):
+        report.build_report([tmp_path / "run"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -935,3 +935,57 @@ def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path
         else:
             resume(run, progress=False, out=open(os.devnull, "w"))
     assert snapshot(victim) == before
+
+
+@pytest.mark.parametrize("carry", ["moved", "hard-linked"])
+def test_a_swapped_run_folder_is_refused_even_with_the_lock_carried_into_the_other(tmp_path, monkeypatch, carry):
+    """The attacker moves (or hard-links) the run's lock file into the other folder before the swap, so that the lock
+    at the run's path is still this run's file: the folder is not, and nothing of the other folder is replaced."""
+    from hypersparse.config import TrainConfig
+    from hypersparse.engine import train
+    from hypersparse.errors import UserError
+    from hypersparse.run_write import LOCK, RunFiles
+
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    victim.mkdir()
+    for name in ("model.pt", "summary.json", "metrics.jsonl", "checkpoint.pt"):
+        (victim / name).write_text("the user's own\n")
+    before = snapshot(victim)
+    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 2, "finetune_epochs": 2, "lr_steps": "1",
+                                 "lambda_init": 1e-3})
+    original = RunFiles.record_epoch
+
+    def swap_after_one(self, row, stats, state):
+        original(self, row, stats, state)
+        if not run.is_symlink():
+            if carry == "moved":
+                (run / LOCK).rename(victim / LOCK)
+            else:
+                os.link(run / LOCK, victim / LOCK)
+            run.rename(tmp_path / "moved")
+            run.symlink_to(victim, target_is_directory=True)
+
+    monkeypatch.setattr(RunFiles, "record_epoch", swap_after_one)
+    with pytest.raises(UserError, match="was moved or replaced while this run wrote it"):
+        train(cfg, run, progress=False, out=open(os.devnull, "w"))
+    after = snapshot(victim)
+    after.pop(LOCK, None)  # the attacker's own doing
+    assert after == before
+
+
+def test_a_lock_that_cannot_be_written_on_a_full_disk_is_not_left_in_the_users_folder(tmp_path, monkeypatch):
+    """Trial 31e F012: train refused on a full disk left its .hypersparse.lock in the user's folder."""
+    import errno
+
+    from hypersparse.run_write import RunLock
+
+    (tmp_path / "notes.txt").write_text("the user's\n")
+    before = snapshot(tmp_path)
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        RunLock(tmp_path).acquire()
+    assert snapshot(tmp_path) == before

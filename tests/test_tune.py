@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import cli, run_cli
+from conftest import cli, run_cli, snapshot
 
 optuna = pytest.importorskip("optuna")
 
@@ -268,3 +268,47 @@ def test_a_study_that_searched_another_kind_of_parameter_is_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     said = ("searched lambda_init or eta as another kind", "Optuna cannot read the trials the study holds")
     assert out.returncode == 2 and len(lines) == 1 and any(w in lines[0] for w in said), out.stderr
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ("update trial_values set value = 1e999", "a validation accuracy of inf"),
+    ("update trial_params set param_value = 1e308 where param_name = 'lambda_init'", "lambda_init 1e+308, outside"),
+])
+def test_a_finished_trial_edited_in_the_database_is_not_reported_as_the_best(tmp_path, edit, needle):
+    """Trial 31g U106/U108: a study.db whose finished trial holds lambda_init 1e308 (outside its range) or a value of
+    inf was reported as the best trial ("validation inf%") in best.json, exit 0."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    before = (study_dir / "best.json").read_bytes()
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute(edit)
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and needle in lines[0], out.stderr
+    assert (study_dir / "best.json").read_bytes() == before
+
+
+def test_best_json_names_the_trial_folder_not_what_the_database_says(tmp_path):
+    """Trial 31g U105: a trial's stored run_dir naming another run ended up in best.json as the best run."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute("update trial_user_attributes set value_json = ? where key = 'run_dir'",
+                   (json.dumps(str(tmp_path / "elsewhere")),))
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    best = json.loads((study_dir / "best.json").read_text())
+    assert best["run_dir"] == str(study_dir / "trial-0")
+
+
+def test_a_study_and_a_run_do_not_share_a_folder(tmp_path):
+    """Trial 31g C107/C108: tune into a training run's folder, and train into a study's folder, were accepted and
+    mixed the two kinds of files. Each is refused in one line, and the folder is left as it was."""
+    run, study = tmp_path / "run", tmp_path / "study"
+    assert cli("train", "--warmup-epochs", "2", "--finetune-epochs", "2", "--run-dir", str(run)).returncode == 0
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study)).returncode == 0
+    before = snapshot(tmp_path)
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(run))
+    assert out.returncode == 2 and "holds a training run" in out.stderr and len(out.stderr.splitlines()) == 1
+    out = cli("train", "--warmup-epochs", "2", "--finetune-epochs", "2", "--run-dir", str(study))
+    assert out.returncode == 2 and "is a tune study's folder" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert snapshot(tmp_path) == before

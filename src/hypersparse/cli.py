@@ -128,14 +128,19 @@ def _config_from(args) -> TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hypersparse.data import DATASETS
-    from hypersparse.export import EXPORTS
-    from hypersparse.models import MODELS
-
     parser = _Parser(prog="hypersparse", description="Make dense PyTorch networks extremely sparse with HyperSparse "
                      "and ART.")
     parser.add_argument("--version", action="version", version=f"hypersparse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_train_flags, _tune_flags, _eval_flags, _export_flags, _report_flags):
+        add(sub)
+    return parser
+
+
+def _train_flags(sub) -> None:
+    from hypersparse.data import DATASETS
+    from hypersparse.models import MODELS
+
     train = sub.add_parser(
         "train", help="warm-up -> ART -> fine-tune (or a baseline method)",
         description="Train a model from dense to sparse. With no flags: digits, MLP, 90 percent sparsity. Models: "
@@ -144,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, "
                        "with the settings it started with (a run that names code needs its --plugin, --model or "
                        "--dataset typed again, as it started, if you trust it)")
+
+
+def _tune_flags(sub) -> None:
     tune = sub.add_parser(
         "tune", help="search lambda_init and eta with Optuna on the validation split (needs the [tune] extra)",
         description="Search ART's lambda_init and eta; every other setting is the base run's, as for train. Running "
@@ -155,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", help="Optuna storage URL (default: sqlite:///STUDY_DIR/study.db)")
     tune.add_argument("--lambda-range", default="1e-7,1e-3", help="log-uniform range of lambda_init")
     tune.add_argument("--eta-range", default="1.01,1.5", help="log-uniform range of eta")
+
+
+def _eval_flags(sub) -> None:
     ev = sub.add_parser("eval", help="accuracy and sparsity of a trained model", description="Evaluate a run or "
                         "checkpoint.")
     ev.add_argument("checkpoint", help="a run directory, its model.pt / checkpoint.pt, a sparse file or an ONNX file "
@@ -169,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fast", nargs="?", const=1, type=int, metavar="BATCH",
                     help="also score the model as hypersparse.sparse_inference runs it at this batch size (default 1: "
                     "compacted, sparse kernels where measured faster; CPU) and print its latency against the model's")
+
+
+def _export_flags(sub) -> None:
+    from hypersparse.export import EXPORTS
+
     ex = sub.add_parser("export", help="write a compressed sparse file or ONNX", description="Export a trained model.")
     ex.add_argument("run", help="a run directory (or its model.pt)")
     ex.add_argument("--model", help="model name (default: the run's; code a run names is imported only if typed "
@@ -183,13 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--compact", action="store_true",
                     help=f"--format {' or '.join(_takes('compact'))}: export the channel-compacted model (BatchNorm "
                     "folded, channels no kept weight produces or reads removed; same outputs, faster in any runtime)")
+
+
+def _report_flags(sub) -> None:
     rep = sub.add_parser("report", help="figures and an HTML page for one or more runs",
                          description="Plot what ART did: gradient, exploration, layers, histograms, curves, classes.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; several give comparison figures")
     rep.add_argument("--out", help="output folder (default: the first run directory)")
     rep.add_argument("--plugin", help="modules to import first, comma-separated (runs of a method a --plugin "
                      "registered need it again)")
-    return parser
 
 
 def _report(args) -> int:
@@ -312,7 +330,7 @@ def _say(message: str, code: int) -> int:
 
 def _os_error(exc: OSError, command: str | None = None) -> str:
     """One line for a failed read or write: what, which file, and what to do (for the command that failed)."""
-    where = f" ({exc.filename})" if exc.filename else ""
+    where = f" ({exc.filename}{_set_by(exc.filename)})" if exc.filename else ""
     again = "a stopped run continues with hypersparse train --resume RUN_DIR" if command in ("train", "tune") else \
         "then run the command again"
     if exc.errno == errno.ENOSPC:
@@ -320,6 +338,19 @@ def _os_error(exc: OSError, command: str | None = None) -> str:
     if exc.errno == errno.EFBIG:
         return f"error: a file grew past this process's file-size limit (ulimit -f){where}; raise it ({again})"
     return f"error: {exc.strerror or exc}{where}; check the path and its permissions"
+
+
+#: settings from the environment that point at folders hypersparse (or torch, for it) writes into
+PATH_SETTINGS = ("HYPERSPARSE_CACHE", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TMPDIR", "XDG_CACHE_HOME")
+
+
+def _set_by(filename: object) -> str:
+    """`` , under TMPDIR=/x``: the environment setting that chose a failed path's folder, which the user never typed."""
+    for name in PATH_SETTINGS:
+        value = os.environ.get(name)
+        if value and (str(filename) == value or str(filename).startswith(value.rstrip("/") + "/")):
+            return f", under {name}={value}"
+    return ""
 
 
 STOPPED = "{what}; files written so far are complete (run the command again to continue)"

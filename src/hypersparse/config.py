@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from hypersparse.errors import UserError, did_you_mean
+from hypersparse.errors import UserError, did_you_mean, first_line
 from hypersparse.masks import check_ceiling
 from hypersparse.method import method_entries, method_entry, method_sections
 from hypersparse.params import check_sparsity, exclude_filter, head_layers, transformer_ceiling
@@ -426,7 +426,7 @@ class TrainConfig:
             else:
                 settings = parse_json(data)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:160]
+            why = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
             raise UserError(f"--config {path} is not valid {kind} ({why})") from None
         if not isinstance(settings, dict):
             raise UserError(f"--config {path} must hold a table of settings, not {type(settings).__name__}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, first_line
 
 
 @dataclass
@@ -112,7 +112,7 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
         try:
             dist.init_process_group(backend)
         except ValueError as exc:  # env:// without MASTER_ADDR or MASTER_PORT: torchrun sets them
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             raise UserError(f"WORLD_SIZE={world} asks for a process group, which cannot start ({first}); start the "
                             "run with torchrun, or unset WORLD_SIZE") from None
     return Dist(rank, world, local, backend), device

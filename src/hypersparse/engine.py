@@ -28,7 +28,7 @@ from hypersparse.data.loader import DeviceLoader
 from hypersparse.device import autocast, pick_device
 from hypersparse.distributed import init_distributed, is_rank0, state_digest
 from hypersparse.driver import Driver
-from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, first_line
 from hypersparse.evaluate import evaluate, input_record
 from hypersparse.masks import sparsity_report
 from hypersparse.methods import make_method
@@ -289,6 +289,9 @@ class Trainer:
                         {k: (v.shape, v.dtype) for k, v in reference.items()}:
                     raise ValueError("a model state it keeps for later has other tensors than the model")
             self.method.load_state_dict(ckpt["method"])
+            if [row["epoch"] for row in ckpt["metrics"]] != list(range(self.method.epoch)):
+                raise ValueError(f"its metrics list has {len(ckpt['metrics'])} epochs, but its method has run "
+                                 f"{self.method.epoch}")
             self.driver.sync_masks(self.model, self.optimizer)  # before the optimizer's state, which it would mask
             for state in ckpt["optimizer"]["state"].values():  # torch would cast these to the weights' type
                 for key, value in state.items():
@@ -301,7 +304,7 @@ class Trainer:
             if self.stats and ckpt["stats"]:
                 self.stats.load_state_dict(ckpt["stats"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc, 200)
             raise UserError(f"checkpoint {self.files.path / CHECKPOINT} does not fit its run ({first}); the "
                             "checkpoint is damaged: start the run again") from None
         self.metrics, self.best, self.dense = ckpt["metrics"], ckpt["best"], ckpt["dense"]

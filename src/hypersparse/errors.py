@@ -41,3 +41,13 @@ def refuse_builtin_override(kind: str, name: str, old: object, new: object) -> N
 
     if old is not None and old is not new and ours(old) and not ours(new):
         raise ValueError(f"{kind} {name!r} is built into hypersparse; register yours under another name")
+
+
+def first_line(exc: BaseException, limit: int | None = 160, last: bool = False) -> str:
+    """The first (or ``last``) non-empty line of an exception's message, cut to ``limit`` characters (None: whole);
+    the exception's type name when the message is empty. For quoting a library's error in our one-line messages."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if last else lines[0]
+    return line if limit is None or len(line) <= limit else line[:limit - 1] + "…"

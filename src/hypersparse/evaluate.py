@@ -137,7 +137,7 @@ def evaluate_onnx(path: str | Path, data) -> dict:
     validation and test splits (the graph normalises them itself), and its weights' sparsity."""
     import numpy as np
 
-    from hypersparse.errors import UserError
+    from hypersparse.errors import UserError, first_line
 
     try:
         import onnxruntime
@@ -149,7 +149,7 @@ def evaluate_onnx(path: str | Path, data) -> dict:
     try:
         session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own classes for unreadable files
-        raise UserError(f"{path} is not an ONNX model onnxruntime can run ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"{path} is not an ONNX model onnxruntime can run ({first_line(exc, 200)})") from None
     record = session.get_modelmeta().custom_metadata_map.get("hypersparse.input")
     if record is None:
         raise UserError(f"{path} was not written by hypersparse export --format onnx (it does not say what input it "
@@ -205,7 +205,7 @@ def _run_interruptibly(session, options, feeds: dict, path):
     graph raises on this data is one line."""
     import threading
 
-    from hypersparse.errors import UserError
+    from hypersparse.errors import UserError, first_line
 
     done: dict = {}
 
@@ -225,7 +225,7 @@ def _run_interruptibly(session, options, feeds: dict, path):
         worker.join(5)
         raise
     if "error" in done:
-        first = (str(done["error"]).strip().splitlines() or [type(done["error"]).__name__])[0][:200]
+        first = first_line(done["error"], 200)
         raise UserError(f"{path} does not run on this data in onnxruntime ({first}); export the run again")
     return done["out"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hypersparse.checkpoint import atomic_write, file_path, temporary, temporary_name
-from hypersparse.errors import UserError, refuse_builtin_override
+from hypersparse.errors import UserError, first_line, refuse_builtin_override
 from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
@@ -153,7 +153,7 @@ def load_sparse_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path} is not a readable safetensors file ({first_line(exc)})") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} was not written by hypersparse export --format sparse")
     fix = "export the run again"
@@ -254,7 +254,7 @@ def fill(model: nn.Module, state: dict[str, torch.Tensor], arch: dict, path: str
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()[:200]
+        first = first_line(exc, 200, last=True)
         raise UserError(f"{path} does not fit the model ({first}); pass the model it was exported from") from None
     model.hypersparse_input = arch.get("input", {})
     return model.eval()
@@ -314,7 +314,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     """
     try:
         import onnx
-        from onnx import helper, numpy_helper
+        from onnx import helper
     except ImportError as exc:
         raise UserError("ONNX export needs the onnx extra: pip install 'hypersparse[onnx]'") from exc
     _require_module(model, "export_onnx")
@@ -334,7 +334,19 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
         if scores.shape[-1] != len(classes):
             raise ValueError(f"export_onnx: inputs names {len(classes)} classes but the model scores "
                              f"{scores.shape[-1]}: give one name per output (nothing was written)")
-    tmp_dir = temporary_name(path)  # a folder: torch writes large models as several files
+    proto = _onnx_graph(onnx, model, example, path)
+    sparse = _sparse_initializers(proto.graph)
+    if inputs:
+        helper.set_model_props(proto, {"hypersparse.input": json.dumps(inputs)})
+    data = proto.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
+    return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": sparse}
+
+
+def _onnx_graph(onnx, model: nn.Module, example: torch.Tensor, path: Path):
+    """torch's ONNX export of ``model``, read back as a proto (through a temporary folder beside ``path``: torch
+    writes a large model as several files)."""
+    tmp_dir = temporary_name(path)
     with temporary(tmp_dir):
         try:
             tmp_dir.mkdir()
@@ -343,10 +355,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
                 warnings.simplefilter("ignore")  # model: under -W error they would end the export in a traceback
                 torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
                                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-            proto = onnx.load(str(tmp))
+            return onnx.load(str(tmp))
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    graph = proto.graph
+
+
+def _sparse_initializers(graph) -> int:
+    """Move the graph's mostly-zero initializers to sparse (COO) ones; returns how many moved."""
+    from onnx import helper, numpy_helper
+
     keep, sparse = [], []
     for init in graph.initializer:
         arr = numpy_helper.to_array(init)
@@ -362,11 +379,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, input
     del graph.initializer[:]
     graph.initializer.extend(keep)
     graph.sparse_initializer.extend(sparse)
-    if inputs:
-        helper.set_model_props(proto, {"hypersparse.input": json.dumps(inputs)})
-    data = proto.SerializeToString()
-    atomic_write(path, lambda f: f.write(data))
-    return {"path": str(path), "bytes": path.stat().st_size, "sparse_initializers": len(sparse)}
+    return len(sparse)
 
 
 # -- the formats of ``hypersparse export --format`` ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import nn
 
 from hypersparse import native as _native
 from hypersparse.compaction import CompactBlock, CompactResNet, compact_channels
+from hypersparse.errors import first_line
 from hypersparse.keep_pruned import strip_masks_
 from hypersparse.sparse_conv import SparseConv2d, supported
 
@@ -426,7 +427,7 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         with torch.no_grad():
             work(example)
     except (RuntimeError, ValueError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise ValueError(f"sparse_inference: the example (shape {tuple(example.shape)}) does not fit the model: "
                          f"{first}") from exc
     original, compaction = _compacted_if_faster(work, example, reps)

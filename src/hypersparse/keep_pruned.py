@@ -312,6 +312,12 @@ class MaskHandle:
         self._hooks: list[RemovableHandle] = []  # this handle's optimizer hooks
         self._modules: dict[int, nn.Module] = {}  # where this handle's keepers are
 
+    def __reduce__(self):
+        # a copy (deepcopy, or pickling a model that keeps its handle as an attribute) owns nothing: the copied
+        # model's masks travel as its buffers and keepers. A copy of this handle's hooks would take the original's
+        # out on remove()
+        return (MaskHandle, ())
+
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose steps enforce the mask (None without one, or once it is gone)."""
@@ -579,11 +585,15 @@ def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter 
         for name in masks:
             prefix, _, attr = name.rpartition(".")
             try:
-                t = getattr(model_or_params.get_submodule(prefix), attr)
+                module = model_or_params.get_submodule(prefix)
+                t = getattr(module, attr)
             except AttributeError:
                 t = None
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"masks name tensors the model does not have: {name!r}")
+            if attr in module._buffers:  # BatchNorm's running statistics: the module writes them, no step does
+                raise ValueError(f"masks name {name!r}, a buffer the module updates itself, which no mask can hold "
+                                 "at zero; masks name parameters (weights)")
             out[name] = t
         return out
     named = dict(prunable_parameters(model_or_params, filter))

@@ -14,14 +14,16 @@ summary.json). Figures, after the paper's investigations:
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
 from hypersparse.checkpoint import atomic_write, output_file, output_folder
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, first_line
 from hypersparse.run_read import Run, load_run
 from hypersparse.stats import HIST_EDGES
 
@@ -189,14 +191,23 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         raise UserError(f"--out {out_dir} is a file; give a folder")
     images = {name: _draw(plt, name, runs) for name in FIGURES}
     text = _html(runs, images)
+    new_folder = out_dir is not None and not os.path.lexists(out_dir)
     out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
     _check_ours(out)
-    for name in FIGURES:
-        output_file(out / f"{name}.png", "--out")
+    files = {output_file(out / f"{name}.png", "--out"): images[name] for name in FIGURES}
     page = output_file(out / "report.html", "--out")
-    for name in FIGURES:
-        atomic_write(out / f"{name}.png", lambda f, data=images[name]: f.write(data))
-    atomic_write(page, lambda f: f.write(text), mode="w")
+    files[page] = text.encode()
+    new = [path for path in files if not os.path.lexists(path)]
+    try:
+        for path, data in files.items():
+            atomic_write(path, lambda f, data=data: f.write(data))
+    except OSError:  # a full disk: no half report; what this call made goes (files that were there stay replaced)
+        for path in new:
+            path.unlink(missing_ok=True)
+        if new_folder:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     _to_trackers(runs, out)
     return page
 
@@ -224,7 +235,7 @@ def _draw(plt, name: str, runs: list[Run]) -> bytes:
             makers[name](plt, runs, buffer)
     except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise UserError(f"cannot draw {name}.png from the logs of {', '.join(str(r.dir) for r in runs)} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); the logs "
+                        f"({type(exc).__name__}: {first_line(exc, 120)}); the logs "
                         "are damaged or of another version") from None
     finally:
         plt.close("all")

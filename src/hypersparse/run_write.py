@@ -48,6 +48,7 @@ class RunLock:
         self.path = Path(folder) / LOCK
         self.fd: int | None = None
         self.study = study  # a tune study's folder: its one writer is a hypersparse tune
+        self.folder_id: tuple[int, int] | None = None  # (device, inode) of the folder locked
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -71,9 +72,15 @@ class RunLock:
             os.close(fd)
             raise UserError(_not_a_lock(self.path, "a file hypersparse did not write (it holds more than a process "
                                                    "id)"))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock file is ours (it holds at most a pid), and goes with the refusal
+            self.path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
+        folder = os.stat(self.path.parent)
+        self.fd, self.folder_id = fd, (folder.st_dev, folder.st_ino)
         return self
 
     @staticmethod
@@ -100,10 +107,14 @@ class RunLock:
             return False
         try:
             there = os.stat(self.path, follow_symlinks=False)
+            folder = os.stat(self.path.parent)
         except OSError:
             return False
         held = os.fstat(self.fd)
-        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+        # the folder too: the lock file moved (or hard-linked) into the folder now at the run's path is ours, but
+        # that folder is not the one this run locked
+        return ((there.st_dev, there.st_ino) == (held.st_dev, held.st_ino) and held.st_nlink == 1
+                and (folder.st_dev, folder.st_ino) == self.folder_id)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -152,6 +163,8 @@ def in_use(folder: Path, holder: str, study: bool = False) -> str:
 
 #: the files a run writes in its folder (besides its lock and the folders of its tracker and --compare baselines)
 RUN_FILES = (CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY)
+#: the files hypersparse tune writes in its study folder (besides the trials' run folders)
+STUDY_FILES = ("study.db", "best.json")
 
 
 def check_fresh(path: Path, config: dict) -> bool:
@@ -165,6 +178,9 @@ def check_fresh(path: Path, config: dict) -> bool:
     if (path / CHECKPOINT).exists():
         raise UserError(f"run directory {path} already holds a run; continue it with --resume {path} or pick another "
                         "--run-dir")
+    study = next((n for n in STUDY_FILES if os.path.lexists(path / n)), None)
+    if study is not None:  # a tune study's folder: its trials are runs in folders of their own
+        raise UserError(f"run directory {path} is a tune study's folder (it holds {study}); pick another --run-dir")
     held = [name for name in RUN_FILES if os.path.lexists(path / name)]
     if not held:
         return False

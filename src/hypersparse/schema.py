@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, first_line
 
 MAX_JSON_BYTES = 64 << 20  # config.json, summary.json: a few kB; sparse metadata grows with the layers
 MAX_JSONL_BYTES = 1 << 30  # metrics.jsonl and stats.jsonl: ~30 kB per epoch of statistics
@@ -389,7 +389,7 @@ def read_json(path: str | Path, spec: Spec, what: str, fix: str, limit: int = MA
     try:
         value = parse_json(data, allow_nan=True)
     except ValueError as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({str(exc).splitlines()[0][:160]}); {fix}") from None
+        raise UserError(f"{what} {path} is not valid JSON ({first_line(exc)}); {fix}") from None
     return check(value, spec, f"{what} {path}", fix)
 
 
@@ -409,7 +409,7 @@ def read_jsonl(path: str | Path, spec: Spec, what: str, fix: str, limit: int = M
         except ValueError as exc:
             if i == len(lines) - 1:  # no newline after it: a write cut short, the rows before it are complete
                 break
-            raise UserError(f"{what} {path} line {i + 1} is not valid JSON ({str(exc).splitlines()[0][:120]}); "
+            raise UserError(f"{what} {path} line {i + 1} is not valid JSON ({first_line(exc, 120)}); "
                             f"{fix}") from None
         rows.append(check(row, spec, f"{what} {path} line {i + 1}", fix))
     return rows

@@ -23,9 +23,9 @@ from urllib.parse import quote
 
 from hypersparse.checkpoint import output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
-from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, first_line
 from hypersparse.method import method_entry
-from hypersparse.run_write import RunLock
+from hypersparse.run_write import RUN_FILES, RunLock
 from hypersparse.schedule import ARTDidNotConverge
 
 
@@ -194,7 +194,7 @@ def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None
     except (ImportError, SQLAlchemyError, RuntimeError) as exc:  # no driver, no server, a schema Optuna cannot read
         if new_file is not None:
             new_file.unlink(missing_ok=True)  # ours, and without a study in it
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        first = first_line(exc, None)
         if "disk is full" in first or "No space left" in first:
             fix = "free some space, or " + ("choose another --study-dir" if new_file is not None else "give another")
         raise UserError(f"{what}: cannot open the Optuna study ({first}); {fix}") from None
@@ -225,6 +225,10 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
     storage = storage or f"sqlite:///{quote(str(db.resolve()))}"
     _check_sqlite_file(storage, what, fix)  # before anything is created
+    run_file = next((n for n in RUN_FILES if os.path.lexists(Path(study_dir) / n)), None)
+    if run_file is not None:  # a training run's folder: the study's files would mix with the run's
+        raise UserError(f"--study-dir {study_dir} holds a training run (its {run_file}); a study keeps study.db, "
+                        "best.json and its trials' folders: pick another --study-dir")
     study_dir = output_folder(study_dir, "--study-dir")
     # one tune per study: a second would take the first's running trial for an interrupted one
     with RunLock(study_dir, study=True):
@@ -232,13 +236,13 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
             return _study(optuna, base, study_dir, trials, lambda_range, eta_range, storage, (what, fix, new_file),
                           out)
         except optuna.exceptions.StorageInternalError as exc:  # a read-only or full database file, mid-study
-            cause = str(exc.__cause__ or exc).strip().splitlines()[0][:160]
+            cause = first_line(exc.__cause__ or exc)
             raise UserError(f"{what}: the study cannot be written ({cause}); make it writable, or "
                             f"{fix.split('; ')[-1] if '; ' in fix else fix}") from None
         except (ValueError, IndexError, KeyError, TypeError) as exc:
             if not _raised_in_optuna(exc):
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             raise UserError(f"{what}: Optuna cannot read the trials the study holds ({type(exc).__name__}: {first}); "
                             f"{fix}") from None
 
@@ -346,6 +350,24 @@ def _finished(study, state) -> int:
                for t in ended)
 
 
+def _check_done(done: list, what: str, fix: str) -> None:
+    """The finished trials the study holds, as a trial of ours leaves them: a validation accuracy in [0, 1] and
+    values inside the ranges they were drawn from. The database is a file like any other: one edited by hand (or
+    by another program) is refused in one line, not reported as the best trial."""
+    for t in done:
+        bad = None
+        if not isinstance(t.value, (int, float)) or not 0 <= t.value <= 1:
+            bad = f"a validation accuracy of {t.value!r}"
+        for name in ("lambda_init", "eta"):
+            value, dist = t.params.get(name), t.distributions.get(name)
+            low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+            if bad is None and (not isinstance(value, (int, float)) or low is None or not low <= value <= high):
+                bad = f"{name} {value!r}, outside the range it was drawn from"
+        if bad is not None:
+            raise UserError(f"{what}: trial {t.number} of the study holds {bad}, which no trial of hypersparse tune "
+                            f"writes (the database was changed by something else); {fix}")
+
+
 def _raise_stop(stopped: list[Exception], signals: "_Signals") -> None:
     """What ended the study early, as the CLI's one line (running the command again continues the study)."""
     if signals.pending and not stopped:
@@ -381,9 +403,11 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     done = study.get_trials(deepcopy=False, states=(state.COMPLETE,))
     if not done:
         raise UserError("no trial finished (ART did not converge or diverged in all); widen --lambda-range/--eta-range")
+    _check_done(done, what, fix)
     best = study.best_trial
+    # the folder the trial trained into, by its number: not a path the database says (it may name another run)
     result = {"lambda_init": best.params["lambda_init"], "eta": best.params["eta"], "val_acc": best.value,
-              "trial": best.number, "run_dir": best.user_attrs.get("run_dir"), "trials": len(study.trials),
+              "trial": best.number, "run_dir": str(study_dir / f"trial-{best.number}"), "trials": len(study.trials),
               "storage": storage, "base_config": base.to_dict()}
     write_json(study_dir / "best.json", result)
     print(f"best of {len(done)} finished trials: trial {best.number}, lambda_init {result['lambda_init']:.3g}, "

@@ -19,7 +19,7 @@ import torch
 
 from hypersparse.checkpoint import atomic_write
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
-from hypersparse.errors import DataError, UserError, did_you_mean, refuse_builtin_override
+from hypersparse.errors import DataError, UserError, did_you_mean, first_line, refuse_builtin_override
 from hypersparse.plugins import user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
 
@@ -187,7 +187,7 @@ def _read_cache(cache: Path) -> tuple[np.ndarray, ...]:
         with np.load(regular_file(cache, "cache"), allow_pickle=False) as z:
             x, y, tx, ty = (z[k] for k in ("x", "y", "tx", "ty"))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UserError) as exc:
-        raise DataError(f"the decoded cache {cache} is damaged ({str(exc).splitlines()[0][:120]}); delete it and it is "
+        raise DataError(f"the decoded cache {cache} is damaged ({first_line(exc, 120)}); delete it and it is "
                         "rebuilt from cifar10_jpeg75.npz") from None
     images = all(a.dtype == np.uint8 and a.shape[1:] == (3, 32, 32) for a in (x, tx))
     labels = all(a.dtype.kind in "iu" and a.ndim == 1 and (a.size == 0 or 0 <= a.min() <= a.max() <= 9)

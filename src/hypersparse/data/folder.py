@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hypersparse.errors import DataError
+from hypersparse.errors import DataError, first_line
 from hypersparse.schema import MAX_IMAGE_SIZE
 
 MAX_PIXELS = MAX_IMAGE_SIZE * MAX_IMAGE_SIZE
@@ -47,7 +47,7 @@ def _decode(paths: list[Path], mode: str, first: tuple | None = None) -> np.ndar
                     a = _eight_bits(img, mode, p)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
                 ValueError) as exc:
-            raise DataError(f"image {p} cannot be read ({str(exc).splitlines()[0][:160]}); remove or replace it") \
+            raise DataError(f"image {p} cannot be read ({first_line(exc)}); remove or replace it") \
                 from None
         if first is None:
             first = (p, a.shape)

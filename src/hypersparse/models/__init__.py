@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from hypersparse.errors import UserError, did_you_mean, refuse_builtin_override
+from hypersparse.errors import UserError, did_you_mean, first_line, refuse_builtin_override
 from hypersparse.models.lenet import MLP, LeNet5, LeNet300
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
@@ -124,7 +124,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
         return MODELS[name][0](num_classes, in_channels, image_size)
     except (RuntimeError, ValueError) as exc:  # e.g. a layer of negative width for images too small
         raise UserError(f"model {name} ({MODELS[name][1]}) cannot be built for {in_channels}x{image_size}x{image_size} "
-                        f"images ({str(exc).splitlines()[0][:160]})") from None
+                        f"images ({first_line(exc)})") from None
 
 
 def check_fit(model: nn.Module, name: str, images: torch.Tensor, num_classes: int, user: bool | None = None) -> None:
@@ -145,7 +145,7 @@ def check_fit(model: nn.Module, name: str, images: torch.Tensor, num_classes: in
                 try:
                     out = model(images)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    first = first_line(exc, 200)
                     raise UserError(f"model {name}{expects} cannot take the data's {shape} images ({first}); choose a "
                                     "model made for them (mlp takes any size) or other data") from None
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, first_line
 
 MAX_HF_LAYERS = 1000  # the deepest published image classifiers have a few hundred; a config's number is not trusted
 
@@ -96,11 +96,11 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
         if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
             raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
                             "config.json (hidden_size, num_hidden_layers)") from None
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"--model hf:{spec}: torch cannot build the model its config.json describes ({first}); "
                         "check its sizes") from None
     except ImportError as exc:  # a setting that needs a package (attn_implementation flash_attention_2, say)
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"--model hf:{spec}: its config.json asks for a package that is not installed ({first}); "
                         "install it or change the setting") from None
     except pickle.UnpicklingError:  # torch's weights-only load refused the file (its text is advice to unpickle)
@@ -108,6 +108,6 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
                         "names code, or a damaged file; nothing in it ran); give the weights as model.safetensors") \
             from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise UserError(f"--model hf:{spec}: transformers cannot build an image classifier from it ({first})") from None
     return PixelsToLogits(model)
