@@ -5,7 +5,7 @@ Each cell is trained twice at the same seed: with the default (``max_layer_spars
 their difference, and the sparsest layer of each model (whether the ceiling bound at all). Shortened: the schedule
 is scaled by ``--epochs-scale`` (default 0.05: 3 warm-up and 8 fine-tuning epochs) and each epoch visits a random
 ``--epoch-fraction`` of the training set (default 0.25); the baselines' pruning phase is their default 20 epochs,
-scaled. Two runs at a time, one thread each.
+scaled. ``--workers`` runs at a time (default 2), one thread each.
 
     python bench/default_ceiling.py [--models lenet300] [--sparsities 0.99,0.998] [--methods art,oneshot,snip] \
         [--seeds 0,1,2]
@@ -73,8 +73,10 @@ def page(payload: dict) -> str:
                      f"{mean_std([r['test_error'] for r in n])} | {mean_std(diff)} | {100 * top['default']:.3f} | "
                      f"{100 * top['none']:.3f} | {', '.join(dead) or '-'} |")
     total = sum(r["seconds"] for r in rows)
-    lines += ["", f"{len(rows)} runs, {total / 60:.1f} minutes of wall time summed over them (one thread each, two at "
-              "a time, on a machine other jobs shared)."]
+    workers = payload.get("args", {}).get("workers", 2)
+    at_once = "one at a time" if workers == 1 else f"{workers} at a time"
+    lines += ["", f"{len(rows)} runs, {total / 60:.1f} minutes of wall time summed over them (one thread each, "
+              f"{at_once}, on a machine other jobs shared)."]
     return "\n".join(lines)
 
 

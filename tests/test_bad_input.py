@@ -768,21 +768,23 @@ def test_ctrl_c_during_a_comparison_names_the_run_whose_resume_finishes_it(finis
     assert f"--resume {run}" in err[0] and "while comparing with oneshot" in err[0], err
 
 
-def test_too_little_memory_to_load_torch_is_one_line(tmp_path):
+@pytest.mark.parametrize("megabytes", [300, 600])
+def test_too_little_memory_to_load_torch_is_one_line(tmp_path, megabytes):
     """Trial 31f T4: under an address-space limit that torch's libraries do not fit, every command ended in a
-    MemoryError traceback from inside torch's import."""
+    MemoryError traceback from inside torch's import. Torch loads parts of itself later too (torch._dynamo when the
+    optimizer is built), so a limit torch's import just fits fails there: one line as well."""
     import resource
     import subprocess
     import sys
 
     def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (600 * 2**20, 600 * 2**20))
+        resource.setrlimit(resource.RLIMIT_AS, (megabytes * 2**20, megabytes * 2**20))
 
     done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--run-dir", str(tmp_path / "r")],
                           capture_output=True, text=True, preexec_fn=limit, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines() == ["hypersparse: error: out of memory while loading torch; raise the "
-                                                "memory limit (ulimit -v) to a few GB"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hypersparse: error: out of memory") and "ulimit -v" in lines[0]
     assert not (tmp_path / "r").exists()
 
 

@@ -24,15 +24,32 @@ def main() -> int:
             signal.signal(sig, _quit_while_starting)
     try:
         from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
-    except MemoryError:  # an address-space limit (ulimit -v) below what torch's libraries take to load
+    except (MemoryError, ImportError) as exc:  # an address-space limit (ulimit -v) below what torch's libraries take
+        if isinstance(exc, ImportError) and not _out_of_memory(exc):
+            raise
         os.write(2, b"hypersparse: error: out of memory while loading torch; raise the memory limit (ulimit -v) "
                     b"to a few GB\n")
         return 2
-
-    code = run()
+    try:
+        code = run()
+    except (MemoryError, ImportError) as exc:
+        # torch loads parts of itself on first use (torch._dynamo when an optimizer is built): under a tight
+        # address-space limit that fails later, as a MemoryError or an ImportError of a library it cannot map
+        if isinstance(exc, ImportError) and not _out_of_memory(exc):
+            raise
+        os.write(2, b"hypersparse: error: out of memory; raise the memory limit (ulimit -v) to a few GB, or train a "
+                    b"smaller model or batch (a stopped run continues with hypersparse train --resume RUN_DIR)\n")
+        return 2
     if main_thread:
         # the command has finished and its files are complete: a signal while Python shuts down (which restores the
         # default handlers, so it would kill the process without a word) changes nothing, and is ignored
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether an ImportError is the loader running out of address space (not a missing package)."""
+    text = str(exc).lower()
+    return "failed to map segment" in text or "cannot allocate memory" in text or isinstance(exc.__cause__,
+                                                                                             MemoryError)
