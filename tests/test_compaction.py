@@ -143,3 +143,19 @@ def test_a_grouped_dilated_convolution_with_batchnorm_keeps_its_channels_and_out
         compacted, _ = compact_channels(model, align=1)
         assert_same_outputs(compacted(x), ref)
         assert_same_outputs(sparse_inference(model, x[:2], reps=3)(x), ref)
+
+
+@pytest.mark.parametrize("bn", [dict(affine=False), dict(track_running_stats=False)])
+def test_a_batchnorm_without_parameters_or_running_statistics_keeps_the_outputs(bn):
+    """Trial 31h T1: sparse_inference of a masked CNN whose BatchNorm had affine=False ended in an AttributeError
+    (folding read its weight); one without running statistics cannot be folded and is left as it is."""
+    import hypersparse as hs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, **bn), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 36, 3)).eval()
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    x = torch.randn(4, 3, 8, 8)
+    fast = sparse_inference(model, x, reps=2)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)

@@ -838,3 +838,22 @@ def test_to_empty_then_a_load_keeps_the_mask():
     _steps(model, torch.optim.Adam(model.parameters(), lr=1e-2), n=4)
     assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(model))
     handle.remove()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_keeps_its_mask_through_to_empty_and_a_load(how):
+    """Trial 31h S1: a copy has no handle to take its masks back from: to_empty() on it, then a dense state loaded,
+    and its masks were garbage; SGD revived pruned weights. A copy records the masks it was copied with."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    masks = hs.magnitude_masks(model, 0.9)
+    hs.apply_masks_(model, masks)
+    copy_ = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    copy_.to_empty(device="cpu")
+    with torch.no_grad():
+        copy_[0].weight_mask.fill_(True)  # what uninitialised memory may hold
+    copy_.load_state_dict(make_mlp((8, 16, 4)).state_dict())  # dense: nonzero where the mask prunes
+    _steps(copy_, torch.optim.SGD(copy_.parameters(), lr=0.1, momentum=0.9), n=4)
+    assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(copy_))

@@ -30,19 +30,28 @@ PASSTHROUGH = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)  # act on each ch
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution with ``bn`` (its running statistics) folded into its weights and bias."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    """A convolution with ``bn`` (its running statistics) folded into its weights and bias. A BatchNorm without
+    affine parameters (``affine=False``) scales by 1 and shifts by 0."""
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma / torch.sqrt(bn.running_var + bn.eps)
     folded = copy.deepcopy(conv)
     folded.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    folded.bias = nn.Parameter(bn.bias.detach() + (bias - bn.running_mean) * scale)
+    folded.bias = nn.Parameter(beta + (bias - bn.running_mean) * scale)
     return folded
+
+
+def foldable(bn: nn.Module) -> bool:
+    """A BatchNorm2d that keeps running statistics: in eval mode it is a fixed affine map per channel. One without
+    (``track_running_stats=False``) normalises by each batch's own statistics, which no weight can hold."""
+    return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
 
 
 def _fold_all(layers: list[nn.Module]) -> list[nn.Module]:
     out: list[nn.Module] = []
     for m in layers:
-        if isinstance(m, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
+        if foldable(m) and out and isinstance(out[-1], nn.Conv2d):
             out[-1] = fold_batchnorm(out[-1], m)
         else:
             out.append(m)

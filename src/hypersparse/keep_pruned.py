@@ -88,16 +88,22 @@ class Keeper:
         self.module: nn.Module | None = None  # the module whose hooks it is (set when installed)
         self.entries: list[_Entry] = []  # the handle's entries for that module (none in a copy)
         self._seen: dict[str, tuple[torch.Tensor, int, RemovableHandle | None]] = {}  # tensor, its impl, its hook
+        self._records: dict[str, torch.Tensor] = {}  # a copy's masks as they were copied (a handle's are its entries)
 
     def __getstate__(self) -> dict:
         # what this keeper saw and who owns it concern the original, not a copy; its module is the copy's (a deepcopy
         # or pickle maps it to the module being copied), so a copy whose masked module never runs its own forward
-        # (MultiheadAttention's out_proj, a parent calling F.linear with its weight) is still found at a step
-        return {"names": self.names, "module": self.module}
+        # (MultiheadAttention's out_proj, a parent calling F.linear with its weight) is still found at a step. The
+        # mask buffers, as objects: the copy's record of its masks (the same tensors as its buffers, until
+        # Module.to_empty replaces those with uninitialised ones)
+        buffers = self.module._buffers if self.module is not None else {}
+        return {"names": self.names, "module": self.module,
+                "masks": {n: buffers[_suffix(n)] for n in self.names if buffers.get(_suffix(n)) is not None}}
 
     def __setstate__(self, state: dict) -> None:
         self.names, self.owner, self._seen, self.entries = state["names"], None, {}, []
         self.module = state.get("module")
+        self._records = dict(state.get("masks") or {})
         _COPIES.add(self)
         _changed()
 
@@ -170,15 +176,12 @@ class Keeper:
 
     def _check_masks(self) -> None:
         """A mask buffer replaced by one of other values (``Module.to_empty``, which leaves every buffer
-        uninitialised; the masks are not in the state_dict a load brings) gets the handle's mask back. One that only
-        moved (``.to()``) becomes the handle's record."""
+        uninitialised; the masks are not in the state_dict a load brings) gets the recorded mask back: the handle's,
+        or in a copy the one copied. One that only moved (``.to()``) becomes the record."""
         for e in self.entries:
-            buf = e.module._buffers.get(_suffix(e.attr))
-            if buf is None or buf is e._keep:
-                continue
-            if buf.shape == e._keep.shape and not torch.equal(buf, e._keep.to(buf.device)):
-                buf.copy_(e._keep.to(buf.device))
-            e._keep = buf
+            e._keep = _restored(e.module._buffers.get(_suffix(e.attr)), e._keep)
+        for name, record in self._records.items():
+            self._records[name] = _restored(self.module._buffers.get(_suffix(name)), record)
 
     def after_load(self, module: nn.Module, incompatible_keys) -> None:
         """Zero the loaded weights where the mask prunes. ``load_state_dict(assign=True)`` puts new tensors in the
@@ -190,6 +193,16 @@ class Keeper:
                 self._forget(name)
         self.cover(module)
         zero_pruned_([getattr(module, n) for n in self.names], [getattr(module, _suffix(n)) for n in self.names])
+
+
+def _restored(buf: torch.Tensor | None, record: torch.Tensor) -> torch.Tensor:
+    """The record of a mask, given the module's buffer now: a buffer of other values gets the record's back, one that
+    only moved (``.to()``) becomes the record."""
+    if buf is None or buf is record:
+        return record
+    if buf.shape == record.shape and not torch.equal(buf, record.to(buf.device)):
+        buf.copy_(record.to(buf.device))
+    return buf
 
 
 def _refuse_recomputed(module: nn.Module, name: str) -> None:
