@@ -642,7 +642,8 @@ def test_a_thousand_mask_updates_leave_one_installation(pattern, with_optimizer)
             handle.update_(masks)
     assert hooks_on(model, opt) == once
     assert once["tensor"] == (0 if with_optimizer else 1) and once["forward_pre"] == 1
-    assert once["optimizer"] == (1 if with_optimizer else 0) and once["buffers"] == 2  # SGD: gradients only
+    # SGD: the gradients before the step; after it, a check (the weights are masked only if a later pre-hook ran)
+    assert once["optimizer"] == (2 if with_optimizer else 0) and once["buffers"] == 2
     x = torch.randn(16, 20)
     for _ in range(3):  # and it still trains, with the last mask
         if opt is not None:
@@ -684,7 +685,7 @@ def test_masks_on_a_masked_module_replace_the_old_ones_and_the_old_handle_lets_g
     second = hs.apply_masks_(model, second_masks, opt)
     assert first.masks == {} and set(second.masks) == set(second_masks)
     first.remove()  # owns nothing any more: the second installation stays
-    assert hooks_on(model, opt)["optimizer"] == 1
+    assert hooks_on(model, opt)["optimizer"] == 2
     assert zeros(model) == sum(int((~m).sum()) for m in second_masks.values())
 
 
@@ -840,20 +841,45 @@ def test_to_empty_then_a_load_keeps_the_mask():
     handle.remove()
 
 
-@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "deepcopy via meta"])
 def test_a_copy_keeps_its_mask_through_to_empty_and_a_load(how):
     """Trial 31h S1: a copy has no handle to take its masks back from: to_empty() on it, then a dense state loaded,
-    and its masks were garbage; SGD revived pruned weights. A copy records the masks it was copied with."""
+    and its masks were garbage; SGD revived pruned weights. A copy records the masks it was copied with. Through the
+    meta device (a forward there too: it compared the mask's values, which a meta tensor has none of)."""
     import pickle
 
     torch.manual_seed(0)
     model = make_mlp((8, 16, 4))
     masks = hs.magnitude_masks(model, 0.9)
     hs.apply_masks_(model, masks)
-    copy_ = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    copy_ = pickle.loads(pickle.dumps(model)) if how == "pickle" else copy.deepcopy(model)
+    if how.endswith("meta"):
+        copy_ = copy_.to("meta")
+        copy_(torch.randn(2, 8, device="meta"))
     copy_.to_empty(device="cpu")
     with torch.no_grad():
         copy_[0].weight_mask.fill_(True)  # what uninitialised memory may hold
     copy_.load_state_dict(make_mlp((8, 16, 4)).state_dict())  # dense: nonzero where the mask prunes
     _steps(copy_, torch.optim.SGD(copy_.parameters(), lr=0.1, momentum=0.9), n=4)
     assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(copy_))
+
+
+@pytest.mark.parametrize("opt", ["Adam", "SGD"])
+def test_a_step_pre_hook_added_after_the_mask_cannot_revive_pruned_weights(opt):
+    """Trial 31h S2: a user's step pre-hook on the handle's own optimizer, registered after apply_masks_, ran after
+    the gradients were masked; gradient noise added there was stepped into every pruned weight."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    masks = hs.magnitude_masks(model, 0.9)
+    optimizer = getattr(torch.optim, opt)(model.parameters(), lr=1e-2)
+    hs.apply_masks_(model, masks, optimizer)
+
+    def gradient_noise(optimizer, args, kwargs):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(torch.randn_like(p.grad) * 1e-3)
+
+    optimizer.register_step_pre_hook(gradient_noise)
+    _steps(model, optimizer, n=4)
+    assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(model))

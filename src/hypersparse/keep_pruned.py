@@ -198,7 +198,7 @@ class Keeper:
 def _restored(buf: torch.Tensor | None, record: torch.Tensor) -> torch.Tensor:
     """The record of a mask, given the module's buffer now: a buffer of other values gets the record's back, one that
     only moved (``.to()``) becomes the record."""
-    if buf is None or buf is record:
+    if buf is None or buf is record or buf.device.type == "meta":  # a meta buffer holds no values: keep the record
         return record
     if buf.shape == record.shape and not torch.equal(buf, record.to(buf.device)):
         buf.copy_(record.to(buf.device))
@@ -324,6 +324,9 @@ class MaskHandle:
         self._entries: list[_Entry] = []
         self._hooks: list[RemovableHandle] = []  # this handle's optimizer hooks
         self._modules: dict[int, nn.Module] = {}  # where this handle's keepers are
+        self._pre_hook: int | None = None  # the id of its optimizer step pre-hook
+        self._trusted = False  # whether its optimizer keeps a zero weight with a zero gradient and state at zero
+        self._late = False  # whether a step pre-hook runs after the mask's in the step under way
 
     def __reduce__(self):
         # a copy (deepcopy, or pickling a model that keeps its handle as an attribute) owns nothing: the copied
@@ -348,9 +351,18 @@ class MaskHandle:
         """Zero the masked weights again (after each optimizer step, when no optimizer was given)."""
         zero_pruned_(self.tensors, [e.keep for e in self._entries])
 
+    def _after_step(self, *_) -> None:
+        """Zero the pruned weights after a step, where the step may have moved them: an optimizer not known to keep a
+        zero at zero, or a step pre-hook registered after the mask's (it ran on the masked gradients: gradient
+        noise, clipping by hand)."""
+        if not self._trusted or self._late:
+            self._mask_weights()
+
     def _before_step(self, optimizer, args: tuple, kwargs: dict):
         """Mask the gradients before the update; a step given a closure (Lightning, LBFGS) computes them inside
         ``step``, so the closure is wrapped to mask them as soon as it has run."""
+        # the hooks run in the order they were registered: one the user added after apply_masks_ runs after this
+        self._late = next(reversed(optimizer._optimizer_step_pre_hooks), self._pre_hook) != self._pre_hook
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
         if closure is None:
             self._mask_grads()
@@ -661,9 +673,10 @@ def apply_masks_(
     if optimizer is not None:
         handle._mask_state(handle._entries)
         handle._hooks.append(optimizer.register_step_pre_hook(handle._before_step))
+        handle._pre_hook = handle._hooks[-1].id
         handle._hooks.append(optimizer.register_load_state_dict_post_hook(handle._after_load))
-        if type(optimizer) not in ZERO_STAYS_ZERO:
-            handle._hooks.append(optimizer.register_step_post_hook(handle._mask_weights))
+        handle._trusted = type(optimizer) in ZERO_STAYS_ZERO
+        handle._hooks.append(optimizer.register_step_post_hook(handle._after_step))
     return handle
 
 
