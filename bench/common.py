@@ -73,10 +73,20 @@ def rerun_note(payload: dict) -> list[str]:
     r = payload.get("gmp_rerun")
     if not r:
         return []
-    return [f"\nThe GMP runs of this section were made again by `{r['command']}` at commit `{r['commit']}` "
-            f"({r['date']}), after the mask mechanism was rewritten (GMP's pruning epochs had slowed with every mask "
-            "update); old and new results and timings side by side: "
-            "[bench/results/gmp-rerun.md](../bench/results/gmp-rerun.md).\n"]
+    made = ", ".join(f"`{c}`" for c in r.get("made_at", [])) or f"`{r['commit']}`"
+    why = ("after the mask mechanism was rewritten (GMP's pruning epochs had slowed with every mask update, its "
+           "results had not: every hook applied the same mask)")
+    link = "[bench/results/gmp-rerun.md](../bench/results/gmp-rerun.md)"
+    if r.get("replaced", True):
+        return [f"\nThe GMP runs of this section were made again by `{r['command']}` at commit {made}, {why}; its "
+                f"cells hold the new runs. Old and new results and timings side by side: {link}.\n"]
+    dense = (f"; the dense model after the warm-up that precedes GMP, which no GMP code touches, moved by "
+             f"{r['dense_mean_move']:+.2f} points of validation accuracy on average, so the runs differ by the "
+             "version of the code, not by GMP") if r.get("dense_mean_move") is not None else ""
+    return [f"\nThe GMP runs of this section were made again by `{r['command']}` at commit {made}, {why}. Their "
+            f"test errors moved by {r['mean_move']:+.2f} points on average over {r['runs']} runs, by "
+            f"{r['largest_move']:.2f} at most{dense}. The table keeps the GMP runs made with the same code as the "
+            f"other methods'. Old and new results and timings side by side: {link}.\n"]
 
 
 def every_run(runs: list[dict]) -> list[str]:
