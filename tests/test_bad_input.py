@@ -168,6 +168,10 @@ CASES = [
     ("pretrained-wrong-shapes", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {"0.weight": torch.zeros(
         3, 3)}))], "w.pt"),
     ("resume-missing", lambda t, r: ["train", "--resume", str(t / "none")], "none"),
+    # trial 31h G230, X208, G221: an empty flag meant its default; a relative --plugin was blamed on the user's code
+    ("run-dir-empty", lambda t, r: ["train", "--run-dir", ""], "--run-dir is empty"),
+    ("export-out-empty", lambda t, r: ["export", str(r), "--out", ""], "--out is empty"),
+    ("plugin-relative", lambda t, r: ["train", "--plugin", ".rel"], "a relative module name"),
     ("resume-no-checkpoint", lambda t, r: ["train", "--resume", str(_readonly(t / "empty"))], "no checkpoint"),
     ("resume-random-checkpoint", lambda t, r: ["train", "--resume", str(_corrupt(r, "checkpoint.pt"))],
      "checkpoint.pt"),
@@ -806,3 +810,15 @@ def test_a_file_size_limit_is_one_line_that_says_which_limit(finished, tmp_path)
     assert "file-size limit (ulimit -f)" in lines[0] and "run the command again" in lines[0]
     assert "--resume" not in lines[0]
     assert not out.exists() and not list(tmp_path.glob(".hypersparse-*"))
+
+
+def test_stdout_on_a_full_device_is_not_called_a_full_disk(tmp_path):
+    """Trial 31h E212: with stdout on /dev/full the run stopped saying "the disk is full"; it is the output."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--epochs-scale", "0.05", "--run-dir",
+                               str(tmp_path / "r")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "where the output goes" in lines[0], done.stderr

@@ -117,3 +117,26 @@ np.savez(sys.argv[1] + "/decoded.npz", **state)
     decoded = np.load(tmp_path / "decoded.npz")
     for name, tensor in model.state_dict().items():
         assert np.array_equal(decoded[name], tensor.float().numpy()), name
+
+
+def test_a_compiled_model_saves_and_loads_under_its_own_names(tmp_path):
+    """Trial 31h L111: save_sparse of a torch.compile wrapper stored `_orig_mod.` names, which the plain model
+    refused. The file holds the model's own names; it loads into the plain model and into a compiled one."""
+    import torch
+    from torch import nn
+
+    import hypersparse as hs
+
+    def net():
+        return nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    torch.manual_seed(0)
+    model = net()
+    hs.apply_masks_(model, hs.magnitude_masks(model, 0.9))
+    hs.save_sparse(torch.compile(model), tmp_path / "m.safetensors")
+    plain, compiled = net(), torch.compile(net())
+    hs.load_sparse(tmp_path / "m.safetensors", plain)
+    assert hs.load_sparse(tmp_path / "m.safetensors", compiled) is compiled
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x)) and torch.equal(compiled._orig_mod(x), model(x))

@@ -929,7 +929,7 @@ def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path
             run.symlink_to(victim, target_is_directory=True)
 
     monkeypatch.setattr(RunFiles, "record_epoch", swap_after_one)
-    with pytest.raises(UserError, match="was moved or replaced while this run wrote it"):
+    with pytest.raises(UserError, match="its lock file moved or linked elsewhere, while this run wrote it"):
         if how == "train":
             train(cfg, run, progress=False, out=open(os.devnull, "w"))
         else:
@@ -966,7 +966,7 @@ def test_a_swapped_run_folder_is_refused_even_with_the_lock_carried_into_the_oth
             run.symlink_to(victim, target_is_directory=True)
 
     monkeypatch.setattr(RunFiles, "record_epoch", swap_after_one)
-    with pytest.raises(UserError, match="was moved or replaced while this run wrote it"):
+    with pytest.raises(UserError, match="its lock file moved or linked elsewhere, while this run wrote it"):
         train(cfg, run, progress=False, out=open(os.devnull, "w"))
     after = snapshot(victim)
     after.pop(LOCK, None)  # the attacker's own doing

@@ -35,6 +35,18 @@ class _Parser(argparse.ArgumentParser):
             self.error("unrecognized arguments: " + " ".join(extras))
         return namespace
 
+    def parse_known_args(self, args=None, namespace=None):  # each subcommand's parser runs this on its own flags
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:  # an empty value ('--out ""', a variable that was not set) means no default
+            value = getattr(namespace, action.dest, None)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                if action.option_strings:
+                    self.error(f"{action.option_strings[-1]} is empty; give a value, or leave the flag out for its "
+                               "default")
+                self.error(f"the {action.metavar or action.dest} argument is empty; give a value")
+        return namespace, extras
+
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
         message += _flag_hint(self, message)
         self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
@@ -334,6 +346,9 @@ def _os_error(exc: OSError, command: str | None = None) -> str:
     again = "a stopped run continues with hypersparse train --resume RUN_DIR" if command in ("train", "tune") else \
         "then run the command again"
     if exc.errno == errno.ENOSPC:
+        if not exc.filename:  # no file named: the standard output or error stream may be the full device
+            return f"error: no space left on a device being written (the disk, or where the output goes); free some " \
+                   f"space or send the output elsewhere ({again})"
         return f"error: the disk is full{where}; free some space ({again})"
     if exc.errno == errno.EFBIG:
         return f"error: a file grew past this process's file-size limit (ulimit -f){where}; raise it ({again})"

@@ -112,6 +112,7 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
     :func:`~hypersparse.evaluate.input_record`) so that it can be fed raw pixels.
     """
     _require_module(model, "save_sparse")
+    model = _unwrapped(model)
     try:
         from safetensors.torch import save
     except ImportError as exc:
@@ -180,6 +181,13 @@ def check_meta(metadata: dict[str, str]) -> dict:
     meta.setdefault("arch", {})
     meta.setdefault("input", {})
     return SPARSE_META.check(meta)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a ``torch.compile`` wrapper, whose state_dict names it all ``_orig_mod.*``: the file holds
+    the model's own names, so that it loads into the model compiled or not."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module) else model
 
 
 def _require_module(model: object, caller: str, what: str = "model") -> None:
@@ -276,7 +284,10 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, trust_code: bo
             raise ValueError("load_sparse: the model carries masks (apply_masks_), which would zero the file's weights "
                              "where they prune; pass a model without them (a fresh one, or after handle.remove())")
     state, arch = load_sparse_state(path)
-    return fill(model if model is not None else model_for(arch, path, trust_code), state, arch, path)
+    if model is None:
+        return fill(model_for(arch, path, trust_code), state, arch, path)
+    fill(_unwrapped(model), state, arch, path)
+    return model.eval()
 
 
 class Normalize(nn.Module):

@@ -150,6 +150,8 @@ def import_object(spec: str, flag: str) -> Any:
 
 def import_module(name: str, flag: str):
     """Import ``name`` (a name the user typed or passed), or UserError; its own errors become UserCodeError."""
+    if name.startswith("."):  # importlib needs a package to resolve it against: a TypeError that is not theirs
+        raise UserError(f"{flag} {name}: a relative module name; give its full dotted name (package.module)")
     folder = _typed_folder.get()
     added = folder is not None and folder not in sys.path
     if added:

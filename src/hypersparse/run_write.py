@@ -309,8 +309,9 @@ class RunFiles:
         """Before a write: the folder at the run's path is still the one this run locked. A folder swapped for a
         link to another one mid-run would take the run's files over that one's."""
         if self.lock is not None and not self.lock.still_held():
-            raise UserError(f"the run folder {self.path} was moved or replaced while this run wrote it (its lock file "
-                            "is no longer there); stopped without writing to what is there now")
+            raise UserError(f"the run folder {self.path} was moved or replaced, or its lock file moved or linked "
+                            "elsewhere, while this run wrote it; stopped without writing to what is there now (a "
+                            f"folder that is still the run's continues with hypersparse train --resume {self.path})")
 
     def write_config(self, cfg: TrainConfig) -> None:
         if self.main:
