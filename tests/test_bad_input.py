@@ -210,6 +210,10 @@ CASES = [
         t / "c.json", '{"model": {"pretrained": "a\\u0000b"}}'))], "NUL"),
     ("eval-wrapped-state-dict", lambda t, r: ["eval", str(_state_dict_file(t / "w.pt", lambda sd: {"state_dict": sd})),
                                               "--model", "mlp", "--dataset", "digits"], "wraps a state_dict"),
+    # trial 31h Q213: a complex weight was taken, torch keeping its real part with a warning
+    ("eval-complex-state-dict", lambda t, r: ["eval", str(_state_dict_file(t / "c.pt", lambda sd: {
+        k: v.to(torch.complex64) if k.endswith("weight") else v for k, v in sd.items()})), "--model", "mlp",
+        "--dataset", "digits"], "as torch.complex64"),
     ("eval-ddp-prefixed-state-dict", lambda t, r: ["eval", str(_state_dict_file(
         t / "d.pt", lambda sd: {"module." + k: v for k, v in sd.items()})), "--model", "mlp", "--dataset", "digits"],
      "'module.' prefix"),

@@ -115,6 +115,18 @@ def test_corrupt_and_symbol_less_libraries_are_rebuilt(fresh, tmp_path):
     assert native._sha256(native._verified(record)) != digest
 
 
+@pytest.mark.parametrize("which", ["record", "library"])
+def test_a_fifo_in_the_cache_is_rebuilt_over_not_waited_on(fresh, which):
+    """Trial 31h H1: a FIFO in place of the digest record (or the library) blocked eval --fast and train forever,
+    before either printed a thing: the open waited for a writer."""
+    assert _in_new_process(fresh) == "works"
+    record = _one(fresh, "chain-*.sha256")
+    target = record if which == "record" else native._verified(record)
+    target.unlink()
+    os.mkfifo(target)
+    assert _in_new_process(fresh) == "works"  # within the helper's timeout, not blocked
+
+
 def test_cc_with_arguments_is_split_like_a_shell(fresh, monkeypatch):
     monkeypatch.setenv("CC", "env cc")  # as CC="ccache gcc" would be
     assert native.unavailable() is None

@@ -989,3 +989,17 @@ def test_a_lock_that_cannot_be_written_on_a_full_disk_is_not_left_in_the_users_f
     with pytest.raises(OSError, match="No space left"):
         RunLock(tmp_path).acquire()
     assert snapshot(tmp_path) == before
+
+
+def test_a_dense_export_does_not_replace_a_users_json_beside_its_out(run, tmp_path, capsys):
+    """Trial 31h X217: `export --format dense --out x.pt` also writes x.json, and replaced a user's own x.json that no
+    flag named. It is refused; the JSON an earlier dense export wrote is replaced as before."""
+    (tmp_path / "x.json").write_text('{"my": "notes"}\n')
+    before = snapshot(tmp_path)
+    code, err = run_cli(["export", str(run), "--format", "dense", "--out", str(tmp_path / "x.pt")], capsys)
+    _one_line(code, err, "not written by a dense export")
+    assert snapshot(tmp_path) == before
+    for _ in range(2):  # its own JSON: written, then replaced by the next export
+        code, err = run_cli(["export", str(run), "--format", "dense", "--out", str(tmp_path / "y.pt")], capsys)
+        assert code == 0, err
+    assert set(json.loads((tmp_path / "y.json").read_text())) == {"arch", "input"}

@@ -312,3 +312,18 @@ def test_a_study_and_a_run_do_not_share_a_folder(tmp_path):
     out = cli("train", "--warmup-epochs", "2", "--finetune-epochs", "2", "--run-dir", str(study))
     assert out.returncode == 2 and "is a tune study's folder" in out.stderr and len(out.stderr.splitlines()) == 1
     assert snapshot(tmp_path) == before
+
+
+def test_a_study_whose_direction_was_changed_is_refused(tmp_path):
+    """Trial 31h S3: study.db's direction set to MINIMIZE by hand: tune went on, exit 0, and wrote the worst trial
+    into best.json as the best."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    before = (study_dir / "best.json").read_bytes()
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute("update study_directions set direction = 'MINIMIZE'")
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "minimises its score" in lines[0], out.stderr
+    assert (study_dir / "best.json").read_bytes() == before
+    assert len(load(study_dir).trials) == 1

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,10 +313,28 @@ def save_dense(model: nn.Module, path: str | Path, arch: dict, inputs: dict | No
     if path.suffix == ".json":  # the JSON beside it would take its name and replace the weights just written
         raise ValueError(f"{path} ends in .json, the name of the JSON file written beside the state_dict; name the "
                          "state_dict .pt")
+    if not _dense_sidecar(path.with_suffix(".json")):
+        raise ValueError(f"{path.with_suffix('.json')} exists and is not the JSON an earlier dense export wrote "
+                         "beside its state_dict, which this one would replace; move it or name the state_dict "
+                         "otherwise")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(state, path)
     write_json(path.with_suffix(".json"), {"arch": arch, "input": inputs or {}})
     return {"path": str(path), "bytes": path.stat().st_size}
+
+
+def _dense_sidecar(path: Path) -> bool:
+    """Whether ``path`` may be written as a dense export's JSON: absent, or a JSON object of that JSON's two keys
+    (``arch`` and ``input``), as an earlier export wrote it. A file of the user's by that name is not replaced."""
+    if not os.path.lexists(path):
+        return True
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode) or os.path.getsize(path) > 1 << 20:
+            return False
+        held = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(held, dict) and set(held) == {"arch", "input"}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, inputs: dict | None = None) -> dict:
@@ -441,6 +461,9 @@ def _write_dense(model: nn.Module, out: Path, arch: dict, inputs: dict | None) -
         raise UserError(f"--out {out}: the dense format writes a state_dict and, beside it, a JSON file of the same "
                         "name ending in .json; name the state_dict .pt")
     output_file(out.with_suffix(".json"), "--out")  # the JSON beside it is an output too
+    if not _dense_sidecar(out.with_suffix(".json")):
+        raise UserError(f"--out {out}: the dense format also writes {out.with_suffix('.json')}, which exists and was "
+                        "not written by a dense export; move it or choose another --out")
     info = save_dense(model, out, arch, inputs)
     return f"wrote {info['path']} ({info['bytes']:,} bytes) and {out.with_suffix('.json')}"
 

@@ -312,7 +312,8 @@ def _private(cache: Path) -> Path:
 def _own_file(path: Path) -> bytes:
     """The bytes of ``path`` if it is a regular file, not a symbolic link, owned by this user and writable by no one
     else (checked on the open descriptor, so it cannot be swapped in between); OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # O_NONBLOCK: a FIFO in its place would block the open until someone writes to it (fstat refuses it next)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

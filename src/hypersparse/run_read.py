@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from hypersparse import schema
@@ -273,6 +274,12 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
         elif len(state) == 1 and isinstance(next(iter(state.values())), dict):
             hint = f"; it wraps a state_dict in {next(iter(state))!r}: save the state_dict itself"
         raise UserError(f"{label} does not fit model {name!r} ({shown}){hint}")
+    own = model.state_dict()
+    for key, value in state.items():  # load_state_dict would cast (a complex weight to its real part, with a warning)
+        if isinstance(value, torch.Tensor) and value.dtype != own[key].dtype and (
+                value.is_complex() or value.is_floating_point() != own[key].is_floating_point()):
+            raise UserError(f"{label} holds {key} as {value.dtype}, where model {name!r} has {own[key].dtype}; save "
+                            "the model's own state_dict")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:

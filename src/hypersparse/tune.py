@@ -189,8 +189,8 @@ def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True,
-                                   direction="maximize")
+        study = optuna.create_study(study_name="hypersparse", storage=storage, load_if_exists=True,
+                                    direction="maximize")
     except (ImportError, SQLAlchemyError, RuntimeError) as exc:  # no driver, no server, a schema Optuna cannot read
         if new_file is not None:
             new_file.unlink(missing_ok=True)  # ours, and without a study in it
@@ -198,6 +198,11 @@ def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None
         if "disk is full" in first or "No space left" in first:
             fix = "free some space, or " + ("choose another --study-dir" if new_file is not None else "give another")
         raise UserError(f"{what}: cannot open the Optuna study ({first}); {fix}") from None
+    # a study continued keeps the direction it was stored with: one that minimises would name the worst trial best
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise UserError(f"{what}: the study minimises its score, and hypersparse tune maximises validation accuracy "
+                        f"(the database was changed by something else); {fix}")
+    return study
 
 
 def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_range=(1e-7, 1e-3), eta_range=(1.01, 1.5),
