@@ -17,7 +17,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def provenance(seed: int | None = None) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        # changed code, not the pages and results a bench writes (an earlier bench of the same chain wrote its own)
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)bench/results", ":(exclude)docs"], capture_output=True,
                                     text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
