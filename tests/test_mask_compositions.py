@@ -1,6 +1,7 @@
 """Masks where they meet every other part, by generation: random sequences of mask operations, copies, round trips,
-optimizer steps, compaction, sparse inference and export, on small MLPs and CNNs with and without BatchNorm and
-residual blocks.
+optimizer steps, compaction, sparse inference, the sparse file and ONNX (run in onnxruntime), and the consumers that
+read the weights (the regularizers' gradients, magnitude_masks, sparsity_report: the same on a copy without masks), on
+small MLPs and CNNs with and without BatchNorm and residual blocks.
 
 After every operation:
 * the weights the current mask prunes are exactly zero (when a mask is in force);
@@ -66,7 +67,10 @@ ops = st.one_of(
     st.tuples(st.just("sparse_inference")),
     st.tuples(st.just("compact")),
     st.tuples(st.just("export")),
+    st.tuples(st.just("onnx")),
+    st.tuples(st.just("consumers"), st.sampled_from(["HyperSparse", "L1", "L2"])),
 )
+ONNX = __import__("importlib").util.find_spec("onnxruntime") is not None
 
 
 class World:
@@ -161,6 +165,27 @@ class World:
                 hs.save_sparse(self.model, Path(d) / "m.safetensors")
                 loaded = hs.load_sparse(Path(d) / "m.safetensors", model=MODELS[self.kind]())
             assert torch.equal(self.outputs(loaded), self.outputs())
+        elif name == "onnx" and ONNX:  # the graph holds the zeros; onnxruntime scores what torch does
+            import onnxruntime
+
+            from hypersparse.export import export_onnx
+
+            with tempfile.TemporaryDirectory() as d:
+                export_onnx(self.model, self.x, Path(d) / "m.onnx")
+                session = onnxruntime.InferenceSession(str(Path(d) / "m.onnx"), providers=["CPUExecutionProvider"])
+                out = session.run(None, {"input": self.x.numpy()})[0]
+            close(torch.from_numpy(out), self.outputs())
+        elif name == "consumers":  # the regularizer, magnitude_masks and sparsity_report see the same weights
+            masked, plain = copy.deepcopy(self.model), strip_masks_(copy.deepcopy(self.model))
+            for net in (masked, plain):
+                net.zero_grad(set_to_none=True)
+                (hs.HyperSparse(net, 0.9) if op[1] == "HyperSparse" else getattr(hs, op[1])(net)).add_grad_(1e-3)
+            for (n, a), b in zip(masked.named_parameters(), plain.parameters()):
+                assert (a.grad is None) == (b.grad is None), n
+                assert a.grad is None or (torch.isfinite(a.grad).all() and torch.equal(a.grad, b.grad)), n
+            ours, theirs = hs.magnitude_masks(masked, 0.9), hs.magnitude_masks(plain, 0.9)
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+            assert str(hs.sparsity_report(masked)) == str(hs.sparsity_report(plain))
 
     def check(self) -> None:
         params = dict(self.model.named_parameters())
