@@ -1003,3 +1003,15 @@ def test_a_dense_export_does_not_replace_a_users_json_beside_its_out(run, tmp_pa
         code, err = run_cli(["export", str(run), "--format", "dense", "--out", str(tmp_path / "y.pt")], capsys)
         assert code == 0, err
     assert set(json.loads((tmp_path / "y.json").read_text())) == {"arch", "input"}
+
+
+def test_a_lock_file_overwritten_while_held_is_not_quoted_as_a_process(run, capsys):
+    """Trial 31h K317: a lock file overwritten with text while held made the next writer's refusal name "process
+    garbage", the file's text."""
+    from hypersparse.run_write import LOCK, RunLock
+
+    with RunLock(run):
+        (run / LOCK).write_text("garbage\n")
+        code, err = run_cli(["train", "--resume", str(run)], capsys)
+    _one_line(code, err, "holds no process id")
+    assert "garbage" not in err[0]

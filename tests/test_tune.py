@@ -327,3 +327,32 @@ def test_a_study_whose_direction_was_changed_is_refused(tmp_path):
     assert out.returncode == 2 and len(lines) == 1 and "minimises its score" in lines[0], out.stderr
     assert (study_dir / "best.json").read_bytes() == before
     assert len(load(study_dir).trials) == 1
+
+
+def test_a_best_json_link_is_refused_before_any_trial_runs(tmp_path):
+    """Trial 31h U205: a best.json link planted in a study folder was refused only after a whole trial had run."""
+    study_dir = tmp_path / "s"
+    study_dir.mkdir()
+    (study_dir / "best.json").symlink_to(tmp_path / "elsewhere.json")
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "best.json" in lines[0], out.stderr
+    assert sorted(p.name for p in study_dir.iterdir()) == ["best.json"]
+
+
+@pytest.mark.parametrize("how", ["emptied", "renamed"])
+def test_trial_folders_a_replaced_study_does_not_know_are_refused_and_nothing_changes(tmp_path, how):
+    """Trial 31h U207/U215: a study.db emptied, or its study renamed, gave "trial-0 already holds a run; --resume it",
+    after the refused command had written a new study into the database."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    if how == "emptied":
+        (study_dir / "study.db").write_bytes(b"")
+    else:
+        with sqlite3.connect(study_dir / "study.db") as db:
+            db.execute("update studies set study_name = 'mine'")
+    before = snapshot(study_dir)
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "does not know" in lines[0], out.stderr
+    assert snapshot(study_dir) == before

@@ -58,7 +58,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                holder = _pid_shown(os.read(fd, 32))
                 os.close(fd)
                 raise UserError(in_use(self.path.parent, holder, self.study)) from None
             try:
@@ -95,7 +95,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+            return _pid_shown(os.read(fd, 32))
         finally:
             os.close(fd)  # closing drops a shared lock this call took
         return None
@@ -127,6 +127,12 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _pid_shown(held: bytes) -> str:
+    """The process id a lock file holds, as the refusal names it; not the file's text if something else wrote it."""
+    text = held.decode(errors="replace").strip()
+    return text if text.isdigit() else "? (its lock file holds no process id)"
 
 
 def _open_lock(path: Path, flags: int) -> int:

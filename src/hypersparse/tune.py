@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import quote
 
-from hypersparse.checkpoint import output_folder, own_folder, write_json
+from hypersparse.checkpoint import output_file, output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, first_line
 from hypersparse.method import method_entry
@@ -183,6 +183,27 @@ def _check_sqlite_file(url: str, what: str, fix: str) -> None:
                         f"changed); {fix}")
 
 
+def _stored_trials(url: str) -> int | None:
+    """How many trials the SQLite study database ``url`` holds for hypersparse's study (0 if none, or no such file);
+    None for other storage, which is not read here. Read-only: nothing is created."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    url_ = make_url(url)
+    if url_.get_backend_name() != "sqlite" or not url_.database or url_.database.startswith(("file:", ":memory:")):
+        return None
+    path = Path(url_.database)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    try:
+        with sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM trials JOIN studies ON trials.study_id = studies.study_id "
+                              "WHERE studies.study_name = 'hypersparse'").fetchone()[0]
+    except sqlite3.Error:
+        return None  # Optuna's own reading says what is wrong with it
+
+
 def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None = None):
     """The study in ``storage`` (checked by :func:`_check_sqlite_file` first); one UserError for a database that cannot
     be opened or used. ``new_file``: the SQLite file this call creates, removed again if the study cannot be made."""
@@ -235,6 +256,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
         raise UserError(f"--study-dir {study_dir} holds a training run (its {run_file}); a study keeps study.db, "
                         "best.json and its trials' folders: pick another --study-dir")
     study_dir = output_folder(study_dir, "--study-dir")
+    output_file(study_dir / "best.json", "--study-dir")  # a link or a folder there: refused before any trial runs
     # one tune per study: a second would take the first's running trial for an interrupted one
     with RunLock(study_dir, study=True):
         try:
@@ -391,6 +413,12 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     for folder in study_dir.glob("trial-*"):  # a planted link would take a trial's run (and overwrites) elsewhere
         if re.fullmatch(r"trial-\d+", folder.name):
             own_folder(folder, "a trial's run folder")
+    numbers = [int(f.name[6:]) for f in study_dir.glob("trial-*") if re.fullmatch(r"trial-\d+", f.name)]
+    known = _stored_trials(storage)
+    if numbers and known is not None and max(numbers) >= known:  # checked before the study is opened or made
+        raise UserError(f"{what}: {study_dir} holds trial-{max(numbers)}, which its study ({known} trials) does not "
+                        "know: the database was replaced, emptied or renamed since; restore it, or move the trial "
+                        "folders away")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(optuna, storage, what, fix, new_file)
     _same_settings(study, base, what)
