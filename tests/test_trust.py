@@ -892,23 +892,30 @@ def test_an_export_out_ending_in_a_slash_is_a_folder_not_a_file(run, tmp_path, c
     assert not (tmp_path / "outdir").exists()
 
 
-@pytest.mark.parametrize("how", ["train", "resume"])
-def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path, monkeypatch, how):
-    """Trial 31f S5: someone who can write the run folder's parent renames it once checkpoint.pt exists and puts a
-    link to another folder in its place; train went on writing through the link, over that folder's model.pt and
-    summary.json, and exited 0. Each write now checks that the folder is still the one whose lock the run holds."""
+def _run_and_a_victim(tmp_path):
+    """A run folder's path, another folder holding files under a run's names (and their snapshot), and tiny settings:
+    the run is swapped for a link to the other folder mid-run."""
     from hypersparse.config import TrainConfig
-    from hypersparse.engine import resume, train
-    from hypersparse.errors import UserError
-    from hypersparse.run_write import RunFiles
 
     run, victim = tmp_path / "run", tmp_path / "victim"
     victim.mkdir()
     for name in ("model.pt", "summary.json", "metrics.jsonl", "checkpoint.pt"):
         (victim / name).write_text("the user's own\n")
-    before = snapshot(victim)
     cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 2, "finetune_epochs": 2, "lr_steps": "1",
                                  "lambda_init": 1e-3})
+    return run, victim, snapshot(victim), cfg
+
+
+@pytest.mark.parametrize("how", ["train", "resume"])
+def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path, monkeypatch, how):
+    """Trial 31f S5: someone who can write the run folder's parent renames it once checkpoint.pt exists and puts a
+    link to another folder in its place; train went on writing through the link, over that folder's model.pt and
+    summary.json, and exited 0. Each write now checks that the folder is still the one whose lock the run holds."""
+    from hypersparse.engine import resume, train
+    from hypersparse.errors import UserError
+    from hypersparse.run_write import RunFiles
+
+    run, victim, before, cfg = _run_and_a_victim(tmp_path)
     if how == "resume":  # a run stopped after its first epoch, continued
         original = RunFiles.record_epoch
 
@@ -941,18 +948,11 @@ def test_a_run_folder_swapped_for_a_link_mid_run_is_not_written_through(tmp_path
 def test_a_swapped_run_folder_is_refused_even_with_the_lock_carried_into_the_other(tmp_path, monkeypatch, carry):
     """The attacker moves (or hard-links) the run's lock file into the other folder before the swap, so that the lock
     at the run's path is still this run's file: the folder is not, and nothing of the other folder is replaced."""
-    from hypersparse.config import TrainConfig
     from hypersparse.engine import train
     from hypersparse.errors import UserError
     from hypersparse.run_write import LOCK, RunFiles
 
-    run, victim = tmp_path / "run", tmp_path / "victim"
-    victim.mkdir()
-    for name in ("model.pt", "summary.json", "metrics.jsonl", "checkpoint.pt"):
-        (victim / name).write_text("the user's own\n")
-    before = snapshot(victim)
-    cfg = TrainConfig.from_dict({"sparsity": 0.9, "warmup_epochs": 2, "finetune_epochs": 2, "lr_steps": "1",
-                                 "lambda_init": 1e-3})
+    run, victim, before, cfg = _run_and_a_victim(tmp_path)
     original = RunFiles.record_epoch
 
     def swap_after_one(self, row, stats, state):
