@@ -25,7 +25,7 @@ def main() -> int:
     try:
         from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
     except (MemoryError, ImportError) as exc:  # an address-space limit (ulimit -v) below what torch's libraries take
-        if isinstance(exc, ImportError) and not _out_of_memory(exc):
+        if not _out_of_memory(exc):
             raise
         os.write(2, b"hypersparse: error: out of memory while loading torch; raise the memory limit (ulimit -v) "
                     b"to a few GB\n")
@@ -35,7 +35,7 @@ def main() -> int:
     except (MemoryError, ImportError) as exc:
         # torch loads parts of itself on first use (torch._dynamo when an optimizer is built): under a tight
         # address-space limit that fails later, as a MemoryError or an ImportError of a library it cannot map
-        if isinstance(exc, ImportError) and not _out_of_memory(exc):
+        if not _out_of_memory(exc):
             raise
         os.write(2, b"hypersparse: error: out of memory; raise the memory limit (ulimit -v) to a few GB, or train a "
                     b"smaller model or batch (a stopped run continues with hypersparse train --resume RUN_DIR)\n")
@@ -49,7 +49,8 @@ def main() -> int:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """Whether an ImportError is the loader running out of address space (not a missing package)."""
+    """Whether ``exc`` is the process running out of address space: a MemoryError, or an ImportError of the loader
+    that could not map a library (not a missing package)."""
     text = str(exc).lower()
-    return "failed to map segment" in text or "cannot allocate memory" in text or isinstance(exc.__cause__,
-                                                                                             MemoryError)
+    return isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError) or "failed to map segment" in text \
+        or "cannot allocate memory" in text

@@ -150,18 +150,23 @@ def _check_storage(url: str) -> None:
                         "driver, or give e.g. sqlite:///study.db") from None
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file a ``sqlite:///`` storage URL names; None for other storage, in-memory or URI-style databases."""
+    from sqlalchemy.engine import make_url
+
+    url_ = make_url(url)
+    if url_.get_backend_name() != "sqlite" or not url_.database or url_.database.startswith(("file:", ":memory:")):
+        return None
+    return Path(url_.database)
+
+
 def _check_sqlite_file(url: str, what: str, fix: str) -> None:
     """UserError unless the SQLite file ``url`` names is absent, empty, or an Optuna study's database: a user's
     text file or another program's database is refused before SQLite or Optuna write anything into it."""
     import sqlite3
 
-    from sqlalchemy.engine import make_url
-
-    url_ = make_url(url)
-    if url_.get_backend_name() != "sqlite" or not url_.database or url_.database.startswith(("file:", ":memory:")):
-        return
-    path = Path(url_.database)
-    if not path.exists():
+    path = _sqlite_path(url)
+    if path is None or not path.exists():
         return
     if not path.is_file():
         raise UserError(f"{what}: {path} is not a regular file; {fix}")
@@ -188,12 +193,9 @@ def _stored_trials(url: str) -> int | None:
     None for other storage, which is not read here. Read-only: nothing is created."""
     import sqlite3
 
-    from sqlalchemy.engine import make_url
-
-    url_ = make_url(url)
-    if url_.get_backend_name() != "sqlite" or not url_.database or url_.database.startswith(("file:", ":memory:")):
+    path = _sqlite_path(url)
+    if path is None:
         return None
-    path = Path(url_.database)
     if not path.is_file() or path.stat().st_size == 0:
         return 0
     try:
