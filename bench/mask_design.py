@@ -186,7 +186,7 @@ def _properties(kind: str, model_name: str) -> dict:
             "state_dict_keys_unchanged": set(model.state_dict()) == dense_keys}
 
 
-def measure(model_name: str, rounds: int, per_round: int) -> dict:
+def measure(model_name: str, rounds: int, per_round: int, warm: int = 200) -> dict:
     out: dict = {}
     for label, updates in (("applied once", 0), (f"after {UPDATES} updates", UPDATES)):
         steps = {k: _trainer(k, model_name, updates)[0] for k in CANDIDATES}
@@ -197,19 +197,19 @@ def measure(model_name: str, rounds: int, per_round: int) -> dict:
                           "vs_by_hand": statistics.median(a / b for a, b in zip(v, seen["by hand"]))}
                       for k, v in seen.items()}
     out["properties"] = {k: _properties(k, model_name) for k in CANDIDATES if k != "plain"}
-    out["op_shift"] = _op_shift(model_name)
+    out["op_shift"] = _op_shift(model_name, warm)
     return out
 
 
-def _op_shift(model_name: str, steps: int = 20) -> list[dict]:
+def _op_shift(model_name: str, warm: int = 200, steps: int = 20) -> list[dict]:
     """Where a sparse network's step spends its extra time: torch.profiler's self CPU time per step of each operator,
-    for the unmasked model and the one masked by hand, after 200 steps of each; the three largest differences."""
+    for the unmasked model and the one masked by hand, after ``warm`` steps of each; the three largest differences."""
     from torch.profiler import profile
 
     per_op = {}
     for kind in ("plain", "by hand"):
         step = _trainer(kind, model_name, 0)[0]
-        for _ in range(200):
+        for _ in range(warm):
             step()
         with profile() as prof:
             for _ in range(steps):
@@ -257,7 +257,8 @@ def page(p: dict) -> str:
                          f"{_yes(q['weight_is_leaf_parameter'])} | {_yes(q['state_dict_keys_unchanged'])} |")
         shift = "; ".join(f"`{o['op']}` {o['plain_ms']:.2f} -> {o['by_hand_ms']:.2f} ms" for o in r["op_shift"])
         lines += ["", f"Where a masked step's time differs from an unmasked one's (torch.profiler, self CPU time per "
-                  f"step after 200 steps, unmasked -> masked by hand, the three largest differences): {shift}.", ""]
+                  f"step after {p['warm']} steps, unmasked -> masked by hand, the three largest differences): {shift}.",
+                  ""]
     lines += ["Why the library keeps its own mechanism: both reparametrisations recompute the weight at every forward "
               "(a multiply per masked tensor, and autograd through it), and make `weight` a computed tensor rather "
               "than a Parameter, which the regularizers, the exports and the state_dict keys would each have to look "
@@ -273,14 +274,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--per-round", type=int, default=20)
-    ap.add_argument("--dry-run", action="store_true", help="3 rounds of 3 steps; prints, writes nothing")
+    ap.add_argument("--dry-run", action="store_true", help="3 rounds of 3 steps, 10 before profiling; prints, writes "
+                    "nothing")
     ap.add_argument("--note", default="", help="a sentence for the page (what else ran on the machine)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rounds, per_round = (3, 3) if args.dry_run else (args.rounds, args.per_round)
     prov = provenance(seed=0)
-    payload = {"provenance": prov, "rounds": rounds, "per_round": per_round, "note": args.note,
-               "models": {name: measure(name, rounds, per_round) for name in ("lenet300", "lenet5")}}
+    warm = 10 if args.dry_run else 200
+    payload = {"provenance": prov, "rounds": rounds, "per_round": per_round, "warm": warm, "note": args.note,
+               "models": {name: measure(name, rounds, per_round, warm) for name in ("lenet300", "lenet5")}}
     text = page(payload)
     if not args.dry_run:
         write_results("mask-design-cpu", payload, text)

@@ -62,3 +62,27 @@ def test_the_beyond_mnist_sections_regenerate_byte_identical_from_their_results(
                               str(docs)], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert (docs / "results.md").read_bytes() == (ROOT / "docs" / "results.md").read_bytes()
+
+
+def test_the_mask_design_bench_runs_and_finds_what_each_candidate_keeps():
+    """bench/mask_design.py --dry-run: every candidate timed, and what each gives the rest of the library checked on
+    the model: the library's mask keeps copies' zeros, `weight` a Parameter and the state_dict keys; the two
+    reparametrisations do not keep `weight` a Parameter; masking by hand does not survive a copy."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "mask_design.py"), "--dry-run"], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "(" in line and "of" in line]
+    by_kind: dict[str, list[str]] = {}
+    for line in rows:
+        by_kind.setdefault(line.split(" | ")[0][2:], []).append(line)
+    assert len(by_kind["hypersparse"]) == 2  # LeNet-300 and LeNet-5
+    for kind, lines in by_kind.items():
+        for line in lines:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[1].startswith("yes ("), line  # every candidate keeps the pruned weights zero while training
+            if kind.startswith("hypersparse"):
+                assert cells[2:] == ["yes", "yes", "yes"], line
+            if kind in ("torch prune", "parametrize"):
+                assert cells[3] == "**no**", line
+            if kind == "by hand":
+                assert cells[2] == "**no**", line

@@ -7,6 +7,8 @@ import torch
 from hypersparse.config import TrainConfig
 from hypersparse.data import _split, register_dataset
 from hypersparse.engine import Trainer
+from hypersparse.run_read import read_json
+from hypersparse.run_write import format_summary
 from hypersparse.schedule import ARTDidNotConverge, lambda_for_push
 
 
@@ -112,6 +114,12 @@ def test_pretrained_from_a_finished_sparse_run_trains_without_diverging(tmp_path
     summary = train(again, tmp_path / "again", progress=False, out=quiet)
     assert summary["sparse"]["sparsity"] >= sparsity and summary["epochs"]["regularize"] >= 3
     assert summary["sparse"]["test_acc"] > 0.5
+    # the starting model is reported as it is (90 % sparse), in the file a later command reads and in the table
+    assert summary["dense"]["sparsity"] == pytest.approx(0.9, abs=1e-5)
+    stored = read_json(tmp_path / "again" / "summary.json")
+    assert stored["dense"]["kept"] == summary["sparse"]["numel"] - round(0.9 * summary["sparse"]["numel"])
+    start_row = next(line for line in format_summary(stored).splitlines() if line.startswith("pretrained"))
+    assert "90.00%" in start_row, start_row
 
 
 def test_keeping_the_momentum_at_the_stop_changes_only_what_follows_the_stop(tmp_path):

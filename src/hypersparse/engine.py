@@ -364,8 +364,9 @@ class Trainer:
         self.files.record_epoch(row, stats, self.state())
 
     def _dense_record(self, val_acc: float | None = None) -> dict:
+        report = sparsity_report(self.model, self.prunable)  # a --pretrained model may already be sparse
         return {"epoch": self.method.epoch + (val_acc is not None), "val_acc": self.accuracy("val") if val_acc is None
-                else val_acc, "test_acc": self.accuracy("test")}
+                else val_acc, "test_acc": self.accuracy("test"), "sparsity": report.sparsity, "kept": report.kept}
 
     def _select(self, row: dict, epoch: int, val_acc: float, stopped: bool) -> None:
         """Model selection on the validation split, only among sparse models."""

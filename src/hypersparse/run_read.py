@@ -52,8 +52,7 @@ def _a_dict(value, where):
 SETTINGS = schema.Custom(_settings, "an object of settings by section")
 SUMMARY_SPEC = schema.Dict({
     "config": SETTINGS,
-    "dense": schema.Optional(schema.Dict({"epoch": schema.EPOCH, "val_acc": schema.UNIT, "test_acc": schema.UNIT},
-                                         required="all")),
+    "dense": schema.Optional(schema.DENSE),
     "sparse": schema.SCORES,
     "epochs": schema.Map(schema.EPOCH, schema.NAME, 16),
     "phase_seconds": schema.Map(schema.Float(0), schema.NAME, 16),
@@ -70,8 +69,7 @@ CHECKPOINT_SPEC = schema.Dict({
     "optimizer": schema.OPTIMIZER,
     "method": schema.Custom(_a_dict, "the method's state (checked against --method's schema)"),
     "metrics": schema.List(schema.METRICS_ROW, schema.MAX_RUN_EPOCHS), "best": schema.Optional(schema.BEST),
-    "dense": schema.Optional(schema.Dict({"epoch": schema.EPOCH, "val_acc": schema.UNIT, "test_acc": schema.UNIT},
-                                         required="all")),
+    "dense": schema.Optional(schema.DENSE),
     "phase_seconds": schema.Map(schema.Float(0), schema.NAME, 16), "stats": schema.Optional(schema.STATS_STATE),
 }, required="all")
 #: file name -> (schema, JSON lines?)

@@ -459,8 +459,9 @@ def format_summary(summary: dict) -> str:
     rows = _course_lines(summary["art"]) if summary.get("art") else []
     rows.append(f"{'':<22}{'validation':>11}{'test':>9}{'sparsity':>10}{'weights kept':>14}")
     if d:
-        rows.append(f"{'dense (epoch %d)' % d['epoch']:<22}{d['val_acc']:>11.2%}{d['test_acc']:>9.2%}{0:>10.2%}"
-                    f"{s['numel']:>14,}")
+        start = "pretrained" if summary["config"].get("model", {}).get("pretrained") else f"dense (epoch {d['epoch']})"
+        rows.append(f"{start:<22}{d['val_acc']:>11.2%}{d['test_acc']:>9.2%}{d.get('sparsity', 0):>10.2%}"
+                    f"{d.get('kept', s['numel']):>14,}")
     rows.append(f"{'sparse, ' + name:<22}{s['val_acc']:>11.2%}{s['test_acc']:>9.2%}{s['sparsity']:>10.2%}"
                 f"{s['kept']:>14,}")
     compared, verdict = comparison_rows(summary)

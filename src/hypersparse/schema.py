@@ -428,6 +428,9 @@ INPUT = Dict({"layout": Str(16, choices=("NCHW",)), "pixel_range": List(Float(),
               "classes": Optional(List(Str(1024), MAX_CLASSES))})
 SCORES = Dict({"epoch": Optional(EPOCH), "val_acc": UNIT, "test_acc": UNIT, "sparsity": UNIT, "kept": COUNT,
                "numel": COUNT, "run_dir": Str(1024)}, required=("val_acc", "test_acc"))
+#: the dense baseline a run records: the model before pruning (a --pretrained one may already be sparse)
+DENSE = Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT, "sparsity": UNIT, "kept": COUNT},
+             required=("epoch", "val_acc", "test_acc"))
 METRICS_ROW = Dict({
     "epoch": EPOCH, "phase": NAME, "event": NAME, "lr": Float(0), "loss": Float(0), "train_acc": UNIT,
     "val_acc": UNIT, "sparsity": UNIT, "seconds": Float(0), "train_seconds": Float(0), "measure_seconds": Float(0),
