@@ -177,6 +177,39 @@ def test_a_plugin_cannot_replace_a_built_in_method_model_dataset_or_export_forma
             register(name)
 
 
+def test_two_plugins_registering_one_name_are_told_and_the_same_code_again_is_not():
+    """One registry shape for all four: a second, different registration of a user's name warns, naming both; the
+    same code registered again (a notebook cell run twice, a module imported twice) replaces it silently."""
+    import warnings
+
+    import hypersparse as hs
+    from hypersparse import method
+    from hypersparse.data import DATASETS, register_dataset
+    from hypersparse.export import EXPORTS
+    from hypersparse.models import MODELS, register_model
+
+    def first(*args, **kwargs):
+        return None
+
+    def second(*args, **kwargs):
+        return None
+
+    cases = ((lambda f: hs.register_method("clash-m", None, f), method._METHODS, "clash-m"),
+             (lambda f: hs.register_export("clash-e", f, ".txt"), EXPORTS, "clash-e"),
+             (lambda f: register_model("clash-model", f), MODELS, "clash-model"),
+             (lambda f: register_dataset("clash-d", f), DATASETS, "clash-d"))
+    for register, registry, name in cases:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                register(first)
+                register(first)  # the same code again: silent
+            with pytest.warns(UserWarning, match=rf"'{name}' was registered by .*first; .*second replaces it"):
+                register(second)
+        finally:
+            registry.pop(name, None)
+
+
 def test_a_plugin_whose_setting_or_section_clashes_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     for name, section, field in (("clashy", "clashy", "seed"), ("schedule", "schedule", "foo")):

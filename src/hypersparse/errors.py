@@ -1,4 +1,7 @@
 """Errors the command line turns into one line on stderr and an exit code."""
+from __future__ import annotations
+
+import warnings
 
 
 class UserError(Exception):
@@ -35,12 +38,19 @@ def did_you_mean(name: object, choices) -> str:
 
 def refuse_builtin_override(kind: str, name: str, old: object, new: object) -> None:
     """A plugin may add a method, model, dataset or export format, but not replace a built-in one: its runs would go
-    by the built-in's name. ValueError if ``old`` (what ``name`` holds now) is hypersparse's and ``new`` is not."""
+    by the built-in's name. ValueError if ``old`` (what ``name`` holds now) is hypersparse's and ``new`` is not; a
+    warning if ``new`` is other code than ``old`` (two plugins chose one name), not if it is the same code again."""
     def ours(obj: object) -> bool:
         return (getattr(obj, "__module__", None) or "").startswith("hypersparse.")
 
     if old is not None and old is not new and ours(old) and not ours(new):
         raise ValueError(f"{kind} {name!r} is built into hypersparse; register yours under another name")
+    if old is not None and _where(old) != _where(new):  # two plugins' names clash; the same code run again does not
+        warnings.warn(f"{kind} {name!r} was registered by {_where(old)}; {_where(new)} replaces it", stacklevel=3)
+
+
+def _where(obj: object) -> str:
+    return f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', None) or type(obj).__name__}"
 
 
 def first_line(exc: BaseException, limit: int | None = 160, last: bool = False) -> str:
