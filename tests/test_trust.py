@@ -767,8 +767,8 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_its_folder_an
     _one_line(code, err, f"already holds a run; continue it with --resume {folder}")
 
 
-@pytest.mark.parametrize("plant", ["symlink", "fifo", "hardlink", "a users file"])
-@pytest.mark.parametrize("command", ["train", "resume"])  # L005, L001
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "socket", "hardlink", "a users file"])
+@pytest.mark.parametrize("command", ["train", "resume"])  # L005, L001, 31h K309
 def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(plant, command, run, tmp_path, capsys):
     victim = tmp_path / "victim.txt"
     victim.write_text("victim")
@@ -779,6 +779,12 @@ def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(plant,
         lock.symlink_to(victim)
     elif plant == "fifo":
         os.mkfifo(lock)
+    elif plant == "socket":
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(os.path.relpath(lock))  # a path over 107 bytes cannot be bound
+        server.close()  # the socket file stays
     elif plant == "hardlink":
         os.link(victim, lock)
     else:

@@ -145,6 +145,12 @@ def _open_lock(path: Path, flags: int) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UserError(_not_a_lock(path, "a symbolic link")) from None
+        try:  # a socket cannot be opened at all (ENXIO): say what is there rather than the errno's words
+            there = os.lstat(path)
+        except OSError:
+            raise exc from None
+        if not stat.S_ISREG(there.st_mode):
+            raise UserError(_not_a_lock(path, "not a regular file")) from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
