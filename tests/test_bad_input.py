@@ -826,3 +826,32 @@ def test_stdout_on_a_full_device_is_not_called_a_full_disk(tmp_path):
                                str(tmp_path / "r")], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "where the output goes" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("how", ["closed", "read-only"])
+def test_bad_input_with_the_error_stream_closed_still_exits_2_and_writes_into_no_file(tmp_path, how):
+    """Trial 31h E213: with stderr closed (``2>&-``) bad input ended with exit code 1, the one line having nowhere to
+    go; a launcher such as pyenv's shim leaves its own script open for reading there instead. The first file a
+    command opens must not take descriptor 2 either, where an error line would be written into it."""
+    import subprocess
+    import sys
+
+    shim = tmp_path / "launcher.sh"
+    shim.write_text("#!/bin/sh\n")
+
+    def stderr_gone():
+        os.close(2)
+        if how == "read-only":
+            os.open(shim, os.O_RDONLY)  # takes descriptor 2
+
+    run = tmp_path / "r"
+    train = ["train", "--epochs-scale", "0.05", "--warmup-epochs", "1", "--run-dir", str(run)]
+    for argv, code in ((["train", "--epochs-scale", "0.05", "--sparsity", "7", "--run-dir", str(run)], 2),
+                       (["eval", str(tmp_path / "nothing")], 2),
+                       (train, 0),
+                       (train, 2)):  # refused once its lock file is open: the line lands in none of the run's files
+        done = subprocess.run([sys.executable, "-m", "hypersparse", *argv], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=stderr_gone, timeout=300)
+        assert done.returncode == code, (argv, done.stdout[-2000:])
+    assert shim.read_text() == "#!/bin/sh\n"
+    assert not any(b"hypersparse:" in f.read_bytes() for f in run.rglob("*") if f.is_file())

@@ -514,8 +514,10 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a path that is not valid UTF-8 is printed escaped, not a crash
-        if hasattr(stream, "reconfigure"):
+        try:
             stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, OSError, ValueError):  # not a text stream, or a descriptor closed under it
+            pass
     formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         return _main(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 
@@ -14,7 +15,30 @@ def _quit_while_starting(signum, frame):
     os._exit(code)
 
 
+def _standard_streams() -> None:
+    """A closed standard descriptor (``2>&-``) gets /dev/null: else the first file the command opens would take
+    descriptor 2 and an error line would be written into it, and with no stream to write to, an error would end the
+    command with exit code 1 instead of its own. So does an output descriptor open only for reading (a launcher such
+    as pyenv's shim, run with ``2>&-``, leaves its own script there)."""
+    import fcntl
+
+    for fd in (0, 1, 2):
+        try:
+            usable = fd == 0 or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        except OSError:  # closed
+            usable = False
+        if not usable:  # closed, or (a launcher's script left open there) not writable
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:  # Python started with the descriptor closed
+            setattr(sys, name, open(fd, "w", errors="backslashreplace", closefd=False))
+
+
 def main() -> int:
+    _standard_streams()
     # Torch's OpenMP workers spin while they wait; beside other busy processes that costs a multi-threaded run
     # several times its speed (bench/results/threads-cpu.md). Read when torch loads, so set before the import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
