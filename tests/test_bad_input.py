@@ -605,9 +605,18 @@ def _masked_mlp():
     return model
 
 
+def _with_nan(model):
+    weight = next(p for p in model.parameters() if p.dim() == 2)
+    with torch.no_grad():
+        weight.view(-1)[int(torch.nonzero(weight.view(-1))[0])] = float("nan")  # a kept weight
+    return model
+
+
 @pytest.mark.parametrize("call,error,needle", [
     (lambda hs, m: hs.sparse_inference(m.half(), torch.randn(4, 64).half()), ValueError, "float32"),
     (lambda hs, m: hs.sparse_inference(m, torch.randn(4, 64), reps=0), ValueError, "reps"),
+    # trial 31h I117: a NaN in a kept weight gave finite outputs where the model's were NaN
+    (lambda hs, m: hs.sparse_inference(_with_nan(m), torch.randn(4, 64)), ValueError, r"\S+weight holds NaN or inf"),
     (lambda hs, m: hs.apply_masks_(m, {**hs.magnitude_masks(m, 0.9), "nope.weight": torch.ones(3, dtype=torch.bool)}),
      ValueError, "nope.weight"),
     (lambda hs, m: hs.L2(m, 0.9), TypeError, "take no sparsity"),

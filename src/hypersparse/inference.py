@@ -405,7 +405,8 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
     compaction, each convolution and each chain of Linear layers (:func:`find_chains`) is timed on ``example`` and
     kept only if at least 3 % faster (the rules: docs/methods.md, "Sparse inference"). A model that is a single
     chain comes back as its :class:`CompactMLP`. Outputs equal the dense model's within 1e-5 (1e-4 relative after
-    compaction or with sparse convolutions). ``.hypersparse_choices`` on the result records each layer's decision by
+    compaction or with sparse convolutions); a model holding NaN or inf is refused, since the sparse kernels and
+    compaction would not carry them. ``.hypersparse_choices`` on the result records each layer's decision by
     name (``layer``: ``conv`` or ``chain``), ``.hypersparse_compaction`` the compaction's (None without convolutions).
     """
     if not isinstance(model, nn.Module):
@@ -421,6 +422,11 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         raise ValueError(f"sparse_inference runs float32 models and inputs on the CPU, got {names}; pass "
                          "model.float() and example.float()")
+    bad = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:  # the sparse kernels skip pruned entries and compaction folds units: NaN would not propagate
+        raise ValueError(f"sparse_inference: {bad} holds NaN or inf (the model has diverged); its outputs could not be "
+                         "the model's: train it again, or load a finite checkpoint")
     # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
     work = strip_masks_(copy.deepcopy(model)).eval().cpu()
     try:  # once before any timing, so that the model's own error is not raised from deep inside the candidates
