@@ -883,3 +883,31 @@ def test_a_step_pre_hook_added_after_the_mask_cannot_revive_pruned_weights(opt):
     optimizer.register_step_pre_hook(gradient_noise)
     _steps(model, optimizer, n=4)
     assert all((p[~masks[n]] == 0).all() for n, p in hs.prunable_parameters(model))
+
+
+def test_swa_averaging_of_a_masked_model_keeps_the_zeros():
+    """torch.optim.swa_utils as docs/methods.md shows it (trial 31h A118): AveragedModel with its default
+    ``use_buffers=False`` averages a masked model's weights, whose pruned entries stay exactly zero, and update_bn
+    computes BatchNorm's statistics; ``use_buffers=True`` would average the bool mask buffers, which torch refuses."""
+    from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+    torch.manual_seed(0)
+    model = make_convnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    masks = magnitude_masks(model, 0.9)
+    apply_masks_(model, masks, opt)
+    swa, scheduler = AveragedModel(model), SWALR(opt, swa_lr=0.01)
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 7, (8,))) for _ in range(4)]
+    for _ in range(3):
+        for x, y in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        swa.update_parameters(model)
+        scheduler.step()
+    update_bn([x for x, _ in data], swa)
+    averaged = dict(swa.module.named_parameters())
+    for name, keep in masks.items():
+        assert (averaged[name][~keep] == 0).all(), name
+        assert averaged[name][keep].abs().sum() > 0, name
+    assert swa(data[0][0]).isfinite().all()
