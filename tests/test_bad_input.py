@@ -864,3 +864,16 @@ def test_bad_input_with_the_error_stream_closed_still_exits_2_and_writes_into_no
         assert done.returncode == code, (argv, done.stdout[-2000:])
     assert shim.read_text() == "#!/bin/sh\n"
     assert not any(b"hypersparse:" in f.read_bytes() for f in run.rglob("*") if f.is_file())
+
+
+def test_a_name_with_control_characters_cannot_break_the_line_or_drive_the_terminal(tmp_path, capsys):
+    """A path or a value holding a newline or a terminal escape sequence is shown escaped: still one line, and no
+    escape byte reaches the terminal (a file name an attacker chose, printed in an error)."""
+    from conftest import run_cli
+
+    name = "x\x1b]0;owned\x07\x1b[31mred\nsecond line"
+    for argv in (["eval", str(tmp_path / name)], ["train", "--model", name, "--run-dir", str(tmp_path / "r")]):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and len(err) == 1, err
+        assert "\x1b" not in err[0] and "\x07" not in err[0] and "\\x1b]0;owned" in err[0], err
+    assert not (tmp_path / "r").exists()

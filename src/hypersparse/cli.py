@@ -21,7 +21,7 @@ from pathlib import Path
 from hypersparse import __version__
 from hypersparse.config import TrainConfig, canonical, flag, sections, setting_flag, setting_help, type_name
 from hypersparse.distributed import close_distributed, is_rank0
-from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean
+from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, did_you_mean, shown
 from hypersparse.schedule import ARTDidNotConverge
 
 
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message; under torchrun, rank 0's
         message += _flag_hint(self, message)
-        self.exit(2, f"hypersparse: error: {message} (see '{self.prog} --help')\n" if _rank0() else None)
+        self.exit(2, f"hypersparse: error: {shown(message)} (see '{self.prog} --help')\n" if _rank0() else None)
 
 
 def _flag_hint(parser: argparse.ArgumentParser, message: str) -> str:
@@ -336,7 +336,7 @@ def _rank0() -> bool:
 
 def _say(message: str, code: int) -> int:
     if _rank0():
-        print(f"hypersparse: {message}", file=sys.stderr, flush=True)
+        print(f"hypersparse: {shown(message)}", file=sys.stderr, flush=True)
     return code
 
 
@@ -509,7 +509,7 @@ def _exit_worker(code: int) -> typing.NoReturn:
 def _warning_line(message, category, filename, lineno, line=None) -> str:
     """A warning on the command line is one line, without the file and line of whichever library raised it (the
     format, not the display: a caller recording warnings still records them)."""
-    return f"hypersparse: warning: {' '.join(str(message).split())}\n" if _rank0() else ""
+    return f"hypersparse: warning: {shown(' '.join(str(message).split()))}\n" if _rank0() else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,3 +61,9 @@ def first_line(exc: BaseException, limit: int | None = 160, last: bool = False) 
         return type(exc).__name__
     line = lines[-1] if last else lines[0]
     return line if limit is None or len(line) <= limit else line[:limit - 1] + "…"
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print as one line: control characters (a newline, a terminal's escape sequence in a file
+    name) and undecodable bytes as backslash escapes, so a name cannot break the line or drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
