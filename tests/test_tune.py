@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import math
+import shutil
 import sqlite3
 from urllib.parse import quote
 
@@ -356,3 +357,25 @@ def test_trial_folders_a_replaced_study_does_not_know_are_refused_and_nothing_ch
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "does not know" in lines[0], out.stderr
     assert snapshot(study_dir) == before
+
+
+@pytest.mark.parametrize("how", ["deleted", "shared storage"])
+def test_best_json_never_names_a_run_folder_that_is_not_there(tmp_path, how):
+    """Trial 31i S1: the best trial's folder deleted, or the study continued from another --study-dir through
+    --storage: best.json named a trial folder that does not exist, exit 0. It names none, and the line says why."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    if how == "deleted":
+        shutil.rmtree(study_dir / "trial-0")
+        out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    else:
+        study_dir = tmp_path / "other"
+        out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir), "--storage",
+                  f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert out.returncode == 0, out.stderr
+    best = json.loads((study_dir / "best.json").read_text())
+    folder = study_dir / f"trial-{best['trial']}"
+    if best["run_dir"] is None:
+        assert not folder.is_dir() and "best.json names no run folder" in out.stdout, out.stdout
+    else:
+        assert best["run_dir"] == str(folder) and (folder / "summary.json").is_file()

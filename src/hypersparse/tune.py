@@ -440,13 +440,19 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
         raise UserError("no trial finished (ART did not converge or diverged in all); widen --lambda-range/--eta-range")
     _check_done(done, what, fix)
     best = study.best_trial
-    # the folder the trial trained into, by its number: not a path the database says (it may name another run)
+    # the folder the trial trained into, by its number: not a path the database says (it may name another run);
+    # none if it is not here (deleted, or the trial ran in another folder that shares this --storage)
+    folder = study_dir / f"trial-{best.number}"
+    here = folder.is_dir() and (folder / "summary.json").is_file()
     result = {"lambda_init": best.params["lambda_init"], "eta": best.params["eta"], "val_acc": best.value,
-              "trial": best.number, "run_dir": str(study_dir / f"trial-{best.number}"), "trials": len(study.trials),
+              "trial": best.number, "run_dir": str(folder) if here else None, "trials": len(study.trials),
               "storage": storage, "base_config": base.to_dict()}
     write_json(study_dir / "best.json", result)
     print(f"best of {len(done)} finished trials: trial {best.number}, lambda_init {result['lambda_init']:.3g}, "
-          f"eta {result['eta']:.4g}, validation {best.value:.2%} -> {study_dir / 'best.json'}", file=out)
+          f"eta {result['eta']:.4g}, validation {best.value:.2%} -> {study_dir / 'best.json'}"
+          + ("" if here else f" (its run folder trial-{best.number} is not in {study_dir}: deleted, or it trained in "
+                             "another folder that shares the study's database; best.json names no run folder)"),
+          file=out)
     return result
 
 
