@@ -911,3 +911,87 @@ def test_swa_averaging_of_a_masked_model_keeps_the_zeros():
         assert (averaged[name][~keep] == 0).all(), name
         assert averaged[name][keep].abs().sum() > 0, name
     assert swa(data[0][0]).isfinite().all()
+
+
+def _pruned_nonzero(model, masks) -> int:
+    params = dict(model.named_parameters())
+    return sum(int((params[n].detach()[~k] != 0).sum()) for n, k in masks.items())
+
+
+@pytest.mark.parametrize("make_opt", [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                                      lambda p: torch.optim.Adam(p, lr=0.1)])
+def test_a_gradient_noise_hook_removed_later_leaves_no_momentum_to_revive_pruned_weights(make_opt):
+    """Trial 31i S2: a step pre-hook registered after apply_masks_ adds noise to every gradient; the weights were
+    masked after each step, but the noise built momentum (Adam's moments) at pruned positions, which revived all of
+    them at the first step after the hook was removed."""
+    torch.manual_seed(0)
+    model = make_mlp((16, 12, 5))
+    masks = magnitude_masks(model, 0.8)
+    opt = make_opt(model.parameters())
+    apply_masks_(model, masks, opt)
+
+    def noise(optimizer, args, kwargs):
+        for p in model.parameters():
+            p.grad.add_(torch.randn_like(p.grad))
+
+    x = torch.randn(8, 16)
+
+    def step():
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+    hook = opt.register_step_pre_hook(noise)
+    for _ in range(3):
+        step()
+    hook.remove()
+    for _ in range(3):
+        step()
+        assert _pruned_nonzero(model, masks) == 0
+
+
+@pytest.mark.parametrize("case", ["eps 0", "float16"])
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adamax])
+def test_the_handles_own_optimizer_keeps_zeros_when_its_eps_is_zero_in_the_weights_dtype(cls, case):
+    """Trial 31i S3: the handle trusted Adam-like optimizers to leave a weight with zero gradient and state at +0.0;
+    with eps 0 (set by the user, or Adam's default 1e-8, which is 0 in float16) the update is 0/0, and every pruned
+    weight became NaN. Pruned weights stay exactly +0.0 (kept ones are torch's business: a float16 Adam NaNs
+    any weight whose gradient is 0, mask or none)."""
+    torch.manual_seed(0)
+    model = make_mlp((16, 12, 5))
+    masks = magnitude_masks(model, 0.8)
+    opt = cls(model.parameters(), lr=0.01, **({"eps": 0.0} if case == "eps 0" else {}))
+    apply_masks_(model, masks, opt)
+    x = torch.randn(8, 16)
+    if case == "float16":
+        model.half()
+        x = x.half()
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+        params = dict(model.named_parameters())
+        for n, k in masks.items():
+            pruned = params[n].detach()[~k]
+            assert (pruned == 0).all() and not torch.signbit(pruned).any(), n
+
+
+def test_reapply_also_zeroes_momentum_changed_by_hand():
+    """Trial 31i A225: momentum written at pruned positions by hand revived them; ``reapply_()`` is the documented
+    remedy for anything changed outside a step, so it zeroes the optimizer's state there too."""
+    torch.manual_seed(0)
+    model = make_mlp((16, 12, 5))
+    masks = magnitude_masks(model, 0.8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = apply_masks_(model, masks, opt)
+    x = torch.randn(8, 16)
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    for p in model.parameters():
+        opt.state[p]["momentum_buffer"].fill_(1.0)
+    handle.reapply_()
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    assert _pruned_nonzero(model, masks) == 0

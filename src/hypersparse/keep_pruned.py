@@ -348,14 +348,20 @@ class MaskHandle:
         return [e.tensor for e in self._entries]
 
     def reapply_(self) -> None:
-        """Zero the masked weights again (after each optimizer step, when no optimizer was given)."""
+        """Zero the masked weights again, and the optimizer's state at pruned positions (a weight or a momentum
+        buffer changed by hand, outside any optimizer's step)."""
         zero_pruned_(self.tensors, [e.keep for e in self._entries])
+        self._mask_state(self._entries)
 
-    def _after_step(self, *_) -> None:
+    def _after_step(self, optimizer, *_) -> None:
         """Zero the pruned weights after a step, where the step may have moved them: an optimizer not known to keep a
-        zero at zero, or a step pre-hook registered after the mask's (it ran on the masked gradients: gradient
-        noise, clipping by hand)."""
-        if not self._trusted or self._late:
+        zero at zero (or one whose ``eps`` is 0 in the weights' dtype), or a step pre-hook registered after the
+        mask's (gradient noise, clipping by hand), which also leaves momentum at pruned positions: that is zeroed
+        too, or it would revive them once the hook is gone."""
+        if self._late:
+            self._mask_weights()
+            self._mask_state(self._entries)
+        elif not self._trusted or not _keeps_zero(optimizer, self._entries):
             self._mask_weights()
 
     def _before_step(self, optimizer, args: tuple, kwargs: dict):
@@ -392,9 +398,8 @@ class MaskHandle:
 
     @torch.no_grad()
     def _mask_weights(self, *_) -> None:
-        tensors = self.tensors
-        if tensors:
-            torch._foreach_mul_(tensors, [e.scale(e.tensor) for e in self._entries])
+        for e in self._entries:  # +0.0, where a multiply would keep a NaN the step put there (0/0 with eps 0)
+            e.tensor.masked_fill_(e._derived.get(e.keep, None, e.tensor.device), 0)
 
     @torch.no_grad()
     def _mask_state(self, entries: list[_Entry]) -> None:
@@ -405,7 +410,7 @@ class MaskHandle:
         for e in entries:
             for value in optimizer.state.get(e.tensor, {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == e.tensor.shape and not value.is_sparse:
-                    value.masked_fill_(~e.keep.to(value.device), 0)
+                    value.masked_fill_(e._derived.get(e.keep, None, value.device), 0)
 
     def _after_load(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer's state was loaded (a resume): momentum saved before the mask would revive pruned
@@ -678,6 +683,22 @@ def apply_masks_(
         handle._trusted = type(optimizer) in ZERO_STAYS_ZERO
         handle._hooks.append(optimizer.register_step_post_hook(handle._after_step))
     return handle
+
+
+_EPS_SEEN: dict[tuple, bool] = {}
+
+
+def _keeps_zero(optimizer: torch.optim.Optimizer, entries: list[_Entry]) -> bool:
+    """Whether a step of ``optimizer`` (one of :data:`ZERO_STAYS_ZERO`) leaves a weight with zero gradient and state
+    at +0.0 now: not if a group's ``eps`` is 0 in the weights' dtype (Adam's 0 / (0 + eps) is NaN then, and the default
+    1e-8 is 0 in float16). Checked at each step, since a group's settings and the weights' dtype can change."""
+    key = (tuple(g.get("eps") for g in optimizer.param_groups), tuple({e.tensor.dtype for e in entries}))
+    seen = _EPS_SEEN.get(key)
+    if seen is None:
+        seen = _EPS_SEEN[key] = all(
+            not isinstance(eps, (int, float)) or float(torch.tensor(eps, dtype=dtype)) > 0
+            for eps in key[0] if eps is not None for dtype in key[1])
+    return seen
 
 
 def _check_tied(targets: dict[str, torch.Tensor], keeps: Masks) -> None:
