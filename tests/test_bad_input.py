@@ -277,6 +277,11 @@ CASES = [
     ("export-out-another-runs-summary", lambda t, r: ["export", str(r), "--out", str(_copy_run(r, t / "other") /
                                                                                     "summary.json")],
      "is another run's"),
+    # trial 31i T017/T019: a tune study's best.json and study.db were replaced
+    ("export-out-a-studys-best-json", lambda t, r: ["export", str(r), "--out", str(
+        _write(t / "study" / "study.db", "x").parent / "best.json")], "is the tune study's best.json"),
+    ("export-out-a-studys-db", lambda t, r: ["export", str(r), "--out", str(_write(t / "study" / "study.db", "x"))],
+     "is the tune study's study.db"),
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),

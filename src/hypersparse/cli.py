@@ -271,14 +271,18 @@ def _export(args) -> int:
 def _not_a_run_file(written: Path, out: Path, run_dir: Path) -> None:
     """An export written over the run's own files (its model.pt, config.json, its lock...) would leave the run
     unreadable; ``written`` is ``out`` or a file the format writes beside it."""
-    from hypersparse.run_write import CONFIG, LOCK, METRICS, RUN_FILES
+    from hypersparse.run_write import CONFIG, LOCK, METRICS, RUN_FILES, STUDY_FILES
 
     try:
         folder = written.resolve().parent
         own = folder == run_dir.resolve()
         a_run = own or (folder / CONFIG).exists() or (folder / METRICS).exists()  # this run's, or another's
+        a_study = (folder / STUDY_FILES[0]).exists()  # a tune study's folder: its study.db and best.json
     except OSError:
         return
+    if a_study and written.name in (*STUDY_FILES, LOCK):
+        raise UserError(f"--out {out} is the tune study's {written.name} ({written.parent}), which tune reads to "
+                        "continue the study; write the export elsewhere")
     if a_run and written.name in (*RUN_FILES, LOCK):
         what = "is" if written == out else f"would write {written.name} beside it, which is"
         whose = "the run's own" if own else f"another run's ({written.parent})"
@@ -296,8 +300,8 @@ def _train(args) -> int:
         given = sorted(k for k in vars(args) if "." in k and k not in RESUME_CONFIRMS) + \
             (["--config"] if args.config else []) + (["--set"] if args.set else [])
         if given:
-            shown = given[0] if given[0].startswith("--") else flag(given[0])
-            raise UserError(f"--resume continues a run with the settings it started with; drop {shown}")
+            named = given[0] if given[0].startswith("--") else flag(given[0])
+            raise UserError(f"--resume continues a run with the settings it started with; drop {named}")
         compare.resume(args.resume, confirmed={k: v for k, v in vars(args).items() if k in RESUME_CONFIRMS})
         return 0
     compare.train(_config_from(args))
