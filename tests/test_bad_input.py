@@ -165,6 +165,10 @@ CASES = [
     ("pretrained-random-bytes", lambda t, r: ["train", "--pretrained", str(_write(t / "w.pt", os.urandom(256)))],
      "w.pt"),
     ("pretrained-a-list", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", [1, 2]))], "w.pt"),
+    # trial 31i P005: a NaN weight was trained from, and the run blamed the learning rate
+    ("pretrained-nan", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {
+        k: v.fill_(float("nan")) if k == "1.weight" else v for k, v in torch.load(
+            r / "model.pt", weights_only=True).items()})), "--run-dir", str(t / "x")], "holds NaN or inf in 1.weight"),
     ("pretrained-wrong-shapes", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {"0.weight": torch.zeros(
         3, 3)}))], "w.pt"),
     ("resume-missing", lambda t, r: ["train", "--resume", str(t / "none")], "none"),
@@ -288,6 +292,11 @@ CASES = [
     ("export-summary-3-class-names", lambda t, r: ["export", str(_edit_summary(r, lambda s: s.update(
         input=dict(s["input"], classes=["a", "b", "c"])))), "--format", "sparse"],
      "input.classes names 3 classes, but arch.num_classes (the model's outputs) is 10"),  # trial 31d X006
+    # trial 31i S008/S018: counts that cannot be were printed as they were
+    ("export-summary-dense-kept-too-many", lambda t, r: ["export", str(_edit_summary(r, lambda s: s["dense"].update(
+        kept=10**7))), "--format", "sparse"], "dense.kept is 10000000, more than the model's"),
+    ("export-summary-sparsity-not-its-counts", lambda t, r: ["export", str(_edit_summary(r, lambda s: s["sparse"].update(
+        sparsity=0.5))), "--format", "sparse"], "sparse.sparsity is 0.5, but"),
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),

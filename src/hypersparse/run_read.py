@@ -49,6 +49,13 @@ def _a_dict(value, where):
     return value
 
 
+def _summary_fits(record: dict, where: str = "") -> None:
+    """The checks across a summary's fields: its class names, and the dense model's counts against the model's size."""
+    schema.classes_fit(record, where)
+    if record.get("dense"):
+        schema.counts_fit(record["dense"], f"{where}.dense" if where else "dense", record["sparse"].get("numel"))
+
+
 SETTINGS = schema.Custom(_settings, "an object of settings by section")
 SUMMARY_SPEC = schema.Dict({
     "config": SETTINGS,
@@ -63,7 +70,7 @@ SUMMARY_SPEC = schema.Dict({
     "distributed": schema.JSON(3),
     "art": schema.Optional(schema.JSON(2)),  # ART's course (run_write.art_course), for the end summary
     "threads": schema.JSON(2),  # how many CPU threads trained, and why (threads.choose_threads)
-}, required=("config", "sparse", "epochs", "arch"), then=schema.classes_fit)
+}, required=("config", "sparse", "epochs", "arch"), then=_summary_fits)
 CHECKPOINT_SPEC = schema.Dict({
     "version": schema.Int(), "identity": schema.Str(64), "config": SETTINGS, "model": schema.STATE,
     "optimizer": schema.OPTIMIZER,
@@ -278,6 +285,9 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
                 value.is_complex() or value.is_floating_point() != own[key].is_floating_point()):
             raise UserError(f"{label} holds {key} as {value.dtype}, where model {name!r} has {own[key].dtype}; save "
                             "the model's own state_dict")
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{label} holds NaN or inf in {key}: weights no finished training writes (a diverged "
+                            "run's?); use another file")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:

@@ -426,8 +426,22 @@ ARCH = Dict({"model": Str(1024, pattern=r"[^\x00-\x1f]+", what="a model name"),
 INPUT = Dict({"layout": Str(16, choices=("NCHW",)), "pixel_range": List(Float(), 2, 2),
               "mean": List(Float(), MAX_CHANNELS, 1), "std": List(Float(0, lo_open=True), MAX_CHANNELS, 1),
               "classes": Optional(List(Str(1024), MAX_CLASSES))})
+def counts_fit(record: dict, where: str = "", numel: int | None = None) -> None:
+    """SchemaError unless a record's ``kept`` weights are at most the model's ``numel`` (its own, or ``numel``) and its
+    ``sparsity`` is ``1 - kept / numel``: the summary's table prints them as they are."""
+    numel = record.get("numel", numel)
+    kept, sparsity = record.get("kept"), record.get("sparsity")
+    if numel is None or kept is None:
+        return
+    if kept > numel:
+        raise SchemaError(_at(where, "kept"), f"is {kept}, more than the model's {numel} prunable weights")
+    if sparsity is not None and numel and abs(1 - kept / numel - sparsity) > 1e-6:
+        raise SchemaError(_at(where, "sparsity"), f"is {sparsity}, but {kept} of {numel} weights kept is "
+                                                  f"{1 - kept / numel}")
+
+
 SCORES = Dict({"epoch": Optional(EPOCH), "val_acc": UNIT, "test_acc": UNIT, "sparsity": UNIT, "kept": COUNT,
-               "numel": COUNT, "run_dir": Str(1024)}, required=("val_acc", "test_acc"))
+               "numel": COUNT, "run_dir": Str(1024)}, required=("val_acc", "test_acc"), then=counts_fit)
 #: the dense baseline a run records: the model before pruning (a --pretrained one may already be sparse)
 DENSE = Dict({"epoch": EPOCH, "val_acc": UNIT, "test_acc": UNIT, "sparsity": UNIT, "kept": COUNT},
              required=("epoch", "val_acc", "test_acc"))
