@@ -295,8 +295,8 @@ CASES = [
     # trial 31i S008/S018: counts that cannot be were printed as they were
     ("export-summary-dense-kept-too-many", lambda t, r: ["export", str(_edit_summary(r, lambda s: s["dense"].update(
         kept=10**7))), "--format", "sparse"], "dense.kept is 10000000, more than the model's"),
-    ("export-summary-sparsity-not-its-counts", lambda t, r: ["export", str(_edit_summary(r, lambda s: s["sparse"].update(
-        sparsity=0.5))), "--format", "sparse"], "sparse.sparsity is 0.5, but"),
+    ("export-summary-sparsity-not-its-counts", lambda t, r: ["export", str(_edit_summary(
+        r, lambda s: s["sparse"].update(sparsity=0.5))), "--format", "sparse"], "sparse.sparsity is 0.5, but"),
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
