@@ -891,3 +891,21 @@ def test_a_name_with_control_characters_cannot_break_the_line_or_drive_the_termi
         assert code == 2 and len(err) == 1, err
         assert "\x1b" not in err[0] and "\x07" not in err[0] and "\\x1b]0;owned" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_output_piped_into_a_reader_that_ends_early_is_named_as_such(tmp_path):
+    """Trial 31i E101: `hypersparse train | head -1` stopped with "Broken pipe; check the path and its
+    permissions", which names no path; the line says the output's reader ended, and how to continue."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    done = subprocess.Popen([sys.executable, "-m", "hypersparse", "train", "--epochs-scale", "0.05", "--run-dir",
+                             str(tmp_path / "r")], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        reader.readline()  # `head -1`: one line, then the reader is gone
+    err = done.communicate(timeout=300)[1]
+    lines = err.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "the output's reader ended" in lines[0], err
+    assert "--resume" in lines[0]

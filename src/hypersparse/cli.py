@@ -354,6 +354,9 @@ def _os_error(exc: OSError, command: str | None = None) -> str:
             return f"error: no space left on a device being written (the disk, or where the output goes); free some " \
                    f"space or send the output elsewhere ({again})"
         return f"error: the disk is full{where}; free some space ({again})"
+    if exc.errno == errno.EPIPE:  # no file: the reader of the output (`| head`) ended before the command did
+        return f"error: the output's reader ended (a pipe such as | head closed); send the output to a file or let " \
+               f"it read to the end ({again})"
     if exc.errno == errno.EFBIG:
         return f"error: a file grew past this process's file-size limit (ulimit -f){where}; raise it ({again})"
     return f"error: {exc.strerror or exc}{where}; check the path and its permissions"
