@@ -379,3 +379,26 @@ def test_best_json_never_names_a_run_folder_that_is_not_there(tmp_path, how):
         assert not folder.is_dir() and "best.json names no run folder" in out.stdout, out.stdout
     else:
         assert best["run_dir"] == str(folder) and (folder / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic", "dangling"])
+def test_a_study_db_that_is_a_link_is_refused_and_its_target_unchanged(tmp_path, link):
+    """Trial 31i U013: a study.db hard-linked to another file was written through (the run lock refuses links; the
+    study's own database did not). A --storage the user names may be a link: that is their choice."""
+    import os
+
+    target = tmp_path / "elsewhere.db"
+    study_dir = tmp_path / "s"
+    study_dir.mkdir()
+    if link == "hard":
+        target.write_bytes(b"")
+        os.link(target, study_dir / "study.db")
+    else:
+        if link == "symbolic":
+            target.write_bytes(b"")
+        (study_dir / "study.db").symlink_to(target)
+    before = snapshot(tmp_path)
+    out = cli(*BASE, "--trials", "1", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "link" in lines[0], out.stderr
+    assert snapshot(tmp_path) == before

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -160,6 +161,18 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(url_.database)
 
 
+def _not_a_link(db: Path, what: str, fix: str) -> None:
+    """UserError if the study folder's own study.db is a symbolic or hard link: writing the study would change the
+    file it links to (a --storage the user names may be one: that is their choice)."""
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a hard link to another file"
+        raise UserError(f"{what}: {db} is {kind}, which the study would write through; {fix}")
+
+
 def _check_sqlite_file(url: str, what: str, fix: str) -> None:
     """UserError unless the SQLite file ``url`` names is absent, empty, or an Optuna study's database: a user's
     text file or another program's database is refused before SQLite or Optuna write anything into it."""
@@ -244,11 +257,14 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
                         "hypersparse train --compare with the best.json values instead")
     base.validate()
     check_ranges(base, lambda_range, eta_range)
+    given = bool(storage)
     if storage:
         _check_storage(storage)
     what, fix = (f"--storage {_shown(storage)}", "give another (e.g. sqlite:///study.db)") if storage else \
         (f"--study-dir {study_dir}", "move study.db away or choose another --study-dir")
     db = Path(study_dir) / "study.db"
+    if not given:
+        _not_a_link(db, what, fix)
     new_file = None if storage or db.exists() else db  # what this call creates, and so may remove again
     # quoted: a '?' or '#' in the folder name would otherwise end the path part of the URL
     storage = storage or f"sqlite:///{quote(str(db.resolve()))}"
