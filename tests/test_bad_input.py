@@ -161,6 +161,11 @@ CASES = [
     ("run-dir-read-only", lambda t, r: ["train", "--run-dir", str(_readonly(t / "ro") / "run")], "ro"),
     ("run-dir-not-empty", lambda t, r: ["train", "--run-dir", str(r)], "run"),
     ("run-dir-under-a-file", lambda t, r: ["train", "--run-dir", str(_write(t / "afile", "x") / "run")], "afile"),
+    # trial 31i E008: "cannot write to run directory e8 (File exists)"
+    ("run-dir-a-dangling-link", lambda t, r: ["train", "--run-dir", str(_dangling(t / "e8"))],
+     "is a symbolic link to"),
+    ("report-out-a-dangling-link", lambda t, r: ["report", str(r), "--out", str(_dangling(t / "e9"))],
+     "is a symbolic link to"),
     ("pretrained-missing", lambda t, r: ["train", "--pretrained", str(t / "no.pt")], "no.pt"),
     ("pretrained-random-bytes", lambda t, r: ["train", "--pretrained", str(_write(t / "w.pt", os.urandom(256)))],
      "w.pt"),
@@ -181,6 +186,9 @@ CASES = [
      "checkpoint.pt"),
     ("resume-momentum-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, _momentum_of_wrong_shape))], "momentum_buffer has shape (3, 3)"),
+    # trial 31i Q007: the message stopped at "Error(s) in loading state_dict for MLP:", before what is wrong
+    ("resume-model-weight-wrong-shape", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
+        r, lambda c: c["model"].update({"1.weight": torch.zeros(3, 3)})))], "size mismatch for 1.weight"),
     # trial 31f Q013, Q014, Q019: a negative cut, a rank above the weights, an int32 momentum were taken
     ("resume-regularizer-cut-negative", lambda t, r: ["train", "--resume", str(_edit_checkpoint(
         r, lambda c: c["method"]["regularizer"].update(t=torch.tensor(-1.0))))], "regularizer.t"),
@@ -395,6 +403,11 @@ def _state_dict_file(path: Path, wrap) -> Path:
 
     torch.save(wrap(create_model("mlp", 10, 1, 8).state_dict()), path)
     return path
+
+
+def _dangling(link: Path) -> Path:
+    link.symlink_to(link.parent / "nowhere")
+    return link
 
 
 def _edit_summary(run: Path, edit) -> Path:
@@ -629,6 +642,10 @@ def _with_nan(model):
 @pytest.mark.parametrize("call,error,needle", [
     (lambda hs, m: hs.sparse_inference(m.half(), torch.randn(4, 64).half()), ValueError, "float32"),
     (lambda hs, m: hs.sparse_inference(m, torch.randn(4, 64), reps=0), ValueError, "reps"),
+    # trial 31i A040, A128: an int key, and a tensor in arch, failed deep inside with messages naming neither
+    (lambda hs, m: hs.apply_masks_(m, {0: torch.ones(32, 64, dtype=torch.bool)}), TypeError, "got the key 0"),
+    (lambda hs, m: hs.save_sparse(m, "/tmp/hs-a128.safetensors", arch={"model": torch.zeros(1)}), TypeError,
+     "arch and inputs must hold JSON values"),
     # trial 31h I117: a NaN in a kept weight gave finite outputs where the model's were NaN
     (lambda hs, m: hs.sparse_inference(_with_nan(m), torch.randn(4, 64)), ValueError, r"\S+weight holds NaN or inf"),
     (lambda hs, m: hs.apply_masks_(m, {**hs.magnitude_masks(m, 0.9), "nope.weight": torch.ones(3, dtype=torch.bool)}),

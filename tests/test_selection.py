@@ -31,6 +31,22 @@ def test_patterns_name_consecutive_parts_of_a_layer_name():
         Exclude(["clasifier"]).check(model)
 
 
+@pytest.mark.parametrize("call", [
+    lambda hs, m, f: hs.apply_masks_(m, hs.magnitude_masks(m, 0.9), filter=f),
+    lambda hs, m, f: hs.magnitude_masks(m, 0.9, filter=f),
+    lambda hs, m, f: hs.HyperSparse(m, 0.9, filter=f),
+    lambda hs, m, f: hs.sparsity_report(m, filter=f),
+])
+def test_every_api_taking_a_filter_refuses_a_pattern_that_names_no_layer(call):
+    """Trial 31i A041: apply_masks_(..., filter=Exclude(["clasifier"])) was accepted, and the typo kept nothing
+    dense without a word; each call that takes a filter checks it against the model."""
+    import hypersparse as hs
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="'clasifier' names no prunable layer"):
+        call(hs, model, Exclude(["clasifier"]))
+
+
 def test_ceiling_keeps_every_layer_alive_and_the_count_exact():
     torch.manual_seed(0)
     small = torch.randn(100) * 0.01  # a layer far smaller than the rest: global ranking would empty it

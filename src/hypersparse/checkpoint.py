@@ -179,6 +179,8 @@ def output_folder(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist; give a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -54,12 +54,15 @@ def _where(obj: object) -> str:
 
 
 def first_line(exc: BaseException, limit: int | None = 160, last: bool = False) -> str:
-    """The first (or ``last``) non-empty line of an exception's message, cut to ``limit`` characters (None: whole);
-    the exception's type name when the message is empty. For quoting a library's error in our one-line messages."""
+    """The first (or ``last``) non-empty line of an exception's message (and the next, where the first ends in a
+    colon), cut to ``limit`` characters (None: whole); the exception's type name when the message is empty. For
+    quoting a library's error in our one-line messages."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
     line = lines[-1] if last else lines[0]
+    if not last and line.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for MLP:" introduces
+        line = f"{line} {lines[1]}"  # the line that says what is wrong
     return line if limit is None or len(line) <= limit else line[:limit - 1] + "…"
 
 

@@ -127,8 +127,12 @@ def save_sparse(model: nn.Module, path: str | Path, arch: dict | None = None, in
         tensors.update(enc)
         layout[name] = meta
         dense_bytes += t.numel() * t.element_size()
-    metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {}),
-                "input": json.dumps(inputs or {})}
+    try:
+        metadata = {"format": FORMAT, "layout": json.dumps(layout), "arch": json.dumps(arch or {}),
+                    "input": json.dumps(inputs or {})}
+    except (TypeError, ValueError) as exc:  # a tensor, a set, NaN... in arch or inputs
+        raise TypeError(f"save_sparse: arch and inputs must hold JSON values (str, numbers, lists, dicts): "
+                        f"{first_line(exc)}") from None
     try:  # read back as load_sparse reads it: a file written here must load
         check_meta(metadata)
     except SchemaError as exc:

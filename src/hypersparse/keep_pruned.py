@@ -610,6 +610,9 @@ def _as_keep(name: str, mask: object, tensor: torch.Tensor) -> torch.Tensor:
 def _targets(model_or_params: ModelOrParams, masks: Masks, filter: ModuleFilter | None) -> dict[str, torch.Tensor]:
     """The tensors the masks name: on a model, any parameter by its dotted name; else the listed tensors."""
     refuse_scripted(model_or_params)
+    odd = next((k for k in masks if not isinstance(k, str)), None)
+    if odd is not None:
+        raise TypeError(f"masks are keyed by tensor name (a str such as '0.weight'), got the key {odd!r}")
     if isinstance(model_or_params, nn.Module) and filter is None:
         out = {}
         for name in masks:

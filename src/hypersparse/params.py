@@ -138,6 +138,8 @@ def prunable_parameters(
     pairs: list[tuple[str, torch.Tensor]] = []
     refuse_scripted(model_or_params)
     if isinstance(model_or_params, nn.Module):
+        if isinstance(filter, Exclude):
+            filter.check(model_or_params)  # a pattern naming no layer is a typo that would keep nothing dense
         accept = filter or is_prunable_module
         for mname, module in model_or_params.named_modules():
             weight = getattr(module, "weight", None)

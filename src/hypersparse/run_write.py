@@ -232,6 +232,9 @@ def prepare_run_dir(path: Path, config: dict) -> tuple[Path | None, RunLock]:
     (:func:`remove_created`), and the held lock.
     """
     check_fresh(path, config)  # before anything is made
+    if path.is_symlink() and not path.exists():  # mkdir would say "File exists"; and the link is not ours to remove
+        raise UserError(f"run directory {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                        "choose another with --run-dir")
     created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     lock = None
     try:
