@@ -134,3 +134,21 @@ def test_keeping_the_momentum_at_the_stop_changes_only_what_follows_the_stop(tmp
     stop = next(i for i, (phase, _) in enumerate(rows[True]) if phase == "finetune")
     assert rows[True][:stop] == rows[False][:stop]
     assert rows[True][stop][1] != rows[False][stop][1]
+
+
+def test_pretrained_takes_a_sparse_export_as_it_takes_model_pt(tmp_path):
+    """Trial 31i P004: ``--pretrained run.safetensors`` (export --format sparse) was refused as a model that does not
+    fit; it is the same weights as model.pt, so the run starts from them exactly."""
+    from conftest import cli
+    from hypersparse.engine import train
+
+    quiet = open(os.devnull, "w")
+    first = TrainConfig.from_dict({"sparsity": 0.9, "epochs_scale": 0.05, "lambda_init": 1e-3})
+    done = train(first, tmp_path / "first", progress=False, out=quiet)
+    exported = cli("export", str(tmp_path / "first"), "--format", "sparse", "--out", str(tmp_path / "m.safetensors"))
+    assert exported.returncode == 0, exported.stderr
+    again = TrainConfig.from_dict({"sparsity": 0.9, "epochs_scale": 0.05,
+                                   "pretrained": str(tmp_path / "m.safetensors")})
+    summary = train(again, tmp_path / "again", progress=False, out=quiet)
+    assert summary["dense"]["test_acc"] == done["sparse"]["test_acc"]
+    assert summary["dense"]["sparsity"] == pytest.approx(0.9, abs=1e-5)

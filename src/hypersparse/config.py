@@ -146,7 +146,8 @@ class ModelConfig:
 
     model: str = _f("mlp", "model name, torchvision:<name>, timm:<name>, hf:<config.json or saved folder> or "
                     "module.path:callable (returns an nn.Module)", Str(what="a model name"))
-    pretrained: str | None = _f(None, "start from this dense state_dict or run checkpoint; skips warm-up",
+    pretrained: str | None = _f(None, "start from this state_dict, run checkpoint or sparse export (.safetensors); "
+                                "skips warm-up",
                                 Optional(Str()))
 
 

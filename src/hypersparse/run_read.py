@@ -269,6 +269,10 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{label} holds a {type(state).__name__}, not a state_dict or a run checkpoint")
+    if state and all("::" in k for k in state):  # a sparse export (export --format sparse): its exact state_dict
+        from hypersparse.export import load_sparse_state
+
+        state = load_sparse_state(file)[0]
     expected = set(model.state_dict())
     if set(state) != expected:  # say which names differ: the first line of torch's message names none
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
