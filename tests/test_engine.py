@@ -139,8 +139,9 @@ def test_keeping_the_momentum_at_the_stop_changes_only_what_follows_the_stop(tmp
 def test_pretrained_takes_a_sparse_export_as_it_takes_model_pt(tmp_path):
     """Trial 31i P004: ``--pretrained run.safetensors`` (export --format sparse) was refused as a model that does not
     fit; it is the same weights as model.pt, so the run starts from them exactly."""
-    from conftest import cli
     from hypersparse.engine import train
+
+    from conftest import cli
 
     quiet = open(os.devnull, "w")
     first = TrainConfig.from_dict({"sparsity": 0.9, "epochs_scale": 0.05, "lambda_init": 1e-3})
