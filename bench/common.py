@@ -81,7 +81,9 @@ def rerun_note(payload: dict) -> list[str]:
     link = "[bench/results/gmp-rerun.md](../bench/results/gmp-rerun.md)"
     if r.get("replaced", True):
         return [f"\nThe GMP runs of this section were made again by `{r['command']}` at commit {made}, {why}; its "
-                f"cells hold the new runs. Old and new results and timings side by side: {link}.\n"]
+                f"cells hold the new runs. They ran on a 2-core machine shared with other jobs, so their wall times do "
+                f"not compare with the other methods' (bench/results/gmp-flat-cpu.md times GMP's epochs on an idle "
+                f"one). Old and new results and timings side by side: {link}.\n"]
     dense = (f"; the dense model after the warm-up that precedes GMP, which no GMP code touches, moved by "
              f"{r['dense_mean_move']:+.2f} points of validation accuracy on average, so the runs differ by the "
              "version of the code, not by GMP") if r.get("dense_mean_move") is not None else ""
