@@ -28,6 +28,7 @@ from torch.optim import optimizer as torch_optimizer
 
 import hypersparse as hs
 from hypersparse.compaction import compact_channels
+from hypersparse.export import save_dense
 from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.models.resnet_cifar import CifarResNet
 
@@ -164,7 +165,11 @@ class World:
             with tempfile.TemporaryDirectory() as d:
                 hs.save_sparse(self.model, Path(d) / "m.safetensors")
                 loaded = hs.load_sparse(Path(d) / "m.safetensors", model=MODELS[self.kind]())
+                save_dense(self.model, Path(d) / "m.pt", arch={})  # a plain state_dict: no mask buffer in it
+                plain = MODELS[self.kind]()
+                plain.load_state_dict(torch.load(Path(d) / "m.pt", weights_only=True))
             assert torch.equal(self.outputs(loaded), self.outputs())
+            assert torch.equal(self.outputs(plain), self.outputs())
         elif name == "onnx" and ONNX:  # the graph holds the zeros; onnxruntime scores what torch does
             import onnxruntime
 
