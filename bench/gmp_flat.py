@@ -9,6 +9,7 @@ the mean of the first five (one epoch alone carries the machine's noise).
 
     python bench/gmp_flat.py                  # about 2 minutes on an idle core
     python bench/gmp_flat.py --compare-run    # and a whole `--compare gmp` run at the authors' schedule (12 min)
+    python bench/gmp_flat.py --keep-compare-run   # the epochs again, the earlier whole run's section kept
     python bench/gmp_flat.py --dry-run        # a tiny version (no page)
 """
 from __future__ import annotations
@@ -110,12 +111,22 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a sentence for the page (what else ran on the machine)")
     ap.add_argument("--compare-run", action="store_true",
                     help="also time a whole --compare gmp run at the authors' schedule (about 12 minutes)")
+    ap.add_argument("--keep-compare-run", action="store_true",
+                    help="keep the page's earlier whole-run section (it names the commit that made it)")
     args = ap.parse_args()
     prov = provenance(seed=0)
     result = measure(args.data_dir, 6 if args.dry_run else args.prune_epochs, 0.02 if args.dry_run else 1.0)
     payload = {"provenance": prov, **result, "note": args.note}
+    if args.compare_run and args.keep_compare_run:
+        ap.error("--compare-run makes the section again; --keep-compare-run keeps the earlier one: give one")
     if args.compare_run and not args.dry_run:
         payload["compare_run"] = dict(compare_run(args.data_dir), commit=prov["commit"])
+    elif args.keep_compare_run:
+        earlier = ROOT / "bench" / "results" / "gmp-flat-cpu.json"
+        kept = json.loads(earlier.read_text()).get("compare_run") if earlier.exists() else None
+        if kept is None:
+            ap.error(f"{earlier} holds no whole-run section to keep; run with --compare-run")
+        payload["compare_run"] = kept
     text = page(payload)
     if not args.dry_run:
         write_results("gmp-flat-cpu", payload, text)
