@@ -248,6 +248,11 @@ def test_functional_call_on_a_masked_model_leaves_the_callers_tensors_alone():
     torch.func.functional_call(student, dict(teacher.named_parameters()), (torch.randn(2, 8),))
     assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), before))
     assert zeros(student) == expected
+    # strict=True asks for every buffer: docs/methods.md says to pass the model's own (the masks among them) along
+    x = torch.randn(2, 8)
+    out = torch.func.functional_call(student, {**dict(student.named_parameters()), **dict(student.named_buffers())},
+                                     (x,), strict=True)
+    assert torch.equal(out, student(x))
     handle.remove()
 
 
