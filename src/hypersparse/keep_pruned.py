@@ -358,11 +358,12 @@ class MaskHandle:
         zero at zero (or one whose ``eps`` is 0 in the weights' dtype), or a step pre-hook registered after the
         mask's (gradient noise, clipping by hand), which also leaves momentum at pruned positions: that is zeroed
         too, or it would revive them once the hook is gone."""
+        if not (self._trusted and _keeps_zero(optimizer, self._entries)):
+            self._mask_weights(exact=True)  # its step's arithmetic is not known to leave them finite
+        elif self._late:
+            self._mask_weights(exact=False)  # moved by the hook's finite changes: one multiply clears them
         if self._late:
-            self._mask_weights()
-            self._mask_state(self._entries)
-        elif not self._trusted or not _keeps_zero(optimizer, self._entries):
-            self._mask_weights()
+            self._mask_state(self._entries, exact=False)
 
     def _before_step(self, optimizer, args: tuple, kwargs: dict):
         """Mask the gradients before the update; a step given a closure (Lightning, LBFGS) computes them inside
@@ -397,20 +398,29 @@ class MaskHandle:
             torch._foreach_mul_(grads, scales)
 
     @torch.no_grad()
-    def _mask_weights(self, *_) -> None:
-        for e in self._entries:  # +0.0, where a multiply would keep a NaN the step put there (0/0 with eps 0)
-            e.tensor.masked_fill_(e._derived.get(e.keep, None, e.tensor.device), 0)
+    def _mask_weights(self, exact: bool) -> None:
+        """``exact``: +0.0 at pruned positions whatever the step left there (a NaN from 0/0 with eps 0 included); else
+        one multiply by the mask, ten times cheaper, for values known to be finite."""
+        if exact:
+            for e in self._entries:
+                e.tensor.masked_fill_(e._derived.get(e.keep, None, e.tensor.device), 0)
+        elif self._entries:
+            torch._foreach_mul_(self.tensors, [e.scale(e.tensor) for e in self._entries])
 
     @torch.no_grad()
-    def _mask_state(self, entries: list[_Entry]) -> None:
-        """Zero the optimizer's per-weight state (momentum, Adam's moments) where the mask prunes."""
+    def _mask_state(self, entries: list[_Entry], exact: bool = True) -> None:
+        """Zero the optimizer's per-weight state (momentum, Adam's moments) where the mask prunes; ``exact=False``
+        multiplies by the mask instead (each step after a late pre-hook: its values are finite, and that is cheaper)."""
         optimizer = self.optimizer
         if optimizer is None:
             return
         for e in entries:
             for value in optimizer.state.get(e.tensor, {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == e.tensor.shape and not value.is_sparse:
-                    value.masked_fill_(e._derived.get(e.keep, None, value.device), 0)
+                    if exact:
+                        value.masked_fill_(e._derived.get(e.keep, None, value.device), 0)
+                    elif value.is_floating_point():
+                        value.mul_(e.scale(value))
 
     def _after_load(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer's state was loaded (a resume): momentum saved before the mask would revive pruned
