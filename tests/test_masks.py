@@ -955,7 +955,7 @@ def test_a_gradient_noise_hook_removed_later_leaves_no_momentum_to_revive_pruned
         assert _pruned_nonzero(model, masks) == 0
 
 
-@pytest.mark.parametrize("case", ["eps 0", "float16"])
+@pytest.mark.parametrize("case", ["eps 0", "float16", "numpy eps 0", "tensor eps 0", "numpy eps, float16"])
 @pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adamax])
 def test_the_handles_own_optimizer_keeps_zeros_when_its_eps_is_zero_in_the_weights_dtype(cls, case):
     """Trial 31i S3: the handle trusted Adam-like optimizers to leave a weight with zero gradient and state at +0.0;
@@ -965,10 +965,14 @@ def test_the_handles_own_optimizer_keeps_zeros_when_its_eps_is_zero_in_the_weigh
     torch.manual_seed(0)
     model = make_mlp((16, 12, 5))
     masks = magnitude_masks(model, 0.8)
-    opt = cls(model.parameters(), lr=0.01, **({"eps": 0.0} if case == "eps 0" else {}))
+    import numpy as np
+
+    eps = {"eps 0": 0.0, "numpy eps 0": np.float32(0), "tensor eps 0": torch.tensor(0.0),
+           "numpy eps, float16": np.float32(1e-8)}  # trial 31j S1: eps not a Python float was trusted
+    opt = cls(model.parameters(), lr=0.01, **({"eps": eps[case]} if case in eps else {}))
     apply_masks_(model, masks, opt)
     x = torch.randn(8, 16)
-    if case == "float16":
+    if "float16" in case:
         model.half()
         x = x.half()
     for _ in range(2):

@@ -701,16 +701,35 @@ def apply_masks_(
 _EPS_SEEN: dict[tuple, bool] = {}
 
 
+def _eps_of(optimizer: torch.optim.Optimizer) -> tuple | None:
+    """Each group's ``eps`` as a float (None where a group has none, as SGD's); None if one cannot be read as a
+    number (a tensor of several values, say), which :func:`_keeps_zero` takes as unsafe."""
+    out = []
+    for group in optimizer.param_groups:
+        eps = group.get("eps")
+        if eps is None:
+            out.append(None)
+            continue
+        try:  # a float, a numpy scalar or a one-value tensor: the number the step adds
+            out.append(float(eps))
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return tuple(out)
+
+
 def _keeps_zero(optimizer: torch.optim.Optimizer, entries: list[_Entry]) -> bool:
     """Whether a step of ``optimizer`` (one of :data:`ZERO_STAYS_ZERO`) leaves a weight with zero gradient and state
-    at +0.0 now: not if a group's ``eps`` is 0 in the weights' dtype (Adam's 0 / (0 + eps) is NaN then, and the default
-    1e-8 is 0 in float16). Checked at each step, since a group's settings and the weights' dtype can change."""
-    key = (tuple(g.get("eps") for g in optimizer.param_groups), tuple({e.tensor.dtype for e in entries}))
+    at +0.0 now: not if a group's ``eps`` is 0 (or not a number) in the weights' dtype (Adam's 0 / (0 + eps) is NaN
+    then, and the default 1e-8 is 0 in float16). Checked at each step, since a group's settings and the weights' dtype
+    can change; the answer is kept by the eps values as floats and the dtypes."""
+    eps = _eps_of(optimizer)
+    if eps is None:
+        return False
+    key = (eps, tuple({e.tensor.dtype for e in entries}))
     seen = _EPS_SEEN.get(key)
     if seen is None:
-        seen = _EPS_SEEN[key] = all(
-            not isinstance(eps, (int, float)) or float(torch.tensor(eps, dtype=dtype)) > 0
-            for eps in key[0] if eps is not None for dtype in key[1])
+        seen = _EPS_SEEN[key] = all(value > 0 and float(torch.tensor(value, dtype=dtype)) > 0
+                                    for value in eps if value is not None for dtype in key[1])
     return seen
 
 
