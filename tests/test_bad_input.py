@@ -294,6 +294,8 @@ CASES = [
         _write(t / "study" / "study.db", "x").parent / "best.json")], "is the tune study's best.json"),
     ("export-out-a-studys-db", lambda t, r: ["export", str(r), "--out", str(_write(t / "study" / "study.db", "x"))],
      "is the tune study's study.db"),
+    ("export-out-a-studys-journal", lambda t, r: ["export", str(r), "--out", str(
+        _write(t / "study" / "study.db", "x").parent / "study.db-journal")], "is the tune study's study.db-journal"),
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),
@@ -926,3 +928,26 @@ def test_output_piped_into_a_reader_that_ends_early_is_named_as_such(tmp_path):
     lines = err.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "the output's reader ended" in lines[0], err
     assert "--resume" in lines[0]
+
+
+def test_stderr_on_a_full_device_still_exits_2(tmp_path):
+    """Trial 31j O004: with stderr on /dev/full the one line cannot be written, and bad input ended with exit 1."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "hypersparse", "eval", str(tmp_path / "none")], stdout=full,
+                              stderr=full, timeout=120)
+    assert done.returncode == 2
+
+
+def test_the_success_line_escapes_control_characters_in_the_path(finished, tmp_path):
+    """Trial 31j X012: `export --out` a name holding a newline and a clear-screen escape printed them raw in the
+    `wrote ...` line; error lines already escaped them."""
+    from conftest import cli
+
+    out = tmp_path / "m\x1b[2J\nx.safetensors"
+    done = cli("export", str(finished), "--format", "sparse", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()
+    assert "\x1b" not in done.stdout and len(done.stdout.strip().splitlines()) == 1, done.stdout

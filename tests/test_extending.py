@@ -225,3 +225,33 @@ def test_a_plugin_whose_setting_or_section_clashes_is_one_line(tmp_path):
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert section in out.stderr
+
+
+def test_builders_from_one_factory_or_partials_of_other_arguments_are_other_code():
+    """Trial 31j L001b/L002b: two plugins whose builders were functools.partial objects, or closures of one shared
+    factory with other values, replaced each other without a word."""
+    import functools
+    import warnings
+
+    from hypersparse.models import MODELS, register_model
+
+    def factory(width):
+        def build(*args):
+            return width
+        return build
+
+    def base(width, *args):
+        return width
+
+    try:
+        for first, second in ((factory(1), factory(2)), (functools.partial(base, 1), functools.partial(base, 2))):
+            register_model("clash-f", first)
+            with pytest.warns(UserWarning, match="'clash-f' was registered by"):
+                register_model("clash-f", second)
+            MODELS.pop("clash-f")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the same values again: the same code, silently
+            register_model("clash-f", factory(3))
+            register_model("clash-f", factory(3))
+    finally:
+        MODELS.pop("clash-f", None)

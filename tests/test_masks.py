@@ -1004,3 +1004,16 @@ def test_reapply_also_zeroes_momentum_changed_by_hand():
     model(x).pow(2).mean().backward()
     opt.step()
     assert _pruned_nonzero(model, masks) == 0
+
+
+def test_reapply_on_a_handle_that_masks_nothing_is_refused_as_update_is():
+    """Trial 31j B033/H003: reapply_() on a removed handle, or on one a later apply_masks_ replaced, did nothing
+    silently, where update_() refuses both."""
+    model = make_mlp((8, 16, 4))
+    removed = apply_masks_(model, magnitude_masks(model, 0.5))
+    removed.remove()
+    replaced = apply_masks_(model, magnitude_masks(model, 0.5))
+    apply_masks_(model, magnitude_masks(model, 0.7))
+    for handle in (removed, replaced):
+        with pytest.raises(ValueError, match="this handle masks nothing"):
+            handle.reapply_()

@@ -225,7 +225,7 @@ def _report_flags(sub) -> None:
 def _report(args) -> int:
     from hypersparse.report import build_report
 
-    print(f"wrote {build_report(args.runs, args.out, args.plugin)}")
+    print(shown(f"wrote {build_report(args.runs, args.out, args.plugin)}"))
     return 0
 
 
@@ -264,7 +264,7 @@ def _export(args) -> int:
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
-    print(fmt.writer(model, out, arch, inputs, **options))
+    print(shown(fmt.writer(model, out, arch, inputs, **options)))  # the path as typed, control characters escaped
     return 0
 
 
@@ -280,7 +280,8 @@ def _not_a_run_file(written: Path, out: Path, run_dir: Path) -> None:
         a_study = (folder / STUDY_FILES[0]).exists()  # a tune study's folder: its study.db and best.json
     except OSError:
         return
-    if a_study and written.name in (*STUDY_FILES, LOCK):
+    # study.db's SQLite companions (-journal, -wal, -shm) are read with it: a file there makes the database unreadable
+    if a_study and (written.name in (*STUDY_FILES, LOCK) or written.name.startswith(f"{STUDY_FILES[0]}-")):
         raise UserError(f"--out {out} is the tune study's {written.name} ({written.parent}), which tune reads to "
                         "continue the study; write the export elsewhere")
     if a_run and written.name in (*RUN_FILES, LOCK):
@@ -340,7 +341,10 @@ def _rank0() -> bool:
 
 def _say(message: str, code: int) -> int:
     if _rank0():
-        print(f"hypersparse: {shown(message)}", file=sys.stderr, flush=True)
+        try:
+            print(f"hypersparse: {shown(message)}", file=sys.stderr, flush=True)
+        except OSError:  # stderr on a full device or closed: the exit code still says it
+            pass
     return code
 
 

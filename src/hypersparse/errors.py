@@ -1,6 +1,7 @@
 """Errors the command line turns into one line on stderr and an exit code."""
 from __future__ import annotations
 
+import functools
 import warnings
 
 
@@ -45,12 +46,33 @@ def refuse_builtin_override(kind: str, name: str, old: object, new: object) -> N
 
     if old is not None and old is not new and ours(old) and not ours(new):
         raise ValueError(f"{kind} {name!r} is built into hypersparse; register yours under another name")
-    if old is not None and _where(old) != _where(new):  # two plugins' names clash; the same code run again does not
+    if old is not None and not _same_code(old, new):  # two plugins' names clash; the same code run again does not
         warnings.warn(f"{kind} {name!r} was registered by {_where(old)}; {_where(new)} replaces it", stacklevel=3)
 
 
 def _where(obj: object) -> str:
+    if isinstance(obj, functools.partial):
+        return f"functools.partial({_where(obj.func)}, ...)"
     return f"{getattr(obj, '__module__', None) or '?'}.{getattr(obj, '__qualname__', None) or type(obj).__name__}"
+
+
+def _same_code(a: object, b: object) -> bool:
+    """Whether ``b`` is ``a`` defined again (a notebook cell or a module run twice): the same function by name, body,
+    defaults and closed-over values, or a partial of such with equal arguments. Builders made by one factory with
+    other values, or two partials of other arguments, are different code."""
+    if a is b:
+        return True
+    try:
+        if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+            return _same_code(a.func, b.func) and bool(a.args == b.args) and bool(a.keywords == b.keywords)
+        ca, cb = getattr(a, "__code__", None), getattr(b, "__code__", None)
+        if ca is None or cb is None or _where(a) != _where(b):
+            return False
+        cells = [tuple(c.cell_contents for c in f.__closure__ or ()) for f in (a, b)]
+        return (ca.co_code, ca.co_consts) == (cb.co_code, cb.co_consts) and bool(cells[0] == cells[1]) \
+            and bool(a.__defaults__ == b.__defaults__)
+    except Exception:  # noqa: BLE001 - values whose comparison raises (tensors, say) are taken as different
+        return False
 
 
 def first_line(exc: BaseException, limit: int | None = 160, last: bool = False) -> str:

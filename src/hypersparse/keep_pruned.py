@@ -350,6 +350,9 @@ class MaskHandle:
     def reapply_(self) -> None:
         """Zero the masked weights again, and the optimizer's state at pruned positions (a weight or a momentum
         buffer changed by hand, outside any optimizer's step)."""
+        if not self._entries:
+            raise ValueError("this handle masks nothing: it was removed, or a later apply_masks_ took its tensors "
+                             "over; reapply through the handle that apply_masks_ returned last")
         zero_pruned_(self.tensors, [e.keep for e in self._entries])
         self._mask_state(self._entries)
 

@@ -299,7 +299,8 @@ class Regularizer:
         """Add ``strength * d(loss)/dw`` to each tensor's ``.grad`` (created if missing).
 
         ``strength`` is a finite number >= 0 or a one-element tensor (a tensor's value is not read: that would
-        synchronise with the device at every step)."""
+        synchronise with the device at every step). With ``torch.amp.GradScaler``, call it after
+        ``scaler.unscale_(optimizer)``: added to still-scaled gradients, the step would divide it by the scale."""
         if isinstance(strength, torch.Tensor):
             if strength.numel() != 1:
                 raise ValueError(f"add_grad_ takes one strength, got a tensor of shape {tuple(strength.shape)}")
