@@ -327,6 +327,7 @@ class MaskHandle:
         self._pre_hook: int | None = None  # the id of its optimizer step pre-hook
         self._trusted = False  # whether its optimizer keeps a zero weight with a zero gradient and state at zero
         self._late = False  # whether a step pre-hook runs after the mask's in the step under way
+        self._gone = False  # whether it masked tensors and masks none now (removed, or taken over)
 
     def __reduce__(self):
         # a copy (deepcopy, or pickling a model that keeps its handle as an attribute) owns nothing: the copied
@@ -350,7 +351,7 @@ class MaskHandle:
     def reapply_(self) -> None:
         """Zero the masked weights again, and the optimizer's state at pruned positions (a weight or a momentum
         buffer changed by hand, outside any optimizer's step)."""
-        if not self._entries:
+        if self._gone:
             raise ValueError("this handle masks nothing: it was removed, or a later apply_masks_ took its tensors "
                              "over; reapply through the handle that apply_masks_ returned last")
         zero_pruned_(self.tensors, [e.keep for e in self._entries])
@@ -456,6 +457,7 @@ class MaskHandle:
             if owner is not None and owner() is self:
                 del _OWNERS[id(e.tensor)]
         self._entries = [e for e in self._entries if id(e) not in gone]
+        self._gone = self._gone or bool(gone and not self._entries)
         _changed()
         if not self._entries:
             for h in self._hooks:
