@@ -1017,3 +1017,36 @@ def test_reapply_on_a_handle_that_masks_nothing_is_refused_as_update_is():
     for handle in (removed, replaced):
         with pytest.raises(ValueError, match="this handle masks nothing"):
             handle.reapply_()
+
+
+def test_a_masked_model_goes_through_torch_export_vmap_and_script_as_docs_say():
+    """Trial 31k T1/T3: the keeper's forward pre-hook compared mask buffers with torch.equal, which torch.export and
+    vmap cannot run; scripting needs the masks taken out first, as docs/methods.md says (the zeros stay)."""
+    torch.manual_seed(0)
+    model = make_mlp((8, 16, 4))
+    handle = apply_masks_(model, magnitude_masks(model, 0.8))
+    x = torch.randn(6, 8)
+    exported = torch.export.export(model, (x,))
+    assert torch.allclose(exported.module()(x), model(x))
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    params, buffers = torch.func.stack_module_state(copies)
+    base = copy.deepcopy(model).to("meta")
+    out = torch.vmap(lambda p, b, x: torch.func.functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(
+        params, buffers, x)
+    assert torch.allclose(out[0], model(x), atol=1e-6)
+    expected, zeros_before = model(x), zeros(model)
+    handle.remove()
+    scripted = torch.jit.script(model)
+    assert torch.equal(scripted(x), expected) and zeros(model) == zeros_before
+
+
+def test_meta_models_and_empty_masks_are_clear():
+    """Trial 31k T2: sparsity_report and sparse_inference on a meta-device model failed inside torch's .item();
+    T4: apply_masks_ with no masks (sparsity 0) raised from its own reapply_."""
+    meta = make_mlp((8, 16, 4)).to("meta")
+    for call in (lambda: hs.sparsity_report(meta), lambda: hs.magnitude_masks(meta, 0.5),
+                 lambda: hs.sparse_inference(meta, torch.randn(2, 8))):
+        with pytest.raises(ValueError, match="is on the meta device, which holds no values"):
+            call()
+    model = make_mlp((8, 16, 4))
+    apply_masks_(model, {}).reapply_()  # nothing to mask, nothing to refuse

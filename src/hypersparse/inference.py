@@ -23,6 +23,7 @@ from hypersparse import native as _native
 from hypersparse.compaction import CompactBlock, CompactResNet, compact_channels
 from hypersparse.errors import first_line
 from hypersparse.keep_pruned import strip_masks_
+from hypersparse.params import refuse_meta
 from hypersparse.sparse_conv import SparseConv2d, supported
 
 _NOOPS = (nn.ReLU, nn.Dropout, nn.Identity)  # what may sit between two Linear layers of a chain (eval mode)
@@ -422,6 +423,7 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         raise ValueError(f"sparse_inference runs float32 models and inputs on the CPU, got {names}; pass "
                          "model.float() and example.float()")
+    refuse_meta([*model.named_parameters(), *model.named_buffers()], "sparse_inference")
     bad = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
                 if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if bad is not None:  # the sparse kernels skip pruned entries and compaction folds units: NaN would not propagate

@@ -200,7 +200,11 @@ def _restored(buf: torch.Tensor | None, record: torch.Tensor) -> torch.Tensor:
     only moved (``.to()``) becomes the record."""
     if buf is None or buf is record or buf.device.type == "meta":  # a meta buffer holds no values: keep the record
         return record
-    if buf.shape == record.shape and not torch.equal(buf, record.to(buf.device)):
+    try:
+        differs = buf.shape == record.shape and not torch.equal(buf, record.to(buf.device))
+    except RuntimeError:  # under vmap or torch.export the buffer's values cannot be read: the record stands
+        return record
+    if differs:
         buf.copy_(record.to(buf.device))
     return buf
 

@@ -14,6 +14,7 @@ from hypersparse.params import (
     default_ceiling,
     num_pruned,
     prunable_parameters,
+    refuse_meta,
 )
 
 
@@ -115,6 +116,7 @@ def magnitude_masks(
     """
     sparsity = check_sparsity(sparsity)
     named = prunable_parameters(model_or_params, filter)
+    refuse_meta(named, "magnitude_masks")
     if scope == "layer":
         if max_layer_sparsity is not None:  # a flag that does not apply is an error, not ignored
             raise ValueError("max_layer_sparsity applies to scope='global' only (scope='layer' prunes each layer at "
@@ -228,9 +230,7 @@ class SparsityReport:
 
 def sparsity_report(model_or_params: ModelOrParams, filter: ModuleFilter | None = None) -> SparsityReport:
     """Count exactly-zero weights per prunable layer and in total."""
-    return SparsityReport(
-        [
-            LayerCount(name, tuple(p.shape), p.numel(), int((p.detach() == 0).sum()))
-            for name, p in prunable_parameters(model_or_params, filter)
-        ]
-    )
+    named = prunable_parameters(model_or_params, filter)
+    refuse_meta(named, "sparsity_report")
+    return SparsityReport([LayerCount(name, tuple(p.shape), p.numel(), int((p.detach() == 0).sum()))
+                           for name, p in named])

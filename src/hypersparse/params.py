@@ -195,3 +195,11 @@ def num_pruned(sparsity: float, numel: int) -> int:
     """The number of weights a sparsity zeroes: floor(sparsity * numel), robust to float error."""
     # 0.98 * 100 is 97.99999999999999 in binary floating point; round first, then floor.
     return int(math.floor(round(sparsity * numel, 6)))
+
+
+def refuse_meta(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    """ValueError naming the first tensor on the meta device: it has a shape but no values to count or compute with."""
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            raise ValueError(f"{what}: {name} is on the meta device, which holds no values; materialise the model "
+                             "first (model.to_empty(device=...), then load its weights)")
