@@ -107,6 +107,8 @@ def test_rank_shards_are_slices_of_the_single_process_batches():
 @pytest.mark.parametrize("env,needle", [
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
     ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""}, "asks for a process group, which cannot"),
+    # trial 31k E011: a stray RANK 1 without torchrun printed nothing at all (only rank 0 speaks under torchrun)
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "", "MASTER_PORT": ""}, "asks for a process group, which cannot"),
 ])
 def test_a_torchrun_environment_that_is_not_one_is_one_line(tmp_path, env, needle):
     """Trial 31g T3: a malformed or partial torchrun environment ended in a traceback (int(), env:// rendezvous)."""

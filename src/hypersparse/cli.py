@@ -332,9 +332,10 @@ def _eval(args) -> int:
 
 
 def _rank0() -> bool:
-    """Whether this process prints errors: always, except on the ranks other than 0 under torchrun."""
+    """Whether this process prints errors: always, except on the ranks other than 0 under torchrun (which sets
+    TORCHELASTIC_RUN_ID); a RANK left in the environment without torchrun does not silence the one line."""
     try:
-        return is_rank0()
+        return is_rank0() or "TORCHELASTIC_RUN_ID" not in os.environ
     except UserError:  # a malformed environment is itself the error to print
         return True
 
