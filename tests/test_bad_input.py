@@ -296,6 +296,9 @@ CASES = [
      "is the tune study's study.db"),
     ("export-out-a-studys-journal", lambda t, r: ["export", str(r), "--out", str(
         _write(t / "study" / "study.db", "x").parent / "study.db-journal")], "is the tune study's study.db-journal"),
+    # trial 31k J008: a torch pickle was written under a .safetensors name
+    ("export-dense-named-safetensors", lambda t, r: ["export", str(r), "--format", "dense", "--out",
+                                                     str(t / "x.safetensors")], "give --format sparse"),
     ("export-out-dash", lambda t, r: ["export", str(r), "--format", "sparse", "--out", "-"],
      "--out - is not stdout here; name a file"),  # trial 31d H006: wrote a file named "-"
     ("report-out-dash", lambda t, r: ["report", str(r), "--out", "-"], "--out - is not stdout here; name a folder"),

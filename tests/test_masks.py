@@ -1050,3 +1050,13 @@ def test_meta_models_and_empty_masks_are_clear():
             call()
     model = make_mlp((8, 16, 4))
     apply_masks_(model, {}).reapply_()  # nothing to mask, nothing to refuse
+
+
+def test_the_masks_a_handle_shows_are_a_copy():
+    """Trial 31k C128: editing a tensor of ``handle.masks`` in place changed what was enforced, silently."""
+    model = make_mlp((8, 16, 4))
+    handle = apply_masks_(model, magnitude_masks(model, 0.8))
+    shown = handle.masks
+    for keep in shown.values():
+        keep.fill_(True)
+    assert all(not bool(k.all()) for k in handle.masks.values())

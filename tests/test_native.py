@@ -177,3 +177,22 @@ def test_a_build_folder_a_stopped_process_left_is_removed_by_the_next_build(fres
     native._lib = None
     assert native.unavailable() is None and native.chain_kernel() is not None
     assert not left.exists() and mine.read_text() == "the user's"
+
+
+def test_a_cache_path_that_is_a_file_is_named_as_such(fresh):
+    """Trial 31k C046: HYPERSPARSE_CACHE naming a regular file gave "[Errno 17] File exists"."""
+    fresh.write_text("mine\n")
+    why = native.unavailable()
+    assert why is not None and "is not a folder; point HYPERSPARSE_CACHE at a folder" in why
+    assert fresh.read_text() == "mine\n"
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    """Trial 31k E007: a relative XDG_CACHE_HOME put the cache under the current folder; the XDG spec says such a
+    value is invalid and is ignored."""
+    monkeypatch.delenv("HYPERSPARSE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert native._cache_dir() == tmp_path / ".cache" / "hypersparse"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native._cache_dir() == tmp_path / "xdg" / "hypersparse"

@@ -997,6 +997,28 @@ def test_a_lock_that_cannot_be_written_on_a_full_disk_is_not_left_in_the_users_f
     assert snapshot(tmp_path) == before
 
 
+def test_a_first_write_that_fills_the_disk_leaves_nothing_in_the_users_folder(tmp_path, monkeypatch, capsys):
+    """Trial 31k E034: train into an existing folder on a nearly full disk: the write test's file was made, its
+    write failed, and the file stayed in the user's folder."""
+    import errno
+    import pathlib
+
+    (tmp_path / "notes.txt").write_text("the user's\n")
+    before = snapshot(tmp_path)
+    write_text = pathlib.Path.write_text
+
+    def full(self, *args, **kwargs):
+        if "write-test" in self.name:
+            self.touch()  # made, then no room for its bytes
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    code, err = run_cli(["train", "--run-dir", str(tmp_path), *QUICK], capsys)
+    _one_line(code, err, "No space left on device")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_dense_export_does_not_replace_a_users_json_beside_its_out(run, tmp_path, capsys):
     """Trial 31h X217: `export --format dense --out x.pt` also writes x.json, and replaced a user's own x.json that no
     flag named. It is refused; the JSON an earlier dense export wrote is replaced as before."""

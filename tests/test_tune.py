@@ -51,6 +51,9 @@ def test_tune_continues_study_and_retries_interrupted_trial(tmp_path):
     (["--lambda-range", "1e-3,1e-5"], "--lambda-range needs 0 < low < high"),
     (["--eta-range", "fast"], "--eta-range must be two numbers"),
     (["--trials", "0"], "--trials must be in 1..1000"),
+    # trial 31k J023: a searched setting given by --set was silently overridden by every trial
+    (["--set", "art.lambda_init=1e-4"], "--set art.lambda_init does not apply to tune"),
+    (["--set", "run.run_dir=x"], "--set run.run_dir does not apply to tune"),
 ])
 def test_tune_bad_input(tmp_path, args, needle):
     out = cli("tune", *args, "--study-dir", str(tmp_path / "s"))

@@ -258,6 +258,12 @@ def _export(args) -> int:
     default = f"model{'.compact' if args.compact else ''}{fmt.extension}"  # beside the plain export, not over it
     if args.out is not None and str(args.out).endswith(("/", os.sep)):
         raise UserError(f"--out {args.out} names a folder; give a file name inside it")
+    own = Path(fmt.extension).suffix  # .pt, .safetensors, .onnx: what the file is
+    others = {Path(f.extension).suffix: name for name, f in EXPORTS.items() if Path(f.extension).suffix != own}
+    if args.out is not None and Path(args.out).suffix in others:  # a file named as another format's would mislead
+        suffix = Path(args.out).suffix
+        raise UserError(f"--out {args.out} ends in {suffix}, but --format {args.format} writes a {own} file; name "
+                        f"it ...{own}, or give --format {others[suffix]}")
     out = output_file(args.out or run_dir / default, "--out")
     for written in (out, *fmt.also_writes(out)):  # the dense format's JSON beside it, say
         _not_a_run_file(written, out, run_dir)
@@ -312,6 +318,11 @@ def _train(args) -> int:
 def _tune(args) -> int:
     from hypersparse.tune import parse_range, tune
 
+    for item in args.set:  # a flag that does not apply is an error: tune sets these itself, for every trial
+        key = item.partition("=")[0].strip()
+        if key.rsplit(".", 1)[-1] in TUNED:
+            raise UserError(f"--set {key} does not apply to tune, which sets it for each trial (lambda_init and eta "
+                            "come from --lambda-range and --eta-range, the folder is STUDY_DIR/trial-N); drop it")
     base = _config_from(args)
     study_dir = args.study_dir or f"runs/tune-{base.data.dataset}-{base.model.model}-{base.sparsity.sparsity:g}"
     tune(base, study_dir, args.trials, parse_range(args.lambda_range, "--lambda-range"),

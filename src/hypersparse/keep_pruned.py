@@ -346,7 +346,8 @@ class MaskHandle:
 
     @property
     def masks(self) -> Masks:
-        return {e.name: e.keep for e in self._entries}
+        """A copy of the masks enforced now (change them with :meth:`update_`: an edit of the copy changes nothing)."""
+        return {e.name: e.keep.clone() for e in self._entries}
 
     @property
     def tensors(self) -> list[torch.Tensor]:

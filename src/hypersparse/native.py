@@ -295,11 +295,15 @@ SYMBOLS = {"hs_chain_forward": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p,
 def _cache_dir() -> Path:
     if os.environ.get("HYPERSPARSE_CACHE"):
         return Path(os.environ["HYPERSPARSE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hypersparse"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG base directory spec: a relative path is invalid and is ignored (it would put the cache wherever you are)
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "hypersparse"
 
 
 def _private(cache: Path) -> Path:
     """``cache``, created 0700; OSError if another user owns it or others may write to it."""
+    if cache.exists() and not cache.is_dir():
+        raise OSError(f"{cache} is not a folder; point HYPERSPARSE_CACHE at a folder (or unset it)")
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = cache.stat()
     if hasattr(os, "getuid") and st.st_uid != os.getuid():

@@ -236,7 +236,7 @@ def prepare_run_dir(path: Path, config: dict) -> tuple[Path | None, RunLock]:
         raise UserError(f"run directory {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
                         "choose another with --run-dir")
     created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
-    lock = None
+    lock = probe = None
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(path).acquire()
@@ -244,6 +244,8 @@ def prepare_run_dir(path: Path, config: dict) -> tuple[Path | None, RunLock]:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        if probe is not None:  # made, then a full disk stopped its write: ours, and goes with the refusal
+            probe.unlink(missing_ok=True)
         if lock is not None:
             lock.release()
         remove_created(path, created)
