@@ -735,9 +735,11 @@ def _keeps_zero(optimizer: torch.optim.Optimizer, entries: list[_Entry]) -> bool
     eps = _eps_of(optimizer)
     if eps is None:
         return False
-    key = (eps, tuple({e.tensor.dtype for e in entries}))
+    key = (eps, tuple(sorted({e.tensor.dtype for e in entries}, key=str)))
     seen = _EPS_SEEN.get(key)
     if seen is None:
+        if len(_EPS_SEEN) > 1024:  # an eps that changes at every step: the memo stays small
+            _EPS_SEEN.clear()
         seen = _EPS_SEEN[key] = all(value > 0 and float(torch.tensor(value, dtype=dtype)) > 0
                                     for value in eps if value is not None for dtype in key[1])
     return seen
