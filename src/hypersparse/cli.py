@@ -258,8 +258,11 @@ def _export(args) -> int:
     default = f"model{'.compact' if args.compact else ''}{fmt.extension}"  # beside the plain export, not over it
     if args.out is not None and str(args.out).endswith(("/", os.sep)):
         raise UserError(f"--out {args.out} names a folder; give a file name inside it")
-    own = Path(fmt.extension).suffix  # .pt, .safetensors, .onnx: what the file is
-    others = {Path(f.extension).suffix: name for name, f in EXPORTS.items() if Path(f.extension).suffix != own}
+    def last(ext: str) -> str:  # .pt of .dense.pt, .onnx of .onnx: what the file is
+        return "." + ext.rsplit(".", 1)[-1]
+
+    own = last(fmt.extension)
+    others = {last(f.extension): name for name, f in EXPORTS.items() if last(f.extension) != own}
     if args.out is not None and Path(args.out).suffix in others:  # a file named as another format's would mislead
         suffix = Path(args.out).suffix
         raise UserError(f"--out {args.out} ends in {suffix}, but --format {args.format} writes a {own} file; name "
