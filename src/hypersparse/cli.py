@@ -258,6 +258,10 @@ def _export(args) -> int:
     default = f"model{'.compact' if args.compact else ''}{fmt.extension}"  # beside the plain export, not over it
     if args.out is not None and str(args.out).endswith(("/", os.sep)):
         raise UserError(f"--out {args.out} names a folder; give a file name inside it")
+    out = output_file(args.out or run_dir / default, "--out")
+    for written in (out, *fmt.also_writes(out)):  # the dense format's JSON beside it, say
+        _not_a_run_file(written, out, run_dir)
+
     def last(ext: str) -> str:  # .pt of .dense.pt, .onnx of .onnx: what the file is
         return "." + ext.rsplit(".", 1)[-1]
 
@@ -267,9 +271,6 @@ def _export(args) -> int:
         suffix = Path(args.out).suffix
         raise UserError(f"--out {args.out} ends in {suffix}, but --format {args.format} writes a {own} file; name "
                         f"it ...{own}, or give --format {others[suffix]}")
-    out = output_file(args.out or run_dir / default, "--out")
-    for written in (out, *fmt.also_writes(out)):  # the dense format's JSON beside it, say
-        _not_a_run_file(written, out, run_dir)
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
