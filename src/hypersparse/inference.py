@@ -399,6 +399,17 @@ def _choose_chains(model: nn.Module, example: torch.Tensor, reps: int, native: b
 
 
 @torch.no_grad()
+def _check_values(model: nn.Module) -> None:
+    """ValueError unless every tensor of ``model`` holds values (not the meta device), all finite: the sparse kernels
+    skip pruned entries and compaction folds units, so a NaN would not propagate as it does in the model."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    refuse_meta(named, "sparse_inference")
+    bad = next((n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise ValueError(f"sparse_inference: {bad} holds NaN or inf (the model has diverged); its outputs could not be "
+                         "the model's: train it again, or load a finite checkpoint")
+
+
 def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, native: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode, CPU) whose layers run compacted or sparse, where measured faster.
 
@@ -423,12 +434,7 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         raise ValueError(f"sparse_inference runs float32 models and inputs on the CPU, got {names}; pass "
                          "model.float() and example.float()")
-    refuse_meta([*model.named_parameters(), *model.named_buffers()], "sparse_inference")
-    bad = next((n for n, t in [*model.named_parameters(), *model.named_buffers()]
-                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
-    if bad is not None:  # the sparse kernels skip pruned entries and compaction folds units: NaN would not propagate
-        raise ValueError(f"sparse_inference: {bad} holds NaN or inf (the model has diverged); its outputs could not be "
-                         "the model's: train it again, or load a finite checkpoint")
+    _check_values(model)
     # a copy without installed masks: its zeros are the mask, and compaction and the kernels change layer shapes
     work = strip_masks_(copy.deepcopy(model)).eval().cpu()
     try:  # once before any timing, so that the model's own error is not raised from deep inside the candidates
