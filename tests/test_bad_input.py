@@ -310,6 +310,9 @@ CASES = [
         kept=10**7))), "--format", "sparse"], "dense.kept is 10000000, more than the model's"),
     ("export-summary-sparsity-not-its-counts", lambda t, r: ["export", str(_edit_summary(
         r, lambda s: s["sparse"].update(sparsity=0.5))), "--format", "sparse"], "sparse.sparsity is 0.5, but"),
+    # trial 31k F009: a model chosen at an epoch beyond the run's was printed as it was
+    ("report-summary-dense-epoch-beyond-the-run", lambda t, r: ["report", str(_edit_summary(
+        r, lambda s: s["dense"].update(epoch=10**6))), "--out", str(t / "rep")], "dense.epoch is 1000000, beyond the run's"),
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),

@@ -52,6 +52,12 @@ def _a_dict(value, where):
 def _summary_fits(record: dict, where: str = "") -> None:
     """The checks across a summary's fields: its class names, and the dense model's counts against the model's size."""
     schema.classes_fit(record, where)
+    total = sum(record["epochs"].values())
+    for part in ("dense", "sparse"):  # a model chosen at an epoch the run never trained is a file made by hand
+        epoch = (record.get(part) or {}).get("epoch")
+        if epoch is not None and epoch > total:
+            raise schema.SchemaError(f"{where}.{part}.epoch" if where else f"{part}.epoch",
+                                     f"is {epoch}, beyond the run's {total} epochs ('epochs')")
     if record.get("dense"):
         schema.counts_fit(record["dense"], f"{where}.dense" if where else "dense", record["sparse"].get("numel"))
 
