@@ -149,6 +149,23 @@ def test_a_full_disk_says_so_and_removes_the_study_file_it_began(tmp_path, capsy
     assert code == 2 and (tmp_path / "s" / "study.db").exists()
 
 
+def test_a_file_size_limit_is_named_not_study_db(tmp_path):
+    """Trial 31k E036: under `ulimit -f` tune said "move study.db away"; the file-size limit stopped the write."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10 * 2**10, 10 * 2**10))
+
+    done = subprocess.run([sys.executable, "-m", "hypersparse", *BASE, "--trials", "1", "--study-dir",
+                           str(tmp_path / "s")], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "file-size limit (ulimit -f)" in lines[0] and "move study.db away" not in lines[0]
+    assert not (tmp_path / "s" / "study.db").exists()
+
+
 def test_a_second_tune_on_a_study_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
     """Trial 31b, N222: a tune started on a study folder another tune is running in took that tune's running trial
     for an interrupted one and both failed. The study folder has one writer: the second gets one line naming the

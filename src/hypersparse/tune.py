@@ -219,6 +219,13 @@ def _stored_trials(url: str) -> int | None:
         return None  # Optuna's own reading says what is wrong with it
 
 
+def _file_size_limited() -> bool:
+    """Whether this process may only write files up to a size (``ulimit -f``)."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
 def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None = None):
     """The study in ``storage`` (checked by :func:`_check_sqlite_file` first); one UserError for a database that cannot
     be opened or used. ``new_file``: the SQLite file this call creates, removed again if the study cannot be made."""
@@ -233,6 +240,8 @@ def _open_study(optuna, storage: str, what: str, fix: str, new_file: Path | None
         first = first_line(exc, None)
         if "disk is full" in first or "No space left" in first:
             fix = "free some space, or " + ("choose another --study-dir" if new_file is not None else "give another")
+        elif "disk I/O error" in first and _file_size_limited():  # SQLite's word for a write past ulimit -f
+            fix = "the process's file-size limit (ulimit -f) may be what stopped the write; raise it and run again"
         raise UserError(f"{what}: cannot open the Optuna study ({first}); {fix}") from None
     # a study continued keeps the direction it was stored with: one that minimises would name the worst trial best
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
