@@ -166,6 +166,25 @@ def test_a_file_size_limit_is_named_not_study_db(tmp_path):
     assert not (tmp_path / "s" / "study.db").exists()
 
 
+@pytest.mark.parametrize("sql,needle", [
+    ("CREATE TRIGGER t AFTER INSERT ON trial_values BEGIN UPDATE trial_values SET value = 0.999 "
+     "WHERE trial_value_id = NEW.trial_value_id; END", "holds SQL triggers"),
+    ("CREATE VIEW v AS SELECT * FROM trials", "holds SQL views"),
+])
+def test_sql_kept_in_the_study_database_is_refused_before_it_runs(tmp_path, sql, needle):
+    """Trial 31l S1: a trigger stored in study.db rewrote each new trial's value on Optuna's own INSERT, and tune
+    reported the falsified 99.9 % as the best trial, exit 0. SQL kept in a file is code the file brings."""
+    study_dir = tmp_path / "s"
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(study_dir)).returncode == 0
+    with sqlite3.connect(study_dir / "study.db") as db:
+        db.execute(sql)
+    before = snapshot(study_dir)
+    out = cli(*BASE, "--trials", "2", "--study-dir", str(study_dir))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and needle in lines[0] and "was not changed" in lines[0], out.stderr
+    assert snapshot(study_dir) == before
+
+
 def test_a_second_tune_on_a_study_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
     """Trial 31b, N222: a tune started on a study folder another tune is running in took that tune's running trial
     for an interrupted one and both failed. The study folder has one writer: the second gets one line naming the
@@ -294,6 +313,8 @@ def test_a_study_that_searched_another_kind_of_parameter_is_one_line(tmp_path):
 @pytest.mark.parametrize("edit,needle", [
     ("update trial_values set value = 1e999", "a validation accuracy of inf"),
     ("update trial_params set param_value = 1e308 where param_name = 'lambda_init'", "lambda_init 1e+308, outside"),
+    # trial 31l S1: a value inside [0, 1] that the trial never reached
+    ("update trial_values set value = 0.999", "not what its run folder's summary.json says (0.9"),
 ])
 def test_a_finished_trial_edited_in_the_database_is_not_reported_as_the_best(tmp_path, edit, needle):
     """Trial 31g U106/U108: a study.db whose finished trial holds lambda_init 1e308 (outside its range) or a value of

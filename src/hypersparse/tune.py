@@ -26,6 +26,7 @@ from hypersparse.checkpoint import output_file, output_folder, own_folder, write
 from hypersparse.config import TrainConfig
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, first_line
 from hypersparse.method import method_entry
+from hypersparse.run_read import read_json
 from hypersparse.run_write import RUN_FILES, RunLock
 from hypersparse.schedule import ARTDidNotConverge
 
@@ -192,12 +193,20 @@ def _check_sqlite_file(url: str, what: str, fix: str) -> None:
             raise UserError(f"{what}: {path} is not a SQLite database (it was not changed); {fix}")
         with sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            # SQL kept in the file: a trigger runs on Optuna's own writes, a view answers its reads in a table's
+            # place. Optuna makes neither, so a database holding one was made to change what the study says.
+            code = sorted({row[0] for row in db.execute("SELECT type FROM sqlite_master WHERE type IN "
+                                                        "('trigger', 'view')")})
     except OSError as exc:
         raise UserError(f"{what}: cannot read {path} ({exc.strerror or exc}); check its permissions") from None
     except sqlite3.Error as exc:
         raise UserError(f"{what}: {path} is not a readable SQLite database ({exc}); {fix}") from None
     if tables and "studies" not in tables:
         raise UserError(f"{what}: {path} holds another program's database, not an Optuna study (it was not "
+                        f"changed); {fix}")
+    if code:
+        raise UserError(f"{what}: {path} holds SQL {' and '.join(c + 's' for c in code)}, which Optuna never makes "
+                        f"(SQL kept in a file would run on the study's writes or stand in for its tables; it was not "
                         f"changed); {fix}")
 
 
@@ -469,6 +478,12 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
     # none if it is not here (deleted, or the trial ran in another folder that shares this --storage)
     folder = study_dir / f"trial-{best.number}"
     here = folder.is_dir() and (folder / "summary.json").is_file()
+    if here:  # the trial's own record of what it reached: the database's copy must say the same
+        written = (read_json(folder / "summary.json") or {}).get("sparse", {}).get("val_acc")
+        if written is not None and abs(written - best.value) > 1e-9:
+            raise UserError(f"{what}: trial {best.number}'s validation accuracy in the study ({best.value!r}) is "
+                            f"not what its run folder's summary.json says ({written!r}): the database was changed "
+                            f"by something else; {fix}")
     result = {"lambda_init": best.params["lambda_init"], "eta": best.params["eta"], "val_acc": best.value,
               "trial": best.number, "run_dir": str(folder) if here else None, "trials": len(study.trials),
               "storage": storage, "base_config": base.to_dict()}
