@@ -594,6 +594,25 @@ def test_config_json_of_wrong_types_given_to_eval_is_one_line(edit, run, capsys)
     _one_line(code, err, "config.json")
 
 
+def test_integers_written_as_floats_in_config_json_are_read_as_integers(run, capsys):
+    """Trial 31l T1: run.seed 0.0 passed the schema, and eval crashed in torch.manual_seed (a float). An integer
+    written as a float is the integer: eval says what it says for the integer, and export works."""
+    from hypersparse.cli import main
+
+    def evaluated():
+        code = main(["eval", str(run)])
+        out, err = capsys.readouterr()
+        assert code == 0 and not err, err
+        return out
+
+    before = evaluated()
+    _edit_json(run / "config.json", lambda c: (c["run"].update(seed=float(c["run"]["seed"])),
+                                               c["schedule"].update(batch_size=float(c["schedule"]["batch_size"]))))
+    assert evaluated() == before
+    code, err = run_cli(["export", str(run), "--format", "sparse", "--out", str(run.parent / "m.safetensors")], capsys)
+    assert code == 0 and not err, err
+
+
 @pytest.mark.parametrize("content", ["", '{"epoch": 0}\n', '{"epoch": "x", "phase": 1}\n' * 3])
 def test_report_on_empty_or_odd_metrics_leaves_nothing(content, run, capsys):
     (run / "metrics.jsonl").write_text(content)

@@ -37,10 +37,12 @@ def _settings(value, where):
         raise UserError(f"the run uses --method {method!r}, which no loaded plugin registers; type the "
                         "--plugin that registers it, as the run was started with")
     try:
-        TrainConfig.from_dict(value, check=False)
+        read = TrainConfig.from_dict(value, check=False).to_dict()
     except UserError as exc:
         raise schema.SchemaError(where, f"holds a bad setting: {exc}") from None
-    return value
+    # each setting as the settings read it (an integer written 0.0 is 0), in the file's own layout
+    return {section: {k: read.get(section, {}).get(k, v) for k, v in fields.items()} if isinstance(fields, dict)
+            else fields for section, fields in value.items()}
 
 
 def _a_dict(value, where):
