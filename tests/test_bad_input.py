@@ -174,6 +174,12 @@ CASES = [
     ("pretrained-nan", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {
         k: v.fill_(float("nan")) if k == "1.weight" else v for k, v in torch.load(
             r / "model.pt", weights_only=True).items()})), "--run-dir", str(t / "x")], "holds NaN or inf in 1.weight"),
+    # trial 31l T2: a sparse tensor in a state_dict crashed in torch's dispatcher
+    ("pretrained-sparse-coo-tensor", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {
+        k: v.to_sparse() if k == "1.weight" else v for k, v in torch.load(
+            r / "model.pt", weights_only=True).items()})), "--run-dir", str(t / "x")], "1.weight, which is a sparse_coo"),
+    ("eval-model-pt-sparse-csr-tensor", lambda t, r: ["eval", str(_sparse_weight(r / "model.pt").parent)],
+     "1.weight, which is a sparse_csr"),
     ("pretrained-wrong-shapes", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {"0.weight": torch.zeros(
         3, 3)}))], "w.pt"),
     ("resume-missing", lambda t, r: ["train", "--resume", str(t / "none")], "none"),
@@ -354,6 +360,17 @@ CASES = [
 def _save(path: Path, obj) -> Path:
     torch.save(obj, path)
     return path
+
+
+def _sparse_weight(path: Path) -> Path:
+    """``path``'s state_dict with 1.weight as a sparse CSR tensor (made without torch's beta warning)."""
+    import warnings
+
+    state = torch.load(path, weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state["1.weight"] = state["1.weight"].to_sparse_csr()
+    return _save(path, state)
 
 
 def _corrupt(run: Path, name: str) -> Path:

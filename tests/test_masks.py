@@ -1040,16 +1040,35 @@ def test_a_masked_model_goes_through_torch_export_vmap_and_script_as_docs_say():
     assert torch.equal(scripted(x), expected) and zeros(model) == zeros_before
 
 
-def test_meta_models_and_empty_masks_are_clear():
+def test_meta_models_and_empty_masks_are_clear(tmp_path):
     """Trial 31k T2: sparsity_report and sparse_inference on a meta-device model failed inside torch's .item();
     T4: apply_masks_ with no masks (sparsity 0) raised from its own reapply_."""
     meta = make_mlp((8, 16, 4)).to("meta")
+    model = make_mlp((8, 16, 4))
+    hs.save_sparse(model, tmp_path / "m.safetensors")
     for call in (lambda: hs.sparsity_report(meta), lambda: hs.magnitude_masks(meta, 0.5),
-                 lambda: hs.sparse_inference(meta, torch.randn(2, 8))):
+                 lambda: hs.sparse_inference(meta, torch.randn(2, 8)),
+                 # trial 31l G036: save_sparse failed inside torch's copy; a load into meta would keep nothing
+                 lambda: hs.save_sparse(meta, tmp_path / "meta.safetensors"),
+                 lambda: hs.load_sparse(tmp_path / "m.safetensors", model=meta)):
         with pytest.raises(ValueError, match="is on the meta device, which holds no values"):
             call()
+    assert not (tmp_path / "meta.safetensors").exists()
     model = make_mlp((8, 16, 4))
     apply_masks_(model, {}).reapply_()  # nothing to mask, nothing to refuse
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64])
+def test_integer_weights_are_ranked_by_their_value(dtype):
+    """Trial 31l B030: magnitude_masks on a weight quantised by hand to int8 failed inside masked_fill (inf has no
+    int8); int8's -128 has no int8 magnitude either."""
+    model = make_mlp((8, 16, 4))
+    values = torch.arange(-64, 64).view(16, 8) * 2
+    values[0, 0] = -128
+    model[0].weight = torch.nn.Parameter(values.to(dtype), requires_grad=False)
+    for scope in ("global", "layer"):
+        keep = magnitude_masks(model, 0.5, scope=scope)["0.weight"]
+        assert bool(keep[0, 0]) and not bool(keep.flatten()[64])  # the largest magnitude kept, a zero pruned
 
 
 def test_the_masks_a_handle_shows_are_a_copy():

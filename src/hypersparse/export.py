@@ -26,6 +26,7 @@ from torch import nn
 from hypersparse.checkpoint import atomic_write, file_path, temporary, temporary_name
 from hypersparse.errors import UserError, first_line, refuse_builtin_override
 from hypersparse.keep_pruned import has_masks, strip_masks_
+from hypersparse.params import refuse_meta
 from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
@@ -197,9 +198,11 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 
 def _require_module(model: object, caller: str, what: str = "model") -> None:
-    """TypeError unless ``model`` is an nn.Module: anything else fails deep inside with an AttributeError."""
+    """TypeError unless ``model`` is an nn.Module: anything else fails deep inside with an AttributeError; ValueError
+    if it is on the meta device (nothing to write, and a load into it would keep nothing)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{caller} expects {what} to be a torch.nn.Module, got {type(model).__name__}")
+    refuse_meta(model.state_dict().items(), caller)
 
 
 _ENCODINGS = {"dense": ("dense",), "bitmask": ("values", "mask"), "csr": ("values", "col", "rowptr")}
@@ -313,6 +316,7 @@ def save_dense(model: nn.Module, path: str | Path, arch: dict, inputs: dict | No
     with the architecture and the input record."""
     from hypersparse.checkpoint import save_checkpoint, write_json
 
+    _require_module(model, "save_dense")
     path = file_path(path)
     if path.suffix == ".json":  # the JSON beside it would take its name and replace the weights just written
         raise ValueError(f"{path} ends in .json, the name of the JSON file written beside the state_dict; name the "

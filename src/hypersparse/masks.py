@@ -122,13 +122,19 @@ def magnitude_masks(
             raise ValueError("max_layer_sparsity applies to scope='global' only (scope='layer' prunes each layer at "
                              "the sparsity itself); leave it out")
         return {
-            name: _prune_lowest(p.detach().abs().flatten(), num_pruned(sparsity, p.numel())).view_as(p)
+            name: _prune_lowest(_magnitude(p).flatten(), num_pruned(sparsity, p.numel())).view_as(p)
             for name, p in named
         }
     if scope != "global":
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    keep = global_keep([p.detach().abs() for _, p in named], sparsity, max_layer_sparsity)
+    keep = global_keep([_magnitude(p) for _, p in named], sparsity, max_layer_sparsity)
     return {name: k for (name, _), k in zip(named, keep)}
+
+
+def _magnitude(p: torch.Tensor) -> torch.Tensor:
+    """|p| as a floating-point tensor: an integer weight (quantised by hand) ranked by its value; taken in double
+    first, since an int8 -128 has no int8 magnitude and int64 values are not exact in float32."""
+    return p.detach().abs() if p.is_floating_point() else p.detach().double().abs()
 
 
 def _masked_tensors(

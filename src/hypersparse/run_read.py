@@ -292,6 +292,10 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
             hint = f"; it wraps a state_dict in {next(iter(state))!r}: save the state_dict itself"
         raise UserError(f"{label} does not fit model {name!r} ({shown}){hint}")
     own = model.state_dict()
+    for key, value in state.items():
+        problem = schema.tensor_problem(value) if isinstance(value, torch.Tensor) else None
+        if problem:
+            raise UserError(f"{label} holds {key}, which {problem}; save the model's own state_dict")
     for key, value in state.items():  # load_state_dict would cast (a complex weight to its real part, with a warning)
         if isinstance(value, torch.Tensor) and value.dtype != own[key].dtype and (
                 value.is_complex() or value.is_floating_point() != own[key].is_floating_point()):

@@ -470,6 +470,8 @@ def _tensor_map(value, where, bool_only: bool = False):
                                               and (not bool_only or v.dtype == torch.bool) for k, v in value.items()):
         raise SchemaError(where, "must map names to bool tensors (masks)" if bool_only else
                           "must map names to tensors (a state_dict)")
+    for k, v in value.items():
+        _tensor(v, f"{where}.{k}" if where else k, optional=False)
     return value
 
 
@@ -478,7 +480,20 @@ def _tensor(value, where, optional: bool = True):
 
     if not (isinstance(value, torch.Tensor) or (optional and value is None)):
         raise SchemaError(where, f"must be a tensor, got {type(value).__name__}")
+    problem = tensor_problem(value) if value is not None else None
+    if problem:
+        raise SchemaError(where, problem)
     return value
+
+
+def tensor_problem(value) -> str | None:
+    """Why a tensor read from a file is not one a model's state holds (a sparse layout, which the library's readers
+    and torch's load_state_dict do not take), or None."""
+    import torch
+
+    if value.layout != torch.strided:
+        return f"is a {str(value.layout).removeprefix('torch.')} tensor, where a model holds dense (strided) tensors"
+    return None
 
 
 def _optimizer_state(value, where):
