@@ -120,6 +120,9 @@ CASES = [
     ("report-out-holds-a-user-figure", lambda t, r: ["report", str(r), "--out", str(_write(t / "mine" / "curves.png",
                                                                                          b"my own figure").parent)],
      "curves.png, which no hypersparse report wrote"),
+    # trial 31l N003: the line called the figure "--out"
+    ("report-again-where-a-figure-is-now-a-folder", lambda t, r: ["report", str(r), "--out", str(_figure_a_folder(
+        r, t / "rep"))], "gradient.png there is a folder, where the report writes its gradient.png"),
     ("compare-twice", lambda t, r: ["train", "--compare", "gmp,oneshot,gmp"], "twice"),
     ("flag-not-applicable", lambda t, r: ["train", "--method", "gmp", "--eta", "1.1"], "--eta"),
     # train: --set and --config
@@ -177,7 +180,8 @@ CASES = [
     # trial 31l T2: a sparse tensor in a state_dict crashed in torch's dispatcher
     ("pretrained-sparse-coo-tensor", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {
         k: v.to_sparse() if k == "1.weight" else v for k, v in torch.load(
-            r / "model.pt", weights_only=True).items()})), "--run-dir", str(t / "x")], "1.weight, which is a sparse_coo"),
+            r / "model.pt", weights_only=True).items()})), "--run-dir", str(t / "x")],
+     "1.weight, which is a sparse_coo"),
     ("eval-model-pt-sparse-csr-tensor", lambda t, r: ["eval", str(_sparse_weight(r / "model.pt").parent)],
      "1.weight, which is a sparse_csr"),
     ("pretrained-wrong-shapes", lambda t, r: ["train", "--pretrained", str(_save(t / "w.pt", {"0.weight": torch.zeros(
@@ -318,16 +322,35 @@ CASES = [
         r, lambda s: s["sparse"].update(sparsity=0.5))), "--format", "sparse"], "sparse.sparsity is 0.5, but"),
     # trial 31k F009: a model chosen at an epoch beyond the run's was printed as it was
     ("report-summary-dense-epoch-beyond-the-run", lambda t, r: ["report", str(_edit_summary(
-        r, lambda s: s["dense"].update(epoch=10**6))), "--out", str(t / "rep")], "dense.epoch is 1000000, beyond the run's"),
+        r, lambda s: s["dense"].update(epoch=10**6))), "--out", str(t / "rep")],
+     "dense.epoch is 1000000, beyond the run's"),
     ("export-format-unknown", lambda t, r: ["export", str(r), "--format", "zip"], "--format"),
     # report
     ("report-missing", lambda t, r: ["report", str(t / "none")], "none"),
     ("report-not-a-run", lambda t, r: ["report", str(_readonly(t / "empty"))], "empty"),
     ("report-out-a-file", lambda t, r: ["report", str(r), "--out", str(_write(t / "f.txt", "x"))], "f.txt"),
     ("report-metrics-garbage", lambda t, r: ["report", str(_garble(r, "metrics.jsonl"))], "metrics.jsonl"),
+    # trial 31l C044/C045: rows out of order or repeated (two writers, or an edit) were drawn as curves
+    ("report-metrics-rows-swapped", lambda t, r: ["report", str(_edit_rows(r, lambda rows: rows[1::-1] + rows[2:])),
+                                                  "--out", str(t / "rep")],
+     "row 1 is epoch 1, where the run's epoch 0"),
+    ("report-metrics-row-repeated", lambda t, r: ["report", str(_edit_rows(r, lambda rows: rows[:2] + rows[1:])),
+                                                  "--out", str(t / "rep")],
+     "row 3 is epoch 1, where the run's epoch 2"),
+    # trial 31l C016/C025: summary.json of other settings than config.json's was read as this run's
+    ("report-summary-of-another-run", lambda t, r: ["report", str(_edit_summary(
+        r, lambda s: s["config"]["sparsity"].update(sparsity=0.5))), "--out", str(t / "rep")],
+     "(first difference: sparsity.sparsity); the folder holds files of two runs"),
+    # trial 31l H028: one of the dense model's pair of counts
+    ("eval-summary-dense-kept-without-sparsity", lambda t, r: ["eval", str(_edit_summary(
+        r, lambda s: s["dense"].pop("sparsity")))], "dense.sparsity is missing, but dense.kept is there"),
     ("report-config-corrupt", lambda t, r: ["report", str(_corrupt(r, "config.json"))], "config.json"),
     ("report-stats-empty", lambda t, r: ["report", str(_write(r / "stats.jsonl", "").parent)],
      "stats.jsonl is empty or damaged"),  # trial 31d R005: was "has no stats.jsonl"
+    # trial 31l C055: magnitudes below zero and out of order were drawn as they were
+    ("report-stats-negative-magnitudes", lambda t, r: ["report", str(_edit_stats(r, lambda row: row.update(
+        sorted_magnitudes=[-v for v in row["sorted_magnitudes"]]))), "--out", str(t / "rep")],
+     "sorted_magnitudes must be magnitudes (>= 0) in increasing order"),
     ("report-stats-cut-mid-line", lambda t, r: ["report", str(_write(r / "stats.jsonl", '{"epoch": 1, "ph').parent)],
      "stats.jsonl is empty or damaged"),
     # tune
@@ -433,6 +456,30 @@ def _state_dict_file(path: Path, wrap) -> Path:
 def _dangling(link: Path) -> Path:
     link.symlink_to(link.parent / "nowhere")
     return link
+
+
+def _figure_a_folder(run: Path, out: Path) -> Path:
+    """A report of ``run`` in ``out`` whose gradient.png was then replaced by a folder holding the user's note."""
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    (out / "gradient.png").unlink()
+    (out / "gradient.png").mkdir()
+    (out / "gradient.png" / "note.txt").write_text("mine")
+    return out
+
+
+def _edit_stats(run: Path, edit) -> Path:
+    """The run with ``edit`` applied to the first row of its stats.jsonl."""
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    edit(rows[0])
+    (run / "stats.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run
+
+
+def _edit_rows(run: Path, edit) -> Path:
+    """The run with its metrics.jsonl rows (as lines) rearranged by ``edit``."""
+    rows = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(edit(rows)))
+    return run
 
 
 def _edit_summary(run: Path, edit) -> Path:

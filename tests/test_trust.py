@@ -121,7 +121,8 @@ def test_a_model_named_by_import_path_in_a_run_is_not_imported(command, run, tmp
     name = _plant(tmp_path, marker)
     monkeypatch.syspath_prepend(str(tmp_path))  # importable: only the rule keeps it from running
     _edit_json(run / "config.json", lambda c: c["model"].update(model=f"{name}:build"))
-    _edit_json(run / "summary.json", lambda s: s["arch"].update(model=f"{name}:build"))
+    _edit_json(run / "summary.json", lambda s: (s["arch"].update(model=f"{name}:build"),
+                                                s["config"]["model"].update(model=f"{name}:build")))
     code, err = run_cli([command, str(run)], capsys)
     _one_line(code, err, f"needs --model {name}:build; pass it if you trust it")
     assert not marker.exists()
@@ -159,7 +160,8 @@ def test_code_a_file_names_runs_when_the_user_says_so(run, tmp_path, capsys, mon
                                       "torch.nn.Linear(256, num_classes))\n")
     monkeypatch.chdir(tmp_path)  # typed names are found in the current folder, as python -m finds them
     _edit_json(run / "config.json", lambda c: c["model"].update(model="mine_build:build"))
-    _edit_json(run / "summary.json", lambda s: s["arch"].update(model="mine_build:build"))
+    _edit_json(run / "summary.json", lambda s: (s["arch"].update(model="mine_build:build"),
+                                                s["config"]["model"].update(model="mine_build:build")))
     code, err = run_cli(["eval", str(run), "--model", "mine_build:build"], capsys)
     assert code == 0, err
     code, err = run_cli(["export", str(run), "--model", "mine_build:build", "--out", str(tmp_path / "m.safetensors")],
@@ -362,11 +364,34 @@ def test_an_image_folder_too_small_for_its_splits_is_an_error_not_test_100_perce
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("test_classes,needle", [
+    (["cat"], "holds no images in its class folders"),  # an empty class folder
+    (["cow"], "holds cow/, which is not a class folder of"),
+])
+def test_a_test_folder_given_is_used_never_carved_from_train_in_its_place(tmp_path, capsys, test_classes, needle):
+    """Trial 31l H017/N005: a test/ folder holding only an empty class folder was ignored, and the test split was
+    carved from train/ without a word; images in a class train/ does not have were ignored."""
+    pytest.importorskip("PIL")
+    for c in ("cat", "dog"):
+        for i in range(6):
+            _png(tmp_path / "pets" / "train" / c / f"{i}.png", 8, 8, 30 * i + (0 if c == "cat" else 5))
+    for c in test_classes:
+        (tmp_path / "pets" / "test" / c).mkdir(parents=True)
+        if c == "cow":
+            _png(tmp_path / "pets" / "test" / c / "0.png", 8, 8)
+    code, err = run_cli(["train", "--dataset", f"folder:{tmp_path / 'pets'}", "--run-dir", str(tmp_path / "r"),
+                         *QUICK], capsys)
+    _one_line(code, err, needle)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--set", "art.lambda_init=true"], "--lambda-init"),
     (["--config", "{\"art\": {\"lambda_init\": true}}"], "--lambda-init"),
     (["--config", "{\"run\": {\"stats\": 1}}"], "run.stats"),
     (["--set", "schedule.lr_steps=-5"], "lr_steps"),
+    (["--set", "schedule.lr_steps=80,80"], "lr_steps must be comma-separated epochs (integers >= 0, increasing)"),
+    (["--config", "{\"schedule\": {\"lr_steps\": \"120,80\"}}"], "lr_steps must be"),  # trial 31l C034/E058
     (["--set", "schedule.momentum=1e300"], "momentum"),
     (["--set", "schedule.momentum=1"], "momentum"),
     (["--set", "art.buffer_k=1000000"], "buffer_k"),
@@ -594,6 +619,15 @@ def test_config_json_of_wrong_types_given_to_eval_is_one_line(edit, run, capsys)
     _one_line(code, err, "config.json")
 
 
+@pytest.mark.parametrize("key", ["x" * 100_000, "a b" * 30_000])
+def test_a_huge_unknown_key_is_named_in_a_short_line(key, run, capsys):
+    """Trial 31l C020: a 100,000-character unknown key in summary.json was echoed whole in the error line."""
+    _edit_json(run / "summary.json", lambda s: s.update({key: 1}))
+    code, err = run_cli(["eval", str(run)], capsys)
+    _one_line(code, err, "is not a known field")
+    assert len(err[0]) < 400, len(err[0])
+
+
 def test_integers_written_as_floats_in_config_json_are_read_as_integers(run, capsys):
     """Trial 31l T1: run.seed 0.0 passed the schema, and eval crashed in torch.manual_seed (a float). An integer
     written as a float is the integer: eval says what it says for the integer, and export works."""
@@ -697,6 +731,24 @@ API_MISUSE = {
     "empty-layer-masks": (lambda: hs.magnitude_masks(torch.nn.Linear(0, 4), 0.5), ValueError, "no entries"),
     "add-grad-nan": (lambda: hs.HyperSparse(_mlp(), 0.9).add_grad_(math.nan), ValueError, "strength"),
     "add-grad-negative": (lambda: hs.L1(_mlp()).add_grad_(-1.0), ValueError, "strength"),
+    # trial 31l: B048/B049 a dense accuracy out of range or a string was taken in warm-up; B054 a negative drift;
+    # B029 two tensors of one name (one silently left out); B060 a lazy layer; G035/G037 meta models; M009 a format
+    # name --format cannot type
+    "ART-dense-accuracy-1.5-in-warm-up": (lambda: _art_then(lambda a, m: hs.ART(
+        hs.HyperSparse(m, 0.9), warmup_epochs=1).end_epoch(m, dense_acc=1.5)), ValueError, "between 0 and 1"),
+    "ART-dense-accuracy-a-string": (lambda: _art_then(lambda a, m: a.end_epoch(m, dense_acc="0.5",
+                                                                               pruned_acc=lambda x: 0.5)),
+                                    TypeError, "dense_acc must be a number"),
+    "HyperSparse-negative-drift": (lambda: hs.HyperSparse(_mlp(), 0.9, max_rank_drift=-1.0), ValueError,
+                                   "max_rank_drift"),
+    "two-tensors-of-one-name": (lambda: hs.magnitude_masks([("w", _mlp()[0].weight), ("w", _mlp()[2].weight)], 0.5),
+                                ValueError, "two different tensors are named 'w'"),
+    "lazy-layer": (lambda: hs.prunable_parameters(torch.nn.Sequential(torch.nn.LazyLinear(4))), ValueError,
+                   "not initialised yet"),
+    "masks-from-zeros-of-meta": (lambda: hs.masks_from_zeros(_mlp().to("meta")), ValueError, "meta device"),
+    "HyperSparse-of-meta": (lambda: hs.HyperSparse(_mlp().to("meta"), 0.9), ValueError, "meta device"),
+    "export-format-named-with-a-slash": (lambda: hs.register_export("a/b", lambda *a: "", ".x"), ValueError,
+                                         "an export format's name"),
 }
 
 

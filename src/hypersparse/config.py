@@ -67,6 +67,18 @@ class Lambda(Spec):
         return Float(0, lo_open=True, what=self.describe()).check(number, where)
 
 
+class Steps(Str):
+    """Epochs as text (``"80,120"``), each once and in increasing order: a repeated epoch would apply its factor
+    twice there without a word."""
+
+    def check(self, value, where=""):
+        value = super().check(value, where)
+        steps = [int(s) for s in value.split(",") if s.strip()]
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise self.fail(value, where)
+        return value
+
+
 def setting(default, help: str | Callable[[], str], spec: Spec, flag: bool = True):
     """A setting of type and range ``spec``; ``flag=False`` keeps it out of ``--help`` (config file or ``--set``).
     ``help`` may be a function, for text that lists what is registered."""
@@ -235,8 +247,8 @@ class ScheduleConfig:
     epochs_scale: float = _f(1.0, "shorten every phase by this factor (eta becomes eta**(1/F))",
                              Float(0, lo_open=True))
     lr_steps: str = _f("80,120", "fine-tuning epochs at which the learning rate is multiplied by lr_decay",
-                       Str(1024, pattern=r"\s*(\d{1,7}\s*(,\s*\d{1,7}\s*)*)?",
-                           what="comma-separated epochs (integers >= 0) such as 80,120"), flag=False)
+                       Steps(1024, pattern=r"\s*(\d{1,7}\s*(,\s*\d{1,7}\s*)*)?",
+                             what="comma-separated epochs (integers >= 0, increasing) such as 80,120"), flag=False)
     lr_decay: float = _f(0.1, "learning-rate factor at each step", Float(0, 1, lo_open=True), flag=False)
     momentum: float = _f(0.9, "SGD momentum", Float(0, 1, hi_open=True), flag=False)
     weight_decay: float = _f(1e-4, "SGD weight decay", Float(0, 1), flag=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import stat
 import warnings
@@ -449,7 +450,10 @@ def register_export(name: str, writer: Callable[..., str], extension: str, help:
     (normalisation, class names) or None. It returns the line the command prints. A writer that makes other files
     beside ``out`` names them with ``also_writes(out)``, so that the command checks them as it checks ``out``.
     """
-    if not callable(writer) or not isinstance(extension, str) or not extension.startswith("."):
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):  # typed as --format NAME
+        raise ValueError(f"an export format's name is lower-case letters, digits, - and _ (at most 32), got {name!r}")
+    if not callable(writer) or not isinstance(extension, str) or \
+            not re.fullmatch(r"\.[A-Za-z0-9_.-]{1,32}", extension):
         raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
     old = EXPORTS.get(name)
     refuse_builtin_override("export format", name, old.writer if old is not None else None, writer)

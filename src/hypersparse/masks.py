@@ -170,7 +170,9 @@ def masks_from_zeros(model_or_params: ModelOrParams, filter: ModuleFilter | None
     Files (``model.pt``, the sparse export) store no separate mask; this reads it back, e.g.
     ``apply_masks_(model, masks_from_zeros(model))`` after loading, before training further.
     """
-    return {name: p.detach() != 0 for name, p in prunable_parameters(model_or_params, filter)}
+    named = prunable_parameters(model_or_params, filter)
+    refuse_meta(named, "masks_from_zeros")
+    return {name: p.detach() != 0 for name, p in named}
 
 
 @dataclass

@@ -162,7 +162,13 @@ def prunable_parameters(
                 raise TypeError(f"expected tensors or (name, tensor) pairs, got {type(item).__name__}")
     seen: set[int] = set()
     unique = []
+    names: dict[str, torch.Tensor] = {}
     for name, p in pairs:
+        if isinstance(p, nn.parameter.UninitializedParameter):  # a lazy module before its first forward
+            raise ValueError(f"{name} is not initialised yet (a Lazy module); run one forward pass to give it its "
+                             "shape first")
+        if names.setdefault(name, p) is not p:  # masks and reports are keyed by name: one would hide the other
+            raise ValueError(f"two different tensors are named {name!r}; give each tensor its own name")
         if id(p) not in seen:
             seen.add(id(p))
             unique.append((name, p))

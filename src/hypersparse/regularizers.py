@@ -26,6 +26,7 @@ from hypersparse.params import (
     check_sparsity,
     num_pruned,
     prunable_parameters,
+    refuse_meta,
 )
 
 #: s * |w|_(k) sits on the inflection point of sech^2: artanh(1/sqrt(3)) ~= 0.6585.
@@ -282,6 +283,7 @@ class Regularizer:
                                if isinstance(filter, numbers.Real) else ""))
         named = prunable_parameters(model_or_params, filter)
         check_leaves(named)
+        refuse_meta(named, type(self).__name__)  # its gradients would be meta tensors: nothing added, no error
         self.names: list[str] = [n for n, _ in named]
         self.params: list[torch.Tensor] = [p for _, p in named]
         self.numel: int = sum(p.numel() for p in self.params)
@@ -418,6 +420,9 @@ class HyperSparse(Regularizer):
         if int(refresh_every) < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every!r}")
         self.refresh_every = int(refresh_every)
+        if isinstance(max_rank_drift, bool) or not isinstance(max_rank_drift, numbers.Real) or \
+                not 0 <= max_rank_drift <= 1:
+            raise ValueError(f"max_rank_drift is a share of the weights in [0, 1], got {max_rank_drift!r}")
         self.max_rank_drift = float(max_rank_drift)
         # k >= 1 so that s is defined at sparsity 0 (it then sits on the smallest magnitude).
         self.k = max(num_pruned(self.sparsity, self.numel), 1)

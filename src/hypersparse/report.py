@@ -194,6 +194,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     new_folder = out_dir is not None and not os.path.lexists(out_dir)
     out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
     _check_ours(out)
+    for path in [out / f"{name}.png" for name in FIGURES] + [out / "report.html"]:
+        if path.is_dir():  # the user gave the folder: name what in it is in the way
+            raise UserError(f"--out {out}: {path.name} there is a folder, where the report writes its {path.name}; "
+                            "move it away or choose another --out")
     files = {output_file(out / f"{name}.png", "--out"): images[name] for name in FIGURES}
     page = output_file(out / "report.html", "--out")
     files[page] = text.encode()

@@ -61,7 +61,12 @@ def _summary_fits(record: dict, where: str = "") -> None:
             raise schema.SchemaError(f"{where}.{part}.epoch" if where else f"{part}.epoch",
                                      f"is {epoch}, beyond the run's {total} epochs ('epochs')")
     if record.get("dense"):
-        schema.counts_fit(record["dense"], f"{where}.dense" if where else "dense", record["sparse"].get("numel"))
+        dense = record["dense"]
+        if ("kept" in dense) != ("sparsity" in dense):  # a run writes both (or, before version 0.3, neither)
+            one, other = ("kept", "sparsity") if "kept" in dense else ("sparsity", "kept")
+            raise schema.SchemaError(f"{where}.dense.{other}" if where else f"dense.{other}",
+                                     f"is missing, but dense.{one} is there (a run writes both)")
+        schema.counts_fit(dense, f"{where}.dense" if where else "dense", record["sparse"].get("numel"))
 
 
 SETTINGS = schema.Custom(_settings, "an object of settings by section")
@@ -108,8 +113,36 @@ def read_run_file(path: str | Path):
     if not path.exists() and not path.is_symlink():
         return [] if lines else None
     if lines:
-        return schema.read_jsonl(path, spec, "run log", DAMAGED)
-    return schema.read_json(path, spec, "run file", DAMAGED)
+        rows = schema.read_jsonl(path, spec, "run log", DAMAGED)
+        if path.name == METRICS:
+            _epochs_in_order(rows, path)
+        return rows
+    record = schema.read_json(path, spec, "run file", DAMAGED)
+    if path.name == SUMMARY and record is not None and (path.parent / CONFIG).exists():
+        _same_run(record["config"], read_run_file(path.parent / CONFIG), path)
+    return record
+
+
+def _epochs_in_order(rows: list[dict], path: Path) -> None:
+    """UserError unless a run log's rows are its epochs 0, 1, 2, ... once each: a run appends one row per epoch, and a
+    resume drops the rows of an epoch it trains again."""
+    for i, row in enumerate(rows):
+        if row["epoch"] != i:
+            raise UserError(f"{path}: row {i + 1} is epoch {row['epoch']}, where the run's epoch {i} belongs (rows out "
+                            f"of order, repeated or missing: two runs wrote the folder, or it was edited); {DAMAGED}")
+
+
+def _same_run(summary_config: dict, config: dict | None, path: Path) -> None:
+    """UserError unless summary.json records the settings of the run whose config.json is beside it."""
+    if config is None:
+        return
+    mine, theirs = (TrainConfig.from_dict(c, check=False) for c in (summary_config, config))
+    if mine.identity != theirs.identity:
+        a, b = mine.to_dict(), theirs.to_dict()
+        key = next((f"{s}.{k}" for s in sorted(set(a) | set(b)) for k in sorted(set(a.get(s, {})) | set(b.get(s, {})))
+                    if a.get(s, {}).get(k) != b.get(s, {}).get(k) and k != "run_dir"), "?")
+        raise UserError(f"{path}: its settings are not those of {path.parent / CONFIG} (first difference: {key}); the "
+                        f"folder holds files of two runs; {DAMAGED}")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

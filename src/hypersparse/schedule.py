@@ -222,6 +222,10 @@ class ARTSchedule:
         (regularization ended: ``model`` now holds the chosen pruned weights and
         :attr:`masks` its mask) or ``"finetune"``.
         """
+        if dense_acc is not None:  # checked in every phase: a wrong value is wrong at the call that passed it
+            dense_acc = _accuracy(dense_acc, "dense_acc")
+        if pruned_acc is not None and not callable(pruned_acc):
+            raise TypeError(f"pruned_acc must be a callable scoring the pruned model, got {type(pruned_acc).__name__}")
         record = {"epoch": self.epoch, "phase": self.phase, "lambda": self.lam}
         self.epoch += 1
         event = self.phase

@@ -45,11 +45,12 @@ class SchemaError(ValueError):
 
 
 def _at(where: str, key: Any) -> str:
+    """The path of a field inside ``where``; a key of a file's own making is shortened (one line, not 100 kB)."""
     if isinstance(key, int):
         return f"{where}[{key}]"
-    if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+    if isinstance(key, str) and len(key) <= 64 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         return f"{where}.{key}" if where else key
-    return f"{where}[{key!r}]"
+    return f"{where}[{_shown(key)}]"
 
 
 _REPR = reprlib.Repr()
@@ -460,7 +461,14 @@ STATS_ROW = Dict({
     "hist_log10": List(COUNT, 65, 65), "exact_zeros": COUNT, "layer_sparsity_at_kappa": Map(UNIT, Str(1024)),
     "layer_zeros": Map(UNIT, Str(1024)), "pruned_per_class": List(UNIT, MAX_CLASSES),
 }, required=("epoch", "phase", "kept", "threshold", "sorted_magnitudes", "hist_log10", "exact_zeros",
-             "layer_zeros"), extra=JSON(3, finite=False))
+             "layer_zeros"), extra=JSON(3, finite=False), then=lambda row, where: _magnitudes_sorted(row, where))
+
+
+def _magnitudes_sorted(row: dict, where: str) -> None:
+    """A stats row's magnitudes as the run writes them: none below zero, in increasing order."""
+    values = row["sorted_magnitudes"]
+    if any(v < 0 for v in values) or any(b < a for a, b in zip(values, values[1:])):
+        raise SchemaError(_at(where, "sorted_magnitudes"), "must be magnitudes (>= 0) in increasing order")
 
 
 def _tensor_map(value, where, bool_only: bool = False):

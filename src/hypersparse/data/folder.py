@@ -109,5 +109,15 @@ def read_folder(root: Path) -> dict:
     first = (train[0][0], (x.shape[2], x.shape[3]) + ((x.shape[1],) if x.shape[1] > 1 else ()))
     for split in ("val", "test"):
         paths, labels = _images(root / split, classes) if base != root else ([], [])
+        if base != root and (root / split).is_dir():  # a split given is used, never silently carved from train/
+            others = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")
+                            and p.name not in classes)
+            if others:
+                raise DataError(f"{root / split} holds {others[0]}/, which is not a class folder of {base} (its "
+                                f"classes: {', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}); rename or "
+                                "move it")
+            if not paths:
+                raise DataError(f"{root / split} holds no images in its class folders; put the {split} images "
+                                f"there, or remove {split}/ to have the split carved from {base}")
         out[split] = (_decode(paths, mode, first), np.array(labels)) if paths else None
     return out
