@@ -628,6 +628,16 @@ def test_a_huge_unknown_key_is_named_in_a_short_line(key, run, capsys):
     assert len(err[0]) < 400, len(err[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn])
+def test_a_model_file_of_another_float_dtype_is_converted_on_load(dtype, run, capsys):
+    """Trial 31m C72 (a regression of trial 31h Q212): a float8 weight in model.pt made the NaN check fail inside
+    torch (isfinite has no float8 kernel), a traceback from eval, export and --pretrained."""
+    state = torch.load(run / "model.pt", weights_only=True)
+    torch.save({k: v.to(dtype) if k == "1.weight" else v for k, v in state.items()}, run / "model.pt")
+    code, err = run_cli(["eval", str(run)], capsys)
+    assert code == 0 and not err, err
+
+
 def test_integers_written_as_floats_in_config_json_are_read_as_integers(run, capsys):
     """Trial 31l T1: run.seed 0.0 passed the schema, and eval crashed in torch.manual_seed (a float). An integer
     written as a float is the integer: eval says what it says for the integer, and export works."""

@@ -334,7 +334,8 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
                 value.is_complex() or value.is_floating_point() != own[key].is_floating_point()):
             raise UserError(f"{label} holds {key} as {value.dtype}, where model {name!r} has {own[key].dtype}; save "
                             "the model's own state_dict")
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(
+                value if value.element_size() > 1 else value.float()).all()):  # float8 has no isfinite of its own
             raise UserError(f"{label} holds NaN or inf in {key}: weights no finished training writes (a diverged "
                             "run's?); use another file")
     try:

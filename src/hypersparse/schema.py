@@ -495,12 +495,16 @@ def _tensor(value, where, optional: bool = True):
 
 
 def tensor_problem(value) -> str | None:
-    """Why a tensor read from a file is not one a model's state holds (a sparse layout, which the library's readers
-    and torch's load_state_dict do not take), or None."""
+    """Why a tensor read from a file is not one a model's state holds (a sparse or nested layout, which the library's
+    readers and torch's load_state_dict do not take; the meta device, which holds no values), or None."""
     import torch
 
+    if value.is_nested:
+        return "is a nested tensor, where a model holds dense (strided) tensors"
     if value.layout != torch.strided:
         return f"is a {str(value.layout).removeprefix('torch.')} tensor, where a model holds dense (strided) tensors"
+    if value.device.type == "meta":
+        return "is on the meta device (it holds no values)"
     return None
 
 
