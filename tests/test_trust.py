@@ -282,6 +282,25 @@ def test_a_second_train_into_a_folder_being_written_is_refused_naming_the_writer
     assert not (tmp_path / "r" / "config.json").exists() and not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
+def test_export_and_a_report_into_a_run_being_written_are_refused(run, tmp_path, capsys):
+    """Trial 31m C217: an export of a run whose train still held the lock wrote model.sparse.safetensors into the
+    locked folder from the unfinished run, with the usual success line. A run folder has one writer; reading it
+    (eval, a report written elsewhere) goes on."""
+    fd = _hold(run)
+    before = snapshot(run)
+    try:
+        for argv in (["export", str(run)], ["export", str(run), "--out", str(tmp_path / "m.safetensors")],
+                     ["report", str(run)]):
+            code, err = run_cli(argv, capsys)
+            _one_line(code, err, "is still being written by process 4242")
+        assert snapshot(run) == before and not (tmp_path / "m.safetensors").exists()
+        assert run_cli(["eval", str(run)], capsys)[0] == 0
+        assert run_cli(["report", str(run), "--out", str(tmp_path / "rep")], capsys)[0] == 0
+    finally:
+        os.close(fd)
+    assert run_cli(["export", str(run)], capsys)[0] == 0  # the writer has ended
+
+
 def test_a_second_resume_is_refused_and_a_dead_writers_lock_is_taken_over(run, capsys):
     before = snapshot(run)
     fd = _hold(run)

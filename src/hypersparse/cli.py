@@ -240,11 +240,13 @@ def _export(args) -> int:
     from hypersparse.checkpoint import output_file
     from hypersparse.export import EXPORTS
     from hypersparse.run_read import SUMMARY, model_from_run, plugins_first, read_json, run_settings
+    from hypersparse.run_write import refuse_if_written
 
     path = Path(args.run)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run directory or its model.pt")
     run_dir = path if path.is_dir() else path.parent
+    refuse_if_written(run_dir, "export it")  # an unfinished run's model, and a second writer in its folder
     plugins_first(run_dir, args.plugin)  # before summary.json, whose settings may name a plugin's method
     summary = read_json(run_dir / SUMMARY)
     if summary is None:

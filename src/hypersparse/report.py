@@ -25,6 +25,7 @@ from pathlib import Path
 from hypersparse.checkpoint import atomic_write, output_file, output_folder
 from hypersparse.errors import UserError, first_line
 from hypersparse.run_read import Run, load_run
+from hypersparse.run_write import refuse_if_written
 from hypersparse.stats import HIST_EDGES
 
 PHASE_COLOURS = {"warmup": "#dddddd", "regularize": "#ffe2b3", "prune": "#ffe2b3", "train": "#e8e8ff",
@@ -193,6 +194,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     text = _html(runs, images)
     new_folder = out_dir is not None and not os.path.lexists(out_dir)
     out = output_folder(out_dir, "--out") if out_dir else runs[0].dir
+    refuse_if_written(out, "write the report there")  # a run folder has one writer
     _check_ours(out)
     for path in [out / f"{name}.png" for name in FIGURES] + [out / "report.html"]:
         if path.is_dir():  # the user gave the folder: name what in it is in the way

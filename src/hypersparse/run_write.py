@@ -173,6 +173,15 @@ def in_use(folder: Path, holder: str, study: bool = False) -> str:
             "it); wait for it to end, or pick another --run-dir")
 
 
+def refuse_if_written(folder: Path, what: str) -> None:
+    """UserError if a live process holds ``folder``'s run lock: its files are those of a run not yet finished, and
+    the folder has its one writer. ``what``: the command, as the line says it."""
+    holder = RunLock.holder(folder)
+    if holder is not None:
+        raise UserError(f"run directory {folder} is still being written by process {holder} (a hypersparse train or "
+                        f"--resume); {what} once that run has ended")
+
+
 #: the files a run writes in its folder (besides its lock and the folders of its tracker and --compare baselines)
 RUN_FILES = (CONFIG, METRICS, STATS, CHECKPOINT, MODEL, SUMMARY)
 #: the files hypersparse tune writes in its study folder (besides the trials' run folders)
