@@ -158,3 +158,14 @@ def test_a_model_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
               str(tmp_path / "r"))
     assert out.returncode == 2 and "could run code" in out.stderr
     assert not marker.exists()
+
+
+def test_a_plain_pickle_naming_a_function_is_refused_without_advice_to_unpickle(tmp_path):
+    """Trial 31m C51/C53: a protocol-0 pickle (not torch's zip) calling builtins.eval was refused, but the line quoted
+    torch's advice that re-running with weights_only=False "will likely succeed"."""
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.pt").write_bytes(f"cbuiltins\neval\n(S'open({str(marker)!r}, \"w\")'\ntR.".encode())
+    out = cli("eval", str(tmp_path / "evil.pt"), "--dataset", "digits", "--model", "mlp")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "could run code; refused (Unsupported global" in lines[0], lines
+    assert "weights_only" not in lines[0] and not marker.exists()

@@ -508,6 +508,7 @@ def test_masks_travel_with_the_model(how, tmp_path):
     model, masks = _masked_mlp()
     unmasked = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5)).requires_grad_()
     assert _revived(unmasked, masks) > 0  # the check can fail: an unmasked model does revive them
+    assert set(model.state_dict()) == set(unmasked.state_dict())  # the README: a state_dict carries no mask
     if how == "deepcopy":
         other = copy.deepcopy(model)
     elif how == "pickle":

@@ -201,9 +201,11 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 def _torch_reason(exc: BaseException) -> str:
     """The informative line of a torch.load failure, whole (torch's first lines are the same boilerplate always)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    useful = [ln for ln in lines if not ln.startswith(skip)] or lines or [type(exc).__name__]
-    return useful[0].removeprefix("WeightsUnpickler error:").strip() or type(exc).__name__
+    said = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]  # what the unpickler refused, if it did
+    # the advice around it (re-run with weights_only=False, allowlist the global) is what hypersparse never does
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1) ", "(2) ")
+    useful = said or [ln for ln in lines if not ln.startswith(skip)] or lines or [type(exc).__name__]
+    return useful[0].removeprefix("WeightsUnpickler error:").split(". Please use")[0].strip() or type(exc).__name__
 
 
 def load_checkpoint(path: str | Path, what: str = "model file") -> Any:
