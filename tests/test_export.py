@@ -282,7 +282,8 @@ def test_sparse_files_api_wrong_types_are_type_errors(tmp_path, call, needle):
 @pytest.mark.parametrize("example,error,needle", [
     ([torch.zeros(4, 8)], TypeError, "sparse_inference expects example to be a tensor .one input batch., got list"),
     (torch.zeros(4, 9), ValueError, r"the example \(shape \(4, 9\)\) does not fit the model: mat1 and mat2 shapes"),
-], ids=["a-list", "wrong-shape"])
+    (torch.zeros(0, 8), ValueError, r"a batch of at least one input .* got shape \(0, 8\)"),  # trial 31m M87
+], ids=["a-list", "wrong-shape", "empty-batch"])
 def test_sparse_inference_example_that_is_no_input_of_the_model(example, error, needle):
     """Trial 31d A104/A108: an AttributeError for a list, the model's raw RuntimeError for a wrong shape."""
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))

@@ -187,6 +187,14 @@ def test_a_cache_path_that_is_a_file_is_named_as_such(fresh):
     assert fresh.read_text() == "mine\n"
 
 
+def test_a_cache_path_that_is_a_dangling_link_is_named_as_such(fresh, tmp_path):
+    """Trial 31m C171: HYPERSPARSE_CACHE a link to nothing gave "[Errno 17] File exists"; nothing is made there."""
+    fresh.symlink_to(tmp_path / "nowhere")
+    why = native.unavailable()
+    assert why is not None and "is a symbolic link to" in why and "which does not exist" in why
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     """Trial 31k E007: a relative XDG_CACHE_HOME put the cache under the current folder; the XDG spec says such a
     value is invalid and is ignored."""

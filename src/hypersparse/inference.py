@@ -428,6 +428,9 @@ def sparse_inference(model: nn.Module, example: torch.Tensor, reps: int = 30, na
                         f"{type(example).__name__}")
     if int(reps) < 1:
         raise ValueError(f"reps must be at least 1 (timed calls per candidate), got {reps!r}")
+    if example.dim() == 0 or example.shape[0] == 0:  # kernels are chosen by timing this batch: nothing to time
+        raise ValueError(f"sparse_inference: the example must be a batch of at least one input (the batch size "
+                         f"you will run), got shape {tuple(example.shape)}")
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} \
         | ({example.dtype} if example.is_floating_point() else set())  # token ids stay integers
     if dtypes != {torch.float32}:

@@ -304,6 +304,9 @@ def _private(cache: Path) -> Path:
     """``cache``, created 0700; OSError if another user owns it or others may write to it."""
     if cache.exists() and not cache.is_dir():
         raise OSError(f"{cache} is not a folder; point HYPERSPARSE_CACHE at a folder (or unset it)")
+    if cache.is_symlink() and not cache.exists():
+        raise OSError(f"{cache} is a symbolic link to {os.readlink(cache)}, which does not exist; point "
+                      "HYPERSPARSE_CACHE at a folder (or unset it)")
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = cache.stat()
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
