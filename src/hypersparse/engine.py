@@ -117,9 +117,10 @@ class Trainer:
             load_weights(self.model, cfg.model.pretrained, cfg.model.model, what="--pretrained")
             start = sparsity_report(self.model, self.prunable).sparsity
             if start > cfg.sparsity.sparsity + 1e-9:  # allowed (a denser model from a sparse one), but said
-                warnings.warn(f"--pretrained {cfg.model.pretrained} is {start:.2%} sparse already, more than --sparsity "
-                              f"{cfg.sparsity.sparsity:g}: the run ends {cfg.sparsity.sparsity:.2%} sparse, so weights "
-                              "that are zero now may grow back", stacklevel=2)
+                target = cfg.sparsity.sparsity
+                warnings.warn(f"--pretrained {cfg.model.pretrained} is {start:.2%} sparse already, more than "
+                              f"--sparsity {target:g}: the run ends {target:.2%} sparse, so weights that are zero now "
+                              "may grow back", stacklevel=2)
         # NHWC convolutions: 1.8x faster LeNet-5 steps on CPU, the fast layout for bf16 on GPU
         channels_last = self.device.type == "cuda" or any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         self.model.to(self.device)
