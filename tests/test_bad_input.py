@@ -678,6 +678,37 @@ def test_hf_weights_in_a_pickle_that_names_code_are_one_line_and_nothing_runs(tm
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
+def test_an_hf_config_naming_its_own_code_runs_none_of_it_even_when_asked_at_a_terminal(tmp_path):
+    """Review of issue 31: a config.json with auto_map names Python files beside it; transformers, not told
+    otherwise, asked "Do you wish to run the custom code? [y/N]" at a terminal, and "y" ran them. hypersparse says
+    no itself (trust_remote_code=False), so no prompt is shown and nothing runs, whatever is typed."""
+    import pty
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    folder, marker = tmp_path / "planted", tmp_path / "ran"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "plantedcfg", "architectures": ["PlantedModel"],
+        "auto_map": {"AutoConfig": "planted.PlantedConfig", "AutoModelForImageClassification": "planted.PlantedModel"}}))
+    (folder / "planted.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                                       "from transformers import PretrainedConfig\n"
+                                       "class PlantedConfig(PretrainedConfig):\n    model_type = 'plantedcfg'\n")
+    master, slave = pty.openpty()
+    try:
+        os.write(master, b"y\ny\n")  # an answer waiting at the terminal, should anything ask
+        done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--model", f"hf:{folder}", "--run-dir",
+                               str(tmp_path / "r"), *QUICK], stdin=slave, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "names Python code of its own (auto_map)" in lines[0], lines
+    assert not marker.exists() and not (tmp_path / "r").exists()
+
+
 def _started(hs, model):
     """An ARTDriver past its warm-up on ``model``, as a loop would have it at the first regularization epoch."""
     driver = hs.ARTDriver(0.9, warmup_epochs=0)

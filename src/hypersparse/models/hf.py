@@ -58,7 +58,7 @@ def _check_size(spec: str, config, auto) -> None:
                             "layers hypersparse builds; check its config.json")
     try:
         with torch.device("meta"):
-            shell = auto.from_config(config)
+            shell = auto.from_config(config, trust_remote_code=False)
     except (RuntimeError, NotImplementedError):  # a model that cannot be built on meta: the real build decides
         return
     need = sum(t.numel() * t.element_size() for t in chain(shell.parameters(), shell.buffers()))
@@ -80,7 +80,7 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
         raise UserError(f"--model hf:{spec}: no such file or folder; give a config.json or a folder written by "
                         "save_pretrained (nothing is downloaded)")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path))
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
         config.num_labels = num_classes
         for key, value in (("num_channels", in_channels), ("image_size", image_size)):
             if hasattr(config, key):
@@ -90,8 +90,9 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
         weights = path.is_dir() and any((path / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
         with warnings.catch_warnings():  # torch's note on a file's pickle protocol: the refusal below says enough
             warnings.filterwarnings("ignore", "Detected pickle protocol")
-            model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True) if weights \
-                else auto.from_config(config)
+            model = auto.from_pretrained(str(path), config=config, ignore_mismatched_sizes=True,
+                                           trust_remote_code=False) if weights \
+                else auto.from_config(config, trust_remote_code=False)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
             raise UserError(f"--model hf:{spec}: not enough memory to build the model its config asks for; check its "
@@ -109,5 +110,9 @@ def hf_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> 
             from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = first_line(exc, None)
+        if "custom code" in first:  # auto_map: Python files shipped beside the config, which transformers would import
+            raise UserError(f"--model hf:{spec}: its config.json names Python code of its own (auto_map), and "
+                            "hypersparse runs no code a file names; use a model type transformers has built in, or "
+                            "build the model in Python and pass it to the API") from None
         raise UserError(f"--model hf:{spec}: transformers cannot build an image classifier from it ({first})") from None
     return PixelsToLogits(model)
