@@ -691,7 +691,8 @@ def test_an_hf_config_naming_its_own_code_runs_none_of_it_even_when_asked_at_a_t
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({
         "model_type": "plantedcfg", "architectures": ["PlantedModel"],
-        "auto_map": {"AutoConfig": "planted.PlantedConfig", "AutoModelForImageClassification": "planted.PlantedModel"}}))
+        "auto_map": {"AutoConfig": "planted.PlantedConfig",
+                     "AutoModelForImageClassification": "planted.PlantedModel"}}))
     (folder / "planted.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
                                        "from transformers import PretrainedConfig\n"
                                        "class PlantedConfig(PretrainedConfig):\n    model_type = 'plantedcfg'\n")
