@@ -591,6 +591,36 @@ def test_the_users_own_code_failing_shows_their_frames_and_names_their_object(ca
     assert not (tmp_path / "r").exists()
 
 
+LATE = {  # the user's code failing once training is under way: in the model's forward, in its own backward
+    "forward": "        if self.training and self.calls > 30:\n"
+               "            raise RuntimeError('late bug in my forward')\n",
+    "backward": "        if self.training and self.calls > 30:\n            return Boom.apply(self.f(x))\n",
+}
+
+
+@pytest.mark.parametrize("where", list(LATE))
+def test_the_users_code_failing_mid_training_shows_their_frames_and_one_line(where, tmp_path, capsys, monkeypatch):
+    """Review of issue 31: a forward that raised on its 31st call (in training) gave a full traceback through
+    hypersparse's frames, exit 1. The error boundary names the user's innermost frame, exit 2."""
+    name = f"late_{where}"
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\n\n"
+        "class Boom(torch.autograd.Function):\n"
+        "    @staticmethod\n    def forward(ctx, x):\n        return x.clone()\n\n"
+        "    @staticmethod\n    def backward(ctx, g):\n        raise ValueError('late bug in my backward')\n\n"
+        "class Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),\n"
+        "                                     torch.nn.Linear(32, 10))\n        self.calls = 0\n\n"
+        "    def forward(self, x):\n        self.calls += 1\n" + LATE[where] + "        return self.f(x)\n\n"
+        "def build():\n    return Net()\n")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--model", f"{name}:build", "--run-dir", "r", *QUICK], capsys)
+    assert code == 2, err
+    assert err[-1].startswith(f"hypersparse: error: your code ({where} in {name}.py:") and "raised" in err[-1], err
+    assert any(f"{name}.py\", line" in line for line in err) and f"late bug in my {where}" in "\n".join(err), err
+    assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
+
+
 def _sparse_with_meta(run: Path, tmp_path: Path, edit) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file

@@ -149,6 +149,15 @@ def test_a_full_disk_says_so_and_removes_the_study_file_it_began(tmp_path, capsy
     assert code == 2 and (tmp_path / "s" / "study.db").exists()
 
 
+def test_a_model_that_cannot_take_the_data_makes_no_study(tmp_path, capsys):
+    """Review of issue 31: tune --model lenet5 on the 8x8 digits gave the fit line but left study.db holding a pruned
+    and a waiting trial, and the corrected command was then refused as another study's."""
+    code, err = run_cli([*BASE, "--model", "lenet5", "--trials", "1", "--study-dir", str(tmp_path / "s")], capsys)
+    assert (code, len(err)) == (2, 1) and "model lenet5" in err[0] and "cannot take the data's 1x8x8" in err[0], err
+    assert not (tmp_path / "s").exists()
+    assert cli(*BASE, "--trials", "1", "--study-dir", str(tmp_path / "s")).returncode == 0  # the corrected command
+
+
 def test_a_file_size_limit_is_named_not_study_db(tmp_path):
     """Trial 31k E036: under `ulimit -f` tune said "move study.db away"; the file-size limit stopped the write."""
     import resource

@@ -476,7 +476,7 @@ def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
     from hypersparse.params import NoPrunableParametersError
-    from hypersparse.plugins import UserCodeError
+    from hypersparse.plugins import UserCodeError, their_frame
 
     try:
         with _typed_names_here():
@@ -497,6 +497,12 @@ def _dispatch(args) -> int:
         return _stopped(exc)
     except OSError as exc:
         return _say(_os_error(exc, getattr(args, "command", None)), 2)
+    except Exception as exc:  # noqa: BLE001 - raised by the user's own code while hypersparse ran it (training)?
+        frame = their_frame(exc)
+        if frame is None:
+            raise  # hypersparse's own failure: its traceback is the bug report
+        return _user_code_failed(UserCodeError(f"your code ({frame.name} in {os.path.basename(frame.filename)}:"
+                                               f"{frame.lineno}), run by hypersparse {args.command},", exc))
 
 
 def _terminate(signum, frame) -> typing.NoReturn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shlex
 import sys
 import time
@@ -417,6 +418,15 @@ class Trainer:
 
 #: what a caller runs after the run, inside its lock: (the run's config, its files, its summary) -> the summary
 Then = Callable[[TrainConfig, RunFiles, dict], dict]
+
+
+def check_setup(cfg: TrainConfig, where: Path) -> None:
+    """What :func:`train` checks before it writes anything (the settings, the data, the model, and one batch of the
+    data through the model), for a command that makes a folder of its own before its first run (tune: ``where``,
+    its study folder). Nothing is written."""
+    with thread_scope(), open(os.devnull, "w") as quiet:
+        trainer = Trainer(cfg, where, progress=False, out=quiet, quiet=True)
+        trainer.files.close()
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, progress: bool | None = None, out=None,

@@ -75,6 +75,34 @@ def _own_frames(exc: BaseException) -> str:
     return head + text + "".join(traceback.format_exception_only(type(exc), exc))
 
 
+def _registered_files() -> set[str]:
+    """The source files of what was registered from outside hypersparse (models, datasets, methods, export formats):
+    the user's plugins, installed or not."""
+    from hypersparse.data import DATASETS
+    from hypersparse.export import EXPORTS
+    from hypersparse.method import _METHODS
+    from hypersparse.models import MODELS
+
+    objects = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
+        [e.build for e in _METHODS.values()] + [f.writer for f in EXPORTS.values()]
+    files = set()
+    for obj in objects:
+        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
+            with contextlib.suppress(TypeError, OSError):
+                files.add(os.path.realpath(inspect.getsourcefile(obj) or ""))
+    return files
+
+
+def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback that is the user's own code (a module of theirs outside installed
+    packages, or one that registered a model, dataset, method or export format), or None: then the error is
+    hypersparse's, torch's or another library's."""
+    registered = _registered_files()
+    mine = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in registered or (
+        _theirs(f.filename) and not any(p in f.filename for p in ("site-packages", "dist-packages")))]
+    return mine[-1] if mine else None
+
+
 @contextlib.contextmanager
 def user_code(what: str) -> Iterator[None]:
     """Run the user's code: any exception from it (not a UserError) becomes :class:`UserCodeError` naming ``what``."""

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from hypersparse.checkpoint import output_file, output_folder, own_folder, write_json
 from hypersparse.config import TrainConfig
+from hypersparse.engine import check_setup
 from hypersparse.errors import RunDiverged, RunStopped, Terminated, UserError, first_line
 from hypersparse.method import method_entry
 from hypersparse.run_read import read_json
@@ -291,6 +292,7 @@ def tune(base: TrainConfig, study_dir: str | Path, trials: int = 20, lambda_rang
     if run_file is not None:  # a training run's folder: the study's files would mix with the run's
         raise UserError(f"--study-dir {study_dir} holds a training run (its {run_file}); a study keeps study.db, "
                         "best.json and its trials' folders: pick another --study-dir")
+    check_setup(base, Path(study_dir))  # a model that cannot take the data: one line, and no study made
     study_dir = output_folder(study_dir, "--study-dir")
     output_file(study_dir / "best.json", "--study-dir")  # a link or a folder there: refused before any trial runs
     # one tune per study: a second would take the first's running trial for an interrupted one
