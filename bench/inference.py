@@ -40,7 +40,11 @@ UNIFORM = [("lenet300", 0.98, 1, 28), ("lenet300", 0.995, 1, 28),
 RUNS = [("ART run (global)", "lenet5-mnist-art-0.98.sparse.safetensors"),
         ("ART run (global)", "lenet5-mnist-art-0.995.sparse.safetensors"),
         ("GMP run (global)", "lenet5-mnist-gmp-0.995.sparse.safetensors"),
-        ("RigL run (global)", "lenet5-mnist-rigl-0.995.sparse.safetensors")]
+        ("RigL run (global)", "lenet5-mnist-rigl-0.995.sparse.safetensors"),
+        # issue 35's LeNet-5 sweep at a quarter of the authors' schedule (docs/results.md), seed 0
+        ("ART, quarter schedule", "lenet5-mnist-art-0.995-quarter.sparse.safetensors"),
+        ("GMP, quarter schedule", "lenet5-mnist-gmp-0.995-quarter.sparse.safetensors"),
+        ("RigL, quarter schedule", "lenet5-mnist-rigl-0.995-quarter.sparse.safetensors")]
 BATCHES = (1, 64)
 # the issue's targets: (model, sparsity, batch) -> least speed-up over dense PyTorch
 TARGETS = {("resnet32", 0.995, 1): 5, ("vgg19", 0.995, 1): 5, ("resnet32", 0.995, 64): 2, ("vgg19", 0.995, 64): 2,
