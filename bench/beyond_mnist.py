@@ -322,8 +322,11 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         stories = [s for s in map(art_story, arts) if s]
         gap_val = mean(base, lambda r: r["val_acc"]) - mean(arts, lambda r: r["val_acc"])
         ours, theirs = statistics.mean(cell(runs, exp, k, "art-hs")), statistics.mean(cell(runs, exp, k, m))
+        val = (f"{100 * gap_val:.1f} points of validation accuracy" if gap_val > 0 else
+               f"though on validation, which selects the model, ART is {'level' if gap_val == 0 else 'ahead'} "
+               f"({100 * -gap_val:.2f} points)")
         text = (f"- {100 * k:g} %, {SHORT[m]} ahead{' (one seed so far: provisional)' if provisional else ''}: "
-                f"{theirs:.2f} against {ours:.2f} % test error, {100 * gap_val:.1f} points of validation accuracy.")
+                f"{theirs:.2f} against {ours:.2f} % test error, {val}.")
         if stories:
             warm = mean(stories, lambda s: s["warm_train"])
             low = mean(stories, lambda s: s["reg_train_min"])
