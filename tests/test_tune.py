@@ -158,6 +158,21 @@ def test_a_model_that_cannot_take_the_data_makes_no_study(tmp_path, capsys):
     assert cli(*BASE, "--trials", "1", "--study-dir", str(tmp_path / "s")).returncode == 0  # the corrected command
 
 
+def test_the_users_model_failing_in_a_trial_is_their_frames_and_one_line(tmp_path):
+    """Re-review of issue 31: a forward failing mid-trial ended right, but Optuna's "Trial 0 failed" warning printed a
+    whole traceback first, and the block of the user's frames listed Optuna's."""
+    (tmp_path / "late.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n        self.calls = 0\n\n"
+        "    def forward(self, x):\n        self.calls += 1\n        if self.training and self.calls > 30:\n"
+        "            raise RuntimeError('late bug')\n        return self.f(x)\n\ndef build():\n    return Net()\n")
+    out = cli(*BASE, "--model", "late:build", "--trials", "1", "--study-dir", str(tmp_path / "s"), cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and lines[-1].startswith("hypersparse: error: your code (forward in late.py:12)"), lines
+    assert lines[0] == "Traceback (most recent call last, your code only):", lines
+    assert not any("optuna" in line or "hypersparse/" in line or "torch/" in line for line in lines[:-1]), lines
+
+
 def test_a_file_size_limit_is_named_not_study_db(tmp_path):
     """Trial 31k E036: under `ulimit -f` tune said "move study.db away"; the file-size limit stopped the write."""
     import resource

@@ -495,14 +495,15 @@ def _dispatch(args) -> int:
         return _say(str(exc), exc.code)
     except KeyboardInterrupt as exc:
         return _stopped(exc)
-    except OSError as exc:
-        return _say(_os_error(exc, getattr(args, "command", None)), 2)
     except Exception as exc:  # noqa: BLE001 - raised by the user's own code while hypersparse ran it (training)?
         frame = their_frame(exc)
-        if frame is None:
-            raise  # hypersparse's own failure: its traceback is the bug report
-        return _user_code_failed(UserCodeError(f"your code ({frame.name} in {os.path.basename(frame.filename)}:"
-                                               f"{frame.lineno}), run by hypersparse {args.command},", exc))
+        if frame is not None:
+            return _user_code_failed(UserCodeError(f"your code ({frame.name} in {os.path.basename(frame.filename)}:"
+                                                   f"{frame.lineno}), run by hypersparse {args.command},", exc,
+                                                   strict=True))
+        if isinstance(exc, OSError):
+            return _say(_os_error(exc, getattr(args, "command", None)), 2)
+        raise  # hypersparse's own failure: its traceback is the bug report
 
 
 def _terminate(signum, frame) -> typing.NoReturn:

@@ -44,10 +44,10 @@ _typed_folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("type
 
 class UserCodeError(UserError):
     """The user's own code raised: ``frames`` are their frames (file:line) and the error, formatted; the message
-    names their object."""
+    names their object. ``strict``: their frames are only those :func:`their_frame` counts (not installed packages')."""
 
-    def __init__(self, what: str, exc: BaseException):
-        self.frames = _own_frames(exc)
+    def __init__(self, what: str, exc: BaseException, strict: bool = False):
+        self.frames = _own_frames(exc, strict)
         super().__init__(f"{what} raised {type(exc).__name__} (its frames above); fix it and run again")
 
 
@@ -67,9 +67,12 @@ def _theirs(filename: str) -> bool:
     return not path.startswith(stdlib) or "site-packages" in path
 
 
-def _own_frames(exc: BaseException) -> str:
-    """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _theirs(f.filename)]
+def _own_frames(exc: BaseException, strict: bool = False) -> str:
+    """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library (``strict``: nor
+    those of installed packages that registered nothing, such as Optuna's)."""
+    registered = _registered_files() if strict else set()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if (_users(f.filename, registered) if strict else _theirs(f.filename))]
     text = "".join(traceback.format_list(frames))
     head = "Traceback (most recent call last, your code only):\n" if frames else ""
     return head + text + "".join(traceback.format_exception_only(type(exc), exc))
@@ -93,14 +96,30 @@ def _registered_files() -> set[str]:
     return files
 
 
+def _users(filename: str, registered: set[str]) -> bool:
+    """Whether a frame's file is the user's own code: a module of theirs outside installed packages, or one that
+    registered a model, dataset, method or export format."""
+    return os.path.realpath(filename) in registered or (
+        _theirs(filename) and not any(p in filename for p in ("site-packages", "dist-packages")))
+
+
+def _hypersparses(filename: str) -> bool:
+    import hypersparse
+
+    return os.path.realpath(filename).startswith(os.path.join(os.path.realpath(os.path.dirname(hypersparse.__file__)),
+                                                              ""))
+
+
 def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost frame of ``exc``'s traceback that is the user's own code (a module of theirs outside installed
-    packages, or one that registered a model, dataset, method or export format), or None: then the error is
-    hypersparse's, torch's or another library's."""
+    """The innermost frame of ``exc``'s traceback that is the user's own code, if the error arose there: None when it
+    has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their forward:
+    our bug, whose traceback is the report). Torch's and other libraries' frames below theirs are what they called."""
     registered = _registered_files()
-    mine = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in registered or (
-        _theirs(f.filename) and not any(p in f.filename for p in ("site-packages", "dist-packages")))]
-    return mine[-1] if mine else None
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [i for i, f in enumerate(frames) if _users(f.filename, registered)]
+    if not mine or any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
+        return None
+    return frames[mine[-1]]
 
 
 @contextlib.contextmanager

@@ -457,7 +457,8 @@ def _study(optuna, base: TrainConfig, study_dir: Path, trials: int, lambda_range
         raise UserError(f"{what}: {study_dir} holds trial-{max(numbers)}, which its study ({known} trials) does not "
                         "know: the database was replaced, emptied or renamed since; restore it, or move the trial "
                         "folders away")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial's warning carries a traceback through Optuna; the command's own line says what failed
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _open_study(optuna, storage, what, fix, new_file)
     _same_settings(study, base, what)
     # seeded by the history, so a continued study proposes new values instead of replaying the first ones
