@@ -40,6 +40,8 @@ CODE_FLAGS = {"run.plugin": "--plugin", "model.model": "--model", "data.dataset"
 #: prefixes of names that are not imports: libraries' own registries, an image folder, a Hugging Face config
 NOT_CODE = {"model.model": ("torchvision", "timm", "hf"), "data.dataset": ("folder",)}
 _typed_folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("typed_folder", default=None)
+#: the files of the modules imported because the user typed or passed their names (their code, by their word)
+_TYPED_FILES: set[str] = set()
 
 
 class UserCodeError(UserError):
@@ -111,12 +113,14 @@ def _hypersparses(filename: str) -> bool:
 
 
 def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost frame of ``exc``'s traceback that is the user's own code, if the error arose there: None when it
-    has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their forward:
-    our bug, whose traceback is the report). Torch's and other libraries' frames below theirs are what they called."""
-    registered = _registered_files()
+    """The innermost frame of ``exc``'s traceback in a module the user typed or passed (``--model``, ``--dataset``,
+    ``--plugin``) or one that registered a model, dataset, method or export format, if the error arose there: None
+    when it has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their
+    forward: our bug, whose traceback is the report). Frames below theirs of torch, other libraries or their own
+    helper modules are what their code called."""
+    given = _registered_files() | _TYPED_FILES
     frames = traceback.extract_tb(exc.__traceback__)
-    mine = [i for i, f in enumerate(frames) if _users(f.filename, registered)]
+    mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename) in given]
     if not mine or any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
         return None
     return frames[mine[-1]]
@@ -204,7 +208,9 @@ def import_module(name: str, flag: str):
     if added:
         sys.path.insert(0, folder)
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
+        _TYPED_FILES.add(os.path.realpath(getattr(module, "__file__", None) or ""))
+        return module
     except ImportError as exc:
         raise UserError(f"{flag} {name}: cannot import it ({exc}); is it on PYTHONPATH or installed?") from None
     except UserError:
