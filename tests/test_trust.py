@@ -642,6 +642,21 @@ def test_hypersparses_own_bug_inside_the_users_forward_is_a_traceback_not_blamed
     assert "your code" not in capsys.readouterr().err
 
 
+def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monkeypatch):
+    """Re-review of issue 31: a forward calling hs.magnitude_masks(self, 1.5) mid-training was shown as hypersparse's
+    traceback, exit 1: our API refusing their argument (our own `raise ValueError`) is their error."""
+    (tmp_path / "misuse.py").write_text(
+        "import torch\nimport hypersparse as hs\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
+        "    def forward(self, x):\n        if self.training:\n            hs.magnitude_masks(self, 1.5)\n"
+        "        return self.f(x)\n\ndef build():\n    return Net()\n")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--model", "misuse:build", "--run-dir", "r", *QUICK], capsys)
+    assert code == 2 and err[-1].startswith("hypersparse: error: your code (forward in misuse.py:11)"), err
+    assert "sparsity" in "\n".join(err) and not any("hypersparse/" in line for line in err[:-1]), err
+
+
 def test_a_file_error_in_the_users_code_is_theirs_not_a_path_line(tmp_path, capsys, monkeypatch):
     """Re-review of issue 31: a forward raising FileNotFoundError mid-training became "No such file or directory;
     check the path", with no frame of theirs."""

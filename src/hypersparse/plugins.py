@@ -121,8 +121,16 @@ def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
     given = _registered_files() | _TYPED_FILES
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename) in given]
-    if not mine or any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
+    if not mine:
         return None
+    if any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
+        # our API refusing what their code passed (a ValueError or TypeError our own `raise` made) is their error;
+        # anything else that arose in our code is our bug
+        last = frames[-1]
+        refused = isinstance(exc, (ValueError, TypeError)) and _hypersparses(last.filename) and \
+            (last.line or "").lstrip().startswith("raise ")
+        if not refused:
+            return None
     return frames[mine[-1]]
 
 
