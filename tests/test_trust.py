@@ -657,6 +657,20 @@ def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monk
     assert "sparsity" in "\n".join(err) and not any("hypersparse/" in line for line in err[:-1]), err
 
 
+def test_a_plugin_export_writer_failing_half_way_leaves_no_file(run, tmp_path):
+    """Re-review of issue 31: a plugin's writer that raised after writing part of its file left it behind."""
+    from conftest import cli
+
+    (tmp_path / "halfway.py").write_text(
+        "import hypersparse as hs\n\ndef write(model, out, arch, inputs):\n    out.write_text('half')\n"
+        "    raise RuntimeError('writer broke')\n\nhs.register_export('halfway', write, '.half')\n")
+    out = tmp_path / "m.half"
+    done = cli("export", str(run), "--plugin", "halfway", "--format", "halfway", "--out", str(out), cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines[-1].startswith("hypersparse: error: your code (write in halfway.py:5)"), lines
+    assert not out.exists()
+
+
 def test_a_file_error_in_the_users_code_is_theirs_not_a_path_line(tmp_path, capsys, monkeypatch):
     """Re-review of issue 31: a forward raising FileNotFoundError mid-training became "No such file or directory;
     check the path", with no frame of theirs."""

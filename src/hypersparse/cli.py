@@ -276,7 +276,16 @@ def _export(args) -> int:
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
-    print(shown(fmt.writer(model, out, arch, inputs, **options)))  # the path as typed, control characters escaped
+    new = [p for p in (out, *fmt.also_writes(out)) if not os.path.lexists(p)]
+    try:
+        said = fmt.writer(model, out, arch, inputs, **options)
+    except BaseException:  # a writer (a plugin's, say) that failed half-way: what it began of files new here goes
+        for path in new:
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+        raise
+    print(shown(said))  # the path as typed, control characters escaped
     return 0
 
 
