@@ -642,6 +642,30 @@ def test_hypersparses_own_bug_inside_the_users_forward_is_a_traceback_not_blamed
     assert "your code" not in capsys.readouterr().err
 
 
+def test_a_refusal_of_ours_that_torch_ran_inside_the_users_forward_is_ours(tmp_path, capsys, monkeypatch):
+    """Last check of issue 31: a `raise ValueError` of ours in a hook torch runs inside the user's forward (an
+    invariant of ours broken, not their call) was blamed on them. Theirs only if they called our API directly."""
+    from hypersparse import keep_pruned
+    from hypersparse.cli import main
+
+    (tmp_path / "plain_net.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
+        "    def forward(self, x):\n        return self.f(x)\n\ndef build():\n    return Net()\n")
+    monkeypatch.chdir(tmp_path)
+    source = keep_pruned.__file__
+    line = next(i for i, text in enumerate(Path(source).read_text().splitlines(), 1)
+                if text.lstrip().startswith("raise ValueError"))  # one of our refusals, as a traceback shows it
+    namespace = {}
+    exec(compile("\n" * (line - 2) + "def broken(*args, **kwargs):\n    raise ValueError('invariant of ours broken')\n",
+                 source, "exec"), namespace)  # its frame is that line of keep_pruned.py, as a real bug's would be
+    monkeypatch.setattr(keep_pruned.Keeper, "before_forward", namespace["broken"])
+    with pytest.raises(ValueError, match="invariant of ours broken"):
+        main(["train", "--model", "plain_net:build", "--run-dir", "r", "--method", "gmp", "--sparsity", "0.5",
+              "--epochs-scale", "0.02"])
+    assert "your code" not in capsys.readouterr().err
+
+
 def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monkeypatch):
     """Re-review of issue 31: a forward calling hs.magnitude_masks(self, 1.5) mid-training was shown as hypersparse's
     traceback, exit 1: our API refusing their argument (our own `raise ValueError`) is their error."""

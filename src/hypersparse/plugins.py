@@ -124,11 +124,12 @@ def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
     if not mine:
         return None
     if any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
-        # our API refusing what their code passed (a ValueError or TypeError our own `raise` made) is their error;
-        # anything else that arose in our code is our bug
-        last = frames[-1]
-        refused = isinstance(exc, (ValueError, TypeError)) and _hypersparses(last.filename) and \
-            (last.line or "").lstrip().startswith("raise ")
+        # our API refusing what their code passed it (they called it directly, and a ValueError or TypeError came
+        # from one of our own `raise` lines) is their error; anything else that arose in our code (a hook of ours
+        # that torch ran inside their forward, say) is our bug
+        last, called = frames[-1], frames[mine[-1] + 1]
+        refused = isinstance(exc, (ValueError, TypeError)) and _hypersparses(called.filename) and \
+            _hypersparses(last.filename) and (last.line or "").lstrip().startswith("raise ")
         if not refused:
             return None
     return frames[mine[-1]]
