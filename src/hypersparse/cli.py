@@ -481,6 +481,28 @@ def _preload(argv: list[str]) -> int | None:
     return None
 
 
+def _registered_files() -> set[str]:
+    """The source files of what was registered from outside hypersparse (models, datasets, methods, export formats):
+    the user's plugins, installed or not."""
+    import inspect
+
+    from hypersparse.data import DATASETS
+    from hypersparse.export import EXPORTS
+    from hypersparse.method import method_entries
+    from hypersparse.models import MODELS
+
+    objects = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
+        [e.build for e in method_entries().values()] + [f.writer for f in EXPORTS.values()]
+    files = set()
+    for obj in objects:
+        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
+            with contextlib.suppress(TypeError, OSError):
+                source = inspect.getsourcefile(obj)
+                if source:
+                    files.add(os.path.realpath(source))
+    return files
+
+
 def _dispatch(args) -> int:
     """The one error boundary: every user-facing failure becomes one line on stderr and an exit code (the user's own
     code failing: their frames, then that line)."""
@@ -505,11 +527,12 @@ def _dispatch(args) -> int:
     except KeyboardInterrupt as exc:
         return _stopped(exc)
     except Exception as exc:  # noqa: BLE001 - raised by the user's own code while hypersparse ran it (training)?
-        frame = their_frame(exc)
+        registered = _registered_files()
+        frame = their_frame(exc, registered)
         if frame is not None:
             return _user_code_failed(UserCodeError(f"your code ({frame.name} in {os.path.basename(frame.filename)}:"
                                                    f"{frame.lineno}), run by hypersparse {args.command},", exc,
-                                                   strict=True))
+                                                   registered))
         if isinstance(exc, OSError):
             return _say(_os_error(exc, getattr(args, "command", None)), 2)
         raise  # hypersparse's own failure: its traceback is the bug report

@@ -46,10 +46,11 @@ _TYPED_FILES: set[str] = set()
 
 class UserCodeError(UserError):
     """The user's own code raised: ``frames`` are their frames (file:line) and the error, formatted; the message
-    names their object. ``strict``: their frames are only those :func:`their_frame` counts (not installed packages')."""
+    names their object. ``registered``: the files of what plugins registered; given, their frames are those and
+    their modules outside installed packages (not Optuna's, say)."""
 
-    def __init__(self, what: str, exc: BaseException, strict: bool = False):
-        self.frames = _own_frames(exc, strict)
+    def __init__(self, what: str, exc: BaseException, registered: set[str] | None = None):
+        self.frames = _own_frames(exc, registered)
         super().__init__(f"{what} raised {type(exc).__name__} (its frames above); fix it and run again")
 
 
@@ -69,33 +70,14 @@ def _theirs(filename: str) -> bool:
     return not path.startswith(stdlib) or "site-packages" in path
 
 
-def _own_frames(exc: BaseException, strict: bool = False) -> str:
-    """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library (``strict``: nor
-    those of installed packages that registered nothing, such as Optuna's)."""
-    registered = _registered_files() if strict else set()
+def _own_frames(exc: BaseException, registered: set[str] | None = None) -> str:
+    """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library (with
+    ``registered``: nor those of installed packages that registered nothing, such as Optuna's)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if (_users(f.filename, registered) if strict else _theirs(f.filename))]
+              if (_theirs(f.filename) if registered is None else _users(f.filename, registered))]
     text = "".join(traceback.format_list(frames))
     head = "Traceback (most recent call last, your code only):\n" if frames else ""
     return head + text + "".join(traceback.format_exception_only(type(exc), exc))
-
-
-def _registered_files() -> set[str]:
-    """The source files of what was registered from outside hypersparse (models, datasets, methods, export formats):
-    the user's plugins, installed or not."""
-    from hypersparse.data import DATASETS
-    from hypersparse.export import EXPORTS
-    from hypersparse.method import _METHODS
-    from hypersparse.models import MODELS
-
-    objects = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
-        [e.build for e in _METHODS.values()] + [f.writer for f in EXPORTS.values()]
-    files = set()
-    for obj in objects:
-        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
-            with contextlib.suppress(TypeError, OSError):
-                files.add(os.path.realpath(inspect.getsourcefile(obj) or ""))
-    return files
 
 
 def _users(filename: str, registered: set[str]) -> bool:
@@ -112,13 +94,14 @@ def _hypersparses(filename: str) -> bool:
                                                               ""))
 
 
-def their_frame(exc: BaseException) -> traceback.FrameSummary | None:
+def their_frame(exc: BaseException, registered: set[str]) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in a module the user typed or passed (``--model``, ``--dataset``,
-    ``--plugin``) or one that registered a model, dataset, method or export format, if the error arose there: None
+    ``--plugin``) or one that registered a model, dataset, method or export format (``registered``: those files),
+    if the error arose there: None
     when it has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their
     forward: our bug, whose traceback is the report). Frames below theirs of torch, other libraries or their own
     helper modules are what their code called."""
-    given = _registered_files() | _TYPED_FILES
+    given = registered | _TYPED_FILES
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename) in given]
     if not mine:
@@ -218,7 +201,8 @@ def import_module(name: str, flag: str):
         sys.path.insert(0, folder)
     try:
         module = importlib.import_module(name)
-        _TYPED_FILES.add(os.path.realpath(getattr(module, "__file__", None) or ""))
+        if getattr(module, "__file__", None):  # (a namespace package has no file of its own)
+            _TYPED_FILES.add(os.path.realpath(module.__file__))
         return module
     except ImportError as exc:
         raise UserError(f"{flag} {name}: cannot import it ({exc}); is it on PYTHONPATH or installed?") from None
