@@ -621,6 +621,15 @@ def test_the_users_code_failing_mid_training_shows_their_frames_and_one_line(whe
     assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
 
 
+def _model_module(folder: Path, name: str, forward: str = "", imports: str = "") -> None:
+    """Writes `name`.py: a small Net whose forward runs the lines `forward` (indented 8) before its layers."""
+    (folder / f"{name}.py").write_text(
+        "import torch\n" + imports + "\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
+        "    def forward(self, x):\n" + forward + "        return self.f(x)\n\ndef build():\n    return Net()\n")
+
+
 def test_hypersparses_own_bug_inside_the_users_forward_is_a_traceback_not_blamed_on_them(tmp_path, capsys,
                                                                                           monkeypatch):
     """Re-review of issue 31: the innermost user frame was blamed even when hypersparse's own code, called from it,
@@ -629,12 +638,8 @@ def test_hypersparses_own_bug_inside_the_users_forward_is_a_traceback_not_blamed
     import hypersparse.masks
     from hypersparse.cli import main
 
-    (tmp_path / "calls_us.py").write_text(
-        "import torch\nimport hypersparse as hs\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
-        "    def forward(self, x):\n        if self.training:\n            hs.magnitude_masks(self, 0.5)\n"
-        "        return self.f(x)\n\ndef build():\n    return Net()\n")
+    _model_module(tmp_path, "calls_us", "        if self.training:\n            hs.magnitude_masks(self, 0.5)\n",
+                  imports="import hypersparse as hs\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hypersparse.masks, "global_keep", None)  # a bug of ours: raised in a frame of masks.py
     with pytest.raises(TypeError, match="'NoneType' object is not callable"):
@@ -648,10 +653,7 @@ def test_a_refusal_of_ours_that_torch_ran_inside_the_users_forward_is_ours(tmp_p
     from hypersparse import keep_pruned
     from hypersparse.cli import main
 
-    (tmp_path / "plain_net.py").write_text(
-        "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
-        "    def forward(self, x):\n        return self.f(x)\n\ndef build():\n    return Net()\n")
+    _model_module(tmp_path, "plain_net")
     monkeypatch.chdir(tmp_path)
     source = keep_pruned.__file__
     line = next(i for i, text in enumerate(Path(source).read_text().splitlines(), 1)
@@ -669,12 +671,8 @@ def test_a_refusal_of_ours_that_torch_ran_inside_the_users_forward_is_ours(tmp_p
 def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monkeypatch):
     """Re-review of issue 31: a forward calling hs.magnitude_masks(self, 1.5) mid-training was shown as hypersparse's
     traceback, exit 1: our API refusing their argument (our own `raise ValueError`) is their error."""
-    (tmp_path / "misuse.py").write_text(
-        "import torch\nimport hypersparse as hs\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
-        "    def forward(self, x):\n        if self.training:\n            hs.magnitude_masks(self, 1.5)\n"
-        "        return self.f(x)\n\ndef build():\n    return Net()\n")
+    _model_module(tmp_path, "misuse", "        if self.training:\n            hs.magnitude_masks(self, 1.5)\n",
+                  imports="import hypersparse as hs\n")  # the call on line 11
     monkeypatch.chdir(tmp_path)
     code, err = run_cli(["train", "--model", "misuse:build", "--run-dir", "r", *QUICK], capsys)
     assert code == 2 and err[-1].startswith("hypersparse: error: your code (forward in misuse.py:11)"), err
@@ -698,11 +696,7 @@ def test_a_plugin_export_writer_failing_half_way_leaves_no_file(run, tmp_path):
 def test_a_file_error_in_the_users_code_is_theirs_not_a_path_line(tmp_path, capsys, monkeypatch):
     """Re-review of issue 31: a forward raising FileNotFoundError mid-training became "No such file or directory;
     check the path", with no frame of theirs."""
-    (tmp_path / "reads.py").write_text(
-        "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        "        self.f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n\n"
-        "    def forward(self, x):\n        if self.training:\n            open('/no/such/lookup.txt')\n"
-        "        return self.f(x)\n\ndef build():\n    return Net()\n")
+    _model_module(tmp_path, "reads", "        if self.training:\n            open('/no/such/lookup.txt')\n")  # line 10
     monkeypatch.chdir(tmp_path)
     code, err = run_cli(["train", "--model", "reads:build", "--run-dir", "r", *QUICK], capsys)
     assert code == 2 and err[-1].startswith("hypersparse: error: your code (forward in reads.py:10)"), err

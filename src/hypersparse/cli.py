@@ -261,7 +261,8 @@ def _export(args) -> int:
     if args.out is not None and str(args.out).endswith(("/", os.sep)):
         raise UserError(f"--out {args.out} names a folder; give a file name inside it")
     out = output_file(args.out or run_dir / default, "--out")
-    for written in (out, *fmt.also_writes(out)):  # the dense format's JSON beside it, say
+    writes = (out, *fmt.also_writes(out))  # the dense format's JSON beside it, say (a plugin's call: once)
+    for written in writes:
         _not_a_run_file(written, out, run_dir)
 
     def last(ext: str) -> str:  # .pt of .dense.pt, .onnx of .onnx: what the file is
@@ -276,7 +277,7 @@ def _export(args) -> int:
     settings = run_settings(path, model=args.model, plugin=args.plugin, uses=("run.plugin", "model.model"))
     arch, inputs = dict(summary["arch"], model=settings["model"]), summary.get("input")
     model = model_from_run(path, settings["model"], trust_code=True)  # the name is the user's or checked to be safe
-    new = [p for p in (out, *fmt.also_writes(out)) if not os.path.lexists(p)]
+    new = [p for p in writes if not os.path.lexists(p)]
     try:
         said = fmt.writer(model, out, arch, inputs, **options)
     except BaseException:  # a writer (a plugin's, say) that failed half-way: what it began of files new here goes

@@ -326,15 +326,16 @@ def load_weights(model: nn.Module, file: str | Path, name: str, what: str = "", 
         raise UserError(f"{label} does not fit model {name!r} ({shown}){hint}")
     own = model.state_dict()
     for key, value in state.items():
-        problem = schema.tensor_problem(value) if isinstance(value, torch.Tensor) else None
+        if not isinstance(value, torch.Tensor):
+            continue
+        problem = schema.tensor_problem(value)  # first: a meta or nested tensor has no values to check below
         if problem:
             raise UserError(f"{label} holds {key}, which {problem}; save the model's own state_dict")
-    for key, value in state.items():  # load_state_dict would cast (a complex weight to its real part, with a warning)
-        if isinstance(value, torch.Tensor) and value.dtype != own[key].dtype and (
+        if value.dtype != own[key].dtype and (  # load_state_dict would cast (a complex weight to its real part)
                 value.is_complex() or value.is_floating_point() != own[key].is_floating_point()):
             raise UserError(f"{label} holds {key} as {value.dtype}, where model {name!r} has {own[key].dtype}; save "
                             "the model's own state_dict")
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(
+        if value.is_floating_point() and not bool(torch.isfinite(
                 value if value.element_size() > 1 else value.float()).all()):  # float8 has no isfinite of its own
             raise UserError(f"{label} holds NaN or inf in {key}: weights no finished training writes (a diverged "
                             "run's?); use another file")
