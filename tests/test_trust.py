@@ -679,6 +679,27 @@ def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monk
     assert "sparsity" in "\n".join(err) and not any("hypersparse/" in line for line in err[:-1]), err
 
 
+def test_a_plugin_packages_helper_module_failing_is_theirs(tmp_path, capsys, monkeypatch):
+    """Left open in issue 31: a plugin package registers its model in __init__.py, but the forward that fails lives
+    in a helper module of the package; that was hypersparse's traceback, exit 1. Any module of a registering package
+    is the user's code."""
+    package = tmp_path / "myplug"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from hypersparse.models import register_model\nfrom myplug.nets import Net\n\n"
+        "register_model('plugnet', lambda num_classes=10, in_channels=1, image_size=8: Net())\n")
+    (package / "steps.py").write_text("def step(x, calls):\n    if calls > 30:\n"
+                                      "        raise RuntimeError('late bug in my helper')\n    return x\n")
+    _model_module(package, "nets", "        self.calls = getattr(self, 'calls', 0) + 1\n"
+                                   "        x = step(x, self.calls) if self.training else x\n",
+                  imports="from myplug.steps import step\n")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["train", "--plugin", "myplug", "--model", "plugnet", "--run-dir", "r", *QUICK], capsys)
+    assert code == 2 and err[-1].startswith("hypersparse: error: your code (step in steps.py:3)"), err
+    assert any("nets.py\", line" in line for line in err) and "late bug in my helper" in "\n".join(err), err
+    assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
+
+
 def test_a_plugin_export_writer_failing_half_way_leaves_no_file(run, tmp_path):
     """Re-review of issue 31: a plugin's writer that raised after writing part of its file left it behind."""
     from conftest import cli

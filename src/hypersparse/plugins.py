@@ -82,9 +82,29 @@ def _own_frames(exc: BaseException, registered: set[str] | None = None) -> str:
 
 def _users(filename: str, registered: set[str]) -> bool:
     """Whether a frame's file is the user's own code: a module of theirs outside installed packages, or one that
-    registered a model, dataset, method or export format."""
-    return os.path.realpath(filename) in registered or (
+    registered a model, dataset, method or export format, or another module of its package."""
+    return _registered_code(filename, registered, _package_roots(registered)) or (
         _theirs(filename) and not any(p in filename for p in ("site-packages", "dist-packages")))
+
+
+def _package_roots(files: set[str]) -> tuple[str, ...]:
+    """The folders of the top-level packages that ``files`` belong to (files outside a package have none): an
+    installed plugin's model may live in a helper module beside the one that registered it."""
+    roots = set()
+    for file in files:
+        folder = os.path.dirname(file)
+        if not os.path.isfile(os.path.join(folder, "__init__.py")):
+            continue
+        while os.path.isfile(os.path.join(os.path.dirname(folder), "__init__.py")):
+            folder = os.path.dirname(folder)
+        roots.add(os.path.join(folder, ""))
+    return tuple(roots)
+
+
+def _registered_code(filename: str, registered: set[str], roots: tuple[str, ...]) -> bool:
+    """Whether ``filename`` is a registered file or a module of a registering package (never hypersparse's own)."""
+    path = os.path.realpath(filename)
+    return path in registered or (path.startswith(roots) and not _hypersparses(path))
 
 
 def _hypersparses(filename: str) -> bool:
@@ -96,14 +116,15 @@ def _hypersparses(filename: str) -> bool:
 
 def their_frame(exc: BaseException, registered: set[str]) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in a module the user typed or passed (``--model``, ``--dataset``,
-    ``--plugin``) or one that registered a model, dataset, method or export format (``registered``: those files),
-    if the error arose there: None
+    ``--plugin``) or one that registered a model, dataset, method or export format (``registered``: those files) or
+    another module of that one's package, if the error arose there: None
     when it has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their
     forward: our bug, whose traceback is the report). Frames below theirs of torch, other libraries or their own
     helper modules are what their code called."""
-    given = registered | _TYPED_FILES
+    roots = _package_roots(registered)
     frames = traceback.extract_tb(exc.__traceback__)
-    mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename) in given]
+    mine = [i for i, f in enumerate(frames)
+            if os.path.realpath(f.filename) in _TYPED_FILES or _registered_code(f.filename, registered, roots)]
     if not mine:
         return None
     if any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
