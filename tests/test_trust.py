@@ -700,6 +700,21 @@ def test_a_plugin_packages_helper_module_failing_is_theirs(tmp_path, capsys, mon
     assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
 
 
+def test_a_torch_class_registered_as_a_model_does_not_make_all_of_torch_the_users_code():
+    """A plugin may register torch's own class as a builder; its package (torch) is not the user's code, so torch
+    failing under hypersparse's code is not blamed on them."""
+    import inspect
+
+    import torch
+
+    from hypersparse.plugins import their_frame
+
+    registered = {os.path.realpath(inspect.getsourcefile(torch.nn.Linear))}
+    with pytest.raises(NotImplementedError) as failed:
+        torch.nn.functional.interpolate(torch.zeros(3), scale_factor=2)  # raises in torch/nn/functional.py
+    assert their_frame(failed.value, registered) is None
+
+
 def test_a_plugin_export_writer_failing_half_way_leaves_no_file(run, tmp_path):
     """Re-review of issue 31: a plugin's writer that raised after writing part of its file left it behind."""
     from conftest import cli

@@ -93,7 +93,7 @@ def _package_roots(files: set[str]) -> tuple[str, ...]:
     roots = set()
     for file in files:
         folder = os.path.dirname(file)
-        if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        if not _theirs(file) or not os.path.isfile(os.path.join(folder, "__init__.py")):  # torch.nn.Linear, say
             continue
         while os.path.isfile(os.path.join(os.path.dirname(folder), "__init__.py")):
             folder = os.path.dirname(folder)
