@@ -679,40 +679,61 @@ def test_the_users_wrong_call_into_the_api_is_their_error(tmp_path, capsys, monk
     assert "sparsity" in "\n".join(err) and not any("hypersparse/" in line for line in err[:-1]), err
 
 
-def test_a_plugin_packages_helper_module_failing_is_theirs(tmp_path, capsys, monkeypatch):
-    """Left open in issue 31: a plugin package registers its model in __init__.py, but the forward that fails lives
-    in a helper module of the package; that was hypersparse's traceback, exit 1. Any module of a registering package
-    is the user's code."""
-    package = tmp_path / "myplug"
+PACKAGE_REGISTERS = {  # how a plugin package registers its model: what the registering module holds
+    "lambda": "register_model('{m}', lambda num_classes=10, in_channels=1, image_size=8: Net())\n",
+    "partial": "def build(num_classes=10, in_channels=1, image_size=8, width=64):\n    return Net()\n\n"
+               "register_model('{m}', functools.partial(build, width=64))\n",
+    "instance": "class Builder:\n    def __call__(self, num_classes=10, in_channels=1, image_size=8):\n"
+                "        return Net()\n\nregister_model('{m}', Builder())\n",
+    "namespace": "register_model('{m}', lambda num_classes=10, in_channels=1, image_size=8: Net())\n",
+}
+
+
+@pytest.mark.parametrize("how", list(PACKAGE_REGISTERS))
+def test_a_plugin_packages_helper_module_failing_is_theirs(how, tmp_path, capsys, monkeypatch):
+    """Left open in issue 31: a plugin package registers its model (a function, a partial, a callable object; from
+    __init__.py or, in a namespace package, from a module of it), but the forward that fails lives in a helper module
+    of the package; that was hypersparse's traceback, exit 1. Any module of a registering package is the user's
+    code."""
+    name = f"pkg_{how}"
+    package = tmp_path / name
     package.mkdir()
-    (package / "__init__.py").write_text(
-        "from hypersparse.models import register_model\nfrom myplug.nets import Net\n\n"
-        "register_model('plugnet', lambda num_classes=10, in_channels=1, image_size=8: Net())\n")
+    registers = "reg.py" if how == "namespace" else "__init__.py"
+    (package / registers).write_text(
+        f"import functools\n\nfrom hypersparse.models import register_model\nfrom {name}.nets import Net\n\n"
+        + PACKAGE_REGISTERS[how].format(m=name))
     (package / "steps.py").write_text("def step(x, calls):\n    if calls > 30:\n"
                                       "        raise RuntimeError('late bug in my helper')\n    return x\n")
     _model_module(package, "nets", "        self.calls = getattr(self, 'calls', 0) + 1\n"
                                    "        x = step(x, self.calls) if self.training else x\n",
-                  imports="from myplug.steps import step\n")
+                  imports=f"from {name}.steps import step\n")
     monkeypatch.chdir(tmp_path)
-    code, err = run_cli(["train", "--plugin", "myplug", "--model", "plugnet", "--run-dir", "r", *QUICK], capsys)
+    plugin = f"{name}.reg" if how == "namespace" else name
+    code, err = run_cli(["train", "--plugin", plugin, "--model", name, "--run-dir", "r", *QUICK], capsys)
     assert code == 2 and err[-1].startswith("hypersparse: error: your code (step in steps.py:3)"), err
     assert any("nets.py\", line" in line for line in err) and "late bug in my helper" in "\n".join(err), err
     assert not any("hypersparse/" in line or "torch/" in line for line in err[:-1]), err
 
 
-def test_a_torch_class_registered_as_a_model_does_not_make_all_of_torch_the_users_code():
-    """A plugin may register torch's own class as a builder; its package (torch) is not the user's code, so torch
-    failing under hypersparse's code is not blamed on them."""
-    import inspect
+@pytest.mark.parametrize("builder", ["torch.nn.Linear", "safetensors.torch.save_file"])
+def test_another_librarys_builder_registered_does_not_make_that_library_the_users_code(builder):
+    """Re-review: a plugin may register torch's or another installed library's callable as its builder; that library
+    is not the user's code, so its failing under hypersparse's code is not blamed on them."""
+    import importlib
 
+    import safetensors.torch
     import torch
 
-    from hypersparse.plugins import their_frame
+    from hypersparse.plugins import registered_code, their_frame
 
-    registered = {os.path.realpath(inspect.getsourcefile(torch.nn.Linear))}
-    with pytest.raises(NotImplementedError) as failed:
+    module, _, attribute = builder.rpartition(".")
+    registered = registered_code([getattr(importlib.import_module(module), attribute)], set())
+    with pytest.raises(Exception) as torch_failed:
         torch.nn.functional.interpolate(torch.zeros(3), scale_factor=2)  # raises in torch/nn/functional.py
-    assert their_frame(failed.value, registered) is None
+    with pytest.raises(Exception) as library_failed:
+        safetensors.torch.load(b"not a safetensors file")  # raises in safetensors/torch.py
+    assert their_frame(torch_failed.value, registered) is None
+    assert their_frame(library_failed.value, registered) is None
 
 
 def test_a_plugin_export_writer_failing_half_way_leaves_no_file(run, tmp_path):

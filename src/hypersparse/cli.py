@@ -482,26 +482,21 @@ def _preload(argv: list[str]) -> int | None:
     return None
 
 
-def _registered_files() -> set[str]:
-    """The source files of what was registered from outside hypersparse (models, datasets, methods, export formats):
-    the user's plugins, installed or not."""
-    import inspect
-
+def _registered_code():
+    """What was registered from outside hypersparse (models, datasets, methods, export formats) and by whom: the
+    user's plugins, installed or not (:func:`hypersparse.plugins.registered_code`)."""
     from hypersparse.data import DATASETS
     from hypersparse.export import EXPORTS
     from hypersparse.method import method_entries
     from hypersparse.models import MODELS
+    from hypersparse.plugins import registered_code
 
-    objects = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
-        [e.build for e in method_entries().values()] + [f.writer for f in EXPORTS.values()]
-    files = set()
-    for obj in objects:
-        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
-            with contextlib.suppress(TypeError, OSError):
-                source = inspect.getsourcefile(obj)
-                if source:
-                    files.add(os.path.realpath(source))
-    return files
+    methods = method_entries()
+    builders = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
+        [e.build for e in methods.values()] + [f.writer for f in EXPORTS.values()]
+    names = {("model", n) for n in MODELS} | {("dataset", n) for n in DATASETS} | {("method", n) for n in methods} | \
+        {("export format", n) for n in EXPORTS}
+    return registered_code(builders, names)
 
 
 def _dispatch(args) -> int:
@@ -528,7 +523,7 @@ def _dispatch(args) -> int:
     except KeyboardInterrupt as exc:
         return _stopped(exc)
     except Exception as exc:  # noqa: BLE001 - raised by the user's own code while hypersparse ran it (training)?
-        registered = _registered_files()
+        registered = _registered_code()
         frame = their_frame(exc, registered)
         if frame is not None:
             return _user_code_failed(UserCodeError(f"your code ({frame.name} in {os.path.basename(frame.filename)}:"

@@ -28,6 +28,7 @@ from hypersparse.checkpoint import atomic_write, file_path, temporary, temporary
 from hypersparse.errors import UserError, first_line, refuse_builtin_override
 from hypersparse.keep_pruned import has_masks, strip_masks_
 from hypersparse.params import refuse_meta
+from hypersparse.plugins import note_registrar
 from hypersparse.schema import INPUT, SPARSE_META, SchemaError, parse_json, regular_file
 
 FORMAT = "hypersparse-sparse/1"
@@ -457,6 +458,7 @@ def register_export(name: str, writer: Callable[..., str], extension: str, help:
         raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
     old = EXPORTS.get(name)
     refuse_builtin_override("export format", name, old.writer if old is not None else None, writer)
+    note_registrar("export format", name)
     EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options),
                                  also_writes or ExportFormat.also_writes)
 

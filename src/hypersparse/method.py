@@ -27,6 +27,7 @@ from torch import nn
 from hypersparse.errors import refuse_builtin_override
 from hypersparse.masks import Masks, check_ceiling, magnitude_masks, zero_pruned_
 from hypersparse.params import ModuleFilter, check_sparsity, prunable_parameters
+from hypersparse.plugins import note_registrar
 from hypersparse.regularizers import Regularizer
 
 Score = Callable[[nn.Module], float]
@@ -297,6 +298,7 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
         raise TypeError(f"register_method({name!r}): build must be callable, got {build!r}")
     old = _METHODS.get(name)
     refuse_builtin_override("method", name, old.build if old is not None else None, build)
+    note_registrar("method", name)
     if settings is not None:
         _SECTIONS[name] = settings
     _METHODS[name] = MethodEntry(name, settings, build, help or name, tuple(uses), compare, tune, label, rules, state,

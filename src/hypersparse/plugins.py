@@ -29,7 +29,7 @@ import sys
 import sysconfig
 import traceback
 from importlib.metadata import entry_points
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from hypersparse.errors import UserError
 
@@ -42,14 +42,57 @@ NOT_CODE = {"model.model": ("torchvision", "timm", "hf"), "data.dataset": ("fold
 _typed_folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("typed_folder", default=None)
 #: the files of the modules imported because the user typed or passed their names (their code, by their word)
 _TYPED_FILES: set[str] = set()
+#: (kind, name) -> the top-level package of the module that registered it: a plugin package's modules are its code
+_REGISTRARS: dict[tuple[str, str], str] = {}
+#: packages whose modules are never the user's code, whoever registered from them
+_NEVER_USERS = frozenset({"hypersparse", "torch", "builtins", "__main__"}) | frozenset(sys.stdlib_module_names)
+
+
+class UserCode(NamedTuple):
+    """What the error boundary counts as the user's code besides the modules they typed: the source files of what
+    plugins registered (their own, outside installed packages) and the top-level packages that registered."""
+    files: frozenset[str] = frozenset()
+    packages: frozenset[str] = frozenset()
+
+
+def note_registrar(kind: str, name: str) -> None:
+    """Remember which package registers ``name`` (the first caller outside hypersparse; none for hypersparse's own
+    registrations, whose caller is the import system): its modules, a helper module of a plugin package say, are the
+    user's code when one of them fails."""
+    frame = sys._getframe(1)
+    while frame is not None and _top(frame.f_globals.get("__name__")) == "hypersparse":
+        frame = frame.f_back
+    top = _top(frame.f_globals.get("__name__")) if frame is not None else None
+    del frame  # a frame held here would keep its locals alive
+    if top and top not in _NEVER_USERS:
+        _REGISTRARS[(kind, name)] = top
+    else:
+        _REGISTRARS.pop((kind, name), None)
+
+
+def registered_code(builders: list[object], names: set[tuple[str, str]]) -> UserCode:
+    """The user's code that registered what is registered now (``names``: (kind, name) pairs; ``builders``: the
+    registered callables), for :func:`their_frame`."""
+    files = set()
+    for obj in builders:
+        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
+            with contextlib.suppress(TypeError, OSError):
+                source = inspect.getsourcefile(obj)
+                if source and _theirs(source) and not _installed(source):  # another library's class: not theirs
+                    files.add(os.path.realpath(source))
+    return UserCode(frozenset(files), frozenset(_REGISTRARS[key] for key in names if key in _REGISTRARS))
+
+
+def _top(module: object) -> str | None:
+    return module.partition(".")[0] if isinstance(module, str) else None
 
 
 class UserCodeError(UserError):
     """The user's own code raised: ``frames`` are their frames (file:line) and the error, formatted; the message
-    names their object. ``registered``: the files of what plugins registered; given, their frames are those and
-    their modules outside installed packages (not Optuna's, say)."""
+    names their object. ``registered``: what plugins registered (:func:`registered_code`); given, their frames are
+    those and their modules outside installed packages (not Optuna's, say)."""
 
-    def __init__(self, what: str, exc: BaseException, registered: set[str] | None = None):
+    def __init__(self, what: str, exc: BaseException, registered: UserCode | None = None):
         self.frames = _own_frames(exc, registered)
         super().__init__(f"{what} raised {type(exc).__name__} (its frames above); fix it and run again")
 
@@ -70,41 +113,37 @@ def _theirs(filename: str) -> bool:
     return not path.startswith(stdlib) or "site-packages" in path
 
 
-def _own_frames(exc: BaseException, registered: set[str] | None = None) -> str:
+def _own_frames(exc: BaseException, registered: UserCode | None = None) -> str:
     """The traceback of ``exc`` without the frames of hypersparse, torch and the standard library (with
     ``registered``: nor those of installed packages that registered nothing, such as Optuna's)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if (_theirs(f.filename) if registered is None else _users(f.filename, registered))]
+    frames = [f for f, module in _frames(exc)
+              if (_theirs(f.filename) if registered is None else _users(f.filename, module, registered))]
     text = "".join(traceback.format_list(frames))
     head = "Traceback (most recent call last, your code only):\n" if frames else ""
     return head + text + "".join(traceback.format_exception_only(type(exc), exc))
 
 
-def _users(filename: str, registered: set[str]) -> bool:
-    """Whether a frame's file is the user's own code: a module of theirs outside installed packages, or one that
-    registered a model, dataset, method or export format, or another module of its package."""
-    return _registered_code(filename, registered, _package_roots(registered)) or (
-        _theirs(filename) and not any(p in filename for p in ("site-packages", "dist-packages")))
+def _frames(exc: BaseException) -> list[tuple[traceback.FrameSummary, str | None]]:
+    """Each frame of ``exc``'s traceback with the name of the module it ran in."""
+    modules = [frame.f_globals.get("__name__") for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    return list(zip(traceback.extract_tb(exc.__traceback__), modules))
 
 
-def _package_roots(files: set[str]) -> tuple[str, ...]:
-    """The folders of the top-level packages that ``files`` belong to (files outside a package have none): an
-    installed plugin's model may live in a helper module beside the one that registered it."""
-    roots = set()
-    for file in files:
-        folder = os.path.dirname(file)
-        if not _theirs(file) or not os.path.isfile(os.path.join(folder, "__init__.py")):  # torch.nn.Linear, say
-            continue
-        while os.path.isfile(os.path.join(os.path.dirname(folder), "__init__.py")):
-            folder = os.path.dirname(folder)
-        roots.add(os.path.join(folder, ""))
-    return tuple(roots)
+def _installed(filename: str) -> bool:
+    return any(p in filename for p in ("site-packages", "dist-packages"))
 
 
-def _registered_code(filename: str, registered: set[str], roots: tuple[str, ...]) -> bool:
-    """Whether ``filename`` is a registered file or a module of a registering package (never hypersparse's own)."""
+def _users(filename: str, module: str | None, registered: UserCode) -> bool:
+    """Whether a frame's file is the user's own code: a module of theirs outside installed packages, one they typed,
+    or one of a package that registered a model, dataset, method or export format."""
+    return _given(filename, module, registered) or (_theirs(filename) and not _installed(filename))
+
+
+def _given(filename: str, module: str | None, registered: UserCode) -> bool:
+    """Whether a frame is of a module the user typed or passed, a registered file, or a module of a registering
+    package (by its module name: torch under a plugin's folder, a virtual environment say, stays torch)."""
     path = os.path.realpath(filename)
-    return path in registered or (path.startswith(roots) and not _hypersparses(path))
+    return path in _TYPED_FILES or path in registered.files or _top(module) in registered.packages
 
 
 def _hypersparses(filename: str) -> bool:
@@ -114,17 +153,16 @@ def _hypersparses(filename: str) -> bool:
                                                               ""))
 
 
-def their_frame(exc: BaseException, registered: set[str]) -> traceback.FrameSummary | None:
+def their_frame(exc: BaseException, registered: UserCode) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in a module the user typed or passed (``--model``, ``--dataset``,
-    ``--plugin``) or one that registered a model, dataset, method or export format (``registered``: those files) or
-    another module of that one's package, if the error arose there: None
+    ``--plugin``) or of a package that registered a model, dataset, method or export format (``registered``), if the
+    error arose there: None
     when it has no such frame, or when hypersparse's own code ran below it and raised (a hook of ours inside their
     forward: our bug, whose traceback is the report). Frames below theirs of torch, other libraries or their own
     helper modules are what their code called."""
-    roots = _package_roots(registered)
-    frames = traceback.extract_tb(exc.__traceback__)
-    mine = [i for i, f in enumerate(frames)
-            if os.path.realpath(f.filename) in _TYPED_FILES or _registered_code(f.filename, registered, roots)]
+    pairs = _frames(exc)
+    frames = [f for f, _ in pairs]
+    mine = [i for i, (f, module) in enumerate(pairs) if _given(f.filename, module, registered)]
     if not mine:
         return None
     if any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):

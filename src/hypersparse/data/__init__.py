@@ -20,7 +20,7 @@ import torch
 from hypersparse.checkpoint import atomic_write
 from hypersparse.data.files import decode_jpegs, digest, extract_archive, read_cifar_batch, read_idx, verified
 from hypersparse.errors import DataError, UserError, did_you_mean, first_line, refuse_builtin_override
-from hypersparse.plugins import user_code
+from hypersparse.plugins import note_registrar, user_code
 from hypersparse.schema import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, regular_file
 
 
@@ -296,6 +296,7 @@ def register_dataset(name: str, loader: Callable[..., Splits], description: str 
     seed). The command line sees it when the registering module is imported by ``--plugin`` or a
     ``hypersparse.plugins`` entry point."""
     refuse_builtin_override("dataset", name, DATASETS[name][0] if name in DATASETS else None, loader)
+    note_registrar("dataset", name)
     DATASETS[name] = (loader, description)
 
 

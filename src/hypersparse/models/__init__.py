@@ -13,7 +13,7 @@ from hypersparse.errors import UserError, did_you_mean, first_line, refuse_built
 from hypersparse.models.lenet import MLP, LeNet5, LeNet300
 from hypersparse.models.resnet_cifar import CifarResNet
 from hypersparse.models.vgg_cifar import CifarVGG
-from hypersparse.plugins import user_code
+from hypersparse.plugins import note_registrar, user_code
 
 #: name -> (constructor(num_classes, in_channels, image_size), one-line description)
 MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
@@ -38,6 +38,7 @@ MAX_RESNET_DEPTH = 1202  # He et al.'s deepest CIFAR ResNet; deeper names are re
 def register_model(name: str, build: Callable[[int, int, int], nn.Module], description: str = "") -> None:
     """Make ``build(num_classes, in_channels, image_size) -> nn.Module`` available as ``--model name``."""
     refuse_builtin_override("model", name, MODELS[name][0] if name in MODELS else None, build)
+    note_registrar("model", name)
     MODELS[name] = (build, description)
 
 
