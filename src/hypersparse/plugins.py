@@ -42,32 +42,48 @@ NOT_CODE = {"model.model": ("torchvision", "timm", "hf"), "data.dataset": ("fold
 _typed_folder: contextvars.ContextVar[str | None] = contextvars.ContextVar("typed_folder", default=None)
 #: the files of the modules imported because the user typed or passed their names (their code, by their word)
 _TYPED_FILES: set[str] = set()
-#: (kind, name) -> the top-level package of the module that registered it: a plugin package's modules are its code
-_REGISTRARS: dict[tuple[str, str], str] = {}
-#: packages whose modules are never the user's code, whoever registered from them
-_NEVER_USERS = frozenset({"hypersparse", "torch", "builtins", "__main__"}) | frozenset(sys.stdlib_module_names)
+#: (kind, name) -> the packages whose code registered it (a later registration of the name adds its own): a plugin
+#: package's modules are its code
+_REGISTRARS: dict[tuple[str, str], set[str]] = {}
 
 
 class UserCode(NamedTuple):
     """What the error boundary counts as the user's code besides the modules they typed: the source files of what
-    plugins registered (their own, outside installed packages) and the top-level packages that registered."""
+    plugins registered (their own, outside installed packages) and the packages that registered (by module name)."""
     files: frozenset[str] = frozenset()
     packages: frozenset[str] = frozenset()
 
 
 def note_registrar(kind: str, name: str) -> None:
-    """Remember which package registers ``name`` (the first caller outside hypersparse; none for hypersparse's own
-    registrations, whose caller is the import system): its modules, a helper module of a plugin package say, are the
-    user's code when one of them fails."""
+    """Remember which package registers ``name``: that of the first caller outside hypersparse, if it is the user's
+    (not the standard library's: the import system, for hypersparse's own registrations, or a thread). Its modules, a
+    plugin package's helper module say, are the user's code when one of them fails."""
     frame = sys._getframe(1)
-    while frame is not None and _top(frame.f_globals.get("__name__")) == "hypersparse":
+    while frame is not None and _hypersparses(frame.f_code.co_filename):
         frame = frame.f_back
-    top = _top(frame.f_globals.get("__name__")) if frame is not None else None
+    module = frame.f_globals.get("__name__") if frame is not None and _theirs(frame.f_code.co_filename) else None
     del frame  # a frame held here would keep its locals alive
-    if top and top not in _NEVER_USERS:
-        _REGISTRARS[(kind, name)] = top
-    else:
-        _REGISTRARS.pop((kind, name), None)
+    package = _package_of(module) if isinstance(module, str) else None
+    if package:
+        _REGISTRARS.setdefault((kind, name), set()).add(package)
+
+
+def _package_of(module: str) -> str:
+    """The package a module belongs to, by name: its first enclosing package that is a regular one or a namespace
+    package of the user's folders alone (a namespace such as ``google``, which installed libraries share, is
+    skipped); else the module itself."""
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        found = sys.modules.get(prefix)
+        if found is None:
+            continue
+        if getattr(found, "__file__", None):
+            return prefix
+        paths = list(getattr(found, "__path__", []) or [])
+        if paths and all(_theirs(p) and not _installed(p) for p in paths):
+            return prefix
+    return module
 
 
 def registered_code(builders: list[object], names: set[tuple[str, str]]) -> UserCode:
@@ -75,16 +91,19 @@ def registered_code(builders: list[object], names: set[tuple[str, str]]) -> User
     registered callables), for :func:`their_frame`."""
     files = set()
     for obj in builders:
-        if not getattr(obj, "__module__", "hypersparse").startswith("hypersparse"):
-            with contextlib.suppress(TypeError, OSError):
-                source = inspect.getsourcefile(obj)
-                if source and _theirs(source) and not _installed(source):  # another library's class: not theirs
-                    files.add(os.path.realpath(source))
-    return UserCode(frozenset(files), frozenset(_REGISTRARS[key] for key in names if key in _REGISTRARS))
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str) and module.startswith("hypersparse"):
+            continue
+        with contextlib.suppress(TypeError, OSError):
+            source = inspect.getsourcefile(obj)
+            if source and _theirs(source) and not _installed(source):  # another library's class: not theirs
+                files.add(os.path.realpath(source))
+    packages = frozenset().union(*(_REGISTRARS.get(key, ()) for key in names))
+    return UserCode(frozenset(files), packages)
 
 
-def _top(module: object) -> str | None:
-    return module.partition(".")[0] if isinstance(module, str) else None
+def _in_package(module: str | None, packages: frozenset[str]) -> bool:
+    return isinstance(module, str) and any(module == p or module.startswith(p + ".") for p in packages)
 
 
 class UserCodeError(UserError):
@@ -143,7 +162,7 @@ def _given(filename: str, module: str | None, registered: UserCode) -> bool:
     """Whether a frame is of a module the user typed or passed, a registered file, or a module of a registering
     package (by its module name: torch under a plugin's folder, a virtual environment say, stays torch)."""
     path = os.path.realpath(filename)
-    return path in _TYPED_FILES or path in registered.files or _top(module) in registered.packages
+    return path in _TYPED_FILES or path in registered.files or _in_package(module, registered.packages)
 
 
 def _hypersparses(filename: str) -> bool:
@@ -163,28 +182,38 @@ def their_frame(exc: BaseException, registered: UserCode) -> traceback.FrameSumm
     pairs = _frames(exc)
     frames = [f for f, _ in pairs]
     mine = [i for i, (f, module) in enumerate(pairs) if _given(f.filename, module, registered)]
-    if not mine:
+    if not mine or not _failed_in_theirs(exc, frames, mine[-1]):
         return None
-    if any(_hypersparses(f.filename) for f in frames[mine[-1] + 1:]):
-        # our API refusing what their code passed it (they called it directly, and a ValueError or TypeError came
-        # from one of our own `raise` lines) is their error; anything else that arose in our code (a hook of ours
-        # that torch ran inside their forward, say) is our bug
-        last, called = frames[-1], frames[mine[-1] + 1]
-        refused = isinstance(exc, (ValueError, TypeError)) and _hypersparses(called.filename) and \
-            _hypersparses(last.filename) and (last.line or "").lstrip().startswith("raise ")
-        if not refused:
-            return None
     return frames[mine[-1]]
+
+
+def _failed_in_theirs(exc: BaseException, frames: list[traceback.FrameSummary], last: int) -> bool:
+    """Whether ``exc`` arose in the user's code, whose innermost frame is ``frames[last]``: nothing of hypersparse's
+    ran below it, or our API refused what their code passed it (they called it directly, and a ValueError or
+    TypeError came from one of our own `raise` lines). Anything else that arose in our code (a hook of ours that
+    torch ran inside their forward, say) is our bug."""
+    below = frames[last + 1:]
+    if not any(_hypersparses(f.filename) for f in below):
+        return True
+    called, raised = below[0], frames[-1]
+    return isinstance(exc, (ValueError, TypeError)) and _hypersparses(called.filename) and \
+        _hypersparses(raised.filename) and (raised.line or "").lstrip().startswith("raise ")
 
 
 @contextlib.contextmanager
 def user_code(what: str) -> Iterator[None]:
-    """Run the user's code: any exception from it (not a UserError) becomes :class:`UserCodeError` naming ``what``."""
+    """Run the user's code: an exception from it (not a UserError) becomes :class:`UserCodeError` naming ``what``,
+    unless hypersparse's own code, which theirs called, failed (not a refusal of what they passed): that stays our
+    traceback."""
     try:
         yield
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - their code may raise anything; we report it, not crash on it
+        frames = traceback.extract_tb(exc.__traceback__)
+        theirs = [i for i, f in enumerate(frames) if _theirs(f.filename)]
+        if theirs and not _failed_in_theirs(exc, frames, theirs[-1]):
+            raise  # hypersparse's own code failed under theirs (a builder calling our API, say): our bug
         raise UserCodeError(what, exc) from exc
 
 
