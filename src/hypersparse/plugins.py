@@ -210,10 +210,14 @@ def user_code(what: str) -> Iterator[None]:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - their code may raise anything; we report it, not crash on it
-        frames = traceback.extract_tb(exc.__traceback__)
-        theirs = [i for i, f in enumerate(frames) if _theirs(f.filename)]
+        pairs = _frames(exc)
+        frames = [f for f, _ in pairs]
+        registrars = UserCode(packages=frozenset().union(*_REGISTRARS.values()))
+        theirs = [i for i, (f, module) in enumerate(pairs) if _users(f.filename, module, registrars)]
         if theirs and not _failed_in_theirs(exc, frames, theirs[-1]):
             raise  # hypersparse's own code failed under theirs (a builder calling our API, say): our bug
+        if not theirs and frames and _hypersparses(frames[-1].filename):
+            raise  # no code of theirs ran, and ours raised (a built-in builder registered under their name)
         raise UserCodeError(what, exc) from exc
 
 
