@@ -14,15 +14,22 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def provenance(seed: int | None = None) -> dict:
+def code_commit(short: bool = False) -> str:
+    """The commit of the code that runs, with -dirty when tracked code differs from it (not the pages and results a
+    bench or a sweep writes under docs/ and bench/results/: an earlier bench of the same chain wrote its own)."""
+    here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        # changed code, not the pages and results a bench writes (an earlier bench of the same chain wrote its own)
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                     ":(exclude)bench/results", ":(exclude)docs"], capture_output=True,
-                                    text=True).stdout.strip())
+        commit = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], capture_output=True,
+                                text=True, check=True, cwd=here).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                     ":(top,exclude)bench/results", ":(top,exclude)docs"], capture_output=True,
+                                    text=True, cwd=here).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def provenance(seed: int | None = None) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,7 +40,7 @@ def provenance(seed: int | None = None) -> dict:
         pass
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": code_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -19,6 +19,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Callable, Iterable
 
+from common import code_commit
+
 Plan = Callable[[dict], Iterable[dict]]  # finished results by name -> jobs {"name", "config", "meta"} ready to run
 
 
@@ -27,15 +29,8 @@ class SweepError(Exception):
 
 
 def commit() -> str:
-    """The commit of the code that runs (with -dirty when tracked files differ from it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    """The commit of the code that runs (with -dirty when tracked code differs from it)."""
+    return code_commit(short=True)
 
 
 def _write_json(path: Path, payload: dict) -> None:
