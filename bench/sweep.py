@@ -27,11 +27,6 @@ class SweepError(Exception):
     """The store holds something the plan does not match (a result or run made with other settings)."""
 
 
-def commit() -> str:
-    """The commit of the code that runs (with -dirty when tracked code differs from it)."""
-    return code_commit(short=True)
-
-
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -132,7 +127,7 @@ def run_sweep(plan: Plan, store: Path, workers: int = 2, say: Callable[[str], No
     for stale in (store / "results").glob(".*.tmp"):
         stale.unlink()
     results = load_results(store)
-    head = commit()
+    head = code_commit(short=True)
     running: dict[str, Future] = {}
     pool = ProcessPoolExecutor(workers) if workers else None
     try:

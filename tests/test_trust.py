@@ -719,8 +719,6 @@ def test_a_plugin_packages_helper_module_failing_is_theirs(how, tmp_path, capsys
     _plugin_package(tmp_path / name, name, PACKAGE_REGISTERS[how].format(m=name.replace("_", "-")),
                     "reg.py" if how == "namespace" else "__init__.py")
     monkeypatch.chdir(tmp_path)
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        monkeypatch.delitem(sys.modules, module)
     plugin = f"{name}.reg" if how == "namespace" else name
     code, err = run_cli(["train", "--plugin", plugin, "--model", name.replace("_", "-"), "--run-dir", "r", *QUICK],
                         capsys)
