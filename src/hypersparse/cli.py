@@ -485,18 +485,15 @@ def _preload(argv: list[str]) -> int | None:
 def _registered_code():
     """What was registered from outside hypersparse (models, datasets, methods, export formats) and by whom: the
     user's plugins, installed or not (:func:`hypersparse.plugins.registered_code`)."""
-    from hypersparse.data import DATASETS
-    from hypersparse.export import EXPORTS
-    from hypersparse.method import method_entries
-    from hypersparse.models import MODELS
+    from hypersparse import data, export, method, models
     from hypersparse.plugins import registered_code
 
-    methods = method_entries()
-    builders = [b for b, _ in MODELS.values()] + [b for b, _ in DATASETS.values()] + \
-        [e.build for e in methods.values()] + [f.writer for f in EXPORTS.values()]
-    names = {("model", n) for n in MODELS} | {("dataset", n) for n in DATASETS} | {("method", n) for n in methods} | \
-        {("export format", n) for n in EXPORTS}
-    return registered_code(builders, names)
+    registries = {models.KIND: {n: b for n, (b, _) in models.MODELS.items()},
+                  data.KIND: {n: b for n, (b, _) in data.DATASETS.items()},
+                  method.KIND: {n: e.build for n, e in method.method_entries().items()},
+                  export.KIND: {n: f.writer for n, f in export.EXPORTS.items()}}
+    builders = [b for registry in registries.values() for b in registry.values()]
+    return registered_code(builders, {(kind, n) for kind, registry in registries.items() for n in registry})
 
 
 def _dispatch(args) -> int:

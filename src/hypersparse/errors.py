@@ -37,14 +37,17 @@ def did_you_mean(name: object, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def is_ours(obj: object) -> bool:
+    """Whether ``obj`` (a function or class) is defined in hypersparse itself, by its module's name."""
+    module = getattr(obj, "__module__", None)
+    return isinstance(module, str) and (module == "hypersparse" or module.startswith("hypersparse."))
+
+
 def refuse_builtin_override(kind: str, name: str, old: object, new: object) -> None:
     """A plugin may add a method, model, dataset or export format, but not replace a built-in one: its runs would go
     by the built-in's name. ValueError if ``old`` (what ``name`` holds now) is hypersparse's and ``new`` is not; a
     warning if ``new`` is other code than ``old`` (two plugins chose one name), not if it is the same code again."""
-    def ours(obj: object) -> bool:
-        return (getattr(obj, "__module__", None) or "").startswith("hypersparse.")
-
-    if old is not None and old is not new and ours(old) and not ours(new):
+    if old is not None and old is not new and is_ours(old) and not is_ours(new):
         raise ValueError(f"{kind} {name!r} is built into hypersparse; register yours under another name")
     if old is not None and not _same_code(old, new):  # two plugins' names clash; the same code run again does not
         warnings.warn(f"{kind} {name!r} was registered by {_where(old)}; {_where(new)} replaces it", stacklevel=3)

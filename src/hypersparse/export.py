@@ -438,6 +438,8 @@ class ExportFormat:
     also_writes: Callable[[Path], tuple[Path, ...]] = lambda out: ()
 
 
+#: what this registry holds, in messages and in the error boundary's record of who registered what
+KIND = "export format"
 EXPORTS: dict[str, ExportFormat] = {}
 
 
@@ -457,8 +459,8 @@ def register_export(name: str, writer: Callable[..., str], extension: str, help:
             not re.fullmatch(r"\.[A-Za-z0-9_.-]{1,32}", extension):
         raise ValueError(f"register_export({name!r}) needs a callable writer and an extension such as '.onnx'")
     old = EXPORTS.get(name)
-    refuse_builtin_override("export format", name, old.writer if old is not None else None, writer)
-    note_registrar("export format", name)
+    refuse_builtin_override(KIND, name, old.writer if old is not None else None, writer)
+    note_registrar(KIND, name)
     EXPORTS[name] = ExportFormat(name, writer, extension, help or name, tuple(options),
                                  also_writes or ExportFormat.also_writes)
 

@@ -261,6 +261,8 @@ class MethodEntry:
         return ((self.name,) if self.settings is not None else ()) + self.uses
 
 
+#: what this registry holds, in messages and in the error boundary's record of who registered what
+KIND = "method"
 _METHODS: dict[str, MethodEntry] = {}
 _SECTIONS: dict[str, type] = {}  # the methods' settings sections, in registration order
 _NAME = r"[a-z][a-z0-9_-]{0,31}"
@@ -297,8 +299,8 @@ def register_method(name: str, settings: type | None, build: Callable[[Setup], A
     if not callable(build):
         raise TypeError(f"register_method({name!r}): build must be callable, got {build!r}")
     old = _METHODS.get(name)
-    refuse_builtin_override("method", name, old.build if old is not None else None, build)
-    note_registrar("method", name)
+    refuse_builtin_override(KIND, name, old.build if old is not None else None, build)
+    note_registrar(KIND, name)
     if settings is not None:
         _SECTIONS[name] = settings
     _METHODS[name] = MethodEntry(name, settings, build, help or name, tuple(uses), compare, tune, label, rules, state,

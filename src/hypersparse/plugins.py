@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import inspect
 import os
@@ -31,7 +32,7 @@ import traceback
 from importlib.metadata import entry_points
 from typing import Any, Iterator, NamedTuple
 
-from hypersparse.errors import UserError
+from hypersparse.errors import UserError, is_ours
 
 GROUP = "hypersparse.plugins"
 _entry_points_loaded = False
@@ -91,8 +92,7 @@ def registered_code(builders: list[object], names: set[tuple[str, str]]) -> User
     registered callables), for :func:`their_frame`."""
     files = set()
     for obj in builders:
-        module = getattr(obj, "__module__", None)
-        if isinstance(module, str) and module.startswith("hypersparse"):
+        if is_ours(obj):
             continue
         with contextlib.suppress(TypeError, OSError):
             source = inspect.getsourcefile(obj)
@@ -118,18 +118,24 @@ class UserCodeError(UserError):
 
 def _theirs(filename: str) -> bool:
     """Whether a frame's file is the user's: not hypersparse's, torch's or the standard library's."""
+    if filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    hypersparse_dir, torch_dir, stdlib = _folders()
+    if path.startswith((hypersparse_dir, torch_dir)):
+        return False
+    return not path.startswith(stdlib) or "site-packages" in path
+
+
+@functools.lru_cache(maxsize=1)
+def _folders() -> tuple[str, str, str]:
+    """hypersparse's, torch's and the standard library's folders (real paths ending in a separator)."""
     import torch
 
     import hypersparse
 
-    if filename.startswith("<"):
-        return False
-    path = os.path.realpath(filename)
-    ours = [os.path.dirname(hypersparse.__file__), os.path.dirname(torch.__file__)]
-    if any(path.startswith(os.path.join(os.path.realpath(d), "")) for d in ours):
-        return False
-    stdlib = os.path.join(os.path.realpath(sysconfig.get_paths()["stdlib"]), "")
-    return not path.startswith(stdlib) or "site-packages" in path
+    return tuple(os.path.join(os.path.realpath(d), "") for d in (
+        os.path.dirname(hypersparse.__file__), os.path.dirname(torch.__file__), sysconfig.get_paths()["stdlib"]))
 
 
 def _own_frames(exc: BaseException, registered: UserCode | None = None) -> str:
@@ -166,10 +172,7 @@ def _given(filename: str, module: str | None, registered: UserCode) -> bool:
 
 
 def _hypersparses(filename: str) -> bool:
-    import hypersparse
-
-    return os.path.realpath(filename).startswith(os.path.join(os.path.realpath(os.path.dirname(hypersparse.__file__)),
-                                                              ""))
+    return os.path.realpath(filename).startswith(_folders()[0])
 
 
 def their_frame(exc: BaseException, registered: UserCode) -> traceback.FrameSummary | None:

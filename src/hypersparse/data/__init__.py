@@ -274,6 +274,8 @@ def synthetic(data_dir: Path | None, seed: int, download: bool = False) -> Split
     return _split("synthetic", x[:20000], y[:20000], x[20000:], y[20000:], 2000, seed, 10, augment=False)
 
 
+#: what this registry holds, in messages and in the error boundary's record of who registered what
+KIND = "dataset"
 DATASETS: dict[str, tuple[Callable[..., Splits], str]] = {
     "digits": (digits, "scikit-learn's 8x8 digits, bundled (no files needed)"),
     "synthetic": (synthetic, "a generated 10-class problem of noisy clusters (no files needed)"),
@@ -295,8 +297,8 @@ def register_dataset(name: str, loader: Callable[..., Splits], description: str 
     test_x, test_y)`` as uint8 (N, C, H, W) images and integer labels (the validation split is then carved by the
     seed). The command line sees it when the registering module is imported by ``--plugin`` or a
     ``hypersparse.plugins`` entry point."""
-    refuse_builtin_override("dataset", name, DATASETS[name][0] if name in DATASETS else None, loader)
-    note_registrar("dataset", name)
+    refuse_builtin_override(KIND, name, DATASETS[name][0] if name in DATASETS else None, loader)
+    note_registrar(KIND, name)
     DATASETS[name] = (loader, description)
 
 

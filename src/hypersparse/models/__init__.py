@@ -16,6 +16,8 @@ from hypersparse.models.vgg_cifar import CifarVGG
 from hypersparse.plugins import note_registrar, user_code
 
 #: name -> (constructor(num_classes, in_channels, image_size), one-line description)
+#: what this registry holds, in messages and in the error boundary's record of who registered what
+KIND = "model"
 MODELS: dict[str, tuple[Callable[[int, int, int], nn.Module], str]] = {
     "mlp": (lambda c, ch, s: MLP(ch * s * s, c), "small MLP (2 hidden layers of 256), the embedded default"),
     "lenet300": (lambda c, ch, s: LeNet300(ch * s * s, c), "LeNet-300-100, for 28x28 inputs"),
@@ -37,8 +39,8 @@ MAX_RESNET_DEPTH = 1202  # He et al.'s deepest CIFAR ResNet; deeper names are re
 
 def register_model(name: str, build: Callable[[int, int, int], nn.Module], description: str = "") -> None:
     """Make ``build(num_classes, in_channels, image_size) -> nn.Module`` available as ``--model name``."""
-    refuse_builtin_override("model", name, MODELS[name][0] if name in MODELS else None, build)
-    note_registrar("model", name)
+    refuse_builtin_override(KIND, name, MODELS[name][0] if name in MODELS else None, build)
+    note_registrar(KIND, name)
     MODELS[name] = (build, description)
 
 
