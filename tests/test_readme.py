@@ -53,3 +53,34 @@ def test_readme_first_command_shows_art_at_work_against_one_shot(tmp_path):
     baseline_rows = [json.loads(line) for line in (run / "compare-oneshot" / "metrics.jsonl").read_text().splitlines()]
     assert len(baseline_rows) == len(rows)  # the same epoch budget
     assert summary["sparse"]["test_acc"] > oneshot["test_acc"]
+
+
+def _evidence_summary() -> str:
+    text = README.read_text()
+    return re.search(r"\*\*What the evidence says so far\*\*(.*?)\n(?=Which torch build)", text, re.S).group(1)
+
+
+def test_readme_evidence_summary_quotes_numbers_the_results_page_has():
+    """Each number of the README's one-sentence summary of results is on docs/results.md (regenerated from the runs'
+    JSON), so the summary cannot drift from the measurements it quotes."""
+    page = (README.parent / "docs" / "results.md").read_text()
+    numbers = re.findall(r"\d+\.\d+", _evidence_summary())
+    assert len(numbers) >= 10, numbers
+    assert [n for n in numbers if n not in page] == []
+
+
+def test_readme_evidence_summary_art_ahead_of_rigl_and_one_shot_in_every_cell():
+    """The summary's claim that ART (defaults) is ahead of RigL and one-shot in every cell of the LeNet-5 and CIFAR
+    MLP tables, checked against the committed runs themselves."""
+    import json
+    import statistics
+
+    assert "ART is ahead in every cell of the LeNet-5" in " ".join(_evidence_summary().split())
+    runs = [json.loads(p.read_text()) for p in (README.parent / "docs" / "runs" / "beyond").glob("*.json")]
+    cells = {(r["experiment"], r["sparsity"]) for r in runs if r["method"] == "art-hs"}
+    assert {e for e, _ in cells} == {"lenet5-mnist", "mlp-cifar10jpeg75"}
+    for exp, k in cells:
+        def err(method):
+            return statistics.mean(r["test_error"] for r in runs
+                                   if (r["experiment"], r["sparsity"], r["method"]) == (exp, k, method))
+        assert err("art-hs") < min(err("rigl"), err("oneshot")), (exp, k)
