@@ -326,7 +326,9 @@ def publish(prov: dict, rows: list[dict]) -> None:
         + ". Masks 'uniform per layer': each layer pruned to the sparsity by magnitude from a seeded initialization "
         "(seed 0). Masks 'ART run (global)': LeNet-5 trained on MNIST by ART + HyperSparse on the CPU (shortened "
         "schedule, bench/masks/README.md); 'GMP run (global)' and 'RigL run (global)': the same schedule by GMP and "
-        "RigL, given as many pruning epochs as ART regularized at 99.5 %. ResNet-32 and VGG-19 CIFAR masks from ART "
+        "RigL, given as many pruning epochs as ART regularized at 99.5 %; the 'quarter schedule' masks: seed 0 at "
+        "99.5 % of issue 35's LeNet-5 sweep (bench/beyond_mnist.py, docs/results.md; bench/masks/README.md says how "
+        "they were taken). ResNet-32 and VGG-19 CIFAR masks from ART "
         "need a GPU run, which none of the sessions so far had." + _commits(rows) + "\n\nAnchors: " + ANCHORS)
     write_results("inference-cpu", {"provenance": prov, "rows": rows}, "\n".join(md))
     print("\n".join(md))
