@@ -292,17 +292,21 @@ def drift_note(runs: list[dict], exp: str) -> list[str]:
     names = ", ".join(f"`{r['method']}`{where(r)} seed {r['seed']} (`{r['commit']}`)"
                       for r in sorted(odd, key=lambda r: (r["seed"], r["sparsity"], r["method"])))
     return [f"**Runs that did not warm up like the rest of their seed**: {names}. Runs of a seed share their "
-            "initialization and data order, but these differ from the first epoch on: " + DRIFT + " Their results "
+            "initialization and data order, but these differ from the first epoch on: " + DRIFT
+            + (f" {DRIFT_FACTS[exp]}" if exp in DRIFT_FACTS else "") + " Their results "
             "are used like the others' in the tables (a sample of the seed's spread); a comparison that needs the "
             "same warm-up (the dense run at ART's stop, a cause changed alone) leaves them out or says so.\n"]
 
 
-#: why runs of one seed can differ (measured in issue 35's review)
-DRIFT = ("float-level differences in training grow into a different trajectory. Every such run here was started "
-         "after commit `d18c7f8`, which moved SGD's step into C (another order of float operations), and the runs "
-         "started before it agree with each other; the code of `0ae0281`, run again on a later session's machine, "
-         "gave a third first epoch (33.09 % training, 39.04 % validation accuracy at seed 0, against 33.10 % and "
-         "38.96 %), so the machine matters too.")
+#: why runs of one seed can differ: float-level differences grow into another trajectory
+DRIFT = ("float-level differences in training (another order of float operations in the code, or another machine: "
+         "sessions run on different hosts) grow into a different trajectory.")
+#: what was measured about it, per experiment
+DRIFT_FACTS = {"mlp-cifar10jpeg75": "Every such run here was started after commit `d18c7f8`, which moved SGD's step "
+                                    "into C, and the runs started before it agree with each other; the code of "
+                                    "`0ae0281`, run again on a later session's machine, gave a third first epoch "
+                                    "(33.09 % training, 39.04 % validation accuracy at seed 0, against 33.10 % and "
+                                    "38.96 %), so the machine matters too."}
 
 
 def commit_notes(commits: list[str]) -> str:
