@@ -68,6 +68,10 @@ CAUSES = {"art-hs-keep-momentum": ("the optimizer reset at the stop", {"reset_op
           "art-hs-slow-lambda": ("lambda's growth: η = 1.05² per epoch instead of 1.05⁴", {"eta": 1.05 ** 0.5}),
           "art-hs-paper-rule": ("the stop rule's reference: the authors' (the dense model's running training "
                                 "accuracy) instead of matched", {"criterion": "paper"})}
+#: from when each cause can change training: its run trains exactly like the defaults' run until then ("stop": the
+#: earlier of the two stops, where the reset happens or the other reference decides; "first": through the first
+#: regularization epoch, which both run at lambda_0)
+ACTS_FROM = {"art-hs-keep-momentum": "stop", "art-hs-slow-lambda": "first", "art-hs-paper-rule": "stop"}
 MAX_REG = 75  # ART's limit at this schedule (300 x 0.25): a run that never met its criterion spent this many
 DOCS = ROOT / "docs"
 
@@ -403,6 +407,18 @@ def dense_at(runs: list[dict], exp: str, art: dict) -> float | None:
     return None
 
 
+def plain_dense(runs: list[dict], exp: str, arts: list[dict]) -> tuple[float | None, str]:
+    """The plain dense run at ART's stop (:func:`dense_at`), averaged over the seeds that have one, and
+    `` (seeds 0, 2)`` when that is not every seed of ``arts``."""
+    pairs = [(r["seed"], dense_at(runs, exp, r)) for r in arts]
+    found = [(seed, v) for seed, v in pairs if v is not None]
+    if not found:
+        return None, ""
+    note = "" if len(found) == len(pairs) else f" (seed{'s' if len(found) > 1 else ''} " \
+        f"{', '.join(str(seed) for seed, _ in found)})"
+    return statistics.mean(v for _, v in found), note
+
+
 def _warmup(r: dict) -> list[tuple[float, float]]:
     rows = [t for t in r.get("trace") or [] if t["phase"] == "warmup"]
     return [(t["train_acc"], t["val_acc"]) for t in rows]
@@ -414,6 +430,22 @@ def same_warmup(a: dict, b: dict) -> bool:
     wa, wb = _warmup(a), _warmup(b)
     n = min(len(wa), len(wb))
     return n > 0 and wa[:n] == wb[:n]
+
+
+def changed_alone(r: dict, default: dict) -> bool:
+    """Whether a cause run trained exactly like the defaults' run of its seed until its change could first act
+    (ACTS_FROM): otherwise other code or another machine changed it too, and its move is not the change's alone."""
+    mine, theirs = art_story(r), art_story(default)
+    if not mine or not theirs:
+        return same_warmup(r, default)
+    if ACTS_FROM.get(r["method"]) == "first":
+        last = min(e for e in (_first(r, "regularize")["epoch"], _first(default, "regularize")["epoch"]))
+    else:
+        last = min(mine["stop_epoch"], theirs["stop_epoch"])
+
+    def rows(x):
+        return {t["epoch"]: (t["train_acc"], t["val_acc"]) for t in x["trace"] if t["epoch"] <= last}
+    return rows(r) == rows(default)
 
 
 def drifted(runs: list[dict], exp: str) -> list[dict]:
@@ -498,7 +530,8 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         if default is not None and changed:  # finer digits where ART is not behind: no gap to set the moves against
             digits = 1 if behind_on_val else 2
             moves = "; ".join(f"{what}: {100 * (r['val_acc'] - default['val_acc']):+.{digits}f}"
-                              + ("" if same_warmup(r, default) else " (its warm-up differs: not the change alone)")
+                              + ("" if changed_alone(r, default) else " (trained unlike the defaults' run before "
+                                 "the change could act: not the change alone)")
                               for what, r in changed)
             text += f" Changed alone at seed 0, validation accuracy moved by ({moves}) points"
             if spread is not None:
@@ -534,13 +567,13 @@ def story_sentences(stories: list[dict], runs: list[dict], exp: str, arts: list[
     """The dense model while ART regularized (validation accuracy, against the same epoch trained plainly) and what
     the stop compared."""
     warm, at_stop = (_mean(s[key] for s in stories) for key in ("warm_val", "stop_val"))
-    plain = _mean(dense_at(runs, exp, r) for r in arts if art_story(r))
+    plain, which = plain_dense(runs, exp, [r for r in arts if art_story(r)])
     first, ref, buf = (_mean(s[key] for s in stories) for key in ("ref_first", "reference", "buffer_mean"))
     deadline = any(s["deadline"] for s in stories) or any(s["reason"] != "rule" for s in stories)
     text = (f" The dense model of {who} had {_pct(warm)} validation accuracy at the end of warm-up and "
             f"{_pct(at_stop)} at the stop")
-    text += (f"; a dense model trained as long without the regularizer (same seed and warm-up) had {_pct(plain)}."
-             if plain is not None else ".")
+    text += (f"; a dense model trained as long without the regularizer (same seed and warm-up) had "
+             f"{_pct(plain)}{which}." if plain is not None else ".")
     if first is not None and ref is not None:
         text += (f" The stop compared the pruned copy with the dense model scored alike on training images: "
                  f"{_pct(first)} in the first regularization epoch, {_pct(ref)} at the stop; "
@@ -607,8 +640,8 @@ def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
                 continue
             label = LABELS.get(m, f"`{m}`")
             default = here.get("art-hs")
-            if default is not None and r is not default and not same_warmup(r, default):
-                what += " (warm-up differs from the defaults' run: not the change alone)"
+            if default is not None and m in CAUSES and not changed_alone(r, default):
+                what += " (trained unlike the defaults' run before the change could act: not the change alone)"
             lines.append(f"| {100 * k:g} % | {label} | {what} | {100 * r['val_acc']:.2f} | {r['test_error']:.2f} | "
                          f"{r['epochs'].get('prune', '-') if m.startswith('gmp') else reg_epochs(r)} |")
     return lines + [""]
@@ -649,10 +682,10 @@ def diagnosis(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
 
             def avg(key):
                 return _pct(_mean(s.get(key) for s in stories), 2)
-            plain = _mean(dense_at(runs, exp, r) for r in mine)
+            plain, which = plain_dense(runs, exp, mine)
             reasons = ", ".join(sorted({s["reason"] for s in stories}))
             lines.append(f"| {100 * k:g} % | {LABELS[m]} | {avg('warm_val')} | "
-                         f"{avg('stop_val')} | {_pct(plain, 2)} | {avg('ref_first')} → {avg('reference')} | "
+                         f"{avg('stop_val')} | {_pct(plain, 2)}{which} | {avg('ref_first')} → {avg('reference')} | "
                          f"{avg('buffer_mean')} | {reasons} |")
     return lines + [""]
 

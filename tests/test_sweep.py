@@ -259,3 +259,24 @@ def test_the_beyond_mnist_dense_line_says_how_a_beaten_dense_model_ends_training
     runs[0]["test_error"] = 40.0
     assert beyond_mnist.dense_line(runs, "mlp-cifar10jpeg75", [0.98]).strip() == \
         "Dense, same total epochs: **40.00 %** test error."
+
+
+def test_the_beyond_mnist_cause_run_must_train_like_the_defaults_until_its_change_can_act():
+    """A cause run that warmed up alike but then trained differently before its change could act (other arithmetic
+    while regularizing) is flagged: the optimizer reset acts at the stop, a slower lambda after the first
+    regularization epoch."""
+    import beyond_mnist
+
+    def run(method, regs):
+        trace = [{"epoch": e, "phase": "warmup", "train_acc": 0.9, "val_acc": 0.9} for e in (0, 1)]
+        trace += [{"epoch": 2 + i, "phase": "regularize", "train_acc": 0.9, "val_acc": v} for i, v in enumerate(regs)]
+        trace[-1].update(stop_reason="rule", lr=0.01)
+        for t in trace:
+            t.setdefault("lr", 0.01)
+        return {"method": method, "trace": trace}
+
+    default = run("art-hs", [0.91, 0.92, 0.93])
+    assert beyond_mnist.changed_alone(run("art-hs-keep-momentum", [0.91, 0.92, 0.93, 0.94]), default)
+    assert not beyond_mnist.changed_alone(run("art-hs-keep-momentum", [0.91, 0.925, 0.93, 0.94]), default)
+    assert beyond_mnist.changed_alone(run("art-hs-slow-lambda", [0.91, 0.80, 0.85, 0.9, 0.95]), default)
+    assert not beyond_mnist.changed_alone(run("art-hs-slow-lambda", [0.915, 0.80, 0.85, 0.9, 0.95]), default)
