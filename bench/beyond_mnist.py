@@ -553,7 +553,21 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
                 text += (f" On validation at seed 0 the gap closes with {' and with '.join(closes)}: a default to "
                          "weigh on every dataset (this page changes none).")
             else:
-                text += " No change tried closes the gap, so no default was changed"
+                confounded = [r for _, r in changed if not changed_alone(r, default)]
+                margin = min((gap_val - (r["val_acc"] - default["val_acc"]) for r in confounded), default=None)
+                if margin is not None and spread is not None and margin <= spread:
+                    text += (" No change closes the gap here, but a move marked 'not the change alone' also carries "
+                             "float drift of about the seeds' spread, and one comes within that spread of the gap: "
+                             "this cell cannot rule that change out, so no default was changed on its evidence.")
+                    lines.append(text)
+                    continue
+                if margin is not None and spread is not None:
+                    text += (" The moves marked 'not the change alone' also carry float drift, which moves a run by "
+                             "about the seeds' spread; none comes within that spread of closing the gap "
+                             f"({100 * margin:.1f} points short at the closest). No change tried closes the gap, so "
+                             "no default was changed")
+                else:
+                    text += " No change tried closes the gap, so no default was changed"
                 if art_mid is not None and base_mid is not None and base_mid > art_mid:
                     text += (f": {SHORT[m]} trains the sparse network itself through its pruning epochs, ART trains "
                              f"the dense model until it fixes the mask, and fine-tuning starts "
