@@ -283,7 +283,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
 LOST_COMMITS = {"519ad27": "a commit rewritten before it landed; the runs' settings are in their JSON"}
 
 
-def where(r: dict) -> str:
+def _sparsity_label(r: dict) -> str:
     return f" {100 * r['sparsity']:g} %" if r["sparsity"] else ""
 
 
@@ -293,7 +293,7 @@ def drift_note(runs: list[dict], exp: str) -> list[str]:
     if not odd:
         return ["Every run of a seed warmed up exactly alike (same training and validation accuracy in each warm-up "
                 "epoch), so runs of one seed differ by their method alone.\n"]
-    names = ", ".join(f"`{r['method']}`{where(r)} seed {r['seed']} (`{r['commit']}`)"
+    names = ", ".join(f"`{r['method']}`{_sparsity_label(r)} seed {r['seed']} (`{r['commit']}`)"
                       for r in sorted(odd, key=lambda r: (r["seed"], r["sparsity"], r["method"])))
     return [f"**Runs that did not warm up like the rest of their seed**: {names}. Runs of a seed share their "
             "initialization and data order, but these differ from the first epoch on: " + DRIFT
@@ -332,6 +332,7 @@ def dense_line(runs: list[dict], exp: str, sparsities: list[float]) -> str:
     text = f"Dense, same total epochs: **{mean_std(dense)} %** test error."
     beaten = [f"{100 * k:g} %" for k in sparsities if any(
         cell(runs, exp, k, m) and statistics.mean(cell(runs, exp, k, m)) < statistics.mean(dense) for m in LABELS)]
+
     def ends(rs):
         last = [r["trace"][-1] for r in rs if r.get("trace")]
         return (f"{100 * statistics.mean(t['train_acc'] for t in last):.1f} % training and "
@@ -439,7 +440,7 @@ def changed_alone(r: dict, default: dict) -> bool:
     if not mine or not theirs:
         return same_warmup(r, default)
     if ACTS_FROM.get(r["method"]) == "first":
-        last = min(e for e in (_first(r, "regularize")["epoch"], _first(default, "regularize")["epoch"]))
+        last = min(_first(r, "regularize")["epoch"], _first(default, "regularize")["epoch"])
     else:
         last = min(mine["stop_epoch"], theirs["stop_epoch"])
 
