@@ -78,19 +78,25 @@ def test_readme_evidence_summary_quotes_numbers_the_results_page_has():
 
 def test_readme_evidence_summary_claims_hold_in_the_committed_runs():
     """The summary's claims on the new datasets, checked against the committed runs themselves: ART (defaults) ahead
-    of RigL and one-shot in every cell of the LeNet-5 and CIFAR MLP tables, GMP ahead of ART where it says so."""
+    of RigL and one-shot in every cell of the LeNet-5 and CIFAR MLP tables, GMP ahead of or level with ART where it
+    says so."""
     import json
 
-    assert "ART is ahead in every cell of the LeNet-5" in " ".join(_evidence_summary().split())
+    assert "ART is ahead in every cell of the quarter-schedule LeNet-5 and CIFAR MLP tables" in \
+        " ".join(_evidence_summary().split())
     runs = [json.loads(p.read_text()) for p in (README.parent / "docs" / "runs" / "beyond").glob("*.json")]
     cells = {(r["experiment"], r["sparsity"]) for r in runs if r["method"] == "art-hs"}
     assert {e for e, _ in cells} == {"lenet5-mnist", "mlp-cifar10jpeg75"}
     for exp, k in cells:
         assert err_of(runs, exp, k, "art-hs") < min(err_of(runs, exp, k, m) for m in ("rigl", "oneshot")), (exp, k)
-    # and its claims against GMP: ahead in test error on the CIFAR MLP and on the quarter-schedule LeNet-5 at 98 %
+    # and its claims against GMP: ahead on the CIFAR MLP and at 99.5 % on the quarter-schedule LeNet-5 (within one
+    # std), level at 98 % there (the means less than one std apart)
     assert err_of(runs, "mlp-cifar10jpeg75", 0.98, "gmp") < err_of(runs, "mlp-cifar10jpeg75", 0.98, "art-hs")
     assert err_of(runs, "mlp-cifar10jpeg75", 0.995, "gmp") < err_of(runs, "mlp-cifar10jpeg75", 0.995, "art-hs")
-    assert err_of(runs, "lenet5-mnist", 0.98, "gmp") < err_of(runs, "lenet5-mnist", 0.98, "art-hs")
+    gap = err_of(runs, "lenet5-mnist", 0.995, "art-hs") - err_of(runs, "lenet5-mnist", 0.995, "gmp")
+    assert 0 < gap <= max(std_of(runs, "lenet5-mnist", 0.995, m) for m in ("art-hs", "gmp"))
+    gap = err_of(runs, "lenet5-mnist", 0.98, "art-hs") - err_of(runs, "lenet5-mnist", 0.98, "gmp")
+    assert abs(gap) <= max(std_of(runs, "lenet5-mnist", 0.98, m) for m in ("art-hs", "gmp"))
 
 
 def err_of(runs: list[dict], exp: str, sparsity: float, method: str) -> float:
@@ -98,3 +104,10 @@ def err_of(runs: list[dict], exp: str, sparsity: float, method: str) -> float:
 
     return statistics.mean(r["test_error"] for r in runs
                            if (r["experiment"], r["sparsity"], r["method"]) == (exp, sparsity, method))
+
+
+def std_of(runs: list[dict], exp: str, sparsity: float, method: str) -> float:
+    import statistics
+
+    return statistics.stdev(r["test_error"] for r in runs
+                            if (r["experiment"], r["sparsity"], r["method"]) == (exp, sparsity, method))
