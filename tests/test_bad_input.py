@@ -931,8 +931,9 @@ def test_ctrl_c_during_a_comparison_names_the_run_whose_resume_finishes_it(finis
 @pytest.mark.parametrize("megabytes", [300, 600])
 def test_too_little_memory_to_load_torch_is_one_line(tmp_path, megabytes):
     """Trial 31f T4: under an address-space limit that torch's libraries do not fit, every command ended in a
-    MemoryError traceback from inside torch's import. Torch loads parts of itself later too (torch._dynamo when the
-    optimizer is built), so a limit torch's import just fits fails there: one line as well."""
+    MemoryError traceback from inside torch's import. Near torch's need the failure also came as a SystemError
+    ("error return without exception set", CI at 600 MB) or a native abort with no Python handler (glibc, OpenBLAS,
+    libgomp at 500-640 MB on a 2-core machine), so a limit under 1 GB is refused before torch loads."""
     import resource
     import subprocess
     import sys
@@ -945,6 +946,51 @@ def test_too_little_memory_to_load_torch_is_one_line(tmp_path, megabytes):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hypersparse: error: out of memory") and "ulimit -v" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_limit_above_the_floor_trains(tmp_path):
+    """The refusal above must not turn away a limit torch works under: 1.5 GB trains the default to the end."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
+
+    done = subprocess.run([sys.executable, "-m", "hypersparse", "train", "--run-dir", str(tmp_path / "r"),
+                           "--epochs-scale", "0.1"], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "model.pt").is_file() and (tmp_path / "r" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("limited", [True, False])
+def test_a_system_error_while_loading_torch_is_out_of_memory_only_under_a_limit(tmp_path, limited):
+    """CI, stop 47: torch's import under a 600 MB limit raised SystemError("error return without exception set"), a
+    failed allocation in C that set no exception, and the command ended in a traceback. Under a limit it is one line;
+    without one it is a real fault and keeps its traceback."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, sys
+if {limited}:
+    resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+class Fail:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hypersparse.cli":
+            raise SystemError("error return without exception set")
+sys.meta_path.insert(0, Fail())
+sys.argv = ["hypersparse", "train", "--run-dir", {str(tmp_path / "r")!r}]
+from hypersparse.command import main
+sys.exit(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if limited:
+        assert done.returncode == 2 and done.stderr.startswith("hypersparse: error: out of memory while loading "
+                                                               "torch") and "Traceback" not in done.stderr
+    else:
+        assert done.returncode == 1 and "SystemError: error return without exception set" in done.stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -7,6 +7,11 @@ import signal
 import sys
 import threading
 
+# The least address space (ulimit -v) hypersparse starts under. Measured with torch 2.13 on Linux x86-64 (2 cores): its
+# import failed up to about 650 MB, the default training run needed about 800 MB, and between 500 and 640 MB the process
+# died in native code (glibc, OpenBLAS, libgomp's threads: more with more cores) where no Python handler runs
+TORCH_FLOOR = 1024 * 2**20
+
 
 def _quit_while_starting(signum, frame):
     # nothing is written yet; raising here could land inside torch's import, so end at once instead
@@ -46,9 +51,16 @@ def main() -> int:
     if main_thread:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _quit_while_starting)
+    limit = _address_space_limit()
+    if limit is not None and limit < TORCH_FLOOR:
+        # refused before torch loads: near its need it can end the process from native code with no message
+        os.write(2, f"hypersparse: error: out of memory: the address-space limit (ulimit -v) is {limit >> 20} MB, "
+                    f"below the {TORCH_FLOOR >> 20} MB hypersparse asks for (torch's libraries alone take about 700 "
+                    "MB); raise it to a few GB\n".encode())
+        return 2
     try:
         from hypersparse.cli import main as run  # imports torch: seconds in which a signal may land
-    except (MemoryError, ImportError) as exc:  # an address-space limit (ulimit -v) below what torch's libraries take
+    except (MemoryError, ImportError, SystemError) as exc:  # an address-space limit below what torch's libraries take
         if not _out_of_memory(exc):
             raise
         os.write(2, b"hypersparse: error: out of memory while loading torch; raise the memory limit (ulimit -v) "
@@ -56,7 +68,7 @@ def main() -> int:
         return 2
     try:
         code = run()
-    except (MemoryError, ImportError) as exc:
+    except (MemoryError, ImportError, SystemError) as exc:
         # torch loads parts of itself on first use (torch._dynamo when an optimizer is built): under a tight
         # address-space limit that fails later, as a MemoryError or an ImportError of a library it cannot map
         if not _out_of_memory(exc):
@@ -72,9 +84,23 @@ def main() -> int:
     return code
 
 
+def _address_space_limit() -> int | None:
+    """The soft address-space limit (``ulimit -v``) in bytes, or None where there is none."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the process running out of address space: a MemoryError, or an ImportError of the loader
-    that could not map a library (not a missing package)."""
+    """Whether ``exc`` is the process running out of address space: a MemoryError, an ImportError of the loader
+    that could not map a library (not a missing package), or, under an address-space limit, a SystemError from C
+    code whose failed allocation set no exception (torch's import does that near the limit)."""
     text = str(exc).lower()
+    if isinstance(exc, SystemError):
+        return "without exception set" in text and _address_space_limit() is not None
     return isinstance(exc, MemoryError) or isinstance(exc.__cause__, MemoryError) or "failed to map segment" in text \
         or "cannot allocate memory" in text
