@@ -82,15 +82,17 @@ def test_merge_refuses_conflicting_runs():
 def test_the_beyond_mnist_baselines_get_as_many_epochs_as_art_regularized():
     """bench/beyond_mnist.py runs at --epochs-scale 0.25, which scales every phase: a baseline given ART's 24
     regularization epochs must train 24 epochs between warm-up and fine-tuning, not 6 (its first GMP run did)."""
-    import beyond_mnist
     from hypersparse.config import TrainConfig
+
+    import beyond_mnist
+    import beyond_setup
 
     art = {"experiment": "mlp-cifar10jpeg75", "sparsity": 0.98, "method": "art-hs", "seed": 0, "val_acc": 0.5,
            "test_error": 45.0, "epochs": {"warmup": 15, "regularize": 24, "finetune": 40}}
     plan = beyond_mnist.plan_for(["mlp-cifar10jpeg75"], [0.98], [0])
-    jobs = {j["name"]: j for j in plan({beyond_mnist.name("mlp-cifar10jpeg75", 0.98, "art-hs", 0): art})}
+    jobs = {j["name"]: j for j in plan({beyond_setup.name("mlp-cifar10jpeg75", 0.98, "art-hs", 0): art})}
     for method in ("gmp", "rigl", "oneshot"):
-        cfg = TrainConfig.from_dict(jobs[beyond_mnist.name("mlp-cifar10jpeg75", 0.98, method, 0)]["config"])
+        cfg = TrainConfig.from_dict(jobs[beyond_setup.name("mlp-cifar10jpeg75", 0.98, method, 0)]["config"])
         assert (cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs), cfg.finetune) == (15, 24, 40), method
 
 
@@ -98,20 +100,21 @@ def test_the_beyond_mnist_causes_run_only_where_art_trails():
     """The suspected causes cost a run each: they are planned for a cell once seed 0 shows ART behind GMP on
     validation, or once the table (test error, two seeds or more) shows ART behind a baseline by more than one std."""
     import beyond_mnist
+    import beyond_setup
 
     def result(method, seed, val_acc, test_error):
         return {"experiment": "lenet5-mnist", "sparsity": 0.995, "method": method, "seed": seed, "val_acc": val_acc,
                 "test_error": test_error, "epochs": {"regularize": 20}}
 
     def planned(*results):
-        runs = {beyond_mnist.name("lenet5-mnist", 0.995, r["method"], r["seed"]): r for r in results}
+        runs = {beyond_setup.name("lenet5-mnist", 0.995, r["method"], r["seed"]): r for r in results}
         jobs = beyond_mnist.plan_for(["lenet5-mnist"], [0.995], [0, 1])(runs)
-        return {j["meta"]["method"] for j in jobs} & set(beyond_mnist.CAUSES)
+        return {j["meta"]["method"] for j in jobs} & set(beyond_setup.CAUSES)
 
-    assert planned(result("art-hs", 0, 0.97, 1.2), result("gmp", 0, 0.98, 1.1)) == set(beyond_mnist.CAUSES)
+    assert planned(result("art-hs", 0, 0.97, 1.2), result("gmp", 0, 0.98, 1.1)) == set(beyond_setup.CAUSES)
     assert planned(result("art-hs", 0, 0.98, 1.2), result("gmp", 0, 0.97, 1.1)) == set()  # one seed: validation
     two_seeds = [result("art-hs", 0, 0.98, 1.22), result("gmp", 0, 0.97, 1.14), result("art-hs", 1, 0.98, 1.24)]
-    assert planned(*two_seeds, result("gmp", 1, 0.97, 1.16)) == set(beyond_mnist.CAUSES)  # 0.08 apart, std 0.014
+    assert planned(*two_seeds, result("gmp", 1, 0.97, 1.16)) == set(beyond_setup.CAUSES)  # 0.08 apart, std 0.014
     assert planned(*two_seeds, result("gmp", 1, 0.97, 1.30)) == set()  # 0.08 apart, std 0.11: within one std
 
 
@@ -119,7 +122,7 @@ def test_the_beyond_mnist_page_says_why_no_default_changed_where_art_is_behind_o
     """Where a baseline is ahead in test error but ART ahead on validation, the cause runs cannot justify a new
     default (that would choose on the test set): the page says so instead of measuring them against a negative
     gap."""
-    import beyond_mnist
+    import beyond_page
 
     def result(method, seed, val_acc, test_error):
         return {"experiment": "lenet5-mnist", "sparsity": 0.98, "method": method, "seed": seed, "val_acc": val_acc,
@@ -127,14 +130,14 @@ def test_the_beyond_mnist_page_says_why_no_default_changed_where_art_is_behind_o
 
     runs = [result("art-hs", 0, 0.9920, 0.98), result("art-hs", 1, 0.9915, 0.91), result("gmp", 0, 0.9910, 0.84),
             result("gmp", 1, 0.9912, 0.82), result("art-hs-slow-lambda", 0, 0.9925, 0.95)]
-    text = "\n".join(beyond_mnist.explain(runs, "lenet5-mnist", [0.98]))
+    text = "\n".join(beyond_page.explain(runs, "lenet5-mnist", [0.98]))
     assert "ART is ahead" in text and "none was changed" in text and "-point gap" not in text, text
     runs[2]["val_acc"] = runs[3]["val_acc"] = 0.9990  # GMP ahead on validation too: the gap is measured
-    text = "\n".join(beyond_mnist.explain(runs, "lenet5-mnist", [0.98]))
+    text = "\n".join(beyond_page.explain(runs, "lenet5-mnist", [0.98]))
     assert "-point gap" in text and "No change tried closes the gap" in text, text
     assert "none comes within that spread" in text, text  # the cause run has no trace: not shown changed alone
     runs[3]["val_acc"] = 0.9930  # GMP's seeds far apart: the confounded move comes within their spread of the gap
-    text = "\n".join(beyond_mnist.explain(runs, "lenet5-mnist", [0.98]))
+    text = "\n".join(beyond_page.explain(runs, "lenet5-mnist", [0.98]))
     assert "cannot rule that change out" in text and "No change tried" not in text, text
 
 
@@ -154,11 +157,13 @@ def test_the_beyond_mnist_page_explains_every_art_variant_behind_and_plans_cause
     epoch, where fine-tuning starts), while the cause runs, changes of the defaults, are planned only where the
     defaults trail."""
     import beyond_mnist
+    import beyond_page
+    import beyond_setup
 
     def result(method, seed, val_acc, test_error, trace):
         return {"experiment": "lenet5-mnist", "sparsity": 0.98, "method": method, "seed": seed, "val_acc": val_acc,
                 "test_error": test_error, "epochs": {"regularize": 2}, "trace": trace,
-                "name": beyond_mnist.name("lenet5-mnist", 0.98, method, seed)}
+                "name": beyond_setup.name("lenet5-mnist", 0.98, method, seed)}
 
     dense = [result("dense", s, 0.99, 0.8, _trace(0.98, 0.96, 0.99, middle="warmup")[:2] +
                     [{"epoch": 3, "phase": "warmup", "lr": 0.01, "train_acc": 0.9, "val_acc": 0.96 + 0.02 * s},
@@ -168,7 +173,7 @@ def test_the_beyond_mnist_page_explains_every_art_variant_behind_and_plans_cause
     runs = [result("art-hs", s, 0.99, 1.0, _trace(0.98, 0.96, 0.95)) for s in (0, 1)] + \
         [result("art-hs-auto", s, 0.97, 1.5 + s / 100, _trace(0.98, 0.94, 0.93)) for s in (0, 1)] + \
         [result("gmp", s, 0.99, 1.0 + s / 100, _trace(0.98, 0.97, 0.97, middle="prune")) for s in (0, 1)] + dense
-    lines = beyond_mnist.explain(runs, "lenet5-mnist", [0.98])
+    lines = beyond_page.explain(runs, "lenet5-mnist", [0.98])
     auto = [line for line in lines if "ahead of ART (λ_0 auto)" in line]
     assert len(auto) == 1 and not any("ahead of ART:" in line for line in lines), lines
     assert "2.0 points behind on validation" in auto[0], auto[0]
@@ -176,17 +181,17 @@ def test_the_beyond_mnist_page_explains_every_art_variant_behind_and_plans_cause
     assert "pruned copy of ART (λ_0 auto) at 93.0 %" in auto[0] and "pruning epochs at 97.0 %" in auto[0], auto[0]
     done = {r["name"]: r for r in runs}
     planned = {j["meta"]["method"] for j in beyond_mnist.plan_for(["lenet5-mnist"], [0.98], [0, 1])(done)}
-    assert not planned & set(beyond_mnist.CAUSES), planned
+    assert not planned & set(beyond_setup.CAUSES), planned
     for r in runs:  # the plain dense run trained that epoch at another rate: no comparison is made
         if r["method"] == "dense":
             r["trace"][2]["lr"] = 0.1
-    auto = [line for line in beyond_mnist.explain(runs, "lenet5-mnist", [0.98]) if "λ_0 auto" in line]
+    auto = [line for line in beyond_page.explain(runs, "lenet5-mnist", [0.98]) if "λ_0 auto" in line]
     assert "without the regularizer" not in auto[0], auto[0]
 
 
 def test_the_beyond_mnist_page_calls_a_validation_lead_within_the_seeds_spread_level():
     """A validation lead smaller than the seeds' spread is not a lead: the page says ART is level there."""
-    import beyond_mnist
+    import beyond_page
 
     def result(method, seed, val_acc, test_error):
         return {"experiment": "lenet5-mnist", "sparsity": 0.98, "method": method, "seed": seed, "val_acc": val_acc,
@@ -194,14 +199,14 @@ def test_the_beyond_mnist_page_calls_a_validation_lead_within_the_seeds_spread_l
 
     runs = [result("art-hs", 0, 0.9900, 0.98), result("art-hs", 1, 0.9900, 0.91), result("gmp", 0, 0.9884, 0.84),
             result("gmp", 1, 0.9904, 0.82)]
-    text = "\n".join(beyond_mnist.explain(runs, "lenet5-mnist", [0.98]))
+    text = "\n".join(beyond_page.explain(runs, "lenet5-mnist", [0.98]))
     assert "ART is level (ahead by 0.06 points, the seeds' spread ±0.14)" in text, text
 
 
 def test_the_beyond_mnist_page_names_runs_that_did_not_warm_up_like_their_seed():
     """Runs of a seed share initialization and data order; one whose warm-up drifted (other float results) is named,
     flagged where a cause is said to be changed alone, and left out of the dense-run comparison."""
-    import beyond_mnist
+    import beyond_page
 
     def result(method, seed, warm_val, val_acc=0.97):
         return {"experiment": "mlp-cifar10jpeg75", "sparsity": 0.98, "method": method, "seed": seed,
@@ -209,33 +214,33 @@ def test_the_beyond_mnist_page_names_runs_that_did_not_warm_up_like_their_seed()
                 "trace": _trace(warm_val, 0.96, 0.95), "name": method}
 
     runs = [result("art-hs", 0, 0.98), result("gmp", 0, 0.98), result("art-hs-paper-rule", 0, 0.981, 0.99)]
-    assert beyond_mnist.drifted(runs, "mlp-cifar10jpeg75") == [runs[2]]
-    assert "`art-hs-paper-rule` 98 % seed 0 (`abc1234`)" in "".join(beyond_mnist.drift_note(runs, "mlp-cifar10jpeg75"))
-    table = "\n".join(beyond_mnist.causes(runs, "mlp-cifar10jpeg75", [0.98]))
+    assert beyond_page.drifted(runs, "mlp-cifar10jpeg75") == [runs[2]]
+    assert "`art-hs-paper-rule` 98 % seed 0 (`abc1234`)" in "".join(beyond_page.drift_note(runs, "mlp-cifar10jpeg75"))
+    table = "\n".join(beyond_page.causes(runs, "mlp-cifar10jpeg75", [0.98]))
     assert table.count("not the change alone") == 1 and "not the change alone) | 99.00" in table, table
     runs[2]["trace"] = _trace(0.98, 0.96, 0.95)
-    assert beyond_mnist.drifted(runs, "mlp-cifar10jpeg75") == []
-    assert "not the change alone" not in "\n".join(beyond_mnist.causes(runs, "mlp-cifar10jpeg75", [0.98]))
+    assert beyond_page.drifted(runs, "mlp-cifar10jpeg75") == []
+    assert "not the change alone" not in "\n".join(beyond_page.causes(runs, "mlp-cifar10jpeg75", [0.98]))
 
 
 def test_the_beyond_mnist_frozen_reference_sentence_goes_seed_by_seed():
     """Whether a stop reference frozen at the first regularization epoch would have stopped ART later is decided per
     seed (a mean can hide a seed whose pruned copy fell short), and a 100 % reference is named as such."""
-    import beyond_mnist
+    import beyond_page
 
     def story(first, buffer):
         return {"ref_first": first, "buffer_mean": buffer}
 
-    assert "no later" in beyond_mnist.frozen_reference([story(0.47, 0.49), story(0.46, 0.47)], "ART")
-    text = beyond_mnist.frozen_reference([story(0.47, 0.49), story(0.47, 0.46)], "ART")
+    assert "no later" in beyond_page.frozen_reference([story(0.47, 0.49), story(0.46, 0.47)], "ART")
+    text = beyond_page.frozen_reference([story(0.47, 0.49), story(0.47, 0.46)], "ART")
     assert "1.0 points more than it had on 1 of 2 seeds" in text, text
-    assert "(100 %) could be met only" in beyond_mnist.frozen_reference([story(1.0, 0.99)], "ART")
+    assert "(100 %) could be met only" in beyond_page.frozen_reference([story(1.0, 0.99)], "ART")
 
 
 def test_the_beyond_mnist_units_sentence_bounds_live_units_by_what_the_next_layer_reads():
     """Every hidden layer's units with a kept incoming weight, and where the next layer's inputs are those units, how
     many it reads (a convolution feeding a Linear layer reads positions, so no count is given there)."""
-    import beyond_mnist
+    import beyond_page
 
     def run(out0, in1, out1):
         return {"layers": [{"shape": [20, 1, 5, 5], "alive_out": out0, "alive_in": 1},
@@ -243,14 +248,14 @@ def test_the_beyond_mnist_units_sentence_bounds_live_units_by_what_the_next_laye
                            {"shape": [500, 800], "alive_out": 100, "alive_in": 300},
                            {"shape": [10, 500], "alive_out": 10, "alive_in": 90}]}
 
-    text = beyond_mnist.units_sentence([run(20, 16, 25)], [run(20, 17, 40)], "ART", "GMP")
+    text = beyond_page.units_sentence([run(20, 16, 25)], [run(20, 17, 40)], "ART", "GMP")
     assert "ART 20 (16), 25, 100 (90) of 20, 50, 500; GMP 20 (17), 40, 100 (90)" in text, text
 
 
 def test_the_beyond_mnist_dense_line_says_how_a_beaten_dense_model_ends_training():
     """Where sparse models beat the dense one, the page gives the dense model's final training and validation
     accuracy beside the best sparse model's, instead of leaving a weak reference unexplained."""
-    import beyond_mnist
+    import beyond_page
 
     def result(method, sparsity, err, train, val):
         return {"experiment": "mlp-cifar10jpeg75", "sparsity": sparsity, "method": method, "seed": 0,
@@ -258,10 +263,10 @@ def test_the_beyond_mnist_dense_line_says_how_a_beaten_dense_model_ends_training
 
     runs = [result("dense", 0.0, 47.0, 0.61, 0.53), result("gmp", 0.98, 43.0, 0.575, 0.576),
             result("art-hs", 0.98, 45.0, 0.55, 0.55)]
-    text = beyond_mnist.dense_line(runs, "mlp-cifar10jpeg75", [0.98])
+    text = beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98])
     assert "61.0 % training and 53.0 % validation" in text and "GMP (Zhu & Gupta) at 98 % ends at 57.5 %" in text
     runs[0]["test_error"] = 40.0
-    assert beyond_mnist.dense_line(runs, "mlp-cifar10jpeg75", [0.98]).strip() == \
+    assert beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98]).strip() == \
         "Dense, same total epochs: **40.00 %** test error."
 
 
@@ -269,7 +274,7 @@ def test_the_beyond_mnist_cause_run_must_train_like_the_defaults_until_its_chang
     """A cause run that warmed up alike but then trained differently before its change could act (other arithmetic
     while regularizing) is flagged: the optimizer reset acts at the stop, a slower lambda after the first
     regularization epoch."""
-    import beyond_mnist
+    import beyond_page
 
     def run(method, regs):
         trace = [{"epoch": e, "phase": "warmup", "train_acc": 0.9, "val_acc": 0.9} for e in (0, 1)]
@@ -280,7 +285,7 @@ def test_the_beyond_mnist_cause_run_must_train_like_the_defaults_until_its_chang
         return {"method": method, "trace": trace}
 
     default = run("art-hs", [0.91, 0.92, 0.93])
-    assert beyond_mnist.changed_alone(run("art-hs-keep-momentum", [0.91, 0.92, 0.93, 0.94]), default)
-    assert not beyond_mnist.changed_alone(run("art-hs-keep-momentum", [0.91, 0.925, 0.93, 0.94]), default)
-    assert beyond_mnist.changed_alone(run("art-hs-slow-lambda", [0.91, 0.80, 0.85, 0.9, 0.95]), default)
-    assert not beyond_mnist.changed_alone(run("art-hs-slow-lambda", [0.915, 0.80, 0.85, 0.9, 0.95]), default)
+    assert beyond_page.changed_alone(run("art-hs-keep-momentum", [0.91, 0.92, 0.93, 0.94]), default)
+    assert not beyond_page.changed_alone(run("art-hs-keep-momentum", [0.91, 0.925, 0.93, 0.94]), default)
+    assert beyond_page.changed_alone(run("art-hs-slow-lambda", [0.91, 0.80, 0.85, 0.9, 0.95]), default)
+    assert not beyond_page.changed_alone(run("art-hs-slow-lambda", [0.915, 0.80, 0.85, 0.9, 0.95]), default)
