@@ -36,14 +36,15 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
     walls = [r["wall_seconds"] for r in runs if "wall_seconds" in r]
     lines = [f"## {EXPERIMENTS[exp]['title']}\n",
              f"Made by `python bench/beyond_mnist.py` (runs at commit{'s' if len(commits) > 1 else ''} "
-             f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, two runs "
+             f"{', '.join(f'`{c}`' for c in commits)}) on {hosts(runs, machine)}, torch {machine['torch']}, two runs "
              "side by side, one thread each. " + commit_notes(commits)
              + (f"**{len(missing)} of {len(planned)} planned runs have not finished yet** (cells 'not run').\n"
                 if missing else "Every planned run finished.\n"),
-             f"Config: `{json.dumps(shown_config(exp))}` — 15 warm-up epochs, ART with η = 1.05⁴ "
-             "per epoch (at most 75 regularization epochs), 40 fine-tuning epochs (LR ×0.1 after 20 and 30), SGD "
-             "momentum 0.9, wd 1e-4, batch 64. Test error in % (mean ± std over seeds; the model is chosen on the "
-             "validation split). **Budget**: GMP, RigL and one-shot get as many epochs between warm-up and "
+             f"Config: `{json.dumps(shown_config(exp))}` — whole epochs (every training image once per epoch; "
+             f"augmentation: {EXPERIMENTS[exp]['augment']}), 15 warm-up epochs, ART with η = 1.05⁴ per epoch "
+             "(at most 75 regularization epochs), 40 fine-tuning epochs (LR ×0.1 after 20 and 30), SGD momentum "
+             "0.9, wd 1e-4, batch 64. Test error in % (mean ± std over seeds; the model is chosen on the validation "
+             "split). **Budget**: GMP, RigL and one-shot get as many epochs between warm-up and "
              "fine-tuning as default ART spent regularizing in the same cell and seed; dense trains for the same "
              "total, taking the median of default ART's regularization epochs over the seed's sparsities."
              + (f" Learning rate: {LR_CHECK[exp]}." if exp in LR_CHECK else "")
@@ -63,7 +64,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
                         if r["sparsity"] == k and r["method"] == m) or "-" for m in ARTS]
         row.append(" ; ".join(reg))
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", dense_line(runs, exp, sparsities),
+    lines += ["", dense_line(runs, exp, sparsities, len(seeds)),
               "**Where ART + HyperSparse is behind** a baseline by more than one standard deviation (of the two "
               "cells, the larger; cells with two seeds or more): " + behind(runs, exp, sparsities) + "\n",
               *diagnosis(runs, exp, sparsities),
@@ -75,6 +76,20 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
               *every_run(runs)]
     lines += ["\n</details>\n", f"Raw results: [runs/beyond/](runs/beyond/) (`{exp}-*.json`).\n"]
     return "\n".join(lines)
+
+
+def hosts(runs: list[dict], machine: dict) -> str:
+    """The machines the runs ran on: each run's own where it recorded one, else the sweep's record of where it
+    started (a sweep spanning sessions runs on another host in each)."""
+    named = sorted({r["machine"] for r in runs if r.get("machine")})
+    unnamed = sum(not r.get("machine") for r in runs)
+    if not unnamed:
+        return ", ".join(named) or "?"
+    started = str(machine.get("commit", "?"))[:7]
+    which = "its runs" if not named else f"{unnamed} of its {len(runs)} runs"
+    text = (f"{machine['machine']} (the host recorded when the sweep started, at `{started}`; the sweep spanned "
+            f"sessions, each on another host, and {which} did not record their own")
+    return text + (f"; the others ran on {', '.join(named)})" if named else ")")
 
 
 #: commits that runs name but this repository's history does not hold
@@ -121,13 +136,14 @@ def commit_notes(commits: list[str]) -> str:
     return "".join(notes)
 
 
-def dense_line(runs: list[dict], exp: str, sparsities: list[float]) -> str:
+def dense_line(runs: list[dict], exp: str, sparsities: list[float], seeds: int = 3) -> str:
     """The dense model's test error, and where sparse models beat it, how it ends training (so a weak dense
     reference is visible, not hidden)."""
     dense = cell(runs, exp, 0.0, "dense")
     if not dense:
         return "Dense, same total epochs: not run.\n"
-    text = f"Dense, same total epochs: **{mean_std(dense)} %** test error."
+    n = f" (n={len(dense)})" if len(dense) < seeds else ""
+    text = f"Dense, same total epochs: **{mean_std(dense)} %**{n} test error."
     beaten = [f"{100 * k:g} %" for k in sparsities if any(
         cell(runs, exp, k, m) and statistics.mean(cell(runs, exp, k, m)) < statistics.mean(dense) for m in LABELS)]
 
@@ -299,8 +315,17 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
             text += "."
         text += units_sentence(arts, base, who, SHORT[m])
         if v != "art-hs":
-            text += (" The suspected causes were changed from the defaults (the paragraph on the defaults, and the "
-                     "table above); λ_0 auto is an option, not a default, so none was changed for it.")
+            if any(c[0] == k and c[1] == "art-hs" for c in cells):
+                text += (" The suspected causes were changed from the defaults (the paragraph on the defaults, and "
+                         "the table above); λ_0 auto is an option, not a default, so none was changed for it.")
+            else:
+                text += (f" No cause run was made at {100 * k:g} %: causes are changed from the defaults, which are "
+                         f"not behind {SHORT[m]} here by more than one standard deviation (λ_0 auto is an option, "
+                         "not a default). ")
+                text += (f"On validation, which chooses models and settings, {who} is level with {SHORT[m]}, so the "
+                         "test gap is no ground to change anything: nothing was changed." if not behind_on_val else
+                         f"Nothing was changed: λ_0 auto stays an option, and the measurements above are what this "
+                         f"page has on why it trails {SHORT[m]} here.")
             lines.append(text)
             continue
         default = next((r for r in arts if r["seed"] == 0), None)
@@ -342,14 +367,16 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
                 if margin is not None and spread is not None:
                     text += (" The moves marked 'not the change alone' also carry float drift, which moves a run by "
                              "about the seeds' spread; none comes within that spread of closing the gap "
-                             f"({100 * margin:.1f} points short at the closest). No change tried closes the gap, so "
-                             "no default was changed")
+                             f"(the closest of them {100 * margin:.1f} points short). No change tried closes the gap, "
+                             "so no default was changed")
                 else:
                     text += " No change tried closes the gap, so no default was changed"
                 if art_mid is not None and base_mid is not None and base_mid > art_mid:
                     text += (f": {SHORT[m]} trains the sparse network itself through its pruning epochs, ART trains "
                              f"the dense model until it fixes the mask, and fine-tuning starts "
-                             f"{100 * (base_mid - art_mid):.1f} points of validation accuracy behind {SHORT[m]}'s")
+                             f"{100 * (base_mid - art_mid):.1f} points of validation accuracy behind {SHORT[m]}'s "
+                             "(the difference measured between the two; no run changes it alone, so it is not shown "
+                             "to be the cause)")
                 text += "."
         lines.append(text)
     return lines + [""]
@@ -419,7 +446,9 @@ def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
     if not any(r["experiment"] == exp and r["method"] in CAUSES for r in runs):
         return []
     lines = ["Suspected causes, each changed alone from ART's defaults (seed 0; validation accuracy decides, test "
-             "error is shown after it):\n",
+             "error is shown after it). They cost four runs per cell, so they run only where ART's defaults trail: "
+             "behind GMP on validation at seed 0, or behind a baseline in the table above by more than one standard "
+             "deviation (test error); which change would be kept is judged on validation alone:\n",
              "| sparsity | run | what changed | val. acc. % | test error % | regularization epochs |",
              "|---|---|---|---:|---:|---:|"]
     for k in sparsities:

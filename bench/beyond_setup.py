@@ -8,10 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 EXPERIMENTS = {
-    "lenet5-mnist": {"title": "LeNet-5 on MNIST, a quarter of the authors' schedule",
+    "lenet5-mnist": {"title": "LeNet-5 on MNIST, a quarter of the authors' schedule", "augment": "none",
                      "config": {"dataset": "mnist", "data_dir": str(DATA / "mnist"), "model": "lenet5", "lr": 0.01}},
     "mlp-cifar10jpeg75": {"title": "LeNet-300-100's MLP on CIFAR-10-JPEG75 (a lossy JPEG-75 copy of CIFAR-10), a "
                                    "quarter of the authors' schedule",
+                          "augment": "random crops (4-pixel padding) and horizontal flips, the dataset's default",
                           "config": {"dataset": "cifar10-jpeg75", "data_dir": str(DATA), "model": "lenet300",
                                      "lr": 0.01}},
 }

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Callable, Iterable
 
-from common import code_commit
+from common import code_commit, provenance
 
 Plan = Callable[[dict], Iterable[dict]]  # finished results by name -> jobs {"name", "config", "meta"} ready to run
 
@@ -76,6 +76,8 @@ def run_job(job: dict) -> dict:
     except (ARTDidNotConverge, RunDiverged) as exc:  # an outcome to report, not a reason to stop the sweep
         result = {"test_error": None, "failed": str(exc)}
     result.update(job["meta"], name=name, config=job["config"], commit=job["commit"], resumed=resumed)
+    if "machine" in job:  # a sweep that spans sessions runs on several hosts: each result names its own
+        result["machine"] = job["machine"]
     _write_json(store / "results" / f"{name}.json", result)
     return result
 
@@ -127,7 +129,7 @@ def run_sweep(plan: Plan, store: Path, workers: int = 2, say: Callable[[str], No
     for stale in (store / "results").glob(".*.tmp"):
         stale.unlink()
     results = load_results(store)
-    head = code_commit(short=True)
+    head, host = code_commit(short=True), provenance()["machine"]
     running: dict[str, Future] = {}
     pool = ProcessPoolExecutor(workers) if workers else None
     try:
@@ -141,7 +143,7 @@ def run_sweep(plan: Plan, store: Path, workers: int = 2, say: Callable[[str], No
                         raise SweepError(f"{store / 'results' / name}.json was made with other settings; delete it "
                                          "(and its run folder) to rerun it")
                     continue
-                job = dict(job, store=str(store), commit=head)
+                job = dict(job, store=str(store), commit=head, machine=host)
                 say(f"start {name}" + (" (resuming)" if (store / "runs" / name / "checkpoint.pt").exists() else ""))
                 if pool is None:
                     results[name] = run_job(job)

@@ -179,6 +179,12 @@ def test_the_beyond_mnist_page_explains_every_art_variant_behind_and_plans_cause
     assert "2.0 points behind on validation" in auto[0], auto[0]
     assert "without the regularizer (same seed and warm-up) had 97.0 %" in auto[0], auto[0]  # epoch 3, same lr
     assert "pruned copy of ART (λ_0 auto) at 93.0 %" in auto[0] and "pruning epochs at 97.0 %" in auto[0], auto[0]
+    # review 4: it pointed to "the paragraph on the defaults" where the defaults had none; it says what was done
+    assert "paragraph on the defaults" not in auto[0] and "No cause run was made at 98 %" in auto[0], auto[0]
+    assert "Nothing was changed: λ_0 auto stays an option" in auto[0], auto[0]
+    level = [dict(r, val_acc=0.99) if r["method"] == "art-hs-auto" else r for r in runs]
+    auto_level = next(line for line in beyond_page.explain(level, "lenet5-mnist", [0.98]) if "λ_0 auto)" in line)
+    assert "is level" in auto_level and "the test gap is no ground to change anything" in auto_level, auto_level
     done = {r["name"]: r for r in runs}
     planned = {j["meta"]["method"] for j in beyond_mnist.plan_for(["lenet5-mnist"], [0.98], [0, 1])(done)}
     assert not planned & set(beyond_setup.CAUSES), planned
@@ -266,8 +272,9 @@ def test_the_beyond_mnist_dense_line_says_how_a_beaten_dense_model_ends_training
     text = beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98])
     assert "61.0 % training and 53.0 % validation" in text and "GMP (Zhu & Gupta) at 98 % ends at 57.5 %" in text
     runs[0]["test_error"] = 40.0
-    assert beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98]).strip() == \
+    assert beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98], seeds=1).strip() == \
         "Dense, same total epochs: **40.00 %** test error."
+    assert "**40.00 %** (n=1) test error" in beyond_page.dense_line(runs, "mlp-cifar10jpeg75", [0.98], seeds=3)
 
 
 def test_the_beyond_mnist_cause_run_must_train_like_the_defaults_until_its_change_can_act():
@@ -289,3 +296,18 @@ def test_the_beyond_mnist_cause_run_must_train_like_the_defaults_until_its_chang
     assert not beyond_page.changed_alone(run("art-hs-keep-momentum", [0.91, 0.925, 0.93, 0.94]), default)
     assert beyond_page.changed_alone(run("art-hs-slow-lambda", [0.91, 0.80, 0.85, 0.9, 0.95]), default)
     assert not beyond_page.changed_alone(run("art-hs-slow-lambda", [0.915, 0.80, 0.85, 0.9, 0.95]), default)
+
+
+def test_the_beyond_mnist_page_names_each_runs_host_where_it_recorded_one():
+    """A sweep that spans sessions runs on several hosts: the page names the runs' own machines, and where runs did
+    not record theirs, says that the machine named is where the sweep started (review 4: it named one host for all)."""
+    import beyond_page
+
+    started = {"machine": "CPU A, 2 logical cores", "commit": "b171144aaaa"}
+    old = [{"name": "a"}, {"name": "b"}]
+    assert beyond_page.hosts(old, started) == ("CPU A, 2 logical cores (the host recorded when the sweep started, at "
+                                               "`b171144`; the sweep spanned sessions, each on another host, and its "
+                                               "runs did not record their own)")
+    mixed = old + [{"name": "c", "machine": "CPU B, 2 logical cores"}]
+    assert "2 of its 3 runs did not record their own; the others ran on CPU B" in beyond_page.hosts(mixed, started)
+    assert beyond_page.hosts([{"machine": "CPU B"}, {"machine": "CPU C"}], started) == "CPU B, CPU C"
