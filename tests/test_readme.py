@@ -89,14 +89,13 @@ def test_readme_evidence_summary_claims_hold_in_the_committed_runs():
     assert {e for e, _ in cells} == {"lenet5-mnist", "mlp-cifar10jpeg75"}
     for exp, k in cells:
         assert err_of(runs, exp, k, "art-hs") < min(err_of(runs, exp, k, m) for m in ("rigl", "oneshot")), (exp, k)
-    # and its claims against GMP: ahead on the CIFAR MLP and at 99.5 % on the quarter-schedule LeNet-5 (within one
-    # std), level at 98 % there (the means less than one std apart)
+    # and its claims against GMP: ahead on the CIFAR MLP, level on the quarter-schedule LeNet-5 at 98 % and 99.5 %
+    # (the means less than one std apart)
     assert err_of(runs, "mlp-cifar10jpeg75", 0.98, "gmp") < err_of(runs, "mlp-cifar10jpeg75", 0.98, "art-hs")
     assert err_of(runs, "mlp-cifar10jpeg75", 0.995, "gmp") < err_of(runs, "mlp-cifar10jpeg75", 0.995, "art-hs")
-    gap = err_of(runs, "lenet5-mnist", 0.995, "art-hs") - err_of(runs, "lenet5-mnist", 0.995, "gmp")
-    assert 0 < gap <= max(std_of(runs, "lenet5-mnist", 0.995, m) for m in ("art-hs", "gmp"))
-    gap = err_of(runs, "lenet5-mnist", 0.98, "art-hs") - err_of(runs, "lenet5-mnist", 0.98, "gmp")
-    assert abs(gap) <= max(std_of(runs, "lenet5-mnist", 0.98, m) for m in ("art-hs", "gmp"))
+    for k in (0.98, 0.995):
+        gap = err_of(runs, "lenet5-mnist", k, "art-hs") - err_of(runs, "lenet5-mnist", k, "gmp")
+        assert abs(gap) <= max(std_of(runs, "lenet5-mnist", k, m) for m in ("art-hs", "gmp")), k
 
 
 def err_of(runs: list[dict], exp: str, sparsity: float, method: str) -> float:
