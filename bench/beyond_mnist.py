@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from beyond_page import section  # noqa: E402
-from beyond_setup import CAUSES, EXPERIMENTS, SCHEDULE, VARIANTS, behind_cells, name, reg_epochs  # noqa: E402
+from beyond_setup import CAUSES, EXPERIMENTS, LR_SUSPECT, SCHEDULE, VARIANTS, behind_cells, name, reg_epochs  # noqa: E402
 from common import provenance  # noqa: E402
 from sweep import load_results, run_sweep  # noqa: E402
 
@@ -80,6 +80,12 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
                     slow = results.get(name(exp, k, "art-hs-slow-lambda", 0))
                     if slow is not None:  # the slower growth regularizes longer: GMP given as many epochs
                         yield job(exp, k, "gmp-slow-budget", 0, method="gmp", prune_epochs=budget(reg_epochs(slow)))
+                    if exp in LR_SUSPECT:
+                        lr = LR_SUSPECT[exp]
+                        yield job(exp, k, "art-hs-lr", 0, **VARIANTS["art-hs"], lr=lr)
+                        fast = results.get(name(exp, k, "art-hs-lr", 0))
+                        if fast is not None:
+                            yield job(exp, k, "gmp-lr", 0, method="gmp", lr=lr, prune_epochs=budget(reg_epochs(fast)))
         for seed in seeds:
             for exp in experiments:
                 for k in sparsities:

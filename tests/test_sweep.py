@@ -118,6 +118,36 @@ def test_the_beyond_mnist_causes_run_only_where_art_trails():
     assert planned(*two_seeds, result("gmp", 1, 0.97, 1.30)) == set()  # 0.08 apart, std 0.11: within one std
 
 
+def test_the_beyond_mnist_learning_rate_suspect_runs_in_art_and_in_gmp_at_arts_budget():
+    """Where a short check on validation preferred another learning rate than the experiment kept (the CIFAR MLP),
+    a trailing cell runs ART at that rate, then GMP at that rate given that ART run's regularization epochs; an
+    experiment without such a check (LeNet-5) plans neither."""
+    from hypersparse.config import TrainConfig
+
+    import beyond_mnist
+    import beyond_setup
+
+    def result(exp, method, val_acc, regs=20):
+        return {"experiment": exp, "sparsity": 0.98, "method": method, "seed": 0, "val_acc": val_acc,
+                "test_error": 50.0, "epochs": {"regularize": regs}}
+
+    def jobs(exp, *results):
+        done = {beyond_setup.name(exp, 0.98, r["method"], 0): r for r in results}
+        return {j["meta"]["method"]: j for j in beyond_mnist.plan_for([exp], [0.98], [0])(done)}
+
+    cifar = "mlp-cifar10jpeg75"
+    trailing = [result(cifar, "art-hs", 0.45), result(cifar, "gmp", 0.55)]
+    planned = jobs(cifar, *trailing)
+    assert "art-hs-lr" in planned and "gmp-lr" not in planned
+    assert TrainConfig.from_dict(planned["art-hs-lr"]["config"]).schedule.lr == 0.003
+    planned = jobs(cifar, *trailing, result(cifar, "art-hs-lr", 0.5, regs=31))
+    gmp = TrainConfig.from_dict(planned["gmp-lr"]["config"])
+    assert (gmp.sparsity.method, gmp.schedule.lr, gmp.scaled(gmp.baseline.prune_epochs)) == ("gmp", 0.003, 31)
+    assert "art-hs-lr" not in jobs(cifar, result(cifar, "art-hs", 0.55), result(cifar, "gmp", 0.45))
+    assert not {"art-hs-lr", "gmp-lr"} & set(jobs("lenet5-mnist", result("lenet5-mnist", "art-hs", 0.97),
+                                                  result("lenet5-mnist", "gmp", 0.98)))
+
+
 def test_the_beyond_mnist_page_says_why_no_default_changed_where_art_is_behind_on_test_alone():
     """Where a baseline is ahead in test error but ART ahead on validation, the cause runs cannot justify a new
     default (that would choose on the test set): the page says so instead of measuring them against a negative
@@ -140,6 +170,17 @@ def test_the_beyond_mnist_page_says_why_no_default_changed_where_art_is_behind_o
     cifar = [dict(r, experiment="mlp-cifar10jpeg75") for r in runs]  # review 4: its learning rate was not run
     text = "\n".join(beyond_page.explain(cifar, "mlp-cifar10jpeg75", [0.98]))
     assert "The cause of this gap was not found: the learning rate (0.003" in text, text
+    # the learning rate run in ART and GMP alike: the page reads them against each other, not against the defaults
+    lr_runs = cifar + [dict(result("art-hs-lr", 0, 0.9950, 0.80), experiment="mlp-cifar10jpeg75"),
+                       dict(result("gmp-lr", 0, 0.9940, 0.79), experiment="mlp-cifar10jpeg75")]
+    text = "\n".join(beyond_page.explain(lr_runs, "mlp-cifar10jpeg75", [0.98]))
+    assert "At lr 0.003 (the rate the short check on validation preferred), ART reaches 99.5 %" in text, text
+    assert "GMP, given that run's 18 epochs, 99.4 %" in text, text
+    assert "the gap comes with the experiment's learning rate" in text and "No change tried" not in text, text
+    lr_runs[-1]["val_acc"] = 0.9999  # GMP far ahead at that rate too: the cause stays unfound
+    text = "\n".join(beyond_page.explain(lr_runs, "mlp-cifar10jpeg75", [0.98]))
+    assert "not found among the suspects run, the learning rate included" in text, text
+    assert "learning rate (0.003" not in text, text
     runs[3]["val_acc"] = 0.9930  # GMP's seeds far apart: the confounded move comes within their spread of the gap
     text = "\n".join(beyond_page.explain(runs, "lenet5-mnist", [0.98]))
     assert "cannot rule that change out" in text and "No change tried" not in text, text
