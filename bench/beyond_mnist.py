@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from beyond_page import section  # noqa: E402
 from beyond_setup import CAUSES, EXPERIMENTS, LR_SUSPECT, SCHEDULE, VARIANTS, behind_cells, name, reg_epochs  # noqa: E402
 from common import provenance  # noqa: E402
+from lr_check import checked, summary  # noqa: E402
 from sweep import load_results, run_sweep  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -174,7 +175,8 @@ def publish(docs: Path, experiments: list[str], sparsities: list[float], seeds: 
             text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
-        body = section(exp, [r for r in runs if r["experiment"] == exp], sparsities, seeds, machine)
+        body = section(exp, [r for r in runs if r["experiment"] == exp], sparsities, seeds, machine,
+                       summary(exp, checked(docs / "runs" / "lr-check")))
         text = f"{head}{begin}\n{body}\n{end}{tail}"
     results_md.write_text(text)
     print(f"wrote {len(experiments)} section(s) of {results_md} from {len(runs)} runs")

@@ -31,7 +31,10 @@ def shown_config(exp: str) -> dict:
     return {k: v for k, v in (EXPERIMENTS[exp]["config"] | SCHEDULE).items() if k != "data_dir"}
 
 
-def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int], machine: dict) -> str:
+def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int], machine: dict,
+            lr_checked: str | None = None) -> str:
+    """One experiment's section: provenance, settings and budget, the table, and where ART trails, why.
+    ``lr_checked`` is the learning-rate check on record for it (bench/lr_check.py), if any."""
     commits = sorted({r["commit"] for r in runs}) or ["-"]
     planned = [name(exp, k, v, s) for s in seeds for k in sparsities for v in LABELS] + \
         [name(exp, 0.0, "dense", s) for s in seeds]
@@ -51,7 +54,9 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
              "split). **Budget**: GMP, RigL and one-shot get as many epochs between warm-up and "
              "fine-tuning as default ART spent regularizing in the same cell and seed; dense trains for the same "
              "total, taking the median of default ART's regularization epochs over the seed's sparsities."
-             + (f" Learning rate: {LR_CHECK[exp]}." if exp in LR_CHECK else "")
+             + (f" Learning rate: {lr_checked}." if lr_checked else "")
+             + (f" Learning rate{' before that check' if lr_checked else ''}: {LR_CHECK[exp]}." if exp in LR_CHECK
+                else "")
              + (f" Mean wall time per run {statistics.mean(walls) / 60:.1f} min." if walls else "") + "\n",
              "| sparsity | " + " | ".join(LABELS.values()) + " | ART regularization epochs (defaults; auto) |",
              "|---|" + "---:|" * (len(LABELS) + 1)]

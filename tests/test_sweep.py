@@ -377,3 +377,29 @@ def test_the_beyond_mnist_cause_table_says_where_its_rows_no_longer_decide_anyth
     assert "At 98 % " + moot in "\n".join(beyond_page.causes(runs, "lenet5-mnist", [0.98]))
     behind = [dict(r, test_error=r["test_error"] + 0.5) if r["method"] == "art-hs" else r for r in runs]
     assert moot not in "\n".join(beyond_page.causes(behind, "lenet5-mnist", [0.98]))
+
+
+def test_the_learning_rate_check_trains_dense_at_each_rate_and_the_page_quotes_it():
+    """bench/lr_check.py: one dense run per rate, warm-up epochs only, seed 0; its summary names each rate's final
+    validation accuracy (a diverged rate as such) and is what the beyond_mnist page quotes for the experiment."""
+    from hypersparse.config import TrainConfig
+
+    import beyond_page
+    import lr_check
+
+    jobs = list(lr_check.plan_for(["lenet5-mnist"], [0.003, 0.01], 6)({}))
+    assert [j["name"] for j in jobs] == ["lenet5-mnist-dense-6ep-lr0.003", "lenet5-mnist-dense-6ep-lr0.01"]
+    cfg = TrainConfig.from_dict(jobs[0]["config"])
+    assert (cfg.schedule.lr, cfg.warmup, cfg.scaled(cfg.baseline.prune_epochs), cfg.finetune) == (0.003, 6, 0, 0)
+    assert (cfg.sparsity.sparsity, cfg.run.seed) == (0.0, 0)
+
+    def result(lr, val, failed=False):
+        return {"experiment": "lenet5-mnist", "lr": lr, "config": {"warmup_epochs": 6},
+                "test_error": None if failed else 1.0, **({} if failed else {"trace": [{"val_acc": val}]})}
+
+    line = lr_check.summary("lenet5-mnist", [result(0.01, 0.985), result(0.003, 0.98), result(0.03, 0, True)])
+    assert line.endswith("lr 0.003 98.00 %, 0.01 98.50 %, 0.03 diverged"), line
+    assert lr_check.summary("mlp-cifar10jpeg75", [result(0.01, 0.985)]) is None
+    page = beyond_page.section("lenet5-mnist", [], [0.98], [0], {"machine": "m", "torch": "t"}, line)
+    assert "Learning rate: a short check on validation (bench/lr_check.py" in page
+    assert "Learning rate before that check: lr 0.03, the issue's suggestion, diverged" in page
