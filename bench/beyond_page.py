@@ -54,9 +54,8 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
              "split). **Budget**: GMP, RigL and one-shot get as many epochs between warm-up and "
              "fine-tuning as default ART spent regularizing in the same cell and seed; dense trains for the same "
              "total, taking the median of default ART's regularization epochs over the seed's sparsities."
-             + (f" Learning rate: {lr_checked}." if lr_checked else "")
-             + (f" Learning rate{' before that check' if lr_checked else ''}: {LR_CHECK[exp]}." if exp in LR_CHECK
-                else "")
+             + (f" Learning rate: {LR_CHECK[exp]}." if exp in LR_CHECK else "")
+             + (f" The check on record: {lr_checked}." if lr_checked else "")
              + (f" Mean wall time per run {statistics.mean(walls) / 60:.1f} min." if walls else "") + "\n",
              "| sparsity | " + " | ".join(LABELS.values()) + " | ART regularization epochs (defaults; auto) |",
              "|---|" + "---:|" * (len(LABELS) + 1)]

@@ -401,5 +401,5 @@ def test_the_learning_rate_check_trains_dense_at_each_rate_and_the_page_quotes_i
     assert line.endswith("lr 0.003 98.00 %, 0.01 98.50 %, 0.03 diverged"), line
     assert lr_check.summary("mlp-cifar10jpeg75", [result(0.01, 0.985)]) is None
     page = beyond_page.section("lenet5-mnist", [], [0.98], [0], {"machine": "m", "torch": "t"}, line)
-    assert "Learning rate: a short check on validation (bench/lr_check.py" in page
-    assert "Learning rate before that check: lr 0.03, the issue's suggestion, diverged" in page
+    assert "Learning rate: lr 0.03, the issue's suggestion, diverged" in page
+    assert "The check on record: a short check on validation (bench/lr_check.py" in page
