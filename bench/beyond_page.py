@@ -7,6 +7,7 @@ import statistics
 
 from beyond_setup import (
     ACTS_FROM,
+    AGAIN,
     ARTS,
     CAUSES,
     EXPERIMENTS,
@@ -240,7 +241,7 @@ def changed_alone(r: dict, default: dict) -> bool:
     mine, theirs = art_story(r), art_story(default)
     if not mine or not theirs:
         return same_warmup(r, default)
-    if ACTS_FROM.get(r["method"]) == "first":
+    if ACTS_FROM.get(r["method"].removesuffix(AGAIN)) == "first":
         last = min(_first(r, "regularize")["epoch"], _first(default, "regularize")["epoch"])
     else:
         last = min(mine["stop_epoch"], theirs["stop_epoch"])
@@ -256,7 +257,8 @@ def drifted(runs: list[dict], exp: str) -> list[dict]:
     out = []
     for seed in sorted({r["seed"] for r in runs if r["experiment"] == exp}):
         mine = [r for r in runs if r["experiment"] == exp and r["seed"] == seed and _warmup(r)
-                and r["method"] not in FROM_START]  # these change the warm-up by design
+                and r["method"] not in FROM_START  # these change the warm-up by design
+                and not r["method"].endswith(AGAIN)]  # run in another session, compared among themselves
         groups: list[list[dict]] = []
         for r in mine:
             home = next((g for g in groups if same_warmup(g[0], r)), None)
@@ -346,13 +348,21 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
             continue
         default = next((r for r in arts if r["seed"] == 0), None)
         changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, k, c, seed=0)]
+        slow = next((r for what, r in changed if r["method"] == "art-hs-slow-lambda"), None)
+        again = again_group(runs, exp, k)
+        if again is not None:  # the defaults and every cause run together: each move is the change alone
+            default, changed = again
         if default is not None and changed:  # finer digits where ART is not behind: no gap to set the moves against
             digits = 1 if behind_on_val else 2
             moves = "; ".join(f"{what}: {100 * (r['val_acc'] - default['val_acc']):+.{digits}f}"
                               + ("" if changed_alone(r, default) else " (trained unlike the defaults' run before "
                                  "the change could act: not the change alone)")
                               for what, r in changed)
-            text += f" Changed alone at seed 0, validation accuracy moved by ({moves}) points"
+            text += (" Run again together at one commit on one host (the cause runs made in earlier sessions drifted "
+                     "from the defaults' run before their change could act), each changed alone from the defaults' "
+                     f"rerun at seed 0 (`{default['commit']}`), validation accuracy moved by ({moves}) points"
+                     if again is not None else f" Changed alone at seed 0, validation accuracy moved by ({moves}) "
+                     "points")
             if spread is not None:
                 text += f" (the seeds' spread of validation accuracy in this cell: ±{100 * spread:.{digits}f})"
         if default is not None and changed and not behind_on_val:
@@ -362,8 +372,7 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         elif default is not None and changed:
             text += f", against the {100 * gap_val:.1f}-point gap."
             longer = next(iter(finished(runs, exp, k, "gmp-slow-budget", seed=0)), None)
-            slow = next((r for what, r in changed if r["method"] == "art-hs-slow-lambda"), None)
-            if longer is not None and slow is not None:
+            if longer is not None and slow is not None:  # the slower growth's first run set GMP's budget
                 text += (f" Given the slower growth's {reg_epochs(slow)} epochs too, GMP reaches "
                          f"{100 * longer['val_acc']:.1f} % validation accuracy against the slower ART's "
                          f"{100 * slow['val_acc']:.1f} %.")
@@ -495,13 +504,15 @@ def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
                         ("gmp-slow-budget", "GMP at the slower growth's budget"),
                         ("art-hs-lr", f"the learning rate: {LR_SUSPECT.get(exp, '-')} instead of "
                                       f"{EXPERIMENTS[exp]['config']['lr']}, from the first epoch"),
-                        ("gmp-lr", f"GMP at lr {LR_SUSPECT.get(exp, '-')}, at that ART run's budget")]:
+                        ("gmp-lr", f"GMP at lr {LR_SUSPECT.get(exp, '-')}, at that ART run's budget"),
+                        ("art-hs" + AGAIN, "nothing (defaults), run again with the three below"),
+                        *((c + AGAIN, f"{CAUSES[c][0]}, run again") for c in CAUSES)]:
             r = here.get(m)
             if r is None or r["test_error"] is None:
                 continue
             label = LABELS.get(m, f"`{m}`")
-            default = here.get("art-hs")
-            if default is not None and m in CAUSES and not changed_alone(r, default):
+            default = here.get("art-hs" + AGAIN if m.endswith(AGAIN) else "art-hs")
+            if default is not None and m.removesuffix(AGAIN) in CAUSES and not changed_alone(r, default):
                 what += " (trained unlike the defaults' run before the change could act: not the change alone)"
             lines.append(f"| {100 * k:g} % | {label} | {what} | {100 * r['val_acc']:.2f} | {r['test_error']:.2f} | "
                          f"{r['epochs'].get('prune', '-') if m.startswith('gmp') else reg_epochs(r)} |")
@@ -512,6 +523,14 @@ def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
                   "behind; with every seed in, the defaults are not behind there by more than one standard deviation "
                   "(the table above), so those rows decide nothing."]
     return lines + [""]
+
+
+def again_group(runs: list[dict], exp: str, k: float) -> tuple[dict, list[tuple[str, dict]]] | None:
+    """The defaults' rerun and each cause's rerun (AGAIN) at seed 0, once all have finished: (default, [(what,
+    run)])."""
+    default = next(iter(finished(runs, exp, k, "art-hs" + AGAIN, seed=0)), None)
+    changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, k, c + AGAIN, seed=0)]
+    return (default, changed) if default is not None and len(changed) == len(CAUSES) else None
 
 
 def finished_causes(runs: list[dict], exp: str, k: float) -> list[dict]:

@@ -33,6 +33,9 @@ UNTESTED = {"mlp-cifar10jpeg75": "the learning rate (0.003, which the short dens
 LR_SUSPECT = {"mlp-cifar10jpeg75": 0.003}
 #: runs whose change acts from the first epoch, so they warm up unlike the rest of their seed by design
 FROM_START = ("art-hs-lr", "gmp-lr")
+#: suffix of the defaults and the causes run again together (one commit, one host), where a cause run made in another
+#: session drifted from the defaults' run before its change could act: compared among themselves only
+AGAIN = "-again"
 LABELS = {"art-hs": "ART + HyperSparse (defaults)", "art-hs-auto": "ART + HyperSparse, λ_0 auto",
           "gmp": "GMP (Zhu & Gupta)", "rigl": "RigL (Evci et al.)", "oneshot": "one-shot magnitude"}
 VARIANTS = {"art-hs": {"method": "art", "reg": "hs"},
