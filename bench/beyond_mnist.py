@@ -99,6 +99,8 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
                         fast = results.get(name(exp, k, "art-hs-lr", 0))
                         if fast is not None:
                             yield job(exp, k, "gmp-lr", 0, method="gmp", lr=lr, prune_epochs=budget(reg_epochs(fast)))
+            for exp in experiments:  # after every cell's first cause runs: these need them, and cost four runs
+                for k in sparsities:
                     if confounded(results, exp, k):
                         yield job(exp, k, "art-hs" + AGAIN, 0, **VARIANTS["art-hs"])
                         for variant, (_, change) in CAUSES.items():
