@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from beyond_page import changed_alone, section  # noqa: E402
-from beyond_setup import AGAIN, CAUSES, EXPERIMENTS, LR_SUSPECT, SCHEDULE, VARIANTS, behind_cells, name, reg_epochs  # noqa: E402
+from beyond_setup import AGAIN, CAUSES, EXPERIMENTS, LR_SUSPECT, SCHEDULE, VARIANTS, defaults_behind, name, reg_epochs  # noqa: E402
 from common import provenance  # noqa: E402
 from lr_check import checked, summary  # noqa: E402
 from sweep import load_results, run_sweep  # noqa: E402
@@ -68,14 +68,14 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
         art, gmp = results.get(name(exp, k, "art-hs", 0)), results.get(name(exp, k, "gmp", 0))
         if art is not None and gmp is not None and gmp["val_acc"] > art["val_acc"]:
             return True
-        return any(not provisional for *_, provisional in behind_cells(list(results.values()), exp, [k], ("art-hs",)))
+        return defaults_behind(list(results.values()), exp, k)
 
     def confounded(results: dict, exp: str, k: float) -> bool:
         """Whether a cell the table shows ART's defaults behind in has a cause run that trained unlike the defaults'
         run before its change could act (another session's float drift): then the defaults and every cause are run
         again together, so that each is the change alone."""
         runs = list(results.values())
-        if not any(not provisional for *_, provisional in behind_cells(runs, exp, [k], ("art-hs",))):
+        if not defaults_behind(runs, exp, k):
             return False
         default = results.get(name(exp, k, "art-hs", 0))
         done = [results.get(name(exp, k, c, 0)) for c in CAUSES]

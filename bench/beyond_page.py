@@ -20,6 +20,7 @@ from beyond_setup import (
     UNTESTED,
     behind_cells,
     cell,
+    defaults_behind,
     finished,
     name,
     reg_epochs,
@@ -517,7 +518,7 @@ def causes(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
             lines.append(f"| {100 * k:g} % | {label} | {what} | {100 * r['val_acc']:.2f} | {r['test_error']:.2f} | "
                          f"{r['epochs'].get('prune', '-') if m.startswith('gmp') else reg_epochs(r)} |")
     moot = [f"{100 * k:g} %" for k in sparsities if finished_causes(runs, exp, k)
-            and not any(not provisional for *_, provisional in behind_cells(runs, exp, [k], ("art-hs",)))]
+            and not defaults_behind(runs, exp, k)]
     if moot:
         lines += ["", f"At {' and '.join(moot)} these runs were made when the runs finished by then had ART's defaults "
                   "behind; with every seed in, the defaults are not behind there by more than one standard deviation "

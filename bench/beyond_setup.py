@@ -93,3 +93,8 @@ def behind_cells(runs: list[dict], exp: str, sparsities: list[float],
                 elif statistics.mean(theirs) < statistics.mean(ours):
                     found.append((k, v, m, True))
     return found
+
+
+def defaults_behind(runs: list[dict], exp: str, k: float) -> bool:
+    """Whether the table shows ART's defaults behind a baseline at sparsity ``k`` (by more than one std)."""
+    return any(not provisional for *_, provisional in behind_cells(runs, exp, [k], ("art-hs",)))

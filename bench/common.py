@@ -29,7 +29,8 @@ def code_commit(short: bool = False) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def provenance(seed: int | None = None) -> dict:
+def machine() -> str:
+    """This host in words: CPU model, logical cores, OS and architecture."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,11 +39,15 @@ def provenance(seed: int | None = None) -> dict:
                 break
     except OSError:
         pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+
+
+def provenance(seed: int | None = None) -> dict:
     return {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "commit": code_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}",
+        "machine": machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Callable, Iterable
 
-from common import code_commit, provenance
+from common import code_commit, machine
 
 Plan = Callable[[dict], Iterable[dict]]  # finished results by name -> jobs {"name", "config", "meta"} ready to run
 
@@ -129,7 +129,7 @@ def run_sweep(plan: Plan, store: Path, workers: int = 2, say: Callable[[str], No
     for stale in (store / "results").glob(".*.tmp"):
         stale.unlink()
     results = load_results(store)
-    head, host = code_commit(short=True), provenance()["machine"]
+    head, host = code_commit(short=True), machine()
     running: dict[str, Future] = {}
     pool = ProcessPoolExecutor(workers) if workers else None
     try:
