@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 
 from beyond_setup import (
     ACTS_FROM,
@@ -285,6 +286,39 @@ def _spread(*groups: list[float]) -> float | None:
     return max(statistics.stdev(g) for g in groups)
 
 
+@dataclass
+class Trail:
+    """One cell where an ART variant trails a baseline, as measured: test error means, the gap on validation and the
+    seeds' spread there, and the validation accuracy each method starts fine-tuning from."""
+    k: float
+    v: str
+    m: str
+    provisional: bool
+    arts: list[dict]
+    base: list[dict]
+    ours: float
+    theirs: float
+    gap_val: float
+    spread: float | None
+    who: str
+    art_mid: float | None
+    base_mid: float | None
+
+    @property
+    def behind_on_val(self) -> bool:
+        return self.gap_val > 0 and (self.spread is None or self.gap_val > self.spread)
+
+    @classmethod
+    def measure(cls, runs: list[dict], exp: str, k: float, v: str, m: str, provisional: bool) -> Trail:
+        arts, base = finished(runs, exp, k, v), finished(runs, exp, k, m)
+        art_val, base_val = [r["val_acc"] for r in arts], [r["val_acc"] for r in base]
+        return cls(k, v, m, provisional, arts, base,
+                   ours=statistics.mean(cell(runs, exp, k, v)), theirs=statistics.mean(cell(runs, exp, k, m)),
+                   gap_val=statistics.mean(base_val) - statistics.mean(art_val), spread=_spread(art_val, base_val),
+                   who="ART" if v == "art-hs" else "ART (λ_0 auto)",
+                   art_mid=_mean(map(start_of_finetuning, arts)), base_mid=_mean(map(start_of_finetuning, base)))
+
+
 def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
     """The measured story of each cell where an ART variant trails a baseline: the dense model during
     regularization against the same model trained plainly, what the stop compared, the network each method starts
@@ -295,138 +329,159 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         return []
     lines = ["**Why ART trails where it does** (measured; training and validation data only):\n"]
     for k, v, m, provisional in cells:
-        arts, base = finished(runs, exp, k, v), finished(runs, exp, k, m)
-        ours, theirs = statistics.mean(cell(runs, exp, k, v)), statistics.mean(cell(runs, exp, k, m))
-        art_val, base_val = [r["val_acc"] for r in arts], [r["val_acc"] for r in base]
-        gap_val = statistics.mean(base_val) - statistics.mean(art_val)
-        spread = _spread(art_val, base_val)
-        behind_on_val = gap_val > 0 and (spread is None or gap_val > spread)
-        who = "ART" if v == "art-hs" else "ART (λ_0 auto)"
-        if behind_on_val:
-            val = f"and {100 * gap_val:.1f} points behind on validation"
+        t = Trail.measure(runs, exp, k, v, m, provisional)
+        text = measured(runs, exp, t)
+        if v == "art-hs":
+            text += defaults_decision(runs, exp, t)
         else:
-            state = "ahead" if spread is not None and -gap_val > spread else "level"
-            val = (f"though on validation, which selects the model, {who} is {state} ("
-                   f"{'ahead' if gap_val < 0 else 'behind'} by {100 * abs(gap_val):.2f} points"
-                   + (f", the seeds' spread ±{100 * spread:.2f}" if spread is not None else "") + ")")
-        text = (f"- {100 * k:g} %, {SHORT[m]} ahead of {who}{' (one seed so far: provisional)' if provisional else ''}"
-                f": {theirs:.2f} against {ours:.2f} % test error, {val}.")
-        stories = [s for s in map(art_story, arts) if s]
-        if stories:
-            text += story_sentences(stories, runs, exp, arts, who)
-        art_mid = _mean(map(start_of_finetuning, arts))
-        base_mid = _mean(map(start_of_finetuning, base))
-        art_ft = _mean(map(after_first_finetuning_epoch, arts))
-        base_ft = _mean(map(after_first_finetuning_epoch, base))
-        if art_mid is not None:
-            text += f" Fine-tuning started from the pruned copy of {who} at {_pct(art_mid)} validation accuracy"
-            text += (f", from {SHORT[m]}'s network after its pruning epochs at {_pct(base_mid)}"
-                     if base_mid is not None else "")
-            if art_ft is not None and base_ft is not None:
-                text += f"; after the first fine-tuning epoch {_pct(art_ft)} against {_pct(base_ft)}"
-            text += "."
-        text += units_sentence(arts, base, who, SHORT[m])
-        if v != "art-hs":
-            theirs_epochs = _mean(r["epochs"].get("prune") for r in base if r.get("epochs"))
-            ours_epochs = _mean(reg_epochs(r) for r in arts)
-            if theirs_epochs is not None and ours_epochs is not None and theirs_epochs != ours_epochs:
-                text += (f" {SHORT[m]}'s budget is the defaults' regularization epochs: it trained "
-                         f"{theirs_epochs:.1f} epochs between warm-up and fine-tuning where {who} regularized "
-                         f"{ours_epochs:.1f} (mean over seeds), so this cell does not compare equal epochs, and "
-                         f"{SHORT[m]} at {who}'s budget was not run.")
-            if any(c[0] == k and c[1] == "art-hs" for c in cells):
-                text += (" The suspected causes were changed from the defaults (the paragraph on the defaults, and "
-                         "the table above); λ_0 auto is an option, not a default, so none was changed for it.")
-            else:
-                text += (f" No cause run was made at {100 * k:g} %: causes are changed from the defaults, which are "
-                         f"not behind {SHORT[m]} here by more than one standard deviation (λ_0 auto is an option, "
-                         "not a default). ")
-                text += (f"On validation, which chooses models and settings, {who} is level with {SHORT[m]}, so the "
-                         "test gap is no ground to change anything: nothing was changed." if not behind_on_val else
-                         f"Nothing was changed: λ_0 auto stays an option, and the measurements above are what this "
-                         f"page has on why it trails {SHORT[m]} here.")
-            lines.append(text)
-            continue
-        default = next((r for r in arts if r["seed"] == 0), None)
-        changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, k, c, seed=0)]
-        slow = next((r for what, r in changed if r["method"] == "art-hs-slow-lambda"), None)
-        again = again_group(runs, exp, k)
-        if again is not None:  # the defaults and every cause run together: each move is the change alone
-            default, changed = again
-        if default is not None and changed:  # finer digits where ART is not behind: no gap to set the moves against
-            digits = 1 if behind_on_val else 2
-            moves = "; ".join(f"{what}: {100 * (r['val_acc'] - default['val_acc']):+.{digits}f}"
-                              + ("" if changed_alone(r, default) else " (trained unlike the defaults' run before "
-                                 "the change could act: not the change alone)")
-                              for what, r in changed)
-            text += (" Run again together at one commit on one host (the cause runs made in earlier sessions drifted "
-                     "from the defaults' run before their change could act), each changed alone from the defaults' "
-                     f"rerun at seed 0 (`{default['commit']}`), validation accuracy moved by ({moves}) points"
-                     if again is not None else f" Changed alone at seed 0, validation accuracy moved by ({moves}) "
-                     "points")
-            if spread is not None:
-                text += f" (the seeds' spread of validation accuracy in this cell: ±{100 * spread:.{digits}f})"
-        if default is not None and changed and not behind_on_val:
-            text += (". Validation, which chooses models and defaults here, does not show ART behind, so the gap in "
-                     "test error is no ground to change a default (that would choose on the test set): none was "
-                     "changed.")
-        elif default is not None and changed:
-            text += f", against the {100 * gap_val:.1f}-point gap."
-            longer = next(iter(finished(runs, exp, k, "gmp-slow-budget", seed=0)), None)
-            if longer is not None and slow is not None:  # the slower growth's first run set GMP's budget
-                text += (f" Given the slower growth's {reg_epochs(slow)} epochs too, GMP reaches "
-                         f"{100 * longer['val_acc']:.1f} % validation accuracy against the slower ART's "
-                         f"{100 * slow['val_acc']:.1f} %.")
-            lr_art, lr_gmp = (next(iter(finished(runs, exp, k, v, seed=0)), None) for v in FROM_START)
-            lr_gap = lr_gmp["val_acc"] - lr_art["val_acc"] if lr_art and lr_gmp else None
-            if lr_art is not None:
-                text += (f" At lr {LR_SUSPECT[exp]:g} (the rate the short check on validation preferred), ART reaches "
-                         f"{100 * lr_art['val_acc']:.1f} % validation accuracy"
-                         + (f" and GMP, given that run's {reg_epochs(lr_art)} epochs, {100 * lr_gmp['val_acc']:.1f} %"
-                            if lr_gmp is not None else " (GMP at that rate has not finished)") + ".")
-            closes = [what for what, r in changed if r["val_acc"] - default["val_acc"] >= gap_val]
-            if lr_gap is not None and lr_gap <= (spread or 0) and not closes:
-                text += (f" At that rate GMP's lead on validation is {100 * lr_gap:+.1f} points"
-                         + (f", within the seeds' spread (±{100 * spread:.1f})" if spread is not None else "")
-                         + ": the gap comes with the experiment's learning rate, a setting of this sweep and not a "
-                         "library default, so no default was changed (seed 0 only: the other seeds were not run at "
-                         "that rate).")
-                lines.append(text)
-                continue
-            if closes:
-                text += (f" On validation at seed 0 the gap closes with {' and with '.join(closes)}: a default to "
-                         "weigh on every dataset (this page changes none).")
-            else:
-                confounded = [r for _, r in changed if not changed_alone(r, default)]
-                margin = min((gap_val - (r["val_acc"] - default["val_acc"]) for r in confounded), default=None)
-                if margin is not None and spread is not None and margin <= spread:
-                    text += (" No change closes the gap here, but a move marked 'not the change alone' also carries "
-                             "float drift of about the seeds' spread, and one comes within that spread of the gap: "
-                             "this cell cannot rule that change out, so no default was changed on its evidence.")
-                    lines.append(text)
-                    continue
-                if margin is not None and spread is not None:
-                    text += (" The moves marked 'not the change alone' also carry float drift, which moves a run by "
-                             "about the seeds' spread; none comes within that spread of closing the gap "
-                             f"(the closest of them {100 * margin:.1f} points short). No change tried closes the gap, "
-                             "so no default was changed")
-                else:
-                    text += " No change tried closes the gap, so no default was changed"
-                not_found = exp in UNTESTED or lr_gap is not None
-                if lr_gap is not None:
-                    text += ". The cause of this gap was not found among the suspects run, the learning rate included"
-                elif exp in UNTESTED:
-                    text += f". The cause of this gap was not found: {UNTESTED[exp]} was not tested"
-                if art_mid is not None and base_mid is not None and base_mid > art_mid:
-                    text += (f"{'; what was measured instead' if not_found else ''}: {SHORT[m]} trains the "
-                             "sparse network itself through its pruning epochs, ART trains "
-                             f"the dense model until it fixes the mask, and fine-tuning starts "
-                             f"{100 * (base_mid - art_mid):.1f} points of validation accuracy behind {SHORT[m]}'s "
-                             "(the difference measured between the two; no run changes it alone, so it is not shown "
-                             "to be the cause)")
-                text += "."
+            text += auto_decision(t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells))
         lines.append(text)
     return lines + [""]
+
+
+def measured(runs: list[dict], exp: str, t: Trail) -> str:
+    """The cell's gap, then what was measured on its runs: the dense model and the stop, where fine-tuning starts,
+    the units alive."""
+    them = SHORT[t.m]
+    if t.behind_on_val:
+        val = f"and {100 * t.gap_val:.1f} points behind on validation"
+    else:
+        state = "ahead" if t.spread is not None and -t.gap_val > t.spread else "level"
+        val = (f"though on validation, which selects the model, {t.who} is {state} ("
+               f"{'ahead' if t.gap_val < 0 else 'behind'} by {100 * abs(t.gap_val):.2f} points"
+               + (f", the seeds' spread ±{100 * t.spread:.2f}" if t.spread is not None else "") + ")")
+    text = (f"- {100 * t.k:g} %, {them} ahead of {t.who}{' (one seed so far: provisional)' if t.provisional else ''}"
+            f": {t.theirs:.2f} against {t.ours:.2f} % test error, {val}.")
+    stories = [s for s in map(art_story, t.arts) if s]
+    if stories:
+        text += story_sentences(stories, runs, exp, t.arts, t.who)
+    art_ft = _mean(map(after_first_finetuning_epoch, t.arts))
+    base_ft = _mean(map(after_first_finetuning_epoch, t.base))
+    if t.art_mid is not None:
+        text += f" Fine-tuning started from the pruned copy of {t.who} at {_pct(t.art_mid)} validation accuracy"
+        text += (f", from {them}'s network after its pruning epochs at {_pct(t.base_mid)}"
+                 if t.base_mid is not None else "")
+        if art_ft is not None and base_ft is not None:
+            text += f"; after the first fine-tuning epoch {_pct(art_ft)} against {_pct(base_ft)}"
+        text += "."
+    return text + units_sentence(t.arts, t.base, t.who, them)
+
+
+def auto_decision(t: Trail, defaults_trail_too: bool) -> str:
+    """Where λ_0 auto trails: the budget its baseline had, and why no cause was changed for an option."""
+    them = SHORT[t.m]
+    text = ""
+    theirs_epochs = _mean(r["epochs"].get("prune") for r in t.base if r.get("epochs"))
+    ours_epochs = _mean(reg_epochs(r) for r in t.arts)
+    if theirs_epochs is not None and ours_epochs is not None and theirs_epochs != ours_epochs:
+        text += (f" {them}'s budget is the defaults' regularization epochs: it trained {theirs_epochs:.1f} epochs "
+                 f"between warm-up and fine-tuning where {t.who} regularized {ours_epochs:.1f} (mean over seeds), so "
+                 f"this cell does not compare equal epochs, and {them} at {t.who}'s budget was not run.")
+    if defaults_trail_too:
+        return text + (" The suspected causes were changed from the defaults (the paragraph on the defaults, and the "
+                       "table above); λ_0 auto is an option, not a default, so none was changed for it.")
+    text += (f" No cause run was made at {100 * t.k:g} %: causes are changed from the defaults, which are not behind "
+             f"{them} here by more than one standard deviation (λ_0 auto is an option, not a default). ")
+    if not t.behind_on_val:
+        return text + (f"On validation, which chooses models and settings, {t.who} is level with {them}, so the test "
+                       "gap is no ground to change anything: nothing was changed.")
+    return text + (f"Nothing was changed: λ_0 auto stays an option, and the measurements above are what this page has "
+                   f"on why it trails {them} here.")
+
+
+def defaults_decision(runs: list[dict], exp: str, t: Trail) -> str:
+    """Where the defaults trail: each cause's move (from the reruns once they are all in), then the decision: none
+    needed (level on validation), a change that closes the gap, the learning rate, or the cause not found."""
+    default = next((r for r in t.arts if r["seed"] == 0), None)
+    changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, t.k, c, seed=0)]
+    slow = next((r for _, r in changed if r["method"] == "art-hs-slow-lambda"), None)
+    again = again_group(runs, exp, t.k)
+    if again is not None:  # the defaults and every cause run together: each move is the change alone
+        default, changed = again
+    if default is None or not changed:
+        return ""
+    text = cause_moves(default, changed, again is not None, t)
+    if not t.behind_on_val:
+        return text + (". Validation, which chooses models and defaults here, does not show ART behind, so the gap "
+                       "in test error is no ground to change a default (that would choose on the test set): none was "
+                       "changed.")
+    text += f", against the {100 * t.gap_val:.1f}-point gap."
+    longer = next(iter(finished(runs, exp, t.k, "gmp-slow-budget", seed=0)), None)
+    if longer is not None and slow is not None:  # the slower growth's first run set GMP's budget
+        text += (f" Given the slower growth's {reg_epochs(slow)} epochs too, GMP reaches "
+                 f"{100 * longer['val_acc']:.1f} % validation accuracy against the slower ART's "
+                 f"{100 * slow['val_acc']:.1f} %.")
+    lr_art = next(iter(finished(runs, exp, t.k, "art-hs-lr", seed=0)), None)
+    lr_gmp = next(iter(finished(runs, exp, t.k, "gmp-lr", seed=0)), None)
+    text += lr_sentence(exp, lr_art, lr_gmp)
+    lr_gap = lr_gmp["val_acc"] - lr_art["val_acc"] if lr_art and lr_gmp else None
+    closes = [what for what, r in changed if r["val_acc"] - default["val_acc"] >= t.gap_val]
+    if closes:
+        return text + (f" On validation at seed 0 the gap closes with {' and with '.join(closes)}: a default to weigh "
+                       "on every dataset (this page changes none).")
+    if lr_gap is not None and lr_gap <= (t.spread or 0):
+        return text + (f" At that rate GMP's lead on validation is {100 * lr_gap:+.1f} points"
+                       + (f", within the seeds' spread (±{100 * t.spread:.1f})" if t.spread is not None else "")
+                       + ": the gap comes with the experiment's learning rate, a setting of this sweep and not a "
+                       "library default, so no default was changed (seed 0 only: the other seeds were not run at "
+                       "that rate).")
+    return text + not_closed(exp, default, changed, t, lr_tested=lr_gap is not None)
+
+
+def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: Trail) -> str:
+    """How far each change alone moved validation accuracy from the defaults' run of seed 0 (finer digits where ART
+    is not behind: there is no gap to set the moves against)."""
+    digits = 1 if t.behind_on_val else 2
+    moves = "; ".join(f"{what}: {100 * (r['val_acc'] - default['val_acc']):+.{digits}f}"
+                      + ("" if changed_alone(r, default) else " (trained unlike the defaults' run before the change "
+                         "could act: not the change alone)")
+                      for what, r in changed)
+    text = (" Run again together at one commit on one host (the cause runs made in earlier sessions drifted from the "
+            "defaults' run before their change could act), each changed alone from the defaults' rerun at seed 0 "
+            f"(`{default['commit']}`), validation accuracy moved by ({moves}) points" if again else
+            f" Changed alone at seed 0, validation accuracy moved by ({moves}) points")
+    if t.spread is not None:
+        text += f" (the seeds' spread of validation accuracy in this cell: ±{100 * t.spread:.{digits}f})"
+    return text
+
+
+def lr_sentence(exp: str, lr_art: dict | None, lr_gmp: dict | None) -> str:
+    """ART and GMP at the rate the short check preferred (seed 0), where they ran."""
+    if lr_art is None:
+        return ""
+    return (f" At lr {LR_SUSPECT[exp]:g} (the rate the short check on validation preferred), ART reaches "
+            f"{100 * lr_art['val_acc']:.1f} % validation accuracy"
+            + (f" and GMP, given that run's {reg_epochs(lr_art)} epochs, {100 * lr_gmp['val_acc']:.1f} %"
+               if lr_gmp is not None else " (GMP at that rate has not finished)") + ".")
+
+
+def not_closed(exp: str, default: dict, changed: list[tuple[str, dict]], t: Trail, lr_tested: bool) -> str:
+    """No change tried closes the gap: whether float drift could hide one that would, and if not, that the cause
+    was not found, with what was measured instead."""
+    confounded = [r for _, r in changed if not changed_alone(r, default)]
+    margin = min((t.gap_val - (r["val_acc"] - default["val_acc"]) for r in confounded), default=None)
+    if margin is not None and t.spread is not None and margin <= t.spread:
+        return (" No change closes the gap here, but a move marked 'not the change alone' also carries float drift of "
+                "about the seeds' spread, and one comes within that spread of the gap: this cell cannot rule that "
+                "change out, so no default was changed on its evidence.")
+    if margin is not None and t.spread is not None:
+        text = (" The moves marked 'not the change alone' also carry float drift, which moves a run by about the "
+                "seeds' spread; none comes within that spread of closing the gap (the closest of them "
+                f"{100 * margin:.1f} points short). No change tried closes the gap, so no default was changed")
+    else:
+        text = " No change tried closes the gap, so no default was changed"
+    not_found = exp in UNTESTED or lr_tested
+    if lr_tested:
+        text += ". The cause of this gap was not found among the suspects run, the learning rate included"
+    elif exp in UNTESTED:
+        text += f". The cause of this gap was not found: {UNTESTED[exp]} was not tested"
+    if t.art_mid is not None and t.base_mid is not None and t.base_mid > t.art_mid:
+        them = SHORT[t.m]
+        text += (f"{'; what was measured instead' if not_found else ''}: {them} trains the sparse network itself "
+                 "through its pruning epochs, ART trains the dense model until it fixes the mask, and fine-tuning "
+                 f"starts {100 * (t.base_mid - t.art_mid):.1f} points of validation accuracy behind {them}'s (the "
+                 "difference measured between the two; no run changes it alone, so it is not shown to be the cause)")
+    return text + "."
 
 
 def story_sentences(stories: list[dict], runs: list[dict], exp: str, arts: list[dict], who: str) -> str:
