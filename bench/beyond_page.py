@@ -10,6 +10,7 @@ from beyond_setup import (
     ACTS_FROM,
     AGAIN,
     ARTS,
+    AUTO_BUDGET,
     CAUSES,
     EXPERIMENTS,
     FROM_START,
@@ -334,7 +335,7 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
         if v == "art-hs":
             text += defaults_decision(runs, exp, t)
         else:
-            text += auto_decision(t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells))
+            text += auto_decision(runs, exp, t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells))
         lines.append(text)
     return lines + [""]
 
@@ -367,8 +368,9 @@ def measured(runs: list[dict], exp: str, t: Trail) -> str:
     return text + units_sentence(t.arts, t.base, t.who, them)
 
 
-def auto_decision(t: Trail, defaults_trail_too: bool) -> str:
-    """Where λ_0 auto trails: the budget its baseline had, and why no cause was changed for an option."""
+def auto_decision(runs: list[dict], exp: str, t: Trail, defaults_trail_too: bool) -> str:
+    """Where λ_0 auto trails: the budget its baseline had (and the baseline at auto's own, where it ran), and why no
+    cause was changed for an option."""
     them = SHORT[t.m]
     text = ""
     theirs_epochs = _mean(r["epochs"].get("prune") for r in t.base if r.get("epochs"))
@@ -376,7 +378,9 @@ def auto_decision(t: Trail, defaults_trail_too: bool) -> str:
     if theirs_epochs is not None and ours_epochs is not None and theirs_epochs != ours_epochs:
         text += (f" {them}'s budget is the defaults' regularization epochs: it trained {theirs_epochs:.1f} epochs "
                  f"between warm-up and fine-tuning where {t.who} regularized {ours_epochs:.1f} (mean over seeds), so "
-                 f"this cell does not compare equal epochs, and {them} at {t.who}'s budget was not run.")
+                 "this cell does not compare equal epochs")
+        same = finished(runs, exp, t.k, t.m + AUTO_BUDGET)
+        text += equal_budget(same, t) if same else f", and {them} at {t.who}'s budget was not run."
     if defaults_trail_too:
         return text + (" The suspected causes were changed from the defaults (the paragraph on the defaults, and the "
                        "table above); λ_0 auto is an option, not a default, so none was changed for it.")
@@ -387,6 +391,41 @@ def auto_decision(t: Trail, defaults_trail_too: bool) -> str:
                        "gap is no ground to change anything: nothing was changed.")
     return text + (f"Nothing was changed: λ_0 auto stays an option, and the measurements above are what this page has "
                    f"on why it trails {them} here.")
+
+
+def equal_budget(same: list[dict], t: Trail) -> str:
+    """The baseline given λ_0 auto's own epochs, seed by seed, against λ_0 auto: on validation, and whether the test
+    gap the table flags stays at equal epochs."""
+    them, seeds = SHORT[t.m], sorted(same, key=lambda r: r["seed"])
+    epochs = "/".join(str(r["epochs"].get("prune", "?")) for r in seeds)
+    val, auto_val = [r["val_acc"] for r in same], [r["val_acc"] for r in t.arts]
+    errs, auto_errs = [r["test_error"] for r in same], [r["test_error"] for r in t.arts]
+    lead_val, spread_val = statistics.mean(val) - statistics.mean(auto_val), _spread(val, auto_val)
+    lead_test, spread_test = statistics.mean(auto_errs) - statistics.mean(errs), _spread(errs, auto_errs)
+    if spread_val is None:
+        state = "ahead" if lead_val > 0 else "behind"
+    else:
+        state = "ahead" if lead_val > spread_val else "behind" if -lead_val > spread_val else "level"
+    n = f" ({len(same)} of {len(t.arts)} seeds so far)" if len(same) < len(t.arts) else ""
+    text = (f". Given {t.who}'s own epochs instead, seed by seed ({epochs}){n}, {them} reaches "
+            f"{_pct(statistics.mean(val), 2)} validation accuracy against {t.who}'s "
+            f"{_pct(statistics.mean(auto_val), 2)} "
+            f"({state} by {100 * abs(lead_val):.2f} points"
+            + (f", the seeds' spread ±{100 * spread_val:.2f}" if spread_val is not None else "")
+            + f") and {mean_std(errs)} % test error against {mean_std(auto_errs)} %")
+    if spread_test is None:
+        return text + " (too few seeds to weigh the test gap)."
+    if lead_test > spread_test:
+        return text + (f": at equal epochs {them} stays ahead in test error by more than one standard deviation, so "
+                       "the unequal budget does not explain the gap.")
+    return text + (f": at equal epochs {them} is no longer ahead in test error by more than one standard deviation "
+                   f"({lead_test:+.2f} points, the seeds' spread ±{spread_test:.2f}), so the gap in the "
+                   f"table comes with the unequal budget, the {theirs_more(t, same):.1f} more epochs {them} had there.")
+
+
+def theirs_more(t: Trail, same: list[dict]) -> float:
+    """How many more epochs the baseline had in the table than at λ_0 auto's budget (mean over seeds)."""
+    return statistics.mean(r["epochs"]["prune"] for r in t.base) - statistics.mean(r["epochs"]["prune"] for r in same)
 
 
 def defaults_decision(runs: list[dict], exp: str, t: Trail) -> str:
@@ -436,9 +475,11 @@ def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: 
                       + ("" if changed_alone(r, default) else " (trained unlike the defaults' run before the change "
                          "could act: not the change alone)")
                       for what, r in changed)
-    text = (" Run again together at one commit on one host (the cause runs made in earlier sessions drifted from the "
-            "defaults' run before their change could act), each changed alone from the defaults' rerun at seed 0 "
-            f"(`{default['commit']}`), validation accuracy moved by ({moves}) points" if again else
+    if again:
+        commits = ", ".join(f"`{c}`" for c in sorted({default["commit"], *(r["commit"] for _, r in changed)}))
+    text = (" Run again together at seed 0 (the cause runs made in earlier sessions drifted from the defaults' run "
+            f"before their change could act; the reruns ran at {commits}), each changed alone from the defaults' "
+            f"rerun, validation accuracy moved by ({moves}) points" if again else
             f" Changed alone at seed 0, validation accuracy moved by ({moves}) points")
     if t.spread is not None:
         text += f" (the seeds' spread of validation accuracy in this cell: ±{100 * t.spread:.{digits}f})"

@@ -445,9 +445,59 @@ def test_the_beyond_mnist_causes_run_again_together_where_they_drifted_and_the_p
         [_cause_run(c + "-again", [0.42, 0.43, 0.44], 0.445, commit="c2") for c in beyond_setup.CAUSES]
     runs = table + drifted + reruns
     text = "\n".join(beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.995]))
-    assert "Run again together at one commit on one host" in text and "rerun at seed 0 (`c2`)" in text, text
+    assert "Run again together at seed 0" in text and "the reruns ran at `c2`)" in text, text
+    reruns[1]["commit"] = "c3"  # a sweep restarted at another commit: the page names both
+    text = "\n".join(beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.995]))
+    assert "the reruns ran at `c2`, `c3`)" in text, text
     assert "not the change alone" not in text and "+0.5" in text, text  # 0.445 against the rerun's 0.44
     table_text = "\n".join(beyond_page.causes(runs, "mlp-cifar10jpeg75", [0.995]))
     assert table_text.count("not the change alone") == len(beyond_setup.CAUSES), table_text  # the first runs only
     assert "run again with the three below" in table_text, table_text
     assert not any(r["method"].endswith("-again") for r in beyond_page.drifted(runs, "mlp-cifar10jpeg75"))
+
+
+def test_the_beyond_mnist_baseline_runs_at_lambda_auto_budget_where_auto_alone_trails_and_the_page_weighs_it():
+    """Review 5 (B3): where λ_0 auto alone trails GMP, GMP had the defaults' budget, longer than auto's; the plan
+    runs GMP again at auto's own epochs, seed by seed, and the page says whether the test gap stays at equal
+    epochs (judged against the seeds' spread)."""
+    from hypersparse.config import TrainConfig
+
+    import beyond_mnist
+    import beyond_page
+    import beyond_setup
+
+    def result(method, seed, val_acc, test_error, epochs):
+        return {"experiment": "lenet5-mnist", "sparsity": 0.995, "method": method, "seed": seed, "val_acc": val_acc,
+                "test_error": test_error, "epochs": epochs, "commit": "c1",
+                "name": beyond_setup.name("lenet5-mnist", 0.995, method, seed)}
+
+    seeds = (0, 1, 2)
+    table = [result("art-hs", s, 0.989, 1.09 + s / 100, {"regularize": 27}) for s in seeds] + \
+        [result("gmp", s, 0.989, 1.09 + s / 100, {"prune": 27}) for s in seeds] + \
+        [result("art-hs-auto", s, 0.989, 1.20 + s / 100, {"regularize": 15 - (s == 1)}) for s in seeds]
+
+    def planned(runs):
+        done = {r["name"]: r for r in runs}
+        return {j["name"]: j for j in beyond_mnist.plan_for(["lenet5-mnist"], [0.995], list(seeds))(done)}
+
+    jobs = planned(table)
+    for s in seeds:
+        cfg = TrainConfig.from_dict(jobs[beyond_setup.name("lenet5-mnist", 0.995, "gmp-auto-budget", s)]["config"])
+        assert (cfg.sparsity.method, cfg.scaled(cfg.baseline.prune_epochs)) == ("gmp", 15 - (s == 1)), s
+    behind_too = [dict(r, test_error=1.30) if r["method"] == "art-hs" else r for r in table]
+    assert not any("auto-budget" in n for n in planned(behind_too))  # the defaults trail too: the causes run there
+    level = [dict(r, test_error=1.09) if r["method"] == "art-hs-auto" else r for r in table]
+    assert not any("auto-budget" in n for n in planned(level))  # λ_0 auto not behind: nothing to weigh
+
+    def auto_line(runs):
+        return next(line for line in beyond_page.explain(runs, "lenet5-mnist", [0.995]) if "λ_0 auto)" in line)
+
+    assert "GMP at ART (λ_0 auto)'s budget was not run" in auto_line(table)
+    closed = table + [result("gmp-auto-budget", s, 0.988, 1.19 + s / 100, {"prune": 15 - (s == 1)}) for s in seeds]
+    text = auto_line(closed)
+    assert "seed by seed (15/14/15), GMP reaches 98.80 % validation accuracy against ART (λ_0 auto)'s 98.90 %" in text
+    assert "no longer ahead in test error by more than one standard deviation (+0.01 points" in text, text
+    assert "the 12.3 more epochs GMP had there" in text, text
+    kept = table + [result("gmp-auto-budget", s, 0.990, 1.10 + s / 100, {"prune": 15 - (s == 1)}) for s in seeds]
+    assert "stays ahead in test error by more than one standard deviation" in auto_line(kept)
+    assert "(1 of 3 seeds so far)" in auto_line(kept[:-2])
