@@ -44,7 +44,7 @@ from beyond_setup import (  # noqa: E402
     LR_SUSPECT,
     SCHEDULE,
     VARIANTS,
-    auto_alone_behind,
+    auto_behind,
     defaults_behind,
     name,
     reg_epochs,
@@ -65,7 +65,7 @@ def budget(epochs: int) -> int:
 def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
     """For each seed and experiment: each sparsity's ART runs, then its baselines, then the seed's dense model; and
     where ART trails (GMP at seed 0 on validation, or a baseline in the table), each suspected cause changed alone
-    (first, once that is known); last, where λ_0 auto alone trails a baseline, that baseline at auto's own epochs."""
+    (first, once that is known); last, where λ_0 auto trails a baseline, that baseline at auto's own epochs."""
 
     def job(exp, sparsity, variant, seed, **extra):
         config = dict(EXPERIMENTS[exp]["config"], **SCHEDULE, sparsity=sparsity, seed=seed,
@@ -132,9 +132,9 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
                 if all(arts):
                     epochs = round(statistics.median(reg_epochs(a) for a in arts))
                     yield job(exp, 0.0, "dense", seed, method="oneshot", prune_epochs=budget(epochs))
-        for exp in experiments:  # last, once the table is in: a baseline λ_0 auto alone trails, at auto's own epochs
+        for exp in experiments:  # last, once the table is in: a baseline λ_0 auto trails, at auto's own epochs
             for k in sparsities:
-                for m in auto_alone_behind(list(results.values()), exp, k):
+                for m in auto_behind(list(results.values()), exp, k):
                     for seed in seeds:
                         auto = results.get(name(exp, k, "art-hs-auto", seed))
                         if auto is not None:

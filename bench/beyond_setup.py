@@ -36,8 +36,8 @@ FROM_START = ("art-hs-lr", "gmp-lr")
 #: suffix of the defaults and the causes run again together (one commit, one host), where a cause run made in another
 #: session drifted from the defaults' run before its change could act: compared among themselves only
 AGAIN = "-again"
-#: suffix of a baseline run again at λ_0 auto's own budget, where λ_0 auto alone trails it: the table gives baselines
-#: the defaults' budget, which λ_0 auto's earlier stop leaves unequal
+#: suffix of a baseline run again at λ_0 auto's own budget where λ_0 auto trails it: the table gives baselines the
+#: defaults' budget, which λ_0 auto's earlier stop leaves unequal
 AUTO_BUDGET = "-auto-budget"
 LABELS = {"art-hs": "ART + HyperSparse (defaults)", "art-hs-auto": "ART + HyperSparse, λ_0 auto",
           "gmp": "GMP (Zhu & Gupta)", "rigl": "RigL (Evci et al.)", "oneshot": "one-shot magnitude"}
@@ -103,9 +103,7 @@ def defaults_behind(runs: list[dict], exp: str, k: float) -> bool:
     return any(not provisional for *_, provisional in behind_cells(runs, exp, [k], ("art-hs",)))
 
 
-def auto_alone_behind(runs: list[dict], exp: str, k: float) -> list[str]:
-    """The baselines the table shows λ_0 auto behind at sparsity ``k`` (by more than one std) where the defaults trail
-    none: there λ_0 is the one difference, and the epochs it leads to are unequal to the baseline's."""
-    if defaults_behind(runs, exp, k):
-        return []
+def auto_behind(runs: list[dict], exp: str, k: float) -> list[str]:
+    """The baselines the table shows λ_0 auto behind at sparsity ``k`` (by more than one std): they had the defaults'
+    budget, unequal to auto's own."""
     return [m for _, _, m, provisional in behind_cells(runs, exp, [k], ("art-hs-auto",)) if not provisional]
