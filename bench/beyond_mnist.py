@@ -13,7 +13,8 @@ batch 64, one thread per run, seeds 0-2, sparsity 98 % and 99.5 %.
 
 ART + HyperSparse runs with the project's defaults and with ``--lambda-init auto``. GMP, RigL and one-shot get as many
 epochs between warm-up and fine-tuning as the default ART run of the same cell and seed spent regularizing; dense
-trains for the same total (the median over the seed's sparsities). Models are chosen on the validation split.
+trains for the same total (the median over the seed's sparsities); where λ_0 auto trails a baseline, that baseline runs
+again at λ_0 auto's own epochs. Models are chosen on the validation split.
 
 Each result keeps the run's epoch trace (ART's lambda, pruned and dense accuracy, stop reason) and its final per-layer
 sparsity and live units, which the page's diagnosis reads. The store continues after a stop (bench/sweep.py), and

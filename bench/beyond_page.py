@@ -402,10 +402,9 @@ def equal_budget(same: list[dict], t: Trail) -> str:
     errs, auto_errs = [r["test_error"] for r in same], [r["test_error"] for r in t.arts]
     lead_val, spread_val = statistics.mean(val) - statistics.mean(auto_val), _spread(val, auto_val)
     lead_test, spread_test = statistics.mean(auto_errs) - statistics.mean(errs), _spread(errs, auto_errs)
-    if spread_val is None:
-        state = "ahead" if lead_val > 0 else "behind"
-    else:
-        state = "ahead" if lead_val > spread_val else "behind" if -lead_val > spread_val else "level"
+    state = "ahead" if lead_val > 0 else "behind"
+    if spread_val is not None and abs(lead_val) <= spread_val:
+        state = f"level: {state}"
     n = f" ({len(same)} of {len(t.arts)} seeds so far)" if len(same) < len(t.arts) else ""
     text = (f". Given {t.who}'s own epochs instead, seed by seed ({epochs}){n}, {them} reaches "
             f"{_pct(statistics.mean(val), 2)} validation accuracy against {t.who}'s "
@@ -477,8 +476,9 @@ def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: 
                       for what, r in changed)
     if again:
         commits = ", ".join(f"`{c}`" for c in sorted({default["commit"], *(r["commit"] for _, r in changed)}))
-    text = (" Run again together at seed 0 (the cause runs made in earlier sessions drifted from the defaults' run "
-            f"before their change could act; the reruns ran at {commits}), each changed alone from the defaults' "
+    text = (" Run again together at seed 0 (cause runs made in earlier sessions drifted from the defaults' run "
+            f"before their change could act, as the table marks; the reruns ran at {commits}), each changed alone "
+            "from the defaults' "
             f"rerun, validation accuracy moved by ({moves}) points" if again else
             f" Changed alone at seed 0, validation accuracy moved by ({moves}) points")
     if t.spread is not None:

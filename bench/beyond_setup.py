@@ -33,8 +33,9 @@ UNTESTED = {"mlp-cifar10jpeg75": "the learning rate (0.003, which the short dens
 LR_SUSPECT = {"mlp-cifar10jpeg75": 0.003}
 #: runs whose change acts from the first epoch, so they warm up unlike the rest of their seed by design
 FROM_START = ("art-hs-lr", "gmp-lr")
-#: suffix of the defaults and the causes run again together (one commit, one host), where a cause run made in another
-#: session drifted from the defaults' run before its change could act: compared among themselves only
+#: suffix of the defaults and the causes run again together (one session's host, so that they train alike until a
+#: change acts: the page checks it), where a cause run made in another session drifted from the defaults' run before
+#: its change could act: compared among themselves only
 AGAIN = "-again"
 #: suffix of a baseline run again at λ_0 auto's own budget where λ_0 auto trails it: the table gives baselines the
 #: defaults' budget, which λ_0 auto's earlier stop leaves unequal

@@ -500,4 +500,8 @@ def test_the_beyond_mnist_baseline_runs_at_lambda_auto_budget_where_auto_trails_
     assert "the 12.3 more epochs GMP had there" in text, text
     kept = table + [result("gmp-auto-budget", s, 0.990, 1.10 + s / 100, {"prune": 15 - (s == 1)}) for s in seeds]
     assert "stays ahead in test error by more than one standard deviation" in auto_line(kept)
+    assert "against ART (λ_0 auto)'s 98.90 % (level: ahead by 0.10 points, the seeds' spread ±0.00" not in \
+        auto_line(kept)  # a lead beyond the spread is not level
+    kept[-1]["val_acc"] = 0.970  # GMP's seeds far apart on validation: a lead within their spread is level
+    assert "(level: behind by 0.57 points, the seeds' spread ±1.15)" in auto_line(kept), auto_line(kept)
     assert "(1 of 3 seeds so far)" in auto_line(kept[:-2])
