@@ -156,8 +156,9 @@ def dense_line(runs: list[dict], exp: str, sparsities: list[float], seeds: int =
         return "Dense, same total epochs: not run.\n"
     n = f" (n={len(dense)})" if len(dense) < seeds else ""
     text = f"Dense, same total epochs: **{mean_std(dense)} %**{n} test error."
-    beaten = [f"{100 * k:g} %" for k in sparsities if any(
-        cell(runs, exp, k, m) and statistics.mean(cell(runs, exp, k, m)) < statistics.mean(dense) for m in LABELS)]
+    beaters = {k: [m for m in LABELS if cell(runs, exp, k, m)
+                   and statistics.mean(cell(runs, exp, k, m)) < statistics.mean(dense)] for k in sparsities}
+    beaten = [f"{100 * k:g} %" for k in sparsities if beaters[k]]
 
     def ends(rs):
         last = [r["trace"][-1] for r in rs if r.get("trace")]
@@ -167,7 +168,8 @@ def dense_line(runs: list[dict], exp: str, sparsities: list[float], seeds: int =
     if beaten and dense_end:
         k = next(k for k in sparsities if f"{100 * k:g} %" == beaten[0])
         best = min((m for m in LABELS if cell(runs, exp, k, m)), key=lambda m: statistics.mean(cell(runs, exp, k, m)))
-        text += (f" Sparse models beat it here (at {' and '.join(beaten)}). It ends training at {dense_end}; "
+        who = "; ".join(f"{100 * k:g} %: {', '.join(LABELS[m] for m in ms)}" for k, ms in beaters.items() if ms)
+        text += (f" Sparse models beat it here ({who}). It ends training at {dense_end}; "
                  f"{LABELS[best]} at {100 * k:g} % ends at {ends(finished(runs, exp, k, best))}: the dense model "
                  "fits its training images more closely and does worse on validation (why was not measured "
                  "further).")
@@ -213,15 +215,17 @@ def dense_at(runs: list[dict], exp: str, art: dict) -> float | None:
     return None
 
 
-def plain_dense(runs: list[dict], exp: str, arts: list[dict]) -> tuple[float | None, str]:
-    """The plain dense run at ART's stop (:func:`dense_at`), averaged over the seeds that have one, and
-    `` (seeds 0, 2)`` when that is not every seed of ``arts``."""
-    pairs = [(r["seed"], dense_at(runs, exp, r)) for r in arts]
-    found = [(seed, v) for seed, v in pairs if v is not None]
+def plain_dense(runs: list[dict], exp: str, arts: list[dict], digits: int = 1) -> tuple[float | None, str]:
+    """The plain dense run at ART's stop (:func:`dense_at`), averaged over the seeds that have one; when that is not
+    every seed of ``arts``, a note naming those seeds and ART's dense model at the stop on them (the mean over every
+    seed would compare other seeds)."""
+    pairs = [(r, dense_at(runs, exp, r)) for r in arts]
+    found = [(r, v) for r, v in pairs if v is not None]
     if not found:
         return None, ""
-    note = "" if len(found) == len(pairs) else f" (seed{'s' if len(found) > 1 else ''} " \
-        f"{', '.join(str(seed) for seed, _ in found)})"
+    note = "" if len(found) == len(pairs) else (
+        f" (seed{'s' if len(found) > 1 else ''} {', '.join(str(r['seed']) for r, _ in found)}, where ART's dense "
+        f"model had {_pct(statistics.mean(art_story(r)['stop_val'] for r, _ in found), digits)} at the stop)")
     return statistics.mean(v for _, v in found), note
 
 
@@ -412,14 +416,22 @@ def equal_budget(same: list[dict], t: Trail) -> str:
             f"({state} by {100 * abs(lead_val):.2f} points"
             + (f", the seeds' spread ±{100 * spread_val:.2f}" if spread_val is not None else "")
             + f") and {mean_std(errs)} % test error against {mean_std(auto_errs)} %")
-    if spread_test is None:
-        return text + " (too few seeds to weigh the test gap)."
-    if lead_test > spread_test:
-        return text + (f": at equal epochs {them} stays ahead in test error by more than one standard deviation, so "
-                       "the unequal budget does not explain the gap.")
-    return text + (f": at equal epochs {them} is no longer ahead in test error by more than one standard deviation "
-                   f"({lead_test:+.2f} points, the seeds' spread ±{spread_test:.2f}), so the gap in the "
-                   f"table comes with the unequal budget, the {theirs_more(t, same):.1f} more epochs {them} had there.")
+    if spread_test is None or spread_val is None:
+        return text + " (too few seeds to weigh the gap)."
+    test = ("stays ahead in test error by more than one standard deviation" if lead_test > spread_test else
+            f"is no longer ahead in test error by more than one standard deviation ({lead_test:+.2f} points, the "
+            f"seeds' spread ±{spread_test:.2f})")
+    if not t.behind_on_val:  # flagged on test alone: validation, which decides, has no gap to explain
+        moved = statistics.mean(val) - statistics.mean(r["val_acc"] for r in t.base)
+        return text + (f": at equal epochs {them} {test}. On validation, which decides, the table had no gap to "
+                       f"explain, and the shorter budget moved {them}'s validation accuracy by {100 * moved:+.2f} "
+                       "points.")
+    if lead_val > spread_val:
+        return text + (f": at equal epochs {them} stays ahead on validation by more than the seeds' spread (and it "
+                       f"{test}), so the unequal budget does not explain the gap.")
+    return text + (f": at equal epochs {them}'s lead on validation is within the seeds' spread (and it {test}), so "
+                   f"the gap comes with the unequal budget, the {theirs_more(t, same):.1f} more epochs {them} had "
+                   "there.")
 
 
 def theirs_more(t: Trail, same: list[dict]) -> float:
@@ -451,7 +463,8 @@ def defaults_decision(runs: list[dict], exp: str, t: Trail) -> str:
                  f"{100 * slow['val_acc']:.1f} %.")
     lr_art = next(iter(finished(runs, exp, t.k, "art-hs-lr", seed=0)), None)
     lr_gmp = next(iter(finished(runs, exp, t.k, "gmp-lr", seed=0)), None)
-    text += lr_sentence(exp, lr_art, lr_gmp)
+    seed0 = [next((r for r in rs if r["seed"] == 0), None) for rs in (t.arts, t.base)]
+    text += lr_sentence(exp, lr_art, lr_gmp, *seed0)
     lr_gap = lr_gmp["val_acc"] - lr_art["val_acc"] if lr_art and lr_gmp else None
     closes = [what for what, r in changed if r["val_acc"] - default["val_acc"] >= t.gap_val]
     if closes:
@@ -486,13 +499,18 @@ def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: 
     return text
 
 
-def lr_sentence(exp: str, lr_art: dict | None, lr_gmp: dict | None) -> str:
-    """ART and GMP at the rate the short check preferred (seed 0), where they ran."""
+def lr_sentence(exp: str, lr_art: dict | None, lr_gmp: dict | None, art: dict | None = None,
+                gmp: dict | None = None) -> str:
+    """ART and GMP at the rate the short check preferred (seed 0), where they ran, beside their seed-0 runs at the
+    experiment's rate."""
     if lr_art is None:
         return ""
+
+    def at_rate(r):
+        return f" ({100 * r['val_acc']:.1f} % at {EXPERIMENTS[exp]['config']['lr']:g})" if r is not None else ""
     return (f" At lr {LR_SUSPECT[exp]:g} (the rate the short check on validation preferred), ART reaches "
-            f"{100 * lr_art['val_acc']:.1f} % validation accuracy"
-            + (f" and GMP, given that run's {reg_epochs(lr_art)} epochs, {100 * lr_gmp['val_acc']:.1f} %"
+            f"{100 * lr_art['val_acc']:.1f} % validation accuracy{at_rate(art)}"
+            + (f" and GMP, given that run's {reg_epochs(lr_art)} epochs, {100 * lr_gmp['val_acc']:.1f} %{at_rate(gmp)}"
                if lr_gmp is not None else " (GMP at that rate has not finished)") + ".")
 
 
@@ -670,7 +688,7 @@ def diagnosis(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
 
             def avg(key):
                 return _pct(_mean(s.get(key) for s in stories), 2)
-            plain, which = plain_dense(runs, exp, mine)
+            plain, which = plain_dense(runs, exp, mine, digits=2)
             reasons = ", ".join(sorted({s["reason"] for s in stories}))
             lines.append(f"| {100 * k:g} % | {LABELS[m]} | {avg('warm_val')} | "
                          f"{avg('stop_val')} | {_pct(plain, 2)}{which} | {avg('ref_first')} → {avg('reference')} | "

@@ -17,14 +17,16 @@ EXPERIMENTS = {
                                      "lr": 0.01}},
 }
 SCHEDULE = {"epochs_scale": 0.25}
-#: how each experiment's learning rate was set (neither check was kept as JSON: these lines are its record)
+#: how each experiment's learning rate was set (the CIFAR check was not kept as JSON: its line is its record;
+#: LeNet-5's later check is in docs/runs/lr-check, made by bench/lr_check.py)
 LR_CHECK = {"lenet5-mnist": "lr 0.03, the issue's suggestion, diverged (NaN loss in warm-up epoch 8 of seed 0, at "
                             "3a407f2) and 0.1 diverges too (README), so the sweep took 0.01, the rate of the "
                             "shortened-schedule sweep (where lr 0.03 had closed ART's gap to GMP at 98 %, above); the "
                             "check, made after the sweep, has 0.01 ahead of 0.003 and 0.02",
             "mlp-cifar10jpeg75": "a short check on validation (dense, seed 0, 6 epochs): lr 0.1 17.2 %, 0.03 33.1 %, "
                                  "0.01 45.9 %, 0.003 47.2 %; 0.003 led by 1.3 points, yet the sweep kept 0.01; 0.003 "
-                                 "was run later in ART and in GMP as a suspect of ART's gap (seed 0, below)"}
+                                 "was run later in ART and in GMP as a suspect of ART's gap (seed 0, below); this "
+                                 "check was not kept as JSON (this line is its record)"}
 #: suspects of ART's gap that were not run, per experiment (the page names them where no tested change closes it)
 UNTESTED = {"mlp-cifar10jpeg75": "the learning rate (0.003, which the short dense check on validation preferred, run "
                                  "in ART and GMP alike)"}
