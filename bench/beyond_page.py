@@ -489,11 +489,11 @@ def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: 
                       for what, r in changed)
     if again:
         commits = ", ".join(f"`{c}`" for c in sorted({default["commit"], *(r["commit"] for _, r in changed)}))
-    text = (" Run again together at seed 0 (cause runs made in earlier sessions drifted from the defaults' run "
-            f"before their change could act, as the table marks; the reruns ran at {commits}), each changed alone "
-            "from the defaults' "
-            f"rerun, validation accuracy moved by ({moves}) points" if again else
-            f" Changed alone at seed 0, validation accuracy moved by ({moves}) points")
+        text = (" Run again together at seed 0 (cause runs made in earlier sessions drifted from the defaults' run "
+                f"before their change could act, as the table marks; the reruns ran at {commits}), each changed "
+                f"alone from the defaults' rerun, validation accuracy moved by ({moves}) points")
+    else:
+        text = f" Changed alone at seed 0, validation accuracy moved by ({moves}) points"
     if t.spread is not None:
         text += f" (the seeds' spread of validation accuracy in this cell: ±{100 * t.spread:.{digits}f})"
     return text
