@@ -4,7 +4,10 @@ A sweep is a *store* folder and a *plan*. The store holds ``results/<name>.json`
 ``runs/<name>/`` (the run's own folder: config, checkpoint, metrics) for every started one. ``run_sweep`` asks the
 plan which runs are ready (a plan may depend on finished results, e.g. a baseline given as many epochs as ART took),
 skips those with a result, resumes those with a checkpoint and starts the rest, ``workers`` at a time in the plan's
-order. Started again with the same plan it carries on where it stopped, any number of times.
+order. Started again with the same plan it carries on where it stopped, any number of times. A job may carry
+``"start": {"weights": <model.pt>, "mask": <model.pt>}`` (two finished runs' models): its config's ``pretrained``
+file is then written first, the one model's weights under the other's zeros, and its result says whether the run
+ended with exactly those zeros (``kept_start_mask``).
 
     results = run_sweep(plan, Path("sweeps/mnist-full"), workers=2)
 """
@@ -69,10 +72,14 @@ def run_job(job: dict) -> dict:
             summary, resumed = resume(run_dir, progress=False, out=quiet), True
         else:
             shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint: start over
+            if "start" in job:
+                write_start(job["start"], Path(job["config"]["pretrained"]))
             summary = train(TrainConfig.from_dict(job["config"]), run_dir, progress=False, out=quiet)
         result = _outcome(summary)
         if job.get("diagnose"):
             result.update(_diagnostics(run_dir))
+        if "start" in job:
+            result["kept_start_mask"] = same_mask(Path(job["config"]["pretrained"]), run_dir / "model.pt")
     except (ARTDidNotConverge, RunDiverged) as exc:  # an outcome to report, not a reason to stop the sweep
         result = {"test_error": None, "failed": str(exc)}
     result.update(job["meta"], name=name, config=job["config"], commit=job["commit"], resumed=resumed)
@@ -80,6 +87,33 @@ def run_job(job: dict) -> dict:
         result["machine"] = job["machine"]
     _write_json(store / "results" / f"{name}.json", result)
     return result
+
+
+def _prunable(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2}  # Conv and Linear weights
+
+
+def write_start(start: dict, out: Path) -> None:
+    """A run's starting state_dict: ``start["weights"]``'s model with every prunable weight zeroed where
+    ``start["mask"]``'s model has a zero (the weights of one run under the mask of another; both state_dicts)."""
+    import torch
+
+    weights = torch.load(start["weights"], map_location="cpu", weights_only=True)
+    mask = _prunable(torch.load(start["mask"], map_location="cpu", weights_only=True))
+    if set(mask) != set(_prunable(weights)):
+        raise SweepError(f"{start['mask']} and {start['weights']} hold different prunable layers")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save({k: v * (mask[k] != 0) if k in mask else v for k, v in weights.items()}, tmp)
+    os.replace(tmp, out)
+
+
+def same_mask(start: Path, model: Path) -> bool:
+    """Whether a run ended with exactly the zeros it started from (fine-tuning under a fixed mask keeps them)."""
+    import torch
+
+    a, b = (_prunable(torch.load(p, map_location="cpu", weights_only=True)) for p in (start, model))
+    return set(a) == set(b) and all(torch.equal(a[k] != 0, b[k] != 0) for k in a)
 
 
 TRACE_KEYS = ("epoch", "phase", "event", "lr", "train_acc", "val_acc", "lambda", "dense_acc", "pruned_acc",
@@ -95,9 +129,7 @@ def _diagnostics(run_dir: Path) -> dict:
              for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     layers = []
-    for layer, w in state.items():
-        if not (layer.endswith("weight") and w.dim() >= 2):  # Conv and Linear weights: the prunable ones
-            continue
+    for layer, w in _prunable(state).items():
         nz = w != 0
         layers.append({"name": layer, "shape": list(w.shape), "numel": w.numel(), "kept": int(nz.sum()),
                        "alive_out": int(nz.flatten(1).any(1).sum()), "alive_in": int(nz.transpose(0, 1).flatten(1)

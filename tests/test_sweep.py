@@ -514,3 +514,33 @@ def test_the_beyond_mnist_baseline_runs_at_lambda_auto_budget_where_auto_trails_
     kept[-1]["val_acc"] = 0.970  # GMP's seeds far apart on validation: a lead within their spread is level
     assert "(level: behind by 0.57 points, the seeds' spread ±1.15)" in auto_line(kept), auto_line(kept)
     assert "(1 of 3 seeds so far)" in auto_line(kept[:-2])
+
+
+def test_the_mask_swap_fine_tunes_each_start_under_its_mask_and_keeps_it(tmp_path, monkeypatch):
+    """bench/mask_swap.py on digits: ART's and GMP's stops, the warm-up, and fine-tunings from one run's weights under
+    another run's mask; each fine-tuning ends with exactly its starting zeros, and the warm-up arms start from the
+    warm-up's weights."""
+    import torch
+
+    import mask_swap
+
+    tiny = {"config": {"dataset": "digits", "model": "mlp", "lr": 0.05, "stats": False}}
+    monkeypatch.setitem(mask_swap.EXPERIMENTS, "tiny", tiny)
+    monkeypatch.setattr(mask_swap, "SCHEDULE", {"epochs_scale": 0.05})
+    store = tmp_path / "store"
+    results = sweep.run_sweep(mask_swap.plan_for([0.9], [0], store, exp="tiny"), store, workers=0, say=lambda s: None)
+    arms = {r["method"]: r for r in results.values()}
+    assert set(arms) == {"warmup", "art-stop", "gmp-stop", "auto-stop", *mask_swap.ARMS}
+    assert arms["gmp-stop"]["epochs"]["prune"] == arms["art-stop"]["epochs"]["regularize"]
+    warm = torch.load(store / "runs" / "tiny-warmup-s0" / "model.pt", weights_only=True)
+    for arm, (weights, mask) in mask_swap.ARMS.items():
+        r = arms[arm]
+        assert r["kept_start_mask"] and r["epochs"] == {"finetune": 8}, arm
+        start = torch.load(r["config"]["pretrained"], weights_only=True)
+        masker = torch.load(store / "runs" / mask_swap.name("tiny", 0.9, mask, 0) / "model.pt", weights_only=True)
+        for key, w in start.items():
+            if w.dim() == 2:
+                assert torch.equal(w != 0, masker[key] != 0), (arm, key)
+                if weights == "warmup":
+                    assert torch.equal(w[w != 0], warm[key][w != 0]), (arm, key)
+    assert abs(arms["art-own"]["dense"]["val_acc"] - arms["art-stop"]["val_acc"]) < 1e-9  # the start is the stop
