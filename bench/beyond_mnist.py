@@ -46,21 +46,17 @@ from beyond_setup import (  # noqa: E402
     SCHEDULE,
     VARIANTS,
     auto_behind,
+    budget,
     defaults_behind,
     name,
     reg_epochs,
 )
 from common import provenance  # noqa: E402
 from lr_check import checked, summary  # noqa: E402
-from sweep import load_results, run_sweep  # noqa: E402
+from sweep import copy_out, load_results, run_sweep  # noqa: E402
+from sweep import published as committed  # noqa: E402
 
 DOCS = ROOT / "docs"
-
-
-def budget(epochs: int) -> int:
-    """``prune_epochs`` for a baseline that should train ``epochs`` epochs between warm-up and fine-tuning: the
-    engine scales every phase by ``epochs_scale``, so the setting is the unscaled count (exact: 0.25 x 4n = n)."""
-    return round(epochs / SCHEDULE["epochs_scale"])
 
 
 def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
@@ -146,8 +142,7 @@ def plan_for(experiments: list[str], sparsities: list[float], seeds: list[int]):
 
 def published(docs: Path = DOCS) -> dict[str, dict]:
     """The results already committed under docs/runs/beyond/."""
-    folder = docs / "runs" / "beyond"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+    return committed(docs / "runs" / "beyond")
 
 
 def main() -> None:
@@ -185,25 +180,17 @@ def main() -> None:
                 target.write_text(json.dumps(result, indent=2) + "\n")
         record = docs / "runs" / "beyond-provenance.json"  # the machine the sweep runs on, for the pages
         record.write_text(json.dumps(provenance(seed=seeds[0]), indent=2) + "\n")
-        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store, docs)))
-        copy_out(store, docs)
+        folder = docs / "runs" / "beyond"
+        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store, folder)))
+        copy_out(store, folder)
     publish(docs, experiments, sparsities, seeds)
-
-
-def copy_out(store: Path, docs: Path) -> None:
-    """Every finished result of the store into docs/runs/beyond/ (for the next commit)."""
-    folder = docs / "runs" / "beyond"
-    folder.mkdir(parents=True, exist_ok=True)
-    for run, result in load_results(store).items():
-        target = folder / f"{run}.json"
-        if not target.exists():
-            target.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def publish(docs: Path, experiments: list[str], sparsities: list[float], seeds: list[int]) -> None:
     """One section of docs/results.md per experiment, from docs/runs/beyond/ alone (so the page regenerates
     byte-identical from what is committed)."""
     runs = list(published(docs).values())
+    swaps = list(committed(docs / "runs" / "mask-swap").values())
     record = docs / "runs" / "beyond-provenance.json"
     machine = json.loads(record.read_text()) if record.exists() else {"machine": "?", "torch": "?"}
     results_md = docs / "results.md"
@@ -215,7 +202,7 @@ def publish(docs: Path, experiments: list[str], sparsities: list[float], seeds: 
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
         body = section(exp, [r for r in runs if r["experiment"] == exp], sparsities, seeds, machine,
-                       summary(exp, checked(docs / "runs" / "lr-check")))
+                       summary(exp, checked(docs / "runs" / "lr-check")), swaps=swaps)
         text = f"{head}{begin}\n{body}\n{end}{tail}"
     results_md.write_text(text)
     print(f"wrote {len(experiments)} section(s) of {results_md} from {len(runs)} runs")

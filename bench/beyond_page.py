@@ -28,6 +28,14 @@ from beyond_setup import (
     reg_epochs,
 )
 from common import every_run, mean_std
+from mask_swap import EXPERIMENT as SWAPPED
+from mask_swap import verdict
+
+#: what was decided where the mask carries ART's gap
+MASK_DECISION = (" This is the measured cause, and it is not a default of ours: the mask is where HyperSparse's "
+                 "regularization of one global weight vector (the paper's method) leaves the largest weights when ART "
+                 "stops, and each default suspected was changed alone above without closing the gap. On this MLP and "
+                 "data ART + HyperSparse's mask is worse than GMP's, and ART + HyperSparse is behind GMP.")
 
 
 def shown_config(exp: str) -> dict:
@@ -36,9 +44,10 @@ def shown_config(exp: str) -> dict:
 
 
 def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int], machine: dict,
-            lr_checked: str | None = None) -> str:
+            lr_checked: str | None = None, swaps: list[dict] = ()) -> str:
     """One experiment's section: provenance, settings and budget, the table, and where ART trails, why.
-    ``lr_checked`` is the learning-rate check on record for it (bench/lr_check.py), if any."""
+    ``lr_checked`` is the learning-rate check on record for it (bench/lr_check.py), if any; ``swaps`` the runs of
+    bench/mask_swap.py (mask against starting weights), where it measured this experiment."""
     commits = sorted({r["commit"] for r in runs}) or ["-"]
     planned = [name(exp, k, v, s) for s in seeds for k in sparsities for v in LABELS] + \
         [name(exp, 0.0, "dense", s) for s in seeds]
@@ -83,7 +92,7 @@ def section(exp: str, runs: list[dict], sparsities: list[float], seeds: list[int
               *where_finetuning_starts(runs, exp, sparsities),
               *layers(runs, exp, sparsities),
               *causes(runs, exp, sparsities),
-              *explain(runs, exp, sparsities),
+              *explain(runs, exp, sparsities, swaps),
               *drift_note(runs, exp),
               *every_run(runs)]
     lines += ["\n</details>\n", f"Raw results: [runs/beyond/](runs/beyond/) (`{exp}-*.json`).\n"]
@@ -324,11 +333,12 @@ class Trail:
                    art_mid=_mean(map(start_of_finetuning, arts)), base_mid=_mean(map(start_of_finetuning, base)))
 
 
-def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
+def explain(runs: list[dict], exp: str, sparsities: list[float], swaps: list[dict] = ()) -> list[str]:
     """The measured story of each cell where an ART variant trails a baseline: the dense model during
     regularization against the same model trained plainly, what the stop compared, the network each method starts
-    fine-tuning from, live units per layer, and each cause changed alone. Numbers only from training and validation
-    data (test error is what the cell compares)."""
+    fine-tuning from, live units per layer, each cause changed alone, and the mask against the starting weights
+    (bench/mask_swap.py's ``swaps``, where it ran). Numbers only from training and validation data (test error is
+    what the cell compares)."""
     cells = behind_cells(runs, exp, sparsities)
     if not cells:
         return []
@@ -336,10 +346,12 @@ def explain(runs: list[dict], exp: str, sparsities: list[float]) -> list[str]:
     for k, v, m, provisional in cells:
         t = Trail.measure(runs, exp, k, v, m, provisional)
         text = measured(runs, exp, t)
+        split = verdict(swaps, k, v) if swaps and exp == SWAPPED and m == "gmp" else None
         if v == "art-hs":
-            text += defaults_decision(runs, exp, t)
+            text += defaults_decision(runs, exp, t, split)
         else:
-            text += auto_decision(runs, exp, t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells))
+            text += auto_decision(runs, exp, t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells),
+                                  split=split)
         lines.append(text)
     return lines + [""]
 
@@ -372,9 +384,10 @@ def measured(runs: list[dict], exp: str, t: Trail) -> str:
     return text + units_sentence(t.arts, t.base, t.who, them)
 
 
-def auto_decision(runs: list[dict], exp: str, t: Trail, defaults_trail_too: bool) -> str:
-    """Where λ_0 auto trails: the budget its baseline had (and the baseline at auto's own, where it ran), and why no
-    cause was changed for an option."""
+def auto_decision(runs: list[dict], exp: str, t: Trail, defaults_trail_too: bool, split: str | None = None) -> str:
+    """Where λ_0 auto trails: the budget its baseline had (and the baseline at auto's own, where it ran), its mask
+    against the baseline's from equal weights (``split``, bench/mask_swap.py), and why no cause was changed for an
+    option."""
     them = SHORT[t.m]
     text = ""
     theirs_epochs = _mean(r["epochs"].get("prune") for r in t.base if r.get("epochs"))
@@ -385,6 +398,9 @@ def auto_decision(runs: list[dict], exp: str, t: Trail, defaults_trail_too: bool
                  "this cell does not compare equal epochs")
         same = finished(runs, exp, t.k, t.m + AUTO_BUDGET)
         text += equal_budget(same, t) if same else f", and {them} at {t.who}'s budget was not run."
+    if split is not None:
+        text += (f" Mask against starting weights (bench/mask_swap.py, the section below): {split[:-1]}, against "
+                 f"the {100 * t.gap_val:.1f}-point gap on validation in the table.")
     if defaults_trail_too:
         return text + (" The suspected causes were changed from the defaults (the paragraph on the defaults, and the "
                        "table above); λ_0 auto is an option, not a default, so none was changed for it.")
@@ -439,9 +455,10 @@ def theirs_more(t: Trail, same: list[dict]) -> float:
     return statistics.mean(r["epochs"]["prune"] for r in t.base) - statistics.mean(r["epochs"]["prune"] for r in same)
 
 
-def defaults_decision(runs: list[dict], exp: str, t: Trail) -> str:
+def defaults_decision(runs: list[dict], exp: str, t: Trail, split: str | None = None) -> str:
     """Where the defaults trail: each cause's move (from the reruns once they are all in), then the decision: none
-    needed (level on validation), a change that closes the gap, the learning rate, or the cause not found."""
+    needed (level on validation), a change that closes the gap, the learning rate, or what carries the gap where
+    bench/mask_swap.py measured it (``split``), else that the cause was not found."""
     default = next((r for r in t.arts if r["seed"] == 0), None)
     changed = [(CAUSES[c][0], r) for c in CAUSES for r in finished(runs, exp, t.k, c, seed=0)]
     slow = next((r for _, r in changed if r["method"] == "art-hs-slow-lambda"), None)
@@ -476,7 +493,7 @@ def defaults_decision(runs: list[dict], exp: str, t: Trail) -> str:
                        + ": the gap comes with the experiment's learning rate, a setting of this sweep and not a "
                        "library default, so no default was changed (seed 0 only: the other seeds were not run at "
                        "that rate).")
-    return text + not_closed(exp, default, changed, t, lr_tested=lr_gap is not None)
+    return text + not_closed(exp, default, changed, t, lr_tested=lr_gap is not None, split=split)
 
 
 def cause_moves(default: dict, changed: list[tuple[str, dict]], again: bool, t: Trail) -> str:
@@ -514,9 +531,11 @@ def lr_sentence(exp: str, lr_art: dict | None, lr_gmp: dict | None, art: dict | 
                if lr_gmp is not None else " (GMP at that rate has not finished)") + ".")
 
 
-def not_closed(exp: str, default: dict, changed: list[tuple[str, dict]], t: Trail, lr_tested: bool) -> str:
-    """No change tried closes the gap: whether float drift could hide one that would, and if not, that the cause
-    was not found, with what was measured instead."""
+def not_closed(exp: str, default: dict, changed: list[tuple[str, dict]], t: Trail, lr_tested: bool,
+               split: str | None = None) -> str:
+    """No change tried closes the gap: whether float drift could hide one that would; if not, what carries the gap
+    where the mask and the starting weights were separated (``split``), else that the cause was not found, with
+    what was measured instead."""
     confounded = [r for _, r in changed if not changed_alone(r, default)]
     margin = min((t.gap_val - (r["val_acc"] - default["val_acc"]) for r in confounded), default=None)
     if margin is not None and t.spread is not None and margin <= t.spread:
@@ -529,6 +548,10 @@ def not_closed(exp: str, default: dict, changed: list[tuple[str, dict]], t: Trai
                 f"{100 * margin:.1f} points short). No change tried closes the gap, so no default was changed")
     else:
         text = " No change tried closes the gap, so no default was changed"
+    if split is not None:
+        text += (f". Mask against starting weights (bench/mask_swap.py, the section below): {split}"
+                 + (MASK_DECISION if "the mask carries the gap" in split else ""))
+        return text
     not_found = exp in UNTESTED or lr_tested
     if lr_tested:
         text += ". The cause of this gap was not found among the suspects run, the learning rate included"

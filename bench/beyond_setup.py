@@ -70,6 +70,12 @@ def reg_epochs(result: dict) -> int:
     return result["epochs"].get("regularize", 0) if result.get("epochs") else MAX_REG
 
 
+def budget(epochs: int) -> int:
+    """``prune_epochs`` for a baseline that should train ``epochs`` epochs between warm-up and fine-tuning: the
+    engine scales every phase by ``epochs_scale``, so the setting is the unscaled count (exact: 0.25 x 4n = n)."""
+    return round(epochs / SCHEDULE["epochs_scale"])
+
+
 def finished(runs: list[dict], exp: str, sparsity: float, method: str, seed: int | None = None) -> list[dict]:
     """The runs of one cell (and seed) that finished with a result."""
     return [r for r in runs if r["experiment"] == exp and r["sparsity"] == sparsity and r["method"] == method

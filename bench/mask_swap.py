@@ -27,16 +27,16 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from beyond_setup import EXPERIMENTS, SCHEDULE, VARIANTS, reg_epochs  # noqa: E402
+from beyond_setup import EXPERIMENTS, SCHEDULE, VARIANTS, budget, reg_epochs  # noqa: E402
 from common import mean_std, provenance  # noqa: E402
-from sweep import load_results, run_sweep  # noqa: E402
+from sweep import copy_out, load_results, published, run_sweep  # noqa: E402
 
 DOCS = ROOT / "docs"
-FOLDER = DOCS / "runs" / "mask-swap"
 EXPERIMENT = "mlp-cifar10jpeg75"
 #: the fine-tunings: where each starts, as (run whose weights, run whose mask)
 ARMS = {"art-own": ("art-stop", "art-stop"), "gmp-own": ("gmp-stop", "gmp-stop"),
@@ -49,14 +49,9 @@ def name(exp: str, sparsity: float, arm: str, seed: int) -> str:
     return f"{exp}-{sparsity:g}-{arm}-s{seed}" if arm != "warmup" else f"{exp}-warmup-s{seed}"
 
 
-def budget(epochs: int) -> int:
-    """``prune_epochs`` for ``epochs`` epochs between warm-up and fine-tuning (the engine scales every phase)."""
-    return round(epochs / SCHEDULE["epochs_scale"])
-
-
 def plan_for(sparsities: list[float], seeds: list[int], store: Path, exp: str = EXPERIMENT):
-    """Seed by seed: the warm-up, ART's stops, GMP at ART's budget, then each fine-tuning once its inputs' model files
-    are in the store (equal-weight arms first)."""
+    """Seed by seed: the warm-up, ART's stops, GMP at ART's budget, λ_0 auto's stops, then each fine-tuning once its
+    inputs' model files are in the store."""
     base = dict(EXPERIMENTS[exp]["config"], **SCHEDULE)
 
     def model(results: dict, run: str) -> Path | None:
@@ -81,8 +76,7 @@ def plan_for(sparsities: list[float], seeds: list[int], store: Path, exp: str = 
                 yield job(k, "auto-stop", seed, sparsity=k, finetune_epochs=0, **STOPS["auto-stop"])
             for k in sparsities:
                 for arm, (weights, mask) in ARMS.items():
-                    w, m = (model(results, name(exp, k, run, seed) if run != "warmup" else name(exp, 0.0, run, seed))
-                            for run in (weights, mask))
+                    w, m = (model(results, name(exp, k, run, seed)) for run in (weights, mask))
                     if w is None or m is None:
                         continue
                     pretrained = store / "starts" / f"{name(exp, k, arm, seed)}.pt"
@@ -91,16 +85,146 @@ def plan_for(sparsities: list[float], seeds: list[int], store: Path, exp: str = 
     return plan
 
 
-def published(folder: Path = FOLDER) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+def arms_of(runs: list[dict], k: float) -> dict[str, dict[int, dict]]:
+    """The finished fine-tunings at sparsity ``k``, by arm and seed."""
+    out: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
+    for r in runs:
+        if r["sparsity"] == k and r["method"] in ARMS and r["test_error"] is not None:
+            out[r["method"]][r["seed"]] = r
+    return out
 
 
-def copy_out(store: Path, folder: Path = FOLDER) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for run, result in load_results(store).items():
-        target = folder / f"{run}.json"
-        if not target.exists():
-            target.write_text(json.dumps(result, indent=2) + "\n")
+def paired(arms: dict[str, dict[int, dict]], a: str, b: str) -> list[float]:
+    """Validation accuracy of arm ``a`` minus arm ``b``, seed by seed (seeds where both finished), in points."""
+    return [100 * (arms[a][s]["val_acc"] - arms[b][s]["val_acc"]) for s in sorted(arms[a]) if s in arms[b]]
+
+
+def _pm(values: list[float], digits: int = 2, sign: bool = True) -> str:
+    fmt = f"{'+' if sign else ''}.{digits}f"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {statistics.stdev(values):.{digits}f}"
+
+
+@dataclass
+class Split:
+    """GMP's lead over ART at one sparsity, split in two: the masks' from equal (warm-up) weights, and the starting
+    weights' (each method's own start against the warm-up's weights under its mask); points of validation accuracy,
+    seed by seed."""
+    k: float
+    gap: list[float]
+    mask: list[float]
+    art_weights: list[float]
+    gmp_weights: list[float]
+    auto_mask: list[float]
+
+    @classmethod
+    def measure(cls, runs: list[dict], k: float) -> Split:
+        arms = arms_of(runs, k)
+        return cls(k, gap=paired(arms, "gmp-own", "art-own"), mask=paired(arms, "warmup-gmp-mask", "warmup-art-mask"),
+                   art_weights=paired(arms, "art-own", "warmup-art-mask"),
+                   gmp_weights=paired(arms, "gmp-own", "warmup-gmp-mask"),
+                   auto_mask=paired(arms, "warmup-gmp-mask", "warmup-auto-mask"))
+
+    @property
+    def carrier(self) -> str | None:
+        """'the mask', 'the starting weights' or 'both' (each carries part, neither most), None until measured.
+        The mask carries the gap where its effect is positive beyond the seeds' spread and larger than the rest."""
+        if not self.gap or not self.mask:
+            return None
+        gap, mask = statistics.mean(self.gap), statistics.mean(self.mask)
+        steady = len(self.mask) < 2 or mask > statistics.stdev(self.mask)
+        if gap > 0 and mask > 0 and steady and mask > gap - mask:
+            return "the mask"
+        if gap > 0 and gap - mask > max(mask, 0):
+            return "the starting weights"
+        return "both"
+
+
+def units(r: dict) -> str:
+    """The first prunable layer's output units with a kept weight, as 'alive/all'."""
+    first = r["layers"][0]
+    return f"{first['alive_out']}/{first['shape'][0]}"
+
+
+def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
+    """The page section: settings and provenance, every arm's accuracy, the split, and what it says."""
+    commits = sorted({r["commit"] for r in runs}) or ["-"]
+    seeds = sorted({r["seed"] for r in runs})
+    lines = ["## Mask or starting weights: GMP's lead over ART + HyperSparse on the CIFAR-10-JPEG75 MLP\n",
+             f"Made by `python bench/mask_swap.py` (runs at commit{'s' if len(commits) > 1 else ''} "
+             f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, two runs "
+             f"side by side, one thread each; seeds {', '.join(map(str, seeds)) or '-'}. The MLP of the section above "
+             "on CIFAR-10-JPEG75 (a lossy JPEG-75 copy of CIFAR-10), its settings and quarter schedule. ART + "
+             "HyperSparse (defaults, and λ_0 auto) runs to its stop and GMP through as many pruning epochs; the "
+             "dense warm-up (15 epochs) runs alone. Then each arm fine-tunes 40 epochs (LR ×0.1 after 20 and 30) "
+             "under a fixed mask, from one run's weights under one run's mask; the model is chosen on validation. "
+             "From the warm-up's weights, two arms differ by their masks alone; each method's own start against the "
+             "warm-up's weights under the same mask is the effect of the weights it starts from. Validation "
+             "accuracy decides; test error is shown after it.\n"]
+    kept = [r for r in runs if r["method"] in ARMS]
+    if kept:
+        lost = [r["name"] for r in kept if not r.get("kept_start_mask")]
+        lines.append("Every fine-tuning ended with exactly the zeros it started from.\n" if not lost else
+                     f"**These fine-tunings did not keep their starting zeros**: {', '.join(lost)}.\n")
+    lines += ["| sparsity | start of fine-tuning: weights × mask | validation accuracy at the start | validation "
+              "accuracy, chosen model | test error % | first-layer units alive |", "|---|---|---:|---:|---:|---:|"]
+    what = {"art-own": "ART's own (its pruned copy at the stop)", "gmp-own": "GMP's own (after its pruning epochs)",
+            "warmup-art-mask": "warm-up × ART's mask", "warmup-gmp-mask": "warm-up × GMP's mask",
+            "warmup-auto-mask": "warm-up × λ_0 auto's mask"}
+    for k in sparsities:
+        for arm, by_seed in arms_of(runs, k).items():
+            rs = [by_seed[s] for s in sorted(by_seed)]
+            if not rs:
+                continue
+            lines.append(f"| {100 * k:g} % | {what[arm]} | {_pm([100 * r['dense']['val_acc'] for r in rs], sign=False)}"
+                         f" | {_pm([100 * r['val_acc'] for r in rs], sign=False)} | "
+                         f"{mean_std([r['test_error'] for r in rs])} | {', '.join(units(r) for r in rs)} |")
+    lines += ["", "The split (points of validation accuracy of the chosen model, mean ± std over seeds, seed by seed "
+              "paired):\n", "| sparsity | GMP's lead, own starts | masks alone (warm-up weights) | ART's own weights "
+              "| GMP's own weights | GMP's mask over λ_0 auto's (warm-up weights) | carried by |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for k in sparsities:
+        s = Split.measure(runs, k)
+        cols = [s.gap, s.mask, s.art_weights, s.gmp_weights, s.auto_mask]
+        lines.append(f"| {100 * k:g} % | " + " | ".join(_pm(c) if c else "-" for c in cols)
+                     + f" | {s.carrier or 'not measured yet'} |")
+    lines += ["", "GMP's lead between own starts is the masks' part plus GMP's own weights' part minus ART's. "
+              + " ".join(filter(None, (verdict(runs, k) for k in sparsities))) + "\n",
+              "Raw results: [runs/mask-swap/](runs/mask-swap/).\n"]
+    return "\n".join(lines)
+
+
+def verdict(runs: list[dict], k: float, variant: str = "art-hs") -> str | None:
+    """What the split says at sparsity ``k`` for an ART variant (``art-hs`` or ``art-hs-auto``), in a sentence; None
+    until measured."""
+    s = Split.measure(runs, k)
+    if s.carrier is None:
+        return None
+    arms = arms_of(runs, k)
+    acc = {arm: statistics.mean(100 * r["val_acc"] for r in by_seed.values()) for arm, by_seed in arms.items()
+           if by_seed}
+    n = len(s.mask)
+    alive = {arm: statistics.mean(r["layers"][0]["alive_out"] for r in by_seed.values())
+             for arm, by_seed in arms.items() if by_seed}
+    if variant == "art-hs-auto":
+        if not s.auto_mask:
+            return None
+        return (f"At {100 * k:g} %, from the same warm-up weights GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % "
+                f"validation accuracy and λ_0 auto's {acc['warmup-auto-mask']:.2f} % ({_pm(s.auto_mask)} points, "
+                f"{len(s.auto_mask)} seed{'s' if len(s.auto_mask) > 1 else ''}); λ_0 auto's mask keeps "
+                f"{alive['warmup-auto-mask']:.0f} first-layer units alive, GMP's {alive['warmup-gmp-mask']:.0f}.")
+    text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), GMP leads by {_pm(s.gap)} points from the two "
+            f"methods' own starts; from the same warm-up weights GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % "
+            f"and ART's {acc['warmup-art-mask']:.2f} % ({_pm(s.mask)} points), and each method's own weights add "
+            f"{_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP)")
+    if s.carrier == "the mask":
+        return text + (f": the mask carries the gap. ART's mask keeps {alive['warmup-art-mask']:.0f} of "
+                       f"{arms['warmup-art-mask'][min(arms['warmup-art-mask'])]['layers'][0]['shape'][0]} first-layer "
+                       f"units alive, GMP's {alive['warmup-gmp-mask']:.0f}.")
+    if s.carrier == "the starting weights":
+        return text + ": the starting weights carry the gap, not the mask."
+    return text + ": neither carries most of the gap alone."
 
 
 def main() -> None:
@@ -110,12 +234,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--store", default=str(ROOT / "bench" / "store" / "mask-swap"),
                     help="the sweep's state (results, run folders, starting files); keep it until the sweep ends")
+    ap.add_argument("--docs", default=str(DOCS), help="the docs folder: runs/mask-swap/ holds the finished results")
     ap.add_argument("--publish-only", action="store_true", help="write the page section from docs/runs/mask-swap/")
     ap.add_argument("--dry-run", action="store_true", help="list the runs that are ready, train nothing")
     args = ap.parse_args()
     sparsities = [float(k) for k in args.sparsities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    store = Path(args.store)
+    store, docs = Path(args.store), Path(args.docs)
     plan = plan_for(sparsities, seeds, store)
     if args.dry_run:
         done = load_results(store)
@@ -123,18 +248,34 @@ def main() -> None:
             print(("done  " if job["name"] in done else "ready ") + job["name"])
         return
     if not args.publish_only:
-        FOLDER.mkdir(parents=True, exist_ok=True)
-        (FOLDER.parent / "mask-swap-provenance.json").write_text(json.dumps(provenance(seed=seeds[0]), indent=2)
+        folder = docs / "runs" / "mask-swap"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder.parent / "mask-swap-provenance.json").write_text(json.dumps(provenance(seed=seeds[0]), indent=2)
                                                                  + "\n")
-        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store)))
-        copy_out(store)
-    publish(sparsities, seeds)
+        run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store, folder)))
+        copy_out(store, folder)
+    publish(sparsities, docs)
 
 
-def publish(sparsities: list[float], seeds: list[int]) -> None:
-    """The page section, from docs/runs/mask-swap/ alone."""
-    runs = list(published().values())
-    print(f"{len(runs)} runs; {statistics.mean([1])}", mean_std([]))
+def publish(sparsities: list[float], docs: Path = DOCS) -> None:
+    """The page section in docs/results.md, from docs/runs/mask-swap/ alone, right after the CIFAR-10-JPEG75 MLP's
+    section of bench/beyond_mnist.py."""
+    runs = list(published(docs / "runs" / "mask-swap").values())
+    record = docs / "runs" / "mask-swap-provenance.json"
+    machine = json.loads(record.read_text()) if record.exists() else {"machine": "?", "torch": "?"}
+    results_md = docs / "results.md"
+    text = results_md.read_text()
+    begin, end = "<!-- mask-swap:begin -->", "<!-- mask-swap:end -->"
+    if begin not in text:
+        after = f"<!-- beyond-{EXPERIMENT}:end -->"
+        head, found, tail = text.partition(after)
+        text = (f"{head}{after}\n\n{begin}\n{end}{tail}" if found else
+                text.rstrip("\n") + f"\n\n{begin}\n{end}\n")
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    text = f"{head}{begin}\n{section(runs, sparsities, machine)}\n{end}{tail}"
+    results_md.write_text(text)
+    print(f"wrote the mask-swap section of {results_md} from {len(runs)} runs")
 
 
 if __name__ == "__main__":

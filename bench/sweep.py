@@ -143,6 +143,20 @@ def load_results(store: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
 
 
+def published(folder: Path) -> dict[str, dict]:
+    """The results committed in a docs folder (one JSON per run, as ``copy_out`` writes them), by run name."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+
+def copy_out(store: Path, folder: Path) -> None:
+    """Every finished result of the store into ``folder`` (under docs/runs, for the next commit); never overwrites."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for run, result in load_results(store).items():
+        target = folder / f"{run}.json"
+        if not target.exists():
+            target.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def merge(*payloads: dict) -> list[dict]:
     """The runs of several saved sweeps as one list; a run name present twice with different results is an error."""
     runs: dict[str, dict] = {}

@@ -51,15 +51,17 @@ def test_the_gmp_flatness_bench_runs_end_to_end_in_its_dry_run():
     assert "over 6 pruning epochs" in out.stdout and "Every pruning epoch, in seconds:" in out.stdout
 
 
-def test_the_beyond_mnist_sections_regenerate_byte_identical_from_their_results():
-    """docs/results.md's LeNet-5 and CIFAR-10-JPEG75 sections come from docs/runs/beyond/ alone."""
+@pytest.mark.parametrize("script", ["beyond_mnist.py", "mask_swap.py"])
+def test_the_beyond_mnist_sections_regenerate_byte_identical_from_their_results(script):
+    """docs/results.md's LeNet-5 and CIFAR-10-JPEG75 sections come from docs/runs/beyond/ (and the mask-swap section
+    from docs/runs/mask-swap/) alone."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "docs"
         shutil.copytree(ROOT / "docs", docs)
-        out = subprocess.run([sys.executable, str(ROOT / "bench" / "beyond_mnist.py"), "--publish-only", "--docs",
-                              str(docs)], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--publish-only", "--docs", str(docs)],
+                             capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert (docs / "results.md").read_bytes() == (ROOT / "docs" / "results.md").read_bytes()
 

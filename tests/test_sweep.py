@@ -526,7 +526,7 @@ def test_the_mask_swap_fine_tunes_each_start_under_its_mask_and_keeps_it(tmp_pat
 
     tiny = {"config": {"dataset": "digits", "model": "mlp", "lr": 0.05, "stats": False}}
     monkeypatch.setitem(mask_swap.EXPERIMENTS, "tiny", tiny)
-    monkeypatch.setattr(mask_swap, "SCHEDULE", {"epochs_scale": 0.05})
+    monkeypatch.setitem(mask_swap.SCHEDULE, "epochs_scale", 0.05)  # beyond_setup's: budgets read it too
     store = tmp_path / "store"
     results = sweep.run_sweep(mask_swap.plan_for([0.9], [0], store, exp="tiny"), store, workers=0, say=lambda s: None)
     arms = {r["method"]: r for r in results.values()}
@@ -544,3 +544,59 @@ def test_the_mask_swap_fine_tunes_each_start_under_its_mask_and_keeps_it(tmp_pat
                 if weights == "warmup":
                     assert torch.equal(w[w != 0], warm[key][w != 0]), (arm, key)
     assert abs(arms["art-own"]["dense"]["val_acc"] - arms["art-stop"]["val_acc"]) < 1e-9  # the start is the stop
+
+
+def _swap(arm: str, seed: int, val: float, alive: int = 200, k: float = 0.98) -> dict:
+    return {"experiment": "mlp-cifar10jpeg75", "sparsity": k, "method": arm, "seed": seed, "val_acc": val,
+            "test_error": 100 * (1 - val), "dense": {"val_acc": val - 0.05}, "kept_start_mask": True, "commit": "c",
+            "name": f"{arm}-s{seed}", "layers": [{"alive_out": alive, "shape": [300, 3072]}]}
+
+
+def _swaps(own_art: float, own_gmp: float, mask_art: float, mask_gmp: float, mask_auto: float) -> list[dict]:
+    """Two seeds of bench/mask_swap.py's five fine-tunings at 98 % (seed 1 a little above seed 0)."""
+    arms = {"art-own": own_art, "gmp-own": own_gmp, "warmup-art-mask": mask_art, "warmup-gmp-mask": mask_gmp,
+            "warmup-auto-mask": mask_auto}
+    alive = {"art-own": 190, "warmup-art-mask": 190, "warmup-auto-mask": 180}
+    return [_swap(arm, s, v + s / 1000, alive.get(arm, 280)) for arm, v in arms.items() for s in (0, 1)]
+
+
+def test_the_mask_swap_split_names_what_carries_the_gap_and_the_beyond_page_says_it():
+    """Where the masks from equal weights differ by about the whole gap between the methods' own starts, the mask
+    carries it: the beyond page gives that as the measured cause in place of 'not found', and says why no default
+    changed; where the own starts' weights make the gap, it says so and claims no cause in the mask."""
+    import beyond_page
+    import mask_swap
+
+    mask = _swaps(0.559, 0.574, 0.557, 0.573, 0.556)
+    split = mask_swap.Split.measure(mask, 0.98)
+    assert [round(g, 6) for g in split.gap] == [1.5, 1.5] and split.carrier == "the mask"
+    assert mask_swap.Split.measure(_swaps(0.559, 0.574, 0.565, 0.566, 0.560), 0.98).carrier == "the starting weights"
+    assert mask_swap.Split.measure(mask, 0.995).carrier is None  # nothing measured there
+    page = mask_swap.section(mask, [0.98], {"machine": "m", "torch": "t"})
+    assert "| 98 % | +1.50 ± 0.00 | +1.60 ± 0.00 | +0.20 ± 0.00 | +0.10 ± 0.00 | +1.70 ± 0.00 | the mask |" in page
+    assert "Every fine-tuning ended with exactly the zeros it started from" in page
+    assert "ART's mask keeps 190 of 300 first-layer units alive, GMP's 280" in page
+
+    def result(method, seed, val_acc, test_error):
+        return {"experiment": "mlp-cifar10jpeg75", "sparsity": 0.98, "method": method, "seed": seed,
+                "val_acc": val_acc, "test_error": test_error, "epochs": {"regularize": 18}}
+
+    runs = [result("art-hs", 0, 0.55, 44.6), result("art-hs", 1, 0.551, 44.7), result("gmp", 0, 0.57, 42.8),
+            result("gmp", 1, 0.571, 42.9), result("art-hs-auto", 0, 0.549, 45.0), result("art-hs-auto", 1, 0.548, 45.1),
+            result("art-hs-slow-lambda", 0, 0.551, 44.0), result("art-hs-lr", 0, 0.54, 45.0),
+            result("gmp-lr", 0, 0.569, 42.8)]
+    plain = "\n".join(beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.98]))
+    assert "not found among the suspects run" in plain and "carries" not in plain, plain
+    lines = beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.98], mask)
+    defaults, auto = (next(line for line in lines if line.startswith("- 98 %, GMP ahead of " + who))
+                      for who in ("ART:", "ART (λ_0 auto)"))
+    print(defaults, auto, sep="\n\n")
+    assert "the mask carries the gap" in defaults and "This is the measured cause" in defaults, defaults
+    assert "not found" not in defaults and "no default was changed" in defaults, defaults
+    assert "λ_0 auto's 55.65 %" in auto and "+1.70 ± 0.00 points" in auto, auto
+    lenet = "\n".join(beyond_page.explain([dict(r, experiment="lenet5-mnist") for r in runs[:7]], "lenet5-mnist",
+                                           [0.98], mask))
+    assert "GMP ahead of ART" in lenet and "carries" not in lenet, lenet  # the swap measured the CIFAR MLP alone
+    weights = beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.98], _swaps(0.559, 0.574, 0.565, 0.566, 0.560))
+    text = "\n".join(weights)
+    assert "the starting weights carry the gap" in text and "This is the measured cause" not in text, text
