@@ -347,6 +347,7 @@ def explain(runs: list[dict], exp: str, sparsities: list[float], swaps: list[dic
         t = Trail.measure(runs, exp, k, v, m, provisional)
         text = measured(runs, exp, t)
         split = verdict(swaps, k, v) if swaps and exp == SWAPPED and m == "gmp" else None
+        split = split and split[0].lower() + split[1:]  # follows a colon
         if v == "art-hs":
             text += defaults_decision(runs, exp, t, split)
         else:
@@ -399,8 +400,8 @@ def auto_decision(runs: list[dict], exp: str, t: Trail, defaults_trail_too: bool
         same = finished(runs, exp, t.k, t.m + AUTO_BUDGET)
         text += equal_budget(same, t) if same else f", and {them} at {t.who}'s budget was not run."
     if split is not None:
-        text += (f" Mask against starting weights (bench/mask_swap.py, the section below): {split[:-1]}, against "
-                 f"the {100 * t.gap_val:.1f}-point gap on validation in the table.")
+        text += (f" Mask against starting weights (bench/mask_swap.py, the section below): {split} The masks' "
+                 f"difference stands against the table's {100 * t.gap_val:.1f}-point gap on validation.")
     if defaults_trail_too:
         return text + (" The suspected causes were changed from the defaults (the paragraph on the defaults, and the "
                        "table above); λ_0 auto is an option, not a default, so none was changed for it.")

@@ -85,12 +85,20 @@ def plan_for(sparsities: list[float], seeds: list[int], store: Path, exp: str = 
     return plan
 
 
-def arms_of(runs: list[dict], k: float) -> dict[str, dict[int, dict]]:
-    """The finished fine-tunings at sparsity ``k``, by arm and seed."""
+#: the four fine-tunings the split needs, seed by seed
+SPLIT_ARMS = ("art-own", "gmp-own", "warmup-art-mask", "warmup-gmp-mask")
+
+
+def arms_of(runs: list[dict], k: float, complete: bool = False) -> dict[str, dict[int, dict]]:
+    """The finished fine-tunings at sparsity ``k``, by arm and seed; with ``complete``, only the seeds where all four
+    of the split's arms finished."""
     out: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
     for r in runs:
         if r["sparsity"] == k and r["method"] in ARMS and r["test_error"] is not None:
             out[r["method"]][r["seed"]] = r
+    if complete:
+        seeds = set.intersection(*(set(out[arm]) for arm in SPLIT_ARMS))
+        out = {arm: {s: r for s, r in by.items() if s in seeds or arm not in SPLIT_ARMS} for arm, by in out.items()}
     return out
 
 
@@ -120,7 +128,7 @@ class Split:
 
     @classmethod
     def measure(cls, runs: list[dict], k: float) -> Split:
-        arms = arms_of(runs, k)
+        arms = arms_of(runs, k, complete=True)
         return cls(k, gap=paired(arms, "gmp-own", "art-own"), mask=paired(arms, "warmup-gmp-mask", "warmup-art-mask"),
                    art_weights=paired(arms, "art-own", "warmup-art-mask"),
                    gmp_weights=paired(arms, "gmp-own", "warmup-gmp-mask"),
@@ -154,14 +162,16 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
     lines = ["## Mask or starting weights: GMP's lead over ART + HyperSparse on the CIFAR-10-JPEG75 MLP\n",
              f"Made by `python bench/mask_swap.py` (runs at commit{'s' if len(commits) > 1 else ''} "
              f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, two runs "
-             f"side by side, one thread each; seeds {', '.join(map(str, seeds)) or '-'}. The MLP of the section above "
+             f"side by side, one thread each; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds)) or '-'}. "
+             "The MLP of the section above "
              "on CIFAR-10-JPEG75 (a lossy JPEG-75 copy of CIFAR-10), its settings and quarter schedule. ART + "
              "HyperSparse (defaults, and λ_0 auto) runs to its stop and GMP through as many pruning epochs; the "
              "dense warm-up (15 epochs) runs alone. Then each arm fine-tunes 40 epochs (LR ×0.1 after 20 and 30) "
              "under a fixed mask, from one run's weights under one run's mask; the model is chosen on validation. "
              "From the warm-up's weights, two arms differ by their masks alone; each method's own start against the "
              "warm-up's weights under the same mask is the effect of the weights it starts from. Validation "
-             "accuracy decides; test error is shown after it.\n"]
+             "accuracy decides; test error is shown after it (mean ± std over seeds; first-layer units alive seed by "
+             "seed).\n"]
     kept = [r for r in runs if r["method"] in ARMS]
     if kept:
         lost = [r["name"] for r in kept if not r.get("kept_start_mask")]
@@ -201,7 +211,7 @@ def verdict(runs: list[dict], k: float, variant: str = "art-hs") -> str | None:
     s = Split.measure(runs, k)
     if s.carrier is None:
         return None
-    arms = arms_of(runs, k)
+    arms = arms_of(runs, k, complete=True)
     acc = {arm: statistics.mean(100 * r["val_acc"] for r in by_seed.values()) for arm, by_seed in arms.items()
            if by_seed}
     n = len(s.mask)
@@ -214,10 +224,13 @@ def verdict(runs: list[dict], k: float, variant: str = "art-hs") -> str | None:
                 f"validation accuracy and λ_0 auto's {acc['warmup-auto-mask']:.2f} % ({_pm(s.auto_mask)} points, "
                 f"{len(s.auto_mask)} seed{'s' if len(s.auto_mask) > 1 else ''}); λ_0 auto's mask keeps "
                 f"{alive['warmup-auto-mask']:.0f} first-layer units alive, GMP's {alive['warmup-gmp-mask']:.0f}.")
-    text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), GMP leads by {_pm(s.gap)} points from the two "
-            f"methods' own starts; from the same warm-up weights GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % "
-            f"and ART's {acc['warmup-art-mask']:.2f} % ({_pm(s.mask)} points), and each method's own weights add "
-            f"{_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP)")
+    start = paired({a: {seed: {"val_acc": r["dense"]["val_acc"]} for seed, r in by.items()} for a, by in arms.items()},
+                   "gmp-own", "art-own")
+    text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), GMP's own network starts fine-tuning "
+            f"{_pm(start)} points of validation accuracy ahead of ART's and ends {_pm(s.gap)} ahead; from the same "
+            f"warm-up weights, GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % and ART's "
+            f"{acc['warmup-art-mask']:.2f} % ({_pm(s.mask)} points), and starting from each method's own weights "
+            f"instead, under the same mask, adds {_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP)")
     if s.carrier == "the mask":
         return text + (f": the mask carries the gap. ART's mask keeps {alive['warmup-art-mask']:.0f} of "
                        f"{arms['warmup-art-mask'][min(arms['warmup-art-mask'])]['layers'][0]['shape'][0]} first-layer "
