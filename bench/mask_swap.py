@@ -7,11 +7,12 @@ the sweep's quarter schedule and settings (bench/beyond_setup.py):
 
 * ``art-stop``: ART + HyperSparse with the defaults, up to its stop (no fine-tuning): its pruned copy at the stop,
   the network its fine-tuning starts from; ``auto-stop`` the same with λ_0 auto;
-* ``gmp-stop``: GMP at that ART run's budget, up to the end of its pruning epochs;
+* ``gmp-stop``: GMP at that ART run's budget, up to the end of its pruning epochs; ``gmp-auto-stop`` the same at the
+  λ_0 auto run's budget;
 * ``warmup``: the dense warm-up alone (15 epochs, once per seed): the weights both methods start from;
-* five fine-tunings of 40 epochs (LR ×0.1 after 20 and 30) under a fixed mask, from ``art-own`` (ART's own start),
-  ``gmp-own`` (GMP's own start), and the warm-up's weights under ART's, GMP's and λ_0 auto's masks
-  (``warmup-art-mask``, ``warmup-gmp-mask``, ``warmup-auto-mask``).
+* six fine-tunings of 40 epochs (LR ×0.1 after 20 and 30) under a fixed mask, from ``art-own`` (ART's own start),
+  ``gmp-own`` (GMP's own start), and the warm-up's weights under ART's, GMP's, λ_0 auto's and GMP's at λ_0 auto's
+  budget masks (``warmup-art-mask``, ``warmup-gmp-mask``, ``warmup-auto-mask``, ``warmup-gmp-auto-mask``).
 
 From equal weights, the masks alone differ: (warmup-gmp-mask) - (warmup-art-mask) is the mask's effect; each own
 start against the warm-up under the same mask is the starting weights' effect. Everything is read on validation.
@@ -41,7 +42,7 @@ EXPERIMENT = "mlp-cifar10jpeg75"
 #: the fine-tunings: where each starts, as (run whose weights, run whose mask)
 ARMS = {"art-own": ("art-stop", "art-stop"), "gmp-own": ("gmp-stop", "gmp-stop"),
         "warmup-art-mask": ("warmup", "art-stop"), "warmup-gmp-mask": ("warmup", "gmp-stop"),
-        "warmup-auto-mask": ("warmup", "auto-stop")}
+        "warmup-auto-mask": ("warmup", "auto-stop"), "warmup-gmp-auto-mask": ("warmup", "gmp-auto-stop")}
 STOPS = {"art-stop": VARIANTS["art-hs"], "auto-stop": VARIANTS["art-hs-auto"]}
 
 
@@ -74,6 +75,11 @@ def plan_for(sparsities: list[float], seeds: list[int], store: Path, exp: str = 
                               finetune_epochs=0)
             for k in sparsities:
                 yield job(k, "auto-stop", seed, sparsity=k, finetune_epochs=0, **STOPS["auto-stop"])
+            for k in sparsities:  # GMP at λ_0 auto's own budget: its mask against auto's at equal epochs
+                auto = results.get(name(exp, k, "auto-stop", seed))
+                if auto is not None and auto["test_error"] is not None:
+                    yield job(k, "gmp-auto-stop", seed, sparsity=k, method="gmp",
+                              prune_epochs=budget(reg_epochs(auto)), finetune_epochs=0)
             for k in sparsities:
                 for arm, (weights, mask) in ARMS.items():
                     w, m = (model(results, name(exp, k, run, seed)) for run in (weights, mask))
@@ -132,7 +138,7 @@ class Split:
         return cls(k, gap=paired(arms, "gmp-own", "art-own"), mask=paired(arms, "warmup-gmp-mask", "warmup-art-mask"),
                    art_weights=paired(arms, "art-own", "warmup-art-mask"),
                    gmp_weights=paired(arms, "gmp-own", "warmup-gmp-mask"),
-                   auto_mask=paired(arms, "warmup-gmp-mask", "warmup-auto-mask"))
+                   auto_mask=paired(arms, "warmup-gmp-auto-mask", "warmup-auto-mask"))
 
     @property
     def carrier(self) -> str | None:
@@ -181,7 +187,8 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
               "accuracy, chosen model | test error % | first-layer units alive |", "|---|---|---:|---:|---:|---:|"]
     what = {"art-own": "ART's own (its pruned copy at the stop)", "gmp-own": "GMP's own (after its pruning epochs)",
             "warmup-art-mask": "warm-up × ART's mask", "warmup-gmp-mask": "warm-up × GMP's mask",
-            "warmup-auto-mask": "warm-up × λ_0 auto's mask"}
+            "warmup-auto-mask": "warm-up × λ_0 auto's mask",
+            "warmup-gmp-auto-mask": "warm-up × GMP's mask at λ_0 auto's budget"}
     for k in sparsities:
         for arm, by_seed in arms_of(runs, k).items():
             rs = [by_seed[s] for s in sorted(by_seed)]

@@ -530,8 +530,9 @@ def test_the_mask_swap_fine_tunes_each_start_under_its_mask_and_keeps_it(tmp_pat
     store = tmp_path / "store"
     results = sweep.run_sweep(mask_swap.plan_for([0.9], [0], store, exp="tiny"), store, workers=0, say=lambda s: None)
     arms = {r["method"]: r for r in results.values()}
-    assert set(arms) == {"warmup", "art-stop", "gmp-stop", "auto-stop", *mask_swap.ARMS}
+    assert set(arms) == {"warmup", "art-stop", "gmp-stop", "auto-stop", "gmp-auto-stop", *mask_swap.ARMS}
     assert arms["gmp-stop"]["epochs"]["prune"] == arms["art-stop"]["epochs"]["regularize"]
+    assert arms["gmp-auto-stop"]["epochs"]["prune"] == arms["auto-stop"]["epochs"]["regularize"]
     warm = torch.load(store / "runs" / "tiny-warmup-s0" / "model.pt", weights_only=True)
     for arm, (weights, mask) in mask_swap.ARMS.items():
         r = arms[arm]
