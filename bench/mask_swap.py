@@ -141,18 +141,45 @@ class Split:
                    auto_mask=paired(arms, "warmup-gmp-auto-mask", "warmup-auto-mask"))
 
     @property
+    def rest(self) -> list[float]:
+        """The starting weights' part of the gap, seed by seed: GMP's own weights' effect minus ART's."""
+        return [g - m for g, m in zip(self.gap, self.mask)]
+
+    @property
+    def share(self) -> float | None:
+        """The masks' part as a share of the gap (mean over seeds); None without a gap."""
+        gap = statistics.mean(self.gap) if self.gap else 0.0
+        return statistics.mean(self.mask) / gap if gap > 0 and self.mask else None
+
+    @property
     def carrier(self) -> str | None:
-        """'the mask', 'the starting weights' or 'both' (each carries part, neither most), None until measured.
-        The mask carries the gap where its effect is positive beyond the seeds' spread and larger than the rest."""
+        """Which part carries the gap: 'the mask' where the masks' part stands beyond its seeds' spread and is at
+        least three quarters of the gap, 'the starting weights' the same way round, 'both' where a part stands beyond
+        its spread but neither is three quarters, 'neither', or 'one seed' (undecided); None until measured."""
         if not self.gap or not self.mask:
             return None
-        gap, mask = statistics.mean(self.gap), statistics.mean(self.mask)
-        steady = len(self.mask) < 2 or mask > statistics.stdev(self.mask)
-        if gap > 0 and mask > 0 and steady and mask > gap - mask:
+        if len(self.mask) < 2:
+            return "one seed"
+        mask = statistics.mean(self.mask) > statistics.stdev(self.mask)
+        rest = abs(statistics.mean(self.rest)) > statistics.stdev(self.rest)
+        share = self.share
+        if mask and share is not None and share >= MOST:
             return "the mask"
-        if gap > 0 and gap - mask > max(mask, 0):
+        if rest and share is not None and 1 - share >= MOST:
             return "the starting weights"
-        return "both"
+        return "both" if mask or rest else "neither"
+
+
+#: the share of the gap a part must carry to be named its carrier
+MOST = 0.75
+#: the split's conclusion, by carrier (after a colon; ``{share}`` the masks' share of the gap)
+CARRIES = {"the mask": "the mask carries the gap (the masks' part stands beyond its seeds' spread and is {share} of "
+                       "the gap)",
+           "the starting weights": "the starting weights carry the gap, not the mask (the masks' part is {share} of "
+                                   "it)",
+           "both": "the mask and the starting weights each carry part of the gap (the masks' part is {share} of it)",
+           "neither": "neither part stands beyond its seeds' spread",
+           "one seed": "one seed so far, too few to say which part carries the gap"}
 
 
 def units(r: dict) -> str:
@@ -167,22 +194,25 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
     seeds = sorted({r["seed"] for r in runs})
     lines = ["## Mask or starting weights: GMP's lead over ART + HyperSparse on the CIFAR-10-JPEG75 MLP\n",
              f"Made by `python bench/mask_swap.py` (runs at commit{'s' if len(commits) > 1 else ''} "
-             f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, two runs "
-             f"side by side, one thread each; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds)) or '-'}. "
+             f"{', '.join(f'`{c}`' for c in commits)}) on {machine['machine']}, torch {machine['torch']}, "
+             f"{machine.get('workers', '?')} runs side by side, one thread each; "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds)) or '-'}. "
              "The MLP of the section above "
              "on CIFAR-10-JPEG75 (a lossy JPEG-75 copy of CIFAR-10), its settings and quarter schedule. ART + "
              "HyperSparse (defaults, and λ_0 auto) runs to its stop and GMP through as many pruning epochs; the "
              "dense warm-up (15 epochs) runs alone. Then each arm fine-tunes 40 epochs (LR ×0.1 after 20 and 30) "
              "under a fixed mask, from one run's weights under one run's mask; the model is chosen on validation. "
              "From the warm-up's weights, two arms differ by their masks alone; each method's own start against the "
-             "warm-up's weights under the same mask is the effect of the weights it starts from. Validation "
+             "warm-up's weights under the same mask is the effect of the weights it starts from (weights "
+             "that also trained through the middle phase's epochs). Validation "
              "accuracy decides; test error is shown after it (mean ± std over seeds; first-layer units alive seed by "
              "seed).\n"]
     kept = [r for r in runs if r["method"] in ARMS]
     if kept:
         lost = [r["name"] for r in kept if not r.get("kept_start_mask")]
-        lines.append("Every fine-tuning ended with exactly the zeros it started from.\n" if not lost else
-                     f"**These fine-tunings did not keep their starting zeros**: {', '.join(lost)}.\n")
+        lines.append(("Every fine-tuning ended with exactly the zeros it started from. " if not lost else
+                      f"**These fine-tunings did not keep their starting zeros**: {', '.join(lost)}. ")
+                     + warmups(runs) + "\n")
     lines += ["| sparsity | start of fine-tuning: weights × mask | validation accuracy at the start | validation "
               "accuracy, chosen model | test error % | first-layer units alive |", "|---|---|---:|---:|---:|---:|"]
     what = {"art-own": "ART's own (its pruned copy at the stop)", "gmp-own": "GMP's own (after its pruning epochs)",
@@ -199,7 +229,8 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
                          f"{mean_std([r['test_error'] for r in rs])} | {', '.join(units(r) for r in rs)} |")
     lines += ["", "The split (points of validation accuracy of the chosen model, mean ± std over seeds, seed by seed "
               "paired):\n", "| sparsity | GMP's lead, own starts | masks alone (warm-up weights) | ART's own weights "
-              "| GMP's own weights | GMP's mask over λ_0 auto's (warm-up weights) | carried by |",
+              "| GMP's own weights | GMP's mask over λ_0 auto's, both at λ_0 auto's budget (warm-up weights) "
+              "| carried by |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for k in sparsities:
         s = Split.measure(runs, k)
@@ -212,39 +243,62 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
     return "\n".join(lines)
 
 
-def verdict(runs: list[dict], k: float, variant: str = "art-hs") -> str | None:
-    """What the split says at sparsity ``k`` for an ART variant (``art-hs`` or ``art-hs-auto``), in a sentence; None
-    until measured."""
+def verdict(runs: list[dict], k: float, variant: str = "art-hs", table_gap: float | None = None) -> str | None:
+    """What the split says at sparsity ``k`` for an ART variant (``art-hs`` or ``art-hs-auto``), in sentences; None
+    until measured. ``table_gap`` is GMP's lead on validation in bench/beyond_mnist.py's table (for λ_0 auto: at
+    auto's own budget), in points, set beside the lead measured here."""
     s = Split.measure(runs, k)
-    if s.carrier is None:
-        return None
     arms = arms_of(runs, k, complete=True)
     acc = {arm: statistics.mean(100 * r["val_acc"] for r in by_seed.values()) for arm, by_seed in arms.items()
            if by_seed}
-    n = len(s.mask)
     alive = {arm: statistics.mean(r["layers"][0]["alive_out"] for r in by_seed.values())
              for arm, by_seed in arms.items() if by_seed}
     if variant == "art-hs-auto":
         if not s.auto_mask:
             return None
-        return (f"At {100 * k:g} %, from the same warm-up weights GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % "
-                f"validation accuracy and λ_0 auto's {acc['warmup-auto-mask']:.2f} % ({_pm(s.auto_mask)} points, "
-                f"{len(s.auto_mask)} seed{'s' if len(s.auto_mask) > 1 else ''}); λ_0 auto's mask keeps "
-                f"{alive['warmup-auto-mask']:.0f} first-layer units alive, GMP's {alive['warmup-gmp-mask']:.0f}.")
+        n, mean = len(s.auto_mask), statistics.mean(s.auto_mask)
+        text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), from the same warm-up weights, GMP's mask at λ_0 "
+                f"auto's own budget reaches {acc['warmup-gmp-auto-mask']:.2f} % validation accuracy and λ_0 auto's "
+                f"{acc['warmup-auto-mask']:.2f} % ({_pm(s.auto_mask)} points; the starting weights' part was not "
+                f"measured for λ_0 auto). λ_0 auto's mask keeps {alive['warmup-auto-mask']:.0f} first-layer units "
+                f"alive, GMP's {alive['warmup-gmp-auto-mask']:.0f}.")
+        if table_gap is None or table_gap <= 0:
+            return text
+        text += (f" GMP's lead at that budget in the table is {table_gap:.2f} points on validation, so the masks alone "
+                 f"give {100 * mean / table_gap:.0f} % of it")
+        steady = n > 1 and mean > statistics.stdev(s.auto_mask)
+        return text + (": λ_0 auto's mask carries most of its gap too." if steady and mean >= MOST * table_gap else ".")
+    if s.carrier is None:
+        return None
+    n = len(s.mask)
+    table = (f" (in the table, on validation: {table_gap:.2f}; its runs fine-tune on within the run that pruned, these "
+             "start afresh from the saved network)" if table_gap is not None else "")
     start = paired({a: {seed: {"val_acc": r["dense"]["val_acc"]} for seed, r in by.items()} for a, by in arms.items()},
                    "gmp-own", "art-own")
     text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), GMP's own network starts fine-tuning "
-            f"{_pm(start)} points of validation accuracy ahead of ART's and ends {_pm(s.gap)} ahead; from the same "
-            f"warm-up weights, GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % and ART's "
+            f"{_pm(start)} points of validation accuracy ahead of ART's and ends {_pm(s.gap)} ahead{table}; from the "
+            f"same warm-up weights, GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % and ART's "
             f"{acc['warmup-art-mask']:.2f} % ({_pm(s.mask)} points), and starting from each method's own weights "
-            f"instead, under the same mask, adds {_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP)")
-    if s.carrier == "the mask":
-        return text + (f": the mask carries the gap. ART's mask keeps {alive['warmup-art-mask']:.0f} of "
-                       f"{arms['warmup-art-mask'][min(arms['warmup-art-mask'])]['layers'][0]['shape'][0]} first-layer "
-                       f"units alive, GMP's {alive['warmup-gmp-mask']:.0f}.")
-    if s.carrier == "the starting weights":
-        return text + ": the starting weights carry the gap, not the mask."
-    return text + ": neither carries most of the gap alone."
+            f"instead, under the same mask, adds {_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP): "
+            + CARRIES[s.carrier].format(share=f"{100 * s.share:.0f} %" if s.share is not None else "-") + ".")
+    shape = arms["warmup-art-mask"][min(arms["warmup-art-mask"])]["layers"][0]["shape"][0]
+    return text + (f" ART's mask keeps {alive['warmup-art-mask']:.0f} of {shape} first-layer units alive, GMP's "
+                   f"{alive['warmup-gmp-mask']:.0f}.")
+
+
+def warmups(runs: list[dict]) -> str:
+    """Whether every run of a seed warmed up alike (the validation accuracy of each warm-up epoch), as a sentence:
+    the split pairs runs of one seed, so their shared warm-up is what makes the warm-up's weights theirs too."""
+    differ = []
+    for seed in sorted({r["seed"] for r in runs}):
+        traces = {r["name"]: [row["val_acc"] for row in r.get("trace", []) if row.get("phase") == "warmup"]
+                  for r in runs if r["seed"] == seed and r["method"] not in ARMS}
+        reference = traces.get(name(EXPERIMENT, 0.0, "warmup", seed))
+        differ += [n for n, t in traces.items() if t and reference and t != reference]
+    if differ:
+        return f"**These runs warmed up unlike their seed's warm-up run**: {', '.join(sorted(differ))}."
+    return ("Every run of a seed that trains a warm-up (the warm-up alone, ART's and GMP's stops) warmed up alike: the "
+            "same validation accuracy after each of the 15 epochs.")
 
 
 def main() -> None:
@@ -270,8 +324,8 @@ def main() -> None:
     if not args.publish_only:
         folder = docs / "runs" / "mask-swap"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder.parent / "mask-swap-provenance.json").write_text(json.dumps(provenance(seed=seeds[0]), indent=2)
-                                                                 + "\n")
+        record = dict(provenance(seed=seeds[0]), workers=args.workers)  # the page says how many ran side by side
+        (folder.parent / "mask-swap-provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         run_sweep(plan, store, args.workers, say=lambda line: (print(line, flush=True), copy_out(store, folder)))
         copy_out(store, folder)
     publish(sparsities, docs)
