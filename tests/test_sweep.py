@@ -609,3 +609,20 @@ def test_the_mask_swap_split_names_what_carries_the_gap_and_the_beyond_page_says
     text = "\n".join(beyond_page.explain(runs, "mlp-cifar10jpeg75", [0.98], weights))
     assert "the starting weights carry the gap" in text and "This is the measured cause" not in text, text
     assert "No default was changed on this evidence" in text, text
+
+
+def test_the_mask_swap_page_checks_that_each_seeds_runs_warmed_up_alike():
+    """The split pairs runs of a seed through their shared warm-up: the page says so only where every run's warm-up
+    matches the seed's warm-up run epoch by epoch, names those that do not, and says where there is nothing to
+    check against."""
+    import mask_swap
+
+    def run(method, seed, vals, k=0.98):
+        return {"name": mask_swap.name("mlp-cifar10jpeg75", k, method, seed), "method": method, "seed": seed,
+                "sparsity": k, "trace": [{"phase": "warmup", "val_acc": v} for v in vals] + [{"phase": "x"}]}
+
+    alike = [run("warmup", 0, [0.3, 0.4], k=0.0), run("art-stop", 0, [0.3, 0.4]), run("gmp-stop", 0, [0.3, 0.4])]
+    assert "warmed up alike: the same validation accuracy after each of the 2 epochs" in mask_swap.warmups(alike)
+    drifted = alike[:2] + [run("gmp-stop", 0, [0.3, 0.41])]
+    assert "mlp-cifar10jpeg75-0.98-gmp-stop-s0" in mask_swap.warmups(drifted)
+    assert "No warm-up run to check the others against for seed 0" in mask_swap.warmups(alike[1:])
