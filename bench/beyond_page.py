@@ -298,6 +298,11 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return f"{100 * v:.{digits}f} %" if v is not None else "-"
 
 
+def val_lead(theirs: list[dict], ours: list[dict]) -> float:
+    """How far ``theirs`` leads ``ours`` in mean validation accuracy (a fraction; negative where it trails)."""
+    return statistics.mean(r["val_acc"] for r in theirs) - statistics.mean(r["val_acc"] for r in ours)
+
+
 def _spread(*groups: list[float]) -> float | None:
     """The larger of the groups' standard deviations (None unless each has two values or more)."""
     if any(len(g) < 2 for g in groups):
@@ -333,7 +338,7 @@ class Trail:
         art_val, base_val = [r["val_acc"] for r in arts], [r["val_acc"] for r in base]
         return cls(k, v, m, provisional, arts, base,
                    ours=statistics.mean(cell(runs, exp, k, v)), theirs=statistics.mean(cell(runs, exp, k, m)),
-                   gap_val=statistics.mean(base_val) - statistics.mean(art_val), spread=_spread(art_val, base_val),
+                   gap_val=val_lead(base, arts), spread=_spread(art_val, base_val),
                    who="ART" if v == "art-hs" else "ART (λ_0 auto)",
                    art_mid=_mean(map(start_of_finetuning, arts)), base_mid=_mean(map(start_of_finetuning, base)))
 
@@ -353,12 +358,12 @@ def explain(runs: list[dict], exp: str, sparsities: list[float], swaps: list[dic
         text = measured(runs, exp, t)
         swapped = swaps and exp == SWAPPED and m == "gmp"
         if v == "art-hs":
-            split = verdict(swaps, k, v, table_gap=100 * t.gap_val) if swapped else None
-            text += defaults_decision(runs, exp, t, split and (split, Split.measure(swaps, k).carrier))
+            sentences = verdict(swaps, k, v, table_gap=100 * t.gap_val) if swapped else None
+            split = (sentences, Split.measure(swaps, k).carrier) if sentences else None
+            text += defaults_decision(runs, exp, t, split)
         else:
             same = finished(runs, exp, k, m + AUTO_BUDGET)
-            lead = (100 * (statistics.mean(r["val_acc"] for r in same) - statistics.mean(r["val_acc"] for r in t.arts))
-                    if same else None)
+            lead = 100 * val_lead(same, t.arts) if same else None
             split = verdict(swaps, k, v, table_gap=lead) if swapped else None
             text += auto_decision(runs, exp, t, defaults_trail_too=any(c[0] == k and c[1] == "art-hs" for c in cells),
                                   split=split)
@@ -429,7 +434,7 @@ def equal_budget(same: list[dict], t: Trail) -> str:
     epochs = "/".join(str(r["epochs"].get("prune", "?")) for r in seeds)
     val, auto_val = [r["val_acc"] for r in same], [r["val_acc"] for r in t.arts]
     errs, auto_errs = [r["test_error"] for r in same], [r["test_error"] for r in t.arts]
-    lead_val, spread_val = statistics.mean(val) - statistics.mean(auto_val), _spread(val, auto_val)
+    lead_val, spread_val = val_lead(same, t.arts), _spread(val, auto_val)
     lead_test, spread_test = statistics.mean(auto_errs) - statistics.mean(errs), _spread(errs, auto_errs)
     state = "ahead" if lead_val > 0 else "behind"
     if spread_val is not None and abs(lead_val) <= spread_val:
@@ -447,7 +452,7 @@ def equal_budget(same: list[dict], t: Trail) -> str:
             f"is no longer ahead in test error by more than one standard deviation ({lead_test:+.2f} points, the "
             f"seeds' spread ±{spread_test:.2f})")
     if not t.behind_on_val:  # flagged on test alone: validation, which decides, has no gap to explain
-        moved = statistics.mean(val) - statistics.mean(r["val_acc"] for r in t.base)
+        moved = val_lead(same, t.base)
         return text + (f": at equal epochs {them} {test}. On validation, which decides, the table had no gap to "
                        f"explain, and the shorter budget moved {them}'s validation accuracy by {100 * moved:+.2f} "
                        "points.")

@@ -56,16 +56,18 @@ def provenance(seed: int | None = None) -> dict:
     }
 
 
-def mean_std(values, digits: int = 2) -> str:
-    """'mean ± std' of the values that are not None ('n/c' if none is; a single value as it is)."""
+def mean_std(values, digits: int = 2, sign: bool = False) -> str:
+    """'mean ± std' of the values that are not None ('n/c' if none is; a single value as it is); ``sign`` writes the
+    mean with its sign (a difference: '+1.70 ± 0.72')."""
     import statistics
 
     values = [v for v in values if v is not None]
     if not values:
         return "n/c"
+    fmt = f"{'+' if sign else ''}.{digits}f"
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {statistics.stdev(values):.{digits}f}"
 
 
 def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from beyond_setup import EXPERIMENTS  # noqa: E402
-from sweep import load_results, run_sweep  # noqa: E402
+from sweep import load_results, published, run_sweep  # noqa: E402
 
 FOLDER = ROOT / "docs" / "runs" / "lr-check"
 
@@ -40,7 +40,7 @@ def plan_for(experiments: list[str], rates: list[float], epochs: int):
 
 def checked(folder: Path = FOLDER) -> list[dict]:
     """The finished checks under docs/runs/lr-check/."""
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+    return list(published(folder).values())
 
 
 def summary(exp: str, runs: list[dict]) -> str | None:

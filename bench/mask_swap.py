@@ -108,16 +108,17 @@ def arms_of(runs: list[dict], k: float, complete: bool = False) -> dict[str, dic
     return out
 
 
-def paired(arms: dict[str, dict[int, dict]], a: str, b: str) -> list[float]:
-    """Validation accuracy of arm ``a`` minus arm ``b``, seed by seed (seeds where both finished), in points."""
-    return [100 * (arms[a][s]["val_acc"] - arms[b][s]["val_acc"]) for s in sorted(arms[a]) if s in arms[b]]
+def paired(arms: dict[str, dict[int, dict]], a: str, b: str, at_start: bool = False) -> list[float]:
+    """Validation accuracy of arm ``a`` minus arm ``b``, seed by seed (seeds where both finished), in points: of the
+    chosen model, or with ``at_start`` of the network fine-tuning started from."""
+    def acc(r):
+        return r["dense"]["val_acc"] if at_start else r["val_acc"]
+    return [100 * (acc(arms[a][s]) - acc(arms[b][s])) for s in sorted(arms[a]) if s in arms[b]]
 
 
-def _pm(values: list[float], digits: int = 2, sign: bool = True) -> str:
-    fmt = f"{'+' if sign else ''}.{digits}f"
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {statistics.stdev(values):.{digits}f}"
+def signed(values: list[float]) -> str:
+    """A difference in points, 'mean ± std' with its sign."""
+    return mean_std(values, sign=True)
 
 
 @dataclass
@@ -224,8 +225,8 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
             rs = [by_seed[s] for s in sorted(by_seed)]
             if not rs:
                 continue
-            lines.append(f"| {100 * k:g} % | {what[arm]} | {_pm([100 * r['dense']['val_acc'] for r in rs], sign=False)}"
-                         f" | {_pm([100 * r['val_acc'] for r in rs], sign=False)} | "
+            lines.append(f"| {100 * k:g} % | {what[arm]} | {mean_std([100 * r['dense']['val_acc'] for r in rs])}"
+                         f" | {mean_std([100 * r['val_acc'] for r in rs])} | "
                          f"{mean_std([r['test_error'] for r in rs])} | {', '.join(units(r) for r in rs)} |")
     lines += ["", "The split (points of validation accuracy of the chosen model, mean ± std over seeds, seed by seed "
               "paired):\n", "| sparsity | GMP's lead, own starts | masks alone (warm-up weights) | ART's own weights "
@@ -235,7 +236,7 @@ def section(runs: list[dict], sparsities: list[float], machine: dict) -> str:
     for k in sparsities:
         s = Split.measure(runs, k)
         cols = [s.gap, s.mask, s.art_weights, s.gmp_weights, s.auto_mask]
-        lines.append(f"| {100 * k:g} % | " + " | ".join(_pm(c) if c else "-" for c in cols)
+        lines.append(f"| {100 * k:g} % | " + " | ".join(signed(c) if c else "-" for c in cols)
                      + f" | {s.carrier or 'not measured yet'} |")
     lines += ["", "GMP's lead between own starts is the masks' part plus GMP's own weights' part minus ART's. "
               + " ".join(filter(None, (verdict(runs, k) for k in sparsities))) + "\n",
@@ -259,7 +260,7 @@ def verdict(runs: list[dict], k: float, variant: str = "art-hs", table_gap: floa
         n, mean = len(s.auto_mask), statistics.mean(s.auto_mask)
         text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), from the same warm-up weights, GMP's mask at λ_0 "
                 f"auto's own budget reaches {acc['warmup-gmp-auto-mask']:.2f} % validation accuracy and λ_0 auto's "
-                f"{acc['warmup-auto-mask']:.2f} % ({_pm(s.auto_mask)} points; the starting weights' part was not "
+                f"{acc['warmup-auto-mask']:.2f} % ({signed(s.auto_mask)} points; the starting weights' part was not "
                 f"measured for λ_0 auto). λ_0 auto's mask keeps {alive['warmup-auto-mask']:.0f} first-layer units "
                 f"alive, GMP's {alive['warmup-gmp-auto-mask']:.0f}.")
         if table_gap is None or table_gap <= 0:
@@ -271,13 +272,12 @@ def verdict(runs: list[dict], k: float, variant: str = "art-hs", table_gap: floa
     n = len(s.mask)
     table = (f" (in the table, on validation: {table_gap:.2f}; its runs fine-tune on within the run that pruned, these "
              "start afresh from the saved network)" if table_gap is not None else "")
-    start = paired({a: {seed: {"val_acc": r["dense"]["val_acc"]} for seed, r in by.items()} for a, by in arms.items()},
-                   "gmp-own", "art-own")
+    start = paired(arms, "gmp-own", "art-own", at_start=True)
     text = (f"At {100 * k:g} % ({n} seed{'s' if n > 1 else ''}), GMP's own network starts fine-tuning "
-            f"{_pm(start)} points of validation accuracy ahead of ART's and ends {_pm(s.gap)} ahead{table}; from the "
-            f"same warm-up weights, GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % and ART's "
-            f"{acc['warmup-art-mask']:.2f} % ({_pm(s.mask)} points), and starting from each method's own weights "
-            f"instead, under the same mask, adds {_pm(s.art_weights)} (ART) and {_pm(s.gmp_weights)} (GMP): "
+            f"{signed(start)} points of validation accuracy ahead of ART's and ends {signed(s.gap)} ahead{table}; "
+            f"from the same warm-up weights, GMP's mask reaches {acc['warmup-gmp-mask']:.2f} % and ART's "
+            f"{acc['warmup-art-mask']:.2f} % ({signed(s.mask)} points), and starting from each method's own weights "
+            f"instead, under the same mask, adds {signed(s.art_weights)} (ART) and {signed(s.gmp_weights)} (GMP): "
             + CARRIES[s.carrier].format(share=f"{100 * s.share:.0f} %" if s.share is not None else "-") + ".")
     shape = arms["warmup-art-mask"][min(arms["warmup-art-mask"])]["layers"][0]["shape"][0]
     return text + (f" ART's mask keeps {alive['warmup-art-mask']:.0f} of {shape} first-layer units alive, GMP's "
@@ -310,9 +310,8 @@ def stops(runs: list[dict], sparsities: list[float]) -> str:
     again up to the end of their middle phase, so they stop where they stop, not where the table's runs did."""
     parts = []
     for k in sparsities:
-        by = {m: "/".join(str(r["epochs"].get("regularize", r["epochs"].get("prune", "?")))
-                          for r in sorted(runs, key=lambda r: r["seed"]) if r["sparsity"] == k and r["method"] == m)
-              for m in ("art-stop", "auto-stop")}
+        by = {m: "/".join(str(reg_epochs(r)) for r in sorted(runs, key=lambda r: r["seed"])
+                          if r["sparsity"] == k and r["method"] == m) for m in ("art-stop", "auto-stop")}
         if by["art-stop"]:
             parts.append(f"{100 * k:g} %: ART {by['art-stop']}, λ_0 auto {by['auto-stop'] or '-'}")
     return ("The stops are the table's ART runs made again up to the end of their middle phase, with their own "
